@@ -1,0 +1,94 @@
+/*
+ * backend.h: the compute interface that the CPU and CUDA backends implement
+ * and the scheduler drives.
+ *
+ * A step runs one forward pass over a batch of sequence chunks: each entry is
+ * a contiguous run of tokens of one sequence starting at its current cache
+ * length (a prefill chunk, or one decode token).  The backend appends their
+ * keys and values to the sequence's KV-cache slot and, for entries with
+ * sample = 1, picks the next token from the logits of the entry's last token.
+ * Sequences of different lengths mix freely in one step.
+ */
+#ifndef GPTOSS_BACKEND_H
+#define GPTOSS_BACKEND_H
+
+#include "model.h"
+#include "sampler.h"
+
+typedef struct gptoss_step_seq
+{
+	int			slot;			/* KV-cache slot, 0 .. max_seqs-1 */
+	int			pos;			/* absolute position of tokens[0] = tokens already cached */
+	int			n_tokens;		/* >= 1 */
+	const int32_t *tokens;		/* [n_tokens] */
+	int			sample;			/* 1: produce next_tokens[i] after the last token */
+	gptoss_sampling sampling;	/* used when sample = 1 */
+} gptoss_step_seq;
+
+typedef struct gptoss_backend_opts
+{
+	int			max_seqs;		/* KV-cache slots (concurrent sequences) */
+	int			max_context;	/* longest sequence (prompt + generation) */
+	int64_t		kv_cache_tokens;	/* total cached tokens over all slots; 0 = max_seqs * max_context */
+	double		gpu_memory_fraction;	/* CUDA: share of device memory to use */
+	int			device_index;	/* CUDA device */
+	int			cuda_graphs;	/* CUDA: capture decode steps */
+	int			threads;		/* CPU: worker threads, 0 = gptoss_num_threads() */
+} gptoss_backend_opts;
+
+typedef struct gptoss_backend_info
+{
+	char		device_name[128];
+	int64_t		weight_bytes;	/* weights resident on the device */
+	int64_t		kv_cache_bytes;
+	int64_t		memory_used_bytes;	/* everything the backend holds */
+	int64_t		memory_total_bytes; /* device capacity, 0 if unknown */
+	int64_t		kv_cache_tokens;	/* capacity in tokens */
+	int64_t		kv_cache_used_tokens;
+	int64_t		peak_memory_bytes;
+} gptoss_backend_info;
+
+typedef struct gptoss_backend gptoss_backend;
+
+struct gptoss_backend
+{
+	const char *name;			/* "cpu" or "cuda" */
+	const gptoss_model *model;
+	gptoss_backend_opts opts;
+
+	/*
+	 * Runs one step.  next_tokens[i] is written for entries with sample = 1.
+	 * When logits is not NULL it receives the logits of every token of every
+	 * entry, in entry order: (sum of n_tokens) rows of vocab_size floats.
+	 * Returns 0, or -1 with err set; after a failure the backend must be freed.
+	 */
+	int			(*step) (gptoss_backend *be, const gptoss_step_seq *seqs, int n_seqs,
+						 int32_t *next_tokens, float *logits, gptoss_error *err);
+	/* Forgets slot's cached tokens so the slot can start a new sequence. */
+	void		(*release) (gptoss_backend *be, int slot);
+	/* Fills info. */
+	void		(*get_info) (gptoss_backend *be, gptoss_backend_info *info);
+	/* Frees everything the backend holds (not the model). */
+	void		(*free) (gptoss_backend *be);
+};
+
+gptoss_backend *gptoss_backend_cpu_create(const gptoss_model *model,
+										  const gptoss_backend_opts *opts,
+										  gptoss_error *err);
+
+/* Returns 1 when built with CUDA and a device is usable (never initialises more than needed). */
+int			gptoss_cuda_available(void);
+
+/* NULL with err set when not built with CUDA or the device cannot be used. */
+gptoss_backend *gptoss_backend_cuda_create(const gptoss_model *model,
+										   const gptoss_backend_opts *opts,
+										   gptoss_progress_fn progress, void *progress_arg,
+										   gptoss_error *err);
+
+/* Picks "cpu", "cuda" or "auto" (cuda when available, else cpu). */
+gptoss_backend *gptoss_backend_create(const char *device, const gptoss_model *model,
+									  const gptoss_backend_opts *opts,
+									  gptoss_progress_fn progress, void *progress_arg,
+									  gptoss_error *err);
+
+#endif							/* GPTOSS_BACKEND_H */

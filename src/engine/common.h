@@ -1,0 +1,74 @@
+/*
+ * common.h: error reporting, bf16 conversion and small helpers shared by
+ * every part of the gptoss engine.  The engine never includes PostgreSQL
+ * headers; it reports failures through gptoss_error and a -1 return so that
+ * callers (CLI, background worker) decide how to surface them.
+ */
+#ifndef GPTOSS_COMMON_H
+#define GPTOSS_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef __CUDACC__
+#define GPTOSS_HD __host__ __device__
+#else
+#define GPTOSS_HD
+#endif
+
+#define GPTOSS_VERSION "1.0"
+
+/* What kind of failure; callers map these to exit codes or SQLSTATEs. */
+typedef enum gptoss_errcode
+{
+	GPTOSS_ERR_INTERNAL = 1,	/* engine, I/O or device failure */
+	GPTOSS_ERR_INVALID,			/* bad argument or parameter (22023) */
+	GPTOSS_ERR_TOO_LONG,		/* prompt does not fit the context (54000) */
+	GPTOSS_ERR_BUSY				/* no capacity right now (53000) */
+} gptoss_errcode;
+
+/* A failure description; msg is empty when no error happened. */
+typedef struct gptoss_error
+{
+	gptoss_errcode code;
+	char		msg[1024];
+} gptoss_error;
+
+/* Writes a printf-style message into err (when not NULL), code INTERNAL; returns -1. */
+int			gptoss_errorf(gptoss_error *err, const char *fmt,...)
+			__attribute__((format(printf, 2, 3)));
+
+/* Same with an explicit code; returns -1. */
+int			gptoss_errorf_code(gptoss_error *err, gptoss_errcode code, const char *fmt,...)
+			__attribute__((format(printf, 3, 4)));
+
+typedef uint16_t gptoss_bf16;
+
+/* bf16 -> fp32 is exact: the bf16 bits are the high half of the fp32 bits. */
+static inline GPTOSS_HD float
+gptoss_bf16_to_f32(gptoss_bf16 v)
+{
+	union { uint32_t u; float f; } x;
+	x.u = (uint32_t) v << 16;
+	return x.f;
+}
+
+/* fp32 -> bf16 with round-to-nearest-even (NaN stays NaN). */
+static inline GPTOSS_HD gptoss_bf16
+gptoss_f32_to_bf16(float f)
+{
+	union { uint32_t u; float f; } x;
+	x.f = f;
+	if ((x.u & 0x7fffffffu) > 0x7f800000u)
+		return (gptoss_bf16) ((x.u >> 16) | 0x40);
+	return (gptoss_bf16) ((x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16);
+}
+
+/* Monotonic wall clock in seconds. */
+double		gptoss_now(void);
+
+/* Number of worker threads the CPU code uses (GPTOSS_THREADS or online cores). */
+int			gptoss_num_threads(void);
+
+#endif							/* GPTOSS_COMMON_H */

@@ -1,0 +1,155 @@
+/*
+ * engine.h: the request-level engine that the CLI, the benchmarks and the
+ * PostgreSQL worker drive.
+ *
+ * An engine owns the model, one backend, the tokenizer and the scheduler.
+ * Callers submit requests (text prompt or chat messages, or pre-tokenized
+ * ids) with generation parameters, call gptoss_engine_step() in a loop, and
+ * read per-request progress: newly decoded text for streaming, then the
+ * finished result.  Continuous batching: a request submitted between steps
+ * joins the next step; prompts are prefilled in chunks mixed with decode
+ * tokens of running requests.
+ */
+#ifndef GPTOSS_ENGINE_H
+#define GPTOSS_ENGINE_H
+
+#include <stdbool.h>
+#include "backend.h"
+#include "tokenizer.h"
+
+typedef enum gptoss_reasoning
+{
+	GPTOSS_REASONING_LOW,
+	GPTOSS_REASONING_MEDIUM,
+	GPTOSS_REASONING_HIGH
+} gptoss_reasoning;
+
+typedef enum gptoss_finish_reason
+{
+	GPTOSS_FINISH_NONE = 0,		/* still running */
+	GPTOSS_FINISH_STOP,			/* <|return|>/<|call|>, eos in raw mode, or a stop string */
+	GPTOSS_FINISH_LENGTH,		/* max_tokens or the context ran out */
+	GPTOSS_FINISH_CANCELLED,
+	GPTOSS_FINISH_ERROR
+} gptoss_finish_reason;
+
+/* "stop", "length", "cancelled", "error" or "" */
+const char *gptoss_finish_reason_name(gptoss_finish_reason r);
+
+/* Generation parameters of one request (design.md section 4 params). */
+typedef struct gptoss_gen_params
+{
+	int			max_tokens;		/* >= 1; clamped to what the context leaves */
+	float		temperature;	/* >= 0; 0 = greedy */
+	float		top_p;			/* (0, 1] */
+	int			top_k;			/* >= 0; 0 = off */
+	bool		has_seed;
+	uint64_t	seed;			/* used when has_seed; else a fresh random seed */
+	char	  **stop;			/* stop strings (borrowed) */
+	int			n_stop;
+	gptoss_reasoning reasoning_effort;
+	const char *instructions;	/* developer message, or NULL (borrowed) */
+	const char *current_date;	/* "YYYY-MM-DD" for the system message, or NULL */
+	bool		raw;			/* plain continuation of the prompt text */
+	bool		ignore_eos;		/* do not stop on stop tokens */
+	bool		include_reasoning;	/* collect the analysis channel text */
+} gptoss_gen_params;
+
+/* OpenAI defaults: max_tokens 256, temperature 1, top_p 1, top_k 0, medium. */
+void		gptoss_gen_params_default(gptoss_gen_params *p);
+
+typedef struct gptoss_chat_message
+{
+	const char *role;			/* system, developer, user, assistant */
+	const char *content;
+} gptoss_chat_message;
+
+typedef struct gptoss_engine_opts
+{
+	const char *model_path;
+	const char *device;			/* "auto", "cpu", "cuda" */
+	gptoss_backend_opts backend;	/* max_seqs, max_context, ... */
+	int			prefill_chunk;	/* max prompt tokens per sequence per step; 0 = default */
+	int			max_step_tokens;	/* max tokens per step over all sequences; 0 = default */
+} gptoss_engine_opts;
+
+typedef struct gptoss_engine gptoss_engine;
+
+/* Loads the model, tokenizer (model_path/tokenizer.json) and backend. */
+gptoss_engine *gptoss_engine_create(const gptoss_engine_opts *opts,
+									gptoss_progress_fn progress, void *progress_arg,
+									gptoss_error *err);
+void		gptoss_engine_free(gptoss_engine *eng);
+
+const gptoss_model *gptoss_engine_model(const gptoss_engine *eng);
+const gptoss_tokenizer *gptoss_engine_tokenizer(const gptoss_engine *eng);
+gptoss_backend *gptoss_engine_backend(gptoss_engine *eng);
+
+/*
+ * Renders a request's prompt: raw mode encodes prompt as-is; otherwise the
+ * harmony system message, optional developer instructions and either one user
+ * message (prompt) or the chat messages (when messages != NULL), ending with
+ * <|start|>assistant.  *ids is malloc'ed.
+ */
+int			gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
+								 const gptoss_chat_message *messages, int n_messages,
+								 const gptoss_gen_params *p, int32_t **ids, int *n_ids,
+								 gptoss_error *err);
+
+/*
+ * Queues a request over rendered prompt ids (copied).  Returns a request id
+ * (>= 0) or -1 with err set: GPTOSS_ERR_TOO_LONG when the prompt leaves no
+ * room to generate in the context, GPTOSS_ERR_INVALID for bad params.
+ */
+int64_t		gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
+								 const gptoss_gen_params *p, gptoss_error *err);
+
+/* Marks a request cancelled; it leaves the batch (and frees its cache) at the next step. */
+void		gptoss_engine_cancel(gptoss_engine *eng, int64_t id);
+
+/* Runs one batched step over all active requests; returns the number still active, or -1. */
+int			gptoss_engine_step(gptoss_engine *eng, gptoss_error *err);
+
+/* Requests queued or running. */
+int			gptoss_engine_active(const gptoss_engine *eng);
+
+/* Progress and result of one request (valid until gptoss_engine_release). */
+typedef struct gptoss_result
+{
+	gptoss_finish_reason finish_reason;		/* NONE while running */
+	const char *text;			/* final channel text (raw: the continuation), NUL-terminated */
+	size_t		text_len;
+	const char *reasoning;		/* analysis text when include_reasoning, else "" */
+	size_t		reasoning_len;
+	const int32_t *tokens;		/* generated ids */
+	int			n_tokens;
+	int			prompt_tokens;
+	int			completion_tokens;
+	const char *error;			/* message when finish_reason = ERROR */
+} gptoss_result;
+
+/* Fills res for request id; returns -1 for an unknown id. */
+int			gptoss_engine_result(const gptoss_engine *eng, int64_t id, gptoss_result *res);
+
+/* Forgets a finished (or cancels and forgets a running) request. */
+void		gptoss_engine_release(gptoss_engine *eng, int64_t id);
+
+typedef struct gptoss_engine_stats
+{
+	int64_t		requests_total;
+	int64_t		requests_finished;
+	int64_t		requests_cancelled;
+	int64_t		requests_failed;
+	int64_t		prompt_tokens;
+	int64_t		completion_tokens;
+	int64_t		steps;
+	int64_t		step_sequences;	/* sum over steps of sequences in the step */
+	double		prefill_tok_s;	/* recent rate */
+	double		decode_tok_s;	/* recent rate */
+	int			active;			/* sequences in the batch */
+	int			queued;			/* waiting for a slot */
+} gptoss_engine_stats;
+
+void		gptoss_engine_get_stats(const gptoss_engine *eng, gptoss_engine_stats *st);
+
+#endif							/* GPTOSS_ENGINE_H */
