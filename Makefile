@@ -38,7 +38,7 @@ CUDA_OBJS = $(CUDA_SRCS:.cu=.o)
 
 ENGINE_CFLAGS = -std=gnu11 -O3 -fPIC -Wall -Wextra -Werror=implicit-function-declaration \
 	-pthread -Isrc/engine $(GPTOSS_EXTRA_CFLAGS)
-ENGINE_LIBS = -lpcre2-8 -ljansson -lm -lpthread
+ENGINE_LIBS = $(GPTOSS_EXTRA_LDFLAGS) -lpcre2-8 -ljansson -lm -lpthread
 
 ifeq ($(USE_CUDA),1)
 ENGINE_LIB_OBJS = $(ENGINE_OBJS) $(CUDA_OBJS)
@@ -57,11 +57,15 @@ PG_CPPFLAGS = -Isrc/engine
 PG_CFLAGS = -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 EXTRA_CLEAN = build bin $(ENGINE_OBJS) $(CUDA_OBJS) src/engine/nocuda/*.o test/unit/*.o $(UNIT_BINS) results regression.diffs regression.out tmp_check
 
-# CUDA objects never go through PGXS (no LLVM bitcode for them).
-PGXS := $(shell $(PG_CONFIG) --pgxs)
-include $(PGXS)
-
 all: $(ENGINE_LIB) bin/gptoss
+
+# CUDA objects never go through PGXS (no LLVM bitcode for them).  Without
+# PostgreSQL's development files only the engine, the CLI and the unit tests
+# build (as on the GPU machine).
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+ifneq ($(PGXS),)
+include $(PGXS)
+endif
 
 $(OBJS): $(ENGINE_LIB)
 $(shlib): $(ENGINE_LIB)

@@ -81,6 +81,16 @@ gptoss_engine *gptoss_engine_create(const gptoss_engine_opts *opts,
 									gptoss_error *err);
 void		gptoss_engine_free(gptoss_engine *eng);
 
+/*
+ * Builds an engine over a model, tokenizer and backend the caller created
+ * (a test's fake backend, for instance).  They are borrowed: the caller frees
+ * them after gptoss_engine_free.  opts->model_path, device and backend are
+ * not used (the backend's own opts give the slots and the context).
+ */
+gptoss_engine *gptoss_engine_create_from(gptoss_model *model, gptoss_tokenizer *tok,
+										 gptoss_backend *backend,
+										 const gptoss_engine_opts *opts, gptoss_error *err);
+
 const gptoss_model *gptoss_engine_model(const gptoss_engine *eng);
 const gptoss_tokenizer *gptoss_engine_tokenizer(const gptoss_engine *eng);
 gptoss_backend *gptoss_engine_backend(gptoss_engine *eng);

@@ -104,6 +104,14 @@ int			gptoss_model_load(const char *dir, gptoss_model **out,
 							  gptoss_error *err);
 void		gptoss_model_free(gptoss_model *model);
 
+/*
+ * Totals implied by cfg's tensor shapes, without any file: parameters (MXFP4
+ * counted per value, scales not counted), parameters used per token (K of E
+ * experts, no embedding) and checkpoint tensor bytes.  Any pointer may be NULL.
+ */
+void		gptoss_config_sizes(const gptoss_config *cfg, int64_t *n_params,
+								int64_t *n_active_params, int64_t *tensor_bytes);
+
 /* MXFP4 E2M1 code -> value table (index = 4-bit code). */
 extern const float gptoss_fp4_values[16];
 
@@ -112,8 +120,12 @@ typedef enum gptoss_synth_preset
 {
 	GPTOSS_SYNTH_TINY,
 	GPTOSS_SYNTH_20B,
-	GPTOSS_SYNTH_120B
+	GPTOSS_SYNTH_120B,
+	GPTOSS_SYNTH_TINY_ODD		/* tiny with non-power-of-two sizes */
 } gptoss_synth_preset;
+
+/* "tiny", "tiny-odd", "20b", "120b" -> preset; -1 for an unknown name. */
+int			gptoss_synth_preset_from_name(const char *name, gptoss_synth_preset *out);
 
 /* Fills cfg with the preset's configuration. */
 int			gptoss_synth_config(gptoss_synth_preset preset, gptoss_config *cfg, gptoss_error *err);

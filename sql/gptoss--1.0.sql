@@ -1,0 +1,93 @@
+/* sql/gptoss--1.0.sql: the SQL API of gptoss (design.md section 4) */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION gptoss" to load this file. \quit
+
+-- Generation runs in the background worker; a call costs milliseconds to
+-- seconds, hence the high COST.  The functions are PARALLEL SAFE so that
+-- parallel workers can each keep a request in the worker's batch.
+
+CREATE FUNCTION gptoss_generate(prompt text, params jsonb DEFAULT '{}')
+RETURNS text
+AS 'MODULE_PATHNAME', 'gptoss_generate'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+
+COMMENT ON FUNCTION gptoss_generate(text, jsonb) IS
+'answer a prompt (harmony user message; with raw, continue the text)';
+
+CREATE FUNCTION gptoss_generate_stream(prompt text, params jsonb DEFAULT '{}')
+RETURNS SETOF text
+AS 'MODULE_PATHNAME', 'gptoss_generate_stream'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000 ROWS 64;
+
+COMMENT ON FUNCTION gptoss_generate_stream(text, jsonb) IS
+'like gptoss_generate, returning the answer in pieces as they are generated';
+
+CREATE FUNCTION gptoss_chat(messages jsonb, params jsonb DEFAULT '{}')
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'gptoss_chat'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+
+COMMENT ON FUNCTION gptoss_chat(jsonb, jsonb) IS
+'OpenAI-style chat completion: messages in, a chat.completion object out';
+
+CREATE FUNCTION gptoss_tokenize(text)
+RETURNS int[]
+AS 'MODULE_PATHNAME', 'gptoss_tokenize'
+LANGUAGE C STRICT STABLE PARALLEL SAFE COST 1000;
+
+COMMENT ON FUNCTION gptoss_tokenize(text) IS
+'o200k_harmony token ids of a text (special-token text stays plain text)';
+
+CREATE FUNCTION gptoss_detokenize(int[])
+RETURNS text
+AS 'MODULE_PATHNAME', 'gptoss_detokenize'
+LANGUAGE C STRICT STABLE PARALLEL SAFE COST 1000;
+
+COMMENT ON FUNCTION gptoss_detokenize(int[]) IS
+'text of o200k_harmony token ids';
+
+CREATE FUNCTION gptoss_status()
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'gptoss_status'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION gptoss_status() IS
+'state of the gptoss worker (starting, loading, ready, failed) and what it loaded';
+
+CREATE FUNCTION gptoss_stats(
+    OUT worker int,
+    OUT pid int,
+    OUT device text,
+    OUT state text,
+    OUT requests_total bigint,
+    OUT requests_active int,
+    OUT requests_queued int,
+    OUT requests_failed bigint,
+    OUT requests_cancelled bigint,
+    OUT prompt_tokens bigint,
+    OUT completion_tokens bigint,
+    OUT prefill_tok_s double precision,
+    OUT decode_tok_s double precision,
+    OUT mean_batch_size double precision,
+    OUT kv_cache_used bigint,
+    OUT kv_cache_capacity bigint,
+    OUT gpu_memory_used bigint,
+    OUT uptime interval)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'gptoss_stats'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE ROWS 1;
+
+CREATE VIEW gptoss_stats AS
+    SELECT * FROM gptoss_stats();
+
+COMMENT ON VIEW gptoss_stats IS
+'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size, KV cache, memory, uptime';
+
+-- Monitoring is for pg_monitor; generation is for everyone.
+REVOKE ALL ON FUNCTION gptoss_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION gptoss_stats() FROM PUBLIC;
+REVOKE ALL ON gptoss_stats FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION gptoss_status() TO pg_monitor;
+GRANT EXECUTE ON FUNCTION gptoss_stats() TO pg_monitor;
+GRANT SELECT ON gptoss_stats TO pg_monitor;

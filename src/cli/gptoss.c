@@ -1,0 +1,1112 @@
+/*
+ * gptoss.c: the bin/gptoss command line (design.md section 5).
+ *
+ *   gptoss tokenize --model DIR [--jsonl]
+ *   gptoss logits   --model DIR --tokens 1,2,3 [--top K] [--device D]
+ *   gptoss generate --model DIR --prompt TEXT [sampling options] [--raw] [--json]
+ *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N]
+ *   gptoss synth    --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]
+ *
+ * Every command parses its options against one table (name, kind, the
+ * commands that accept it, numeric range), so a misspelt option, a bad number
+ * or a missing argument is a one-line error on stderr with exit status 1.
+ * Results go to stdout; progress (model loading, synthesis) to stderr when it
+ * is a terminal or with --verbose.  The commands only drive the engine's
+ * public interfaces: tokenize needs nothing but tokenizer.json, logits runs
+ * one prefill step on a backend, generate and bench go through the engine.
+ */
+#include "engine.h"
+#include "harmony.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum
+{
+	CMD_TOKENIZE = 1 << 0,
+	CMD_LOGITS = 1 << 1,
+	CMD_GENERATE = 1 << 2,
+	CMD_BENCH = 1 << 3,
+	CMD_SYNTH = 1 << 4,
+	CMD_COMPUTE = CMD_LOGITS | CMD_GENERATE | CMD_BENCH,
+	CMD_MODEL = CMD_TOKENIZE | CMD_COMPUTE
+};
+
+#define MAX_STOP 16
+
+/* Every option of every command; a command only reads those it accepts. */
+typedef struct cli_opts
+{
+	const char *model;
+	const char *device;
+	const char *tokens;			/* logits: "1,2,3" */
+	const char *prompt;
+	const char *batch;			/* bench: "1,8,64" */
+	const char *preset;
+	const char *out;
+	const char *tokenizer;
+	const char *reasoning;
+	const char *instructions;
+	const char *stop[MAX_STOP];	/* generate: repeated --stop */
+	int			n_stop;
+	long		top;
+	long		max_tokens;
+	long		top_k;
+	long		prompt_len;
+	long		gen;
+	long		max_context;
+	long		max_seqs;
+	long		prefill_chunk;
+	long		max_step_tokens;
+	long		threads;
+	double		temperature;
+	double		top_p;
+	uint64_t	seed;
+	bool		jsonl;
+	bool		raw;
+	bool		ignore_eos;
+	bool		json;
+	bool		include_reasoning;
+	bool		verbose;
+} cli_opts;
+
+typedef enum opt_kind
+{
+	OPT_FLAG,
+	OPT_STRING,
+	OPT_STRING_LIST,
+	OPT_INT,
+	OPT_FLOAT,
+	OPT_U64
+} opt_kind;
+
+typedef struct opt_spec
+{
+	const char *name;
+	opt_kind	kind;
+	int			commands;		/* CMD_* mask of commands accepting it */
+	size_t		offset;			/* field in cli_opts */
+	long		min;			/* OPT_INT range */
+	long		max;
+} opt_spec;
+
+#define OPT(name, kind, cmds, field, lo, hi) {name, kind, cmds, offsetof(cli_opts, field), lo, hi}
+
+static const opt_spec OPTIONS[] = {
+	OPT("model", OPT_STRING, CMD_MODEL, model, 0, 0),
+	OPT("device", OPT_STRING, CMD_COMPUTE, device, 0, 0),
+	OPT("threads", OPT_INT, CMD_COMPUTE, threads, 0, 1024),
+	OPT("max-context", OPT_INT, CMD_GENERATE | CMD_BENCH, max_context, 2, INT_MAX),
+	OPT("prefill-chunk", OPT_INT, CMD_GENERATE | CMD_BENCH, prefill_chunk, 1, INT_MAX),
+	OPT("max-step-tokens", OPT_INT, CMD_GENERATE | CMD_BENCH, max_step_tokens, 1, INT_MAX),
+	OPT("verbose", OPT_FLAG, CMD_MODEL | CMD_SYNTH, verbose, 0, 0),
+	OPT("jsonl", OPT_FLAG, CMD_TOKENIZE, jsonl, 0, 0),
+	OPT("tokens", OPT_STRING, CMD_LOGITS, tokens, 0, 0),
+	OPT("top", OPT_INT, CMD_LOGITS, top, 0, INT_MAX),
+	OPT("prompt", OPT_STRING, CMD_GENERATE, prompt, 0, 0),
+	OPT("max-tokens", OPT_INT, CMD_GENERATE, max_tokens, 1, INT_MAX),
+	OPT("temperature", OPT_FLOAT, CMD_GENERATE, temperature, 0, 0),
+	OPT("top-p", OPT_FLOAT, CMD_GENERATE, top_p, 0, 0),
+	OPT("top-k", OPT_INT, CMD_GENERATE, top_k, 0, INT_MAX),
+	OPT("seed", OPT_U64, CMD_GENERATE | CMD_BENCH | CMD_SYNTH, seed, 0, 0),
+	OPT("reasoning", OPT_STRING, CMD_GENERATE, reasoning, 0, 0),
+	OPT("instructions", OPT_STRING, CMD_GENERATE, instructions, 0, 0),
+	OPT("stop", OPT_STRING_LIST, CMD_GENERATE, stop, 0, 0),
+	OPT("raw", OPT_FLAG, CMD_GENERATE, raw, 0, 0),
+	OPT("ignore-eos", OPT_FLAG, CMD_GENERATE, ignore_eos, 0, 0),
+	OPT("include-reasoning", OPT_FLAG, CMD_GENERATE, include_reasoning, 0, 0),
+	OPT("json", OPT_FLAG, CMD_GENERATE, json, 0, 0),
+	OPT("batch", OPT_STRING, CMD_BENCH, batch, 0, 0),
+	OPT("prompt-len", OPT_INT, CMD_BENCH, prompt_len, 1, INT_MAX),
+	OPT("gen", OPT_INT, CMD_BENCH, gen, 1, INT_MAX),
+	OPT("max-seqs", OPT_INT, CMD_GENERATE, max_seqs, 1, 4096),
+	OPT("preset", OPT_STRING, CMD_SYNTH, preset, 0, 0),
+	OPT("out", OPT_STRING, CMD_SYNTH, out, 0, 0),
+	OPT("tokenizer", OPT_STRING, CMD_SYNTH, tokenizer, 0, 0),
+};
+
+#define N_OPTIONS ((int) (sizeof(OPTIONS) / sizeof(OPTIONS[0])))
+
+static const char USAGE[] =
+	"usage: gptoss COMMAND [OPTIONS]\n"
+	"\n"
+	"commands:\n"
+	"  tokenize --model DIR [--jsonl]\n"
+	"      stdin (byte for byte) -> JSON array of token ids; --jsonl: one JSON string per line\n"
+	"  logits --model DIR --tokens 1,2,3 [--top K] [--device auto|cpu|cuda]\n"
+	"      one prefill step: {\"argmax\": [...], \"top\": [[id, logit], ...], \"logsumexp\": x}\n"
+	"  generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]\n"
+	"           [--top-k K] [--seed S] [--reasoning low|medium|high] [--instructions TEXT]\n"
+	"           [--stop STR]... [--raw] [--ignore-eos] [--include-reasoning] [--json]\n"
+	"           [--device D] [--max-context N]\n"
+	"      prints the final channel text (--raw: the plain continuation)\n"
+	"  bench --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--device D]\n"
+	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S]\n"
+	"      one JSON line per batch size\n"
+	"  synth --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]\n"
+	"      writes a deterministic random-weight checkpoint\n"
+	"\n"
+	"common: --threads N (CPU), --verbose (progress on stderr), --help\n"
+	"defaults: --device auto (cuda when built with it and a GPU is present), --max-context\n"
+	"          min(4096, max_position_embeddings), --max-tokens 256, --temperature 1, --top-p 1\n";
+
+/* Prints an error line and returns the exit status 1. */
+static int
+fail(const char *fmt,...)
+__attribute__((format(printf, 1, 2)));
+
+static int
+fail(const char *fmt,...)
+{
+	va_list		ap;
+
+	fputs("gptoss: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return 1;
+}
+
+/* ---------------------------------------------------------------------------
+ * Option parsing
+ */
+
+/* Strict base-10 integer in [min, max]. */
+static int
+parse_long(const char *s, long min, long max, long *out)
+{
+	char	   *end;
+	long		v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (s[0] == '\0' || *end != '\0' || errno != 0 || v < min || v > max)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* Strict unsigned 64-bit integer (no sign). */
+static int
+parse_u64(const char *s, uint64_t *out)
+{
+	char	   *end;
+	unsigned long long v;
+
+	if (s[0] < '0' || s[0] > '9')
+		return -1;
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	if (*end != '\0' || errno != 0)
+		return -1;
+	*out = (uint64_t) v;
+	return 0;
+}
+
+/* Strict finite floating-point number. */
+static int
+parse_double(const char *s, double *out)
+{
+	char	   *end;
+	double		v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (s[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(v))
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* Stores one option's value; returns 0 or the exit status 1 after an error line. */
+static int
+set_option(cli_opts *o, const opt_spec *spec, const char *value)
+{
+	void	   *field = (char *) o + spec->offset;
+
+	switch (spec->kind)
+	{
+		case OPT_FLAG:
+			*(bool *) field = true;
+			return 0;
+		case OPT_STRING:
+			*(const char **) field = value;
+			return 0;
+		case OPT_STRING_LIST:
+			if (o->n_stop == MAX_STOP)
+				return fail("--%s: at most %d values", spec->name, MAX_STOP);
+			o->stop[o->n_stop++] = value;
+			return 0;
+		case OPT_INT:
+			if (parse_long(value, spec->min, spec->max, (long *) field) < 0)
+				return fail("--%s: expected an integer in [%ld, %ld], got \"%s\"", spec->name,
+							spec->min, spec->max, value);
+			return 0;
+		case OPT_FLOAT:
+			if (parse_double(value, (double *) field) < 0)
+				return fail("--%s: expected a number, got \"%s\"", spec->name, value);
+			return 0;
+		case OPT_U64:
+			if (parse_u64(value, (uint64_t *) field) < 0)
+				return fail("--%s: expected a non-negative integer, got \"%s\"", spec->name, value);
+			return 0;
+	}
+	return 0;
+}
+
+/*
+ * Parses argv[first..] for command cmd ("--name value" or "--name=value");
+ * given[i] records which OPTIONS[i] appeared.  Returns 0, 1 (error) or 2 (--help).
+ */
+static int
+parse_options(int argc, char **argv, int first, int cmd, const char *cmd_name,
+			  cli_opts *o, bool *given)
+{
+	for (int i = first; i < argc; i++)
+	{
+		const char *arg = argv[i];
+		const char *eq;
+		const char *value = NULL;
+		size_t		name_len;
+		const opt_spec *spec = NULL;
+		int			k;
+
+		if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0)
+			return 2;
+		if (strncmp(arg, "--", 2) != 0)
+			return fail("%s: unexpected argument \"%s\" (options start with --)", cmd_name, arg);
+		arg += 2;
+		eq = strchr(arg, '=');
+		name_len = eq ? (size_t) (eq - arg) : strlen(arg);
+		for (k = 0; k < N_OPTIONS; k++)
+			if (strlen(OPTIONS[k].name) == name_len && strncmp(OPTIONS[k].name, arg, name_len) == 0)
+				break;
+		if (k < N_OPTIONS && (OPTIONS[k].commands & cmd))
+			spec = &OPTIONS[k];
+		if (spec == NULL)
+			return fail("%s: unknown option --%.*s (see gptoss --help)", cmd_name, (int) name_len, arg);
+		if (spec->kind == OPT_FLAG)
+		{
+			if (eq)
+				return fail("--%s takes no value", spec->name);
+		}
+		else if (eq)
+			value = eq + 1;
+		else if (i + 1 < argc)
+			value = argv[++i];
+		else
+			return fail("--%s: missing value", spec->name);
+		if (set_option(o, spec, value) != 0)
+			return 1;
+		given[k] = true;
+	}
+	return 0;
+}
+
+/* Whether option name appeared. */
+static bool
+was_given(const bool *given, const char *name)
+{
+	for (int k = 0; k < N_OPTIONS; k++)
+		if (strcmp(OPTIONS[k].name, name) == 0)
+			return given[k];
+	return false;
+}
+
+/* Checks --device. */
+static int
+check_device(const char *device)
+{
+	if (strcmp(device, "auto") != 0 && strcmp(device, "cpu") != 0 && strcmp(device, "cuda") != 0)
+		return fail("--device: expected auto, cpu or cuda, got \"%s\"", device);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * Progress
+ */
+
+typedef struct progress_state
+{
+	bool		enabled;
+	bool		tty;			/* redraw one line; else a line per 10% step */
+	int			last_percent;
+	char		last_what[64];
+} progress_state;
+
+/* Prints "what NN%" on stderr when the phase changes or the percentage moves on. */
+static void
+show_progress(void *arg, double fraction, const char *what)
+{
+	progress_state *ps = arg;
+	int			percent = (int) (fraction * 100.0 + 0.5);
+	size_t		phase_len;
+	bool		same_phase;
+
+	if (!ps->enabled)
+		return;
+	if (what == NULL)
+		what = "working";
+	/* The phase is the text before any count ("writing tensors: 8/74 MiB"). */
+	phase_len = strcspn(what, ":0123456789");
+	if (phase_len >= sizeof(ps->last_what))
+		phase_len = sizeof(ps->last_what) - 1;
+	same_phase = strlen(ps->last_what) == phase_len && strncmp(what, ps->last_what, phase_len) == 0;
+	if (same_phase && (ps->tty ? percent == ps->last_percent : percent / 10 == ps->last_percent / 10))
+		return;
+	ps->last_percent = percent;
+	snprintf(ps->last_what, sizeof(ps->last_what), "%.*s", (int) phase_len, what);
+	if (ps->tty)
+		fprintf(stderr, "\r%-48.48s %3d%%%s", what, percent, percent >= 100 ? "\n" : "");
+	else
+		fprintf(stderr, "%s %d%%\n", what, percent);
+	fflush(stderr);
+}
+
+/* Progress goes to stderr when it is a terminal or with --verbose. */
+static void
+progress_init(progress_state *ps, bool verbose)
+{
+	ps->tty = isatty(STDERR_FILENO);
+	ps->enabled = verbose || ps->tty;
+	ps->last_percent = -1;
+	ps->last_what[0] = '\0';
+}
+
+/* Ends a redrawn progress line that did not reach 100%. */
+static void
+progress_done(progress_state *ps)
+{
+	if (ps->enabled && ps->tty && ps->last_percent >= 0 && ps->last_percent < 100)
+		fputc('\n', stderr);
+	ps->last_percent = -1;
+}
+
+/* ---------------------------------------------------------------------------
+ * tokenize
+ */
+
+/* Reads all of a stream into a malloc'ed buffer. */
+static char *
+read_all(FILE *f, size_t *len)
+{
+	size_t		cap = 65536,
+				n = 0,
+				got;
+	char	   *buf = malloc(cap);
+
+	if (buf == NULL)
+		return NULL;
+	while ((got = fread(buf + n, 1, cap - n, f)) > 0)
+	{
+		n += got;
+		if (n == cap)
+		{
+			char	   *grown = realloc(buf, cap * 2);
+
+			if (grown == NULL)
+			{
+				free(buf);
+				return NULL;
+			}
+			buf = grown;
+			cap *= 2;
+		}
+	}
+	if (ferror(f))
+	{
+		free(buf);
+		return NULL;
+	}
+	*len = n;
+	return buf;
+}
+
+/* Prints ids as a compact JSON array and a newline. */
+static void
+print_ids(const int32_t *ids, int n)
+{
+	putchar('[');
+	for (int i = 0; i < n; i++)
+		printf(i ? ",%d" : "%d", ids[i]);
+	fputs("]\n", stdout);
+}
+
+/* Loads DIR/tokenizer.json. */
+static gptoss_tokenizer *
+load_tokenizer(const char *dir, gptoss_error *err)
+{
+	char		path[4096];
+
+	if ((size_t) snprintf(path, sizeof(path), "%s/tokenizer.json", dir) >= sizeof(path))
+	{
+		gptoss_errorf(err, "model path too long");
+		return NULL;
+	}
+	return gptoss_tokenizer_load(path, err);
+}
+
+/* Encodes len bytes and prints the ids; returns 0 or 1. */
+static int
+encode_and_print(const gptoss_tokenizer *tok, const char *text, size_t len)
+{
+	gptoss_error err = {0};
+	int32_t    *ids = NULL;
+	int			n = gptoss_tokenizer_encode(tok, text, len, &ids, &err);
+
+	if (n < 0)
+		return fail("tokenize: %s", err.msg);
+	print_ids(ids, n);
+	free(ids);
+	return 0;
+}
+
+static int
+cmd_tokenize(const cli_opts *o)
+{
+	gptoss_error err = {0};
+	gptoss_tokenizer *tok;
+	char	   *input;
+	size_t		len = 0;
+	int			rc = 0;
+
+	tok = load_tokenizer(o->model, &err);
+	if (tok == NULL)
+		return fail("tokenize: %s", err.msg);
+	input = read_all(stdin, &len);
+	if (input == NULL)
+	{
+		gptoss_tokenizer_free(tok);
+		return fail("tokenize: cannot read stdin");
+	}
+	if (!o->jsonl)
+		rc = encode_and_print(tok, input, len);
+	else
+	{
+		size_t		start = 0;
+		int			line = 0;
+
+		while (start < len && rc == 0)
+		{
+			const char *nl = memchr(input + start, '\n', len - start);
+			size_t		end = nl ? (size_t) (nl - input) : len;
+			json_error_t jerr;
+			json_t	   *value;
+
+			line++;
+			value = json_loadb(input + start, end - start, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
+			if (value == NULL || !json_is_string(value))
+				rc = fail("tokenize --jsonl: line %d is not a JSON string%s%s", line,
+						  value ? "" : ": ", value ? "" : jerr.text);
+			else
+				rc = encode_and_print(tok, json_string_value(value), json_string_length(value));
+			json_decref(value);
+			start = end + 1;
+		}
+	}
+	free(input);
+	gptoss_tokenizer_free(tok);
+	return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * logits
+ */
+
+/* Parses "1,2,3" (each in [min, max]) into a malloc'ed array; returns the count or -1. */
+static int
+parse_id_list(const char *s, const char *what, long min, long max, int32_t **out)
+{
+	int			n = 1,
+				k = 0;
+	int32_t    *ids;
+	const char *p = s;
+
+	for (const char *c = s; *c; c++)
+		n += *c == ',';
+	ids = malloc((size_t) n * sizeof(int32_t));
+	if (ids == NULL)
+		return -1;
+	while (k < n)
+	{
+		const char *comma = strchr(p, ',');
+		size_t		len = comma ? (size_t) (comma - p) : strlen(p);
+		char		item[32];
+		long		v;
+
+		if (len == 0 || len >= sizeof(item))
+			break;
+		memcpy(item, p, len);
+		item[len] = '\0';
+		if (parse_long(item, min, max, &v) < 0)
+			break;
+		ids[k++] = (int32_t) v;
+		p += len + (comma ? 1 : 0);
+	}
+	if (k < n)
+	{
+		fail("%s: expected comma-separated integers in [%ld, %ld], got \"%s\"", what, min, max, s);
+		free(ids);
+		return -1;
+	}
+	*out = ids;
+	return n;
+}
+
+typedef struct ranked
+{
+	int32_t		id;
+	float		logit;
+} ranked;
+
+/* Highest logit first, lower id first on ties. */
+static int
+ranked_cmp(const void *a, const void *b)
+{
+	const ranked *x = a,
+			   *y = b;
+
+	if (x->logit != y->logit)
+		return x->logit > y->logit ? -1 : 1;
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* Loads the checkpoint and a one-slot backend for n tokens. */
+static int
+load_model_backend(const cli_opts *o, int context, progress_state *ps, gptoss_model **model,
+				   gptoss_backend **be)
+{
+	gptoss_error err = {0};
+	gptoss_backend_opts bopts;
+
+	if (gptoss_model_load(o->model, model, show_progress, ps, &err) < 0)
+	{
+		progress_done(ps);
+		return fail("%s", err.msg);
+	}
+	progress_done(ps);
+	memset(&bopts, 0, sizeof(bopts));
+	bopts.max_seqs = 1;
+	bopts.max_context = context;
+	bopts.threads = (int) o->threads;
+	bopts.gpu_memory_fraction = 0.9;
+	*be = gptoss_backend_create(o->device, *model, &bopts, show_progress, ps, &err);
+	progress_done(ps);
+	if (*be == NULL)
+	{
+		gptoss_model_free(*model);
+		return fail("%s", err.msg);
+	}
+	return 0;
+}
+
+static int
+cmd_logits(const cli_opts *o)
+{
+	gptoss_config cfg;
+	gptoss_error err = {0};
+	gptoss_model *model = NULL;
+	gptoss_backend *be = NULL;
+	progress_state ps;
+	int32_t    *ids = NULL;
+	int			n,
+				vocab,
+				top;
+	float	   *logits;
+	ranked	   *order;
+	double		maxv,
+				sum = 0;
+	const float *last;
+	gptoss_step_seq seq;
+	int32_t		next = -1;
+
+	if (o->tokens == NULL)
+		return fail("logits: --tokens is required");
+	if (gptoss_config_load(o->model, &cfg, &err) < 0)
+		return fail("logits: %s", err.msg);
+	vocab = cfg.vocab_size;
+	n = parse_id_list(o->tokens, "--tokens", 0, vocab - 1, &ids);
+	if (n < 0)
+		return 1;
+	if (cfg.max_position_embeddings > 0 && n > cfg.max_position_embeddings)
+	{
+		free(ids);
+		return fail("logits: %d tokens exceed the model's %d positions", n,
+					cfg.max_position_embeddings);
+	}
+	top = o->top > vocab ? vocab : (int) o->top;
+	logits = malloc((size_t) n * (size_t) vocab * sizeof(float));
+	order = malloc((size_t) vocab * sizeof(ranked));
+	if (logits == NULL || order == NULL)
+	{
+		free(ids);
+		free(logits);
+		free(order);
+		return fail("logits: out of memory for %d x %d logits", n, vocab);
+	}
+	progress_init(&ps, o->verbose);
+	if (load_model_backend(o, n < 2 ? 2 : n, &ps, &model, &be) != 0)
+	{
+		free(ids);
+		free(logits);
+		free(order);
+		return 1;
+	}
+	memset(&seq, 0, sizeof(seq));
+	seq.slot = 0;
+	seq.pos = 0;
+	seq.n_tokens = n;
+	seq.tokens = ids;
+	seq.sample = 0;
+	if (be->step(be, &seq, 1, &next, logits, &err) < 0)
+	{
+		be->free(be);
+		gptoss_model_free(model);
+		free(ids);
+		free(logits);
+		free(order);
+		return fail("logits: %s", err.msg);
+	}
+
+	/* {"argmax": [...], "top": [[id, logit], ...], "logsumexp": x} */
+	fputs("{\"argmax\":[", stdout);
+	for (int t = 0; t < n; t++)
+		printf(t ? ",%d" : "%d", gptoss_argmax(logits + (size_t) t * vocab, vocab));
+	last = logits + (size_t) (n - 1) * vocab;
+	maxv = last[0];
+	for (int v = 0; v < vocab; v++)
+	{
+		order[v].id = v;
+		order[v].logit = last[v];
+		if (last[v] > maxv)
+			maxv = last[v];
+	}
+	for (int v = 0; v < vocab; v++)
+		sum += exp((double) last[v] - maxv);
+	qsort(order, (size_t) vocab, sizeof(ranked), ranked_cmp);
+	fputs("],\"top\":[", stdout);
+	for (int k = 0; k < top; k++)
+		printf("%s[%d,%.9g]", k ? "," : "", order[k].id, (double) order[k].logit);
+	if (isfinite(maxv) && isfinite(sum))
+		printf("],\"logsumexp\":%.17g}\n", maxv + log(sum));
+	else
+		fputs("],\"logsumexp\":null}\n", stdout);
+
+	be->free(be);
+	gptoss_model_free(model);
+	free(ids);
+	free(logits);
+	free(order);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * generate and bench: through the engine
+ */
+
+/* Creates the engine for the command's options. */
+static gptoss_engine *
+create_engine(const cli_opts *o, int max_seqs, int max_context, progress_state *ps)
+{
+	gptoss_engine_opts eopts;
+	gptoss_error err = {0};
+	gptoss_engine *eng;
+
+	memset(&eopts, 0, sizeof(eopts));
+	eopts.model_path = o->model;
+	eopts.device = o->device;
+	eopts.backend.max_seqs = max_seqs;
+	eopts.backend.max_context = max_context;
+	eopts.backend.threads = (int) o->threads;
+	eopts.backend.gpu_memory_fraction = 0.9;
+	eopts.prefill_chunk = (int) o->prefill_chunk;
+	eopts.max_step_tokens = (int) o->max_step_tokens;
+	eng = gptoss_engine_create(&eopts, show_progress, ps, &err);
+	progress_done(ps);
+	if (eng == NULL)
+		fail("%s", err.msg);
+	return eng;
+}
+
+/* Adds a string member to obj (jansson needs valid UTF-8, which engine text always is). */
+static void
+json_set_text(json_t *obj, const char *key, const char *text, size_t len)
+{
+	json_object_set_new(obj, key, json_stringn(text, len));
+}
+
+static int
+cmd_generate(const cli_opts *o, const bool *given)
+{
+	gptoss_gen_params p;
+	gptoss_error err = {0};
+	gptoss_engine *eng;
+	progress_state ps;
+	gptoss_result res;
+	int32_t    *ids = NULL;
+	int			n_ids = 0;
+	int64_t		id = -1;
+	int			rc = 0;
+
+	if (o->prompt == NULL)
+		return fail("generate: --prompt is required");
+	gptoss_gen_params_default(&p);
+	if (was_given(given, "max-tokens"))
+		p.max_tokens = (int) o->max_tokens;
+	if (was_given(given, "temperature"))
+		p.temperature = (float) o->temperature;
+	if (was_given(given, "top-p"))
+		p.top_p = (float) o->top_p;
+	if (was_given(given, "top-k"))
+		p.top_k = (int) o->top_k;
+	if (was_given(given, "seed"))
+	{
+		p.has_seed = true;
+		p.seed = o->seed;
+	}
+	if (o->reasoning && gptoss_reasoning_from_name(o->reasoning, &p.reasoning_effort) < 0)
+		return fail("--reasoning: expected low, medium or high, got \"%s\"", o->reasoning);
+	p.instructions = o->instructions;
+	p.stop = (char **) o->stop;
+	p.n_stop = o->n_stop;
+	p.raw = o->raw;
+	p.ignore_eos = o->ignore_eos;
+	p.include_reasoning = o->include_reasoning || o->json;
+
+	progress_init(&ps, o->verbose);
+	eng = create_engine(o, o->max_seqs > 0 ? (int) o->max_seqs : 1, (int) o->max_context, &ps);
+	if (eng == NULL)
+		return 1;
+	if (gptoss_engine_render(eng, o->prompt, NULL, 0, &p, &ids, &n_ids, &err) < 0 ||
+		(id = gptoss_engine_submit(eng, ids, n_ids, &p, &err)) < 0)
+	{
+		free(ids);
+		gptoss_engine_free(eng);
+		return fail("generate: %s", err.msg);
+	}
+	free(ids);
+	while (gptoss_engine_active(eng) > 0)
+		if (gptoss_engine_step(eng, &err) < 0)
+			break;
+	gptoss_engine_result(eng, id, &res);
+	if (res.finish_reason == GPTOSS_FINISH_ERROR)
+		rc = fail("generate: %s", res.error);
+	else if (o->json)
+	{
+		json_t	   *obj = json_object(),
+				   *tokens = json_array(),
+				   *usage = json_object();
+		char	   *dump;
+
+		json_set_text(obj, "text", res.text, res.text_len);
+		json_set_text(obj, "reasoning", res.reasoning, res.reasoning_len);
+		for (int i = 0; i < res.n_tokens; i++)
+			json_array_append_new(tokens, json_integer(res.tokens[i]));
+		json_object_set_new(obj, "tokens", tokens);
+		json_object_set_new(obj, "finish_reason",
+							json_string(gptoss_finish_reason_name(res.finish_reason)));
+		json_object_set_new(usage, "prompt_tokens", json_integer(res.prompt_tokens));
+		json_object_set_new(usage, "completion_tokens", json_integer(res.completion_tokens));
+		json_object_set_new(usage, "total_tokens",
+							json_integer(res.prompt_tokens + res.completion_tokens));
+		json_object_set_new(obj, "usage", usage);
+		dump = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		if (dump == NULL)
+			rc = fail("generate: cannot format the JSON result");
+		else
+			printf("%s\n", dump);
+		free(dump);
+		json_decref(obj);
+	}
+	else
+	{
+		fwrite(res.text, 1, res.text_len, stdout);
+		fputc('\n', stdout);
+	}
+	gptoss_engine_free(eng);
+	return rc;
+}
+
+/* Parses "1,8,64" into batch sizes (each in [1, 4096]); returns the count or -1. */
+static int
+parse_batches(const char *s, int32_t **out)
+{
+	return parse_id_list(s, "--batch", 1, 4096, out);
+}
+
+/* One timed run of batch requests; prints its JSON line.  Returns 0 or 1. */
+static int
+bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t seed)
+{
+	gptoss_gen_params p;
+	gptoss_error err = {0};
+	int64_t    *ids = calloc((size_t) batch, sizeof(int64_t));
+	double	   *first = calloc((size_t) batch, sizeof(double));
+	int32_t    *prompt = malloc((size_t) prompt_len * sizeof(int32_t));
+	double		t_submit,
+				t_prefilled = 0,
+				t_end,
+				ttft_sum = 0;
+	int			n_first = 0,
+				rc = 0;
+	gptoss_backend_info info;
+	gptoss_backend *be = gptoss_engine_backend(eng);
+
+	if (!ids || !first || !prompt)
+	{
+		free(ids);
+		free(first);
+		free(prompt);
+		return fail("bench: out of memory");
+	}
+	gptoss_gen_params_default(&p);
+	p.raw = true;
+	p.ignore_eos = true;
+	p.temperature = 0;
+	p.max_tokens = gen;
+
+	t_submit = gptoss_now();
+	for (int b = 0; b < batch && rc == 0; b++)
+	{
+		/* Random ordinary token ids, different for every request. */
+		for (int i = 0; i < prompt_len; i++)
+		{
+			seed = gptoss_mix64(seed);
+			prompt[i] = (int32_t) (seed % GPTOSS_TOK_STARTOFTEXT);
+		}
+		ids[b] = gptoss_engine_submit(eng, prompt, prompt_len, &p, &err);
+		if (ids[b] < 0)
+			rc = fail("bench: %s", err.msg);
+	}
+	while (rc == 0 && gptoss_engine_active(eng) > 0)
+	{
+		double		now;
+
+		if (gptoss_engine_step(eng, &err) < 0)
+		{
+			rc = fail("bench: %s", err.msg);
+			break;
+		}
+		now = gptoss_now();
+		for (int b = 0; b < batch && n_first < batch; b++)
+		{
+			gptoss_result res;
+
+			if (first[b] == 0 && gptoss_engine_result(eng, ids[b], &res) == 0 && res.n_tokens > 0)
+			{
+				first[b] = now;
+				ttft_sum += now - t_submit;
+				if (++n_first == batch)
+					t_prefilled = now;
+			}
+		}
+	}
+	t_end = gptoss_now();
+	if (rc == 0)
+	{
+		double		prefill_s = t_prefilled - t_submit;
+		double		decode_s = t_end - t_prefilled;
+		double		decode_tokens = (double) batch * (gen - 1);
+
+		memset(&info, 0, sizeof(info));
+		be->get_info(be, &info);
+		printf("{\"batch\":%d,\"prompt_len\":%d,\"gen\":%d,\"prefill_tok_s\":%.1f,"
+			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld}\n",
+			   batch, prompt_len, gen,
+			   prefill_s > 0 ? (double) batch * prompt_len / prefill_s : 0.0,
+			   decode_s > 0 && decode_tokens > 0 ? decode_tokens / decode_s : 0.0,
+			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes);
+		fflush(stdout);
+	}
+	for (int b = 0; b < batch; b++)
+		if (ids[b] >= 0)
+			gptoss_engine_release(eng, ids[b]);
+	free(ids);
+	free(first);
+	free(prompt);
+	return rc;
+}
+
+static int
+cmd_bench(const cli_opts *o, const bool *given)
+{
+	int32_t    *batches = NULL;
+	int			n_batches,
+				max_batch = 1,
+				rc = 0;
+	int			prompt_len = (int) o->prompt_len,
+				gen = (int) o->gen;
+	int			context;
+	progress_state ps;
+	gptoss_engine *eng;
+	uint64_t	seed = was_given(given, "seed") ? o->seed : 1;
+
+	n_batches = parse_batches(o->batch, &batches);
+	if (n_batches < 0)
+		return 1;
+	for (int i = 0; i < n_batches; i++)
+		if (batches[i] > max_batch)
+			max_batch = batches[i];
+	if ((long) prompt_len + gen > INT_MAX)
+	{
+		free(batches);
+		return fail("bench: --prompt-len + --gen too large");
+	}
+	context = was_given(given, "max-context") ? (int) o->max_context : prompt_len + gen;
+	if (context < prompt_len + gen)
+	{
+		free(batches);
+		return fail("bench: --max-context %d is shorter than --prompt-len + --gen (%d)", context,
+					prompt_len + gen);
+	}
+	progress_init(&ps, o->verbose);
+	eng = create_engine(o, max_batch, context, &ps);
+	if (eng == NULL)
+	{
+		free(batches);
+		return 1;
+	}
+	/* Warm-up (lazy allocations, kernel selection) outside the timings. */
+	{
+		gptoss_gen_params p;
+		gptoss_error err = {0};
+		int32_t		warm[16];
+		int			n_warm = prompt_len < 16 ? prompt_len : 16;
+		int64_t		id;
+
+		gptoss_gen_params_default(&p);
+		p.raw = p.ignore_eos = true;
+		p.temperature = 0;
+		p.max_tokens = 2;
+		for (int i = 0; i < n_warm; i++)
+			warm[i] = 1000 + i;
+		id = gptoss_engine_submit(eng, warm, n_warm, &p, &err);
+		while (id >= 0 && gptoss_engine_active(eng) > 0)
+			if (gptoss_engine_step(eng, &err) < 0)
+				break;
+		if (id < 0 || err.msg[0] != '\0')
+			rc = fail("bench: %s", err.msg);
+		else
+			gptoss_engine_release(eng, id);
+	}
+	for (int i = 0; i < n_batches && rc == 0; i++)
+		rc = bench_batch(eng, batches[i], prompt_len, gen, seed + (uint64_t) i);
+	gptoss_engine_free(eng);
+	free(batches);
+	return rc;
+}
+
+/* ---------------------------------------------------------------------------
+ * synth
+ */
+
+static int
+cmd_synth(const cli_opts *o, const bool *given)
+{
+	gptoss_synth_preset preset;
+	gptoss_config cfg;
+	gptoss_error err = {0};
+	progress_state ps;
+
+	if (o->preset == NULL)
+		return fail("synth: --preset is required (tiny, tiny-odd, 20b or 120b)");
+	if (o->out == NULL)
+		return fail("synth: --out is required");
+	if (gptoss_synth_preset_from_name(o->preset, &preset) < 0)
+		return fail("synth: unknown preset \"%s\" (expected tiny, tiny-odd, 20b or 120b)", o->preset);
+	if (gptoss_synth_config(preset, &cfg, &err) < 0)
+		return fail("synth: %s", err.msg);
+	/* Synthesis is long for the big presets: always show its progress. */
+	progress_init(&ps, true);
+	if (gptoss_synth_write(&cfg, o->out, was_given(given, "seed") ? o->seed : 0, o->tokenizer,
+						   show_progress, &ps, &err) < 0)
+	{
+		progress_done(&ps);
+		return fail("synth: %s", err.msg);
+	}
+	progress_done(&ps);
+	return 0;
+}
+
+/* ---------------------------------------------------------------------------
+ * main
+ */
+
+int
+main(int argc, char **argv)
+{
+	static const struct
+	{
+		const char *name;
+		int			cmd;
+	}			commands[] = {
+		{"tokenize", CMD_TOKENIZE}, {"logits", CMD_LOGITS}, {"generate", CMD_GENERATE},
+		{"bench", CMD_BENCH}, {"synth", CMD_SYNTH},
+	};
+	cli_opts	o;
+	bool		given[N_OPTIONS] = {false};
+	const char *name;
+	int			cmd = 0,
+				rc;
+
+	if (argc < 2)
+	{
+		fputs(USAGE, stderr);
+		return 1;
+	}
+	name = argv[1];
+	if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0 || strcmp(name, "help") == 0)
+	{
+		fputs(USAGE, stdout);
+		return 0;
+	}
+	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
+		if (strcmp(name, commands[i].name) == 0)
+			cmd = commands[i].cmd;
+	if (cmd == 0)
+		return fail("unknown command \"%s\" (expected tokenize, logits, generate, bench or synth; see --help)",
+					name);
+
+	memset(&o, 0, sizeof(o));
+	o.device = "auto";
+	o.top = 10;
+	o.batch = "1,8,64";
+	o.prompt_len = 128;
+	o.gen = 128;
+	rc = parse_options(argc, argv, 2, cmd, name, &o, given);
+	if (rc == 2)
+	{
+		fputs(USAGE, stdout);
+		return 0;
+	}
+	if (rc != 0)
+		return 1;
+	if ((cmd & CMD_MODEL) && o.model == NULL)
+		return fail("%s: --model DIR is required", name);
+	if ((cmd & CMD_COMPUTE) && check_device(o.device) != 0)
+		return 1;
+
+	switch (cmd)
+	{
+		case CMD_TOKENIZE:
+			return cmd_tokenize(&o);
+		case CMD_LOGITS:
+			return cmd_logits(&o);
+		case CMD_GENERATE:
+			return cmd_generate(&o, given);
+		case CMD_BENCH:
+			return cmd_bench(&o, given);
+		case CMD_SYNTH:
+			return cmd_synth(&o, given);
+	}
+	return 1;
+}

@@ -1,0 +1,1348 @@
+/*
+ * backend_cpu.c: the reference CPU backend (spec section 4, all in fp32).
+ *
+ * Plan of a step.  The entries' tokens are laid out as one matrix of T rows
+ * (entry after entry), so that every weight row is read once per step and
+ * used for all T tokens: that is what makes batching pay on a CPU too.  Per
+ * layer:
+ *   RMSNorm -> q,k,v (one dispatch over the rows of the three matrices)
+ *   -> RoPE -> attention with sinks, reading earlier positions from the slot's
+ *   KV cache and this step's positions from the fresh k/v rows -> append k/v
+ *   to the cache -> o-projection + residual -> RMSNorm -> router, top-k,
+ *   softmax over the k -> experts grouped by expert (gate_up rows, SwiGLU,
+ *   down rows; each MXFP4 row decoded once per step) -> weighted sum + residual.
+ * Then the final norm and lm_head only for the rows whose logits are wanted
+ * (all rows when the caller asks for logits, else the last row of each
+ * sampled entry), and the sampler.
+ *
+ * Numerics: weights are bf16/MXFP4 widened exactly to fp32; activations, the
+ * residual stream, the KV cache and every accumulation are fp32.  Each
+ * (row, token) dot product is computed by the same code in the same order
+ * whatever the batch, so a sequence's logits are bitwise identical alone,
+ * batched with others, or prefilled in chunks.
+ *
+ * KV cache: per slot and layer, K and V rows of Hkv*D floats.  Full layers
+ * grow their buffers (doubling, up to max_context) as the sequence grows;
+ * sliding layers keep a ring of min(window, max_context) positions, position
+ * p at row p % ring.  Attention for a step reads the cache before this step's
+ * rows are written into it, so a prefill chunk longer than the ring is fine.
+ * release() frees a slot's buffers; kv_cache_tokens caps the total number of
+ * cached tokens over all slots.
+ *
+ * Threads: a small pool (opts.threads or gptoss_num_threads()) runs the
+ * matrix products, the attention (token, head) pairs and the expert rows as
+ * parallel loops over independent output items; the caller's thread works too.
+ */
+#include "backend.h"
+#include "mxfp4.h"
+#include "rope.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* Thread pool                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* A parallel loop body: handles items [begin, end) on worker `thread`. */
+typedef void (*pool_fn) (void *ctx, int64_t begin, int64_t end, int thread);
+
+typedef struct thread_pool
+{
+	int			n_threads;		/* workers + the calling thread */
+	pthread_t  *workers;		/* [n_threads - 1] */
+	int			n_started;		/* workers actually running */
+	pthread_mutex_t mu;
+	pthread_cond_t wake;		/* a new loop was posted, or stop */
+	pthread_cond_t done;		/* the last busy worker finished */
+	uint64_t	generation;		/* bumped per posted loop */
+	int			stop;
+	int			busy;			/* workers still inside the current loop */
+	pool_fn		fn;
+	void	   *ctx;
+	int64_t		n_items;
+	int64_t		grain;			/* items claimed at a time */
+	atomic_llong next;			/* first unclaimed item */
+} thread_pool;
+
+typedef struct worker_arg
+{
+	thread_pool *pool;
+	int			thread;
+} worker_arg;
+
+/* Claims chunks of the current loop until none is left. */
+static void
+pool_run_chunks(thread_pool *pool, int thread)
+{
+	for (;;)
+	{
+		int64_t		begin = atomic_fetch_add(&pool->next, pool->grain);
+
+		if (begin >= pool->n_items)
+			break;
+		pool->fn(pool->ctx, begin,
+				 begin + pool->grain < pool->n_items ? begin + pool->grain : pool->n_items,
+				 thread);
+	}
+}
+
+/* Worker thread: waits for a loop, helps run it, reports completion. */
+static void *
+pool_worker(void *arg)
+{
+	worker_arg *wa = arg;
+	thread_pool *pool = wa->pool;
+	uint64_t	seen = 0;
+
+	pthread_mutex_lock(&pool->mu);
+	for (;;)
+	{
+		while (!pool->stop && pool->generation == seen)
+			pthread_cond_wait(&pool->wake, &pool->mu);
+		if (pool->stop)
+			break;
+		seen = pool->generation;
+		pthread_mutex_unlock(&pool->mu);
+		pool_run_chunks(pool, wa->thread);
+		pthread_mutex_lock(&pool->mu);
+		if (--pool->busy == 0)
+			pthread_cond_signal(&pool->done);
+	}
+	pthread_mutex_unlock(&pool->mu);
+	return NULL;
+}
+
+/* Stops and joins the workers and frees the pool. */
+static void
+pool_free(thread_pool *pool, worker_arg *args)
+{
+	if (!pool)
+		return;
+	pthread_mutex_lock(&pool->mu);
+	pool->stop = 1;
+	pthread_cond_broadcast(&pool->wake);
+	pthread_mutex_unlock(&pool->mu);
+	for (int i = 0; i < pool->n_started; i++)
+		pthread_join(pool->workers[i], NULL);
+	pthread_mutex_destroy(&pool->mu);
+	pthread_cond_destroy(&pool->wake);
+	pthread_cond_destroy(&pool->done);
+	free(pool->workers);
+	free(args);
+	free(pool);
+}
+
+/* Starts n_threads - 1 workers; *args_out keeps their arguments alive. */
+static thread_pool *
+pool_create(int n_threads, worker_arg **args_out, gptoss_error *err)
+{
+	thread_pool *pool = calloc(1, sizeof(thread_pool));
+	worker_arg *args = calloc(n_threads, sizeof(worker_arg));
+
+	*args_out = args;
+	if (!pool || !args)
+	{
+		free(pool);
+		free(args);
+		gptoss_errorf(err, "cpu backend: out of memory for the thread pool");
+		return NULL;
+	}
+	pool->n_threads = n_threads;
+	pool->workers = calloc(n_threads, sizeof(pthread_t));
+	pthread_mutex_init(&pool->mu, NULL);
+	pthread_cond_init(&pool->wake, NULL);
+	pthread_cond_init(&pool->done, NULL);
+	if (!pool->workers)
+	{
+		pool_free(pool, args);
+		gptoss_errorf(err, "cpu backend: out of memory for the thread pool");
+		return NULL;
+	}
+	for (int i = 1; i < n_threads; i++)
+	{
+		args[i].pool = pool;
+		args[i].thread = i;
+		if (pthread_create(&pool->workers[i - 1], NULL, pool_worker, &args[i]) != 0)
+		{
+			pool_free(pool, args);
+			gptoss_errorf(err, "cpu backend: cannot start worker thread %d", i);
+			return NULL;
+		}
+		pool->n_started++;
+	}
+	return pool;
+}
+
+/* Runs fn over [0, n_items) in chunks of grain on all threads; returns when done. */
+static void
+pool_parallel_for(thread_pool *pool, pool_fn fn, void *ctx, int64_t n_items, int64_t grain)
+{
+	if (n_items <= 0)
+		return;
+	if (grain < 1)
+		grain = 1;
+	if (pool->n_threads <= 1 || n_items <= grain)
+	{
+		fn(ctx, 0, n_items, 0);
+		return;
+	}
+	pthread_mutex_lock(&pool->mu);
+	pool->fn = fn;
+	pool->ctx = ctx;
+	pool->n_items = n_items;
+	pool->grain = grain;
+	atomic_store(&pool->next, 0);
+	pool->busy = pool->n_threads - 1;
+	pool->generation++;
+	pthread_cond_broadcast(&pool->wake);
+	pthread_mutex_unlock(&pool->mu);
+
+	pool_run_chunks(pool, 0);
+
+	pthread_mutex_lock(&pool->mu);
+	while (pool->busy > 0)
+		pthread_cond_wait(&pool->done, &pool->mu);
+	pthread_mutex_unlock(&pool->mu);
+}
+
+/* Splits n_items into about 4 chunks per thread, at least min_grain items each. */
+static int64_t
+pool_grain(const thread_pool *pool, int64_t n_items, int64_t min_grain)
+{
+	int64_t		g = n_items / (4 * (int64_t) pool->n_threads);
+
+	return g < min_grain ? min_grain : g;
+}
+
+/* ------------------------------------------------------------------------ */
+/* fp32 kernels                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef float v8f __attribute__((vector_size(32)));
+
+/* sum a[i] * b[i] in fp32: two 8-lane accumulators, then a fixed-order tail. */
+static inline float
+dot_f32(const float *a, const float *b, int n)
+{
+	v8f			acc0 = {0}, acc1 = {0};
+	int			i = 0;
+	float		sum;
+
+	for (; i + 16 <= n; i += 16)
+	{
+		v8f			a0, a1, b0, b1;
+
+		memcpy(&a0, a + i, sizeof(v8f));
+		memcpy(&a1, a + i + 8, sizeof(v8f));
+		memcpy(&b0, b + i, sizeof(v8f));
+		memcpy(&b1, b + i + 8, sizeof(v8f));
+		acc0 += a0 * b0;
+		acc1 += a1 * b1;
+	}
+	acc0 += acc1;
+	sum = ((acc0[0] + acc0[4]) + (acc0[1] + acc0[5])) + ((acc0[2] + acc0[6]) + (acc0[3] + acc0[7]));
+	for (; i < n; i++)
+		sum += a[i] * b[i];
+	return sum;
+}
+
+/* bf16 row -> fp32 (exact). */
+static inline void
+bf16_row_to_f32(const gptoss_bf16 *src, float *dst, int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		uint32_t	u = (uint32_t) src[i] << 16;
+
+		memcpy(dst + i, &u, sizeof(u));
+	}
+}
+
+/* y = x / sqrt(mean(x^2) + eps) * w  for one row of n. */
+static void
+rmsnorm_row(const float *x, const gptoss_bf16 *w, float eps, float *y, int n)
+{
+	float		ss = dot_f32(x, x, n);
+	float		inv = 1.0f / sqrtf(ss / (float) n + eps);
+
+	for (int i = 0; i < n; i++)
+		y[i] = gptoss_bf16_to_f32(w[i]) * (x[i] * inv);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Backend state                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* One sequence's cache. */
+typedef struct kv_slot
+{
+	int			len;			/* tokens cached = next position */
+	int			cap;			/* positions allocated in full layers' buffers */
+	float	  **k;				/* [L] full: [cap, Hkv*D]; sliding: [ring, Hkv*D]; NULL if unused */
+	float	  **v;				/* [L] same shapes as k */
+} kv_slot;
+
+typedef struct cpu_backend
+{
+	gptoss_backend base;
+	const gptoss_config *cfg;
+	gptoss_rope rope;
+	thread_pool *pool;
+	worker_arg *pool_args;
+	int			n_threads;
+	int			failed;			/* an internal error happened: only free() is allowed */
+
+	/* KV cache */
+	kv_slot    *slots;			/* [max_seqs] */
+	int			ring;			/* positions kept by sliding layers */
+	int64_t		kv_capacity;	/* max total cached tokens */
+	int64_t		kv_used;		/* sum of slot lengths */
+	int64_t		kv_bytes;		/* bytes allocated for the cache */
+	unsigned   *slot_stamp;		/* [max_seqs] duplicate-slot check per step */
+	unsigned	stamp;
+
+	/* per-thread scratch */
+	float	  **thread_buf;		/* [n_threads] each [thread_buf_len] */
+	int64_t		thread_buf_len;
+
+	/* step buffers, grown on demand; T = tokens of the step */
+	int			cap_tokens;		/* rows allocated for the T-sized buffers */
+	float	   *x;				/* [T, H] residual stream */
+	float	   *xn;				/* [T, H] normed input of a block */
+	float	   *q;				/* [T, Hq*D] */
+	float	   *k;				/* [T, Hkv*D] */
+	float	   *v;				/* [T, Hkv*D] */
+	float	   *att;			/* [T, Hq*D] attention output */
+	float	   *proj;			/* [T, H] o-projection / expert sum */
+	float	   *router;			/* [T, E] router logits */
+	float	   *rope_cs;		/* [T, 2, D/2] cos then sin per token */
+	int		   *tok_pos;		/* [T] absolute position */
+	int		   *tok_entry;		/* [T] entry index */
+	int		   *sel_expert;		/* [T, K] selected experts */
+	float	   *sel_weight;		/* [T, K] their softmax weights */
+	int		   *sel_assign;		/* [T, K] assignment row of (token, k) */
+	int		   *assign_token;	/* [T*K] token of assignment row a (grouped by expert) */
+	float	   *gate_up;		/* [T*K, 2I] */
+	float	   *act;			/* [T*K, I] */
+	float	   *expert_out;		/* [T*K, H] */
+	int		   *expert_count;	/* [E] */
+	int		   *expert_start;	/* [E] first assignment row of expert e */
+	int		   *active_experts; /* [E] experts used this step */
+	int			cap_entries;
+	int		   *entry_base;		/* [n_seqs] first row of entry i */
+	int			cap_out;		/* rows allocated for out_norm */
+	float	   *out_norm;		/* [n_out, H] final-normed rows that need logits */
+	int			cap_sampled;	/* rows allocated for out_logits */
+	float	   *out_logits;		/* [n_sampled, V] when the caller passes no logits buffer */
+	int		   *out_rows;		/* [T] token row of each output row */
+	void	   *sample_scratch; /* 8 * V bytes for gptoss_sample */
+	int64_t		step_bytes;		/* bytes of all step buffers */
+	int64_t		peak_bytes;
+} cpu_backend;
+
+/* ------------------------------------------------------------------------ */
+/* Parallel jobs                                                            */
+/* ------------------------------------------------------------------------ */
+
+/* Up to 3 dense bf16 matrices whose rows form one loop (q, k, v share a pass). */
+typedef struct dense_job
+{
+	int			n_seg;
+	const gptoss_bf16 *w[3];	/* [rows[s], in] */
+	const gptoss_bf16 *bias[3]; /* [rows[s]] or NULL */
+	float	   *y[3];			/* [n_tok, rows[s]] */
+	int			rows[3];
+	int			in;
+	const float *x;				/* [n_tok, in] */
+	int			n_tok;
+	cpu_backend *be;
+} dense_job;
+
+/* Rows [begin, end) of the concatenated segments: y[t][r] = w[r]·x[t] + b[r]. */
+static void
+dense_task(void *ctx, int64_t begin, int64_t end, int thread)
+{
+	dense_job  *job = ctx;
+	float	   *wrow = job->be->thread_buf[thread];
+	int64_t		seg_start = 0;
+
+	for (int s = 0; s < job->n_seg; s++)
+	{
+		int64_t		lo = begin > seg_start ? begin : seg_start;
+		int64_t		hi = end < seg_start + job->rows[s] ? end : seg_start + job->rows[s];
+
+		for (int64_t gr = lo; gr < hi; gr++)
+		{
+			int			r = (int) (gr - seg_start);
+			float		b = job->bias[s] ? gptoss_bf16_to_f32(job->bias[s][r]) : 0.0f;
+
+			bf16_row_to_f32(job->w[s] + (size_t) r * job->in, wrow, job->in);
+			for (int t = 0; t < job->n_tok; t++)
+				job->y[s][(size_t) t * job->rows[s] + r] =
+					dot_f32(wrow, job->x + (size_t) t * job->in, job->in) + b;
+		}
+		seg_start += job->rows[s];
+	}
+}
+
+/* Runs a dense_job over all its rows. */
+static void
+run_dense(cpu_backend *be, dense_job *job)
+{
+	int64_t		total = 0;
+
+	job->be = be;
+	for (int s = 0; s < job->n_seg; s++)
+		total += job->rows[s];
+	/* small products are not worth waking the workers */
+	if (total * job->in * (int64_t) job->n_tok < 32768)
+		dense_task(job, 0, total, 0);
+	else
+		pool_parallel_for(be->pool, dense_task, job, total, pool_grain(be->pool, total, 16));
+}
+
+/* Attention of one layer over all (token, head) pairs of the step. */
+typedef struct attn_job
+{
+	cpu_backend *be;
+	const gptoss_step_seq *seqs;
+	int			layer;
+	int			sliding;
+	float		scale;
+	const gptoss_bf16 *sinks;	/* [Hq] */
+} attn_job;
+
+/* Attention with a sink for pairs [begin, end) of token * Hq + head. */
+static void
+attn_task(void *ctx, int64_t begin, int64_t end, int thread)
+{
+	attn_job   *job = ctx;
+	cpu_backend *be = job->be;
+	const gptoss_config *c = be->cfg;
+	int			d = c->head_dim;
+	int			hq = c->num_heads;
+	int			kvd = c->num_kv_heads * d;
+	int			group = c->num_heads / c->num_kv_heads;
+	float	   *scores = be->thread_buf[thread];
+
+	for (int64_t item = begin; item < end; item++)
+	{
+		int			t = (int) (item / hq);
+		int			h = (int) (item % hq);
+		int			g = h / group;
+		int			e = be->tok_entry[t];
+		int			p = be->tok_pos[t];
+		int			pos0 = job->seqs[e].pos;
+		int			base = be->entry_base[e];
+		const kv_slot *slot = &be->slots[job->seqs[e].slot];
+		const float *cache_k = slot->k[job->layer];
+		const float *cache_v = slot->v[job->layer];
+		const float *q = be->q + (size_t) t * hq * d + (size_t) h * d;
+		float	   *out = be->att + (size_t) t * hq * d + (size_t) h * d;
+		int			lo = job->sliding ? p - c->sliding_window + 1 : 0;
+		float		sink = gptoss_bf16_to_f32(job->sinks[h]);
+		float		m = sink;
+		float		den = 0.0f;
+
+		if (lo < 0)
+			lo = 0;
+		for (int j = lo; j <= p; j++)
+		{
+			const float *kj;
+
+			if (j >= pos0)
+				kj = be->k + (size_t) (base + j - pos0) * kvd;
+			else
+				kj = cache_k + (size_t) (job->sliding ? j % be->ring : j) * kvd;
+			scores[j - lo] = dot_f32(q, kj + (size_t) g * d, d) * job->scale;
+			if (scores[j - lo] > m)
+				m = scores[j - lo];
+		}
+		for (int j = lo; j <= p; j++)
+		{
+			scores[j - lo] = expf(scores[j - lo] - m);
+			den += scores[j - lo];
+		}
+		den += expf(sink - m);
+		for (int i = 0; i < d; i++)
+			out[i] = 0.0f;
+		for (int j = lo; j <= p; j++)
+		{
+			const float *vj;
+			float		a = scores[j - lo] / den;
+
+			if (j >= pos0)
+				vj = be->v + (size_t) (base + j - pos0) * kvd;
+			else
+				vj = cache_v + (size_t) (job->sliding ? j % be->ring : j) * kvd;
+			vj += (size_t) g * d;
+			for (int i = 0; i < d; i++)
+				out[i] += a * vj[i];
+		}
+	}
+}
+
+/* Expert rows: gate_up (phase 0) or down (phase 1) of the active experts. */
+typedef struct expert_job
+{
+	cpu_backend *be;
+	const gptoss_layer_weights *lw;
+	int			n_active;
+	int			phase;
+} expert_job;
+
+/* Rows [begin, end) of active expert index * rows_per_expert + row. */
+static void
+expert_task(void *ctx, int64_t begin, int64_t end, int thread)
+{
+	expert_job *job = ctx;
+	cpu_backend *be = job->be;
+	const gptoss_config *c = be->cfg;
+	int			hdim = c->hidden_size;
+	int			idim = c->intermediate_size;
+	int			rows = job->phase == 0 ? 2 * idim : hdim;
+	int			in = job->phase == 0 ? hdim : idim;
+	int			nb = in / 32;
+	float	   *wrow = be->thread_buf[thread];
+
+	for (int64_t item = begin; item < end; item++)
+	{
+		int			e = be->active_experts[item / rows];
+		int			r = (int) (item % rows);
+		size_t		row_index = (size_t) e * rows + r;
+		int			a0 = be->expert_start[e];
+		int			a1 = a0 + be->expert_count[e];
+
+		if (job->phase == 0)
+		{
+			float		b = gptoss_bf16_to_f32(job->lw->gate_up_bias[row_index]);
+
+			gptoss_mxfp4_decode_row(job->lw->gate_up_blocks + row_index * nb * 16,
+									job->lw->gate_up_scales + row_index * nb, nb, wrow);
+			for (int a = a0; a < a1; a++)
+				be->gate_up[(size_t) a * rows + r] =
+					dot_f32(wrow, be->xn + (size_t) be->assign_token[a] * hdim, hdim) + b;
+		}
+		else
+		{
+			float		b = gptoss_bf16_to_f32(job->lw->down_bias[row_index]);
+
+			gptoss_mxfp4_decode_row(job->lw->down_blocks + row_index * nb * 16,
+									job->lw->down_scales + row_index * nb, nb, wrow);
+			for (int a = a0; a < a1; a++)
+				be->expert_out[(size_t) a * rows + r] =
+					dot_f32(wrow, be->act + (size_t) a * idim, idim) + b;
+		}
+	}
+}
+
+/* lm_head rows [begin, end) for the n_out output rows. */
+typedef struct logits_job
+{
+	cpu_backend *be;
+	int			n_out;
+	float	   *logits;			/* [n_out, V] */
+} logits_job;
+
+/* logits[o][r] = lm_head[r] · out_norm[o] for vocab rows [begin, end). */
+static void
+logits_task(void *ctx, int64_t begin, int64_t end, int thread)
+{
+	logits_job *job = ctx;
+	cpu_backend *be = job->be;
+	int			hdim = be->cfg->hidden_size;
+	int64_t		vocab = be->cfg->vocab_size;
+	float	   *wrow = be->thread_buf[thread];
+
+	for (int64_t r = begin; r < end; r++)
+	{
+		bf16_row_to_f32(be->base.model->lm_head + (size_t) r * hdim, wrow, hdim);
+		for (int o = 0; o < job->n_out; o++)
+			job->logits[o * vocab + r] = dot_f32(wrow, be->out_norm + (size_t) o * hdim, hdim);
+	}
+}
+
+/* ------------------------------------------------------------------------ */
+/* Buffers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* realloc that also counts the step buffer bytes; returns 0 or -1. */
+static int
+grow(cpu_backend *be, void **p, size_t old_bytes, size_t new_bytes)
+{
+	void	   *n = realloc(*p, new_bytes ? new_bytes : 1);
+
+	if (!n)
+		return -1;
+	*p = n;
+	be->step_bytes += (int64_t) new_bytes - (int64_t) old_bytes;
+	return 0;
+}
+
+/*
+ * Makes the step buffers hold n_tok tokens, n_entries entries, n_out normed
+ * output rows and n_sampled rows of internal logits.
+ */
+static int
+ensure_step_buffers(cpu_backend *be, int n_tok, int n_entries, int n_out, int n_sampled,
+					gptoss_error *err)
+{
+	const gptoss_config *c = be->cfg;
+	size_t		hdim = c->hidden_size;
+	size_t		qd = (size_t) c->num_heads * c->head_dim;
+	size_t		kvd = (size_t) c->num_kv_heads * c->head_dim;
+	size_t		kk = c->experts_per_token;
+	size_t		idim = c->intermediate_size;
+	size_t		vocab = c->vocab_size;
+
+	if (n_tok > be->cap_tokens)
+	{
+		size_t		o = be->cap_tokens,
+					n = n_tok;
+		int			fail = 0;
+
+#define GROW(field, per_tok) \
+		fail |= grow(be, (void **) &be->field, o * (per_tok) * sizeof(*be->field), n * (per_tok) * sizeof(*be->field))
+		GROW(x, hdim);
+		GROW(xn, hdim);
+		GROW(q, qd);
+		GROW(k, kvd);
+		GROW(v, kvd);
+		GROW(att, qd);
+		GROW(proj, hdim);
+		GROW(router, (size_t) c->num_experts);
+		GROW(rope_cs, (size_t) c->head_dim);
+		GROW(tok_pos, 1);
+		GROW(tok_entry, 1);
+		GROW(sel_expert, kk);
+		GROW(sel_weight, kk);
+		GROW(sel_assign, kk);
+		GROW(assign_token, kk);
+		GROW(gate_up, kk * 2 * idim);
+		GROW(act, kk * idim);
+		GROW(expert_out, kk * hdim);
+		GROW(out_rows, 1);
+#undef GROW
+		if (fail)
+			return gptoss_errorf(err, "cpu backend: out of memory for a step of %d tokens", n_tok);
+		be->cap_tokens = n_tok;
+	}
+	if (n_entries > be->cap_entries)
+	{
+		if (grow(be, (void **) &be->entry_base, (size_t) be->cap_entries * sizeof(int),
+				 (size_t) n_entries * sizeof(int)))
+			return gptoss_errorf(err, "cpu backend: out of memory for %d entries", n_entries);
+		be->cap_entries = n_entries;
+	}
+	if (n_out > be->cap_out)
+	{
+		if (grow(be, (void **) &be->out_norm, (size_t) be->cap_out * hdim * sizeof(float),
+				 (size_t) n_out * hdim * sizeof(float)))
+			return gptoss_errorf(err, "cpu backend: out of memory for %d output rows", n_out);
+		be->cap_out = n_out;
+	}
+	if (n_sampled > be->cap_sampled)
+	{
+		if (grow(be, (void **) &be->out_logits, (size_t) be->cap_sampled * vocab * sizeof(float),
+				 (size_t) n_sampled * vocab * sizeof(float)))
+			return gptoss_errorf(err, "cpu backend: out of memory for %d rows of logits", n_sampled);
+		be->cap_sampled = n_sampled;
+	}
+	return 0;
+}
+
+/* Bytes of one K (or V) row set of a layer for n positions. */
+static size_t
+kv_layer_bytes(const gptoss_config *c, int n)
+{
+	return (size_t) n * c->num_kv_heads * c->head_dim * sizeof(float);
+}
+
+/* Frees a slot's cache buffers. */
+static void
+slot_free_buffers(cpu_backend *be, kv_slot *s)
+{
+	const gptoss_config *c = be->cfg;
+
+	for (int l = 0; l < c->num_layers; l++)
+	{
+		if (s->k[l])
+			be->kv_bytes -= 2 * (int64_t) kv_layer_bytes(c, c->layer_sliding[l] ? be->ring : s->cap);
+		free(s->k[l]);
+		free(s->v[l]);
+		s->k[l] = s->v[l] = NULL;
+	}
+	s->cap = 0;
+}
+
+/* Makes slot hold `need` positions: rings allocated, full layers grown. */
+static int
+slot_reserve(cpu_backend *be, kv_slot *s, int need, gptoss_error *err)
+{
+	const gptoss_config *c = be->cfg;
+	int			new_cap = s->cap;
+
+	if (need > s->cap)
+	{
+		new_cap = s->cap * 2 > 64 ? s->cap * 2 : 64;
+		if (new_cap < need)
+			new_cap = need;
+		if (new_cap > be->base.opts.max_context)
+			new_cap = be->base.opts.max_context;
+	}
+	for (int l = 0; l < c->num_layers; l++)
+	{
+		if (c->layer_sliding[l])
+		{
+			if (!s->k[l])
+			{
+				s->k[l] = malloc(kv_layer_bytes(c, be->ring));
+				s->v[l] = malloc(kv_layer_bytes(c, be->ring));
+				if (!s->k[l] || !s->v[l])
+					goto oom;
+				be->kv_bytes += 2 * (int64_t) kv_layer_bytes(c, be->ring);
+			}
+		}
+		else if (new_cap > s->cap || !s->k[l])
+		{
+			float	   *nk = realloc(s->k[l], kv_layer_bytes(c, new_cap));
+			float	   *nv;
+
+			if (!nk)
+				goto oom;
+			s->k[l] = nk;
+			nv = realloc(s->v[l], kv_layer_bytes(c, new_cap));
+			if (!nv)
+				goto oom;
+			s->v[l] = nv;
+			be->kv_bytes += 2 * ((int64_t) kv_layer_bytes(c, new_cap) - (int64_t) kv_layer_bytes(c, s->cap));
+		}
+	}
+	s->cap = new_cap;
+	return 0;
+
+oom:
+	return gptoss_errorf(err, "cpu backend: out of memory growing the KV cache to %d positions", need);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The step                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Checks every entry before any state changes; returns total tokens or -1. */
+static int64_t
+validate_step(cpu_backend *be, const gptoss_step_seq *seqs, int n_seqs,
+			  const int32_t *next_tokens, gptoss_error *err)
+{
+	const gptoss_config *c = be->cfg;
+	const gptoss_backend_opts *o = &be->base.opts;
+	int64_t		total = 0;
+
+	if (n_seqs < 0 || (n_seqs > 0 && !seqs))
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "step: bad entry list (%d entries)", n_seqs);
+	be->stamp++;
+	for (int i = 0; i < n_seqs; i++)
+	{
+		const gptoss_step_seq *s = &seqs[i];
+
+		if (s->slot < 0 || s->slot >= o->max_seqs)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "step: entry %d: slot %d out of range [0, %d)", i, s->slot, o->max_seqs);
+		if (be->slot_stamp[s->slot] == be->stamp)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "step: entry %d: slot %d appears twice in one step", i, s->slot);
+		be->slot_stamp[s->slot] = be->stamp;
+		if (s->n_tokens < 1 || !s->tokens)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "step: entry %d: needs at least one token (n_tokens %d)", i, s->n_tokens);
+		if (s->pos != be->slots[s->slot].len)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "step: entry %d: pos %d but slot %d holds %d cached tokens",
+									  i, s->pos, s->slot, be->slots[s->slot].len);
+		if ((int64_t) s->pos + s->n_tokens > o->max_context)
+			return gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG,
+									  "step: entry %d: position %lld exceeds the context of %d tokens",
+									  i, (long long) s->pos + s->n_tokens, o->max_context);
+		for (int j = 0; j < s->n_tokens; j++)
+			if (s->tokens[j] < 0 || s->tokens[j] >= c->vocab_size)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: token id %d at index %d is outside [0, %d)",
+										  i, (int) s->tokens[j], j, c->vocab_size);
+		if (s->sample)
+		{
+			if (!next_tokens)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d asks to sample but next_tokens is NULL", i);
+			if (!(s->sampling.temperature >= 0) || !isfinite(s->sampling.temperature))
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: temperature %g must be finite and >= 0",
+										  i, s->sampling.temperature);
+			/* greedy ignores top_p, so a zeroed gptoss_sampling means greedy */
+			if (s->sampling.temperature > 0 && !(s->sampling.top_p > 0 && s->sampling.top_p <= 1))
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: top_p %g must be in (0, 1]", i, s->sampling.top_p);
+			if (s->sampling.top_k < 0)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: top_k %d must be >= 0", i, s->sampling.top_k);
+		}
+		total += s->n_tokens;
+	}
+	if (total > INT32_MAX / 64)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "step: %lld tokens in one step", (long long) total);
+	if (be->kv_used + total > be->kv_capacity)
+		return gptoss_errorf_code(err, GPTOSS_ERR_BUSY,
+								  "step: KV cache full (%lld of %lld tokens used, %lld more needed)",
+								  (long long) be->kv_used, (long long) be->kv_capacity, (long long) total);
+	return total;
+}
+
+/* Attention block of layer l for all T rows (x updated in place). */
+static void
+attention_block(cpu_backend *be, const gptoss_step_seq *seqs, int n_seqs, int n_tok, int l)
+{
+	const gptoss_config *c = be->cfg;
+	const gptoss_layer_weights *lw = &be->base.model->layers[l];
+	int			hdim = c->hidden_size;
+	int			d = c->head_dim;
+	int			hq = c->num_heads;
+	int			hkv = c->num_kv_heads;
+	int			kvd = hkv * d;
+	int			half = d / 2;
+	dense_job	qkv = {0};
+	dense_job	oproj = {0};
+	attn_job	aj = {0};
+
+	for (int t = 0; t < n_tok; t++)
+		rmsnorm_row(be->x + (size_t) t * hdim, lw->attn_norm, c->rms_norm_eps, be->xn + (size_t) t * hdim, hdim);
+
+	qkv.n_seg = 3;
+	qkv.w[0] = lw->q_weight, qkv.bias[0] = lw->q_bias, qkv.y[0] = be->q, qkv.rows[0] = hq * d;
+	qkv.w[1] = lw->k_weight, qkv.bias[1] = lw->k_bias, qkv.y[1] = be->k, qkv.rows[1] = kvd;
+	qkv.w[2] = lw->v_weight, qkv.bias[2] = lw->v_bias, qkv.y[2] = be->v, qkv.rows[2] = kvd;
+	qkv.in = hdim;
+	qkv.x = be->xn;
+	qkv.n_tok = n_tok;
+	run_dense(be, &qkv);
+
+	for (int t = 0; t < n_tok; t++)
+	{
+		const float *cs = be->rope_cs + (size_t) t * d;
+
+		for (int h = 0; h < hq; h++)
+			gptoss_rope_rotate(be->q + ((size_t) t * hq + h) * d, cs, cs + half, half);
+		for (int h = 0; h < hkv; h++)
+			gptoss_rope_rotate(be->k + ((size_t) t * hkv + h) * d, cs, cs + half, half);
+	}
+
+	aj.be = be;
+	aj.seqs = seqs;
+	aj.layer = l;
+	aj.sliding = c->layer_sliding[l];
+	aj.scale = 1.0f / sqrtf((float) d);
+	aj.sinks = lw->sinks;
+	pool_parallel_for(be->pool, attn_task, &aj, (int64_t) n_tok * hq,
+					  pool_grain(be->pool, (int64_t) n_tok * hq, 1));
+
+	/* append this step's keys and values to each slot's cache */
+	for (int i = 0; i < n_seqs; i++)
+	{
+		kv_slot    *s = &be->slots[seqs[i].slot];
+
+		for (int j = 0; j < seqs[i].n_tokens; j++)
+		{
+			int			p = seqs[i].pos + j;
+			int			row;
+			size_t		src = (size_t) (be->entry_base[i] + j) * kvd;
+
+			if (c->layer_sliding[l])
+			{
+				if (j < seqs[i].n_tokens - be->ring)
+					continue;	/* overwritten later in this same chunk */
+				row = p % be->ring;
+			}
+			else
+				row = p;
+			memcpy(s->k[l] + (size_t) row * kvd, be->k + src, kvd * sizeof(float));
+			memcpy(s->v[l] + (size_t) row * kvd, be->v + src, kvd * sizeof(float));
+		}
+	}
+
+	oproj.n_seg = 1;
+	oproj.w[0] = lw->o_weight, oproj.bias[0] = lw->o_bias, oproj.y[0] = be->proj, oproj.rows[0] = hdim;
+	oproj.in = hq * d;
+	oproj.x = be->att;
+	oproj.n_tok = n_tok;
+	run_dense(be, &oproj);
+	for (size_t i = 0; i < (size_t) n_tok * hdim; i++)
+		be->x[i] += be->proj[i];
+}
+
+/* Mixture-of-experts block of layer l for all T rows (x updated in place). */
+static void
+moe_block(cpu_backend *be, int n_tok, int l)
+{
+	const gptoss_config *c = be->cfg;
+	const gptoss_layer_weights *lw = &be->base.model->layers[l];
+	int			hdim = c->hidden_size;
+	int			idim = c->intermediate_size;
+	int			n_exp = c->num_experts;
+	int			kk = c->experts_per_token;
+	float		limit = c->swiglu_limit;
+	dense_job	rj = {0};
+	expert_job	ej = {0};
+	int			n_active = 0;
+	int			n_assign = 0;
+
+	for (int t = 0; t < n_tok; t++)
+		rmsnorm_row(be->x + (size_t) t * hdim, lw->mlp_norm, c->rms_norm_eps, be->xn + (size_t) t * hdim, hdim);
+
+	rj.n_seg = 1;
+	rj.w[0] = lw->router_weight, rj.bias[0] = lw->router_bias, rj.y[0] = be->router, rj.rows[0] = n_exp;
+	rj.in = hdim;
+	rj.x = be->xn;
+	rj.n_tok = n_tok;
+	run_dense(be, &rj);
+
+	/* top-k on the raw logits (ties: lower expert first), softmax over the k */
+	memset(be->expert_count, 0, n_exp * sizeof(int));
+	for (int t = 0; t < n_tok; t++)
+	{
+		const float *g = be->router + (size_t) t * n_exp;
+		int		   *sel = be->sel_expert + (size_t) t * kk;
+		float	   *wt = be->sel_weight + (size_t) t * kk;
+		float		sum = 0.0f;
+
+		for (int k = 0; k < kk; k++)
+		{
+			int			best = -1;
+
+			for (int e = 0; e < n_exp; e++)
+			{
+				int			taken = 0;
+
+				for (int j = 0; j < k; j++)
+					taken |= sel[j] == e;
+				if (!taken && (best < 0 || g[e] > g[best]))
+					best = e;
+			}
+			sel[k] = best;
+		}
+		for (int k = 0; k < kk; k++)
+		{
+			wt[k] = expf(g[sel[k]] - g[sel[0]]);
+			sum += wt[k];
+		}
+		for (int k = 0; k < kk; k++)
+		{
+			wt[k] /= sum;
+			be->expert_count[sel[k]]++;
+		}
+	}
+
+	/* group (token, k) assignments by expert, tokens in order within an expert */
+	for (int e = 0; e < n_exp; e++)
+	{
+		be->expert_start[e] = n_assign;
+		n_assign += be->expert_count[e];
+		if (be->expert_count[e] > 0)
+			be->active_experts[n_active++] = e;
+		be->expert_count[e] = 0;
+	}
+	for (int t = 0; t < n_tok; t++)
+		for (int k = 0; k < kk; k++)
+		{
+			int			e = be->sel_expert[(size_t) t * kk + k];
+			int			a = be->expert_start[e] + be->expert_count[e]++;
+
+			be->assign_token[a] = t;
+			be->sel_assign[(size_t) t * kk + k] = a;
+		}
+
+	ej.be = be;
+	ej.lw = lw;
+	ej.n_active = n_active;
+	ej.phase = 0;
+	pool_parallel_for(be->pool, expert_task, &ej, (int64_t) n_active * 2 * idim,
+					  pool_grain(be->pool, (int64_t) n_active * 2 * idim, 8));
+
+	/* clamped SwiGLU: gate = even rows, up = odd rows */
+	for (int a = 0; a < n_assign; a++)
+	{
+		const float *h = be->gate_up + (size_t) a * 2 * idim;
+		float	   *out = be->act + (size_t) a * idim;
+
+		for (int j = 0; j < idim; j++)
+		{
+			float		gate = h[2 * j];
+			float		up = h[2 * j + 1];
+
+			gate = gate > limit ? limit : gate;
+			up = up > limit ? limit : up < -limit ? -limit : up;
+			out[j] = gate * (1.0f / (1.0f + expf(-1.702f * gate))) * (up + 1.0f);
+		}
+	}
+
+	ej.phase = 1;
+	pool_parallel_for(be->pool, expert_task, &ej, (int64_t) n_active * hdim,
+					  pool_grain(be->pool, (int64_t) n_active * hdim, 8));
+
+	/* x += sum_k w_k * y_k */
+	for (int t = 0; t < n_tok; t++)
+	{
+		float	   *xt = be->x + (size_t) t * hdim;
+
+		for (int i = 0; i < hdim; i++)
+		{
+			float		s = 0.0f;
+
+			for (int k = 0; k < kk; k++)
+				s += be->sel_weight[(size_t) t * kk + k] *
+					be->expert_out[(size_t) be->sel_assign[(size_t) t * kk + k] * hdim + i];
+			xt[i] += s;
+		}
+	}
+}
+
+/* One forward step over all entries (see backend.h). */
+static int
+cpu_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs,
+		 int32_t *next_tokens, float *logits, gptoss_error *err)
+{
+	cpu_backend *be = (cpu_backend *) base;
+	const gptoss_model *model = base->model;
+	const gptoss_config *c = be->cfg;
+	int			hdim = c->hidden_size;
+	int			d = c->head_dim;
+	int64_t		vocab = c->vocab_size;
+	int64_t		total;
+	int			n_tok;
+	int			n_out = 0;
+	float	   *out_logits;
+	logits_job	lj = {0};
+
+	if (be->failed)
+		return gptoss_errorf(err, "cpu backend: unusable after an earlier internal error");
+	total = validate_step(be, seqs, n_seqs, next_tokens, err);
+	if (total < 0)
+		return -1;
+	if (total == 0)
+		return 0;
+	n_tok = (int) total;
+
+	/* which rows need logits */
+	for (int i = 0; i < n_seqs; i++)
+		n_out += logits ? seqs[i].n_tokens : (seqs[i].sample ? 1 : 0);
+	if (ensure_step_buffers(be, n_tok, n_seqs, n_out, logits ? 0 : n_out, err) < 0)
+		goto fail;
+	for (int i = 0; i < n_seqs; i++)
+		if (slot_reserve(be, &be->slots[seqs[i].slot], seqs[i].pos + seqs[i].n_tokens, err) < 0)
+			goto fail;
+
+	/* token rows: embedding, positions, rope cos/sin */
+	{
+		int			row = 0;
+
+		for (int i = 0; i < n_seqs; i++)
+		{
+			be->entry_base[i] = row;
+			for (int j = 0; j < seqs[i].n_tokens; j++, row++)
+			{
+				float	   *cs = be->rope_cs + (size_t) row * d;
+
+				be->tok_pos[row] = seqs[i].pos + j;
+				be->tok_entry[row] = i;
+				bf16_row_to_f32(model->embedding + (size_t) seqs[i].tokens[j] * hdim,
+								be->x + (size_t) row * hdim, hdim);
+				gptoss_rope_cos_sin(&be->rope, be->tok_pos[row], cs, cs + d / 2);
+			}
+		}
+	}
+
+	for (int l = 0; l < c->num_layers; l++)
+	{
+		attention_block(be, seqs, n_seqs, n_tok, l);
+		moe_block(be, n_tok, l);
+	}
+
+	/* final norm and lm_head on the rows that need logits */
+	n_out = 0;
+	for (int i = 0; i < n_seqs; i++)
+	{
+		if (logits)
+			for (int j = 0; j < seqs[i].n_tokens; j++)
+				be->out_rows[n_out++] = be->entry_base[i] + j;
+		else if (seqs[i].sample)
+			be->out_rows[n_out++] = be->entry_base[i] + seqs[i].n_tokens - 1;
+	}
+	for (int o = 0; o < n_out; o++)
+		rmsnorm_row(be->x + (size_t) be->out_rows[o] * hdim, model->final_norm, c->rms_norm_eps,
+					be->out_norm + (size_t) o * hdim, hdim);
+	out_logits = logits ? logits : be->out_logits;
+	lj.be = be;
+	lj.n_out = n_out;
+	lj.logits = out_logits;
+	if (n_out > 0)
+		pool_parallel_for(be->pool, logits_task, &lj, vocab, pool_grain(be->pool, vocab, 256));
+
+	/* sample, and advance the slots */
+	n_out = 0;
+	for (int i = 0; i < n_seqs; i++)
+	{
+		kv_slot    *s = &be->slots[seqs[i].slot];
+		const float *row;
+
+		if (logits)
+		{
+			n_out += seqs[i].n_tokens;
+			row = out_logits + (size_t) (n_out - 1) * vocab;
+		}
+		else
+			row = seqs[i].sample ? out_logits + (size_t) (n_out++) * vocab : NULL;
+		if (seqs[i].sample)
+			next_tokens[i] = gptoss_sample(row, (int) vocab, &seqs[i].sampling,
+										   (int64_t) seqs[i].pos + seqs[i].n_tokens, be->sample_scratch);
+		s->len += seqs[i].n_tokens;
+		be->kv_used += seqs[i].n_tokens;
+	}
+	{
+		int64_t		used = be->kv_bytes + be->step_bytes;
+
+		if (used > be->peak_bytes)
+			be->peak_bytes = used;
+	}
+	return 0;
+
+fail:
+	be->failed = 1;
+	return -1;
+}
+
+/* Forgets slot's cached tokens and frees its buffers. */
+static void
+cpu_release(gptoss_backend *base, int slot)
+{
+	cpu_backend *be = (cpu_backend *) base;
+
+	if (slot < 0 || slot >= base->opts.max_seqs)
+		return;
+	be->kv_used -= be->slots[slot].len;
+	be->slots[slot].len = 0;
+	slot_free_buffers(be, &be->slots[slot]);
+}
+
+/* Fills info: weights are the model's mapping, memory is what the backend allocated. */
+static void
+cpu_get_info(gptoss_backend *base, gptoss_backend_info *info)
+{
+	cpu_backend *be = (cpu_backend *) base;
+	long		pages = sysconf(_SC_PHYS_PAGES);
+	long		page_size = sysconf(_SC_PAGESIZE);
+	int64_t		own = be->kv_bytes + be->step_bytes +
+		(int64_t) be->n_threads * be->thread_buf_len * (int64_t) sizeof(float);
+
+	memset(info, 0, sizeof(*info));
+	snprintf(info->device_name, sizeof(info->device_name), "CPU (%d threads)", be->n_threads);
+	info->weight_bytes = base->model->tensor_bytes;
+	info->kv_cache_bytes = be->kv_bytes;
+	info->memory_used_bytes = info->weight_bytes + own;
+	info->memory_total_bytes = pages > 0 && page_size > 0 ? (int64_t) pages * page_size : 0;
+	info->kv_cache_tokens = be->kv_capacity;
+	info->kv_cache_used_tokens = be->kv_used;
+	info->peak_memory_bytes = info->weight_bytes +
+		(be->peak_bytes > own ? be->peak_bytes : own);
+}
+
+/* Frees the cache, the buffers and the threads. */
+static void
+cpu_free(gptoss_backend *base)
+{
+	cpu_backend *be = (cpu_backend *) base;
+
+	if (!be)
+		return;
+	pool_free(be->pool, be->pool_args);
+	if (be->slots)
+	{
+		for (int i = 0; i < base->opts.max_seqs; i++)
+		{
+			if (be->slots[i].k)
+				slot_free_buffers(be, &be->slots[i]);
+			free(be->slots[i].k);
+			free(be->slots[i].v);
+		}
+		free(be->slots);
+	}
+	if (be->thread_buf)
+		for (int i = 0; i < be->n_threads; i++)
+			free(be->thread_buf[i]);
+	free(be->thread_buf);
+	free(be->slot_stamp);
+	free(be->x);
+	free(be->xn);
+	free(be->q);
+	free(be->k);
+	free(be->v);
+	free(be->att);
+	free(be->proj);
+	free(be->router);
+	free(be->rope_cs);
+	free(be->tok_pos);
+	free(be->tok_entry);
+	free(be->sel_expert);
+	free(be->sel_weight);
+	free(be->sel_assign);
+	free(be->assign_token);
+	free(be->gate_up);
+	free(be->act);
+	free(be->expert_out);
+	free(be->expert_count);
+	free(be->expert_start);
+	free(be->active_experts);
+	free(be->entry_base);
+	free(be->out_norm);
+	free(be->out_logits);
+	free(be->out_rows);
+	free(be->sample_scratch);
+	free(be);
+}
+
+/* Checks the shapes this backend relies on. */
+static int
+check_model(const gptoss_model *model, gptoss_error *err)
+{
+	const gptoss_config *c;
+
+	if (!model || !model->layers || !model->embedding || !model->lm_head || !model->final_norm)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cpu backend: model has no weights");
+	c = &model->config;
+	if (c->hidden_size <= 0 || c->hidden_size % 32 != 0 || c->intermediate_size <= 0 ||
+		c->intermediate_size % 32 != 0)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "cpu backend: hidden_size %d and intermediate_size %d must be positive multiples of 32",
+								  c->hidden_size, c->intermediate_size);
+	if (c->num_layers <= 0 || c->num_layers > GPTOSS_MAX_LAYERS || c->num_heads <= 0 ||
+		c->num_kv_heads <= 0 || c->num_heads % c->num_kv_heads != 0)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "cpu backend: bad layer/head counts (layers %d, heads %d, kv heads %d)",
+								  c->num_layers, c->num_heads, c->num_kv_heads);
+	if (c->num_experts <= 0 || c->experts_per_token <= 0 || c->experts_per_token > c->num_experts)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "cpu backend: bad expert counts (%d experts, %d per token)",
+								  c->num_experts, c->experts_per_token);
+	if (c->vocab_size <= 0 || c->sliding_window <= 0)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "cpu backend: bad vocab_size %d or sliding_window %d",
+								  c->vocab_size, c->sliding_window);
+	for (int l = 0; l < c->num_layers; l++)
+	{
+		const gptoss_layer_weights *w = &model->layers[l];
+
+		if (!w->attn_norm || !w->q_weight || !w->q_bias || !w->k_weight || !w->k_bias ||
+			!w->v_weight || !w->v_bias || !w->o_weight || !w->o_bias || !w->sinks ||
+			!w->mlp_norm || !w->router_weight || !w->router_bias || !w->gate_up_blocks ||
+			!w->gate_up_scales || !w->gate_up_bias || !w->down_blocks || !w->down_scales ||
+			!w->down_bias)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cpu backend: layer %d lacks a weight", l);
+	}
+	return 0;
+}
+
+/* Creates the CPU backend over a loaded model. */
+gptoss_backend *
+gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *opts,
+						  gptoss_error *err)
+{
+	cpu_backend *be;
+	const gptoss_config *c;
+	int			n_threads;
+	int			max_in;
+
+	if (check_model(model, err) < 0)
+		return NULL;
+	c = &model->config;
+	if (!opts || opts->max_seqs < 1 || opts->max_context < 1)
+	{
+		gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+						   "cpu backend: max_seqs (%d) and max_context (%d) must be >= 1",
+						   opts ? opts->max_seqs : 0, opts ? opts->max_context : 0);
+		return NULL;
+	}
+	if (c->max_position_embeddings > 0 && opts->max_context > c->max_position_embeddings)
+	{
+		gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+						   "cpu backend: max_context %d exceeds the model's max_position_embeddings %d",
+						   opts->max_context, c->max_position_embeddings);
+		return NULL;
+	}
+	be = calloc(1, sizeof(cpu_backend));
+	if (!be)
+	{
+		gptoss_errorf(err, "cpu backend: out of memory");
+		return NULL;
+	}
+	be->base.name = "cpu";
+	be->base.model = model;
+	be->base.opts = *opts;
+	be->base.step = cpu_step;
+	be->base.release = cpu_release;
+	be->base.get_info = cpu_get_info;
+	be->base.free = cpu_free;
+	be->cfg = c;
+	if (gptoss_rope_init(&be->rope, c, err) < 0)
+		goto fail;
+
+	n_threads = opts->threads > 0 ? opts->threads : gptoss_num_threads();
+	be->n_threads = n_threads;
+	be->base.opts.threads = n_threads;
+	be->kv_capacity = opts->kv_cache_tokens > 0 ? opts->kv_cache_tokens
+		: (int64_t) opts->max_seqs * opts->max_context;
+	be->base.opts.kv_cache_tokens = be->kv_capacity;
+	be->ring = c->sliding_window < opts->max_context ? c->sliding_window : opts->max_context;
+
+	be->slots = calloc(opts->max_seqs, sizeof(kv_slot));
+	be->slot_stamp = calloc(opts->max_seqs, sizeof(unsigned));
+	be->expert_count = calloc(c->num_experts, sizeof(int));
+	be->expert_start = calloc(c->num_experts, sizeof(int));
+	be->active_experts = calloc(c->num_experts, sizeof(int));
+	be->sample_scratch = malloc((size_t) c->vocab_size * 8);
+	if (!be->slots || !be->slot_stamp || !be->expert_count || !be->expert_start ||
+		!be->active_experts || !be->sample_scratch)
+		goto oom;
+	for (int i = 0; i < opts->max_seqs; i++)
+	{
+		be->slots[i].k = calloc(c->num_layers, sizeof(float *));
+		be->slots[i].v = calloc(c->num_layers, sizeof(float *));
+		if (!be->slots[i].k || !be->slots[i].v)
+			goto oom;
+	}
+
+	/* per-thread scratch: one decoded weight row, or one row of attention scores */
+	max_in = c->hidden_size;
+	if (c->num_heads * c->head_dim > max_in)
+		max_in = c->num_heads * c->head_dim;
+	if (c->intermediate_size > max_in)
+		max_in = c->intermediate_size;
+	be->thread_buf_len = max_in > opts->max_context ? max_in : opts->max_context;
+	be->thread_buf = calloc(n_threads, sizeof(float *));
+	if (!be->thread_buf)
+		goto oom;
+	for (int i = 0; i < n_threads; i++)
+		if (!(be->thread_buf[i] = malloc(be->thread_buf_len * sizeof(float))))
+			goto oom;
+
+	be->pool = pool_create(n_threads, &be->pool_args, err);
+	if (!be->pool)
+		goto fail;
+	return &be->base;
+
+oom:
+	gptoss_errorf(err, "cpu backend: out of memory");
+fail:
+	cpu_free(&be->base);
+	return NULL;
+}

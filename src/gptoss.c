@@ -1,0 +1,430 @@
+/*
+ * gptoss.c: module entry point: GUCs, shared memory hooks and the
+ * registration of the background workers.
+ *
+ * Everything here runs in the postmaster (through shared_preload_libraries)
+ * or in a backend loading the library; neither touches the model or CUDA.
+ * Only the workers, once forked, create an engine (worker.c).
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+
+#include "gptoss.h"
+
+PG_MODULE_MAGIC;
+
+/* True when _PG_init ran from shared_preload_libraries. */
+bool		gptoss_preloaded = false;
+
+char	   *gptoss_model_path = NULL;
+int			gptoss_device = GPTOSS_DEVICE_AUTO;
+char	   *gptoss_devices = NULL;
+int			gptoss_max_batch_size = 64;
+int			gptoss_max_context = 8192;
+double		gptoss_gpu_memory_fraction = 0.9;
+int			gptoss_kv_cache_tokens = 0;
+bool		gptoss_cuda_graphs = true;
+int			gptoss_threads = 0;
+int			gptoss_prefill_chunk = 0;
+int			gptoss_max_step_tokens = 0;
+int			gptoss_max_requests = 256;
+int			gptoss_queue_wait = 10000;
+int			gptoss_default_max_tokens = 256;
+double		gptoss_default_temperature = 1.0;
+double		gptoss_default_top_p = 1.0;
+int			gptoss_default_top_k = 0;
+int			gptoss_default_reasoning_effort = 1;	/* medium */
+int			gptoss_max_tokens_limit = 0;
+
+static const struct config_enum_entry device_options[] = {
+	{"auto", GPTOSS_DEVICE_AUTO, false},
+	{"cuda", GPTOSS_DEVICE_CUDA, false},
+	{"cpu", GPTOSS_DEVICE_CPU, false},
+	{NULL, 0, false}
+};
+
+/* Values match gptoss_reasoning in engine.h. */
+static const struct config_enum_entry reasoning_options[] = {
+	{"low", 0, false},
+	{"medium", 1, false},
+	{"high", 2, false},
+	{NULL, 0, false}
+};
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+/* Name of a gptoss.device value. */
+const char *
+gptoss_device_name(int device)
+{
+	switch (device)
+	{
+		case GPTOSS_DEVICE_CUDA:
+			return "cuda";
+		case GPTOSS_DEVICE_CPU:
+			return "cpu";
+		default:
+			return "auto";
+	}
+}
+
+/* Parses a comma-separated list of device indices; -1 when malformed. */
+int
+gptoss_parse_devices(const char *list, int *out, int max_out)
+{
+	const char *p = list ? list : "";
+	int			n = 0;
+
+	while (*p == ' ')
+		p++;
+	if (*p == '\0')
+	{
+		if (max_out > 0)
+			out[0] = 0;
+		return 1;
+	}
+	for (;;)
+	{
+		char	   *end;
+		long		v;
+
+		while (*p == ' ')
+			p++;
+		if (*p < '0' || *p > '9')
+			return -1;
+		v = strtol(p, &end, 10);
+		if (v < 0 || v > 1023 || n >= max_out)
+			return -1;
+		for (int i = 0; i < n; i++)
+			if (out[i] == (int) v)
+				return -1;
+		out[n++] = (int) v;
+		p = end;
+		while (*p == ' ')
+			p++;
+		if (*p == '\0')
+			return n;
+		if (*p != ',')
+			return -1;
+		p++;
+	}
+}
+
+/* One worker per listed GPU; a single one for the CPU. */
+int
+gptoss_worker_count(void)
+{
+	int			devices[GPTOSS_MAX_WORKERS];
+	int			n;
+
+	if (gptoss_device == GPTOSS_DEVICE_CPU)
+		return 1;
+	n = gptoss_parse_devices(gptoss_devices, devices, GPTOSS_MAX_WORKERS);
+	return n > 0 ? n : 1;
+}
+
+/* GUC check hook: gptoss.devices must be a list of distinct indices. */
+static bool
+check_devices(char **newval, void **extra, GucSource source)
+{
+	int			devices[GPTOSS_MAX_WORKERS];
+
+	if (gptoss_parse_devices(*newval, devices, GPTOSS_MAX_WORKERS) < 0)
+	{
+		GUC_check_errdetail("gptoss.devices must be a comma-separated list of at most %d distinct device indices.",
+							GPTOSS_MAX_WORKERS);
+		return false;
+	}
+	return true;
+}
+
+/* GUC check hook: top_p is in (0, 1]. */
+static bool
+check_top_p(double *newval, void **extra, GucSource source)
+{
+	if (*newval <= 0.0)
+	{
+		GUC_check_errdetail("gptoss.top_p must be greater than 0.");
+		return false;
+	}
+	return true;
+}
+
+/* ERROR 55000 when the library was not preloaded (no shared memory, no worker). */
+void
+gptoss_check_preloaded(void)
+{
+	if (!gptoss_preloaded || gptoss_shared == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("gptoss must be loaded via shared_preload_libraries"),
+				 errhint("Add gptoss to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/* Requests the shared memory and the lock (PG15: from shmem_request_hook). */
+static void
+gptoss_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(gptoss_shmem_size());
+	RequestNamedLWLockTranche("gptoss", 1);
+}
+
+/* Creates or attaches the shared state. */
+static void
+gptoss_shmem_startup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	gptoss_shmem_init();
+}
+
+/* Registers one background worker per device. */
+static void
+register_workers(void)
+{
+	int			devices[GPTOSS_MAX_WORKERS];
+	int			n = gptoss_worker_count();
+
+	if (gptoss_device == GPTOSS_DEVICE_CPU)
+		devices[0] = 0;
+	else
+		(void) gptoss_parse_devices(gptoss_devices, devices, GPTOSS_MAX_WORKERS);
+
+	for (int i = 0; i < n; i++)
+	{
+		BackgroundWorker worker;
+
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_ConsistentState;
+		worker.bgw_restart_time = 2;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "gptoss");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "gptoss_worker_main");
+		if (gptoss_device == GPTOSS_DEVICE_CPU)
+			snprintf(worker.bgw_name, BGW_MAXLEN, "gptoss worker %d (cpu)", i);
+		else
+			snprintf(worker.bgw_name, BGW_MAXLEN, "gptoss worker %d (%s device %d)",
+					 i, gptoss_device_name(gptoss_device), devices[i]);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "gptoss worker");
+		worker.bgw_main_arg = Int32GetDatum(i);
+		worker.bgw_notify_pid = 0;
+		RegisterBackgroundWorker(&worker);
+	}
+}
+
+/* Defines the GUCs. */
+static void
+define_gucs(void)
+{
+	DefineCustomStringVariable("gptoss.model_path",
+							   "Directory of the gpt-oss checkpoint (config.json, tokenizer.json, safetensors).",
+							   NULL,
+							   &gptoss_model_path,
+							   "",
+							   PGC_POSTMASTER,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("gptoss.device",
+							 "Compute device: auto (cuda when available, else cpu), cuda or cpu.",
+							 NULL,
+							 &gptoss_device,
+							 GPTOSS_DEVICE_AUTO,
+							 device_options,
+							 PGC_POSTMASTER,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("gptoss.devices",
+							   "Comma-separated GPU indices; one worker runs per listed GPU (empty: GPU 0).",
+							   NULL,
+							   &gptoss_devices,
+							   "",
+							   PGC_POSTMASTER,
+							   0,
+							   check_devices, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.max_batch_size",
+							"Sequences a worker runs at once (KV-cache slots).",
+							NULL,
+							&gptoss_max_batch_size,
+							64, 1, 4096,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.max_context",
+							"Longest sequence (prompt plus generated tokens); at most the model's max_position_embeddings.",
+							NULL,
+							&gptoss_max_context,
+							8192, 16, 1048576,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomRealVariable("gptoss.gpu_memory_fraction",
+							 "Share of the GPU's memory a worker may use.",
+							 NULL,
+							 &gptoss_gpu_memory_fraction,
+							 0.9, 0.05, 1.0,
+							 PGC_POSTMASTER,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.kv_cache_tokens",
+							"Tokens of KV cache over all sequences (0: max_batch_size * max_context).",
+							NULL,
+							&gptoss_kv_cache_tokens,
+							0, 0, INT_MAX,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("gptoss.cuda_graphs",
+							 "Capture decode steps as CUDA graphs.",
+							 NULL,
+							 &gptoss_cuda_graphs,
+							 true,
+							 PGC_POSTMASTER,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.threads",
+							"CPU threads of a cpu worker (0: GPTOSS_THREADS or all cores).",
+							NULL,
+							&gptoss_threads,
+							0, 0, 1024,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.prefill_chunk",
+							"Most prompt tokens of one sequence per step (0: engine default).",
+							NULL,
+							&gptoss_prefill_chunk,
+							0, 0, INT_MAX,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.max_step_tokens",
+							"Most tokens per step over all sequences (0: engine default).",
+							NULL,
+							&gptoss_max_step_tokens,
+							0, 0, INT_MAX,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.max_requests",
+							"Request slots in shared memory: requests running or queued in the workers at once.",
+							NULL,
+							&gptoss_max_requests,
+							256, 1, 65536,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.queue_wait",
+							"How long a request may wait to be accepted by a worker (free slot, worker ready).",
+							"Past it the request fails with 53000 (queue full) or 55000 (worker not ready).",
+							&gptoss_queue_wait,
+							10000, 0, INT_MAX,
+							PGC_USERSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.max_tokens",
+							"Default max_tokens of a generation.",
+							NULL,
+							&gptoss_default_max_tokens,
+							256, 1, INT_MAX,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomRealVariable("gptoss.temperature",
+							 "Default sampling temperature (0: greedy).",
+							 NULL,
+							 &gptoss_default_temperature,
+							 1.0, 0.0, 1000.0,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomRealVariable("gptoss.top_p",
+							 "Default nucleus sampling mass, in (0, 1].",
+							 NULL,
+							 &gptoss_default_top_p,
+							 1.0, 0.0, 1.0,
+							 PGC_USERSET,
+							 0,
+							 check_top_p, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.top_k",
+							"Default top-k cut of sampling (0: off).",
+							NULL,
+							&gptoss_default_top_k,
+							0, 0, INT_MAX,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("gptoss.reasoning_effort",
+							 "Default reasoning effort of the system message: low, medium or high.",
+							 NULL,
+							 &gptoss_default_reasoning_effort,
+							 1,
+							 reasoning_options,
+							 PGC_USERSET,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.max_tokens_limit",
+							"Cap on max_tokens for every request (0: only the context limits it).",
+							"Larger requests are clamped and finish with reason length.",
+							&gptoss_max_tokens_limit,
+							0, 0, INT_MAX,
+							PGC_SUSET,
+							0,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("gptoss");
+}
+
+/* Module load: everything happens only when preloaded by the postmaster. */
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("gptoss must be loaded via shared_preload_libraries"),
+				 errdetail("Every gptoss function will raise an error.")));
+		return;
+	}
+	gptoss_preloaded = true;
+
+	define_gucs();
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = gptoss_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = gptoss_shmem_startup;
+
+	register_workers();
+}

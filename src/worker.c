@@ -1,0 +1,1089 @@
+/*
+ * worker.c: the gptoss background worker.
+ *
+ * One worker owns one engine (model, tokenizer, backend, scheduler).  It
+ * starts in state `starting`, loads the model (`loading`, with the engine's
+ * progress published in shared memory and the log) and then is `ready` or,
+ * when the model cannot be loaded, `failed` with the reason.  A failed worker
+ * stays alive and idle so that requests fail fast with that reason instead of
+ * the postmaster restarting a worker that can only fail again.
+ *
+ * The main loop, once ready:
+ *   1. when a backend signalled an event: admit SUBMITTED slots (attach the
+ *      request segment, render and submit the prompt) and drop CANCELLED ones
+ *      (the engine frees their sequence and KV cache at once);
+ *   2. push pending frames into the request queues (never blocking: a backend
+ *      that reads slowly only delays its own request);
+ *   3. run one batched engine step when any request is active and deliver
+ *      what it produced: streamed text, or the final answer;
+ *   4. publish statistics; sleep on the latch only when there is no work.
+ *
+ * Prompts are tokenized and rendered here, not in the backends: the
+ * tokenizer (a 27 MB vocabulary and the PCRE2 split pattern) and the harmony
+ * renderer are loaded once, in the worker, instead of once per session.
+ * Rendering costs tens of microseconds for a typical prompt and grows with
+ * its length about like its prefill, which costs the engine far more.  For
+ * the same reason gptoss_tokenize and gptoss_detokenize are served here.
+ *
+ * Signals: the CPU backend runs threads; they must never run PostgreSQL's
+ * signal handlers, so every engine call that may start or run threads is
+ * made with signals blocked (threads inherit the mask) and pending signals
+ * are taken between steps.  SIGTERM (shutdown, pg_terminate_backend) ends the
+ * worker with proc_exit(1) so that the postmaster restarts it after
+ * bgw_restart_time; a fatal engine error does the same.  The exit callback
+ * fails every request the worker held, so waiting backends get an ERROR at
+ * once.
+ */
+#include "postgres.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include "lib/ilist.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "engine.h"
+#include "harmony.h"
+
+#include "gptoss.h"
+
+/* How often the backend's memory figures are refreshed in the stats (ms). */
+#define INFO_REFRESH_MS 200
+
+/* A request held by this worker, indexed by its slot. */
+typedef struct WorkerRequest
+{
+	bool		in_use;
+	uint64		request_id;
+	GptossRequestKind kind;
+	dsm_segment *seg;
+	shm_mq_handle *mqh;
+	GptossRequestHeader *hdr;
+	int64		engine_id;		/* id in the engine, or -1 */
+	bool		stream;
+	bool		final_queued;	/* the last frame is in the outbox */
+	bool		receiver_gone;	/* the backend detached from the queue */
+	StringInfoData outbox;		/* frames not yet in the queue: (uint32 len, bytes)... */
+	Size		outbox_head;	/* offset of the first unsent frame */
+	StringInfoData sent_text;	/* streamed text so far */
+	size_t		reasoning_sent;
+	MemoryContext cxt;
+	dlist_node	node;			/* in engine_requests while engine_id >= 0 */
+} WorkerRequest;
+
+static volatile sig_atomic_t got_sigterm = false;
+
+static int	worker_index;
+static GptossWorkerShared *me;
+static gptoss_engine *engine = NULL;
+static WorkerRequest *requests;	/* [nslots] */
+static dlist_head engine_requests = DLIST_STATIC_INIT(engine_requests);
+static MemoryContext worker_cxt;
+static sigset_t engine_sigmask;
+static pthread_t main_thread;
+static double next_progress_log;
+static int64 last_engine_steps;
+static int64 last_engine_step_sequences;
+static TimestampTz last_info_refresh;
+
+/* SIGTERM: ask the main loop to exit. */
+static void
+worker_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	got_sigterm = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/* Blocks every asynchronous signal; *old receives the previous mask. */
+static void
+block_signals(sigset_t *old)
+{
+	pthread_sigmask(SIG_BLOCK, &engine_sigmask, old);
+}
+
+/* Restores the mask saved by block_signals (pending signals run now). */
+static void
+restore_signals(const sigset_t *old)
+{
+	pthread_sigmask(SIG_SETMASK, old, NULL);
+}
+
+/* Sets the worker's state (and error text) and reports it in pg_stat_activity. */
+static void
+set_state(GptossWorkerState state, const char *error)
+{
+	SpinLockAcquire(&me->mutex);
+	me->state = state;
+	if (error)
+		strlcpy(me->error, error, sizeof(me->error));
+	SpinLockRelease(&me->mutex);
+	pgstat_report_activity(STATE_RUNNING, gptoss_worker_state_name(state));
+}
+
+/* Maps an engine error code to a SQLSTATE. */
+static int
+engine_sqlstate(gptoss_errcode code)
+{
+	switch (code)
+	{
+		case GPTOSS_ERR_INVALID:
+			return ERRCODE_INVALID_PARAMETER_VALUE;
+		case GPTOSS_ERR_TOO_LONG:
+			return ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+		case GPTOSS_ERR_BUSY:
+			return ERRCODE_INSUFFICIENT_RESOURCES;
+		case GPTOSS_ERR_INTERNAL:
+			break;
+	}
+	return ERRCODE_INTERNAL_ERROR;
+}
+
+/* ---------------------------------------------------------------------------
+ * Frames and the outbox
+ */
+
+/* Queues one frame (type byte + body) in r's outbox. */
+static void
+queue_frame(WorkerRequest *r, char type, const void *body, Size len)
+{
+	uint32		n = (uint32) (len + 1);
+
+	appendBinaryStringInfo(&r->outbox, (const char *) &n, sizeof(n));
+	appendStringInfoChar(&r->outbox, type);
+	if (len > 0)
+		appendBinaryStringInfo(&r->outbox, body, len);
+}
+
+/* Queues an error frame. */
+static void
+queue_error(WorkerRequest *r, int sqlerrcode, const char *msg)
+{
+	GptossErrorFrame f;
+	StringInfoData buf;
+
+	f.sqlerrcode = sqlerrcode;
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, (const char *) &f, sizeof(f));
+	appendStringInfoString(&buf, msg);
+	queue_frame(r, GPTOSS_FRAME_ERROR, buf.data, buf.len);
+	pfree(buf.data);
+	r->final_queued = true;
+}
+
+/* Queues the finish frame. */
+static void
+queue_finish(WorkerRequest *r, int finish_reason, int prompt_tokens, int completion_tokens)
+{
+	GptossFinishFrame f;
+
+	f.finish_reason = finish_reason;
+	f.prompt_tokens = prompt_tokens;
+	f.completion_tokens = completion_tokens;
+	queue_frame(r, GPTOSS_FRAME_FINISH, &f, sizeof(f));
+	r->final_queued = true;
+}
+
+/*
+ * Moves outbox frames into the queue without blocking.  Returns true when
+ * the outbox is empty.  A detached queue means the backend is gone: the
+ * frames are dropped.
+ */
+static bool
+flush_outbox(WorkerRequest *r)
+{
+	while (r->outbox_head < (Size) r->outbox.len)
+	{
+		uint32		len;
+		shm_mq_result res;
+
+		memcpy(&len, r->outbox.data + r->outbox_head, sizeof(len));
+		res = shm_mq_send(r->mqh, len, r->outbox.data + r->outbox_head + sizeof(len), true, true);
+		if (res == SHM_MQ_WOULD_BLOCK)
+			return false;
+		if (res == SHM_MQ_DETACHED)
+		{
+			r->receiver_gone = true;
+			r->outbox_head = r->outbox.len;
+			break;
+		}
+		r->outbox_head += sizeof(len) + len;
+	}
+	resetStringInfo(&r->outbox);
+	r->outbox_head = 0;
+	return true;
+}
+
+/* ---------------------------------------------------------------------------
+ * Request lifecycle
+ */
+
+/* Adds a finished or dropped request's tokens to the counters. */
+static void
+count_tokens(const gptoss_result *res)
+{
+	SpinLockAcquire(&me->mutex);
+	me->stats.prompt_tokens += res->prompt_tokens;
+	me->stats.completion_tokens += res->completion_tokens;
+	SpinLockRelease(&me->mutex);
+}
+
+/* Takes r's sequence out of the engine (cancelling it when unfinished). */
+static void
+drop_from_engine(WorkerRequest *r, bool count_cancel)
+{
+	gptoss_result res;
+
+	if (r->engine_id < 0)
+		return;
+	if (gptoss_engine_result(engine, r->engine_id, &res) == 0)
+		count_tokens(&res);
+	gptoss_engine_release(engine, r->engine_id);
+	r->engine_id = -1;
+	dlist_delete(&r->node);
+	if (count_cancel)
+	{
+		SpinLockAcquire(&me->mutex);
+		me->stats.requests_cancelled++;
+		SpinLockRelease(&me->mutex);
+	}
+}
+
+/*
+ * Forgets r: detaches its segment and hands its slot back (DONE for the
+ * backend to collect, or FREE when the backend already gave up).
+ */
+static void
+complete_request(int slot, WorkerRequest *r)
+{
+	GptossSlot *s = &gptoss_shared->slots[slot];
+	int			owner = -1;
+	bool		freed = false;
+
+	drop_from_engine(r, !r->final_queued);
+	dsm_detach(r->seg);
+
+	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
+	if (s->request_id == r->request_id)
+	{
+		if (s->state == GPTOSS_SLOT_RUNNING)
+		{
+			s->state = GPTOSS_SLOT_DONE;
+			owner = s->owner_pgprocno;
+		}
+		else if (s->state == GPTOSS_SLOT_CANCELLED)
+		{
+			s->state = GPTOSS_SLOT_FREE;
+			freed = true;
+		}
+	}
+	LWLockRelease(gptoss_shared->lock);
+	if (freed)
+		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
+	gptoss_set_proc_latch(owner);
+
+	MemoryContextDelete(r->cxt);
+	memset(r, 0, sizeof(*r));
+	r->engine_id = -1;
+}
+
+/* Serves a TOKENIZE request at once. */
+static void
+serve_tokenize(WorkerRequest *r, const char *text, uint32 len)
+{
+	const gptoss_tokenizer *tok = gptoss_engine_tokenizer(engine);
+	int32_t    *ids = NULL;
+	gptoss_error err;
+	int			n;
+
+	memset(&err, 0, sizeof(err));
+	n = gptoss_tokenizer_encode(tok, text, len, &ids, &err);
+	if (n < 0)
+	{
+		queue_error(r, engine_sqlstate(err.code), err.msg);
+		return;
+	}
+	queue_frame(r, GPTOSS_FRAME_IDS, ids, (Size) n * sizeof(int32));
+	free(ids);
+	queue_finish(r, GPTOSS_FINISH_STOP, n, 0);
+}
+
+/* Serves a DETOKENIZE request at once: every id must be a token of the tokenizer. */
+static void
+serve_detokenize(WorkerRequest *r, const char *data, uint32 len)
+{
+	const gptoss_tokenizer *tok = gptoss_engine_tokenizer(engine);
+	int			n = (int) (len / sizeof(int32));
+	int32	   *ids = palloc((Size) Max(n, 1) * sizeof(int32));
+	gptoss_utf8_text out;
+	gptoss_error err;
+
+	memcpy(ids, data, (Size) n * sizeof(int32));
+	for (int i = 0; i < n; i++)
+	{
+		if (!gptoss_tokenizer_is_valid(tok, ids[i]))
+		{
+			char		msg[256];
+
+			snprintf(msg, sizeof(msg),
+					 "token id %d at position %d is not a token of the tokenizer (vocabulary of %d ids)",
+					 ids[i], i + 1, gptoss_tokenizer_vocab_size(tok));
+			queue_error(r, ERRCODE_INVALID_PARAMETER_VALUE, msg);
+			return;
+		}
+	}
+
+	/* Token bytes may split characters: the result is made valid UTF-8 (U+FFFD). */
+	memset(&out, 0, sizeof(out));
+	memset(&err, 0, sizeof(err));
+	for (int i = 0; i < n; i++)
+	{
+		size_t		nbytes;
+		const char *bytes = gptoss_tokenizer_token_bytes(tok, ids[i], &nbytes);
+
+		if (gptoss_utf8_text_push(&out, bytes, nbytes, &err) < 0)
+			break;
+	}
+	if (err.msg[0] == '\0')
+		gptoss_utf8_text_flush(&out, &err);
+	if (err.msg[0] != '\0')
+		queue_error(r, engine_sqlstate(err.code), err.msg);
+	else
+	{
+		queue_frame(r, GPTOSS_FRAME_TEXT, out.data, out.len);
+		queue_finish(r, GPTOSS_FINISH_STOP, 0, n);
+	}
+	gptoss_utf8_text_free(&out);
+}
+
+/* Renders and submits a GENERATE or CHAT request. */
+static void
+serve_generation(WorkerRequest *r, const char *cursor, const char *end)
+{
+	GptossRequestHeader *hdr = r->hdr;
+	gptoss_gen_params p;
+	gptoss_chat_message *messages = NULL;
+	const char *prompt = NULL;
+	const char *data;
+	uint32		len;
+	int32_t    *ids = NULL;
+	int			n_ids = 0;
+	gptoss_error err;
+	int64		id;
+
+	SpinLockAcquire(&me->mutex);
+	me->stats.requests_total++;
+	SpinLockRelease(&me->mutex);
+
+	gptoss_gen_params_default(&p);
+	p.max_tokens = hdr->params.max_tokens;
+	p.temperature = hdr->params.temperature;
+	p.top_p = hdr->params.top_p;
+	p.top_k = hdr->params.top_k;
+	p.has_seed = hdr->params.has_seed;
+	p.seed = hdr->params.seed;
+	p.reasoning_effort = (gptoss_reasoning) hdr->params.reasoning_effort;
+	p.raw = hdr->params.raw;
+	p.ignore_eos = hdr->params.ignore_eos;
+	p.include_reasoning = hdr->params.include_reasoning;
+
+	/* Strings point into the segment, which stays mapped while the request lives. */
+	if (hdr->kind == GPTOSS_REQ_GENERATE)
+	{
+		if (!gptoss_payload_get(&cursor, end, &prompt, &len))
+			goto malformed;
+	}
+	else
+	{
+		if (hdr->n_messages < 1 || hdr->n_messages > (int32) ((end - cursor) / 10 + 1))
+			goto malformed;
+		messages = palloc(sizeof(gptoss_chat_message) * hdr->n_messages);
+		for (int i = 0; i < hdr->n_messages; i++)
+		{
+			if (!gptoss_payload_get(&cursor, end, &messages[i].role, &len) ||
+				!gptoss_payload_get(&cursor, end, &messages[i].content, &len))
+				goto malformed;
+		}
+	}
+	if (hdr->has_instructions)
+	{
+		if (!gptoss_payload_get(&cursor, end, &p.instructions, &len))
+			goto malformed;
+	}
+	if (hdr->n_stop < 0 || hdr->n_stop > (int32) ((end - cursor) / 5))
+		goto malformed;
+	if (hdr->n_stop > 0)
+	{
+		p.stop = palloc(sizeof(char *) * hdr->n_stop);
+		p.n_stop = hdr->n_stop;
+		for (int i = 0; i < hdr->n_stop; i++)
+		{
+			if (!gptoss_payload_get(&cursor, end, &data, &len))
+				goto malformed;
+			p.stop[i] = unconstify(char *, data);
+		}
+	}
+
+	memset(&err, 0, sizeof(err));
+	if (gptoss_engine_render(engine, prompt, messages, hdr->n_messages, &p, &ids, &n_ids, &err) < 0)
+	{
+		queue_error(r, engine_sqlstate(err.code), err.msg);
+		goto failed;
+	}
+	id = gptoss_engine_submit(engine, ids, n_ids, &p, &err);
+	free(ids);
+	if (id < 0)
+	{
+		queue_error(r, engine_sqlstate(err.code), err.msg);
+		goto failed;
+	}
+	r->engine_id = id;
+	dlist_push_tail(&engine_requests, &r->node);
+	return;
+
+malformed:
+	queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
+failed:
+	SpinLockAcquire(&me->mutex);
+	me->stats.requests_failed++;
+	SpinLockRelease(&me->mutex);
+}
+
+/* Starts serving the request just admitted into slot. */
+static void
+start_request(WorkerRequest *r)
+{
+	GptossRequestHeader *hdr = r->hdr;
+	Size		seg_size = dsm_segment_map_length(r->seg);
+	const char *base = (const char *) hdr;
+	const char *cursor;
+	const char *end;
+	const char *data;
+	uint32		len;
+
+	if (hdr->magic != GPTOSS_REQUEST_MAGIC ||
+		hdr->payload_offset > seg_size || hdr->payload_size > seg_size - hdr->payload_offset)
+	{
+		queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request header");
+		return;
+	}
+	cursor = base + hdr->payload_offset;
+	end = cursor + hdr->payload_size;
+	switch (hdr->kind)
+	{
+		case GPTOSS_REQ_TOKENIZE:
+			if (!gptoss_payload_get(&cursor, end, &data, &len))
+				break;
+			serve_tokenize(r, data, len);
+			return;
+		case GPTOSS_REQ_DETOKENIZE:
+			if (!gptoss_payload_get(&cursor, end, &data, &len) ||
+				len != (uint32) hdr->n_ids * sizeof(int32))
+				break;
+			serve_detokenize(r, data, len);
+			return;
+		case GPTOSS_REQ_GENERATE:
+		case GPTOSS_REQ_CHAT:
+			serve_generation(r, cursor, end);
+			return;
+	}
+	queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
+}
+
+/*
+ * Attaches slot's request segment and takes the slot (SUBMITTED -> RUNNING).
+ * Called with the lock held, so the backend cannot drop the segment meanwhile.
+ */
+static bool
+admit_slot(int slot, GptossSlot *s)
+{
+	WorkerRequest *r = &requests[slot];
+	dsm_segment *seg;
+	GptossRequestHeader *hdr;
+	shm_mq	   *mq;
+	MemoryContext old;
+
+	seg = dsm_attach(s->handle);
+	if (seg == NULL)
+		return false;
+	dsm_pin_mapping(seg);
+	hdr = (GptossRequestHeader *) dsm_segment_address(seg);
+	if (dsm_segment_map_length(seg) < sizeof(GptossRequestHeader) ||
+		hdr->request_id != s->request_id ||
+		hdr->mq_offset > dsm_segment_map_length(seg) ||
+		hdr->mq_size > dsm_segment_map_length(seg) - hdr->mq_offset)
+	{
+		dsm_detach(seg);
+		return false;
+	}
+
+	memset(r, 0, sizeof(*r));
+	r->cxt = AllocSetContextCreate(worker_cxt, "gptoss request", ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(r->cxt);
+	r->in_use = true;
+	r->request_id = s->request_id;
+	r->seg = seg;
+	r->hdr = hdr;
+	r->kind = hdr->kind;
+	r->engine_id = -1;
+	r->stream = hdr->params.stream;
+	mq = (shm_mq *) ((char *) hdr + hdr->mq_offset);
+	shm_mq_set_sender(mq, MyProc);
+	r->mqh = shm_mq_attach(mq, seg, NULL);
+	initStringInfo(&r->outbox);
+	initStringInfo(&r->sent_text);
+	MemoryContextSwitchTo(old);
+
+	s->state = GPTOSS_SLOT_RUNNING;
+	s->generation = me->generation;
+	return true;
+}
+
+/* Admits SUBMITTED slots and drops CANCELLED ones of this worker. */
+static void
+scan_slots(void)
+{
+	int			nslots = gptoss_shared->nslots;
+	int		   *admitted = palloc(sizeof(int) * nslots);
+	int		   *cancelled = palloc(sizeof(int) * nslots);
+	int			n_admitted = 0,
+				n_cancelled = 0;
+	bool		freed = false;
+
+	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < nslots; i++)
+	{
+		GptossSlot *s = &gptoss_shared->slots[i];
+
+		if (s->worker != worker_index)
+			continue;
+		if (s->state == GPTOSS_SLOT_SUBMITTED)
+		{
+			if (admit_slot(i, s))
+				admitted[n_admitted++] = i;
+		}
+		else if (s->state == GPTOSS_SLOT_CANCELLED)
+		{
+			if (requests[i].in_use && requests[i].request_id == s->request_id)
+				cancelled[n_cancelled++] = i;
+			else
+			{
+				/* Not ours (a previous worker process took it): nothing to drop. */
+				s->state = GPTOSS_SLOT_FREE;
+				freed = true;
+			}
+		}
+	}
+	LWLockRelease(gptoss_shared->lock);
+	if (freed)
+		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
+
+	for (int i = 0; i < n_cancelled; i++)
+		complete_request(cancelled[i], &requests[cancelled[i]]);
+	for (int i = 0; i < n_admitted; i++)
+		start_request(&requests[admitted[i]]);
+	pfree(admitted);
+	pfree(cancelled);
+}
+
+/*
+ * Queues what the engine produced for r: streamed text as it grows, and the
+ * answer and finish record once it is done.  Returns true when r finished.
+ */
+static bool
+deliver(WorkerRequest *r)
+{
+	gptoss_result res;
+
+	if (gptoss_engine_result(engine, r->engine_id, &res) < 0)
+	{
+		queue_error(r, ERRCODE_INTERNAL_ERROR, "gptoss engine lost the request");
+		dlist_delete(&r->node);
+		r->engine_id = -1;
+		return true;
+	}
+	if (r->stream || res.finish_reason != GPTOSS_FINISH_NONE)
+	{
+		/* The answer only grows, except when a new final message restarts it. */
+		if (res.text_len < (size_t) r->sent_text.len ||
+			memcmp(res.text, r->sent_text.data, r->sent_text.len) != 0)
+		{
+			queue_frame(r, GPTOSS_FRAME_RESET, NULL, 0);
+			resetStringInfo(&r->sent_text);
+			r->reasoning_sent = 0;
+		}
+		if (res.text_len > (size_t) r->sent_text.len)
+		{
+			queue_frame(r, GPTOSS_FRAME_TEXT, res.text + r->sent_text.len,
+						res.text_len - r->sent_text.len);
+			appendBinaryStringInfo(&r->sent_text, res.text + r->sent_text.len,
+								   res.text_len - r->sent_text.len);
+		}
+		if (res.reasoning_len > r->reasoning_sent)
+		{
+			queue_frame(r, GPTOSS_FRAME_REASONING, res.reasoning + r->reasoning_sent,
+						res.reasoning_len - r->reasoning_sent);
+			r->reasoning_sent = res.reasoning_len;
+		}
+	}
+	if (res.finish_reason == GPTOSS_FINISH_NONE)
+		return false;
+
+	if (res.finish_reason == GPTOSS_FINISH_ERROR)
+	{
+		queue_error(r, ERRCODE_INTERNAL_ERROR, res.error);
+		SpinLockAcquire(&me->mutex);
+		me->stats.requests_failed++;
+		SpinLockRelease(&me->mutex);
+	}
+	else
+		queue_finish(r, res.finish_reason, res.prompt_tokens, res.completion_tokens);
+	drop_from_engine(r, false);
+	return true;
+}
+
+/* Runs one engine step and delivers its results; a failing step ends the worker. */
+static void
+run_step(void)
+{
+	gptoss_error err;
+	sigset_t	old;
+	int			rc;
+	dlist_mutable_iter iter;
+
+	memset(&err, 0, sizeof(err));
+	block_signals(&old);
+	rc = gptoss_engine_step(engine, &err);
+	restore_signals(&old);
+	if (rc < 0)
+	{
+		/* The backend is unusable now: fail every request, then let the postmaster restart us. */
+		dlist_foreach_modify(iter, &engine_requests)
+		{
+			WorkerRequest *r = dlist_container(WorkerRequest, node, iter.cur);
+
+			queue_error(r, ERRCODE_INTERNAL_ERROR, err.msg);
+			(void) flush_outbox(r);
+		}
+		ereport(LOG,
+				(errmsg("gptoss worker %d: engine step failed: %s", worker_index, err.msg),
+				 errdetail("The worker exits and is restarted by the postmaster.")));
+		proc_exit(1);
+	}
+	dlist_foreach_modify(iter, &engine_requests)
+	{
+		WorkerRequest *r = dlist_container(WorkerRequest, node, iter.cur);
+
+		(void) deliver(r);
+	}
+}
+
+/* Pushes pending frames and completes requests whose last frame went out. */
+static void
+flush_all(void)
+{
+	for (int i = 0; i < gptoss_shared->nslots; i++)
+	{
+		WorkerRequest *r = &requests[i];
+
+		if (!r->in_use)
+			continue;
+		if (flush_outbox(r) && r->final_queued)
+			complete_request(i, r);
+		else if (r->receiver_gone && r->engine_id >= 0)
+			complete_request(i, r);
+	}
+}
+
+/* Copies engine counters and backend figures into shared memory. */
+static void
+publish_stats(bool force_info)
+{
+	gptoss_engine_stats es;
+	gptoss_backend *be = gptoss_engine_backend(engine);
+	gptoss_backend_info bi;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		refresh = force_info ||
+		TimestampDifferenceExceeds(last_info_refresh, now, INFO_REFRESH_MS);
+
+	gptoss_engine_get_stats(engine, &es);
+	if (refresh)
+	{
+		memset(&bi, 0, sizeof(bi));
+		be->get_info(be, &bi);
+		last_info_refresh = now;
+	}
+	SpinLockAcquire(&me->mutex);
+	me->stats.steps += es.steps - last_engine_steps;
+	me->stats.step_sequences += es.step_sequences - last_engine_step_sequences;
+	me->stats.active = es.active;
+	me->stats.queued = es.queued;
+	me->stats.prefill_tok_s = es.prefill_tok_s;
+	me->stats.decode_tok_s = es.decode_tok_s;
+	if (refresh)
+	{
+		me->info.kv_cache_used_tokens = bi.kv_cache_used_tokens;
+		me->info.memory_used_bytes = bi.memory_used_bytes;
+		me->info.memory_total_bytes = bi.memory_total_bytes;
+	}
+	SpinLockRelease(&me->mutex);
+	last_engine_steps = es.steps;
+	last_engine_step_sequences = es.step_sequences;
+}
+
+/* ---------------------------------------------------------------------------
+ * Start, load, exit
+ */
+
+/*
+ * Exit callback: fails every request of this worker so their backends stop
+ * waiting, and marks the worker as gone.
+ */
+static void
+worker_exit(int code, Datum arg)
+{
+	int			nslots = gptoss_shared->nslots;
+	bool		freed = false;
+
+	/* An ERROR may have left our lock held; we are leaving anyway. */
+	LWLockReleaseAll();
+
+	SpinLockAcquire(&me->mutex);
+	me->pid = 0;
+	me->pgprocno = -1;
+	me->state = GPTOSS_WORKER_STARTING;
+	me->progress = 0;
+	me->stats.active = 0;
+	me->stats.queued = 0;
+	SpinLockRelease(&me->mutex);
+
+	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < nslots; i++)
+	{
+		GptossSlot *s = &gptoss_shared->slots[i];
+
+		if (s->worker != worker_index)
+			continue;
+		if (s->state == GPTOSS_SLOT_SUBMITTED || s->state == GPTOSS_SLOT_RUNNING)
+		{
+			s->state = GPTOSS_SLOT_DONE;
+			s->worker_exited = true;
+			gptoss_set_proc_latch(s->owner_pgprocno);
+		}
+		else if (s->state == GPTOSS_SLOT_CANCELLED)
+		{
+			s->state = GPTOSS_SLOT_FREE;
+			freed = true;
+		}
+	}
+	LWLockRelease(gptoss_shared->lock);
+	if (freed)
+		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
+}
+
+/*
+ * Engine progress callback while loading: publishes the fraction, logs every
+ * 10%, and lets a pending SIGTERM end a long load (on the main thread only).
+ */
+static void
+load_progress(void *arg, double fraction, const char *what)
+{
+	SpinLockAcquire(&me->mutex);
+	me->progress = fraction;
+	strlcpy(me->progress_what, what ? what : "", sizeof(me->progress_what));
+	SpinLockRelease(&me->mutex);
+
+	if (!pthread_equal(pthread_self(), main_thread))
+		return;
+	if (fraction >= next_progress_log)
+	{
+		ereport(LOG,
+				(errmsg("gptoss worker %d: loading %s: %.0f%%",
+						worker_index, what ? what : "model", fraction * 100.0)));
+		while (next_progress_log <= fraction)
+			next_progress_log += 0.1;
+	}
+	/* Take pending signals now; a shutdown need not wait for the whole load. */
+	{
+		sigset_t	blocked;
+
+		pthread_sigmask(SIG_UNBLOCK, &engine_sigmask, &blocked);
+		pthread_sigmask(SIG_SETMASK, &blocked, NULL);
+	}
+	if (got_sigterm)
+		proc_exit(1);
+}
+
+/* Records what was loaded in shared memory. */
+static void
+publish_model_info(double load_seconds)
+{
+	const gptoss_model *model = gptoss_engine_model(engine);
+	gptoss_backend *be = gptoss_engine_backend(engine);
+	const gptoss_tokenizer *tok = gptoss_engine_tokenizer(engine);
+	const gptoss_config *c = &model->config;
+	gptoss_backend_info bi;
+	GptossModelInfo info;
+	const char *name;
+	char	   *path = pstrdup(gptoss_model_path);
+	size_t		plen = strlen(path);
+
+	while (plen > 1 && path[plen - 1] == '/')
+		path[--plen] = '\0';
+	name = strrchr(path, '/');
+	name = name ? name + 1 : path;
+
+	memset(&bi, 0, sizeof(bi));
+	be->get_info(be, &bi);
+	memset(&info, 0, sizeof(info));
+	strlcpy(info.backend, be->name, sizeof(info.backend));
+	strlcpy(info.device_name, bi.device_name, sizeof(info.device_name));
+	strlcpy(info.model_name, name, sizeof(info.model_name));
+	info.device_index = me->device_index;
+	info.memory_total_bytes = bi.memory_total_bytes;
+	info.memory_used_bytes = bi.memory_used_bytes;
+	info.weight_bytes = bi.weight_bytes;
+	info.kv_cache_bytes = bi.kv_cache_bytes;
+	info.kv_cache_tokens = bi.kv_cache_tokens;
+	info.kv_cache_used_tokens = bi.kv_cache_used_tokens;
+	info.n_params = model->n_params;
+	info.n_active_params = model->n_active_params;
+	info.tensor_bytes = model->tensor_bytes;
+	info.max_batch_size = be->opts.max_seqs;
+	info.max_context = be->opts.max_context;
+	info.vocab_size = gptoss_tokenizer_vocab_size(tok);
+	info.hidden_size = c->hidden_size;
+	info.num_layers = c->num_layers;
+	info.num_heads = c->num_heads;
+	info.num_kv_heads = c->num_kv_heads;
+	info.head_dim = c->head_dim;
+	info.num_experts = c->num_experts;
+	info.experts_per_token = c->experts_per_token;
+	info.intermediate_size = c->intermediate_size;
+	info.model_vocab_size = c->vocab_size;
+	info.sliding_window = c->sliding_window;
+	info.max_position_embeddings = c->max_position_embeddings;
+	info.initial_context_length = c->initial_context_length;
+	info.rope_theta = c->rope_theta;
+	info.rope_factor = c->rope_factor;
+	info.swiglu_limit = c->swiglu_limit;
+	info.load_seconds = load_seconds;
+
+	SpinLockAcquire(&me->mutex);
+	me->info = info;
+	me->progress = 1.0;
+	SpinLockRelease(&me->mutex);
+	pfree(path);
+}
+
+/* Loads the engine; false (state failed, reason logged) when it cannot. */
+static bool
+load_engine(void)
+{
+	gptoss_engine_opts opts;
+	gptoss_error err;
+	sigset_t	old;
+	double		t0 = gptoss_now();
+
+	if (gptoss_model_path == NULL || gptoss_model_path[0] == '\0')
+	{
+		set_state(GPTOSS_WORKER_FAILED, "gptoss.model_path is not set");
+		ereport(LOG, (errmsg("gptoss worker %d: gptoss.model_path is not set", worker_index)));
+		return false;
+	}
+
+	memset(&opts, 0, sizeof(opts));
+	opts.model_path = gptoss_model_path;
+	opts.device = gptoss_device_name(gptoss_device);
+	opts.backend.max_seqs = gptoss_max_batch_size;
+	opts.backend.max_context = gptoss_max_context;
+	opts.backend.kv_cache_tokens = gptoss_kv_cache_tokens;
+	opts.backend.gpu_memory_fraction = gptoss_gpu_memory_fraction;
+	opts.backend.device_index = me->device_index;
+	opts.backend.cuda_graphs = gptoss_cuda_graphs ? 1 : 0;
+	opts.backend.threads = gptoss_threads;
+	opts.prefill_chunk = gptoss_prefill_chunk;
+	opts.max_step_tokens = gptoss_max_step_tokens;
+
+	ereport(LOG,
+			(errmsg("gptoss worker %d: loading model from \"%s\" (device %s, index %d)",
+					worker_index, gptoss_model_path, opts.device, me->device_index)));
+	memset(&err, 0, sizeof(err));
+	next_progress_log = 0.1;
+	block_signals(&old);
+	engine = gptoss_engine_create(&opts, load_progress, NULL, &err);
+	restore_signals(&old);
+	if (engine == NULL)
+	{
+		char		msg[GPTOSS_ERROR_LEN];
+
+		snprintf(msg, sizeof(msg), "could not load model from \"%s\": %s",
+				 gptoss_model_path, err.msg);
+		set_state(GPTOSS_WORKER_FAILED, msg);
+		ereport(LOG, (errmsg("gptoss worker %d: %s", worker_index, msg)));
+		return false;
+	}
+	publish_model_info(gptoss_now() - t0);
+	return true;
+}
+
+/* Registers this process as worker w and resets slots a previous process left. */
+static void
+register_self(void)
+{
+	bool		freed = false;
+
+	SpinLockAcquire(&me->mutex);
+	me->pid = MyProcPid;
+	me->pgprocno = MyProc->pgprocno;
+	me->generation++;
+	me->state = GPTOSS_WORKER_LOADING;
+	me->progress = 0;
+	me->progress_what[0] = '\0';
+	me->error[0] = '\0';
+	me->started_at = GetCurrentTimestamp();
+	memset(&me->info, 0, sizeof(me->info));
+	me->stats.active = 0;
+	me->stats.queued = 0;
+	me->stats.prefill_tok_s = 0;
+	me->stats.decode_tok_s = 0;
+	SpinLockRelease(&me->mutex);
+
+	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < gptoss_shared->nslots; i++)
+	{
+		GptossSlot *s = &gptoss_shared->slots[i];
+
+		if (s->worker != worker_index)
+			continue;
+		if (s->state == GPTOSS_SLOT_RUNNING)
+		{
+			s->state = GPTOSS_SLOT_DONE;
+			s->worker_exited = true;
+			gptoss_set_proc_latch(s->owner_pgprocno);
+		}
+		else if (s->state == GPTOSS_SLOT_CANCELLED)
+		{
+			s->state = GPTOSS_SLOT_FREE;
+			freed = true;
+		}
+	}
+	LWLockRelease(gptoss_shared->lock);
+	if (freed)
+		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
+}
+
+/* Handles SIGTERM and SIGHUP between iterations. */
+static void
+handle_signals(void)
+{
+	CHECK_FOR_INTERRUPTS();
+	if (got_sigterm)
+	{
+		ereport(LOG, (errmsg("gptoss worker %d: terminating", worker_index)));
+		proc_exit(1);
+	}
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+}
+
+/* Entry point of a gptoss background worker. */
+void
+gptoss_worker_main(Datum main_arg)
+{
+	uint32		seen_events;
+
+	worker_index = DatumGetInt32(main_arg);
+	main_thread = pthread_self();
+	sigfillset(&engine_sigmask);
+	sigdelset(&engine_sigmask, SIGSEGV);
+	sigdelset(&engine_sigmask, SIGBUS);
+	sigdelset(&engine_sigmask, SIGFPE);
+	sigdelset(&engine_sigmask, SIGILL);
+
+	pqsignal(SIGTERM, worker_sigterm);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	if (gptoss_shared == NULL || worker_index < 0 || worker_index >= gptoss_shared->nworkers)
+		ereport(ERROR, (errmsg("gptoss worker %d: shared state is missing", worker_index)));
+	me = &gptoss_shared->workers[worker_index];
+	worker_cxt = AllocSetContextCreate(TopMemoryContext, "gptoss worker", ALLOCSET_DEFAULT_SIZES);
+	requests = MemoryContextAllocZero(worker_cxt, sizeof(WorkerRequest) * gptoss_shared->nslots);
+	for (int i = 0; i < gptoss_shared->nslots; i++)
+		requests[i].engine_id = -1;
+
+	register_self();
+	before_shmem_exit(worker_exit, (Datum) 0);
+	pgstat_report_activity(STATE_RUNNING, "loading");
+
+	if (!load_engine())
+	{
+		/* Stay up and idle: backends read the reason and fail fast. */
+		for (;;)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000L, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			handle_signals();
+		}
+	}
+
+	{
+		GptossWorkerShared snap;
+
+		gptoss_worker_snapshot(worker_index, &snap);
+		ereport(LOG,
+				(errmsg("gptoss worker %d: model \"%s\" ready on %s (%s) in %.1f s: %lld parameters, context %d, batch %d, KV cache %lld tokens",
+						worker_index, snap.info.model_name, snap.info.backend, snap.info.device_name,
+						snap.info.load_seconds, (long long) snap.info.n_params,
+						snap.info.max_context, snap.info.max_batch_size,
+						(long long) snap.info.kv_cache_tokens)));
+	}
+	set_state(GPTOSS_WORKER_READY, NULL);
+	publish_stats(true);
+
+	seen_events = pg_atomic_read_u32(&me->events) - 1;
+	for (;;)
+	{
+		uint32		events;
+		bool		active;
+
+		ResetLatch(MyLatch);
+		handle_signals();
+
+		events = pg_atomic_read_u32(&me->events);
+		if (events != seen_events)
+		{
+			seen_events = events;
+			scan_slots();
+		}
+		flush_all();
+		active = gptoss_engine_active(engine) > 0;
+		if (active)
+		{
+			run_step();
+			flush_all();
+		}
+		publish_stats(false);
+
+		if (!active)
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 1000L, PG_WAIT_EXTENSION);
+	}
+}
