@@ -19,6 +19,18 @@
  */
 #include "postgres.h"
 
+/*
+ * libpq-be.h includes <gssapi/gssapi.h> when the server was built with
+ * GSSAPI, and Debian's postgresql-server-dev-15 does not depend on
+ * libkrb5-dev.  We only need Port.sock, and Port keeps its layout without
+ * ENABLE_GSS (its gss member becomes a void pointer), so GSSAPI is switched
+ * off for this file when its header is missing.
+ */
+#if defined(ENABLE_GSS) && defined(__has_include)
+#if !__has_include(<gssapi/gssapi.h>) && !__has_include(<gssapi.h>)
+#undef ENABLE_GSS
+#endif
+#endif
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
 #include "pgstat.h"

@@ -747,8 +747,10 @@ publish_stats(bool force_info)
  */
 
 /*
- * Exit callback: fails every request of this worker so their backends stop
- * waiting, and marks the worker as gone.
+ * Exit callback: fails every request this worker took so their backends stop
+ * waiting, and marks the worker as gone.  Requests it had not taken yet stay
+ * SUBMITTED for the restarted worker (their backends wait for it at most
+ * gptoss.queue_wait).
  */
 static void
 worker_exit(int code, Datum arg)
@@ -775,7 +777,7 @@ worker_exit(int code, Datum arg)
 
 		if (s->worker != worker_index)
 			continue;
-		if (s->state == GPTOSS_SLOT_SUBMITTED || s->state == GPTOSS_SLOT_RUNNING)
+		if (s->state == GPTOSS_SLOT_RUNNING)
 		{
 			s->state = GPTOSS_SLOT_DONE;
 			s->worker_exited = true;
@@ -809,8 +811,8 @@ load_progress(void *arg, double fraction, const char *what)
 	if (fraction >= next_progress_log)
 	{
 		ereport(LOG,
-				(errmsg("gptoss worker %d: loading %s: %.0f%%",
-						worker_index, what ? what : "model", fraction * 100.0)));
+				(errmsg("gptoss worker %d: loading model: %.0f%% (%s)",
+						worker_index, fraction * 100.0, what ? what : "")));
 		while (next_progress_log <= fraction)
 			next_progress_log += 0.1;
 	}
@@ -1073,14 +1075,17 @@ gptoss_worker_main(Datum main_arg)
 			seen_events = events;
 			scan_slots();
 		}
-		flush_all();
 		active = gptoss_engine_active(engine) > 0;
 		if (active)
-		{
 			run_step();
-			flush_all();
-		}
-		publish_stats(false);
+
+		/*
+		 * Publish before handing results over, so that a backend that got
+		 * its answer sees statistics that include it; when the engine went
+		 * idle, also refresh the memory figures (the freed cache).
+		 */
+		publish_stats(gptoss_engine_active(engine) == 0);
+		flush_all();
 
 		if (!active)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

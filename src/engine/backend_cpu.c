@@ -223,32 +223,160 @@ pool_grain(const thread_pool *pool, int64_t n_items, int64_t min_grain)
 /* fp32 kernels                                                             */
 /* ------------------------------------------------------------------------ */
 
+/*
+ * 8-lane vectors through GCC/Clang vector extensions.  Loops that matter are
+ * compiled twice (CPU_KERNEL): for x86-64-v3 (AVX2 + FMA) and for the
+ * baseline, picked at load time.  Vectors are passed by pointer only, so no
+ * function has a vector-ABI signature.
+ */
 typedef float v8f __attribute__((vector_size(32)));
+typedef uint32_t v8u32 __attribute__((vector_size(32)));
 
-/* sum a[i] * b[i] in fp32: two 8-lane accumulators, then a fixed-order tail. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CPU_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CPU_KERNEL
+#endif
+
+typedef float v4f __attribute__((vector_size(16)));
+
+/* Lane sum in a fixed order: ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)). */
+static inline float
+hsum8(const v8f *a)
+{
+	v4f			lo,
+				hi,
+				s;
+
+	memcpy(&lo, a, sizeof(lo));
+	memcpy(&hi, (const char *) a + sizeof(lo), sizeof(hi));
+	s = lo + hi;
+	return (s[0] + s[2]) + (s[1] + s[3]);
+}
+
+/* sum a[i] * b[i]: one 8-lane accumulator, fixed-order lane sum, then the tail in order. */
 static inline float
 dot_f32(const float *a, const float *b, int n)
 {
-	v8f			acc0 = {0}, acc1 = {0};
+	v8f			acc = {0};
 	int			i = 0;
 	float		sum;
 
-	for (; i + 16 <= n; i += 16)
+	for (; i + 8 <= n; i += 8)
 	{
-		v8f			a0, a1, b0, b1;
+		v8f			va,
+					vb;
 
-		memcpy(&a0, a + i, sizeof(v8f));
-		memcpy(&a1, a + i + 8, sizeof(v8f));
-		memcpy(&b0, b + i, sizeof(v8f));
-		memcpy(&b1, b + i + 8, sizeof(v8f));
-		acc0 += a0 * b0;
-		acc1 += a1 * b1;
+		memcpy(&va, a + i, sizeof(va));
+		memcpy(&vb, b + i, sizeof(vb));
+		acc += va * vb;
 	}
-	acc0 += acc1;
-	sum = ((acc0[0] + acc0[4]) + (acc0[1] + acc0[5])) + ((acc0[2] + acc0[6]) + (acc0[3] + acc0[7]));
+	sum = hsum8(&acc);
 	for (; i < n; i++)
 		sum += a[i] * b[i];
 	return sum;
+}
+
+/*
+ * x reordered for dot4_bf16: each block of 16 becomes its 8 even elements
+ * then its 8 odd ones (a tail shorter than 16 stays as it is).
+ */
+static void
+permute_even_odd(const float *x, float *xp, int n)
+{
+	int			i = 0;
+
+	for (; i + 16 <= n; i += 16)
+		for (int l = 0; l < 8; l++)
+		{
+			xp[i + l] = x[i + 2 * l];
+			xp[i + 8 + l] = x[i + 2 * l + 1];
+		}
+	for (; i < n; i++)
+		xp[i] = x[i];
+}
+
+/*
+ * Dot products of 4 bf16 rows with xp (x after permute_even_odd).  16 bf16
+ * read as 8 little-endian uint32 give the even elements as u << 16 and the
+ * odd ones as u & 0xffff0000, each already an exact fp32: no widening
+ * shuffles.  Each row gets exactly the arithmetic of its own accumulators,
+ * so a row's result does not depend on its neighbours (padding a short group
+ * by repeating a row is harmless) nor on how many tokens share the rows.
+ */
+static inline void
+dot4_bf16(const gptoss_bf16 *const w[4], const float *xp, int n, float out[4])
+{
+	v8f			ev[4] = {{0}},
+				od[4] = {{0}};
+	int			i = 0;
+
+	for (; i + 16 <= n; i += 16)
+	{
+		v8f			xe,
+					xo;
+
+		memcpy(&xe, xp + i, sizeof(xe));
+		memcpy(&xo, xp + i + 8, sizeof(xo));
+		for (int j = 0; j < 4; j++)
+		{
+			v8u32		u,
+						lo,
+						hi;
+			v8f			fe,
+						fo;
+
+			memcpy(&u, w[j] + i, sizeof(u));
+			lo = u << 16;
+			hi = u & 0xffff0000u;
+			memcpy(&fe, &lo, sizeof(fe));
+			memcpy(&fo, &hi, sizeof(fo));
+			ev[j] += fe * xe;
+			od[j] += fo * xo;
+		}
+	}
+	for (int j = 0; j < 4; j++)
+	{
+		v8f			sum = ev[j] + od[j];
+
+		out[j] = hsum8(&sum);
+		for (int k = i; k < n; k++)
+			out[j] += gptoss_bf16_to_f32(w[j][k]) * xp[k];
+	}
+}
+
+/* Same for 4 fp32 rows (decoded MXFP4). */
+static inline void
+dot4_f32(const float *const w[4], const float *x, int n, float out[4])
+{
+	v8f			a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+	int			i = 0;
+
+	for (; i + 8 <= n; i += 8)
+	{
+		v8f			xv,
+					w0,
+					w1,
+					w2,
+					w3;
+
+		memcpy(&xv, x + i, sizeof(xv));
+		memcpy(&w0, w[0] + i, sizeof(w0));
+		memcpy(&w1, w[1] + i, sizeof(w1));
+		memcpy(&w2, w[2] + i, sizeof(w2));
+		memcpy(&w3, w[3] + i, sizeof(w3));
+		a0 += w0 * xv;
+		a1 += w1 * xv;
+		a2 += w2 * xv;
+		a3 += w3 * xv;
+	}
+	out[0] = hsum8(&a0);
+	out[1] = hsum8(&a1);
+	out[2] = hsum8(&a2);
+	out[3] = hsum8(&a3);
+	for (; i < n; i++)
+		for (int j = 0; j < 4; j++)
+			out[j] += w[j][i] * x[i];
 }
 
 /* bf16 row -> fp32 (exact). */
@@ -256,11 +384,7 @@ static inline void
 bf16_row_to_f32(const gptoss_bf16 *src, float *dst, int n)
 {
 	for (int i = 0; i < n; i++)
-	{
-		uint32_t	u = (uint32_t) src[i] << 16;
-
-		memcpy(dst + i, &u, sizeof(u));
-	}
+		dst[i] = gptoss_bf16_to_f32(src[i]);
 }
 
 /* y = x / sqrt(mean(x^2) + eps) * w  for one row of n. */
@@ -314,6 +438,7 @@ typedef struct cpu_backend
 	int			cap_tokens;		/* rows allocated for the T-sized buffers */
 	float	   *x;				/* [T, H] residual stream */
 	float	   *xn;				/* [T, H] normed input of a block */
+	float	   *xperm;			/* [T, max(H, Hq*D)] input of a dense product, permuted */
 	float	   *q;				/* [T, Hq*D] */
 	float	   *k;				/* [T, Hkv*D] */
 	float	   *v;				/* [T, Hkv*D] */
@@ -336,7 +461,7 @@ typedef struct cpu_backend
 	int			cap_entries;
 	int		   *entry_base;		/* [n_seqs] first row of entry i */
 	int			cap_out;		/* rows allocated for out_norm */
-	float	   *out_norm;		/* [n_out, H] final-normed rows that need logits */
+	float	   *out_norm;		/* [n_out, H] final-normed rows that need logits, permuted */
 	int			cap_sampled;	/* rows allocated for out_logits */
 	float	   *out_logits;		/* [n_sampled, V] when the caller passes no logits buffer */
 	int		   *out_rows;		/* [T] token row of each output row */
@@ -359,32 +484,47 @@ typedef struct dense_job
 	int			rows[3];
 	int			in;
 	const float *x;				/* [n_tok, in] */
+	const float *xp;			/* [n_tok, in] x after permute_even_odd */
 	int			n_tok;
 	cpu_backend *be;
 } dense_job;
 
-/* Rows [begin, end) of the concatenated segments: y[t][r] = w[r]·x[t] + b[r]. */
-static void
+/* Rows [begin, end) of the concatenated segments: y[t][r] = w[r]·x[t] + b[r], 4 rows at a time. */
+CPU_KERNEL static void
 dense_task(void *ctx, int64_t begin, int64_t end, int thread)
 {
 	dense_job  *job = ctx;
-	float	   *wrow = job->be->thread_buf[thread];
 	int64_t		seg_start = 0;
 
+	(void) thread;
 	for (int s = 0; s < job->n_seg; s++)
 	{
 		int64_t		lo = begin > seg_start ? begin : seg_start;
 		int64_t		hi = end < seg_start + job->rows[s] ? end : seg_start + job->rows[s];
 
-		for (int64_t gr = lo; gr < hi; gr++)
+		for (int64_t gr = lo; gr < hi; gr += 4)
 		{
-			int			r = (int) (gr - seg_start);
-			float		b = job->bias[s] ? gptoss_bf16_to_f32(job->bias[s][r]) : 0.0f;
+			int			r0 = (int) (gr - seg_start);
+			int			nr = hi - gr < 4 ? (int) (hi - gr) : 4;
+			const gptoss_bf16 *w[4];
+			float		b[4],
+						out[4];
 
-			bf16_row_to_f32(job->w[s] + (size_t) r * job->in, wrow, job->in);
+			for (int j = 0; j < 4; j++)
+			{
+				int			r = r0 + (j < nr ? j : nr - 1);
+
+				w[j] = job->w[s] + (size_t) r * job->in;
+				b[j] = job->bias[s] ? gptoss_bf16_to_f32(job->bias[s][r]) : 0.0f;
+			}
 			for (int t = 0; t < job->n_tok; t++)
-				job->y[s][(size_t) t * job->rows[s] + r] =
-					dot_f32(wrow, job->x + (size_t) t * job->in, job->in) + b;
+			{
+				float	   *yt = job->y[s] + (size_t) t * job->rows[s] + r0;
+
+				dot4_bf16(w, job->xp + (size_t) t * job->in, job->in, out);
+				for (int j = 0; j < nr; j++)
+					yt[j] = out[j] + b[j];
+			}
 		}
 		seg_start += job->rows[s];
 	}
@@ -399,6 +539,9 @@ run_dense(cpu_backend *be, dense_job *job)
 	job->be = be;
 	for (int s = 0; s < job->n_seg; s++)
 		total += job->rows[s];
+	for (int t = 0; t < job->n_tok; t++)
+		permute_even_odd(job->x + (size_t) t * job->in, be->xperm + (size_t) t * job->in, job->in);
+	job->xp = be->xperm;
 	/* small products are not worth waking the workers */
 	if (total * job->in * (int64_t) job->n_tok < 32768)
 		dense_task(job, 0, total, 0);
@@ -418,7 +561,7 @@ typedef struct attn_job
 } attn_job;
 
 /* Attention with a sink for pairs [begin, end) of token * Hq + head. */
-static void
+CPU_KERNEL static void
 attn_task(void *ctx, int64_t begin, int64_t end, int thread)
 {
 	attn_job   *job = ctx;
@@ -496,8 +639,11 @@ typedef struct expert_job
 	int			phase;
 } expert_job;
 
-/* Rows [begin, end) of active expert index * rows_per_expert + row. */
-static void
+/*
+ * Rows [begin, end) of (active expert index * rows_per_expert + row): decodes
+ * up to 4 rows of one expert, then serves every token assigned to it.
+ */
+CPU_KERNEL static void
 expert_task(void *ctx, int64_t begin, int64_t end, int thread)
 {
 	expert_job *job = ctx;
@@ -508,36 +654,48 @@ expert_task(void *ctx, int64_t begin, int64_t end, int thread)
 	int			rows = job->phase == 0 ? 2 * idim : hdim;
 	int			in = job->phase == 0 ? hdim : idim;
 	int			nb = in / 32;
-	float	   *wrow = be->thread_buf[thread];
+	const uint8_t *blocks = job->phase == 0 ? job->lw->gate_up_blocks : job->lw->down_blocks;
+	const uint8_t *scales = job->phase == 0 ? job->lw->gate_up_scales : job->lw->down_scales;
+	const gptoss_bf16 *bias = job->phase == 0 ? job->lw->gate_up_bias : job->lw->down_bias;
+	float	   *out_base = job->phase == 0 ? be->gate_up : be->expert_out;
+	float	   *wbuf = be->thread_buf[thread];
 
-	for (int64_t item = begin; item < end; item++)
+	for (int64_t item = begin; item < end;)
 	{
 		int			e = be->active_experts[item / rows];
-		int			r = (int) (item % rows);
-		size_t		row_index = (size_t) e * rows + r;
+		int			r0 = (int) (item % rows);
+		int			nr = 4;
 		int			a0 = be->expert_start[e];
 		int			a1 = a0 + be->expert_count[e];
+		const float *w[4];
+		float		b[4],
+					out[4];
 
-		if (job->phase == 0)
+		if (nr > end - item)
+			nr = (int) (end - item);
+		if (nr > rows - r0)
+			nr = rows - r0;
+		for (int j = 0; j < 4; j++)
 		{
-			float		b = gptoss_bf16_to_f32(job->lw->gate_up_bias[row_index]);
+			size_t		row_index = (size_t) e * rows + r0 + (j < nr ? j : nr - 1);
 
-			gptoss_mxfp4_decode_row(job->lw->gate_up_blocks + row_index * nb * 16,
-									job->lw->gate_up_scales + row_index * nb, nb, wrow);
-			for (int a = a0; a < a1; a++)
-				be->gate_up[(size_t) a * rows + r] =
-					dot_f32(wrow, be->xn + (size_t) be->assign_token[a] * hdim, hdim) + b;
+			w[j] = wbuf + (size_t) (j < nr ? j : nr - 1) * in;
+			if (j < nr)
+				gptoss_mxfp4_decode_row(blocks + row_index * nb * 16, scales + row_index * nb, nb,
+										wbuf + (size_t) j * in);
+			b[j] = gptoss_bf16_to_f32(bias[row_index]);
 		}
-		else
+		for (int a = a0; a < a1; a++)
 		{
-			float		b = gptoss_bf16_to_f32(job->lw->down_bias[row_index]);
+			const float *x = job->phase == 0 ? be->xn + (size_t) be->assign_token[a] * hdim
+				: be->act + (size_t) a * idim;
+			float	   *y = out_base + (size_t) a * rows + r0;
 
-			gptoss_mxfp4_decode_row(job->lw->down_blocks + row_index * nb * 16,
-									job->lw->down_scales + row_index * nb, nb, wrow);
-			for (int a = a0; a < a1; a++)
-				be->expert_out[(size_t) a * rows + r] =
-					dot_f32(wrow, be->act + (size_t) a * idim, idim) + b;
+			dot4_f32(w, x, in, out);
+			for (int j = 0; j < nr; j++)
+				y[j] = out[j] + b[j];
 		}
+		item += nr;
 	}
 }
 
@@ -549,21 +707,38 @@ typedef struct logits_job
 	float	   *logits;			/* [n_out, V] */
 } logits_job;
 
-/* logits[o][r] = lm_head[r] · out_norm[o] for vocab rows [begin, end). */
-static void
+/* logits[o][r] = lm_head[r] · out_norm[o] for vocab rows [begin, end), 4 rows at a time. */
+CPU_KERNEL static void
 logits_task(void *ctx, int64_t begin, int64_t end, int thread)
 {
 	logits_job *job = ctx;
 	cpu_backend *be = job->be;
 	int			hdim = be->cfg->hidden_size;
 	int64_t		vocab = be->cfg->vocab_size;
-	float	   *wrow = be->thread_buf[thread];
 
-	for (int64_t r = begin; r < end; r++)
+	(void) thread;
+	for (int64_t r0 = begin; r0 < end; r0 += 4)
 	{
-		bf16_row_to_f32(be->base.model->lm_head + (size_t) r * hdim, wrow, hdim);
+		int			nr = end - r0 < 4 ? (int) (end - r0) : 4;
+		const gptoss_bf16 *w[4];
+		float		out[4];
+
+		for (int j = 0; j < 4; j++)
+			w[j] = be->base.model->lm_head + (size_t) (r0 + (j < nr ? j : nr - 1)) * hdim;
 		for (int o = 0; o < job->n_out; o++)
-			job->logits[o * vocab + r] = dot_f32(wrow, be->out_norm + (size_t) o * hdim, hdim);
+		{
+			float	   *y = job->logits + o * vocab + r0;
+
+			dot4_bf16(w, be->out_norm + (size_t) o * hdim, hdim, out);
+			/* spelled out: as a loop GCC turns this 16-byte copy into a memcpy call */
+			y[0] = out[0];
+			if (nr > 1)
+				y[1] = out[1];
+			if (nr > 2)
+				y[2] = out[2];
+			if (nr > 3)
+				y[3] = out[3];
+		}
 	}
 }
 
@@ -610,6 +785,7 @@ ensure_step_buffers(cpu_backend *be, int n_tok, int n_entries, int n_out, int n_
 		fail |= grow(be, (void **) &be->field, o * (per_tok) * sizeof(*be->field), n * (per_tok) * sizeof(*be->field))
 		GROW(x, hdim);
 		GROW(xn, hdim);
+		GROW(xperm, qd > hdim ? qd : hdim);
 		GROW(q, qd);
 		GROW(k, kvd);
 		GROW(v, kvd);
@@ -1080,8 +1256,11 @@ cpu_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs,
 			be->out_rows[n_out++] = be->entry_base[i] + seqs[i].n_tokens - 1;
 	}
 	for (int o = 0; o < n_out; o++)
+	{
 		rmsnorm_row(be->x + (size_t) be->out_rows[o] * hdim, model->final_norm, c->rms_norm_eps,
-					be->out_norm + (size_t) o * hdim, hdim);
+					be->xn, hdim);
+		permute_even_odd(be->xn, be->out_norm + (size_t) o * hdim, hdim);
+	}
 	out_logits = logits ? logits : be->out_logits;
 	lj.be = be;
 	lj.n_out = n_out;
@@ -1184,6 +1363,7 @@ cpu_free(gptoss_backend *base)
 	free(be->slot_stamp);
 	free(be->x);
 	free(be->xn);
+	free(be->xperm);
 	free(be->q);
 	free(be->k);
 	free(be->v);
@@ -1321,13 +1501,13 @@ gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *
 			goto oom;
 	}
 
-	/* per-thread scratch: one decoded weight row, or one row of attention scores */
+	/* per-thread scratch: 4 decoded expert rows, or one row of attention scores */
 	max_in = c->hidden_size;
 	if (c->num_heads * c->head_dim > max_in)
 		max_in = c->num_heads * c->head_dim;
 	if (c->intermediate_size > max_in)
 		max_in = c->intermediate_size;
-	be->thread_buf_len = max_in > opts->max_context ? max_in : opts->max_context;
+	be->thread_buf_len = 4 * max_in > opts->max_context ? 4 * max_in : opts->max_context;
 	be->thread_buf = calloc(n_threads, sizeof(float *));
 	if (!be->thread_buf)
 		goto oom;

@@ -29,7 +29,6 @@
 #include "engine.h"
 #include "harmony.h"
 
-#include <errno.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
@@ -574,7 +573,7 @@ find_request(const gptoss_engine *eng, int64_t id)
  * Text, stop checks and finishing
  */
 
-/* Appends src[from, to) to the visible text. */
+/* Appends n bytes of src to the visible text. */
 static int
 text_append(request *r, const char *src, size_t n, gptoss_error *err)
 {

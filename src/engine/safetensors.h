@@ -133,7 +133,7 @@ int			gptoss_tensor_table(const gptoss_config *cfg, gptoss_tensor_spec **out, in
 /*
  * gptoss_synth_write with an explicit number of safetensors shards
  * (n_shards >= 1; 1 writes a single model.safetensors, more write the HF
- * model-XXXXX-of-YYYYY files plus model.safetensors.index.json); n_shards = 0
+ * model-NNNNN-of-MMMMM files plus model.safetensors.index.json); n_shards = 0
  * picks the count gptoss_synth_write uses.  Tensor bytes do not depend on
  * the sharding.
  */

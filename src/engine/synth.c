@@ -17,8 +17,8 @@
  * 1/sqrt(fan_in) (so a matmul keeps unit-scale activations), the embedding
  * and sinks are unit scale, norms are 1 plus small noise, biases are small,
  * MXFP4 nibbles are uniform over the 16 codes with E8M0 scales whose
- * exponents are stochastically rounded so the dequantized std is about
- * 1/sqrt(fan_in) too.
+ * exponents are randomly rounded so the dequantized rms is 1/sqrt(fan_in)
+ * in expectation too.
  */
 #include "model.h"
 #include "safetensors.h"
@@ -304,14 +304,17 @@ typedef struct value_law
 {
 	float		mean;
 	float		std;			/* BF16 tensors */
-	double		scale_log2;		/* U8 scales: log2 of the wanted E8M0 multiplier */
+	int			scale_exp;		/* U8 scales: lower exponent of the two used */
+	double		scale_up_prob;	/* U8 scales: chance of scale_exp + 1 */
 } value_law;
 
 /* The distribution for a tensor's role (see the header comment for why). */
 static value_law
 law_for(const gptoss_tensor_spec *s)
 {
-	value_law	law = {0.0f, 0.0f, 0.0};
+	value_law	law = {0.0f, 0.0f, 0, 0.0};
+	double		x,
+				frac;
 
 	switch (s->role)
 	{
@@ -346,8 +349,16 @@ law_for(const gptoss_tensor_spec *s)
 			break;
 		case GPTOSS_T_GATE_UP_SCALES:
 		case GPTOSS_T_DOWN_SCALES:
-			/* fan_in = blocks per row * 32 */
-			law.scale_log2 = log2(1.0 / (sqrt((double) s->shape[2] * 32.0) * FP4_UNIFORM_RMS));
+			/*
+			 * Wanted multiplier 2^x = 1/(sqrt(fan_in) * FP4 rms), fan_in =
+			 * blocks per row * 32.  Each block takes exponent floor(x) or
+			 * floor(x)+1 with the probability q that makes the mean squared
+			 * multiplier exact: (1-q) + 4q = 4^frac(x).
+			 */
+			x = log2(1.0 / (sqrt((double) s->shape[2] * 32.0) * FP4_UNIFORM_RMS));
+			frac = x - floor(x);
+			law.scale_exp = (int) floor(x);
+			law.scale_up_prob = (pow(4.0, frac) - 1.0) / 3.0;
 			break;
 		case GPTOSS_T_GATE_UP_BLOCKS:
 		case GPTOSS_T_DOWN_BLOCKS:
@@ -386,9 +397,9 @@ generate(const gptoss_tensor_spec *s, uint64_t key, uint64_t begin, size_t len, 
 		for (size_t i = 0; i < len; i++)
 		{
 			double		u = (double) (stream_word(key, begin + i) >> 11) * 0x1p-53;
-			double		e = 127.0 + floor(law.scale_log2 + u);
+			int			e = 127 + law.scale_exp + (u < law.scale_up_prob);
 
-			out[i] = (uint8_t) (e < 1.0 ? 1.0 : e > 254.0 ? 254.0 : e);
+			out[i] = (uint8_t) (e < 1 ? 1 : e > 254 ? 254 : e);
 		}
 	}
 }

@@ -39,12 +39,13 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
-#include <limits.h>
 #include <pcre2.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* Ids above this are rejected as a garbled file (the real vocabulary ends at 200018). */
 #define MAX_TOKEN_ID (1 << 24)
@@ -282,40 +283,53 @@ parse_extent(const char *path, const char *what, const char *start, const char *
 	return v;
 }
 
-/* Reads a whole file into a malloc'ed buffer; NULL with err set on failure. */
+/* Reads a whole regular file into a malloc'ed buffer; NULL with err set on failure. */
 static char *
 read_file(const char *path, size_t *len, gptoss_error *err)
 {
-	FILE	   *f = fopen(path, "rb");
+	int			fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct stat st;
 	char	   *buf = NULL;
-	long		size;
+	size_t		got = 0;
 
-	if (!f)
+	if (fd < 0)
 	{
 		gptoss_errorf(err, "cannot open tokenizer %s: %s", path, strerror(errno));
 		return NULL;
 	}
-	if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0)
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
 	{
-		gptoss_errorf(err, "cannot read tokenizer %s: %s", path, strerror(errno));
-		fclose(f);
+		gptoss_errorf(err, "tokenizer %s is not a regular file", path);
+		close(fd);
 		return NULL;
 	}
-	buf = malloc((size_t) size + 1);
+	buf = malloc((size_t) st.st_size + 1);
 	if (!buf)
-		gptoss_errorf(err, "out of memory reading tokenizer %s (%ld bytes)", path, size);
-	else if (fread(buf, 1, (size_t) size, f) != (size_t) size)
 	{
-		gptoss_errorf(err, "cannot read tokenizer %s: short read", path);
-		free(buf);
-		buf = NULL;
+		gptoss_errorf(err, "out of memory reading tokenizer %s (%lld bytes)", path,
+					  (long long) st.st_size);
+		close(fd);
+		return NULL;
 	}
-	fclose(f);
-	if (buf)
+	while (got < (size_t) st.st_size)
 	{
-		buf[size] = '\0';
-		*len = (size_t) size;
+		ssize_t		r = read(fd, buf + got, (size_t) st.st_size - got);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+		{
+			gptoss_errorf(err, "cannot read tokenizer %s: %s", path,
+						  r < 0 ? strerror(errno) : "file shrank while reading");
+			free(buf);
+			close(fd);
+			return NULL;
+		}
+		got += (size_t) r;
 	}
+	close(fd);
+	buf[got] = '\0';
+	*len = got;
 	return buf;
 }
 

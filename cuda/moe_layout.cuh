@@ -1,0 +1,99 @@
+/*
+ * moe_layout.cuh: the device layouts that let the expert kernels feed the
+ * tensor cores (mma.sync m16n8k16, fp16 in, fp32 accumulate) straight from
+ * 16-byte coalesced loads, with no shared memory.
+ *
+ * Weights.  A 16-row x 64-column piece of an expert matrix is what one warp
+ * multiplies per step of its loop: four k-steps of 16 columns.  For each
+ * k-step a lane needs the 8 values of its A fragment (rows g and g+8, columns
+ * 2t, 2t+1, 2t+8, 2t+9 of the k-step, g = lane/4, t = lane%4); those 8 fp4
+ * codes are packed into one 32-bit word, so a lane loads one uint4 per piece.
+ * Inside the word the codes sit where the decoder (fp4x8_to_f16x2) needs
+ * them: register j (j = 0..3 of the fragment, two values each) takes its low
+ * value's magnitude bits at FP4_MAG_SHIFT[j] and sign at FP4_SIGN_SHIFT[j],
+ * its high value's 16 bits higher.  Decoding is then one to four shift/mask
+ * operations per register and gives fp16 values equal to the E2M1 value times
+ * 2^-14 (subnormal fp16 for the 0.5 code, exact); the kernels multiply by
+ * 2^14 once at the end.
+ * The E8M0 scales of a piece are one 32-bit word per row group g: bytes
+ * (row g, block 0), (row g, block 1), (row g+8, block 0), (row g+8, block 1),
+ * block 0 being the piece's first 32 columns.
+ * gate_up rows are regrouped per 16-row tile: rows 0-7 are the gates of
+ * features 8*tile .. 8*tile+7 (file rows 2f), rows 8-15 their ups (2f+1), so
+ * that one lane holds gate and up of the same feature and token.
+ * Rows and columns past the matrix are zero codes.
+ *
+ * Activations ("fragment layout"): the B operand of the same mma for 8 tokens
+ * (rows of the expert-sorted order) x 64 columns is 32 lanes x 16 halfs, lane
+ * g*4+t holding token g's columns (2t, 2t+1, 2t+8, 2t+9) of each k-step.
+ * A matrix of R rows (R a multiple of 8) and kc chunks is [R/8][kc][32][16]
+ * halfs.
+ */
+#ifndef GPTOSS_CUDA_MOE_LAYOUT_CUH
+#define GPTOSS_CUDA_MOE_LAYOUT_CUH
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __CUDACC__
+#define MOE_HD __host__ __device__
+#else
+#define MOE_HD
+#endif
+
+/* Bit positions of register j's magnitude (3 bits) and sign in a packed word (low half). */
+#define FP4_MAG_SHIFT(j)  ((j) == 0 ? 0 : (j) == 1 ? 3 : (j) == 2 ? 6 : 9)
+#define FP4_SIGN_SHIFT(j) ((j) == 0 ? 13 : (j) == 1 ? 14 : (j) == 2 ? 12 : 15)
+
+/* Index (in halfs) of element (row, col) of a fragment-layout matrix with kc column chunks. */
+static inline MOE_HD size_t
+frag_index(int row, int col, int kc)
+{
+	int			tile = row >> 3;
+	int			n = row & 7;
+	int			chunk = col >> 6;
+	int			c = col & 63;
+	int			kstep = c >> 4;
+	int			cc = c & 15;
+	int			t = (cc & 7) >> 1;
+	int			upper = cc >> 3;
+	int			lane = n * 4 + t;
+
+	return (((size_t) tile * kc + chunk) * 32 + lane) * 16 + kstep * 4 + upper * 2 + (cc & 1);
+}
+
+/* Puts fp4 code `code` as value v (0 low, 1 high) of fragment register j into a packed word. */
+static inline MOE_HD uint32_t
+fp4_pack(uint32_t word, int j, int v, unsigned code)
+{
+	word |= (uint32_t) (code & 7u) << (16 * v + FP4_MAG_SHIFT(j));
+	word |= (uint32_t) (code >> 3) << (16 * v + FP4_SIGN_SHIFT(j));
+	return word;
+}
+
+/* Row offset inside a 16-row tile and column offset inside a k-step of fragment value (j, v). */
+static inline MOE_HD int
+frag_a_row(int lane, int j)
+{
+	return (lane >> 2) + ((j & 1) ? 8 : 0);
+}
+
+static inline MOE_HD int
+frag_a_col(int lane, int j, int v)
+{
+	return ((j & 2) ? 8 : 0) + 2 * (lane & 3) + v;
+}
+
+#ifdef __CUDACC__
+/* Unpacks one packed word into the 4 fp16x2 registers of an A fragment (values * 2^-14). */
+static __device__ __forceinline__ void
+fp4x8_to_f16x2(uint32_t w, uint32_t a[4])
+{
+	a[0] = ((w << 9) & 0x0E000E00u) | ((w << 2) & 0x80008000u);
+	a[1] = ((w << 6) & 0x0E000E00u) | ((w << 1) & 0x80008000u);
+	a[2] = (w << 3) & 0x8E008E00u;
+	a[3] = w & 0x8E008E00u;
+}
+#endif
+
+#endif							/* GPTOSS_CUDA_MOE_LAYOUT_CUH */
