@@ -3,8 +3,7 @@
 #   make                 build gptoss.so and bin/gptoss (CUDA objects when nvcc is found)
 #   make USE_CUDA=0      CPU-only build
 #   make unit            engine unit tests (needs build/tokenizer.json and build/tiny, see test/setup.sh)
-#   make installcheck    pg_regress suite on a temporary instance
-#   make prove_installcheck   TAP tests in test/t
+#   make installcheck    pg_regress suite on a temporary instance, then the TAP tests in test/t
 #   make test-all        everything above, from a fresh clone (what .ci/run calls)
 #   make demo            throwaway cluster running SELECT gptoss_generate(...) FROM docs
 

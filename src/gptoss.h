@@ -18,12 +18,13 @@
  *   FREE --backend--> SUBMITTED --worker--> RUNNING --worker--> DONE --backend--> FREE
  *   SUBMITTED --backend gives up--> FREE
  *   RUNNING --backend gives up--> CANCELLED --worker drops the sequence--> FREE
- *   SUBMITTED/RUNNING --worker exits--> DONE (worker_exited)
+ *   RUNNING --worker exits--> DONE (worker_exited)
  *
- * so a slot is reused only when neither side still looks at it.  The backend
- * gives up from an on_dsm_detach callback of its request segment, which runs
- * on every path out of a request: normal end, ERROR (cancel, statement
- * timeout) and FATAL (client gone, terminate).
+ * so a slot is reused only when neither side still looks at it.  A SUBMITTED
+ * request survives a worker restart: the next worker process takes it.  The
+ * backend gives up from an on_dsm_detach callback of its request segment,
+ * which runs on every path out of a request: normal end, ERROR (cancel,
+ * statement timeout) and FATAL (client gone, terminate).
  */
 #ifndef GPTOSS_H
 #define GPTOSS_H
@@ -300,8 +301,11 @@ typedef struct GptossErrorFrame
 	int32		sqlerrcode;		/* MAKE_SQLSTATE value */
 } GptossErrorFrame;
 
-/* Appends one payload item. */
-extern void gptoss_payload_put(StringInfo buf, const char *data, uint32 len);
+/* Bytes one payload item of len bytes takes. */
+extern Size gptoss_payload_item_size(Size len);
+
+/* Writes one payload item at *dest and advances *dest past it. */
+extern void gptoss_payload_put(char **dest, const char *data, uint32 len);
 
 /* Reads the next payload item; false when the payload is exhausted or malformed. */
 extern bool gptoss_payload_get(const char **cursor, const char *end,

@@ -74,7 +74,7 @@ get_wait_set(void)
 	return call_wait_set;
 }
 
-/* The failure reason of the first worker, for 55000 errors. */
+/* Raises 55000 with worker w's reason for not serving. */
 static void
 raise_worker_failed(int w)
 {
@@ -164,34 +164,49 @@ release_slot(dsm_segment *seg, Datum arg)
 		gptoss_wake_worker(wake);
 }
 
-/* Writes the request payload (see GptossRequestHeader) into buf. */
-static void
-build_payload(const GptossRequest *req, StringInfo buf)
+/*
+ * Lays out the request payload (see GptossRequestHeader): with dest NULL only
+ * counts its bytes; returns the size.  Strings go straight into the segment,
+ * so a long prompt is copied once.
+ */
+static Size
+build_payload(const GptossRequest *req, char *dest)
 {
+	Size		size = 0;
+
+#define ITEM(data, len) \
+	do { \
+		size = add_size(size, gptoss_payload_item_size(len)); \
+		if (dest) \
+			gptoss_payload_put(&dest, (data), (uint32) (len)); \
+	} while (0)
+
 	switch (req->kind)
 	{
 		case GPTOSS_REQ_GENERATE:
 		case GPTOSS_REQ_TOKENIZE:
-			gptoss_payload_put(buf, req->text, (uint32) req->text_len);
+			ITEM(req->text, req->text_len);
 			break;
 		case GPTOSS_REQ_CHAT:
 			for (int i = 0; i < req->n_messages; i++)
 			{
-				gptoss_payload_put(buf, req->messages[i].role, strlen(req->messages[i].role));
-				gptoss_payload_put(buf, req->messages[i].content, strlen(req->messages[i].content));
+				ITEM(req->messages[i].role, strlen(req->messages[i].role));
+				ITEM(req->messages[i].content, strlen(req->messages[i].content));
 			}
 			break;
 		case GPTOSS_REQ_DETOKENIZE:
-			gptoss_payload_put(buf, (const char *) req->ids, (uint32) (req->n_ids * sizeof(int32)));
+			ITEM((const char *) req->ids, req->n_ids * sizeof(int32));
 			break;
 	}
 	if (req->kind == GPTOSS_REQ_GENERATE || req->kind == GPTOSS_REQ_CHAT)
 	{
 		if (req->instructions != NULL)
-			gptoss_payload_put(buf, req->instructions, strlen(req->instructions));
+			ITEM(req->instructions, strlen(req->instructions));
 		for (int i = 0; i < req->n_stop; i++)
-			gptoss_payload_put(buf, req->stop[i], strlen(req->stop[i]));
+			ITEM(req->stop[i], strlen(req->stop[i]));
 	}
+#undef ITEM
+	return size;
 }
 
 /* Sends req to a worker: segment, slot, wakeup. */
@@ -199,7 +214,7 @@ GptossCall *
 gptoss_call_start(const GptossRequest *req)
 {
 	GptossCall *call;
-	StringInfoData payload;
+	Size		payload_size;
 	GptossRequestHeader *hdr;
 	Size		hdr_size = MAXALIGN(sizeof(GptossRequestHeader));
 	Size		total;
@@ -210,6 +225,7 @@ gptoss_call_start(const GptossRequest *req)
 	int			worker = -1;
 
 	gptoss_check_preloaded();
+	/* Payload items carry 32-bit lengths; no context holds anything near this. */
 	if (req->text_len > MaxAllocSize / 2)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -222,9 +238,8 @@ gptoss_call_start(const GptossRequest *req)
 	if (worker < 0)
 		raise_worker_failed(0);
 
-	initStringInfo(&payload);
-	build_payload(req, &payload);
-	total = add_size(add_size(hdr_size, MAXALIGN(payload.len)), GPTOSS_MQ_SIZE);
+	payload_size = build_payload(req, NULL);
+	total = add_size(add_size(hdr_size, MAXALIGN(payload_size)), GPTOSS_MQ_SIZE);
 
 	call = palloc0(sizeof(GptossCall));
 	call->seg = dsm_create(total, 0);
@@ -240,11 +255,10 @@ gptoss_call_start(const GptossRequest *req)
 	hdr->n_stop = req->n_stop;
 	hdr->n_ids = req->n_ids;
 	hdr->payload_offset = hdr_size;
-	hdr->payload_size = payload.len;
-	hdr->mq_offset = hdr_size + MAXALIGN(payload.len);
+	hdr->payload_size = payload_size;
+	hdr->mq_offset = hdr_size + MAXALIGN(payload_size);
 	hdr->mq_size = GPTOSS_MQ_SIZE;
-	memcpy(base + hdr->payload_offset, payload.data, payload.len);
-	pfree(payload.data);
+	(void) build_payload(req, base + hdr->payload_offset);
 
 	mq = shm_mq_create(base + hdr->mq_offset, hdr->mq_size);
 	shm_mq_set_receiver(mq, MyProc);

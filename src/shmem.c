@@ -116,13 +116,21 @@ gptoss_worker_state_name(GptossWorkerState state)
 	return "starting";
 }
 
-/* Appends one payload item: a uint32 length, the bytes and a NUL. */
-void
-gptoss_payload_put(StringInfo buf, const char *data, uint32 len)
+/* Bytes one payload item of len bytes takes. */
+Size
+gptoss_payload_item_size(Size len)
 {
-	appendBinaryStringInfo(buf, (const char *) &len, sizeof(len));
-	appendBinaryStringInfo(buf, data, len);
-	appendStringInfoChar(buf, '\0');
+	return sizeof(uint32) + len + 1;
+}
+
+/* Writes one payload item (a uint32 length, the bytes, a NUL) at *dest and advances it. */
+void
+gptoss_payload_put(char **dest, const char *data, uint32 len)
+{
+	memcpy(*dest, &len, sizeof(len));
+	memcpy(*dest + sizeof(len), data, len);
+	(*dest)[sizeof(len) + len] = '\0';
+	*dest += gptoss_payload_item_size(len);
 }
 
 /* Reads the next payload item; false when exhausted or malformed. */

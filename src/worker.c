@@ -19,11 +19,12 @@
  *   4. publish statistics; sleep on the latch only when there is no work.
  *
  * Prompts are tokenized and rendered here, not in the backends: the
- * tokenizer (a 27 MB vocabulary and the PCRE2 split pattern) and the harmony
- * renderer are loaded once, in the worker, instead of once per session.
- * Rendering costs tens of microseconds for a typical prompt and grows with
- * its length about like its prefill, which costs the engine far more.  For
- * the same reason gptoss_tokenize and gptoss_detokenize are served here.
+ * tokenizer (a 27 MB vocabulary, a second to load, and the PCRE2 split
+ * pattern) and the harmony renderer are loaded once, in the worker, instead
+ * of once per session.  Rendering a typical prompt costs microseconds (100 KB
+ * of text about 7 ms), next to milliseconds per decode step and far more for
+ * the prompt's prefill.  For the same reason gptoss_tokenize and
+ * gptoss_detokenize are served here (a round trip costs about 0.3 ms).
  *
  * Signals: the CPU backend runs threads; they must never run PostgreSQL's
  * signal handlers, so every engine call that may start or run threads is
@@ -47,7 +48,7 @@
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
-#include "tcop/tcopprot.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -64,7 +65,6 @@ typedef struct WorkerRequest
 {
 	bool		in_use;
 	uint64		request_id;
-	GptossRequestKind kind;
 	dsm_segment *seg;
 	shm_mq_handle *mqh;
 	GptossRequestHeader *hdr;
@@ -406,7 +406,8 @@ serve_generation(WorkerRequest *r, const char *cursor, const char *end)
 	}
 	else
 	{
-		if (hdr->n_messages < 1 || hdr->n_messages > (int32) ((end - cursor) / 10 + 1))
+		/* Each message takes at least two empty items (10 bytes). */
+		if (hdr->n_messages < 1 || hdr->n_messages > (int32) ((end - cursor) / 10))
 			goto malformed;
 		messages = palloc(sizeof(gptoss_chat_message) * hdr->n_messages);
 		for (int i = 0; i < hdr->n_messages; i++)
@@ -421,6 +422,7 @@ serve_generation(WorkerRequest *r, const char *cursor, const char *end)
 		if (!gptoss_payload_get(&cursor, end, &p.instructions, &len))
 			goto malformed;
 	}
+	/* Each stop string takes at least one item (5 bytes). */
 	if (hdr->n_stop < 0 || hdr->n_stop > (int32) ((end - cursor) / 5))
 		goto malformed;
 	if (hdr->n_stop > 0)
@@ -471,11 +473,13 @@ start_request(WorkerRequest *r)
 	const char *end;
 	const char *data;
 	uint32		len;
+	MemoryContext old = MemoryContextSwitchTo(r->cxt);
 
 	if (hdr->magic != GPTOSS_REQUEST_MAGIC ||
 		hdr->payload_offset > seg_size || hdr->payload_size > seg_size - hdr->payload_offset)
 	{
 		queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request header");
+		MemoryContextSwitchTo(old);
 		return;
 	}
 	cursor = base + hdr->payload_offset;
@@ -483,22 +487,26 @@ start_request(WorkerRequest *r)
 	switch (hdr->kind)
 	{
 		case GPTOSS_REQ_TOKENIZE:
-			if (!gptoss_payload_get(&cursor, end, &data, &len))
-				break;
-			serve_tokenize(r, data, len);
-			return;
+			if (gptoss_payload_get(&cursor, end, &data, &len))
+				serve_tokenize(r, data, len);
+			else
+				queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
+			break;
 		case GPTOSS_REQ_DETOKENIZE:
-			if (!gptoss_payload_get(&cursor, end, &data, &len) ||
-				len != (uint32) hdr->n_ids * sizeof(int32))
-				break;
-			serve_detokenize(r, data, len);
-			return;
+			if (gptoss_payload_get(&cursor, end, &data, &len) &&
+				len == (uint32) hdr->n_ids * sizeof(int32))
+				serve_detokenize(r, data, len);
+			else
+				queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
+			break;
 		case GPTOSS_REQ_GENERATE:
 		case GPTOSS_REQ_CHAT:
 			serve_generation(r, cursor, end);
-			return;
+			break;
+		default:
+			queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
 	}
-	queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
+	MemoryContextSwitchTo(old);
 }
 
 /*
@@ -514,17 +522,32 @@ admit_slot(int slot, GptossSlot *s)
 	shm_mq	   *mq;
 	MemoryContext old;
 
+	/*
+	 * The backend keeps the segment until the slot leaves SUBMITTED, so it
+	 * exists; a segment that cannot be mapped or read ends the request like
+	 * a worker exit (the backend gets an ERROR rather than waiting).
+	 */
 	seg = dsm_attach(s->handle);
-	if (seg == NULL)
-		return false;
-	dsm_pin_mapping(seg);
-	hdr = (GptossRequestHeader *) dsm_segment_address(seg);
-	if (dsm_segment_map_length(seg) < sizeof(GptossRequestHeader) ||
-		hdr->request_id != s->request_id ||
-		hdr->mq_offset > dsm_segment_map_length(seg) ||
-		hdr->mq_size > dsm_segment_map_length(seg) - hdr->mq_offset)
+	if (seg != NULL)
 	{
-		dsm_detach(seg);
+		dsm_pin_mapping(seg);
+		hdr = (GptossRequestHeader *) dsm_segment_address(seg);
+		if (dsm_segment_map_length(seg) < sizeof(GptossRequestHeader) ||
+			hdr->request_id != s->request_id ||
+			hdr->mq_offset > dsm_segment_map_length(seg) ||
+			hdr->mq_size > dsm_segment_map_length(seg) - hdr->mq_offset)
+		{
+			dsm_detach(seg);
+			seg = NULL;
+		}
+	}
+	if (seg == NULL)
+	{
+		ereport(LOG, (errmsg("gptoss worker %d: could not read request %llu",
+							 worker_index, (unsigned long long) s->request_id)));
+		s->state = GPTOSS_SLOT_DONE;
+		s->worker_exited = true;
+		gptoss_set_proc_latch(s->owner_pgprocno);
 		return false;
 	}
 
@@ -535,7 +558,6 @@ admit_slot(int slot, GptossSlot *s)
 	r->request_id = s->request_id;
 	r->seg = seg;
 	r->hdr = hdr;
-	r->kind = hdr->kind;
 	r->engine_id = -1;
 	r->stream = hdr->params.stream;
 	mq = (shm_mq *) ((char *) hdr + hdr->mq_offset);
@@ -599,9 +621,9 @@ scan_slots(void)
 
 /*
  * Queues what the engine produced for r: streamed text as it grows, and the
- * answer and finish record once it is done.  Returns true when r finished.
+ * answer and finish record once it is done.
  */
-static bool
+static void
 deliver(WorkerRequest *r)
 {
 	gptoss_result res;
@@ -611,7 +633,7 @@ deliver(WorkerRequest *r)
 		queue_error(r, ERRCODE_INTERNAL_ERROR, "gptoss engine lost the request");
 		dlist_delete(&r->node);
 		r->engine_id = -1;
-		return true;
+		return;
 	}
 	if (r->stream || res.finish_reason != GPTOSS_FINISH_NONE)
 	{
@@ -638,7 +660,7 @@ deliver(WorkerRequest *r)
 		}
 	}
 	if (res.finish_reason == GPTOSS_FINISH_NONE)
-		return false;
+		return;
 
 	if (res.finish_reason == GPTOSS_FINISH_ERROR)
 	{
@@ -650,19 +672,25 @@ deliver(WorkerRequest *r)
 	else
 		queue_finish(r, res.finish_reason, res.prompt_tokens, res.completion_tokens);
 	drop_from_engine(r, false);
-	return true;
 }
 
-/* Runs one engine step and delivers its results; a failing step ends the worker. */
-static void
+/*
+ * Runs one engine step and delivers its results; a failing step ends the
+ * worker.  Returns false when the step computed nothing (every request
+ * waits for KV-cache room), so the caller does not spin.
+ */
+static bool
 run_step(void)
 {
 	gptoss_error err;
+	gptoss_engine_stats before;
+	gptoss_engine_stats after;
 	sigset_t	old;
 	int			rc;
 	dlist_mutable_iter iter;
 
 	memset(&err, 0, sizeof(err));
+	gptoss_engine_get_stats(engine, &before);
 	block_signals(&old);
 	rc = gptoss_engine_step(engine, &err);
 	restore_signals(&old);
@@ -685,8 +713,10 @@ run_step(void)
 	{
 		WorkerRequest *r = dlist_container(WorkerRequest, node, iter.cur);
 
-		(void) deliver(r);
+		deliver(r);
 	}
+	gptoss_engine_get_stats(engine, &after);
+	return after.steps != before.steps;
 }
 
 /* Pushes pending frames and completes requests whose last frame went out. */
@@ -1065,6 +1095,7 @@ gptoss_worker_main(Datum main_arg)
 	{
 		uint32		events;
 		bool		active;
+		bool		progressed = false;
 
 		ResetLatch(MyLatch);
 		handle_signals();
@@ -1077,7 +1108,7 @@ gptoss_worker_main(Datum main_arg)
 		}
 		active = gptoss_engine_active(engine) > 0;
 		if (active)
-			run_step();
+			progressed = run_step();
 
 		/*
 		 * Publish before handing results over, so that a backend that got
@@ -1087,8 +1118,8 @@ gptoss_worker_main(Datum main_arg)
 		publish_stats(gptoss_engine_active(engine) == 0);
 		flush_all();
 
-		if (!active)
+		if (!progressed)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 1000L, PG_WAIT_EXTENSION);
+							 active ? 10L : 1000L, PG_WAIT_EXTENSION);
 	}
 }

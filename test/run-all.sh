@@ -30,6 +30,7 @@ done
 echo "== pg_regress and TAP tests (as postgres)"
 chown -R postgres "$ROOT"
 export GPTOSS_TEST_MODEL=$ROOT/build/tiny
-su postgres -c "make installcheck" || { cat regression.diffs 2>/dev/null | head -200; exit 1; }
-su postgres -c "GPTOSS_TEST_MODEL=$GPTOSS_TEST_MODEL make prove_installcheck"
+# With TAP_TESTS = 1, PGXS's installcheck runs pg_regress and then the TAP tests in test/t.
+su postgres -c "GPTOSS_TEST_MODEL=$GPTOSS_TEST_MODEL GPTOSS_TOKENIZER=$GPTOSS_TOKENIZER make installcheck" \
+	|| { cat regression.diffs 2>/dev/null | head -200; exit 1; }
 echo "== all tests passed"

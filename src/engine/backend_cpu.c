@@ -29,9 +29,19 @@
  * release() frees a slot's buffers; kv_cache_tokens caps the total number of
  * cached tokens over all slots.
  *
+ * Kernels: dense bf16 products take 4 weight rows at a time against each
+ * token (16 bf16 read as 8 uint32 give the even elements as u << 16 and the
+ * odd ones as u & 0xffff0000, exact fp32, with x reordered to match); MXFP4
+ * expert rows are decoded to fp32 once per step and reused for every token
+ * routed to them.  Hot loops are compiled for AVX2+FMA and for the baseline
+ * (target_clones); results are bitwise reproducible on one machine, and
+ * differ across machines only by fp32 rounding.
+ *
  * Threads: a small pool (opts.threads or gptoss_num_threads()) runs the
- * matrix products, the attention (token, head) pairs and the expert rows as
- * parallel loops over independent output items; the caller's thread works too.
+ * matrix products, the attention (token, head) pairs, the expert rows and the
+ * sampling of several entries as parallel loops over independent items; the
+ * caller's thread works too, and loops too small to pay for a wake-up run on
+ * the caller alone.
  */
 #include "backend.h"
 #include "mxfp4.h"
@@ -178,15 +188,22 @@ pool_create(int n_threads, worker_arg **args_out, gptoss_error *err)
 	return pool;
 }
 
-/* Runs fn over [0, n_items) in chunks of grain on all threads; returns when done. */
+/* Below this many multiply-adds a loop runs on the caller alone: waking workers costs more. */
+#define POOL_SERIAL_WORK (1 << 17)
+
+/*
+ * Runs fn over [0, n_items) in chunks of grain on all threads and returns
+ * when done; work (about how many multiply-adds) decides whether threads pay.
+ */
 static void
-pool_parallel_for(thread_pool *pool, pool_fn fn, void *ctx, int64_t n_items, int64_t grain)
+pool_parallel_for(thread_pool *pool, pool_fn fn, void *ctx, int64_t n_items, int64_t grain,
+				  int64_t work)
 {
 	if (n_items <= 0)
 		return;
 	if (grain < 1)
 		grain = 1;
-	if (pool->n_threads <= 1 || n_items <= grain)
+	if (pool->n_threads <= 1 || n_items <= grain || work < POOL_SERIAL_WORK)
 	{
 		fn(ctx, 0, n_items, 0);
 		return;
@@ -307,9 +324,25 @@ permute_even_odd(const float *x, float *xp, int n)
 static inline void
 dot4_bf16(const gptoss_bf16 *const w[4], const float *xp, int n, float out[4])
 {
-	v8f			ev[4] = {{0}},
-				od[4] = {{0}};
+	/* named accumulators: an array of vectors ends up zeroed in memory with rep stos */
+	v8f			e0 = {0}, e1 = {0}, e2 = {0}, e3 = {0};
+	v8f			o0 = {0}, o1 = {0}, o2 = {0}, o3 = {0};
+	const v8u32 high = {0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u,
+		0xffff0000u, 0xffff0000u, 0xffff0000u, 0xffff0000u};
 	int			i = 0;
+
+#define DOT4_ROW(j, ev, od) \
+	do { \
+		v8u32		u_, lo_, hi_; \
+		v8f			fe_, fo_; \
+		memcpy(&u_, w[j] + i, sizeof(u_)); \
+		lo_ = u_ << 16; \
+		hi_ = u_ & high; \
+		memcpy(&fe_, &lo_, sizeof(fe_)); \
+		memcpy(&fo_, &hi_, sizeof(fo_)); \
+		ev += fe_ * xe; \
+		od += fo_ * xo; \
+	} while (0)
 
 	for (; i + 16 <= n; i += 16)
 	{
@@ -318,31 +351,23 @@ dot4_bf16(const gptoss_bf16 *const w[4], const float *xp, int n, float out[4])
 
 		memcpy(&xe, xp + i, sizeof(xe));
 		memcpy(&xo, xp + i + 8, sizeof(xo));
+		DOT4_ROW(0, e0, o0);
+		DOT4_ROW(1, e1, o1);
+		DOT4_ROW(2, e2, o2);
+		DOT4_ROW(3, e3, o3);
+	}
+#undef DOT4_ROW
+	e0 += o0;
+	e1 += o1;
+	e2 += o2;
+	e3 += o3;
+	out[0] = hsum8(&e0);
+	out[1] = hsum8(&e1);
+	out[2] = hsum8(&e2);
+	out[3] = hsum8(&e3);
+	for (; i < n; i++)
 		for (int j = 0; j < 4; j++)
-		{
-			v8u32		u,
-						lo,
-						hi;
-			v8f			fe,
-						fo;
-
-			memcpy(&u, w[j] + i, sizeof(u));
-			lo = u << 16;
-			hi = u & 0xffff0000u;
-			memcpy(&fe, &lo, sizeof(fe));
-			memcpy(&fo, &hi, sizeof(fo));
-			ev[j] += fe * xe;
-			od[j] += fo * xo;
-		}
-	}
-	for (int j = 0; j < 4; j++)
-	{
-		v8f			sum = ev[j] + od[j];
-
-		out[j] = hsum8(&sum);
-		for (int k = i; k < n; k++)
-			out[j] += gptoss_bf16_to_f32(w[j][k]) * xp[k];
-	}
+			out[j] += gptoss_bf16_to_f32(w[j][i]) * xp[i];
 }
 
 /* Same for 4 fp32 rows (decoded MXFP4). */
@@ -443,7 +468,7 @@ typedef struct cpu_backend
 	float	   *k;				/* [T, Hkv*D] */
 	float	   *v;				/* [T, Hkv*D] */
 	float	   *att;			/* [T, Hq*D] attention output */
-	float	   *proj;			/* [T, H] o-projection / expert sum */
+	float	   *proj;			/* [T, H] o-projection output */
 	float	   *router;			/* [T, E] router logits */
 	float	   *rope_cs;		/* [T, 2, D/2] cos then sin per token */
 	int		   *tok_pos;		/* [T] absolute position */
@@ -460,12 +485,14 @@ typedef struct cpu_backend
 	int		   *active_experts; /* [E] experts used this step */
 	int			cap_entries;
 	int		   *entry_base;		/* [n_seqs] first row of entry i */
+	int		   *sample_entry;	/* [n_seqs] entries that sample, in order */
+	const float **sample_row;	/* [n_seqs] their logits rows */
 	int			cap_out;		/* rows allocated for out_norm */
 	float	   *out_norm;		/* [n_out, H] final-normed rows that need logits, permuted */
 	int			cap_sampled;	/* rows allocated for out_logits */
 	float	   *out_logits;		/* [n_sampled, V] when the caller passes no logits buffer */
 	int		   *out_rows;		/* [T] token row of each output row */
-	void	   *sample_scratch; /* 8 * V bytes for gptoss_sample */
+	void	  **sample_scratch; /* [n_threads] 8 * V bytes each for gptoss_sample */
 	int64_t		step_bytes;		/* bytes of all step buffers */
 	int64_t		peak_bytes;
 } cpu_backend;
@@ -542,11 +569,8 @@ run_dense(cpu_backend *be, dense_job *job)
 	for (int t = 0; t < job->n_tok; t++)
 		permute_even_odd(job->x + (size_t) t * job->in, be->xperm + (size_t) t * job->in, job->in);
 	job->xp = be->xperm;
-	/* small products are not worth waking the workers */
-	if (total * job->in * (int64_t) job->n_tok < 32768)
-		dense_task(job, 0, total, 0);
-	else
-		pool_parallel_for(be->pool, dense_task, job, total, pool_grain(be->pool, total, 16));
+	pool_parallel_for(be->pool, dense_task, job, total, pool_grain(be->pool, total, 16),
+					  total * job->in * (int64_t) job->n_tok);
 }
 
 /* Attention of one layer over all (token, head) pairs of the step. */
@@ -742,6 +766,32 @@ logits_task(void *ctx, int64_t begin, int64_t end, int thread)
 	}
 }
 
+/* Sampling of the entries that asked for a token. */
+typedef struct sample_job
+{
+	cpu_backend *be;
+	const gptoss_step_seq *seqs;
+	int32_t    *next_tokens;
+	int			n_sampled;
+} sample_job;
+
+/* Samples entries [begin, end) of be->sample_entry with this thread's scratch. */
+static void
+sample_task(void *ctx, int64_t begin, int64_t end, int thread)
+{
+	sample_job *job = ctx;
+	cpu_backend *be = job->be;
+
+	for (int64_t k = begin; k < end; k++)
+	{
+		const gptoss_step_seq *s = &job->seqs[be->sample_entry[k]];
+
+		job->next_tokens[be->sample_entry[k]] =
+			gptoss_sample(be->sample_row[k], be->cfg->vocab_size, &s->sampling,
+						  (int64_t) s->pos + s->n_tokens, be->sample_scratch[thread]);
+	}
+}
+
 /* ------------------------------------------------------------------------ */
 /* Buffers                                                                  */
 /* ------------------------------------------------------------------------ */
@@ -811,7 +861,11 @@ ensure_step_buffers(cpu_backend *be, int n_tok, int n_entries, int n_out, int n_
 	if (n_entries > be->cap_entries)
 	{
 		if (grow(be, (void **) &be->entry_base, (size_t) be->cap_entries * sizeof(int),
-				 (size_t) n_entries * sizeof(int)))
+				 (size_t) n_entries * sizeof(int)) ||
+			grow(be, (void **) &be->sample_entry, (size_t) be->cap_entries * sizeof(int),
+				 (size_t) n_entries * sizeof(int)) ||
+			grow(be, (void **) &be->sample_row, (size_t) be->cap_entries * sizeof(float *),
+				 (size_t) n_entries * sizeof(float *)))
 			return gptoss_errorf(err, "cpu backend: out of memory for %d entries", n_entries);
 		be->cap_entries = n_entries;
 	}
@@ -992,6 +1046,7 @@ attention_block(cpu_backend *be, const gptoss_step_seq *seqs, int n_seqs, int n_
 	dense_job	qkv = {0};
 	dense_job	oproj = {0};
 	attn_job	aj = {0};
+	int64_t		attn_work = 0;
 
 	for (int t = 0; t < n_tok; t++)
 		rmsnorm_row(be->x + (size_t) t * hdim, lw->attn_norm, c->rms_norm_eps, be->xn + (size_t) t * hdim, hdim);
@@ -1021,8 +1076,14 @@ attention_block(cpu_backend *be, const gptoss_step_seq *seqs, int n_seqs, int n_
 	aj.sliding = c->layer_sliding[l];
 	aj.scale = 1.0f / sqrtf((float) d);
 	aj.sinks = lw->sinks;
+	for (int t = 0; t < n_tok; t++)
+	{
+		int			lo = aj.sliding ? be->tok_pos[t] - c->sliding_window + 1 : 0;
+
+		attn_work += (int64_t) (be->tok_pos[t] - (lo > 0 ? lo : 0) + 1) * hq * d * 2;
+	}
 	pool_parallel_for(be->pool, attn_task, &aj, (int64_t) n_tok * hq,
-					  pool_grain(be->pool, (int64_t) n_tok * hq, 1));
+					  pool_grain(be->pool, (int64_t) n_tok * hq, 1), attn_work);
 
 	/* append this step's keys and values to each slot's cache */
 	for (int i = 0; i < n_seqs; i++)
@@ -1144,7 +1205,8 @@ moe_block(cpu_backend *be, int n_tok, int l)
 	ej.n_active = n_active;
 	ej.phase = 0;
 	pool_parallel_for(be->pool, expert_task, &ej, (int64_t) n_active * 2 * idim,
-					  pool_grain(be->pool, (int64_t) n_active * 2 * idim, 8));
+					  pool_grain(be->pool, (int64_t) n_active * 2 * idim, 8),
+					  (int64_t) n_assign * 2 * idim * hdim);
 
 	/* clamped SwiGLU: gate = even rows, up = odd rows */
 	for (int a = 0; a < n_assign; a++)
@@ -1165,7 +1227,8 @@ moe_block(cpu_backend *be, int n_tok, int l)
 
 	ej.phase = 1;
 	pool_parallel_for(be->pool, expert_task, &ej, (int64_t) n_active * hdim,
-					  pool_grain(be->pool, (int64_t) n_active * hdim, 8));
+					  pool_grain(be->pool, (int64_t) n_active * hdim, 8),
+					  (int64_t) n_assign * hdim * idim);
 
 	/* x += sum_k w_k * y_k */
 	for (int t = 0; t < n_tok; t++)
@@ -1200,6 +1263,7 @@ cpu_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs,
 	int			n_out = 0;
 	float	   *out_logits;
 	logits_job	lj = {0};
+	sample_job	sj = {0};
 
 	if (be->failed)
 		return gptoss_errorf(err, "cpu backend: unusable after an earlier internal error");
@@ -1266,28 +1330,30 @@ cpu_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs,
 	lj.n_out = n_out;
 	lj.logits = out_logits;
 	if (n_out > 0)
-		pool_parallel_for(be->pool, logits_task, &lj, vocab, pool_grain(be->pool, vocab, 256));
+		pool_parallel_for(be->pool, logits_task, &lj, vocab, pool_grain(be->pool, vocab, 256),
+						  vocab * hdim * n_out);
 
-	/* sample, and advance the slots */
+	/* sample (entries in parallel), and advance the slots */
 	n_out = 0;
+	sj.be = be;
+	sj.seqs = seqs;
+	sj.next_tokens = next_tokens;
 	for (int i = 0; i < n_seqs; i++)
 	{
 		kv_slot    *s = &be->slots[seqs[i].slot];
-		const float *row;
 
 		if (logits)
-		{
 			n_out += seqs[i].n_tokens;
-			row = out_logits + (size_t) (n_out - 1) * vocab;
-		}
-		else
-			row = seqs[i].sample ? out_logits + (size_t) (n_out++) * vocab : NULL;
 		if (seqs[i].sample)
-			next_tokens[i] = gptoss_sample(row, (int) vocab, &seqs[i].sampling,
-										   (int64_t) seqs[i].pos + seqs[i].n_tokens, be->sample_scratch);
+		{
+			be->sample_entry[sj.n_sampled] = i;
+			be->sample_row[sj.n_sampled++] = out_logits +
+				(size_t) (logits ? n_out - 1 : n_out++) * vocab;
+		}
 		s->len += seqs[i].n_tokens;
 		be->kv_used += seqs[i].n_tokens;
 	}
+	pool_parallel_for(be->pool, sample_task, &sj, sj.n_sampled, 1, (int64_t) sj.n_sampled * vocab * 16);
 	{
 		int64_t		used = be->kv_bytes + be->step_bytes;
 
@@ -1322,7 +1388,8 @@ cpu_get_info(gptoss_backend *base, gptoss_backend_info *info)
 	long		pages = sysconf(_SC_PHYS_PAGES);
 	long		page_size = sysconf(_SC_PAGESIZE);
 	int64_t		own = be->kv_bytes + be->step_bytes +
-		(int64_t) be->n_threads * be->thread_buf_len * (int64_t) sizeof(float);
+		(int64_t) be->n_threads * (be->thread_buf_len * (int64_t) sizeof(float) +
+								   (int64_t) be->cfg->vocab_size * 8);
 
 	memset(info, 0, sizeof(*info));
 	snprintf(info->device_name, sizeof(info->device_name), "CPU (%d threads)", be->n_threads);
@@ -1387,7 +1454,12 @@ cpu_free(gptoss_backend *base)
 	free(be->out_norm);
 	free(be->out_logits);
 	free(be->out_rows);
+	if (be->sample_scratch)
+		for (int i = 0; i < be->n_threads; i++)
+			free(be->sample_scratch[i]);
 	free(be->sample_scratch);
+	free(be->sample_entry);
+	free(be->sample_row);
 	free(be);
 }
 
@@ -1477,6 +1549,8 @@ gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *
 		goto fail;
 
 	n_threads = opts->threads > 0 ? opts->threads : gptoss_num_threads();
+	if (n_threads > 256)
+		n_threads = 256;		/* the limit gptoss_num_threads() applies too */
 	be->n_threads = n_threads;
 	be->base.opts.threads = n_threads;
 	be->kv_capacity = opts->kv_cache_tokens > 0 ? opts->kv_cache_tokens
@@ -1489,9 +1563,8 @@ gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *
 	be->expert_count = calloc(c->num_experts, sizeof(int));
 	be->expert_start = calloc(c->num_experts, sizeof(int));
 	be->active_experts = calloc(c->num_experts, sizeof(int));
-	be->sample_scratch = malloc((size_t) c->vocab_size * 8);
 	if (!be->slots || !be->slot_stamp || !be->expert_count || !be->expert_start ||
-		!be->active_experts || !be->sample_scratch)
+		!be->active_experts)
 		goto oom;
 	for (int i = 0; i < opts->max_seqs; i++)
 	{
@@ -1509,10 +1582,12 @@ gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *
 		max_in = c->intermediate_size;
 	be->thread_buf_len = 4 * max_in > opts->max_context ? 4 * max_in : opts->max_context;
 	be->thread_buf = calloc(n_threads, sizeof(float *));
-	if (!be->thread_buf)
+	be->sample_scratch = calloc(n_threads, sizeof(void *));
+	if (!be->thread_buf || !be->sample_scratch)
 		goto oom;
 	for (int i = 0; i < n_threads; i++)
-		if (!(be->thread_buf[i] = malloc(be->thread_buf_len * sizeof(float))))
+		if (!(be->thread_buf[i] = malloc(be->thread_buf_len * sizeof(float))) ||
+			!(be->sample_scratch[i] = malloc((size_t) c->vocab_size * 8)))
 			goto oom;
 
 	be->pool = pool_create(n_threads, &be->pool_args, err);

@@ -84,19 +84,22 @@ ok(defined wait_async($h, 10), 'terminated session returned');
 like($h->{err}, qr/terminating connection due to administrator command/, 'terminate reported');
 
 # Cancelling one of several concurrent generations leaves the others intact.
-my @others = map { start_async($node, "other_$_", $short) } 1 .. 3;
 ($h, $pid, $before) = start_long('long_mixed');
+my $long_short = q{SELECT gptoss_generate('Hello world', '{"raw": true, "temperature": 0, "max_tokens": 60, "ignore_eos": true}')};
+my $expected_long_short = $node->safe_psql('postgres', $long_short);
+my @others = map { start_async($node, "other_$_", $long_short) } 1 .. 3;
+ok(defined poll_until(30, sub { stats($node)->{requests_active} == 4 }), 'four generations in the batch');
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
 for my $o (@others)
 {
 	ok(defined wait_async($o, 60), "$o->{appname}: finished");
-	is($o->{out}, $expected_short, "$o->{appname}: complete and correct answer");
+	is($o->{out}, $expected_long_short, "$o->{appname}: complete and correct answer");
 }
 ok(defined wait_async($h, 10), 'mixed: cancelled session returned');
 ok(defined poll_until(5, sub { stats($node)->{requests_active} == 0 }), 'mixed: batch empty');
 
 # The worker never restarted through all this.
-is($node->safe_psql('postgres', 'SELECT count(*) FROM gptoss_stats WHERE uptime > 0 AND state = \'ready\''),
+is($node->safe_psql('postgres', q{SELECT count(*) FROM gptoss_stats WHERE uptime > '0' AND state = 'ready'}),
 	1, 'worker still ready');
 ok(!$node->log_contains('terminated by signal'), 'no process crashed');
 

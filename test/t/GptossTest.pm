@@ -114,6 +114,7 @@ sub wait_async
 		usleep(10_000);
 	}
 	$h->{run}->finish;
+	chomp $h->{out};
 	return time - $t0;
 }
 

@@ -9,6 +9,9 @@
  * 6 query heads over 2 KV heads, 6 experts, intermediate 160, vocab 1003,
  * window 5), so wrong strides, GQA grouping or interleaving show up.
  *
+ * Two more shapes cover one KV head for four query heads with K = 3, and
+ * head_dim 6 (dot products with scalar tails) with K = 1.
+ *
  * Checks: logits within 1e-4 relative of the reference with the same argmax
  * at every position; a batch of 3 sequences mixing prefill chunks and decode
  * tokens gives bitwise the logits of each sequence run alone; chunked prefill
@@ -745,6 +748,13 @@ test_batched(const test_model *tm)
 			seqs[s].n_tokens = 1;
 			seqs[s].tokens = &extra[s];
 			seqs[s].sample = s != 1;
+			if (s == 0)
+			{
+				/* a sampled token: the same draw as sampling the alone logits */
+				seqs[s].sampling.temperature = 0.8f;
+				seqs[s].sampling.top_p = 0.9f;
+				seqs[s].sampling.seed = 1234;
+			}
 		}
 		CHECK(be->step(be, seqs, NSEQ, next, NULL, &err) == 0, "decode step without logits: %s", err.msg);
 		CHECK(next[1] == -1, "unsampled entry got a token");
@@ -756,9 +766,12 @@ test_batched(const test_model *tm)
 
 			memcpy(all, tok[s], sizeof(int32_t) * len[s]);
 			all[len[s]] = extra[s];
+			void	   *scratch = malloc((size_t) v * 8);
+
 			run_chunked(b1, 0, all, len[s] + 1, NULL, 0, lg);
-			CHECK(next[s] == gptoss_argmax(lg + (size_t) len[s] * v, v),
+			CHECK(next[s] == gptoss_sample(lg + (size_t) len[s] * v, v, &seqs[s].sampling, len[s] + 1, scratch),
 				  "sequence %d: sampled %d without logits buffer", s, next[s]);
+			free(scratch);
 			b1->free(b1);
 			free(lg);
 		}
@@ -896,8 +909,14 @@ test_errors(const test_model *tm)
 		CHECK(gptoss_backend_create("tpu", &tm->model, &o, NULL, NULL, &err) == NULL, "device tpu accepted");
 		broken.config.hidden_size = 100;
 		CHECK(gptoss_backend_cpu_create(&broken, &o, &err) == NULL, "hidden 100 (not /32) accepted");
-		CHECK(gptoss_backend_create("auto", &tm->model, &o, NULL, NULL, &err) != NULL ||
-			  gptoss_cuda_available(), "auto picks cpu without CUDA");
+		if (!gptoss_cuda_available())
+		{
+			gptoss_backend *au = gptoss_backend_create("auto", &tm->model, &o, NULL, NULL, &err);
+
+			CHECK(au != NULL && strcmp(au->name, "cpu") == 0, "auto picks cpu without CUDA");
+			if (au)
+				au->free(au);
+		}
 	}
 	free(ref);
 	free(got);
@@ -989,6 +1008,22 @@ main(void)
 	cfg.layer_sliding[0] = false;
 	cfg.layer_sliding[1] = true;
 	build_model(tm, &cfg, 2);
+	test_against_reference(tm);
+	free_model(tm);
+
+	/* a third: head_dim 6 and Hq*D = 18, so every dot product has a scalar tail; K = 1 */
+	test_config(&cfg);
+	cfg.hidden_size = 32;
+	cfg.num_layers = 2;
+	cfg.num_heads = 3;
+	cfg.num_kv_heads = 3;
+	cfg.head_dim = 6;
+	cfg.num_experts = 3;
+	cfg.experts_per_token = 1;
+	cfg.intermediate_size = 32;
+	cfg.vocab_size = 301;
+	cfg.sliding_window = 3;
+	build_model(tm, &cfg, 3);
 	test_against_reference(tm);
 	free_model(tm);
 	free(tm);

@@ -1,0 +1,557 @@
+/*
+ * step.cu: one step of the CUDA backend (backend.h semantics).
+ *
+ * Plan.  The host checks the entries exactly as the CPU backend does, gives
+ * the sequences the KV pages their new tokens need, and writes one packed
+ * descriptor (token ids, positions, slots, attention items, logits rows,
+ * sampling settings, page-table updates) into pinned memory; one
+ * asynchronous copy sends it to the device.  The forward pass is then a
+ * fixed sequence of kernels and cuBLAS products on one stream (per layer:
+ * q/k/v product, bias+RoPE+KV append, attention, o product, residual+norm,
+ * router top-k, expert grouping, gather, gate_up+SwiGLU, down, combine+norm),
+ * then the lm_head product for the rows that are sampled and the sampling
+ * kernel.  The host waits once, at the end, to read the sampled tokens.
+ *
+ * Pure-decode steps (every entry one token, no logits wanted) run as a CUDA
+ * graph captured once per batch bucket: the batch is padded to the bucket
+ * with rows of slot -1 that write no KV, route to no expert and are never
+ * sampled, and everything that changes between steps is read from the
+ * descriptor, so the same graph replays for every step of that bucket.
+ *
+ * Steps with more than t_max tokens are cut into sub-steps that take the
+ * next tokens of each entry in order; attention of a later sub-step reads
+ * the earlier ones from the cache, so the result is that of one big step.
+ * When the caller wants all logits, each sub-step's rows go through lm_head
+ * in chunks of lr rows and are copied out after the sampling.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "backend_cuda.cuh"
+#include "dense.cuh"
+
+/* Offsets of the descriptor arrays for the given counts (samples first: 8-byte aligned). */
+DescLayout
+desc_layout(int T, int NI, int R, int U)
+{
+	DescLayout	dl;
+	size_t		off = 0;
+
+	dl.samp = off;
+	off += (size_t) R * sizeof(SampleRow);
+	dl.tok_id = off;
+	off += (size_t) T * 4;
+	dl.tok_pos = off;
+	off += (size_t) T * 4;
+	dl.tok_slot = off;
+	off += (size_t) T * 4;
+	dl.item_tok0 = off;
+	off += (size_t) NI * 4;
+	dl.item_ntok = off;
+	off += (size_t) NI * 4;
+	dl.out_row = off;
+	off += (size_t) R * 4;
+	dl.n_upd = off;
+	off += 4;
+	dl.upd_index = off;
+	off += (size_t) U * 4;
+	dl.upd_page = off;
+	off += (size_t) U * 4;
+	dl.total = (off + 255) & ~(size_t) 255;
+	return dl;
+}
+
+/* Host pointers into the pinned descriptor. */
+struct HostDesc
+{
+	SampleRow  *samp;
+	int32_t    *tok_id;
+	int32_t    *tok_pos;
+	int32_t    *tok_slot;
+	int32_t    *item_tok0;
+	int32_t    *item_ntok;
+	int32_t    *out_row;
+	int32_t    *n_upd;
+	int32_t    *upd_index;
+	int32_t    *upd_page;
+};
+
+/* Views of one layout over the host mirror and the device copy. */
+static void
+desc_views(CudaBackend *be, const DescLayout &dl, HostDesc *h, StepView *sv)
+{
+	char	   *hb = be->desc_host;
+	char	   *db = be->desc_dev;
+
+	h->samp = (SampleRow *) (hb + dl.samp);
+	h->tok_id = (int32_t *) (hb + dl.tok_id);
+	h->tok_pos = (int32_t *) (hb + dl.tok_pos);
+	h->tok_slot = (int32_t *) (hb + dl.tok_slot);
+	h->item_tok0 = (int32_t *) (hb + dl.item_tok0);
+	h->item_ntok = (int32_t *) (hb + dl.item_ntok);
+	h->out_row = (int32_t *) (hb + dl.out_row);
+	h->n_upd = (int32_t *) (hb + dl.n_upd);
+	h->upd_index = (int32_t *) (hb + dl.upd_index);
+	h->upd_page = (int32_t *) (hb + dl.upd_page);
+	sv->samp = (const SampleRow *) (db + dl.samp);
+	sv->tok_id = (const int32_t *) (db + dl.tok_id);
+	sv->tok_pos = (const int32_t *) (db + dl.tok_pos);
+	sv->tok_slot = (const int32_t *) (db + dl.tok_slot);
+	sv->item_tok0 = (const int32_t *) (db + dl.item_tok0);
+	sv->item_ntok = (const int32_t *) (db + dl.item_ntok);
+	sv->out_row = (const int32_t *) (db + dl.out_row);
+	sv->n_upd = (const int32_t *) (db + dl.n_upd);
+	sv->upd_index = (const int32_t *) (db + dl.upd_index);
+	sv->upd_page = (const int32_t *) (db + dl.upd_page);
+}
+
+/* Pages slot must gain to hold `end` positions. */
+static int
+pages_missing(const CudaBackend *be, int slot, int end)
+{
+	int			need = div_up(end, KV_PAGE) - be->slots[slot].n_pages;
+
+	return need > 0 ? need : 0;
+}
+
+/* Gives slot pages up to position end-1, recording the page-table updates; returns their count. */
+static int
+grow_slot(CudaBackend *be, int slot, int end, int32_t *upd_index, int32_t *upd_page)
+{
+	SlotState  *s = &be->slots[slot];
+	int			n = 0;
+
+	while (s->n_pages < div_up(end, KV_PAGE))
+	{
+		int32_t		page = be->free_pages[--be->n_free];
+
+		s->pages[s->n_pages] = page;
+		upd_index[n] = slot * be->kv.max_pages + s->n_pages;
+		upd_page[n] = page;
+		s->n_pages++;
+		n++;
+	}
+	return n;
+}
+
+/* The sampling settings of entry i. */
+static SampleRow
+sample_row(const gptoss_step_seq *s, int i)
+{
+	SampleRow	r;
+
+	r.seed = s->sampling.seed;
+	r.pos = (int64_t) s->pos + s->n_tokens;
+	r.temperature = s->sampling.temperature;
+	r.top_p = s->sampling.top_p;
+	r.top_k = s->sampling.top_k;
+	r.entry = i;
+	return r;
+}
+
+/* Checks every entry before any state changes (same rules as the CPU backend); total tokens or -1. */
+static int64_t
+validate_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, const int32_t *next_tokens,
+			  gptoss_error *err)
+{
+	const gptoss_config *c = be->cfg;
+	const gptoss_backend_opts *o = &be->base.opts;
+	int64_t		total = 0;
+	int64_t		pages = 0;
+
+	if (n_seqs < 0 || (n_seqs > 0 && !seqs))
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "step: bad entry list (%d entries)", n_seqs);
+	be->stamp++;
+	for (int i = 0; i < n_seqs; i++)
+	{
+		const gptoss_step_seq *s = &seqs[i];
+
+		if (s->slot < 0 || s->slot >= o->max_seqs)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "step: entry %d: slot %d out of range [0, %d)", i, s->slot, o->max_seqs);
+		if (be->slot_stamp[s->slot] == be->stamp)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "step: entry %d: slot %d appears twice in one step", i, s->slot);
+		be->slot_stamp[s->slot] = be->stamp;
+		if (s->n_tokens < 1 || !s->tokens)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "step: entry %d: needs at least one token (n_tokens %d)", i, s->n_tokens);
+		if (s->pos != be->slots[s->slot].len)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "step: entry %d: pos %d but slot %d holds %d cached tokens",
+									  i, s->pos, s->slot, be->slots[s->slot].len);
+		if ((int64_t) s->pos + s->n_tokens > o->max_context)
+			return gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG,
+									  "step: entry %d: position %lld exceeds the context of %d tokens",
+									  i, (long long) s->pos + s->n_tokens, o->max_context);
+		for (int j = 0; j < s->n_tokens; j++)
+			if (s->tokens[j] < 0 || s->tokens[j] >= c->vocab_size)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: token id %d at index %d is outside [0, %d)",
+										  i, (int) s->tokens[j], j, c->vocab_size);
+		if (s->sample)
+		{
+			if (!next_tokens)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d asks to sample but next_tokens is NULL", i);
+			if (!(s->sampling.temperature >= 0) || !isfinite(s->sampling.temperature))
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: temperature %g must be finite and >= 0",
+										  i, s->sampling.temperature);
+			if (!(s->sampling.top_p > 0 && s->sampling.top_p <= 1))
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: top_p %g must be in (0, 1]", i, s->sampling.top_p);
+			if (s->sampling.top_k < 0)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: top_k %d must be >= 0", i, s->sampling.top_k);
+		}
+		total += s->n_tokens;
+		pages += pages_missing(be, s->slot, s->pos + s->n_tokens);
+	}
+	if (total > INT32_MAX / 64)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "step: %lld tokens in one step", (long long) total);
+	if (be->kv_used + total > be->kv_capacity || pages > be->n_free)
+		return gptoss_errorf_code(err, GPTOSS_ERR_BUSY,
+								  "step: KV cache full (%lld of %lld tokens used, %lld more needed)",
+								  (long long) be->kv_used, (long long) be->kv_capacity, (long long) total);
+	return total;
+}
+
+/* Enqueues the forward pass of T rows, the lm_head of R rows and their sampling. */
+static int
+forward(CudaBackend *be, const StepView &sv, int T, int n_items, int R, int rows_per_warp,
+		gptoss_error *err)
+{
+	const gptoss_config *c = be->cfg;
+	Activations *a = &be->act;
+	cudaStream_t s = be->stream;
+	int			H = c->hidden_size;
+	int			K = c->experts_per_token;
+	int			E = c->num_experts;
+	int			D = c->head_dim;
+	int			Hq = c->num_heads;
+	int			Hkv = c->num_kv_heads;
+	int			nq = Hq * D;
+	int			nqkv = nq + 2 * Hkv * D;
+	float		eps = c->rms_norm_eps;
+	int			max_active = T * K < E ? T * K : E;
+	int			per_expert = div_up(T * K, E);
+	int			tiles_per_pass = per_expert <= 8 ? 1 : per_expert <= 16 ? 2 : per_expert <= 32 ? 4 : 8;
+
+	CUDA_TRY(launch_embed_norm(sv, T, be->embedding, be->layers[0].attn_norm, H, eps, a->x, a->xb,
+							   be->page_table, s), err, "embed_norm");
+	for (int l = 0; l < c->num_layers; l++)
+	{
+		const LayerWeights *w = &be->layers[l];
+		const float *next_norm = l + 1 < c->num_layers ? be->layers[l + 1].attn_norm : be->final_norm;
+
+		if (dense_gemm(be->cublas, w->qkv_w, nqkv, H, a->xb, T, a->qkv, err, "qkv product") < 0)
+			return -1;
+		CUDA_TRY(launch_rope_kv(sv, T, l, a->qkv, w->qkv_b, be->rope, Hq, Hkv, D, a->q, be->kv, s),
+				 err, "rope_kv");
+		CUDA_TRY(launch_attention(sv, n_items, rows_per_warp, l,
+								  c->layer_sliding[l] ? c->sliding_window : 0, a->q, be->kv,
+								  w->sinks, Hq, a->att, s), err, "attention");
+		if (dense_gemm(be->cublas, w->o_w, H, nq, a->att, T, a->proj, err, "o product") < 0)
+			return -1;
+		CUDA_TRY(launch_residual_norm(T, a->x, a->proj, w->o_b, w->mlp_norm, H, eps, a->xn, s),
+				 err, "residual_norm");
+		CUDA_TRY(launch_router_topk(sv, T, a->xn, w->router_w, w->router_b, H, E, K, a->topk_idx,
+									a->topk_w, s), err, "router_topk");
+		CUDA_TRY(launch_moe_route(T, K, E, a->topk_idx, a->route, s), err, "moe_route");
+		CUDA_TRY(launch_moe_gather(T, K, a->xn, H, be->kc_h, a->route, a->x_frag, s), err, "moe_gather");
+		CUDA_TRY(launch_moe_gate_up(max_active, tiles_per_pass, w->gate_up, a->route, a->x_frag,
+									c->swiglu_limit, a->act_frag, be->kc_i, s), err, "moe_gate_up");
+		CUDA_TRY(launch_moe_down(max_active, tiles_per_pass, w->down, a->route, a->act_frag, a->y, s),
+				 err, "moe_down");
+		CUDA_TRY(launch_moe_combine_norm(T, K, a->x, a->y, a->route, a->topk_w, next_norm, H, eps,
+										 a->xb, s), err, "moe_combine_norm");
+	}
+	if (R > 0)
+	{
+		CUDA_TRY(launch_gather_rows(sv.out_row, R, a->xb, H, a->lm_in, s), err, "gather_rows");
+		if (dense_gemm(be->cublas, be->lm_head, c->vocab_size, H, a->lm_in, R, a->logits, err,
+					   "lm_head product") < 0)
+			return -1;
+		CUDA_TRY(launch_sample(sv, R, a->logits, c->vocab_size, a->out_tokens, s), err, "sample");
+	}
+	return 0;
+}
+
+/* One chunk of an entry inside a sub-step. */
+struct Chunk
+{
+	int			entry;			/* index into the step's entries */
+	int			first;			/* first token of the entry in this chunk */
+	int			take;			/* tokens of the entry in this chunk */
+	int			row0;			/* its first token row in the sub-step */
+};
+
+/* Copies all T rows' logits of a sub-step to the caller's buffer (entry order). */
+static int
+copy_logits(CudaBackend *be, const Chunk *chunks, int n_chunks, int T, const int64_t *entry_row,
+			float *logits, gptoss_error *err)
+{
+	const gptoss_config *c = be->cfg;
+	Activations *a = &be->act;
+	size_t		V = c->vocab_size;
+
+	for (int r0 = 0; r0 < T; r0 += be->lr)
+	{
+		int			cnt = T - r0 < be->lr ? T - r0 : be->lr;
+
+		CUDA_TRY(launch_gather_rows(a->iota + r0, cnt, a->xb, c->hidden_size, a->lm_in, be->stream),
+				 err, "gather_rows");
+		if (dense_gemm(be->cublas, be->lm_head, c->vocab_size, c->hidden_size, a->lm_in, cnt,
+					   a->logits, err, "lm_head product") < 0)
+			return -1;
+		for (int k = 0; k < n_chunks; k++)
+		{
+			int			lo = chunks[k].row0 > r0 ? chunks[k].row0 : r0;
+			int			hi = chunks[k].row0 + chunks[k].take < r0 + cnt ? chunks[k].row0 + chunks[k].take : r0 + cnt;
+			int64_t		dst_row;
+
+			if (lo >= hi)
+				continue;
+			dst_row = entry_row[chunks[k].entry] + chunks[k].first + (lo - chunks[k].row0);
+			CUDA_TRY(cudaMemcpyAsync(logits + (size_t) dst_row * V, a->logits + (size_t) (lo - r0) * V,
+									 (size_t) (hi - lo) * V * sizeof(float), cudaMemcpyDeviceToHost,
+									 be->stream), err, "logits copy");
+		}
+	}
+	return 0;
+}
+
+/* Reads the sampled tokens back (the step's one wait) and hands them out. */
+static int
+finish_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *next_tokens,
+			gptoss_error *err)
+{
+	int			any = 0;
+
+	for (int i = 0; i < n_seqs; i++)
+		any |= seqs[i].sample;
+	if (any)
+		CUDA_TRY(cudaMemcpyAsync(be->tokens_host, be->act.out_tokens, (size_t) n_seqs * 4,
+								 cudaMemcpyDeviceToHost, be->stream), err, "token copy");
+	CUDA_TRY(cudaStreamSynchronize(be->stream), err, "step");
+	for (int i = 0; i < n_seqs; i++)
+		if (seqs[i].sample)
+			next_tokens[i] = be->tokens_host[i];
+	return 0;
+}
+
+/* Any step: sub-steps of at most t_max tokens, no graph. */
+static int
+general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *next_tokens,
+			 float *logits, gptoss_error *err)
+{
+	const gptoss_config *c = be->cfg;
+	int			group = c->num_heads / c->num_kv_heads;
+	int			prefill = 0;
+	int			rows_per_warp;
+	int			per_item;
+	int		   *done = (int *) calloc(n_seqs, sizeof(int));
+	int64_t    *entry_row = (int64_t *) calloc(n_seqs, sizeof(int64_t));
+	Chunk	   *chunks = (Chunk *) calloc(n_seqs, sizeof(Chunk));
+	int			rc = -1;
+	int			first_sub = 1;
+
+	if (!done || !entry_row || !chunks)
+	{
+		gptoss_errorf(err, "cuda backend: out of host memory");
+		goto out;
+	}
+	for (int i = 0; i < n_seqs; i++)
+	{
+		prefill |= seqs[i].n_tokens > 1;
+		entry_row[i] = i ? entry_row[i - 1] + seqs[i - 1].n_tokens : 0;
+	}
+	rows_per_warp = prefill || group > ATTN_WARPS ? 4 : 1;
+	per_item = ATTN_WARPS * rows_per_warp / group;
+
+	for (;;)
+	{
+		int			T = 0;
+		int			NI = 0;
+		int			R = 0;
+		int			U = 0;
+		int			n_chunks = 0;
+		DescLayout	dl;
+		HostDesc	h;
+		StepView	sv;
+
+		for (int i = 0; i < n_seqs && T < be->t_max; i++)
+		{
+			int			take = seqs[i].n_tokens - done[i];
+
+			if (take <= 0)
+				continue;
+			if (take > be->t_max - T)
+				take = be->t_max - T;
+			chunks[n_chunks].entry = i;
+			chunks[n_chunks].first = done[i];
+			chunks[n_chunks].take = take;
+			chunks[n_chunks].row0 = T;
+			n_chunks++;
+			T += take;
+			NI += div_up(take, per_item);
+			R += done[i] + take == seqs[i].n_tokens && seqs[i].sample;
+			U += pages_missing(be, seqs[i].slot, seqs[i].pos + done[i] + take);
+		}
+		if (T == 0)
+			break;
+		/* the pinned descriptor is rewritten: the previous copy must be done */
+		if (!first_sub)
+			CUDA_TRY(cudaStreamSynchronize(be->stream), err, "step");
+		dl = desc_layout(T, NI, R, U);
+		desc_views(be, dl, &h, &sv);
+		NI = R = U = 0;
+		for (int k = 0; k < n_chunks; k++)
+		{
+			const gptoss_step_seq *s = &seqs[chunks[k].entry];
+			int			pos0 = s->pos + chunks[k].first;
+
+			for (int j = 0; j < chunks[k].take; j++)
+			{
+				h.tok_id[chunks[k].row0 + j] = s->tokens[chunks[k].first + j];
+				h.tok_pos[chunks[k].row0 + j] = pos0 + j;
+				h.tok_slot[chunks[k].row0 + j] = s->slot;
+			}
+			for (int j = 0; j < chunks[k].take; j += per_item)
+			{
+				h.item_tok0[NI] = chunks[k].row0 + j;
+				h.item_ntok[NI] = chunks[k].take - j < per_item ? chunks[k].take - j : per_item;
+				NI++;
+			}
+			U += grow_slot(be, s->slot, pos0 + chunks[k].take, h.upd_index + U, h.upd_page + U);
+			if (chunks[k].first + chunks[k].take == s->n_tokens && s->sample)
+			{
+				h.out_row[R] = chunks[k].row0 + chunks[k].take - 1;
+				h.samp[R] = sample_row(s, chunks[k].entry);
+				R++;
+			}
+		}
+		*h.n_upd = U;
+		CUDA_TRY(cudaMemcpyAsync(be->desc_dev, be->desc_host, dl.total, cudaMemcpyHostToDevice,
+								 be->stream), err, "descriptor copy");
+		if (forward(be, sv, T, NI, R, rows_per_warp, err) < 0)
+			goto out;
+		if (logits && copy_logits(be, chunks, n_chunks, T, entry_row, logits, err) < 0)
+			goto out;
+		for (int k = 0; k < n_chunks; k++)
+			done[chunks[k].entry] += chunks[k].take;
+		first_sub = 0;
+	}
+	rc = finish_step(be, seqs, n_seqs, next_tokens, err);
+out:
+	free(done);
+	free(entry_row);
+	free(chunks);
+	return rc;
+}
+
+/* A pure-decode step through the CUDA graph of its batch bucket. */
+static int
+graph_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *next_tokens,
+		   gptoss_error *err)
+{
+	int			group = be->cfg->num_heads / be->cfg->num_kv_heads;
+	int			rows_per_warp = group > ATTN_WARPS ? 4 : 1;
+	int			b = 0;
+	int			B;
+	int			U = 0;
+	DescLayout	dl;
+	HostDesc	h;
+	StepView	sv;
+
+	while (be->buckets[b] < n_seqs)
+		b++;
+	B = be->buckets[b];
+	dl = desc_layout(B, B, B, B);
+	desc_views(be, dl, &h, &sv);
+	for (int t = 0; t < B; t++)
+	{
+		const gptoss_step_seq *s = t < n_seqs ? &seqs[t] : NULL;
+
+		h.tok_id[t] = s ? s->tokens[0] : 0;
+		h.tok_pos[t] = s ? s->pos : 0;
+		h.tok_slot[t] = s ? s->slot : -1;
+		h.item_tok0[t] = t;
+		h.item_ntok[t] = s ? 1 : 0;
+		h.out_row[t] = t;
+		if (s && s->sample)
+			h.samp[t] = sample_row(s, t);
+		else
+		{
+			memset(&h.samp[t], 0, sizeof(SampleRow));
+			h.samp[t].entry = -1;
+		}
+		if (s)
+			U += grow_slot(be, s->slot, s->pos + 1, h.upd_index + U, h.upd_page + U);
+	}
+	*h.n_upd = U;
+	CUDA_TRY(cudaMemcpyAsync(be->desc_dev, be->desc_host, dl.total, cudaMemcpyHostToDevice, be->stream),
+			 err, "descriptor copy");
+	if (!be->graphs[b])
+	{
+		cudaGraph_t graph = NULL;
+		cudaError_t ce;
+		int			rc;
+
+		CUDA_TRY(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal), err,
+				 "graph capture");
+		rc = forward(be, sv, B, B, B, rows_per_warp, err);
+		ce = cudaStreamEndCapture(be->stream, &graph);
+		if (rc < 0 || ce != cudaSuccess)
+		{
+			if (graph)
+				cudaGraphDestroy(graph);
+			cudaGetLastError();
+			if (rc < 0)
+				return -1;
+			return gptoss_errorf(err, "CUDA error in graph capture: %s", cudaGetErrorString(ce));
+		}
+		ce = cudaGraphInstantiate(&be->graphs[b], graph, 0);
+		cudaGraphDestroy(graph);
+		if (ce != cudaSuccess)
+		{
+			be->graphs[b] = NULL;
+			return gptoss_errorf(err, "CUDA error in graph instantiate: %s", cudaGetErrorString(ce));
+		}
+	}
+	CUDA_TRY(cudaGraphLaunch(be->graphs[b], be->stream), err, "graph launch");
+	return finish_step(be, seqs, n_seqs, next_tokens, err);
+}
+
+/* Runs one step; see backend.h. */
+int
+cuda_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs, int32_t *next_tokens,
+		  float *logits, gptoss_error *err)
+{
+	CudaBackend *be = (CudaBackend *) base;
+	int64_t		total;
+	int			decode = 1;
+	int			rc;
+
+	if (be->failed)
+		return gptoss_errorf(err, "cuda backend: unusable after an earlier CUDA error");
+	total = validate_step(be, seqs, n_seqs, next_tokens, err);
+	if (total <= 0)
+		return (int) total;
+	for (int i = 0; i < n_seqs; i++)
+		decode &= seqs[i].n_tokens == 1;
+	if (decode && !logits && base->opts.cuda_graphs)
+		rc = graph_step(be, seqs, n_seqs, next_tokens, err);
+	else
+		rc = general_step(be, seqs, n_seqs, next_tokens, logits, err);
+	if (rc < 0)
+	{
+		be->failed = 1;
+		return -1;
+	}
+	for (int i = 0; i < n_seqs; i++)
+		be->slots[seqs[i].slot].len += seqs[i].n_tokens;
+	be->kv_used += total;
+	return 0;
+}

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# test/e2e/gpu-postgres.sh: gptoss end to end on the GPU machine, through
+# PostgreSQL.  That machine has CUDA but no PostgreSQL packages, no psql, no
+# pgbench and no package registry, so everything comes from the carried
+# folders .gpu-pg (a relocatable PostgreSQL 15, its server headers and
+# libpq's headers) and .gpu-deps (PCRE2/jansson debs, the tokenizer).
+#
+# Phases (each timed; a failure names its phase and keeps the server log):
+#   env     source test/reference/gpu-env.sh (libraries, tokenizer, build flags)
+#   pg      bash .gpu-pg/start.sh $PGROOT: unpack the server, initdb, capture PG_* / LIBPQ_*
+#   engine  make USE_CUDA=1 build/libgptoss_engine.a bin/gptoss
+#   ext     gptoss.so without pg_config (src/*.c against $PG_INCLUDE, linked with the
+#           engine archive, PCRE2, jansson and the CUDA libraries), installed with
+#           gptoss.control and sql/gptoss--1.0.sql into the carried server
+#   model   bin/gptoss synth --preset 20b into $MODEL (skipped when a model dir is
+#           given or a complete one is already there)
+#   server  postgresql.conf (shared_preload_libraries, gptoss.*), start, CREATE EXTENSION,
+#           wait for gptoss_status() state 'ready'
+#   load    test/loadgen/gptoss_loadgen: 1 and 64 sessions (~128-token prompts, 128
+#           generated tokens, greedy, ignore_eos, raw), each on a freshly restarted
+#           server, then a --check run (texts under batching equal texts alone)
+#
+# Usage (on the GPU machine, from the repository root, as root):
+#   bash test/e2e/gpu-postgres.sh [MODEL_DIR]
+# Results go to $OUT (the device tool's folder) or build/e2e-out: results.jsonl,
+# summary.md, status.json, stats.txt, server-log-tail.txt, e2e.log.
+# Environment: SESSIONS ("1 64"), REQUESTS (4 per session), PROMPT_LEN (128), GEN (128),
+#   CHECK_SESSIONS (16; 0 skips the check), MAX_BATCH (64), MAX_CONTEXT (4096),
+#   DEVICE (cuda), USE_CUDA (1), PGROOT (/tmp/pg), MODEL_OUT (/tmp/m20b), RESTART (1).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+
+SESSIONS=${SESSIONS:-"1 64"}
+REQUESTS=${REQUESTS:-4}
+PROMPT_LEN=${PROMPT_LEN:-128}
+GEN=${GEN:-128}
+CHECK_SESSIONS=${CHECK_SESSIONS:-16}
+MAX_BATCH=${MAX_BATCH:-64}
+MAX_CONTEXT=${MAX_CONTEXT:-4096}
+DEVICE=${DEVICE:-cuda}
+USE_CUDA=${USE_CUDA:-1}
+PGROOT=${PGROOT:-/tmp/pg}
+MODEL_OUT=${MODEL_OUT:-/tmp/m20b}
+RESTART=${RESTART:-1}
+RESULTS_DIR=${OUT:-$ROOT/build/e2e-out}
+mkdir -p "$RESULTS_DIR"
+RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
+exec > >(tee "$RESULTS_DIR/e2e.log") 2>&1
+
+PHASE=init
+PHASE_T0=$(date +%s.%N)
+SERVER_STARTED=0
+TIMINGS=()
+log() { printf '== [%s] %s\n' "$(date +%T)" "$*"; }
+fail() { printf 'gpu-postgres.sh: FAILED in phase %s: %s\n' "$PHASE" "$*" >&2; exit 1; }
+# Starts a timed phase (closing the previous one).
+phase() {
+	local t; t=$(date +%s.%N)
+	[ "$PHASE" = init ] || TIMINGS+=("$PHASE $(awk -v a="$PHASE_T0" -v b="$t" 'BEGIN { printf "%.1f", b - a }')")
+	PHASE=$1; PHASE_T0=$t
+	log "phase $1"
+}
+as_pg() { su pg -c "$*"; }
+on_exit() {
+	local rc=$?
+	if [ -f "$PGROOT/log" ]; then tail -n 200 "$PGROOT/log" > "$RESULTS_DIR/server-log-tail.txt" || true; fi
+	if [ "$SERVER_STARTED" = 1 ]; then as_pg "$PG_BIN/pg_ctl -D $PGROOT/data -m fast -w stop" >/dev/null 2>&1 || true; fi
+	if [ "$rc" != 0 ]; then
+		echo "gpu-postgres.sh: exit status $rc in phase $PHASE (server log tail: $RESULTS_DIR/server-log-tail.txt)" >&2
+	fi
+}
+trap on_exit EXIT
+
+[ "$(id -u)" = 0 ] || fail "run as root (start.sh creates the server's user pg)"
+[ -f .gpu-pg/start.sh ] || fail ".gpu-pg is missing: carry it (prepared with ../shared/tools/gpu-postgres/pack.sh .gpu-pg)"
+ls .gpu-deps/*.deb >/dev/null 2>&1 || fail ".gpu-deps is missing: carry it (prepared with test/reference/pack-gpu-deps.sh)"
+if command -v nvidia-smi >/dev/null; then
+	nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+fi
+
+phase env
+# shellcheck source=/dev/null
+source test/reference/gpu-env.sh
+[ -s build/tokenizer.json ] || fail "build/tokenizer.json was not unpacked from .gpu-deps"
+
+phase pg
+# A server of an earlier run on this (warm) machine is stopped before start.sh wipes $PGROOT.
+if [ -f "$PGROOT/data/postmaster.pid" ] && [ -x "$PGROOT/pg/bin/pg_ctl" ]; then
+	su pg -c "$PGROOT/pg/bin/pg_ctl -D $PGROOT/data -m immediate -w stop" >/dev/null 2>&1 || true
+fi
+pg_vars=$(bash .gpu-pg/start.sh "$PGROOT") || fail "bash .gpu-pg/start.sh $PGROOT failed"
+eval "$pg_vars"
+for v in PG_BIN PG_INCLUDE PG_LIB PG_SHARE LIBPQ_CFLAGS LIBPQ_LIBS; do
+	[ -n "${!v:-}" ] || fail "start.sh did not print $v"
+done
+[ -f "$PG_INCLUDE/postgres.h" ] || fail "no postgres.h in PG_INCLUDE=$PG_INCLUDE"
+EXT_DIR=$PG_SHARE
+[ "$(basename "$PG_SHARE")" = extension ] || EXT_DIR=$PG_SHARE/extension
+log "PG_BIN=$PG_BIN PG_INCLUDE=$PG_INCLUDE PG_LIB=$PG_LIB EXT_DIR=$EXT_DIR"
+
+phase engine
+CUDA_LIBS=()
+if [ "$USE_CUDA" = 1 ]; then
+	NVCC=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null) || fail "nvcc not found"
+	CUDA_HOME=$(dirname "$(dirname "$NVCC")")
+	CUDA_LIBS=(-L"$CUDA_HOME/lib64" "-Wl,-rpath,$CUDA_HOME/lib64" -lcudart -lcublasLt -lcublas -lstdc++)
+fi
+make -j"$(nproc)" USE_CUDA="$USE_CUDA" build/libgptoss_engine.a bin/gptoss || fail "engine build failed"
+
+phase ext
+# What PGXS would do, without pg_config: PostgreSQL's own code generation flags
+# (-fwrapv, -fno-strict-aliasing, -fexcess-precision=standard) matter for its headers.
+EXT_BUILD=build/e2e-ext
+rm -rf "$EXT_BUILD"; mkdir -p "$EXT_BUILD"
+EXT_CFLAGS=(-std=gnu11 -O2 -g -fPIC -D_GNU_SOURCE -fno-strict-aliasing -fwrapv -fexcess-precision=standard
+	-Wall -Wmissing-prototypes -Wpointer-arith -Wdeclaration-after-statement -Werror=vla -Wformat-security
+	-Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare -Wno-format-truncation
+	-Wno-stringop-truncation -Isrc -Isrc/engine -I"$PG_INCLUDE")
+# shellcheck disable=SC2206  # the flags from gpu-env.sh are several words
+EXT_CFLAGS+=(${GPTOSS_EXTRA_CFLAGS:-})
+for src in src/*.c; do
+	obj=$EXT_BUILD/$(basename "${src%.c}").o
+	gcc "${EXT_CFLAGS[@]}" -c -o "$obj" "$src" || fail "compiling $src"
+done
+# shellcheck disable=SC2086
+gcc -shared -o "$EXT_BUILD/gptoss.so" "$EXT_BUILD"/*.o build/libgptoss_engine.a \
+	${GPTOSS_EXTRA_LDFLAGS:-} -lpcre2-8 -ljansson -lm -lpthread "${CUDA_LIBS[@]}" || fail "linking gptoss.so"
+# Unresolved symbols other than the server's own would only show at load time.
+missing=$(LD_LIBRARY_PATH="$PG_BIN/../lib" ldd -r "$EXT_BUILD/gptoss.so" 2>&1 | grep 'not found' | grep -v 'undefined symbol' || true)
+[ -z "$missing" ] || fail "gptoss.so needs libraries that are not found: $missing"
+mkdir -p "$PG_LIB" "$EXT_DIR"
+install -m 755 "$EXT_BUILD/gptoss.so" "$PG_LIB/gptoss.so"
+install -m 644 gptoss.control sql/gptoss--1.0.sql "$EXT_DIR/"
+LOADGEN=$(bash test/loadgen/build.sh build/gptoss_loadgen) || fail "building the load generator"
+
+phase model
+if [ -n "${1:-}" ]; then
+	MODEL=$(cd "$1" && pwd) || fail "no model directory $1"
+elif [ -f "$MODEL_OUT/.synth-complete" ]; then
+	MODEL=$MODEL_OUT
+	log "reusing $MODEL"
+else
+	rm -rf "$MODEL_OUT"
+	bin/gptoss synth --preset 20b --out "$MODEL_OUT" --tokenizer build/tokenizer.json || fail "synth --preset 20b failed"
+	touch "$MODEL_OUT/.synth-complete"
+	MODEL=$MODEL_OUT
+fi
+[ -f "$MODEL/config.json" ] || fail "no config.json in $MODEL"
+chmod -R a+rX "$MODEL"
+du -sh "$MODEL"
+
+phase server
+max_sessions=$CHECK_SESSIONS
+for n in $SESSIONS; do [ "$n" -gt "$max_sessions" ] && max_sessions=$n; done
+[ "$MAX_BATCH" -ge "$max_sessions" ] || log "note: MAX_BATCH=$MAX_BATCH < $max_sessions sessions: the rest queue"
+cat >> "$PGROOT/data/postgresql.conf" <<CONF
+listen_addresses = ''
+max_connections = $((max_sessions + 20))
+shared_preload_libraries = 'gptoss'
+gptoss.model_path = '$MODEL'
+gptoss.device = '$DEVICE'
+gptoss.max_batch_size = $MAX_BATCH
+gptoss.max_context = $MAX_CONTEXT
+CONF
+as_pg "$PG_BIN/pg_ctl -D $PGROOT/data -l $PGROOT/log -w start" >/dev/null || fail "the server did not start"
+SERVER_STARTED=1
+DSN="host=$PGROOT port=${PGPORT:-5432} user=postgres dbname=postgres"
+sql() { "$LOADGEN" --dsn "$DSN" --ready-timeout 900 "$@"; }
+sql --exec "CREATE EXTENSION IF NOT EXISTS gptoss" || fail "CREATE EXTENSION gptoss failed"
+sql --wait-ready --exec "SELECT jsonb_pretty(gptoss_status())" > "$RESULTS_DIR/status.json" \
+	|| fail "the gptoss worker did not become ready"
+log "ready: $(grep -E '"(backend|load_seconds)"' "$RESULTS_DIR/status.json" | tr -d ' \n')"
+
+# Restarts the server, so the next measurement starts with fresh worker counters.
+restart_server() {
+	as_pg "$PG_BIN/pg_ctl -D $PGROOT/data -l $PGROOT/log -m fast -w restart" >/dev/null || fail "restart failed"
+	sql --wait-ready --exec "SELECT 1" >/dev/null || fail "the gptoss worker did not become ready after a restart"
+}
+
+phase load
+RESULTS=$RESULTS_DIR/results.jsonl
+: > "$RESULTS"
+LOAD_OPTS=(--prompt-len "$PROMPT_LEN" --max-tokens "$GEN" --temperature 0 --raw --ignore-eos)
+first=1
+for n in $SESSIONS; do
+	[ "$first" = 1 ] || [ "$RESTART" != 1 ] || restart_server
+	first=0
+	log "load: $n sessions x $REQUESTS requests (+1 warm-up round)"
+	sql --sessions "$n" --requests "$REQUESTS" --warmup 1 "${LOAD_OPTS[@]}" --label "sessions=$n" \
+		| tee -a "$RESULTS" || fail "load run with $n sessions failed"
+done
+CHECK_RC=skipped
+if [ "$CHECK_SESSIONS" -gt 0 ]; then
+	log "check: $CHECK_SESSIONS prompts alone, then all at once; greedy texts must match"
+	set +e
+	sql --sessions "$CHECK_SESSIONS" --requests 1 "${LOAD_OPTS[@]}" --check --label "check" | tee -a "$RESULTS"
+	CHECK_RC=${PIPESTATUS[0]}
+	set -e
+	case $CHECK_RC in
+		0) log "check: all texts identical" ;;
+		3) log "check: MISMATCHES (texts under batching differ from texts alone; see above)" ;;
+		*) fail "check run failed (status $CHECK_RC)" ;;
+	esac
+fi
+sql --exec "SELECT row_to_json(s) FROM gptoss_stats s" > "$RESULTS_DIR/stats.txt" || fail "reading gptoss_stats"
+phase summary
+
+# summary.md: where it ran, how long each phase took, and the table of the runs.
+{
+	echo "# gptoss end to end on the GPU machine ($(date -u +%F))"
+	echo
+	echo "- GPU: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | head -1 || echo none)"
+	echo "- model: $MODEL ($(du -sh "$MODEL" | cut -f1)); device $DEVICE; max_batch_size $MAX_BATCH; max_context $MAX_CONTEXT"
+	echo "- prompts ~$PROMPT_LEN tokens (random words), $GEN generated tokens, greedy, ignore_eos, raw; $REQUESTS requests per session after one warm-up round"
+	echo "- check run ($CHECK_SESSIONS sessions): status $CHECK_RC (0: texts identical, 3: mismatches)"
+	echo "- phases (s): ${TIMINGS[*]}"
+	echo
+	python3 - "$RESULTS" <<'PY' || echo "(python3 missing: see results.jsonl)"
+import json, sys
+print("| run | sessions | requests | completion tokens | wall s | tok/s | p50 ms | p95 ms | mean batch | in flight (sampled) | mismatches |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+for line in open(sys.argv[1]):
+    if not line.strip():
+        continue
+    r = json.loads(line)
+    mb = "-" if r["checked"] else f"{r['mean_batch_size']:.2f} ({r['mean_batch_size_scope']})"
+    mm = r["mismatches"] if r["checked"] else "-"
+    act = "-" if r["active_mean"] is None else f"{r['active_mean']:.1f}"
+    print(f"| {r['label']} | {r['sessions']} | {r['requests']} | {r['completion_tokens']} | {r['wall_s']:.2f} | "
+          f"{r['tok_s']:.1f} | {r['latency_ms_p50']:.0f} | {r['latency_ms_p95']:.0f} | {mb} | {act} | {mm} |")
+PY
+} > "$RESULTS_DIR/summary.md"
+cat "$RESULTS_DIR/summary.md"
+log "results in $RESULTS_DIR"

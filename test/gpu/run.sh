@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# test/gpu/run.sh: builds gptoss with CUDA on the GPU machine, checks the CUDA
+# backend and times it; everything it prints also goes to $OUT/run.log.
+#
+#   bash test/gpu/run.sh [quick|full|bench]
+#
+# quick: build; kernel tests (test_kernels); CUDA vs CPU backend on the tiny
+#        and tiny-odd synth models (test_backend); compute-sanitizer memcheck
+#        on a short run; CLI logits/generate/bench on tiny.
+# full:  quick, then the 20b synth checkpoint: decode benchmarks at batch
+#        1,8,32,64,128 (128-token prompts, 128 generated), prefill 512/2048,
+#        then CUDA vs CPU top-1 and batched vs unbatched greedy (test_backend).
+# bench: build, 20b synth and the benchmarks only.
+# The GPU machine has no jansson/PCRE2 and no tokenizer: carry .gpu-deps (the
+# Debian packages and tokenizer.json.gz); they are unpacked under /tmp here.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/gptoss-gpu-out}
+mode=${1:-quick}
+models=/tmp/gptoss-models
+bin=build/gpu
+mkdir -p "$OUT" "$models" "$bin"
+exec > >(tee -a "$OUT/run.log") 2>&1
+tok=${GPTOSS_TOKENIZER:-build/tokenizer.json}
+status=0
+deps=/tmp/gptoss-deps
+if [ ! -f /usr/include/jansson.h ] && [ -d .gpu-deps ]; then
+	mkdir -p "$deps"
+	for f in .gpu-deps/*.deb; do dpkg -x "$f" "$deps"; done
+	export GPTOSS_EXTRA_CFLAGS="-I$deps/usr/include"
+	export GPTOSS_EXTRA_LDFLAGS="-L$deps/usr/lib/x86_64-linux-gnu"
+	export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+if [ ! -f "$tok" ] && [ -f .gpu-deps/tokenizer.json.gz ]; then
+	mkdir -p "$(dirname "$tok")"
+	gunzip -c .gpu-deps/tokenizer.json.gz >"$tok"
+fi
+extra_ld=${GPTOSS_EXTRA_LDFLAGS:-}
+
+section() { echo; echo "== $* ($(date +%T))"; }
+fail() { echo "FAILED: $*"; status=1; }
+
+section "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) (+ working tree), mode $mode"
+
+section "build"
+if ! make -j16 USE_CUDA=1 build/libgptoss_engine.a bin/gptoss >"$bin/build.log" 2>&1; then
+	tail -40 "$bin/build.log"; echo "FAILED: build"; exit 1
+fi
+nvcc -O2 -std=c++17 -Isrc/engine -Icuda -gencode=arch=compute_90a,code=sm_90a \
+	-o "$bin/test_kernels" test/gpu/test_kernels.cu build/libgptoss_engine.a \
+	$extra_ld -lcublas -lcublasLt -ljansson -lpcre2-8 || { echo "FAILED: test_kernels build"; exit 1; }
+gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/test_backend" test/gpu/test_backend.c \
+	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
+	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: test_backend build"; exit 1; }
+echo "built"
+
+if [ "$mode" != bench ]; then
+	section "kernel tests"
+	"$bin/test_kernels" || fail "test_kernels"
+
+	for preset in tiny tiny-odd; do
+		bin/gptoss synth --preset $preset --out "$models/$preset" --tokenizer "$tok" >/dev/null ||
+			fail "synth $preset"
+	done
+	section "backend tests: tiny"
+	"$bin/test_backend" "$models/tiny" 100 24 || fail "test_backend tiny"
+	section "backend tests: tiny-odd"
+	"$bin/test_backend" "$models/tiny-odd" 77 24 || fail "test_backend tiny-odd"
+
+	section "compute-sanitizer memcheck (tiny, short)"
+	compute-sanitizer --tool memcheck --error-exitcode 9 --print-limit 20 \
+		"$bin/test_backend" "$models/tiny" 20 4 --no-cpu-decode >"$bin/memcheck.log" 2>&1
+	rc=$?
+	grep -E "ERROR SUMMARY|FAIL|Invalid|out of bounds" "$bin/memcheck.log" | head -20
+	[ $rc -eq 0 ] || fail "memcheck (exit $rc)"
+
+	section "CLI on tiny"
+	a=$(bin/gptoss logits --model "$models/tiny" --tokens 11,22,33,44,55,66,77,88,99,111 --device cuda) || fail "logits cuda"
+	b=$(bin/gptoss logits --model "$models/tiny" --tokens 11,22,33,44,55,66,77,88,99,111 --device cpu) || fail "logits cpu"
+	echo "cuda: ${a:0:160}"; echo "cpu:  ${b:0:160}"
+	[ "$(echo "$a" | python3 -c 'import json,sys; print(json.load(sys.stdin)["argmax"])')" = \
+	  "$(echo "$b" | python3 -c 'import json,sys; print(json.load(sys.stdin)["argmax"])')" ] || fail "CLI logits argmax differ"
+	bin/gptoss generate --model "$models/tiny" --device cuda --raw --prompt "Hello there" \
+		--max-tokens 12 --temperature 0 --ignore-eos --json || fail "generate cuda"
+	bin/gptoss bench --model "$models/tiny" --device cuda --batch 1,8 --prompt-len 64 --gen 32 || fail "bench tiny"
+fi
+
+if [ "$mode" != quick ]; then
+	section "20b synth checkpoint"
+	if [ ! -f "$models/20b/config.json" ]; then
+		t0=$SECONDS
+		bin/gptoss synth --preset 20b --out "$models/20b" --tokenizer "$tok" >/dev/null || fail "synth 20b"
+		echo "synth 20b: $((SECONDS - t0)) s"
+	fi
+	section "benchmarks: 20b decode"
+	cmd="bin/gptoss bench --model $models/20b --device cuda --batch 1,8,32,64,128 --prompt-len 128 --gen 128"
+	echo "$cmd"; timeout 200 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench decode"
+	section "benchmarks: 20b prefill"
+	for n in 512 2048; do
+		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 1 --prompt-len $n --gen 2"
+		echo "$cmd"; timeout 120 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench prefill $n"
+	done
+	if [ "$mode" = full ]; then
+		section "backend tests: 20b (CUDA vs CPU, batched vs unbatched)"
+		timeout 300 "$bin/test_backend" "$models/20b" 12 6 || fail "test_backend 20b"
+	fi
+fi
+
+section "done"
+[ $status -eq 0 ] && echo "ALL PASSED" || echo "SOME CHECKS FAILED"
+exit $status

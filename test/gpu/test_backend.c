@@ -1,0 +1,453 @@
+/*
+ * test_backend.c: the CUDA backend against the CPU reference backend on a
+ * checkpoint, on the GPU machine (test/gpu/run.sh builds and runs it).
+ *
+ *   test_backend MODEL_DIR PROMPT_LEN GEN_STEPS [--no-cpu-decode]
+ *
+ * Checks, on a random prompt (fixed seed):
+ *  1. prefill logits of every position: relative error ||cuda-cpu||/||cpu||
+ *     <= 1e-2 and the same argmax (a different argmax is reported as a near
+ *     tie, and not failed, only when the two candidates' CPU logits differ by
+ *     less than twice the largest logit error of that row);
+ *  2. GEN_STEPS decode steps with logits (CPU greedy tokens fed to both);
+ *  3. the greedy tokens of the CUDA graph path equal those of the logits path;
+ *  4. batched == unbatched: prompts of different lengths generated alone, then
+ *     together with staggered starts (prefills mixed with decodes), must give
+ *     identical tokens;
+ *  5. a prefill in chunks of 7 gives the one-shot logits;
+ *  6. a released slot gives the same result again;
+ *  7. sampling (temperature, top-p, top-k) agrees with the CPU on the same
+ *     step for most seeds (logits differ by rounding, so not all);
+ *  8. bad input fails cleanly; a full KV cache reports GPTOSS_ERR_BUSY.
+ * Exits 1 when a check fails.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "model.h"
+
+static int	n_fail = 0;
+
+/* Records one check. */
+static void
+check(int ok, const char *what, double value, double limit)
+{
+	printf("%s %-62s %.3e (limit %.1e)\n", ok ? "ok  " : "FAIL", what, value, limit);
+	fflush(stdout);
+	if (!ok)
+		n_fail++;
+}
+
+/* Dies on an unexpected engine error. */
+static void
+must(int rc, const gptoss_error *err, const char *what)
+{
+	if (rc < 0)
+	{
+		fprintf(stderr, "FAIL %s: %s\n", what, err->msg);
+		exit(1);
+	}
+}
+
+/* Deterministic token ids below the special range. */
+static void
+random_tokens(int32_t *out, int n, uint64_t seed)
+{
+	for (int i = 0; i < n; i++)
+		out[i] = (int32_t) (gptoss_mix64(seed * 1000003u + (uint64_t) i) % 199990u);
+}
+
+/* Per-row comparison statistics. */
+typedef struct row_cmp
+{
+	double		worst_rel;		/* max over rows of ||g-c|| / ||c|| */
+	int			rows;
+	int			argmax_same;
+	int			near_ties;		/* differing argmax within the error */
+	int			argmax_wrong;	/* differing argmax outside the error */
+} row_cmp;
+
+/* Compares n rows of V logits. */
+static void
+compare_rows(const float *cpu, const float *gpu, int n, int V, row_cmp *rc)
+{
+	for (int r = 0; r < n; r++)
+	{
+		const float *c = cpu + (size_t) r * V;
+		const float *g = gpu + (size_t) r * V;
+		double		num = 0, den = 0, maxabs = 0;
+		int			ac = gptoss_argmax(c, V);
+		int			ag = gptoss_argmax(g, V);
+
+		for (int i = 0; i < V; i++)
+		{
+			double		d = (double) g[i] - c[i];
+
+			num += d * d;
+			den += (double) c[i] * c[i];
+			if (fabs(d) > maxabs || d != d)
+				maxabs = d != d ? INFINITY : fabs(d);
+		}
+		num = sqrt(num / den);
+		if (num != num)
+			num = INFINITY;
+		if (num > rc->worst_rel)
+			rc->worst_rel = num;
+		rc->rows++;
+		if (ac == ag)
+			rc->argmax_same++;
+		else if ((double) c[ac] - c[ag] <= 2 * maxabs)
+		{
+			rc->near_ties++;
+			printf("     near tie: cpu argmax %d (%.6f) gpu %d (cpu logit %.6f), max err %.2e\n",
+				   ac, c[ac], ag, c[ag], maxabs);
+		}
+		else
+			rc->argmax_wrong++;
+	}
+}
+
+/* Reports a comparison. */
+static void
+report(const char *what, const row_cmp *rc)
+{
+	char		name[160];
+
+	snprintf(name, sizeof(name), "%s: worst row rel err (%d rows)", what, rc->rows);
+	check(rc->worst_rel <= 1e-2, name, rc->worst_rel, 1e-2);
+	snprintf(name, sizeof(name), "%s: argmax equal in %d/%d rows, near ties %d, wrong",
+			 what, rc->argmax_same, rc->rows, rc->near_ties);
+	check(rc->argmax_wrong == 0, name, rc->argmax_wrong, 0);
+}
+
+/* One entry of a step. */
+static gptoss_step_seq
+entry(int slot, int pos, const int32_t *tokens, int n, int sample)
+{
+	gptoss_step_seq s;
+
+	memset(&s, 0, sizeof(s));
+	s.slot = slot;
+	s.pos = pos;
+	s.tokens = tokens;
+	s.n_tokens = n;
+	s.sample = sample;
+	s.sampling.temperature = 0.0f;
+	s.sampling.top_p = 1.0f;
+	return s;
+}
+
+/* Greedy generation of one prompt alone in slot 0: prompt then gen tokens. */
+static void
+generate_alone(gptoss_backend *be, const int32_t *prompt, int n, int gen, int32_t *out)
+{
+	gptoss_error err = {0};
+	gptoss_step_seq s = entry(0, 0, prompt, n, 1);
+	int32_t		next;
+	int32_t		tok;
+
+	be->release(be, 0);
+	must(be->step(be, &s, 1, &next, NULL, &err), &err, "generate_alone prefill");
+	for (int g = 0; g < gen; g++)
+	{
+		out[g] = next;
+		tok = next;
+		s = entry(0, n + g, &tok, 1, 1);
+		if (g + 1 < gen)
+			must(be->step(be, &s, 1, &next, NULL, &err), &err, "generate_alone decode");
+	}
+	be->release(be, 0);
+}
+
+int
+main(int argc, char **argv)
+{
+	gptoss_error err = {0};
+	gptoss_model *model = NULL;
+	gptoss_backend_opts opts;
+	gptoss_backend *cpu, *cuda;
+	gptoss_backend_info info;
+	int			P, G, V;
+	int			cpu_decode = 1;
+	int32_t    *prompt;
+	float	   *lc, *lg;
+	double		t0;
+	char		name[160];
+
+	if (argc < 4)
+	{
+		fprintf(stderr, "usage: test_backend MODEL_DIR PROMPT_LEN GEN_STEPS [--no-cpu-decode]\n");
+		return 2;
+	}
+	P = atoi(argv[2]);
+	G = atoi(argv[3]);
+	if (argc > 4 && strcmp(argv[4], "--no-cpu-decode") == 0)
+		cpu_decode = 0;
+	must(gptoss_model_load(argv[1], &model, NULL, NULL, &err), &err, "model load");
+	V = model->config.vocab_size;
+
+	memset(&opts, 0, sizeof(opts));
+	opts.max_seqs = 8;
+	opts.max_context = P + 2 * G + 80 < 512 ? 512 : P + 2 * G + 80;
+	opts.gpu_memory_fraction = 0.9;
+	opts.cuda_graphs = 1;
+	t0 = gptoss_now();
+	cpu = gptoss_backend_cpu_create(model, &opts, &err);
+	if (!cpu)
+		must(-1, &err, "cpu backend");
+	cuda = gptoss_backend_cuda_create(model, &opts, NULL, NULL, &err);
+	if (!cuda)
+		must(-1, &err, "cuda backend");
+	cuda->get_info(cuda, &info);
+	printf("model %s: %d layers, H %d, %d experts; cuda backend on %s: weights %.2f GiB, KV %.2f GiB "
+		   "(%lld tokens), total used %.2f GiB of %.2f GiB; created in %.1f s\n",
+		   argv[1], model->config.num_layers, model->config.hidden_size, model->config.num_experts,
+		   info.device_name, info.weight_bytes / 1073741824.0, info.kv_cache_bytes / 1073741824.0,
+		   (long long) info.kv_cache_tokens, info.memory_used_bytes / 1073741824.0,
+		   info.memory_total_bytes / 1073741824.0, gptoss_now() - t0);
+
+	prompt = malloc(sizeof(int32_t) * (P + G + 1));
+	lc = malloc(sizeof(float) * (size_t) V * P);
+	lg = malloc(sizeof(float) * (size_t) V * P);
+	if (!prompt || !lc || !lg)
+		return 2;
+	random_tokens(prompt, P, 42);
+
+	/* 1. prefill logits */
+	{
+		gptoss_step_seq s = entry(0, 0, prompt, P, 1);
+		int32_t		nc, ng;
+		row_cmp		rc = {0};
+
+		t0 = gptoss_now();
+		must(cpu->step(cpu, &s, 1, &nc, lc, &err), &err, "cpu prefill");
+		printf("     cpu prefill of %d tokens: %.2f s\n", P, gptoss_now() - t0);
+		must(cuda->step(cuda, &s, 1, &ng, lg, &err), &err, "cuda prefill");
+		compare_rows(lc, lg, P, V, &rc);
+		report("prefill logits", &rc);
+		check(nc == ng || rc.near_ties > 0, "prefill sampled (greedy) token equal", nc != ng, 0);
+		prompt[P] = nc;
+	}
+
+	/* 2. decode with logits, CPU greedy tokens fed to both */
+	if (cpu_decode)
+	{
+		row_cmp		rc = {0};
+
+		for (int g = 0; g < G; g++)
+		{
+			gptoss_step_seq s = entry(0, P + g, &prompt[P + g], 1, 1);
+			int32_t		nc, ng;
+
+			must(cpu->step(cpu, &s, 1, &nc, lc, &err), &err, "cpu decode");
+			must(cuda->step(cuda, &s, 1, &ng, lg, &err), &err, "cuda decode");
+			compare_rows(lc, lg, 1, V, &rc);
+			prompt[P + g + 1] = nc;
+		}
+		report("decode logits", &rc);
+	}
+
+	/* 3. graph path greedy == logits path greedy (both CUDA) */
+	{
+		int32_t    *a = malloc(sizeof(int32_t) * (G + 1));
+		int32_t    *b = malloc(sizeof(int32_t) * (G + 1));
+		gptoss_step_seq s;
+		int32_t		tok, next;
+		int			same = 1;
+
+		generate_alone(cuda, prompt, P, G, a);	/* graph path for the decodes */
+		cuda->release(cuda, 0);
+		s = entry(0, 0, prompt, P, 1);
+		must(cuda->step(cuda, &s, 1, &next, lg, &err), &err, "cuda prefill (logits path)");
+		for (int g = 0; g < G; g++)
+		{
+			b[g] = next;
+			tok = next;
+			s = entry(0, P + g, &tok, 1, 1);
+			if (g + 1 < G)
+				must(cuda->step(cuda, &s, 1, &next, lg, &err), &err, "cuda decode (logits path)");
+		}
+		cuda->release(cuda, 0);
+		for (int g = 0; g < G; g++)
+			same &= a[g] == b[g];
+		check(same, "graph decode tokens == non-graph decode tokens", !same, 0);
+		free(a);
+		free(b);
+	}
+
+	/* 4. batched == unbatched (4 prompts, staggered joins) */
+	{
+		int			lens[4] = {P, P / 2 + 3, 1, P + 5};
+		int32_t    *prompts[4];
+		int32_t    *alone[4];
+		int32_t    *together[4];
+		int			pos[4] = {0}, made[4] = {0};
+		int32_t		last[4];
+		int			same = 1;
+
+		for (int i = 0; i < 4; i++)
+		{
+			prompts[i] = malloc(sizeof(int32_t) * lens[i]);
+			alone[i] = malloc(sizeof(int32_t) * G);
+			together[i] = malloc(sizeof(int32_t) * G);
+			random_tokens(prompts[i], lens[i], 100 + i);
+			generate_alone(cuda, prompts[i], lens[i], G, alone[i]);
+		}
+		/* prompt i joins at step i; every step carries all running entries */
+		for (int step = 0; step < G + 4; step++)
+		{
+			gptoss_step_seq ss[4];
+			int			who[4];
+			int32_t		next[4];
+			int			n = 0;
+
+			for (int i = 0; i < 4; i++)
+			{
+				if (step < i || made[i] >= G)
+					continue;
+				if (pos[i] == 0)
+					ss[n] = entry(i, 0, prompts[i], lens[i], 1);
+				else
+					ss[n] = entry(i, pos[i], &last[i], 1, 1);
+				who[n++] = i;
+			}
+			if (n == 0)
+				break;
+			must(cuda->step(cuda, ss, n, next, NULL, &err), &err, "batched step");
+			for (int k = 0; k < n; k++)
+			{
+				int			i = who[k];
+
+				pos[i] += ss[k].n_tokens;
+				last[i] = next[k];
+				together[i][made[i]++] = next[k];
+			}
+		}
+		for (int i = 0; i < 4; i++)
+		{
+			cuda->release(cuda, i);
+			for (int g = 0; g < G; g++)
+				same &= alone[i][g] == together[i][g];
+			free(prompts[i]);
+			free(alone[i]);
+			free(together[i]);
+		}
+		check(same, "batched greedy tokens == unbatched greedy tokens (4 prompts)", !same, 0);
+	}
+
+	/* 5. chunked prefill == one-shot prefill (last position's logits) */
+	{
+		float	   *one = malloc(sizeof(float) * (size_t) V * P);
+		float	   *chunk_logits = malloc(sizeof(float) * (size_t) V * 7);
+		gptoss_step_seq s = entry(0, 0, prompt, P, 1);
+		int32_t		n1, n2 = -1;
+		row_cmp		rc = {0};
+		int			last_n = 0;
+
+		must(cuda->step(cuda, &s, 1, &n1, one, &err), &err, "one-shot prefill");
+		cuda->release(cuda, 0);
+		for (int p = 0; p < P; p += 7)
+		{
+			last_n = P - p < 7 ? P - p : 7;
+			s = entry(0, p, prompt + p, last_n, p + last_n == P);
+			must(cuda->step(cuda, &s, 1, &n2, chunk_logits, &err), &err, "chunked prefill");
+		}
+		cuda->release(cuda, 0);
+		compare_rows(one + (size_t) (P - 1) * V, chunk_logits + (size_t) (last_n - 1) * V, 1, V, &rc);
+		snprintf(name, sizeof(name), "chunked prefill (7) vs one-shot: last row rel err");
+		check(rc.worst_rel <= 1e-3, name, rc.worst_rel, 1e-3);
+		check(n1 == n2, "chunked prefill next token == one-shot", n1 != n2, 0);
+
+		/* 6. after release, the same prefill again gives the same logits */
+		s = entry(0, 0, prompt, P, 1);
+		must(cuda->step(cuda, &s, 1, &n2, lg, &err), &err, "prefill after release");
+		cuda->release(cuda, 0);
+		check(memcmp(one, lg, sizeof(float) * (size_t) V * P) == 0,
+			  "prefill after release: bitwise identical logits", 0, 0);
+		free(one);
+		free(chunk_logits);
+	}
+
+	/* 7. sampling agreement with the CPU on the same step */
+	{
+		int			agree = 0, total = 0;
+		float		temps[3] = {1.0f, 0.7f, 1.5f};
+		float		top_ps[3] = {1.0f, 0.9f, 0.5f};
+		int			top_ks[3] = {0, 0, 20};
+
+		for (int k = 0; k < 12; k++)
+		{
+			gptoss_step_seq s = entry(0, 0, prompt, P, 1);
+			int32_t		nc, ng;
+
+			s.sampling.temperature = temps[k % 3];
+			s.sampling.top_p = top_ps[k % 3];
+			s.sampling.top_k = top_ks[k % 3];
+			s.sampling.seed = 1000 + k;
+			cpu->release(cpu, 0);
+			cuda->release(cuda, 0);
+			must(cpu->step(cpu, &s, 1, &nc, NULL, &err), &err, "cpu sampled prefill");
+			must(cuda->step(cuda, &s, 1, &ng, NULL, &err), &err, "cuda sampled prefill");
+			agree += nc == ng;
+			total++;
+		}
+		cpu->release(cpu, 0);
+		cuda->release(cuda, 0);
+		check(agree * 4 >= total * 3, "sampled tokens equal to the CPU's (of 12 seeds/settings)", agree, 9);
+	}
+
+	/* 8. bad input and a full cache */
+	{
+		int32_t		bad = V + 5, next;
+		gptoss_step_seq s = entry(0, 0, &bad, 1, 1);
+		int			rc = cuda->step(cuda, &s, 1, &next, NULL, &err);
+		gptoss_backend *small;
+		gptoss_backend_opts so = opts;
+
+		check(rc == -1 && err.code == GPTOSS_ERR_INVALID, "token id out of range -> INVALID error", rc, -1);
+		printf("     message: %s\n", err.msg);
+		s = entry(0, 3, prompt, 1, 1);
+		rc = cuda->step(cuda, &s, 1, &next, NULL, &err);
+		check(rc == -1 && err.code == GPTOSS_ERR_INVALID, "pos beyond the cache -> INVALID error", rc, -1);
+		s = entry(0, 0, prompt, P, 1);
+		must(cuda->step(cuda, &s, 1, &next, NULL, &err), &err, "step after rejected steps");
+		cuda->release(cuda, 0);
+
+		so.kv_cache_tokens = 32;
+		so.max_context = 64;
+		small = gptoss_backend_cuda_create(model, &so, NULL, NULL, &err);
+		if (!small)
+			must(-1, &err, "small cuda backend");
+		s = entry(0, 0, prompt, 20, 1);
+		must(small->step(small, &s, 1, &next, NULL, &err), &err, "small backend step");
+		s = entry(1, 0, prompt, 20, 1);
+		rc = small->step(small, &s, 1, &next, NULL, &err);
+		check(rc == -1 && err.code == GPTOSS_ERR_BUSY, "KV cache full -> BUSY error", rc, -1);
+		printf("     message: %s\n", err.msg);
+		small->release(small, 0);
+		must(small->step(small, &s, 1, &next, NULL, &err), &err, "step after release frees the cache");
+		small->free(small);
+
+		so = opts;
+		so.kv_cache_tokens = (int64_t) 1 << 40;
+		small = gptoss_backend_cuda_create(model, &so, NULL, NULL, &err);
+		check(small == NULL, "absurd kv_cache_tokens -> creation error", small != NULL, 0);
+		printf("     message: %s\n", err.msg);
+		if (small)
+			small->free(small);
+	}
+
+	cuda->get_info(cuda, &info);
+	printf("peak device memory %.2f GiB\n", info.peak_memory_bytes / 1073741824.0);
+	cuda->free(cuda);
+	cpu->free(cpu);
+	gptoss_model_free(model);
+	free(prompt);
+	free(lc);
+	free(lg);
+	printf("%s: %d failed checks\n", n_fail ? "FAILED" : "PASSED", n_fail);
+	return n_fail ? 1 : 0;
+}

@@ -1,0 +1,107 @@
+# Configuration failures answer fast and clearly: a missing or invalid model
+# (state failed with the reason; 55000 at once), the library not preloaded
+# (55000), and a full request queue (53000 after gptoss.queue_wait).
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+
+use File::Path qw(make_path);
+use GptossTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time);
+
+# Runs $sql, expecting an error; returns (stderr, seconds).
+sub fails
+{
+	my ($node, $sql) = @_;
+	my $t0 = time;
+	my ($ret, $out, $err) = $node->psql('postgres', $sql, on_error_stop => 1);
+	isnt($ret, 0, "fails: $sql");
+	return ($err, time - $t0);
+}
+
+# 1. A model directory that does not exist.
+my $missing = PostgreSQL::Test::Utils::tempdir() . '/no_such_model';
+my $node = gptoss_node('missing_model',
+	conf => { 'gptoss.model_path' => "'$missing'" }, no_wait => 1);
+ok(defined poll_until(60, sub {
+	$node->safe_psql('postgres', "SELECT gptoss_status()->>'state'") eq 'failed' }),
+	'missing model: state failed');
+like($node->safe_psql('postgres', "SELECT gptoss_status()->>'error'"),
+	qr/could not load model from "\Q$missing\E"/, 'missing model: status names the reason');
+my ($err, $secs) = fails($node, "SELECT gptoss_generate('hi')");
+like($err, qr/ERROR:  gptoss model is not available: could not load model/, 'generate: 55000 with the reason');
+cmp_ok($secs, '<', 2, 'generate fails at once');
+($err) = fails($node, "\\set VERBOSITY verbose\nSELECT gptoss_tokenize('hi')");
+like($err, qr/ERROR:  55000:/, 'tokenize: SQLSTATE 55000');
+($err) = fails($node, q{SELECT gptoss_chat('[{"role": "user", "content": "hi"}]')});
+like($err, qr/gptoss model is not available/, 'chat: 55000');
+is($node->safe_psql('postgres', 'SELECT state, pid > 0 FROM gptoss_stats'), 'failed|t',
+	'failed worker stays up (no crash loop)');
+my $pid = stats($node)->{pid};
+sleep 3;
+is(stats($node)->{pid}, $pid, 'worker was not restarted');
+$node->stop;
+
+# 2. A directory without a valid checkpoint.
+my $bad = PostgreSQL::Test::Utils::tempdir() . '/bad_model';
+make_path($bad);
+PostgreSQL::Test::Utils::append_to_file("$bad/config.json", '{"hidden_size": "big"}');
+$node = gptoss_node('bad_model', conf => { 'gptoss.model_path' => "'$bad'" }, no_wait => 1);
+ok(defined poll_until(60, sub {
+	$node->safe_psql('postgres', "SELECT gptoss_status()->>'state'") eq 'failed' }),
+	'invalid model: state failed');
+like($node->safe_psql('postgres', "SELECT gptoss_status()->>'error'"),
+	qr/could not load model from/, 'invalid model: reason reported');
+$node->stop;
+
+# 3. No gptoss.model_path at all.
+$node = gptoss_node('no_model_path', conf => { 'gptoss.model_path' => undef }, no_wait => 1);
+ok(defined poll_until(60, sub {
+	$node->safe_psql('postgres', "SELECT gptoss_status()->>'state'") eq 'failed' }),
+	'no model_path: state failed');
+($err) = fails($node, "SELECT gptoss_generate('hi')");
+like($err, qr/gptoss\.model_path is not set/, 'no model_path: reason in the error');
+$node->stop;
+
+# 4. Not in shared_preload_libraries: a WARNING, then 55000 everywhere.
+$node = gptoss_node('not_preloaded',
+	conf => { shared_preload_libraries => undef }, no_extension => 1, no_wait => 1);
+my ($ret, $out);
+($ret, $out, $err) = $node->psql('postgres', 'CREATE EXTENSION gptoss');
+is($ret, 0, 'extension can be created');
+like($err, qr/WARNING:  gptoss must be loaded via shared_preload_libraries/, 'warning at load');
+for my $sql ("SELECT gptoss_generate('hi')", "SELECT gptoss_tokenize('hi')",
+	"SELECT gptoss_detokenize('{1}')", q{SELECT gptoss_chat('[{"role": "user", "content": "hi"}]')},
+	'SELECT gptoss_status()', 'SELECT * FROM gptoss_stats')
+{
+	($err) = fails($node, "\\set VERBOSITY verbose\n$sql");
+	like($err, qr/ERROR:  55000: gptoss must be loaded via shared_preload_libraries/, "55000: $sql");
+}
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'gptoss%'"),
+	0, 'no worker without preloading');
+$node->stop;
+
+# 5. A full queue: one request slot, held by a long generation.
+$node = gptoss_node('queue_full',
+	conf => { 'gptoss.max_requests' => 1, 'gptoss.max_context' => 4096 });
+my $long = start_async($node, 'holder',
+	q{SELECT gptoss_generate('Tell me a long story', '{"raw": true, "max_tokens": 100000, "ignore_eos": true}')});
+ok(defined poll_until(30, sub { stats($node)->{requests_active} == 1 }), 'the only slot is busy');
+($err, $secs) = fails($node, "SET gptoss.queue_wait = 300; \\set VERBOSITY verbose\nSELECT gptoss_tokenize('hi')");
+like($err, qr/ERROR:  53000: gptoss request queue is full/, 'queue full: 53000');
+cmp_ok($secs, '>=', 0.3, sprintf('waited gptoss.queue_wait first (%.2f s)', $secs));
+cmp_ok($secs, '<', 3, 'then gave up');
+# A waiting request gets the slot as soon as it frees.
+my $waiter = start_async($node, 'waiter', "SET gptoss.queue_wait = '30s'; SELECT gptoss_tokenize('hi')");
+sleep 1;
+$node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'holder'");
+ok(defined wait_async($waiter, 10), 'waiter finished');
+is($waiter->{out}, '{3686}', 'waiter served once the slot was free');
+wait_async($long, 10);
+$node->stop;
+
+done_testing();
