@@ -254,11 +254,13 @@ typedef uint32_t v8u32 __attribute__((vector_size(32)));
 #else
 #define CPU_KERNEL
 #endif
+/* helpers of kernels must inline into each clone to get its instructions, at any -O */
+#define KERNEL_INLINE static inline __attribute__((always_inline))
 
 typedef float v4f __attribute__((vector_size(16)));
 
 /* Lane sum in a fixed order: ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)). */
-static inline float
+KERNEL_INLINE float
 hsum8(const v8f *a)
 {
 	v4f			lo,
@@ -272,7 +274,7 @@ hsum8(const v8f *a)
 }
 
 /* sum a[i] * b[i]: one 8-lane accumulator, fixed-order lane sum, then the tail in order. */
-static inline float
+KERNEL_INLINE float
 dot_f32(const float *a, const float *b, int n)
 {
 	v8f			acc = {0};
@@ -321,7 +323,7 @@ permute_even_odd(const float *x, float *xp, int n)
  * so a row's result does not depend on its neighbours (padding a short group
  * by repeating a row is harmless) nor on how many tokens share the rows.
  */
-static inline void
+KERNEL_INLINE void
 dot4_bf16(const gptoss_bf16 *const w[4], const float *xp, int n, float out[4])
 {
 	/* named accumulators: an array of vectors ends up zeroed in memory with rep stos */
@@ -371,7 +373,7 @@ dot4_bf16(const gptoss_bf16 *const w[4], const float *xp, int n, float out[4])
 }
 
 /* Same for 4 fp32 rows (decoded MXFP4). */
-static inline void
+KERNEL_INLINE void
 dot4_f32(const float *const w[4], const float *x, int n, float out[4])
 {
 	v8f			a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};

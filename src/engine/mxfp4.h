@@ -13,7 +13,7 @@
 #include "model.h"
 
 /* 2^(s - 127) as a float: the bit pattern s << 23, except s = 0 (subnormal). */
-static inline float
+static inline __attribute__((always_inline)) float
 gptoss_e8m0_to_f32(uint8_t s)
 {
 	union { uint32_t u; float f; } x;
@@ -24,8 +24,11 @@ gptoss_e8m0_to_f32(uint8_t s)
 	return x.f;
 }
 
-/* Decodes one row: blocks [n_blocks][16], scales [n_blocks] -> out [n_blocks * 32]. */
-static inline void
+/*
+ * Decodes one row: blocks [n_blocks][16], scales [n_blocks] -> out [n_blocks * 32].
+ * Always inlined, so a caller compiled for wider vectors decodes with them.
+ */
+static inline __attribute__((always_inline)) void
 gptoss_mxfp4_decode_row(const uint8_t *blocks, const uint8_t *scales, int n_blocks, float *out)
 {
 	for (int b = 0; b < n_blocks; b++)

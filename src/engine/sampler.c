@@ -89,6 +89,8 @@ gptoss_argmax(const float *v, int n)
 #else
 #define CPU_KERNEL
 #endif
+/* helpers of kernels must inline into each clone to get its instructions, at any -O */
+#define KERNEL_INLINE static inline __attribute__((always_inline))
 
 /* Radix levels over the 32-bit key of a weight in [0, 1]. */
 #define L1_SHIFT 20				/* level 1: exponent and 3 mantissa bits */
@@ -114,7 +116,7 @@ typedef struct prefix_hit
 } prefix_hit;
 
 /* The monotone key of a weight. */
-static inline uint32_t
+KERNEL_INLINE uint32_t
 key_of(float w)
 {
 	uint32_t	u;
@@ -127,7 +129,7 @@ key_of(float w)
 #define SELECT8(mask, a, b) ((v8f) (((mask) & (v8i) (a)) | (~(mask) & (v8i) (b))))
 
 /* exp(x) for x <= 0 lane-wise; NaN and x < -104 (below the smallest subnormal) give 0. */
-static inline void
+KERNEL_INLINE void
 exp8(v8f *out, const v8f *xin)
 {
 	const v8f	log2e = {1.44269504f, 1.44269504f, 1.44269504f, 1.44269504f,
