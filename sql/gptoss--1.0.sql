@@ -70,6 +70,7 @@ CREATE FUNCTION gptoss_stats(
     OUT prefill_tok_s double precision,
     OUT decode_tok_s double precision,
     OUT mean_batch_size double precision,
+    OUT steps bigint,
     OUT kv_cache_used bigint,
     OUT kv_cache_capacity bigint,
     OUT gpu_memory_used bigint,
@@ -82,7 +83,7 @@ CREATE VIEW gptoss_stats AS
     SELECT * FROM gptoss_stats();
 
 COMMENT ON VIEW gptoss_stats IS
-'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size, KV cache, memory, uptime';
+'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size over steps, KV cache, memory, uptime';
 
 -- Monitoring is for pg_monitor; generation is for everyone.
 REVOKE ALL ON FUNCTION gptoss_status() FROM PUBLIC;

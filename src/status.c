@@ -147,7 +147,7 @@ gptoss_status(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
-#define STATS_COLS 18
+#define STATS_COLS 19
 
 /* gptoss_stats() returns setof record: one row per worker (the gptoss_stats view) */
 Datum
@@ -195,6 +195,7 @@ gptoss_stats(PG_FUNCTION_ARGS)
 		values[c++] = Float8GetDatum(w.stats.steps > 0
 									 ? (double) w.stats.step_sequences / (double) w.stats.steps
 									 : 0.0);
+		values[c++] = Int64GetDatum(w.stats.steps);
 		if (ready)
 		{
 			values[c++] = Int64GetDatum(w.info.kv_cache_used_tokens);
