@@ -4,6 +4,9 @@ for a gptoss checkpoint, written as a JSON fixture for test/unit/test_fixtures.c
 
 usage: python3 model_ref.py CHECKPOINT_DIR OUT_JSON [--device cpu|cuda]
                             [--config-name NAME] [--seed N] [--allow-mismatch]
+                            [--n-prompts N] [--prompt-lens 5,17,40] [--greedy N]
+                            [--dtype float32|bfloat16] [--bf16-experts]
+                            [--skip-float64-check] [--top-only]
 
 CHECKPOINT_DIR is normally a `gptoss synth --preset NAME --seed 0` directory; the
 fixture records NAME (--config-name, else config.json's "gptoss_synth_preset",
@@ -13,19 +16,35 @@ test can synthesise the same checkpoint.
 What it does, defensively, printing what it finds at every step:
   1. loads the checkpoint with GptOssForCausalLM.from_pretrained(...,
      quantization_config=Mxfp4Config(dequantize=True), dtype float32,
-     attn_implementation="eager"), with TF32 disabled;
+     attn_implementation="eager"), with TF32 disabled; on cuda straight onto
+     the device (device_map), so a 20b model is never held twice;
   2. checks that it really runs float32 + eager, and that every parameter equals
      the file's tensor (dense bf16 widened; MXFP4 experts dequantized here
-     independently, in either orientation transformers may store them), so a
-     silently skipped or mis-mapped tensor cannot go unnoticed;
+     independently, expert by expert, in either orientation transformers may
+     store them), so a silently skipped or mis-mapped tensor cannot go unnoticed;
   3. runs a second, self-contained float64 forward pass written from the spec
      (gpt-oss-model.md section 4) on the raw file tensors and requires HF to
-     agree with it (exit 3 otherwise, unless --allow-mismatch);
+     agree with it (exit 3 otherwise, unless --allow-mismatch); skipped for
+     models of 300M parameters or more and with --skip-float64-check;
   4. for each prompt (fixed pseudo-random ids, lengths 5, 17, 40: longer than
      the sliding window) records the argmax at every position, top-10 (id,
      logit) at every position, logsumexp per position, logits at 64 fixed
      vocabulary indices for every position, and a greedy continuation of 12
      tokens (a manual argmax loop over full forward passes, so no EOS logic).
+
+For a full-size (20b-shape) checkpoint, e.g.
+    --config-name 20b --n-prompts 4 --prompt-lens 160 --greedy 32
+    --skip-float64-check --top-only --device cuda
+--top-only replaces the per-position top-10 and probe logits by the top-2 gap
+(margin) at every position, keeping argmax and logsumexp at every position and
+the top-10 of the last position, so a comparison can count agreement at
+positions with a clear margin separately.  Float32 weights of 20b take 84 GB:
+on a smaller GPU, --bf16-experts keeps the dequantized expert weights in bf16
+(exact: every MXFP4 value is a bf16 value) and widens one layer's experts to
+float32 for the duration of its forward call, so all arithmetic stays float32;
+--dtype bfloat16 instead runs HF entirely in bf16 (a coarser reference: state
+the tolerance).  Non-default options, the dtype and the timings are recorded
+in the fixture.
 """
 import argparse
 import glob
@@ -37,6 +56,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 
 FP4_VALUES = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
               -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0]
@@ -67,7 +87,41 @@ def parse_args():
                     help="seed the checkpoint was synthesised with (recorded; default 0)")
     ap.add_argument("--allow-mismatch", action="store_true",
                     help="write the fixture even if HF disagrees with the spec forward pass")
-    return ap.parse_args()
+    ap.add_argument("--n-prompts", type=int, default=None,
+                    help="number of prompts (default: one per --prompt-lens entry; "
+                         "the lengths repeat when there are more prompts)")
+    ap.add_argument("--prompt-lens", default=",".join(map(str, PROMPT_LENGTHS)),
+                    help="comma list of prompt lengths (default %s)" % ",".join(map(str, PROMPT_LENGTHS)))
+    ap.add_argument("--greedy", type=int, default=N_GREEDY,
+                    help="greedy continuation length (default %d)" % N_GREEDY)
+    ap.add_argument("--skip-float64-check", action="store_true",
+                    help="skip the float64 spec forward pass (far too slow for 20b)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="HF compute dtype (default float32)")
+    ap.add_argument("--bf16-experts", action="store_true",
+                    help="float32 compute with the expert weights held in bf16 and widened per layer")
+    ap.add_argument("--top-only", action="store_true",
+                    help="per position only argmax, top-2 margin and logsumexp; top-10 of the last")
+    args = ap.parse_args()
+    try:
+        args.lens = [int(v) for v in args.prompt_lens.split(",")]
+    except ValueError:
+        die("--prompt-lens must be a comma list of integers, not %r" % args.prompt_lens)
+    if not args.lens or min(args.lens) < 1:
+        die("--prompt-lens needs lengths >= 1")
+    if args.n_prompts is None:
+        args.n_prompts = len(args.lens)
+    if args.n_prompts < 1 or args.greedy < 0:
+        die("--n-prompts must be >= 1 and --greedy >= 0")
+    if args.bf16_experts and args.dtype != "float32":
+        die("--bf16-experts is for float32 compute; it makes no sense with --dtype %s" % args.dtype)
+    defaults = ap.parse_args([args.checkpoint, args.out_json])
+    args.changed = {k: getattr(args, k) for k in (
+        "seed", "n_prompts", "prompt_lens", "greedy", "skip_float64_check", "dtype",
+        "bf16_experts", "top_only") if getattr(args, k) != getattr(defaults, k)}
+    if "n_prompts" in args.changed and args.n_prompts == len(args.lens):
+        del args.changed["n_prompts"]
+    return args
 
 
 def config_name_for(args, cfg):
@@ -128,23 +182,38 @@ def prepared_checkpoint(ckpt, cfg):
     return tmp, tmp
 
 
-def load_file_tensors(ckpt, torch):
-    from safetensors import safe_open
-    files = sorted(glob.glob(os.path.join(ckpt, "*.safetensors")))
-    if not files:
-        die("no *.safetensors in %s" % ckpt)
-    tensors = {}
-    for fn in files:
-        with safe_open(fn, framework="pt") as f:
-            for name in f.keys():
-                tensors[name] = f.get_tensor(name)
-    log("read %d tensors from %d file(s)" % (len(tensors), len(files)))
-    return tensors
+class FileTensors:
+    """The checkpoint's tensors by name, read from the mapped safetensors files
+    on demand (a 20b checkpoint is never held in memory all at once)."""
+
+    def __init__(self, ckpt):
+        from safetensors import safe_open
+        files = sorted(glob.glob(os.path.join(ckpt, "*.safetensors")))
+        if not files:
+            die("no *.safetensors in %s" % ckpt)
+        self.where = {}
+        for fn in files:
+            handle = safe_open(fn, framework="pt")
+            for name in handle.keys():
+                self.where[name] = handle
+        log("found %d tensors in %d file(s)" % (len(self.where), len(files)))
+
+    def __getitem__(self, name):
+        return self.where[name].get_tensor(name)
+
+    def __contains__(self, name):
+        return name in self.where
+
+    def names(self):
+        return sorted(self.where)
+
+    def numel(self, name):
+        return math.prod(self.where[name].get_slice(name).get_shape())
 
 
 def dequant_mxfp4(blocks, scales, torch):
     """[E, R, B, 16] uint8 + [E, R, B] uint8 -> float64 [E, R, B*32] (spec section 3)."""
-    lut = torch.tensor(FP4_VALUES, dtype=torch.float64)
+    lut = torch.tensor(FP4_VALUES, dtype=torch.float64, device=blocks.device)
     b = blocks.to(torch.int64)
     lo = lut[b & 15]
     hi = lut[b >> 4]
@@ -153,72 +222,178 @@ def dequant_mxfp4(blocks, scales, torch):
     return vals.reshape(blocks.shape[0], blocks.shape[1], -1)
 
 
-def load_hf_model(path, device, torch):
+def load_hf_model(path, args, torch):
+    """The HF model on args.device, in the dtype args ask for (see the header)."""
     import transformers
     from transformers import GptOssForCausalLM
     try:
         from transformers import Mxfp4Config
     except ImportError:
         die("this transformers (%s) has no Mxfp4Config" % transformers.__version__)
+    load_dtype = torch.bfloat16 if args.dtype == "bfloat16" or args.bf16_experts else torch.float32
     kwargs = dict(quantization_config=Mxfp4Config(dequantize=True),
                   attn_implementation="eager", output_loading_info=True)
+    if args.device != "cpu":
+        kwargs["device_map"] = args.device   # load onto the device directly: never two copies
+
+    def load(**kw):
+        try:
+            return GptOssForCausalLM.from_pretrained(path, dtype=load_dtype, **kw)
+        except TypeError as e:
+            log("from_pretrained(dtype=) failed (%s); retrying with torch_dtype=" % e)
+            return GptOssForCausalLM.from_pretrained(path, torch_dtype=load_dtype, **kw)
+
     try:
-        model, info = GptOssForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    except TypeError as e:
-        log("from_pretrained(dtype=) failed (%s); retrying with torch_dtype=" % e)
-        model, info = GptOssForCausalLM.from_pretrained(path, torch_dtype=torch.float32, **kwargs)
+        model, info = load(**kwargs)
+    except (ImportError, ValueError) as e:
+        if "device_map" not in kwargs:
+            raise
+        log("from_pretrained(device_map=%r) failed (%s: %s); loading on the host, then moving"
+            % (args.device, type(e).__name__, e))
+        del kwargs["device_map"]
+        model, info = load(**kwargs)
     for key in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs"):
         vals = info.get(key) if isinstance(info, dict) else None
         if vals:
             log("loading info %s: %s" % (key, sorted(map(str, vals))[:20]))
-    model = model.to(device).float().eval()
-    return model
+    if any(p.device.type != torch.device(args.device).type for p in model.parameters()):
+        model = model.to(args.device)
+    experts = expert_modules(model)
+    if args.bf16_experts:
+        hold_experts_in_bf16(model, experts, torch)
+    elif args.dtype == "float32":
+        model = model.float()
+    return model.eval(), experts
 
 
-def check_float32_eager(model, torch):
-    bad = [n for n, p in model.named_parameters() if p.dtype != torch.float32]
-    bad += [n for n, b in model.named_buffers() if b.is_floating_point() and b.dtype != torch.float32]
+def expert_modules(model):
+    """The modules holding each layer's expert weights (model.layers.N.mlp.experts)."""
+    found = [m for n, m in model.named_modules() if n.endswith(".mlp.experts")]
+    if not found:
+        die("no model.layers.*.mlp.experts modules in %s" % type(model).__name__)
+    return found
+
+
+def hold_experts_in_bf16(model, experts, torch):
+    """float32 compute on bf16-held experts: every other parameter becomes float32;
+    each experts module widens its parameters to float32 when called and puts the
+    bf16 tensors back when it returns, so only one layer's experts (3.2 GB for 20b)
+    exist in float32 at a time.  Widening bf16 is exact."""
+    held_ids = {id(p) for m in experts for p in m.parameters()}
+    for p in model.parameters():
+        if id(p) not in held_ids:
+            p.data = p.data.float()
+    seen_out = set()
+
+    def widen(module, inputs):
+        module._bf16_held = {}
+        for pn, p in module.named_parameters(recurse=False):
+            module._bf16_held[pn] = p.data
+            p.data = p.data.float()
+
+    def restore(module, inputs, out):
+        for pn, p in module.named_parameters(recurse=False):
+            p.data = module._bf16_held.pop(pn)
+        if isinstance(out, torch.Tensor) and out.dtype not in seen_out:
+            seen_out.add(out.dtype)
+            log("experts compute in %s (weights held in bf16)" % str(out.dtype).replace("torch.", ""))
+            if out.dtype != torch.float32:
+                die("widened experts still returned %s" % out.dtype)
+
+    for m in experts:
+        m.register_forward_pre_hook(widen)
+        m.register_forward_hook(restore)
+    log("float32 compute with expert weights held in bf16 (%d experts modules)" % len(experts))
+
+
+def check_dtypes(model, experts, args, torch):
+    """Parameters in the dtype asked for (experts possibly bf16-held), eager attention."""
+    compute = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    held = torch.bfloat16 if args.bf16_experts else compute
+    held_ids = {id(p) for m in experts for p in m.parameters()}
+    # in bf16, transformers keeps the RMSNorm weights (_keep_in_fp32_modules) in float32
+    def allowed(p):
+        return (held,) if id(p) in held_ids else (compute, torch.float32)
+
+    bad = ["%s (%s)" % (n, p.dtype) for n, p in model.named_parameters() if p.dtype not in allowed(p)]
+    if args.dtype == "bfloat16":
+        kept = [n for n, p in model.named_parameters() if p.dtype == torch.float32]
+        if kept:
+            log("bfloat16 run: %d parameters kept in float32 by transformers (%s, ...)" % (len(kept), kept[0]))
+    bad += ["%s (%s)" % (n, b.dtype) for n, b in model.named_buffers()
+            if b.is_floating_point() and b.dtype not in (compute, torch.float32)]
     if bad:
-        die("tensors not in float32: %s" % bad[:10])
+        die("tensors not in %s: %s" % (args.dtype, bad[:10]))
     impl = getattr(model.config, "_attn_implementation", None)
     if impl != "eager":
         die("attention implementation is %r, not eager" % impl)
-    log("float32 parameters and eager attention: ok")
+    log("%s parameters%s and eager attention: ok; experts implementation %s" % (
+        args.dtype, " (experts held in bf16)" if args.bf16_experts else "",
+        getattr(model.config, "_experts_implementation", "(this transformers has no choice)")))
 
 
-def check_weights(model, tensors, cfg, torch):
+def same_values(got, want, torch):
+    """Exact equality of two tensors, compared in float64 a slice at a time."""
+    if tuple(got.shape) != tuple(want.shape):
+        return False
+    if got.dim() == 0:
+        return bool(got.to(torch.float64) == want.to(got.device, torch.float64))
+    rows = max(1, (1 << 24) // max(1, got[0].numel()))
+    for r in range(0, got.shape[0], rows):
+        if not torch.equal(got[r:r + rows].to(torch.float64),
+                           want[r:r + rows].to(got.device, torch.float64)):
+            return False
+    return True
+
+
+def experts_match(got, blocks, scales, torch):
+    """None when got ([E, out, in] or [E, in, out]) equals the dequantized MXFP4
+    tensor in one orientation for all experts, compared one expert at a time;
+    else what differs."""
+    candidates = {"as is", "transposed"}
+    for e in range(blocks.shape[0]):
+        want = dequant_mxfp4(blocks[e:e + 1].to(got.device), scales[e:e + 1].to(got.device), torch)[0]
+        g = got[e].to(torch.float64)
+        fits = set()
+        if g.shape == want.shape and torch.equal(g, want):
+            fits.add("as is")
+        if g.shape == want.T.shape and torch.equal(g, want.T):
+            fits.add("transposed")
+        candidates &= fits
+        if not candidates:
+            return "expert %d (shape %s vs file %s)" % (e, tuple(g.shape), tuple(want.shape))
+    return None
+
+
+def check_weights(model, tensors, torch):
     """Every file tensor must equal the model's parameter (experts dequantized here)."""
-    params = {n: p.detach().to("cpu", torch.float64) for n, p in model.named_parameters()}
+    params = {n: p.detach() for n, p in model.named_parameters()}
     checked, problems = 0, []
-    for name, t in sorted(tensors.items()):
+    for name in tensors.names():
         if name.endswith("_scales"):
             continue
         if name.endswith("_blocks"):
             base = name[:-len("_blocks")]
-            want = dequant_mxfp4(t, tensors[base + "_scales"], torch)   # [E, out, in]
             got = params.get(base)
             if got is None:
                 problems.append("%s: no parameter %s in the model" % (name, base))
                 continue
-            if got.shape == want.shape and torch.equal(got, want):
-                checked += 1
-            elif got.shape == want.transpose(1, 2).shape and torch.equal(got, want.transpose(1, 2)):
-                checked += 1
+            why = experts_match(got, tensors[name], tensors[base + "_scales"], torch)
+            if why:
+                problems.append("%s: dequantized experts differ: %s" % (base, why))
             else:
-                diff = "shape %s vs file %s" % (tuple(got.shape), tuple(want.shape))
-                problems.append("%s: dequantized experts differ (%s)" % (base, diff))
+                checked += 1
             continue
         got = params.get(name)
         if got is None:
             problems.append("%s: not a parameter of the model" % name)
             continue
-        want = t.to(torch.float64)
-        if got.shape != want.shape or not torch.equal(got, want):
+        if not same_values(got, tensors[name], torch):
             problems.append("%s: differs from the file" % name)
         else:
             checked += 1
     covered = set()
-    for name in tensors:
+    for name in tensors.names():
         covered.add(name[:-len("_blocks")] if name.endswith("_blocks") else name)
     for n in params:
         if n not in covered and not n.endswith("_scales"):
@@ -333,12 +508,57 @@ def first_argmax(row_np):
     return int(np.argmax(row_np))  # numpy returns the first maximal index
 
 
+def prompt_entry(model, ids, probe_ids, args, torch):
+    """Logits of one prompt in one forward pass: the fixture entry (without greedy)
+    and the logits [n, V] as float32 on the host."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids], device=args.device),
+                       use_cache=False).logits[0].float().cpu()
+    lg = logits.numpy()
+    n = len(ids)
+    lse = [float(torch.logsumexp(logits[p].double(), 0)) for p in range(n)]
+    if args.top_only:
+        top2 = torch.topk(logits, 2, dim=-1).values.double()
+        entry = {
+            "ids": ids,
+            "argmax": [first_argmax(lg[p]) for p in range(n)],
+            "margin": [float(top2[p, 0] - top2[p, 1]) for p in range(n)],
+            "lse": lse,
+            "top10_last": top_sorted(lg[n - 1], TOP),
+            "lse_last": lse[-1],
+        }
+    else:
+        entry = {
+            "ids": ids,
+            "argmax": [first_argmax(lg[p]) for p in range(n)],
+            "top10": [top_sorted(lg[p], TOP) for p in range(n)],
+            "lse": lse,
+            "probe_ids": probe_ids,
+            "probe_logits": [[float(lg[p][i]) for i in probe_ids] for p in range(n)],
+        }
+        entry["top10_last"] = entry["top10"][-1]
+        entry["lse_last"] = entry["lse"][-1]
+    return entry, logits
+
+
+def greedy(model, ids, count, args, torch):
+    """count greedy tokens after ids: a manual argmax loop over full forward passes."""
+    seq = list(ids)
+    for _ in range(count):
+        with torch.no_grad():
+            last = model(input_ids=torch.tensor([seq], device=args.device),
+                         use_cache=False).logits[0, -1].float().cpu().numpy()
+        seq.append(first_argmax(last))
+    return seq[len(ids):]
+
+
 def main():
     args = parse_args()
     torch = setup_torch(args.device)
-    import numpy as np
     import transformers
     log("torch %s, transformers %s, device %s" % (torch.__version__, transformers.__version__, args.device))
+    seconds = {}
+    t0 = time.time()
 
     cfg = read_config(args.checkpoint)
     name = config_name_for(args, cfg)
@@ -359,13 +579,16 @@ def main():
 
     path, tmp = prepared_checkpoint(args.checkpoint, cfg)
     try:
-        model = load_hf_model(path, args.device, torch)
+        model, experts = load_hf_model(path, args, torch)
     except Exception as e:
         die("GptOssForCausalLM.from_pretrained failed: %s: %s" % (type(e).__name__, e))
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    check_float32_eager(model, torch)
+    seconds["load"] = round(time.time() - t0, 1)
+    if args.device.startswith("cuda"):
+        log("loaded in %.1f s; %.1f GiB on the GPU" % (seconds["load"], torch.cuda.memory_allocated() / 2**30))
+    check_dtypes(model, experts, args, torch)
     rot = getattr(getattr(model, "model", None), "rotary_emb", None)
     if rot is not None:
         inv, m = yarn(cfg, torch)
@@ -377,33 +600,30 @@ def main():
         if rel > 1e-5 or abs(hf_m - m) > 1e-6:
             log("WARNING: HF's rotary embedding differs from the spec formula")
 
-    tensors = load_file_tensors(args.checkpoint, torch)
-    n_checked = check_weights(model, tensors, cfg, torch)
+    t1 = time.time()
+    tensors = FileTensors(args.checkpoint)
+    n_checked = check_weights(model, tensors, torch)
+    seconds["weight_check"] = round(time.time() - t1, 1)
 
     rng = random.Random(args.seed)
-    prompts = [[rng.randrange(0, 199998) for _ in range(n)] for n in PROMPT_LENGTHS]
+    lens = [args.lens[i % len(args.lens)] for i in range(args.n_prompts)]
+    prompts = [[rng.randrange(0, 199998) for _ in range(n)] for n in lens]
     probe_ids = sorted(rng.sample(range(vocab), N_PROBES))
-    n_params = sum(t.numel() for t in tensors.values())
-    do_self_check = n_params < 300_000_000
+    n_params = sum(tensors.numel(t) for t in tensors.names())
+    do_self_check = n_params < 300_000_000 and not args.skip_float64_check
     worst_self = 0.0
 
     out_prompts = []
+    seconds["forward"] = seconds["greedy"] = 0.0
     for ids in prompts:
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids], device=args.device),
-                           use_cache=False).logits[0].float().cpu()
-        lg = logits.numpy()
+        t1 = time.time()
+        entry, logits = prompt_entry(model, ids, probe_ids, args, torch)
         n = len(ids)
-        entry = {
-            "ids": ids,
-            "argmax": [first_argmax(lg[p]) for p in range(n)],
-            "top10": [top_sorted(lg[p], TOP) for p in range(n)],
-            "lse": [float(torch.logsumexp(logits[p].double(), 0)) for p in range(n)],
-            "probe_ids": probe_ids,
-            "probe_logits": [[float(lg[p][i]) for i in probe_ids] for p in range(n)],
-        }
-        entry["top10_last"] = entry["top10"][-1]
-        entry["lse_last"] = entry["lse"][-1]
+        seconds["forward"] += time.time() - t1
+        if args.top_only:
+            clear = sum(1 for g in entry["margin"] if g > 0.05)
+            log("prompt of %d tokens: %d of %d positions have a top-2 margin above 0.05 "
+                "(smallest %.3g)" % (n, clear, n, min(entry["margin"])))
         if do_self_check:
             ref = spec_forward(tensors, cfg, ids, torch)
             err = float((logits.double() - ref).abs().max() / ref.abs().max())
@@ -414,20 +634,37 @@ def main():
             if (err > 1e-4 or not same_argmax) and not args.allow_mismatch:
                 die("HF transformers disagrees with the spec forward pass (error %.2e); "
                     "rerun with --allow-mismatch to write the fixture anyway" % err, code=3)
-        seq = list(ids)
-        for _ in range(N_GREEDY):
-            with torch.no_grad():
-                last = model(input_ids=torch.tensor([seq], device=args.device),
-                             use_cache=False).logits[0, -1].float().cpu().numpy()
-            seq.append(first_argmax(last))
-        entry["greedy"] = seq[n:]
-        log("prompt of %d tokens: argmax[-1] %d, lse %.5f, greedy %s" % (
-            n, entry["argmax"][-1], entry["lse_last"], entry["greedy"]))
+        del logits
+        t1 = time.time()
+        entry["greedy"] = greedy(model, ids, args.greedy, args, torch)
+        seconds["greedy"] += time.time() - t1
+        log("prompt of %d tokens: argmax[-1] %d, lse %.5f, greedy %s (%.1f s)" % (
+            n, entry["argmax"][-1], entry["lse_last"], entry["greedy"], time.time() - t1))
         out_prompts.append(entry)
+    seconds["forward"] = round(seconds["forward"], 1)
+    seconds["greedy"] = round(seconds["greedy"], 1)
 
     def raw(name, k=4):
         return [float(v) for v in tensors[name].reshape(-1)[:k].to(torch.float64)]
 
+    reference = {
+        "library": "transformers %s" % transformers.__version__,
+        "torch": torch.__version__,
+        "device": args.device,
+        "dtype": args.dtype,
+        "attn_implementation": "eager",
+        "tensors_verified": n_checked,
+        "spec_forward_max_rel_err": worst_self if do_self_check else None,
+    }
+    if args.bf16_experts:
+        reference["expert_weights"] = "bfloat16, widened to float32 per layer (exact)"
+    if args.changed:
+        reference["options"] = dict(args.changed, seed=args.seed)
+        reference["experts_implementation"] = getattr(model.config, "_experts_implementation", None)
+        if args.device.startswith("cuda"):
+            reference["gpu"] = torch.cuda.get_device_name()
+            reference["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        reference["seconds"] = seconds
     fixture = {
         "format": 1,
         "config_name": name,
@@ -445,22 +682,15 @@ def main():
             "layer0_gate_up_scales": [int(v) for v in
                                       tensors["model.layers.0.mlp.experts.gate_up_proj_scales"].reshape(-1)[:8]],
         },
-        "reference": {
-            "library": "transformers %s" % transformers.__version__,
-            "torch": torch.__version__,
-            "device": args.device,
-            "dtype": "float32",
-            "attn_implementation": "eager",
-            "tensors_verified": n_checked,
-            "spec_forward_max_rel_err": worst_self if do_self_check else None,
-        },
+        "reference": reference,
         "prompts": out_prompts,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out_json)), exist_ok=True)
     with open(args.out_json, "w") as f:
         json.dump(fixture, f, separators=(",", ":"))
         f.write("\n")
-    log("wrote %s (%d prompts, config %s)" % (args.out_json, len(out_prompts), name))
+    log("wrote %s (%d prompts, config %s, %s; seconds %s)" % (
+        args.out_json, len(out_prompts), name, args.dtype, json.dumps(seconds)))
 
 
 if __name__ == "__main__":
