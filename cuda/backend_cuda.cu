@@ -528,21 +528,21 @@ check_model(const gptoss_model *model, const gptoss_backend_opts *opts, gptoss_e
 	if (!model || !model->layers || !model->embedding || !model->lm_head || !model->final_norm)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cuda backend: model has no weights");
 	c = &model->config;
-	if (c->hidden_size <= 0 || c->hidden_size % 32 != 0 || c->intermediate_size <= 0 ||
-		c->intermediate_size % 32 != 0)
+	if (c->hidden_size <= 0 || c->hidden_size % 32 != 0 || c->hidden_size > MAX_HIDDEN ||
+		c->intermediate_size <= 0 || c->intermediate_size % 32 != 0)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: hidden_size %d and intermediate_size %d must be positive multiples of 32",
-								  c->hidden_size, c->intermediate_size);
+								  "cuda backend: hidden_size %d (at most %d) and intermediate_size %d must be positive multiples of 32",
+								  c->hidden_size, MAX_HIDDEN, c->intermediate_size);
 	if (c->num_layers <= 0 || c->num_layers > GPTOSS_MAX_LAYERS || c->num_heads <= 0 ||
 		c->num_kv_heads <= 0 || c->num_heads % c->num_kv_heads != 0 ||
-		c->num_heads / c->num_kv_heads > 4 * ATTN_WARPS)
+		c->num_heads / c->num_kv_heads > ATTN_ROWS_PER_WARP * ATTN_WARPS)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "cuda backend: unsupported layer/head counts (layers %d, heads %d, kv heads %d; "
 								  "at most %d query heads per kv head)",
-								  c->num_layers, c->num_heads, c->num_kv_heads, 4 * ATTN_WARPS);
-	if (c->head_dim <= 0 || c->head_dim % 2 != 0 || c->head_dim > ATTN_MAX_HEAD_DIM)
+								  c->num_layers, c->num_heads, c->num_kv_heads, ATTN_ROWS_PER_WARP * ATTN_WARPS);
+	if (c->head_dim <= 0 || c->head_dim % 8 != 0 || c->head_dim > ATTN_MAX_HEAD_DIM)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: head_dim %d must be even and at most %d",
+								  "cuda backend: head_dim %d must be a multiple of 8 and at most %d",
 								  c->head_dim, ATTN_MAX_HEAD_DIM);
 	if (c->num_experts <= 0 || c->num_experts > 1024 || c->experts_per_token <= 0 ||
 		c->experts_per_token > c->num_experts || c->experts_per_token > 32)
@@ -696,6 +696,7 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 	}
 
 	CREATE_TRY(cudaStreamCreateWithFlags(&be->stream, cudaStreamNonBlocking), "cudaStreamCreate");
+	CREATE_TRY(attention_prepare(), "attention setup");
 	st = cublasCreate(&be->cublas);
 	if (st != CUBLAS_STATUS_SUCCESS)
 	{

@@ -70,19 +70,23 @@ block_sum(float v, float *scratch)
 	return warp_sum(v);
 }
 
-/* bf16 bits -> float (exact). */
-static __device__ __forceinline__ float
-bf16_bits_to_f32(uint16_t b)
-{
-	return __uint_as_float((uint32_t) b << 16);
-}
-
 /* 2^(s - 127) for an E8M0 scale byte (s = 0 is the subnormal 2^-127, 255 gives inf). */
 static __device__ __forceinline__ float
 e8m0_to_f32(uint32_t s)
 {
 	return s ? __uint_as_float(s << 23) : __uint_as_float(0x00400000u);
 }
+
+/*
+ * Row kernels (norms, residual adds, combine) run one block of ROW_THREADS
+ * per token row and keep the row in registers, ROW_PER_THREAD values per
+ * thread: every load of a thread is issued before the first use, so a row
+ * costs one memory round trip instead of one per loop iteration (what
+ * dominates at decode batch sizes).  Rows up to ROW_THREADS * ROW_PER_THREAD.
+ */
+#define ROW_THREADS 512
+#define ROW_PER_THREAD 8
+#define ROW_MAX (ROW_THREADS * ROW_PER_THREAD)
 
 /* Ceiling division for sizes. */
 static inline GPTOSS_HD int

@@ -6,6 +6,9 @@
  * accumulation (CUBLAS_COMPUTE_32F).  In cuBLAS's column-major terms that is
  * Y^T (N x T) = W (as K x N, transposed) * X^T (K x T).  Biases are added by
  * the kernel that consumes the product, so no extra pass over Y is needed.
+ *
+ * A warp-per-row GEMV of our own for decode batches (T <= 8) was measured
+ * slower than cuBLAS on H200 (bench/NOTES-cuda.md), so cuBLAS serves all T.
  */
 #include "dense.cuh"
 

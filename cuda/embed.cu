@@ -1,17 +1,16 @@
 /*
- * embed.cu: the start of a step.  One block per token row: copies the
- * token's bf16 embedding row into the fp32 residual stream x and writes the
- * first layer's RMSNorm of it as bf16 (the input of the q/k/v product).
- * Block 0 also applies the step's page-table updates (new KV pages of the
- * step's sequences), which the first attention layer needs; kernels on one
- * stream run in order, so they are in place before any KV write or read.
+ * embed.cu: the start of a step.  One block per token row, the row held in
+ * registers (common.cuh): copies the token's bf16 embedding row into the
+ * fp32 residual stream x and writes the first layer's RMSNorm of it as bf16
+ * (the input of the q/k/v product).  Block 0 also applies the step's
+ * page-table updates (new KV pages of the step's sequences), which the first
+ * attention layer needs; kernels on one stream run in order, so they are in
+ * place before any KV write or read.
  */
 #include "kernels.cuh"
 
-#define EMBED_THREADS 256
-
 /* x[t] = embedding[tok_id[t]]; xb[t] = bf16(norm_w * x[t] / rms(x[t])). */
-__global__ void __launch_bounds__(EMBED_THREADS)
+__global__ void __launch_bounds__(ROW_THREADS)
 embed_norm_kernel(const int32_t *__restrict__ tok_id, const __nv_bfloat16 *__restrict__ embedding,
 				  const float *__restrict__ norm_w, int H, float eps, float *__restrict__ x,
 				  __nv_bfloat16 *__restrict__ xb, const int32_t *__restrict__ n_upd,
@@ -19,26 +18,36 @@ embed_norm_kernel(const int32_t *__restrict__ tok_id, const __nv_bfloat16 *__res
 				  int32_t *__restrict__ page_table)
 {
 	__shared__ float scratch[32];
-	int			t = blockIdx.x;
-	const __nv_bfloat16 *src = embedding + (size_t) tok_id[t] * H;
-	float	   *xr = x + (size_t) t * H;
+	size_t		base = (size_t) blockIdx.x * H;
+	const __nv_bfloat16 *src = embedding + (size_t) tok_id[blockIdx.x] * H;
+	float		v[ROW_PER_THREAD];
 	float		ss = 0.0f;
 	float		inv;
 
-	if (t == 0)
+	if (blockIdx.x == 0)
 		for (int i = threadIdx.x; i < *n_upd; i += blockDim.x)
 			page_table[upd_index[i]] = upd_page[i];
-	for (int i = threadIdx.x; i < H; i += blockDim.x)
+#pragma unroll
+	for (int j = 0; j < ROW_PER_THREAD; j++)
 	{
-		float		v = __bfloat162float(src[i]);
+		int			i = threadIdx.x + j * ROW_THREADS;
 
-		xr[i] = v;
-		ss += v * v;
+		v[j] = i < H ? __bfloat162float(src[i]) : 0.0f;
+		ss += v[j] * v[j];
 	}
 	ss = block_sum(ss, scratch);
 	inv = 1.0f / sqrtf(ss / (float) H + eps);
-	for (int i = threadIdx.x; i < H; i += blockDim.x)
-		xb[(size_t) t * H + i] = __float2bfloat16_rn(norm_w[i] * (xr[i] * inv));
+#pragma unroll
+	for (int j = 0; j < ROW_PER_THREAD; j++)
+	{
+		int			i = threadIdx.x + j * ROW_THREADS;
+
+		if (i < H)
+		{
+			x[base + i] = v[j];
+			xb[base + i] = __float2bfloat16_rn(norm_w[i] * (v[j] * inv));
+		}
+	}
 }
 
 /* Launches one block per token row. */
@@ -47,10 +56,12 @@ launch_embed_norm(const StepView &sv, int T, const __nv_bfloat16 *embedding, con
 				  int H, float eps, float *x, __nv_bfloat16 *xb, int32_t *page_table,
 				  cudaStream_t stream)
 {
+	if (H > ROW_MAX)
+		return cudaErrorInvalidValue;
 	if (T <= 0)
 		return cudaSuccess;
-	embed_norm_kernel<<<T, EMBED_THREADS, 0, stream>>>(sv.tok_id, embedding, norm_w, H, eps, x, xb,
-													   sv.n_upd, sv.upd_index, sv.upd_page,
-													   page_table);
+	embed_norm_kernel<<<T, ROW_THREADS, 0, stream>>>(sv.tok_id, embedding, norm_w, H, eps, x, xb,
+													 sv.n_upd, sv.upd_index, sv.upd_page,
+													 page_table);
 	return cudaGetLastError();
 }

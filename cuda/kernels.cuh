@@ -17,7 +17,9 @@
 #define KV_PAGE 16				/* tokens per KV-cache page */
 #define ATTN_TILE 32			/* keys per attention tile (two pages) */
 #define ATTN_WARPS 8			/* warps per attention block */
+#define ATTN_ROWS_PER_WARP 4	/* (token, head) rows per warp in the prefill kernel */
 #define ATTN_MAX_HEAD_DIM 128
+#define MAX_HIDDEN 3072			/* hidden sizes the row kernels hold in registers/shared memory */
 
 /* Sampling settings of one logits row, as uploaded with the step. */
 struct SampleRow
@@ -93,18 +95,27 @@ cudaError_t launch_rope_kv(const StepView &sv, int T, int layer, const float *qk
 						   const float *qkv_bias, const float2 *rope, int Hq, int Hkv, int D,
 						   float *q, KvCacheView kv, cudaStream_t stream);
 
-/* attention.cu: causal (optionally sliding) GQA attention with sinks over the paged cache. */
-cudaError_t launch_attention(const StepView &sv, int n_items, int rows_per_warp, int layer,
-							 int window, const float *q, KvCacheView kv, const float *sinks,
-							 int Hq, __nv_bfloat16 *att, cudaStream_t stream);
+/*
+ * attention.cu: causal (optionally sliding) GQA attention with sinks over the
+ * paged cache.  decode = 1 when every item is a single token; otherwise items
+ * hold up to attention_tokens_per_item(Hq, Hkv, D, 0) tokens.
+ */
+cudaError_t launch_attention(const StepView &sv, int n_items, int decode, int layer, int window,
+							 const float *q, KvCacheView kv, const float *sinks, int Hq,
+							 __nv_bfloat16 *att, cudaStream_t stream);
 
-/* residual_norm.cu: x += proj + bias; xn = rmsnorm(x) * norm_w (fp32). */
-cudaError_t launch_residual_norm(int T, float *x, const float *proj, const float *bias,
-								 const float *norm_w, int H, float eps, float *xn,
-								 cudaStream_t stream);
+/* attention.cu: tokens per attention item for the kernel that launch_attention picks. */
+int			attention_tokens_per_item(int Hq, int Hkv, int D, int decode);
 
-/* router.cu: fp32 router logits, top-K (ties: lower expert) and softmax over the K. */
-cudaError_t launch_router_topk(const StepView &sv, int T, const float *xn,
+/* attention.cu: one-time per-device setup (shared-memory limit of the decode kernel). */
+cudaError_t attention_prepare(void);
+
+/*
+ * router.cu: x += proj + bias; xn = rmsnorm(x) * norm_w (fp32); then fp32
+ * router logits W xn + b, top-K (ties: lower expert) and softmax over the K.
+ */
+cudaError_t launch_norm_router(const StepView &sv, int T, float *x, const float *proj,
+							   const float *bias, const float *norm_w, float eps, float *xn,
 							   const __nv_bfloat16 *w, const float *b, int H, int E, int K,
 							   int32_t *topk_idx, float *topk_w, cudaStream_t stream);
 

@@ -1,19 +1,18 @@
 /*
  * moe_combine.cu: closes the MoE block and opens the next layer.  One block
- * per token row: x += sum over k (in k order) of w_k * y[row of (t, k)],
- * where y already holds each expert's output with its bias, then
- * xb = bf16(RMSNorm(x) * norm_w) with the next layer's input_layernorm (or
- * the final norm after the last layer).  A fixed summation order per token
- * keeps results independent of the batch; padding tokens (no experts) only
- * get normed.
+ * per token row, the row held in registers (common.cuh): x += sum over k
+ * (in k order) of w_k * y[row of (t, k)], where y already holds each
+ * expert's output with its bias, then xb = bf16(RMSNorm(x) * norm_w) with the
+ * next layer's input_layernorm (or the final norm after the last layer).
+ * A fixed summation order per token keeps results independent of the batch;
+ * padding tokens (no experts) only get normed.
  */
 #include "kernels.cuh"
 
-#define COMBINE_THREADS 256
 #define COMBINE_MAX_K 32
 
 /* Weighted sum of the token's expert rows into x, then the norm into xb. */
-__global__ void __launch_bounds__(COMBINE_THREADS)
+__global__ void __launch_bounds__(ROW_THREADS)
 moe_combine_norm_kernel(int K, float *__restrict__ x, const float *__restrict__ y,
 						const int32_t *__restrict__ assign_row, const float *__restrict__ topk_w,
 						const float *__restrict__ norm_w, int H, float eps,
@@ -22,33 +21,61 @@ moe_combine_norm_kernel(int K, float *__restrict__ x, const float *__restrict__ 
 	__shared__ float scratch[32];
 	__shared__ int rows[COMBINE_MAX_K];
 	__shared__ float weights[COMBINE_MAX_K];
-	int			t = blockIdx.x;
-	float	   *xr = x + (size_t) t * H;
+	size_t		base = (size_t) blockIdx.x * H;
+	float		s[ROW_PER_THREAD];
+	float		v[ROW_PER_THREAD];
 	float		ss = 0.0f;
 	float		inv;
 
-	for (int k = threadIdx.x; k < K; k += blockDim.x)
+	if (threadIdx.x < K)
 	{
-		rows[k] = assign_row[(size_t) t * K + k];
-		weights[k] = topk_w[(size_t) t * K + k];
+		rows[threadIdx.x] = assign_row[(size_t) blockIdx.x * K + threadIdx.x];
+		weights[threadIdx.x] = topk_w[(size_t) blockIdx.x * K + threadIdx.x];
+	}
+#pragma unroll
+	for (int j = 0; j < ROW_PER_THREAD; j++)
+	{
+		int			i = threadIdx.x + j * ROW_THREADS;
+
+		v[j] = i < H ? x[base + i] : 0.0f;
+		s[j] = 0.0f;
 	}
 	__syncthreads();
-	for (int i = threadIdx.x; i < H; i += blockDim.x)
+	for (int k = 0; k < K; k++)
 	{
-		float		s = 0.0f;
-		float		v;
+		const float *yr;
 
-		for (int k = 0; k < K; k++)
-			if (rows[k] >= 0)
-				s += weights[k] * y[(size_t) rows[k] * H + i];
-		v = xr[i] + s;
-		xr[i] = v;
-		ss += v * v;
+		if (rows[k] < 0)
+			continue;
+		yr = y + (size_t) rows[k] * H;
+#pragma unroll
+		for (int j = 0; j < ROW_PER_THREAD; j++)
+		{
+			int			i = threadIdx.x + j * ROW_THREADS;
+
+			if (i < H)
+				s[j] += weights[k] * yr[i];
+		}
+	}
+#pragma unroll
+	for (int j = 0; j < ROW_PER_THREAD; j++)
+	{
+		v[j] += s[j];
+		ss += v[j] * v[j];
 	}
 	ss = block_sum(ss, scratch);
 	inv = 1.0f / sqrtf(ss / (float) H + eps);
-	for (int i = threadIdx.x; i < H; i += blockDim.x)
-		xb[(size_t) t * H + i] = __float2bfloat16_rn(norm_w[i] * (xr[i] * inv));
+#pragma unroll
+	for (int j = 0; j < ROW_PER_THREAD; j++)
+	{
+		int			i = threadIdx.x + j * ROW_THREADS;
+
+		if (i < H)
+		{
+			x[base + i] = v[j];
+			xb[base + i] = __float2bfloat16_rn(norm_w[i] * (v[j] * inv));
+		}
+	}
 }
 
 /* Launches one block per token row. */
@@ -57,11 +84,11 @@ launch_moe_combine_norm(int T, int K, float *x, const float *y, MoeRoute route,
 						const float *topk_w, const float *norm_w, int H, float eps,
 						__nv_bfloat16 *xb, cudaStream_t stream)
 {
-	if (K > COMBINE_MAX_K)
+	if (K > COMBINE_MAX_K || H > ROW_MAX)
 		return cudaErrorInvalidValue;
 	if (T <= 0)
 		return cudaSuccess;
-	moe_combine_norm_kernel<<<T, COMBINE_THREADS, 0, stream>>>(K, x, y, route.assign_row, topk_w,
-															   norm_w, H, eps, xb);
+	moe_combine_norm_kernel<<<T, ROW_THREADS, 0, stream>>>(K, x, y, route.assign_row, topk_w,
+														   norm_w, H, eps, xb);
 	return cudaGetLastError();
 }

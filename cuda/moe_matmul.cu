@@ -2,31 +2,40 @@
  * moe_matmul.cu: the two MXFP4 expert products of a MoE layer, batched over
  * all tokens routed to each expert, on the tensor cores.
  *
- * Plan.  Block (x, y) handles active expert y (of the step's active list)
- * and MOE_WARPS consecutive 16-row tiles of its matrix; each warp owns one
- * tile and walks the input dimension in 64-column pieces.  Per piece a lane
- * loads one uint4 of packed fp4 codes and one scale word (moe_layout.cuh),
- * decodes them into fp16 A fragments with shifts and masks, and multiplies
- * them (mma.sync m16n8k16, fp32 accumulate) with the B fragments of up to
- * tiles_per_pass 8-token tiles, loaded as 16-byte vectors from the
- * fragment-layout activations (L1/L2 resident: every warp of the expert
- * reads the same ones).  Each 32-column MX block is accumulated separately
- * and then scaled by its E8M0 factor, so the scale never touches fp16.
- * The weights of an expert are thus read from memory once per pass over its
- * tokens: once per step for decode batches (up to 8*tiles_per_pass tokens
- * per expert), which is what makes batched decoding cheap.
+ * Plan.  Block (x, y) handles active expert y (of the step's active list).
+ * Decode variant (up to 32 tokens per pass): the block's MOE_KSPLIT warps
+ * split the input dimension (64-column pieces) of one row tile in four fixed
+ * ranges and add their partial sums in a fixed order through shared memory.
+ * Prefill variant (64 tokens per pass): each warp owns a row tile and walks
+ * the whole input dimension, so the four warps of a block read the same
+ * activation fragments (shared through L1).  The two variants order their
+ * sums differently: a token's result is the same for every step with up to
+ * 32 tokens per expert, and may differ in the last bits above (as cuBLAS's
+ * shape-dependent algorithms do anyway).  Per piece a lane loads one uint4
+ * of packed fp4 codes and one scale word (moe_layout.cuh), decodes them into fp16 A fragments with shifts and
+ * masks, and multiplies them (mma.sync m16n8k16, fp32 accumulate) with the
+ * B fragments of up to tiles_per_pass 8-token tiles, loaded as 16-byte
+ * vectors from the fragment-layout activations (L1/L2 resident: every warp
+ * of the expert reads the same ones).  Each 32-column MX block is
+ * accumulated separately and then scaled by its E8M0 factor, so the scale
+ * never touches fp16.  Splitting the input dimension across warps is what
+ * lets a batch-1 decode keep enough loads in flight: a warp walks 11 pieces
+ * instead of 45.  The weights of an expert are read from memory once per
+ * pass over its tokens: once per step for decode batches (up to
+ * 8*tiles_per_pass tokens per expert), which is what makes batched decoding
+ * cheap.
  *
  * Epilogues.  gate_up: the tile's rows are 8 gates and the 8 matching ups
  * (regrouped at upload), so a lane holds gate and up of one feature and
  * token: add the biases, clamp, SwiGLU, and store fp16 directly in the
  * fragment layout that the down product reads.  down: add the bias and store
  * fp32 rows y[sorted row][H] for the combine kernel.
- * Each token's result depends only on its own column of the products, so it
- * is the same whatever other tokens share the step.
+ * Each token's result depends only on its own column of the products and
+ * the variant, not on which other tokens share the step.
  */
 #include "kernels.cuh"
 
-#define MOE_WARPS 4				/* 16-row tiles per block */
+#define MOE_KSPLIT 4			/* warps per block, each a quarter of the input pieces */
 #define MOE_UNROLL 4			/* 64-column pieces whose weights are loaded ahead */
 
 enum
@@ -57,15 +66,158 @@ mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 				 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* One warp: a 16-row tile of expert e's matrix times NT token tiles per pass. */
+/* Writes one row tile's results (acc already holds all four input ranges). */
 template <int MODE, int NT>
-__global__ void __launch_bounds__(MOE_WARPS * 32)
+static __device__ __forceinline__ void
+moe_epilogue(const MoeMatmulArgs &args, const float acc[NT][4], int e, int tile, int row0, int n_e,
+			 int n_tiles, int tc, int g, int t4)
+{
+	/* the fp4 codes were decoded as value * 2^-14 */
+	if (MODE == MOE_GATE_UP)
+	{
+		int			f = tile * 8 + g;
+		int			n_feat = args.w.rows / 2;
+		const float *bias = args.w.bias + (size_t) e * args.w.rows;
+		float		bg;
+		float		bu;
+
+		if (f >= n_feat)
+			return;
+		bg = bias[2 * f];
+		bu = bias[2 * f + 1];
+#pragma unroll
+		for (int j = 0; j < NT; j++)
+#pragma unroll
+			for (int c = 0; c < 2; c++)
+			{
+				int			n = (tc + j) * 8 + 2 * t4 + c;
+				float		gate;
+				float		up;
+				float		a;
+
+				if (tc + j >= n_tiles || n >= n_e)
+					continue;
+				gate = acc[j][c] * 16384.0f + bg;
+				up = acc[j][2 + c] * 16384.0f + bu;
+				gate = fminf(gate, args.limit);
+				up = fmaxf(fminf(up, args.limit), -args.limit);
+				a = gate * (1.0f / (1.0f + expf(-1.702f * gate))) * (up + 1.0f);
+				args.act[frag_index(row0 + n, f, args.act_kc)] = __float2half_rn(a);
+			}
+	}
+	else
+	{
+		int			n_out = args.w.rows;
+		int			o0 = tile * 16 + g;
+		int			o1 = o0 + 8;
+		const float *bias = args.w.bias + (size_t) e * n_out;
+		float		b0 = o0 < n_out ? bias[o0] : 0.0f;
+		float		b1 = o1 < n_out ? bias[o1] : 0.0f;
+
+#pragma unroll
+		for (int j = 0; j < NT; j++)
+#pragma unroll
+			for (int c = 0; c < 2; c++)
+			{
+				int			n = (tc + j) * 8 + 2 * t4 + c;
+				float	   *yr;
+
+				if (tc + j >= n_tiles || n >= n_e)
+					continue;
+				yr = args.y + (size_t) (row0 + n) * n_out;
+				if (o0 < n_out)
+					yr[o0] = acc[j][c] * 16384.0f + b0;
+				if (o1 < n_out)
+					yr[o1] = acc[j][2 + c] * 16384.0f + b1;
+			}
+	}
+}
+
+/*
+ * acc += pieces [c_begin, c_end) of one row tile times NT token tiles (from
+ * tile tc).  PRELOAD: all activation fragments of a piece are loaded before
+ * its products (more loads in flight; measured faster for the 64-token
+ * prefill passes, slower for the small decode passes, bench/NOTES-cuda.md).
+ */
+template <int NT, int PRELOAD>
+static __device__ __forceinline__ void
+moe_range(float acc[NT][4], const uint4 *wp, const uint32_t *sp, const uint4 *xp, int kc,
+		  int c_begin, int c_end, int tc, int n_tiles)
+{
+	for (int c0 = c_begin; c0 < c_end; c0 += MOE_UNROLL)
+	{
+		uint4		wv[MOE_UNROLL];
+		uint32_t	sv[MOE_UNROLL];
+
+#pragma unroll
+		for (int u = 0; u < MOE_UNROLL; u++)
+			if (c0 + u < c_end)
+			{
+				wv[u] = __ldg(wp + (size_t) (c0 + u) * 32);
+				sv[u] = __ldg(sp + (size_t) (c0 + u) * 8);
+			}
+#pragma unroll
+		for (int u = 0; u < MOE_UNROLL; u++)
+		{
+			uint4		bv[NT][2];
+
+			if (c0 + u >= c_end)
+				continue;
+			if (PRELOAD)
+#pragma unroll
+				for (int j = 0; j < NT; j++)
+					if (tc + j < n_tiles)
+					{
+						const uint4 *p = xp + ((size_t) (tc + j) * kc + c0 + u) * 64;
+
+						bv[j][0] = __ldg(p);
+						bv[j][1] = __ldg(p + 1);
+					}
+#pragma unroll
+			for (int h = 0; h < 2; h++)
+			{
+				uint32_t	a0[4];
+				uint32_t	a1[4];
+				float		s_lo = e8m0_to_f32((sv[u] >> (8 * h)) & 255u);
+				float		s_hi = e8m0_to_f32((sv[u] >> (8 * (2 + h))) & 255u);
+
+				fp4x8_to_f16x2(h ? wv[u].z : wv[u].x, a0);
+				fp4x8_to_f16x2(h ? wv[u].w : wv[u].y, a1);
+#pragma unroll
+				for (int j = 0; j < NT; j++)
+					if (tc + j < n_tiles)
+					{
+						uint4		b = PRELOAD ? bv[j][h] :
+							__ldg(xp + ((size_t) (tc + j) * kc + c0 + u) * 64 + h);
+						float		part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+
+						mma_16816(part, a0, b.x, b.y);
+						mma_16816(part, a1, b.z, b.w);
+						acc[j][0] += part[0] * s_lo;
+						acc[j][1] += part[1] * s_lo;
+						acc[j][2] += part[2] * s_hi;
+						acc[j][3] += part[3] * s_hi;
+					}
+			}
+		}
+	}
+}
+
+/*
+ * One expert's row tiles times NT token tiles per pass.  WARP_SPLIT: the
+ * block's warps take the input ranges of one tile (decode); otherwise each
+ * warp takes its own tile and the whole input (prefill).
+ */
+template <int MODE, int NT, int WARP_SPLIT>
+__global__ void __launch_bounds__(MOE_KSPLIT * 32)
 moe_matmul_kernel(MoeMatmulArgs args)
 {
+	__shared__ float red[WARP_SPLIT ? MOE_KSPLIT - 1 : 1][WARP_SPLIT ? NT : 1][4][32];
 	const int	lane = threadIdx.x & 31;
 	const int	g = lane >> 2;
 	const int	t4 = lane & 3;
-	const int	tile = blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+	const int	warp = threadIdx.x >> 5;
+	const int	tile = WARP_SPLIT ? blockIdx.x : blockIdx.x * MOE_KSPLIT + warp;
 	const int	kc = args.w.kc;
 	int			e;
 	int			n_e;
@@ -76,7 +228,7 @@ moe_matmul_kernel(MoeMatmulArgs args)
 	const uint32_t *sp;
 	const uint4 *xp;
 
-	if ((int) blockIdx.y >= *args.route.n_active || tile >= args.w.rtiles)
+	if ((int) blockIdx.y >= *args.route.n_active || (!WARP_SPLIT && tile >= args.w.rtiles))
 		return;
 	e = args.route.active[blockIdx.y];
 	n_e = args.route.count[e];
@@ -91,151 +243,77 @@ moe_matmul_kernel(MoeMatmulArgs args)
 	{
 		float		acc[NT][4];
 
-#pragma unroll
-		for (int j = 0; j < NT; j++)
-			acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-
-		for (int c0 = 0; c0 < kc; c0 += MOE_UNROLL)
+		if (WARP_SPLIT)
 		{
-			uint4		wv[MOE_UNROLL];
-			uint32_t	sv[MOE_UNROLL];
-
 #pragma unroll
-			for (int u = 0; u < MOE_UNROLL; u++)
-				if (c0 + u < kc)
-				{
-					wv[u] = __ldg(wp + (size_t) (c0 + u) * 32);
-					sv[u] = __ldg(sp + (size_t) (c0 + u) * 8);
-				}
-#pragma unroll
-			for (int u = 0; u < MOE_UNROLL; u++)
-			{
-				uint4		bv[NT][2];
-
-				if (c0 + u >= kc)
-					continue;
+			for (int j = 0; j < NT; j++)
+				acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+			moe_range<NT, 0>(acc, wp, sp, xp, kc, warp * kc / MOE_KSPLIT, (warp + 1) * kc / MOE_KSPLIT,
+							 tc, n_tiles);
+			/* partial sums of warps 1..3 -> shared memory; warp 0 adds them in order */
+			if (warp > 0)
 #pragma unroll
 				for (int j = 0; j < NT; j++)
-					if (tc + j < n_tiles)
-					{
-						const uint4 *p = xp + ((size_t) (tc + j) * kc + c0 + u) * 64;
-
-						bv[j][0] = __ldg(p);
-						bv[j][1] = __ldg(p + 1);
-					}
 #pragma unroll
-				for (int h = 0; h < 2; h++)
-				{
-					uint32_t	a0[4];
-					uint32_t	a1[4];
-					float		s_lo = e8m0_to_f32((sv[u] >> (8 * h)) & 255u);
-					float		s_hi = e8m0_to_f32((sv[u] >> (8 * (2 + h))) & 255u);
-
-					fp4x8_to_f16x2(h ? wv[u].z : wv[u].x, a0);
-					fp4x8_to_f16x2(h ? wv[u].w : wv[u].y, a1);
+					for (int c = 0; c < 4; c++)
+						red[warp - 1][j][c][lane] = acc[j][c];
+			__syncthreads();
+			if (warp == 0)
+			{
+#pragma unroll
+				for (int w = 0; w < MOE_KSPLIT - 1; w++)
 #pragma unroll
 					for (int j = 0; j < NT; j++)
-						if (tc + j < n_tiles)
-						{
-							float		part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-
-							mma_16816(part, a0, bv[j][h].x, bv[j][h].y);
-							mma_16816(part, a1, bv[j][h].z, bv[j][h].w);
-							acc[j][0] += part[0] * s_lo;
-							acc[j][1] += part[1] * s_lo;
-							acc[j][2] += part[2] * s_hi;
-							acc[j][3] += part[3] * s_hi;
-						}
-				}
-			}
-		}
-
-		/* the fp4 codes were decoded as value * 2^-14 */
-		if (MODE == MOE_GATE_UP)
-		{
-			int			f = tile * 8 + g;
-			int			n_feat = args.w.rows / 2;
-
-			if (f < n_feat)
-			{
-				const float *bias = args.w.bias + (size_t) e * args.w.rows;
-				float		bg = bias[2 * f];
-				float		bu = bias[2 * f + 1];
-
 #pragma unroll
-				for (int j = 0; j < NT; j++)
-#pragma unroll
-					for (int c = 0; c < 2; c++)
-					{
-						int			n = (tc + j) * 8 + 2 * t4 + c;
-						float		gate;
-						float		up;
-						float		a;
-
-						if (tc + j >= n_tiles || n >= n_e)
-							continue;
-						gate = acc[j][c] * 16384.0f + bg;
-						up = acc[j][2 + c] * 16384.0f + bu;
-						gate = fminf(gate, args.limit);
-						up = fmaxf(fminf(up, args.limit), -args.limit);
-						a = gate * (1.0f / (1.0f + expf(-1.702f * gate))) * (up + 1.0f);
-						args.act[frag_index(row0 + n, f, args.act_kc)] = __float2half_rn(a);
-					}
+						for (int c = 0; c < 4; c++)
+							acc[j][c] += red[w][j][c][lane];
+				moe_epilogue<MODE, NT>(args, acc, e, tile, row0, n_e, n_tiles, tc, g, t4);
 			}
+			__syncthreads();	/* red is reused by the next pass */
 		}
 		else
 		{
-			int			n_out = args.w.rows;
-			int			o0 = tile * 16 + g;
-			int			o1 = o0 + 8;
-			const float *bias = args.w.bias + (size_t) e * n_out;
-			float		b0 = o0 < n_out ? bias[o0] : 0.0f;
-			float		b1 = o1 < n_out ? bias[o1] : 0.0f;
-
+			/* the whole input dimension in one pass (fewer registers than four ranges) */
 #pragma unroll
 			for (int j = 0; j < NT; j++)
-#pragma unroll
-				for (int c = 0; c < 2; c++)
-				{
-					int			n = (tc + j) * 8 + 2 * t4 + c;
-					float	   *yr;
-
-					if (tc + j >= n_tiles || n >= n_e)
-						continue;
-					yr = args.y + (size_t) (row0 + n) * n_out;
-					if (o0 < n_out)
-						yr[o0] = acc[j][c] * 16384.0f + b0;
-					if (o1 < n_out)
-						yr[o1] = acc[j][2 + c] * 16384.0f + b1;
-				}
+				acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
+			moe_range<NT, 1>(acc, wp, sp, xp, kc, 0, kc, tc, n_tiles);
+			moe_epilogue<MODE, NT>(args, acc, e, tile, row0, n_e, n_tiles, tc, g, t4);
 		}
 	}
 }
 
-/* Picks the instantiation for tiles_per_pass and launches it. */
+/* Launches instantiation <MODE, NT, WARP_SPLIT>. */
+template <int MODE, int NT, int WARP_SPLIT>
+static void
+launch_variant(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
+{
+	dim3		grid(WARP_SPLIT ? args.w.rtiles : div_up(args.w.rtiles, MOE_KSPLIT), max_active);
+
+	moe_matmul_kernel<MODE, NT, WARP_SPLIT><<<grid, MOE_KSPLIT * 32, 0, stream>>>(args);
+}
+
+/* Picks the instantiation for tiles_per_pass (the prefill variant at 8) and launches it. */
 template <int MODE>
 static cudaError_t
 launch_moe_matmul(int max_active, int tiles_per_pass, const MoeMatmulArgs &args,
 				  cudaStream_t stream)
 {
-	dim3		grid(div_up(args.w.rtiles, MOE_WARPS), max_active);
-	dim3		block(MOE_WARPS * 32);
-
 	if (max_active <= 0)
 		return cudaSuccess;
 	switch (tiles_per_pass)
 	{
 		case 1:
-			moe_matmul_kernel<MODE, 1><<<grid, block, 0, stream>>>(args);
+			launch_variant<MODE, 1, 1>(max_active, args, stream);
 			break;
 		case 2:
-			moe_matmul_kernel<MODE, 2><<<grid, block, 0, stream>>>(args);
+			launch_variant<MODE, 2, 1>(max_active, args, stream);
 			break;
 		case 4:
-			moe_matmul_kernel<MODE, 4><<<grid, block, 0, stream>>>(args);
+			launch_variant<MODE, 4, 1>(max_active, args, stream);
 			break;
 		default:
-			moe_matmul_kernel<MODE, 8><<<grid, block, 0, stream>>>(args);
+			launch_variant<MODE, 8, 0>(max_active, args, stream);
 			break;
 	}
 	return cudaGetLastError();

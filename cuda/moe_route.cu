@@ -92,6 +92,7 @@ moe_gather_kernel(int K, const float *__restrict__ xn, int H, int kc,
 	if (row < 0)
 		return;
 	/* columns 2i and 2i+1 are adjacent halfs of the layout */
+#pragma unroll 4
 	for (int i = threadIdx.x; i < H / 2; i += blockDim.x)
 	{
 		float2		v = *(const float2 *) (src + 2 * i);
@@ -109,6 +110,6 @@ launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeRoute route, 
 {
 	if (T * K <= 0)
 		return cudaSuccess;
-	moe_gather_kernel<<<T * K, 128, 0, stream>>>(K, xn, H, kc, route.assign_row, x_frag);
+	moe_gather_kernel<<<T * K, 512, 0, stream>>>(K, xn, H, kc, route.assign_row, x_frag);
 	return cudaGetLastError();
 }

@@ -8,7 +8,7 @@
  */
 #include "kernels.cuh"
 
-#define ROPE_THREADS 128
+#define ROPE_THREADS 512
 
 /* Index of (layer, page, kv head, offset in page, dim 0) in the cache. */
 static __device__ __forceinline__ size_t
@@ -38,7 +38,8 @@ rope_kv_kernel(const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ 
 	if (slot >= 0)
 		page = kv.page_table[(size_t) slot * kv.max_pages + pos / KV_PAGE];
 
-	/* rotated pairs of the q heads, then of the k heads */
+	/* rotated pairs of the q heads, then of the k heads (unrolled: loads of several pairs in flight) */
+#pragma unroll 4
 	for (int p = threadIdx.x; p < (Hq + Hkv) * half; p += blockDim.x)
 	{
 		int			head = p / half;
@@ -65,6 +66,7 @@ rope_kv_kernel(const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ 
 	}
 	if (page < 0)
 		return;
+#pragma unroll 2
 	for (int p = threadIdx.x; p < Hkv * D; p += blockDim.x)
 	{
 		int			c = (Hq + Hkv) * D + p;

@@ -71,18 +71,39 @@ block_argmax(const float *v, int n, SampleShared &sh)
 	int			lane = threadIdx.x & 31;
 	int			warp = threadIdx.x >> 5;
 
-	for (int i = threadIdx.x; i < n; i += blockDim.x)
+	/* 16-byte loads, four in flight per thread: the row is 800 KB at V = 201088 */
+	if (n % 4 == 0 && ((uintptr_t) v & 15) == 0)
 	{
-		float		x = v[i];
+		const float4 *v4 = (const float4 *) v;
 
-		if (x != x)
-			continue;
-		if (best_i < 0 || x > best_v)
+#pragma unroll 4
+		for (int i = threadIdx.x; i < n / 4; i += blockDim.x)
 		{
-			best_v = x;
-			best_i = i;
+			float4		x = v4[i];
+			float		e[4] = {x.x, x.y, x.z, x.w};
+
+#pragma unroll
+			for (int c = 0; c < 4; c++)
+				if (e[c] == e[c] && (best_i < 0 || e[c] > best_v || (e[c] == best_v && 4 * i + c < best_i)))
+				{
+					best_v = e[c];
+					best_i = 4 * i + c;
+				}
 		}
 	}
+	else
+		for (int i = threadIdx.x; i < n; i += blockDim.x)
+		{
+			float		x = v[i];
+
+			if (x != x)
+				continue;
+			if (best_i < 0 || x > best_v)
+			{
+				best_v = x;
+				best_i = i;
+			}
+		}
 	for (int round = 0; round < 2; round++)
 	{
 		for (int off = 16; off > 0; off >>= 1)

@@ -7,7 +7,7 @@
  * sampling settings, page-table updates) into pinned memory; one
  * asynchronous copy sends it to the device.  The forward pass is then a
  * fixed sequence of kernels and cuBLAS products on one stream (per layer:
- * q/k/v product, bias+RoPE+KV append, attention, o product, residual+norm,
+ * q/k/v product, bias+RoPE+KV append, attention, o product, residual+norm+
  * router top-k, expert grouping, gather, gate_up+SwiGLU, down, combine+norm),
  * then the lm_head product for the rows that are sampled and the sampling
  * kernel.  The host waits once, at the end, to read the sampled tokens.
@@ -217,9 +217,15 @@ validate_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, const in
 	return total;
 }
 
-/* Enqueues the forward pass of T rows, the lm_head of R rows and their sampling. */
+/*
+ * Enqueues the forward pass of T rows, the lm_head of R rows and their
+ * sampling.  Attention items [0, n_decode) are single tokens of one-token
+ * entries (decode kernel); items [n_decode, n_items) belong to longer chunks
+ * (prefill kernel).  A one-token entry thus always takes the same kernel,
+ * alone or next to prefills, and gets the same result.
+ */
 static int
-forward(CudaBackend *be, const StepView &sv, int T, int n_items, int R, int rows_per_warp,
+forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, int R,
 		gptoss_error *err)
 {
 	const gptoss_config *c = be->cfg;
@@ -237,6 +243,10 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_items, int R, int rows
 	int			max_active = T * K < E ? T * K : E;
 	int			per_expert = div_up(T * K, E);
 	int			tiles_per_pass = per_expert <= 8 ? 1 : per_expert <= 16 ? 2 : per_expert <= 32 ? 4 : 8;
+	StepView	sv_prefill = sv;
+
+	sv_prefill.item_tok0 += n_decode;
+	sv_prefill.item_ntok += n_decode;
 
 	CUDA_TRY(launch_embed_norm(sv, T, be->embedding, be->layers[0].attn_norm, H, eps, a->x, a->xb,
 							   be->page_table, s), err, "embed_norm");
@@ -249,15 +259,16 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_items, int R, int rows
 			return -1;
 		CUDA_TRY(launch_rope_kv(sv, T, l, a->qkv, w->qkv_b, be->rope, Hq, Hkv, D, a->q, be->kv, s),
 				 err, "rope_kv");
-		CUDA_TRY(launch_attention(sv, n_items, rows_per_warp, l,
+		CUDA_TRY(launch_attention(sv, n_decode, 1, l, c->layer_sliding[l] ? c->sliding_window : 0,
+								  a->q, be->kv, w->sinks, Hq, a->att, s), err, "attention");
+		CUDA_TRY(launch_attention(sv_prefill, n_items - n_decode, 0, l,
 								  c->layer_sliding[l] ? c->sliding_window : 0, a->q, be->kv,
 								  w->sinks, Hq, a->att, s), err, "attention");
 		if (dense_gemm(be->cublas, w->o_w, H, nq, a->att, T, a->proj, err, "o product") < 0)
 			return -1;
-		CUDA_TRY(launch_residual_norm(T, a->x, a->proj, w->o_b, w->mlp_norm, H, eps, a->xn, s),
-				 err, "residual_norm");
-		CUDA_TRY(launch_router_topk(sv, T, a->xn, w->router_w, w->router_b, H, E, K, a->topk_idx,
-									a->topk_w, s), err, "router_topk");
+		CUDA_TRY(launch_norm_router(sv, T, a->x, a->proj, w->o_b, w->mlp_norm, eps, a->xn,
+									w->router_w, w->router_b, H, E, K, a->topk_idx, a->topk_w, s),
+				 err, "norm_router");
 		CUDA_TRY(launch_moe_route(T, K, E, a->topk_idx, a->route, s), err, "moe_route");
 		CUDA_TRY(launch_moe_gather(T, K, a->xn, H, be->kc_h, a->route, a->x_frag, s), err, "moe_gather");
 		CUDA_TRY(launch_moe_gate_up(max_active, tiles_per_pass, w->gate_up, a->route, a->x_frag,
@@ -347,9 +358,6 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 			 float *logits, gptoss_error *err)
 {
 	const gptoss_config *c = be->cfg;
-	int			group = c->num_heads / c->num_kv_heads;
-	int			prefill = 0;
-	int			rows_per_warp;
 	int			per_item;
 	int		   *done = (int *) calloc(n_seqs, sizeof(int));
 	int64_t    *entry_row = (int64_t *) calloc(n_seqs, sizeof(int64_t));
@@ -363,17 +371,14 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 		goto out;
 	}
 	for (int i = 0; i < n_seqs; i++)
-	{
-		prefill |= seqs[i].n_tokens > 1;
 		entry_row[i] = i ? entry_row[i - 1] + seqs[i - 1].n_tokens : 0;
-	}
-	rows_per_warp = prefill || group > ATTN_WARPS ? 4 : 1;
-	per_item = ATTN_WARPS * rows_per_warp / group;
+	per_item = attention_tokens_per_item(c->num_heads, c->num_kv_heads, c->head_dim, 0);
 
 	for (;;)
 	{
 		int			T = 0;
 		int			NI = 0;
+		int			n_decode = 0;
 		int			R = 0;
 		int			U = 0;
 		int			n_chunks = 0;
@@ -395,7 +400,7 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 			chunks[n_chunks].row0 = T;
 			n_chunks++;
 			T += take;
-			NI += div_up(take, per_item);
+			NI += take == 1 ? 1 : div_up(take, per_item);
 			R += done[i] + take == seqs[i].n_tokens && seqs[i].sample;
 			U += pages_missing(be, seqs[i].slot, seqs[i].pos + done[i] + take);
 		}
@@ -406,7 +411,16 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 			CUDA_TRY(cudaStreamSynchronize(be->stream), err, "step");
 		dl = desc_layout(T, NI, R, U);
 		desc_views(be, dl, &h, &sv);
-		NI = R = U = 0;
+		R = U = 0;
+		/* one-token chunks first (decode kernel), then the items of longer chunks */
+		for (int k = 0; k < n_chunks; k++)
+			if (chunks[k].take == 1)
+			{
+				h.item_tok0[n_decode] = chunks[k].row0;
+				h.item_ntok[n_decode] = 1;
+				n_decode++;
+			}
+		NI = n_decode;
 		for (int k = 0; k < n_chunks; k++)
 		{
 			const gptoss_step_seq *s = &seqs[chunks[k].entry];
@@ -418,7 +432,7 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 				h.tok_pos[chunks[k].row0 + j] = pos0 + j;
 				h.tok_slot[chunks[k].row0 + j] = s->slot;
 			}
-			for (int j = 0; j < chunks[k].take; j += per_item)
+			for (int j = 0; j < chunks[k].take && chunks[k].take > 1; j += per_item)
 			{
 				h.item_tok0[NI] = chunks[k].row0 + j;
 				h.item_ntok[NI] = chunks[k].take - j < per_item ? chunks[k].take - j : per_item;
@@ -435,7 +449,7 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 		*h.n_upd = U;
 		CUDA_TRY(cudaMemcpyAsync(be->desc_dev, be->desc_host, dl.total, cudaMemcpyHostToDevice,
 								 be->stream), err, "descriptor copy");
-		if (forward(be, sv, T, NI, R, rows_per_warp, err) < 0)
+		if (forward(be, sv, T, n_decode, NI, R, err) < 0)
 			goto out;
 		if (logits && copy_logits(be, chunks, n_chunks, T, entry_row, logits, err) < 0)
 			goto out;
@@ -456,8 +470,6 @@ static int
 graph_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *next_tokens,
 		   gptoss_error *err)
 {
-	int			group = be->cfg->num_heads / be->cfg->num_kv_heads;
-	int			rows_per_warp = group > ATTN_WARPS ? 4 : 1;
 	int			b = 0;
 	int			B;
 	int			U = 0;
@@ -501,7 +513,7 @@ graph_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *ne
 
 		CUDA_TRY(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal), err,
 				 "graph capture");
-		rc = forward(be, sv, B, B, B, rows_per_warp, err);
+		rc = forward(be, sv, B, B, B, B, err);
 		ce = cudaStreamEndCapture(be->stream, &graph);
 		if (rc < 0 || ce != cudaSuccess)
 		{

@@ -2,15 +2,19 @@
 # test/gpu/run.sh: builds gptoss with CUDA on the GPU machine, checks the CUDA
 # backend and times it; everything it prints also goes to $OUT/run.log.
 #
-#   bash test/gpu/run.sh [quick|full|bench]
+#   bash test/gpu/run.sh [quick|full|profile|bench]
 #
-# quick: build; kernel tests (test_kernels); CUDA vs CPU backend on the tiny
-#        and tiny-odd synth models (test_backend); compute-sanitizer memcheck
-#        on a short run; CLI logits/generate/bench on tiny.
-# full:  quick, then the 20b synth checkpoint: decode benchmarks at batch
-#        1,8,32,64,128 (128-token prompts, 128 generated), prefill 512/2048,
-#        then CUDA vs CPU top-1 and batched vs unbatched greedy (test_backend).
-# bench: build, 20b synth and the benchmarks only.
+# quick:   build; kernel tests (test_kernels); CUDA vs CPU backend on the tiny
+#          and tiny-odd synth models (test_backend); compute-sanitizer memcheck
+#          on a short run; CLI logits/generate/bench on tiny.
+# full:    quick, then on the 20b synth checkpoint: the benchmarks (below) and
+#          CUDA vs CPU top-1 and batched vs unbatched greedy (test_backend).
+# bench:   build, 20b synth, benchmarks: bench_backend (the backend alone,
+#          CUDA graphs on and off) and `gptoss bench` at batch 1,8,32,64,128
+#          (128-token prompts, 128 generated) and prefill 512/2048.
+# profile: kernel tests, tiny backend test, benchmarks, then per-kernel GPU
+#          time (Nsight Compute) of batch-1 decode, batch-64 decode and a
+#          2048-token prefill ($OUT/profile.txt).
 # The GPU machine has no jansson/PCRE2 and no tokenizer: carry .gpu-deps (the
 # Debian packages and tokenizer.json.gz); they are unpacked under /tmp here.
 set -uo pipefail
@@ -54,18 +58,23 @@ nvcc -O2 -std=c++17 -Isrc/engine -Icuda -gencode=arch=compute_90a,code=sm_90a \
 gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/test_backend" test/gpu/test_backend.c \
 	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
 	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: test_backend build"; exit 1; }
+gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/bench_backend" test/gpu/bench_backend.c \
+	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
+	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: bench_backend build"; exit 1; }
 echo "built"
 
-if [ "$mode" != bench ]; then
+tests_tiny() {
 	section "kernel tests"
 	"$bin/test_kernels" || fail "test_kernels"
-
 	for preset in tiny tiny-odd; do
 		bin/gptoss synth --preset $preset --out "$models/$preset" --tokenizer "$tok" >/dev/null ||
 			fail "synth $preset"
 	done
 	section "backend tests: tiny"
 	"$bin/test_backend" "$models/tiny" 100 24 || fail "test_backend tiny"
+}
+
+tests_quick_rest() {
 	section "backend tests: tiny-odd"
 	"$bin/test_backend" "$models/tiny-odd" 77 24 || fail "test_backend tiny-odd"
 
@@ -85,28 +94,62 @@ if [ "$mode" != bench ]; then
 	bin/gptoss generate --model "$models/tiny" --device cuda --raw --prompt "Hello there" \
 		--max-tokens 12 --temperature 0 --ignore-eos --json || fail "generate cuda"
 	bin/gptoss bench --model "$models/tiny" --device cuda --batch 1,8 --prompt-len 64 --gen 32 || fail "bench tiny"
-fi
+}
 
-if [ "$mode" != quick ]; then
+synth_20b() {
 	section "20b synth checkpoint"
 	if [ ! -f "$models/20b/config.json" ]; then
 		t0=$SECONDS
 		bin/gptoss synth --preset 20b --out "$models/20b" --tokenizer "$tok" >/dev/null || fail "synth 20b"
 		echo "synth 20b: $((SECONDS - t0)) s"
 	fi
-	section "benchmarks: 20b decode"
+}
+
+benches() {
+	section "bench_backend: 20b decode, CUDA graphs on"
+	timeout 150 "$bin/bench_backend" "$models/20b" 1,8,32,64,128 128 128 1 | tee -a "$OUT/bench.jsonl" || fail "bench_backend graphs"
+	section "bench_backend: 20b decode, CUDA graphs off"
+	timeout 100 "$bin/bench_backend" "$models/20b" 1,64 128 32 0 | tee -a "$OUT/bench.jsonl" || fail "bench_backend no graphs"
+	section "bench_backend: 20b prefill"
+	for n in 512 2048; do
+		timeout 60 "$bin/bench_backend" "$models/20b" 1 $n 2 1 | tee -a "$OUT/bench.jsonl" || fail "bench_backend prefill $n"
+	done
+	section "gptoss bench: 20b decode"
 	cmd="bin/gptoss bench --model $models/20b --device cuda --batch 1,8,32,64,128 --prompt-len 128 --gen 128"
 	echo "$cmd"; timeout 200 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench decode"
-	section "benchmarks: 20b prefill"
+	section "gptoss bench: 20b prefill"
 	for n in 512 2048; do
 		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 1 --prompt-len $n --gen 2"
 		echo "$cmd"; timeout 120 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench prefill $n"
 	done
-	if [ "$mode" = full ]; then
+}
+
+profile() {
+	local name=$1; shift
+	section "profile: $name"
+	timeout 240 ncu --metrics gpu__time_duration.sum --clock-control none --csv \
+		--log-file "$bin/ncu_$name.csv" "$@" >/dev/null 2>"$bin/ncu_$name.err" || fail "ncu $name"
+	tail -3 "$bin/ncu_$name.err"
+	python3 test/gpu/ncu_summary.py "$bin/ncu_$name.csv" "$name" | tee -a "$OUT/profile.txt"
+}
+
+case "$mode" in
+	quick)
+		tests_tiny; tests_quick_rest ;;
+	full)
+		tests_tiny; tests_quick_rest; synth_20b; benches
 		section "backend tests: 20b (CUDA vs CPU, batched vs unbatched)"
-		timeout 300 "$bin/test_backend" "$models/20b" 12 6 || fail "test_backend 20b"
-	fi
-fi
+		timeout 300 "$bin/test_backend" "$models/20b" 12 6 --top1 || fail "test_backend 20b" ;;
+	bench)
+		synth_20b; benches ;;
+	profile)
+		tests_tiny; synth_20b; benches
+		profile decode_b1 "$bin/bench_backend" "$models/20b" 1 16 6 1
+		profile decode_b64 "$bin/bench_backend" "$models/20b" 64 16 4 1
+		profile prefill_2048 "$bin/bench_backend" "$models/20b" 1 2048 2 1 ;;
+	*)
+		echo "unknown mode $mode"; exit 2 ;;
+esac
 
 section "done"
 [ $status -eq 0 ] && echo "ALL PASSED" || echo "SOME CHECKS FAILED"

@@ -5,10 +5,12 @@
  *
  *   moe:       MXFP4 re-layout + routing + gather + gate_up/SwiGLU + down,
  *              odd shapes (padding of rows and columns) and 20b shapes, every
- *              tiles_per_pass variant (which must agree bit for bit)
+ *              tiles_per_pass variant (the decode ones, 1/2/4, must agree bit
+ *              for bit)
  *   attention: paged cache with shuffled pages, GQA, sinks, sliding window,
  *              decode rows and multi-token prefill items
- *   router:    fp32 logits, top-k and softmax
+ *   router:    residual + norm, fp32 logits, top-k and softmax
+ *   dense:     dense_gemm (cuBLAS, bf16 in, fp32 out) at decode and prefill T
  *   sample:    greedy and temperature/top-k/top-p against gptoss_sample on
  *              the same logits, plus ties and NaN
  * Output poisoned before each run; relative error = ||gpu - ref|| / ||ref||.
@@ -21,6 +23,7 @@
 #include <vector>
 
 #include "kernels.cuh"
+#include "dense.cuh"
 
 static int	n_fail = 0;
 
@@ -260,7 +263,7 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 		check(worst <= 4e-3, name, worst, 4e-3);
 		if (v == 0)
 			first = got;
-		else
+		else if (tpp < 8)
 		{
 			snprintf(name, sizeof(name), "moe tiles/pass=%d identical to tiles/pass=1", tpp);
 			check(memcmp(first.data(), got.data(), got.size() * 4) == 0, name, 0, 0);
@@ -272,8 +275,7 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 
 /* Attention over a paged cache vs a double reference. */
 static void
-test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, int rows_per_warp,
-			   uint64_t seed)
+test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, uint64_t seed)
 {
 	Rng			rng = {seed};
 	int			G = Hq / Hkv;
@@ -318,7 +320,8 @@ test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, int rows_
 	for (auto &v : sinks) v = (float) rng.normal();
 
 	/* step descriptor: tokens ctx-n_new .. ctx-1 of slot 0, items of per_item tokens */
-	int			per_item = ATTN_WARPS * rows_per_warp / G;
+	int			decode = n_new == 1;
+	int			per_item = attention_tokens_per_item(Hq, Hkv, D, decode);
 	std::vector<int32_t> tok_pos(n_new), tok_slot(n_new, slot), i0, in;
 
 	for (int t = 0; t < n_new; t++)
@@ -338,7 +341,8 @@ test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, int rows_
 	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
 	CK(cudaMalloc(&att, (size_t) n_new * Hq * D * 2));
 	CK(cudaMemset(att, 0xFF, (size_t) n_new * Hq * D * 2));
-	CK(launch_attention(sv, (int) i0.size(), rows_per_warp, layer, window, to_device(q), kv,
+	CK(attention_prepare());
+	CK(launch_attention(sv, (int) i0.size(), decode, layer, window, to_device(q), kv,
 						to_device(sinks), Hq, att, 0));
 	CK(cudaDeviceSynchronize());
 	std::vector<__nv_bfloat16> out = to_host(att, (size_t) n_new * Hq * D);
@@ -379,51 +383,70 @@ test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, int rows_
 	num = sqrt(num / den);
 	if (num != num)
 		num = INFINITY;
-	snprintf(name, sizeof(name), "attention Hq=%d Hkv=%d D=%d ctx=%d new=%d window=%d rpw=%d: rel err",
-			 Hq, Hkv, D, ctx, n_new, window, rows_per_warp);
+	snprintf(name, sizeof(name), "attention Hq=%d Hkv=%d D=%d ctx=%d new=%d window=%d: rel err",
+			 Hq, Hkv, D, ctx, n_new, window);
 	check(num <= 5e-3, name, num, 5e-3);
 }
 
-/* Router top-k vs host. */
+/* Residual + norm + router top-k vs host. */
 static void
 test_router(int T, int H, int E, int K, uint64_t seed)
 {
 	Rng			rng = {seed};
-	std::vector<float> x((size_t) T * H), b(E);
+	std::vector<float> x((size_t) T * H), proj((size_t) T * H), bias(H), nw(H), b(E);
 	std::vector<__nv_bfloat16> w((size_t) E * H);
 	std::vector<int32_t> slot(T, 0);
 	int			bad = 0;
-	double		werr = 0;
+	double		werr = 0, nerr = 0, nden = 0;
 	char		name[128];
 
 	for (auto &v : x) v = (float) rng.normal();
+	for (auto &v : proj) v = (float) rng.normal();
+	for (auto &v : bias) v = (float) (0.1 * rng.normal());
+	for (auto &v : nw) v = (float) (1.0 + 0.1 * rng.normal());
 	for (auto &v : w) v = __float2bfloat16((float) (rng.normal() / sqrt((double) H)));
 	for (auto &v : b) v = (float) (0.1 * rng.normal());
 	slot[T - 1] = -1;			/* a padding row */
 	StepView	sv = {};
 	int32_t    *idx;
-	float	   *wt;
+	float	   *wt, *d_xn, *d_x = to_device(x);
 
 	sv.tok_slot = to_device(slot);
 	CK(cudaMalloc(&idx, (size_t) T * K * 4));
 	CK(cudaMalloc(&wt, (size_t) T * K * 4));
-	CK(launch_router_topk(sv, T, to_device(x), to_device(w), to_device(b), H, E, K, idx, wt, 0));
+	CK(cudaMalloc(&d_xn, (size_t) T * H * 4));
+	CK(launch_norm_router(sv, T, d_x, to_device(proj), to_device(bias), to_device(nw), 1e-5f, d_xn,
+						  to_device(w), to_device(b), H, E, K, idx, wt, 0));
 	CK(cudaDeviceSynchronize());
 	std::vector<int32_t> gi = to_host(idx, (size_t) T * K);
 	std::vector<float> gw = to_host(wt, (size_t) T * K);
+	std::vector<float> gx = to_host(d_xn, (size_t) T * H);
 
-	for (int t = 0; t < T - 1; t++)
+	for (int t = 0; t < T; t++)
 	{
-		std::vector<double> lg(E);
+		std::vector<double> xn(H), lg(E);
 		std::vector<int> sel;
-		double		sum = 0;
+		double		ss = 0, sum = 0;
 
+		for (int i = 0; i < H; i++)
+		{
+			xn[i] = (double) x[(size_t) t * H + i] + ((double) proj[(size_t) t * H + i] + bias[i]);
+			ss += xn[i] * xn[i];
+		}
+		for (int i = 0; i < H; i++)
+		{
+			xn[i] = nw[i] * (xn[i] / sqrt(ss / H + 1e-5));
+			nerr += (gx[(size_t) t * H + i] - xn[i]) * (gx[(size_t) t * H + i] - xn[i]);
+			nden += xn[i] * xn[i];
+		}
+		if (slot[t] < 0)
+			continue;
 		for (int e = 0; e < E; e++)
 		{
 			double		s = b[e];
 
 			for (int i = 0; i < H; i++)
-				s += (double) x[(size_t) t * H + i] * __bfloat162float(w[(size_t) e * H + i]);
+				s += xn[i] * __bfloat162float(w[(size_t) e * H + i]);
 			lg[e] = s;
 		}
 		for (int k = 0; k < K; k++)
@@ -450,10 +473,64 @@ test_router(int T, int H, int E, int K, uint64_t seed)
 		}
 	}
 	bad += gi[(size_t) (T - 1) * K] != -1;
-	snprintf(name, sizeof(name), "router T=%d E=%d K=%d: wrong experts", T, E, K);
+	snprintf(name, sizeof(name), "norm_router T=%d H=%d: normed rows rel err", T, H);
+	check(sqrt(nerr / nden) <= 1e-6, name, sqrt(nerr / nden), 1e-6);
+	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: wrong experts", T, E, K);
 	check(bad == 0, name, bad, 0);
-	snprintf(name, sizeof(name), "router T=%d E=%d K=%d: max weight error", T, E, K);
+	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: max weight error", T, E, K);
 	check(werr <= 1e-5, name, werr, 1e-5);
+}
+
+/* dense_gemm vs a double reference. */
+static void
+test_dense(cublasHandle_t handle, int N, int K, uint64_t seed)
+{
+	Rng			rng = {seed};
+	const int	T_max = 64;
+	std::vector<__nv_bfloat16> w((size_t) N * K), x((size_t) T_max * K);
+	__nv_bfloat16 *d_w, *d_x;
+	float	   *d_y;
+	gptoss_error err = {};
+	int			Ts[5] = {1, 3, 8, 9, 64};
+	char		name[128];
+
+	for (auto &v : w) v = __float2bfloat16((float) (rng.normal() / sqrt((double) K)));
+	for (auto &v : x) v = __float2bfloat16((float) rng.normal());
+	d_w = to_device(w);
+	d_x = to_device(x);
+	CK(cudaMalloc(&d_y, (size_t) T_max * N * 4));
+	for (int ti = 0; ti < 5; ti++)
+	{
+		int			T = Ts[ti];
+		double		num = 0, den = 0;
+
+		CK(cudaMemset(d_y, 0xFF, (size_t) T_max * N * 4));
+		if (dense_gemm(handle, d_w, N, K, d_x, T, d_y, &err, "test") < 0)
+		{
+			printf("FAIL dense_gemm: %s\n", err.msg);
+			n_fail++;
+			return;
+		}
+		CK(cudaDeviceSynchronize());
+		std::vector<float> y = to_host(d_y, (size_t) T * N);
+
+		for (int t = 0; t < T; t += (T > 8 ? 7 : 1))
+			for (int n = 0; n < N; n++)
+			{
+				double		ref = 0;
+
+				for (int k = 0; k < K; k++)
+					ref += (double) __bfloat162float(w[(size_t) n * K + k]) * __bfloat162float(x[(size_t) t * K + k]);
+				num += (y[(size_t) t * N + n] - ref) * (y[(size_t) t * N + n] - ref);
+				den += ref * ref;
+			}
+		num = sqrt(num / den);
+		if (num != num)
+			num = INFINITY;
+		snprintf(name, sizeof(name), "dense N=%d K=%d T=%d: rel err", N, K, T);
+		check(num <= 1e-5, name, num, 1e-5);
+	}
+	cudaFree(d_w), cudaFree(d_x), cudaFree(d_y);
 }
 
 /* GPU sampling vs gptoss_sample on identical logits. */
@@ -543,15 +620,36 @@ main(void)
 	test_moe(8, 64, 64, 2, 37, 20, 2);		/* tiny shapes, one expert with 20+ tokens */
 	test_moe(32, 2880, 2880, 4, 1, 0, 3);	/* 20b, decode */
 	test_moe(32, 2880, 2880, 4, 70, 40, 4);	/* 20b, batch: several tiles per expert */
-	test_attention(4, 2, 16, 40, 1, 0, 1, 5);
-	test_attention(4, 2, 16, 40, 1, 8, 1, 6);
-	test_attention(6, 2, 16, 53, 17, 6, 4, 7);
-	test_attention(64, 8, 64, 300, 1, 128, 1, 8);
-	test_attention(64, 8, 64, 300, 1, 0, 1, 9);
-	test_attention(64, 8, 64, 200, 37, 0, 4, 10);
-	test_attention(64, 8, 64, 200, 37, 128, 4, 11);
+	test_attention(4, 2, 16, 40, 1, 0, 5);
+	test_attention(4, 2, 16, 40, 1, 8, 6);
+	test_attention(6, 2, 16, 53, 17, 6, 7);
+	test_attention(4, 2, 16, 100, 100, 8, 22);	/* the tiny model's prefill: 4 items of 32 tokens */
+	test_attention(4, 2, 16, 100, 100, 0, 23);
+	test_attention(64, 8, 64, 300, 1, 128, 8);
+	test_attention(64, 8, 64, 300, 1, 0, 9);
+	test_attention(64, 8, 64, 1000, 1, 0, 16);	/* more tiles than warps */
+	test_attention(64, 8, 64, 200, 37, 0, 10);
+	test_attention(64, 8, 64, 200, 37, 128, 11);
+	test_attention(64, 4, 128, 77, 1, 0, 17);	/* D = 128, G = 16: CUDA-core kernel for a decode row */
+	test_attention(64, 4, 128, 150, 40, 0, 18);	/* G = 16: CUDA-core prefill kernel */
+	test_attention(64, 8, 128, 150, 40, 64, 19);	/* D = 128 on the tensor cores */
+	test_attention(64, 8, 64, 700, 300, 0, 20);	/* long chunk, many tiles */
+	test_attention(64, 8, 64, 700, 300, 128, 21);
 	test_router(9, 2880, 32, 4, 12);
 	test_router(5, 96, 6, 2, 13);
+	{
+		cublasHandle_t handle;
+
+		if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS)
+		{
+			printf("FAIL cublasCreate\n");
+			return 1;
+		}
+		test_dense(handle, 5120, 2880, 24);		/* 20b q/k/v */
+		test_dense(handle, 2880, 4096, 25);		/* 20b o */
+		test_dense(handle, 160, 96, 26);		/* tiny-odd q/k/v */
+		cublasDestroy(handle);
+	}
 	test_sample(201088, 14);
 	test_sample(1000, 15);
 	printf("%s: %d failed checks\n", n_fail ? "FAILED" : "PASSED", n_fail);
