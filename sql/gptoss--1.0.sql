@@ -15,6 +15,14 @@ LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
 COMMENT ON FUNCTION gptoss_generate(text, jsonb) IS
 'answer a prompt (harmony user message; with raw, continue the text)';
 
+CREATE FUNCTION gptoss_generate_many(prompts text[], params jsonb DEFAULT '{}')
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'gptoss_generate_many'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 1000000;
+
+COMMENT ON FUNCTION gptoss_generate_many(text[], jsonb) IS
+'answer many prompts at once, batched in the worker; answers in prompt order (NULL for NULL)';
+
 CREATE FUNCTION gptoss_generate_stream(prompt text, params jsonb DEFAULT '{}')
 RETURNS SETOF text
 AS 'MODULE_PATHNAME', 'gptoss_generate_stream'

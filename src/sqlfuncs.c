@@ -32,6 +32,7 @@
 #define MAX_STOP_STRINGS 64
 
 PG_FUNCTION_INFO_V1(gptoss_generate);
+PG_FUNCTION_INFO_V1(gptoss_generate_many);
 PG_FUNCTION_INFO_V1(gptoss_generate_stream);
 PG_FUNCTION_INFO_V1(gptoss_chat);
 PG_FUNCTION_INFO_V1(gptoss_tokenize);
@@ -477,6 +478,90 @@ gptoss_generate(PG_FUNCTION_ARGS)
 
 	run_generate(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1), &resp);
 	PG_RETURN_TEXT_P(from_utf8(resp.text.data, resp.text.len));
+}
+
+/* Builds the GENERATE request of one prompt of gptoss_generate_many. */
+static void
+build_many_request(GptossRequest *req, const ParsedParams *pp, Datum prompt)
+{
+	text	   *t = DatumGetTextPP(prompt);
+
+	memset(req, 0, sizeof(*req));
+	req->kind = GPTOSS_REQ_GENERATE;
+	fill_request(req, pp);
+	req->text = to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+	req->text_len = strlen(req->text);
+}
+
+/*
+ * gptoss_generate_many(prompts text[], params jsonb) returns text[]: the
+ * answers of all prompts, in order (NULL for a NULL prompt).
+ *
+ * A scalar function called once per row runs one sequence at a time, so a
+ * single query never fills the worker's batch.  This one keeps a window of
+ * requests in flight (up to the batch size of the workers, and at most half
+ * of the request slots so other sessions still get in) and collects them in
+ * order, so one statement over many rows runs batched.  An error or a cancel
+ * ends the statement; the open requests are dropped with their segments.
+ */
+Datum
+gptoss_generate_many(PG_FUNCTION_ARGS)
+{
+	ArrayType  *prompts = PG_GETARG_ARRAYTYPE_P(0);
+	ParsedParams pp;
+	Datum	   *items;
+	bool	   *nulls;
+	int			n;
+	Datum	   *answers;
+	GptossCall **calls;
+	int			window;
+	int			next = 0;
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	gptoss_check_preloaded();
+	if (ARR_NDIM(prompts) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("gptoss_generate_many expects a one-dimensional array of prompts")));
+	parse_params(PG_GETARG_JSONB_P(1), &pp);
+	deconstruct_array(prompts, TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, &n);
+	if (n == 0)
+		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
+
+	window = Max(1, Min(gptoss_max_batch_size * gptoss_worker_count(), gptoss_max_requests / 2));
+	answers = palloc0(sizeof(Datum) * n);
+	calls = palloc0(sizeof(GptossCall *) * n);
+	for (int i = 0; i < n; i++)
+	{
+		GptossResponse resp;
+
+		/* Top the window up: requests i .. i + window - 1 are in flight. */
+		for (; next < n && next < i + window; next++)
+		{
+			GptossRequest req;
+
+			if (nulls[next])
+				continue;
+			build_many_request(&req, &pp, items[next]);
+			calls[next] = gptoss_call_start(&req);
+		}
+		if (nulls[i])
+			continue;
+		memset(&resp, 0, sizeof(resp));
+		initStringInfo(&resp.text);
+		initStringInfo(&resp.reasoning);
+		while (gptoss_call_next(calls[i], &resp))
+			;
+		gptoss_call_end(calls[i]);
+		calls[i] = NULL;
+		answers[i] = PointerGetDatum(from_utf8(resp.text.data, resp.text.len));
+		pfree(resp.text.data);
+		pfree(resp.reasoning.data);
+	}
+	dims[0] = n;
+	PG_RETURN_ARRAYTYPE_P(construct_md_array(answers, nulls, 1, dims, lbs,
+											 TEXTOID, -1, false, TYPALIGN_INT));
 }
 
 /* State of a gptoss_generate_stream scan. */

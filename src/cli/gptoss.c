@@ -730,6 +730,7 @@ create_engine(const cli_opts *o, int max_seqs, int max_context, int prefill_chun
 	eopts.backend.max_context = max_context;
 	eopts.backend.threads = (int) o->threads;
 	eopts.backend.gpu_memory_fraction = 0.9;
+	eopts.backend.cuda_graphs = 1;	/* as the worker does by default */
 	eopts.prefill_chunk = prefill_chunk;
 	eopts.max_step_tokens = (int) o->max_step_tokens;
 	eng = gptoss_engine_create(&eopts, show_progress, ps, &err);
