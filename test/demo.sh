@@ -54,6 +54,11 @@ INSERT INTO docs VALUES
 SELECT id, gptoss_generate(body, '{"max_tokens": 32, "temperature": 0}') AS answer FROM docs;
 \echo '-- raw continuations'
 SELECT id, gptoss_generate(body, '{"raw": true, "max_tokens": 16, "temperature": 0}') AS continuation FROM docs;
+\echo '-- the same rows batched in one call: gptoss_generate_many'
+SELECT a.id, a.continuation
+FROM (SELECT array_agg(id ORDER BY id) AS ids, array_agg(body ORDER BY id) AS bodies FROM docs) s,
+     unnest(s.ids, gptoss_generate_many(s.bodies, '{"raw": true, "max_tokens": 16, "temperature": 0}'))
+       AS a(id, continuation);
 \echo '-- gptoss_stats'
 \x on
 SELECT * FROM gptoss_stats;
