@@ -14,13 +14,13 @@ log() { printf '== %s\n' "$*" >&2; }
 
 missing=()
 for p in $APT_PACKAGES; do
+	# Node and npm may come from elsewhere (nodesource, nvm): any npm will do.
+	[ "$p" = npm ] && command -v npm >/dev/null && continue
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
 	if [ "$(id -u)" = 0 ]; then
 		log "installing Debian packages: ${missing[*]}"
-		# Node/npm may come from elsewhere (nodesource); only install npm when no npm exists.
-		if command -v npm >/dev/null; then missing=("${missing[@]/npm}"); fi
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]} >&2 \
 			|| { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]} >&2; }
 	else
