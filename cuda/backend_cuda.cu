@@ -525,53 +525,24 @@ check_model(const gptoss_model *model, const gptoss_backend_opts *opts, gptoss_e
 {
 	const gptoss_config *c;
 
-	if (!model || !model->layers || !model->embedding || !model->lm_head || !model->final_norm)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cuda backend: model has no weights");
+	if (gptoss_backend_check_model(model, opts, "cuda backend", err) < 0)
+		return -1;
 	c = &model->config;
-	if (c->hidden_size <= 0 || c->hidden_size % 32 != 0 || c->hidden_size > MAX_HIDDEN ||
-		c->intermediate_size <= 0 || c->intermediate_size % 32 != 0)
+	if (c->hidden_size > MAX_HIDDEN)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cuda backend: hidden_size %d exceeds %d",
+								  c->hidden_size, MAX_HIDDEN);
+	if (c->num_heads / c->num_kv_heads > ATTN_ROWS_PER_WARP * ATTN_WARPS)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: hidden_size %d (at most %d) and intermediate_size %d must be positive multiples of 32",
-								  c->hidden_size, MAX_HIDDEN, c->intermediate_size);
-	if (c->num_layers <= 0 || c->num_layers > GPTOSS_MAX_LAYERS || c->num_heads <= 0 ||
-		c->num_kv_heads <= 0 || c->num_heads % c->num_kv_heads != 0 ||
-		c->num_heads / c->num_kv_heads > ATTN_ROWS_PER_WARP * ATTN_WARPS)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: unsupported layer/head counts (layers %d, heads %d, kv heads %d; "
-								  "at most %d query heads per kv head)",
-								  c->num_layers, c->num_heads, c->num_kv_heads, ATTN_ROWS_PER_WARP * ATTN_WARPS);
+								  "cuda backend: %d query heads per kv head (at most %d)",
+								  c->num_heads / c->num_kv_heads, ATTN_ROWS_PER_WARP * ATTN_WARPS);
 	if (c->head_dim <= 0 || c->head_dim % 8 != 0 || c->head_dim > ATTN_MAX_HEAD_DIM)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "cuda backend: head_dim %d must be a multiple of 8 and at most %d",
 								  c->head_dim, ATTN_MAX_HEAD_DIM);
-	if (c->num_experts <= 0 || c->num_experts > 1024 || c->experts_per_token <= 0 ||
-		c->experts_per_token > c->num_experts || c->experts_per_token > 32)
+	if (c->num_experts > 1024 || c->experts_per_token > 32)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: unsupported expert counts (%d experts, %d per token)",
+								  "cuda backend: unsupported expert counts (%d experts, %d per token; at most 1024 and 32)",
 								  c->num_experts, c->experts_per_token);
-	if (c->vocab_size <= 0 || c->sliding_window <= 0)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: bad vocab_size %d or sliding_window %d",
-								  c->vocab_size, c->sliding_window);
-	for (int l = 0; l < c->num_layers; l++)
-	{
-		const gptoss_layer_weights *w = &model->layers[l];
-
-		if (!w->attn_norm || !w->q_weight || !w->q_bias || !w->k_weight || !w->k_bias ||
-			!w->v_weight || !w->v_bias || !w->o_weight || !w->o_bias || !w->sinks ||
-			!w->mlp_norm || !w->router_weight || !w->router_bias || !w->gate_up_blocks ||
-			!w->gate_up_scales || !w->gate_up_bias || !w->down_blocks || !w->down_scales ||
-			!w->down_bias)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cuda backend: layer %d lacks a weight", l);
-	}
-	if (!opts || opts->max_seqs < 1 || opts->max_context < 1)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: max_seqs (%d) and max_context (%d) must be >= 1",
-								  opts ? opts->max_seqs : 0, opts ? opts->max_context : 0);
-	if (c->max_position_embeddings > 0 && opts->max_context > c->max_position_embeddings)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: max_context %d exceeds the model's max_position_embeddings %d",
-								  opts->max_context, c->max_position_embeddings);
 	if (opts->max_seqs > 65536)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cuda backend: max_seqs %d is too large",
 								  opts->max_seqs);
@@ -673,9 +644,10 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 	}
 
 	/* sizes */
-	be->t_max = opts->max_seqs > T_MAX_DEFAULT ? opts->max_seqs : T_MAX_DEFAULT;
+	/* row counts are multiples of DENSE_COLS: the dense products run in calls of that many rows */
+	be->t_max = div_up(opts->max_seqs > T_MAX_DEFAULT ? opts->max_seqs : T_MAX_DEFAULT, DENSE_COLS) * DENSE_COLS;
 	be->moe_rows = be->t_max * c->experts_per_token + 8 * c->num_experts;
-	be->lr = opts->max_seqs > 64 ? opts->max_seqs : 64;
+	be->lr = div_up(opts->max_seqs > 64 ? opts->max_seqs : 64, DENSE_COLS) * DENSE_COLS;
 	be->kc_h = div_up(c->hidden_size, 64);
 	be->kc_i = div_up(c->intermediate_size, 64);
 	fraction = opts->gpu_memory_fraction > 0 && opts->gpu_memory_fraction <= 1 ? opts->gpu_memory_fraction : 0.9;

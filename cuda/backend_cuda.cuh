@@ -106,9 +106,9 @@ struct CudaBackend
 
 	/* activations and step descriptor */
 	Activations act;
-	int			t_max;			/* token rows per forward pass */
+	int			t_max;			/* token rows per forward pass (multiple of DENSE_COLS) */
 	int			moe_rows;		/* t_max*K + 8*E: expert-sorted rows incl. padding */
-	int			lr;				/* logits rows per product */
+	int			lr;				/* logits rows per product (multiple of DENSE_COLS) */
 	char	   *desc_host;		/* pinned [desc_bytes] */
 	char	   *desc_dev;		/* [desc_bytes] */
 	size_t		desc_bytes;

@@ -7,7 +7,14 @@
 #include <cublas_v2.h>
 #include "common.cuh"
 
-/* y[T][N] = x[T][K] . w[N][K]^T (bf16 in, fp32 out and accumulate); -1 with err on failure. */
+/* token rows of every cuBLAS call (one shape, one algorithm: batch-invariant rows) */
+#define DENSE_COLS 128
+
+/*
+ * y[T][N] = x[T][K] . w[N][K]^T (bf16 in, fp32 out and accumulate), issued as
+ * calls of DENSE_COLS rows: x and y must hold T rounded up to DENSE_COLS rows.
+ * -1 with err on failure.
+ */
 int			dense_gemm(cublasHandle_t handle, const __nv_bfloat16 *w, int N, int K,
 					   const __nv_bfloat16 *x, int T, float *y, gptoss_error *err,
 					   const char *what);

@@ -8,10 +8,10 @@
  * ranges and add their partial sums in a fixed order through shared memory.
  * Prefill variant (64 tokens per pass): each warp owns a row tile and walks
  * the whole input dimension, so the four warps of a block read the same
- * activation fragments (shared through L1).  The two variants order their
- * sums differently: a token's result is the same for every step with up to
- * 32 tokens per expert, and may differ in the last bits above (as cuBLAS's
- * shape-dependent algorithms do anyway).  Per piece a lane loads one uint4
+ * activation fragments (shared through L1).  It sums the same four input
+ * ranges separately and adds them in the decode variant's order, so both
+ * variants give a token bitwise the same result: the output of a token does
+ * not depend on how many tokens the step routes to its experts.  Per piece a lane loads one uint4
  * of packed fp4 codes and one scale word (moe_layout.cuh), decodes them into fp16 A fragments with shifts and
  * masks, and multiplies them (mma.sync m16n8k16, fp32 accumulate) with the
  * B fragments of up to tiles_per_pass 8-token tiles, loaded as 16-byte
@@ -37,6 +37,13 @@
 
 #define MOE_KSPLIT 4			/* warps per block, each a quarter of the input pieces */
 #define MOE_UNROLL 4			/* 64-column pieces whose weights are loaded ahead */
+/*
+ * Resident blocks per SM asked of the prefill variant (caps it at 168
+ * registers): its four range sums need 255 registers otherwise, 2 blocks per
+ * SM; 3 blocks with a few spills ran a 2048-token prefill at 18,555 tok/s vs
+ * 15,477 (H200, bench/RESULTS-cuda.md run 16).
+ */
+#define MOE_PREFILL_BLOCKS 3
 
 enum
 {
@@ -209,8 +216,8 @@ moe_range(float acc[NT][4], const uint4 *wp, const uint32_t *sp, const uint4 *xp
  * warp takes its own tile and the whole input (prefill).
  */
 template <int MODE, int NT, int WARP_SPLIT>
-__global__ void __launch_bounds__(MOE_KSPLIT * 32)
-moe_matmul_kernel(MoeMatmulArgs args)
+static __device__ __forceinline__ void
+moe_matmul_body(const MoeMatmulArgs &args)
 {
 	__shared__ float red[WARP_SPLIT ? MOE_KSPLIT - 1 : 1][WARP_SPLIT ? NT : 1][4][32];
 	const int	lane = threadIdx.x & 31;
@@ -273,14 +280,49 @@ moe_matmul_kernel(MoeMatmulArgs args)
 		}
 		else
 		{
-			/* the whole input dimension in one pass (fewer registers than four ranges) */
+			/*
+			 * the same four input ranges, summed in the same order as the
+			 * decode variant's warps 0..3, so a token's result does not
+			 * depend on the variant (i.e. on the step's token count)
+			 */
 #pragma unroll
 			for (int j = 0; j < NT; j++)
 				acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-			moe_range<NT, 1>(acc, wp, sp, xp, kc, 0, kc, tc, n_tiles);
+			moe_range<NT, 1>(acc, wp, sp, xp, kc, 0, kc / MOE_KSPLIT, tc, n_tiles);
+			for (int r = 1; r < MOE_KSPLIT; r++)
+			{
+				float		part[NT][4];
+
+#pragma unroll
+				for (int j = 0; j < NT; j++)
+					part[j][0] = part[j][1] = part[j][2] = part[j][3] = 0.0f;
+				moe_range<NT, 1>(part, wp, sp, xp, kc, r * kc / MOE_KSPLIT, (r + 1) * kc / MOE_KSPLIT,
+								 tc, n_tiles);
+#pragma unroll
+				for (int j = 0; j < NT; j++)
+#pragma unroll
+					for (int c = 0; c < 4; c++)
+						acc[j][c] += part[j][c];
+			}
 			moe_epilogue<MODE, NT>(args, acc, e, tile, row0, n_e, n_tiles, tc, g, t4);
 		}
 	}
+}
+
+/* The decode variant (the block's warps split the input dimension). */
+template <int MODE, int NT>
+__global__ void __launch_bounds__(MOE_KSPLIT * 32)
+moe_matmul_kernel(MoeMatmulArgs args)
+{
+	moe_matmul_body<MODE, NT, 1>(args);
+}
+
+/* The prefill variant (a row tile per warp), register-capped for MOE_PREFILL_BLOCKS blocks per SM. */
+template <int MODE>
+__global__ void __launch_bounds__(MOE_KSPLIT * 32, MOE_PREFILL_BLOCKS)
+moe_prefill_kernel(MoeMatmulArgs args)
+{
+	moe_matmul_body<MODE, 8, 0>(args);
 }
 
 /* Launches instantiation <MODE, NT, WARP_SPLIT>. */
@@ -290,7 +332,10 @@ launch_variant(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
 {
 	dim3		grid(WARP_SPLIT ? args.w.rtiles : div_up(args.w.rtiles, MOE_KSPLIT), max_active);
 
-	moe_matmul_kernel<MODE, NT, WARP_SPLIT><<<grid, MOE_KSPLIT * 32, 0, stream>>>(args);
+	if constexpr (WARP_SPLIT)
+		moe_matmul_kernel<MODE, NT><<<grid, MOE_KSPLIT * 32, 0, stream>>>(args);
+	else
+		moe_prefill_kernel<MODE><<<grid, MOE_KSPLIT * 32, 0, stream>>>(args);
 }
 
 /* Picks the instantiation for tiles_per_pass (the prefill variant at 8) and launches it. */

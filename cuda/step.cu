@@ -1,7 +1,8 @@
 /*
  * step.cu: one step of the CUDA backend (backend.h semantics).
  *
- * Plan.  The host checks the entries exactly as the CPU backend does, gives
+ * Plan.  The host checks the entries with the CPU backend's rules (shared,
+ * backend.c), gives
  * the sequences the KV pages their new tokens need, and writes one packed
  * descriptor (token ids, positions, slots, attention items, logits rows,
  * sampling settings, page-table updates) into pinned memory; one
@@ -149,67 +150,26 @@ sample_row(const gptoss_step_seq *s, int i)
 	return r;
 }
 
-/* Checks every entry before any state changes (same rules as the CPU backend); total tokens or -1. */
+/* Cached tokens of slot (for gptoss_backend_check_step). */
+static int
+cached_len(const gptoss_backend *base, int slot)
+{
+	return ((const CudaBackend *) base)->slots[slot].len;
+}
+
+/* Checks every entry before any state changes (backend.c), then KV tokens and pages; total tokens or -1. */
 static int64_t
 validate_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, const int32_t *next_tokens,
 			  gptoss_error *err)
 {
-	const gptoss_config *c = be->cfg;
-	const gptoss_backend_opts *o = &be->base.opts;
-	int64_t		total = 0;
+	int64_t		total = gptoss_backend_check_step(&be->base, seqs, n_seqs, next_tokens, cached_len,
+												  be->slot_stamp, &be->stamp, err);
 	int64_t		pages = 0;
 
-	if (n_seqs < 0 || (n_seqs > 0 && !seqs))
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "step: bad entry list (%d entries)", n_seqs);
-	be->stamp++;
+	if (total < 0)
+		return -1;
 	for (int i = 0; i < n_seqs; i++)
-	{
-		const gptoss_step_seq *s = &seqs[i];
-
-		if (s->slot < 0 || s->slot >= o->max_seqs)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "step: entry %d: slot %d out of range [0, %d)", i, s->slot, o->max_seqs);
-		if (be->slot_stamp[s->slot] == be->stamp)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "step: entry %d: slot %d appears twice in one step", i, s->slot);
-		be->slot_stamp[s->slot] = be->stamp;
-		if (s->n_tokens < 1 || !s->tokens)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "step: entry %d: needs at least one token (n_tokens %d)", i, s->n_tokens);
-		if (s->pos != be->slots[s->slot].len)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "step: entry %d: pos %d but slot %d holds %d cached tokens",
-									  i, s->pos, s->slot, be->slots[s->slot].len);
-		if ((int64_t) s->pos + s->n_tokens > o->max_context)
-			return gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG,
-									  "step: entry %d: position %lld exceeds the context of %d tokens",
-									  i, (long long) s->pos + s->n_tokens, o->max_context);
-		for (int j = 0; j < s->n_tokens; j++)
-			if (s->tokens[j] < 0 || s->tokens[j] >= c->vocab_size)
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d: token id %d at index %d is outside [0, %d)",
-										  i, (int) s->tokens[j], j, c->vocab_size);
-		if (s->sample)
-		{
-			if (!next_tokens)
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d asks to sample but next_tokens is NULL", i);
-			if (!(s->sampling.temperature >= 0) || !isfinite(s->sampling.temperature))
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d: temperature %g must be finite and >= 0",
-										  i, s->sampling.temperature);
-			if (!(s->sampling.top_p > 0 && s->sampling.top_p <= 1))
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d: top_p %g must be in (0, 1]", i, s->sampling.top_p);
-			if (s->sampling.top_k < 0)
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d: top_k %d must be >= 0", i, s->sampling.top_k);
-		}
-		total += s->n_tokens;
-		pages += pages_missing(be, s->slot, s->pos + s->n_tokens);
-	}
-	if (total > INT32_MAX / 64)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "step: %lld tokens in one step", (long long) total);
+		pages += pages_missing(be, seqs[i].slot, seqs[i].pos + seqs[i].n_tokens);
 	if (be->kv_used + total > be->kv_capacity || pages > be->n_free)
 		return gptoss_errorf_code(err, GPTOSS_ERR_BUSY,
 								  "step: KV cache full (%lld of %lld tokens used, %lld more needed)",
@@ -550,7 +510,7 @@ cuda_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs, int32_t
 		return gptoss_errorf(err, "cuda backend: unusable after an earlier CUDA error");
 	total = validate_step(be, seqs, n_seqs, next_tokens, err);
 	if (total <= 0)
-		return (int) total;
+		return total < 0 ? -1 : 0;
 	for (int i = 0; i < n_seqs; i++)
 		decode &= seqs[i].n_tokens == 1;
 	if (decode && !logits && base->opts.cuda_graphs)

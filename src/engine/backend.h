@@ -91,4 +91,30 @@ gptoss_backend *gptoss_backend_create(const char *device, const gptoss_model *mo
 									  gptoss_progress_fn progress, void *progress_arg,
 									  gptoss_error *err);
 
+/*
+ * Shared argument checks, so that every backend accepts and rejects the same
+ * input with the same message.  who names the backend in messages
+ * ("cpu backend").  Checks the model's shapes and weights that every
+ * backend relies on and the opts (max_seqs, max_context); 0 or -1 with err
+ * (GPTOSS_ERR_INVALID).  A backend adds its own limits after it.
+ */
+int			gptoss_backend_check_model(const gptoss_model *model, const gptoss_backend_opts *opts,
+									   const char *who, gptoss_error *err);
+
+/* A backend's count of cached tokens of slot (its next position). */
+typedef int (*gptoss_cached_len_fn) (const gptoss_backend *be, int slot);
+
+/*
+ * Checks a step's entries before any state changes: entry list, slot range,
+ * a slot at most once (slot_stamp [max_seqs] scratch, *stamp bumped per
+ * call), pos == cached_len(slot), the context limit (GPTOSS_ERR_TOO_LONG),
+ * token ids, and for sampled entries next_tokens and the sampling settings
+ * (top_p only when temperature > 0: a zeroed gptoss_sampling is greedy).
+ * Returns the step's total tokens, or -1 with err.  KV capacity is the
+ * backend's own check.
+ */
+int64_t		gptoss_backend_check_step(const gptoss_backend *be, const gptoss_step_seq *seqs, int n_seqs,
+									  const int32_t *next_tokens, gptoss_cached_len_fn cached_len,
+									  unsigned *slot_stamp, unsigned *stamp, gptoss_error *err);
+
 #endif							/* GPTOSS_BACKEND_H */

@@ -966,66 +966,23 @@ oom:
 /* The step                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* Checks every entry before any state changes; returns total tokens or -1. */
+/* Cached tokens of slot (for gptoss_backend_check_step). */
+static int
+cached_len(const gptoss_backend *base, int slot)
+{
+	return ((const cpu_backend *) base)->slots[slot].len;
+}
+
+/* Checks every entry before any state changes (backend.c), then the KV capacity; total tokens or -1. */
 static int64_t
 validate_step(cpu_backend *be, const gptoss_step_seq *seqs, int n_seqs,
 			  const int32_t *next_tokens, gptoss_error *err)
 {
-	const gptoss_config *c = be->cfg;
-	const gptoss_backend_opts *o = &be->base.opts;
-	int64_t		total = 0;
+	int64_t		total = gptoss_backend_check_step(&be->base, seqs, n_seqs, next_tokens, cached_len,
+												  be->slot_stamp, &be->stamp, err);
 
-	if (n_seqs < 0 || (n_seqs > 0 && !seqs))
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "step: bad entry list (%d entries)", n_seqs);
-	be->stamp++;
-	for (int i = 0; i < n_seqs; i++)
-	{
-		const gptoss_step_seq *s = &seqs[i];
-
-		if (s->slot < 0 || s->slot >= o->max_seqs)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "step: entry %d: slot %d out of range [0, %d)", i, s->slot, o->max_seqs);
-		if (be->slot_stamp[s->slot] == be->stamp)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "step: entry %d: slot %d appears twice in one step", i, s->slot);
-		be->slot_stamp[s->slot] = be->stamp;
-		if (s->n_tokens < 1 || !s->tokens)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "step: entry %d: needs at least one token (n_tokens %d)", i, s->n_tokens);
-		if (s->pos != be->slots[s->slot].len)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "step: entry %d: pos %d but slot %d holds %d cached tokens",
-									  i, s->pos, s->slot, be->slots[s->slot].len);
-		if ((int64_t) s->pos + s->n_tokens > o->max_context)
-			return gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG,
-									  "step: entry %d: position %lld exceeds the context of %d tokens",
-									  i, (long long) s->pos + s->n_tokens, o->max_context);
-		for (int j = 0; j < s->n_tokens; j++)
-			if (s->tokens[j] < 0 || s->tokens[j] >= c->vocab_size)
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d: token id %d at index %d is outside [0, %d)",
-										  i, (int) s->tokens[j], j, c->vocab_size);
-		if (s->sample)
-		{
-			if (!next_tokens)
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d asks to sample but next_tokens is NULL", i);
-			if (!(s->sampling.temperature >= 0) || !isfinite(s->sampling.temperature))
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d: temperature %g must be finite and >= 0",
-										  i, s->sampling.temperature);
-			/* greedy ignores top_p, so a zeroed gptoss_sampling means greedy */
-			if (s->sampling.temperature > 0 && !(s->sampling.top_p > 0 && s->sampling.top_p <= 1))
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d: top_p %g must be in (0, 1]", i, s->sampling.top_p);
-			if (s->sampling.top_k < 0)
-				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-										  "step: entry %d: top_k %d must be >= 0", i, s->sampling.top_k);
-		}
-		total += s->n_tokens;
-	}
-	if (total > INT32_MAX / 64)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "step: %lld tokens in one step", (long long) total);
+	if (total < 0)
+		return -1;
 	if (be->kv_used + total > be->kv_capacity)
 		return gptoss_errorf_code(err, GPTOSS_ERR_BUSY,
 								  "step: KV cache full (%lld of %lld tokens used, %lld more needed)",
@@ -1465,47 +1422,6 @@ cpu_free(gptoss_backend *base)
 	free(be);
 }
 
-/* Checks the shapes this backend relies on. */
-static int
-check_model(const gptoss_model *model, gptoss_error *err)
-{
-	const gptoss_config *c;
-
-	if (!model || !model->layers || !model->embedding || !model->lm_head || !model->final_norm)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cpu backend: model has no weights");
-	c = &model->config;
-	if (c->hidden_size <= 0 || c->hidden_size % 32 != 0 || c->intermediate_size <= 0 ||
-		c->intermediate_size % 32 != 0)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cpu backend: hidden_size %d and intermediate_size %d must be positive multiples of 32",
-								  c->hidden_size, c->intermediate_size);
-	if (c->num_layers <= 0 || c->num_layers > GPTOSS_MAX_LAYERS || c->num_heads <= 0 ||
-		c->num_kv_heads <= 0 || c->num_heads % c->num_kv_heads != 0)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cpu backend: bad layer/head counts (layers %d, heads %d, kv heads %d)",
-								  c->num_layers, c->num_heads, c->num_kv_heads);
-	if (c->num_experts <= 0 || c->experts_per_token <= 0 || c->experts_per_token > c->num_experts)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cpu backend: bad expert counts (%d experts, %d per token)",
-								  c->num_experts, c->experts_per_token);
-	if (c->vocab_size <= 0 || c->sliding_window <= 0)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cpu backend: bad vocab_size %d or sliding_window %d",
-								  c->vocab_size, c->sliding_window);
-	for (int l = 0; l < c->num_layers; l++)
-	{
-		const gptoss_layer_weights *w = &model->layers[l];
-
-		if (!w->attn_norm || !w->q_weight || !w->q_bias || !w->k_weight || !w->k_bias ||
-			!w->v_weight || !w->v_bias || !w->o_weight || !w->o_bias || !w->sinks ||
-			!w->mlp_norm || !w->router_weight || !w->router_bias || !w->gate_up_blocks ||
-			!w->gate_up_scales || !w->gate_up_bias || !w->down_blocks || !w->down_scales ||
-			!w->down_bias)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cpu backend: layer %d lacks a weight", l);
-	}
-	return 0;
-}
-
 /* Creates the CPU backend over a loaded model. */
 gptoss_backend *
 gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *opts,
@@ -1516,23 +1432,9 @@ gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *
 	int			n_threads;
 	int			max_in;
 
-	if (check_model(model, err) < 0)
+	if (gptoss_backend_check_model(model, opts, "cpu backend", err) < 0)
 		return NULL;
 	c = &model->config;
-	if (!opts || opts->max_seqs < 1 || opts->max_context < 1)
-	{
-		gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-						   "cpu backend: max_seqs (%d) and max_context (%d) must be >= 1",
-						   opts ? opts->max_seqs : 0, opts ? opts->max_context : 0);
-		return NULL;
-	}
-	if (c->max_position_embeddings > 0 && opts->max_context > c->max_position_embeddings)
-	{
-		gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-						   "cpu backend: max_context %d exceeds the model's max_position_embeddings %d",
-						   opts->max_context, c->max_position_embeddings);
-		return NULL;
-	}
 	be = calloc(1, sizeof(cpu_backend));
 	if (!be)
 	{

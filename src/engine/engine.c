@@ -11,9 +11,10 @@
  * One call of gptoss_engine_step is one backend step over a batch built as:
  *   1. every running sequence that has finished its prompt feeds its last
  *      generated token (one decode token each, sampled);
- *   2. sequences still in their prompt, oldest first, feed a chunk of at most
- *      prefill_chunk tokens while the step's token budget (max_step_tokens)
- *      lasts; only the chunk that completes a prompt samples.
+ *   2. sequences still in their prompt, oldest first, feed their next chunk
+ *      (prompts are cut at multiples of prefill_chunk) while it fits the
+ *      step's token budget (max_step_tokens); only the chunk that completes
+ *      a prompt samples.
  * New requests take free slots at the start of every step, so they join a
  * running batch without waiting for it to drain.
  *
@@ -160,15 +161,14 @@ engine_setup(gptoss_engine *eng, const gptoss_engine_opts *opts, gptoss_error *e
 	eng->kv_capacity = info.kv_cache_tokens > 0 ? info.kv_cache_tokens
 		: (int64_t) eng->max_seqs * eng->max_context;
 	eng->prefill_chunk = opts->prefill_chunk > 0 ? opts->prefill_chunk : DEFAULT_PREFILL_CHUNK;
-	if (opts->max_step_tokens > 0)
-		eng->max_step_tokens = opts->max_step_tokens;
-	else
-	{
-		/* Room for every decode token plus at least one whole prefill chunk. */
-		eng->max_step_tokens = DEFAULT_MAX_STEP_TOKENS;
-		if (eng->max_step_tokens < eng->max_seqs + eng->prefill_chunk)
-			eng->max_step_tokens = eng->max_seqs + eng->prefill_chunk;
-	}
+	eng->max_step_tokens = opts->max_step_tokens > 0 ? opts->max_step_tokens : DEFAULT_MAX_STEP_TOKENS;
+	/*
+	 * Room for every decode token plus at least one whole prefill chunk:
+	 * prompts are only ever cut at multiples of prefill_chunk (see
+	 * build_batch), so a chunk that never fits would never run.
+	 */
+	if (eng->max_step_tokens < eng->max_seqs + eng->prefill_chunk)
+		eng->max_step_tokens = eng->max_seqs + eng->prefill_chunk;
 	eng->slots = calloc((size_t) eng->max_seqs, sizeof(*eng->slots));
 	eng->batch = calloc((size_t) eng->max_seqs, sizeof(*eng->batch));
 	eng->batch_reqs = calloc((size_t) eng->max_seqs, sizeof(*eng->batch_reqs));
@@ -933,8 +933,14 @@ build_batch(gptoss_engine *eng, int *n_prefill_tokens, int *n_decode_tokens)
 		chunk = r->n_prompt - r->n_cached;
 		if (chunk > eng->prefill_chunk)
 			chunk = eng->prefill_chunk;
+		/*
+		 * A chunk that does not fit waits for the next step rather than being
+		 * cut to the leftover budget: a prompt is then split at the same
+		 * places whatever else runs, so its arithmetic (and with it greedy
+		 * output) does not depend on the batch.
+		 */
 		if (chunk > budget)
-			chunk = budget;
+			continue;
 		e = &eng->batch[n];
 		e->slot = r->slot;
 		e->pos = r->n_cached;

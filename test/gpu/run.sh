@@ -2,7 +2,7 @@
 # test/gpu/run.sh: builds gptoss with CUDA on the GPU machine, checks the CUDA
 # backend and times it; everything it prints also goes to $OUT/run.log.
 #
-#   bash test/gpu/run.sh [quick|full|profile|bench]
+#   bash test/gpu/run.sh [quick|full|profile|bench|invariance]
 #
 # quick:   build; kernel tests (test_kernels); CUDA vs CPU backend on the tiny
 #          and tiny-odd synth models (test_backend); compute-sanitizer memcheck
@@ -12,6 +12,9 @@
 # bench:   build, 20b synth, benchmarks: bench_backend (the backend alone,
 #          CUDA graphs on and off) and `gptoss bench` at batch 1,8,32,64,128
 #          (128-token prompts, 128 generated) and prefill 512/2048.
+# invariance: kernel tests, test_backend on tiny, tiny-odd and 20b (these
+#          include the bitwise batch-invariance checks), then bench_backend
+#          decode (graphs) and prefill 2048 and `gptoss bench` prefill 2048.
 # profile: kernel tests, tiny backend test, benchmarks, then per-kernel GPU
 #          time (Nsight Compute) of batch-1 decode, batch-64 decode and a
 #          2048-token prefill ($OUT/profile.txt).
@@ -142,6 +145,19 @@ case "$mode" in
 		timeout 300 "$bin/test_backend" "$models/20b" 12 6 --top1 || fail "test_backend 20b" ;;
 	bench)
 		synth_20b; benches ;;
+	invariance)
+		tests_tiny
+		section "backend tests: tiny-odd"
+		"$bin/test_backend" "$models/tiny-odd" 77 24 || fail "test_backend tiny-odd"
+		synth_20b
+		section "backend tests: 20b (CUDA vs CPU, batch invariance)"
+		timeout 300 "$bin/test_backend" "$models/20b" 12 6 --top1 || fail "test_backend 20b"
+		section "bench_backend: 20b decode, CUDA graphs on"
+		timeout 150 "$bin/bench_backend" "$models/20b" 1,8,32,64,128 128 128 1 | tee -a "$OUT/bench.jsonl" || fail "bench_backend graphs"
+		section "bench_backend: 20b prefill 2048"
+		timeout 60 "$bin/bench_backend" "$models/20b" 1 2048 2 1 | tee -a "$OUT/bench.jsonl" || fail "bench_backend prefill 2048"
+		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 1 --prompt-len 2048 --gen 2"
+		echo "$cmd"; timeout 120 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench prefill 2048" ;;
 	profile)
 		tests_tiny; synth_20b; benches
 		profile decode_b1 "$bin/bench_backend" "$models/20b" 1 16 6 1

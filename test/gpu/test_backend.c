@@ -30,7 +30,14 @@
  *     random-model distribution rounding-level logit changes reorder the
  *     tail, and the kernel test already compares the samplers on identical
  *     logits);
- *  8. bad input fails cleanly; a full KV cache reports GPTOSS_ERR_BUSY.
+ *  8. bad input fails cleanly; a full KV cache reports GPTOSS_ERR_BUSY; a
+ *     zeroed gptoss_sampling is accepted as greedy (the CPU backend's rule);
+ *  9. batch invariance, bitwise: the prompt's logits (every row) prefilled
+ *     alone equal those of the same prompt prefilled in one step with a long
+ *     and a short prompt and a decode token of another sequence (hundreds of
+ *     rows: other cuBLAS shapes, the other MoE kernel variant); and 8 prompts
+ *     generating 16 greedy tokens each, joining and leaving at different
+ *     steps, give every prompt the tokens it gives alone.
  * Exits 1 when a check fails.
  */
 #include <math.h>
@@ -216,6 +223,142 @@ generate_alone(gptoss_backend *be, const int32_t *prompt, int n, int gen, int32_
 			must(be->step(be, &s, 1, &next, NULL, &err), &err, "generate_alone decode");
 	}
 	be->release(be, 0);
+}
+
+/*
+ * Greedy generation of n prompts in one backend (prompt i in slot i): prompt
+ * i joins at step join[i] (its whole prompt in that step) and leaves after
+ * gen[i] tokens; every step carries all running entries.
+ */
+static void
+generate_together(gptoss_backend *be, int n, int32_t *const *prompts, const int *lens, const int *join,
+				  const int *gen, int32_t **out)
+{
+	gptoss_error err = {0};
+	int			pos[8] = {0}, made[8] = {0};
+	int32_t		last[8];
+
+	for (int step = 0;; step++)
+	{
+		gptoss_step_seq ss[8];
+		int			who[8];
+		int32_t		next[8];
+		int			m = 0, left = 0;
+
+		for (int i = 0; i < n; i++)
+		{
+			left += made[i] < gen[i];
+			if (step < join[i] || made[i] >= gen[i])
+				continue;
+			ss[m] = pos[i] == 0 ? entry(i, 0, prompts[i], lens[i], 1) : entry(i, pos[i], &last[i], 1, 1);
+			who[m++] = i;
+		}
+		if (left == 0)
+			break;
+		if (m == 0)
+			continue;
+		must(be->step(be, ss, m, next, NULL, &err), &err, "together step");
+		for (int k = 0; k < m; k++)
+		{
+			int			i = who[k];
+
+			pos[i] += ss[k].n_tokens;
+			last[i] = next[k];
+			out[i][made[i]++] = next[k];
+			if (made[i] == gen[i])
+				be->release(be, i);
+		}
+	}
+}
+
+/* 9. batch invariance (bitwise): logits of a prompt alone vs in a big mixed step; greedy tokens alone vs with 7 others. */
+static void
+check_batch_invariance(gptoss_backend *cuda, const int32_t *prompt, int P, int max_context, int V)
+{
+	gptoss_error err = {0};
+	int			LB = max_context - 1 < 400 ? max_context - 1 : 400;
+	int			LC = 37, LD = 20;
+	int			total = LB + 1 + P + LC;
+	int32_t    *b = malloc(sizeof(int32_t) * LB);
+	int32_t		c[37], d[21];
+	float	   *alone = malloc(sizeof(float) * (size_t) V * P);
+	float	   *mixed = malloc(sizeof(float) * (size_t) V * total);
+	gptoss_step_seq ss[4];
+	int32_t		next[4], next_alone;
+	size_t		diff = 0;
+	char		name[160];
+
+	if (!b || !alone || !mixed)
+	{
+		fprintf(stderr, "FAIL out of memory\n");
+		exit(1);
+	}
+	random_tokens(b, LB, 7);
+	random_tokens(c, LC, 8);
+	random_tokens(d, LD + 1, 9);
+
+	/* A alone, all logits rows */
+	ss[0] = entry(0, 0, prompt, P, 1);
+	must(cuda->step(cuda, ss, 1, &next_alone, alone, &err), &err, "invariance: prompt alone");
+	cuda->release(cuda, 0);
+	/* slot 3 holds D, so that the mixed step can carry one of its decode tokens */
+	ss[0] = entry(3, 0, d, LD, 0);
+	must(cuda->step(cuda, ss, 1, NULL, NULL, &err), &err, "invariance: D prefill");
+	ss[0] = entry(1, 0, b, LB, 1);
+	ss[1] = entry(3, LD, d + LD, 1, 1);
+	ss[2] = entry(0, 0, prompt, P, 1);
+	ss[3] = entry(2, 0, c, LC, 1);
+	must(cuda->step(cuda, ss, 4, next, mixed, &err), &err, "invariance: mixed step");
+	for (int s = 0; s < 4; s++)
+		cuda->release(cuda, s);
+	for (size_t i = 0; i < (size_t) V * P; i++)
+		diff += memcmp(&alone[i], &mixed[(size_t) (LB + 1) * V + i], sizeof(float)) != 0;
+	snprintf(name, sizeof(name), "prompt alone vs in a %d-token mixed step: logits differing (of %d rows)",
+			 total, P);
+	check(diff == 0, name, (double) diff, 0);
+	check(next_alone == next[2], "prompt alone vs in a mixed step: greedy token equal", next_alone != next[2], 0);
+	free(b);
+	free(alone);
+	free(mixed);
+
+	/* 8 prompts, 16 tokens each alone; then together, joining and leaving at different steps */
+	{
+		int			lens[8] = {P, LB < 300 ? LB : 300, 1, 37, 5, P / 2 + 3, 128, 64};
+		int			join[8] = {0, 0, 1, 2, 3, 5, 8, 0};
+		int			gen[8] = {16, 4, 16, 10, 7, 12, 3, 16};
+		int32_t    *prompts[8], *solo[8], *together[8];
+		int			same = 1, first_a = -1;
+
+		for (int i = 0; i < 8; i++)
+		{
+			prompts[i] = malloc(sizeof(int32_t) * lens[i]);
+			solo[i] = malloc(sizeof(int32_t) * 16);
+			together[i] = malloc(sizeof(int32_t) * 16);
+			if (i == 0)
+				memcpy(prompts[0], prompt, sizeof(int32_t) * P);
+			else
+				random_tokens(prompts[i], lens[i], 200 + i);
+			generate_alone(cuda, prompts[i], lens[i], gen[i], solo[i]);
+		}
+		generate_together(cuda, 8, prompts, lens, join, gen, together);
+		for (int i = 0; i < 8; i++)
+			for (int g = 0; g < gen[i]; g++)
+				if (solo[i][g] != together[i][g])
+				{
+					same = 0;
+					if (i == 0 && first_a < 0)
+						first_a = g;
+				}
+		if (first_a >= 0)
+			printf("     prompt A: first differing generated token at index %d\n", first_a);
+		check(same, "8 prompts joining/leaving: greedy tokens == each alone (16 steps)", !same, 0);
+		for (int i = 0; i < 8; i++)
+		{
+			free(prompts[i]);
+			free(solo[i]);
+			free(together[i]);
+		}
+	}
 }
 
 int
@@ -515,6 +658,15 @@ main(int argc, char **argv)
 		s = entry(0, 0, prompt, P, 1);
 		must(cuda->step(cuda, &s, 1, &next, NULL, &err), &err, "step after rejected steps");
 		cuda->release(cuda, 0);
+		/* a zeroed gptoss_sampling (top_p 0) is greedy, as on the CPU backend */
+		{
+			int32_t		zeroed = -1;
+
+			memset(&s.sampling, 0, sizeof(s.sampling));
+			rc = cuda->step(cuda, &s, 1, &zeroed, NULL, &err);
+			cuda->release(cuda, 0);
+			check(rc == 0 && zeroed == next, "zeroed sampling settings accepted, greedy token", rc, 0);
+		}
 
 		so.kv_cache_tokens = 32;
 		so.max_context = 64;
@@ -539,6 +691,8 @@ main(int argc, char **argv)
 		if (small)
 			small->free(small);
 	}
+
+	check_batch_invariance(cuda, prompt, P, opts.max_context, V);
 
 	cuda->get_info(cuda, &info);
 	printf("peak device memory %.2f GiB\n", info.peak_memory_bytes / 1073741824.0);

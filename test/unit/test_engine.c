@@ -134,6 +134,10 @@ fake_step(gptoss_backend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 			seen_prefill = true;
 			if (e->n_tokens > f->prefill_chunk)
 				VIOLATION(f, "prefill chunk of %d > %d", e->n_tokens, f->prefill_chunk);
+			/* Prompts are cut at fixed places, whatever else is in the step. */
+			if (e->pos % f->prefill_chunk != 0)
+				VIOLATION(f, "prefill chunk of slot %d starts at %d, not a multiple of %d",
+						  e->slot, e->pos, f->prefill_chunk);
 		}
 		n_decode += decode;
 		total += e->n_tokens;
