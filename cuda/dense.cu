@@ -17,7 +17,7 @@
  * on its own input column).  Every call then has one shape, cuBLAS takes
  * one algorithm for it, and a row's result does not depend on how many
  * rows the step has.  The caller's x and y must hold T rounded up to a
- * multiple of DENSE_COLS rows.  Cost (H200, bench/RESULTS-cuda.md run 16):
+ * multiple of DENSE_COLS rows.  Cost (H200, bench/RESULTS.md, CUDA run 16):
  * decode products compute 128 columns (memory-bound anyway: batch 1 2% slower,
  * batch 128 faster), a 2048-token prefill reads each weight 16 times (mostly
  * from L2); 128 beat 64 on prefill 2048 (15,461 vs 14,704 tok/s).

@@ -41,7 +41,7 @@
  * Resident blocks per SM asked of the prefill variant (caps it at 168
  * registers): its four range sums need 255 registers otherwise, 2 blocks per
  * SM; 3 blocks with a few spills ran a 2048-token prefill at 18,555 tok/s vs
- * 15,477 (H200, bench/RESULTS-cuda.md run 16).
+ * 15,477 (H200, bench/RESULTS.md, CUDA run 16).
  */
 #define MOE_PREFILL_BLOCKS 3
 
