@@ -777,31 +777,17 @@ publish_stats(bool force_info)
  */
 
 /*
- * Exit callback: fails every request this worker took so their backends stop
- * waiting, and marks the worker as gone.  Requests it had not taken yet stay
- * SUBMITTED for the restarted worker (their backends wait for it at most
- * gptoss.queue_wait).
+ * Ends this worker's claim on the request slots: requests it was running get
+ * DONE with worker_exited (their backends raise an error), cancelled ones are
+ * freed.  Used when the worker exits and when a restarted one takes over.
  */
 static void
-worker_exit(int code, Datum arg)
+release_taken_slots(void)
 {
-	int			nslots = gptoss_shared->nslots;
 	bool		freed = false;
 
-	/* An ERROR may have left our lock held; we are leaving anyway. */
-	LWLockReleaseAll();
-
-	SpinLockAcquire(&me->mutex);
-	me->pid = 0;
-	me->pgprocno = -1;
-	me->state = GPTOSS_WORKER_STARTING;
-	me->progress = 0;
-	me->stats.active = 0;
-	me->stats.queued = 0;
-	SpinLockRelease(&me->mutex);
-
 	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < nslots; i++)
+	for (int i = 0; i < gptoss_shared->nslots; i++)
 	{
 		GptossSlot *s = &gptoss_shared->slots[i];
 
@@ -822,6 +808,30 @@ worker_exit(int code, Datum arg)
 	LWLockRelease(gptoss_shared->lock);
 	if (freed)
 		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
+}
+
+/*
+ * Exit callback: fails every request this worker took so their backends stop
+ * waiting, and marks the worker as gone.  Requests it had not taken yet stay
+ * SUBMITTED for the restarted worker (their backends wait for it at most
+ * gptoss.queue_wait).
+ */
+static void
+worker_exit(int code, Datum arg)
+{
+	/* An ERROR may have left our lock held; we are leaving anyway. */
+	LWLockReleaseAll();
+
+	SpinLockAcquire(&me->mutex);
+	me->pid = 0;
+	me->pgprocno = -1;
+	me->state = GPTOSS_WORKER_STARTING;
+	me->progress = 0;
+	me->stats.active = 0;
+	me->stats.queued = 0;
+	SpinLockRelease(&me->mutex);
+
+	release_taken_slots();
 }
 
 /*
@@ -974,8 +984,6 @@ load_engine(void)
 static void
 register_self(void)
 {
-	bool		freed = false;
-
 	SpinLockAcquire(&me->mutex);
 	me->pid = MyProcPid;
 	me->pgprocno = MyProc->pgprocno;
@@ -992,28 +1000,7 @@ register_self(void)
 	me->stats.decode_tok_s = 0;
 	SpinLockRelease(&me->mutex);
 
-	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < gptoss_shared->nslots; i++)
-	{
-		GptossSlot *s = &gptoss_shared->slots[i];
-
-		if (s->worker != worker_index)
-			continue;
-		if (s->state == GPTOSS_SLOT_RUNNING)
-		{
-			s->state = GPTOSS_SLOT_DONE;
-			s->worker_exited = true;
-			gptoss_set_proc_latch(s->owner_pgprocno);
-		}
-		else if (s->state == GPTOSS_SLOT_CANCELLED)
-		{
-			s->state = GPTOSS_SLOT_FREE;
-			freed = true;
-		}
-	}
-	LWLockRelease(gptoss_shared->lock);
-	if (freed)
-		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
+	release_taken_slots();
 }
 
 /* Handles SIGTERM and SIGHUP between iterations. */

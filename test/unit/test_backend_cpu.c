@@ -22,42 +22,13 @@
  */
 #include "backend.h"
 #include "rope.h"
+#include "testutil.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-static int	n_pass,
-			n_fail;
 
-#define CHECK(cond, ...) \
-	do { \
-		if (cond) n_pass++; \
-		else { n_fail++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
-	} while (0)
-
-/* ------------------------------------------------------------------ random */
-
-static uint64_t rng_state = 0x1234567887654321ULL;
-
-/* xorshift64* in [0, 1). */
-static double
-rnd(void)
-{
-	rng_state ^= rng_state >> 12;
-	rng_state ^= rng_state << 25;
-	rng_state ^= rng_state >> 27;
-	return (double) ((rng_state * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/* Standard normal (Box-Muller). */
-static double
-rnd_normal(void)
-{
-	double		u = rnd() + 1e-300;
-
-	return sqrt(-2.0 * log(u)) * cos(2.0 * M_PI * rnd());
-}
 
 /* ------------------------------------------------------------ test model */
 

@@ -32,6 +32,7 @@
  */
 #define _XOPEN_SOURCE 700
 #include "backend.h"
+#include "testutil.h"
 
 #include <ftw.h>
 #include <glob.h>
@@ -45,14 +46,6 @@
 #define REL_TOL 1e-3
 #define MAX_LISTED 5			/* disagreeing positions printed per prompt in stats mode */
 
-static int	n_pass,
-			n_fail;
-
-#define CHECK(cond, ...) \
-	do { \
-		if (cond) n_pass++; \
-		else { n_fail++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
-	} while (0)
 
 /* What the environment asks for (see the header). */
 typedef struct fixture_opts

@@ -9,37 +9,13 @@
  * (chi-square), and the top_k / top_p renormalised distributions too.
  */
 #include "sampler.h"
+#include "testutil.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-static int	n_pass,
-			n_fail;
 
-#define CHECK(cond, ...) \
-	do { \
-		if (cond) n_pass++; \
-		else { n_fail++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } \
-	} while (0)
-
-static uint64_t rng_state = 88172645463325252ULL;
-
-/* xorshift64* in [0, 1). */
-static double
-rnd(void)
-{
-	rng_state ^= rng_state >> 12;
-	rng_state ^= rng_state << 25;
-	rng_state ^= rng_state >> 27;
-	return (double) ((rng_state * 0x2545F4914F6CDD1DULL) >> 11) * (1.0 / 9007199254740992.0);
-}
-
-static double
-rnd_normal(void)
-{
-	return sqrt(-2.0 * log(rnd() + 1e-300)) * cos(2.0 * M_PI * rnd());
-}
 
 /* ------------------------------------------------------ naive reference */
 
@@ -352,6 +328,7 @@ test_determinism(void)
 int
 main(void)
 {
+	rng_state = 88172645463325252ULL;
 	test_argmax();
 	test_determinism();
 	test_frequencies();
