@@ -88,6 +88,33 @@ e8m0_to_f32(uint32_t s)
 #define ROW_PER_THREAD 8
 #define ROW_MAX (ROW_THREADS * ROW_PER_THREAD)
 
+/*
+ * Ends a row kernel that produced residual row v: stores it into the fp32
+ * stream x[base ..] and its RMSNorm (times norm_w) as bf16 into xb[base ..],
+ * the input of the next product.  ss is this thread's sum of v[j]^2.
+ */
+static __device__ __forceinline__ void
+store_row_and_norm(const float (&v)[ROW_PER_THREAD], float ss, const float *__restrict__ norm_w,
+				   int H, float eps, size_t base, float *__restrict__ x,
+				   __nv_bfloat16 *__restrict__ xb, float *scratch)
+{
+	float		inv;
+
+	ss = block_sum(ss, scratch);
+	inv = 1.0f / sqrtf(ss / (float) H + eps);
+#pragma unroll
+	for (int j = 0; j < ROW_PER_THREAD; j++)
+	{
+		int			i = threadIdx.x + j * ROW_THREADS;
+
+		if (i < H)
+		{
+			x[base + i] = v[j];
+			xb[base + i] = __float2bfloat16_rn(norm_w[i] * (v[j] * inv));
+		}
+	}
+}
+
 /* Ceiling division for sizes. */
 static inline GPTOSS_HD int
 div_up(int a, int b)

@@ -22,7 +22,6 @@ embed_norm_kernel(const int32_t *__restrict__ tok_id, const __nv_bfloat16 *__res
 	const __nv_bfloat16 *src = embedding + (size_t) tok_id[blockIdx.x] * H;
 	float		v[ROW_PER_THREAD];
 	float		ss = 0.0f;
-	float		inv;
 
 	if (blockIdx.x == 0)
 		for (int i = threadIdx.x; i < *n_upd; i += blockDim.x)
@@ -35,19 +34,7 @@ embed_norm_kernel(const int32_t *__restrict__ tok_id, const __nv_bfloat16 *__res
 		v[j] = i < H ? __bfloat162float(src[i]) : 0.0f;
 		ss += v[j] * v[j];
 	}
-	ss = block_sum(ss, scratch);
-	inv = 1.0f / sqrtf(ss / (float) H + eps);
-#pragma unroll
-	for (int j = 0; j < ROW_PER_THREAD; j++)
-	{
-		int			i = threadIdx.x + j * ROW_THREADS;
-
-		if (i < H)
-		{
-			x[base + i] = v[j];
-			xb[base + i] = __float2bfloat16_rn(norm_w[i] * (v[j] * inv));
-		}
-	}
+	store_row_and_norm(v, ss, norm_w, H, eps, base, x, xb, scratch);
 }
 
 /* Launches one block per token row. */

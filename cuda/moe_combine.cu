@@ -25,7 +25,6 @@ moe_combine_norm_kernel(int K, float *__restrict__ x, const float *__restrict__ 
 	float		s[ROW_PER_THREAD];
 	float		v[ROW_PER_THREAD];
 	float		ss = 0.0f;
-	float		inv;
 
 	if (threadIdx.x < K)
 	{
@@ -63,19 +62,7 @@ moe_combine_norm_kernel(int K, float *__restrict__ x, const float *__restrict__ 
 		v[j] += s[j];
 		ss += v[j] * v[j];
 	}
-	ss = block_sum(ss, scratch);
-	inv = 1.0f / sqrtf(ss / (float) H + eps);
-#pragma unroll
-	for (int j = 0; j < ROW_PER_THREAD; j++)
-	{
-		int			i = threadIdx.x + j * ROW_THREADS;
-
-		if (i < H)
-		{
-			x[base + i] = v[j];
-			xb[base + i] = __float2bfloat16_rn(norm_w[i] * (v[j] * inv));
-		}
-	}
+	store_row_and_norm(v, ss, norm_w, H, eps, base, x, xb, scratch);
 }
 
 /* Launches one block per token row. */
