@@ -8,7 +8,7 @@ import os
 
 BATCHES = [1, 8, 32, 64, 128]
 SERIES = [
-    ("gptoss CUDA, run 16 (H200)", "#1f77b4", [327, 1589, 4560, 6827, 9030]),
+    ("gptoss CUDA, run 17 (H200)", "#1f77b4", [329, 1591, 4563, 6851, 9061]),
     ("llama.cpp (H200, targets.md)", "#d62728", [267, 488, 1454, 2325, 3190]),
 ]
 TARGETS = [(1, 540, "target b1"), (64, 7000, "target b64")]
