@@ -525,7 +525,7 @@ admit_slot(int slot, GptossSlot *s)
 	/*
 	 * The backend keeps the segment until the slot leaves SUBMITTED, so it
 	 * exists; a segment that cannot be mapped or read ends the request like
-	 * a worker exit (the backend gets an ERROR rather than waiting).
+	 * a worker that went away would (the backend gets an ERROR rather than waiting).
 	 */
 	seg = dsm_attach(s->handle);
 	if (seg != NULL)

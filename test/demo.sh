@@ -11,7 +11,7 @@ ROOT=$PWD
 bash test/setup.sh
 MODEL=${1:-$ROOT/build/tiny}
 PGBIN=$(pg_config --bindir)
-DATA=$(mktemp -d /tmp/gptoss-demo.XXXXXX)
+DATA=$(mktemp -d)
 PORT=${GPTOSS_DEMO_PORT:-54329}
 RUN=()
 if [ "$(id -u)" = 0 ]; then
