@@ -958,6 +958,16 @@ load_engine(void)
 	opts.prefill_chunk = gptoss_prefill_chunk;
 	opts.max_step_tokens = gptoss_max_step_tokens;
 
+	/* auto means CUDA when a device answers; say so when it falls back. */
+	if (gptoss_device == GPTOSS_DEVICE_AUTO)
+	{
+		opts.device = gptoss_cuda_available() ? "cuda" : "cpu";
+		if (strcmp(opts.device, "cpu") == 0)
+			ereport(LOG,
+					(errmsg("gptoss worker %d: no usable CUDA device, using the CPU backend",
+							worker_index)));
+	}
+
 	ereport(LOG,
 			(errmsg("gptoss worker %d: loading model from \"%s\" (device %s, index %d)",
 					worker_index, gptoss_model_path, opts.device, me->device_index)));
