@@ -10,6 +10,7 @@
  */
 #include "postgres.h"
 
+#include <float.h>
 #include <math.h>
 #include <limits.h>
 #include <time.h>
@@ -209,6 +210,8 @@ apply_param(ParsedParams *pp, const char *key, JsonbValue *v)
 			invalid_param(key, "must be a number");
 		if (d < 0)
 			invalid_param(key, "must be at least 0");
+		if (d > FLT_MAX)
+			invalid_param(key, "is too large");
 		p->temperature = (float4) d;
 	}
 	else if (strcmp(key, "top_p") == 0)

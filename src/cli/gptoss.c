@@ -196,20 +196,22 @@ parse_long(const char *s, long min, long max, long *out)
 	return 0;
 }
 
-/* Strict unsigned 64-bit integer (no sign). */
+/* Strict 64-bit integer, as an unsigned seed. */
 static int
 parse_u64(const char *s, uint64_t *out)
 {
 	char	   *end;
-	unsigned long long v;
 
-	if (s[0] < '0' || s[0] > '9')
+	/* A negative value wraps as in SQL's seed (int64 taken as uint64). */
+	if (!(s[0] >= '0' && s[0] <= '9') && !(s[0] == '-' && s[1] >= '0' && s[1] <= '9'))
 		return -1;
 	errno = 0;
-	v = strtoull(s, &end, 10);
+	if (s[0] == '-')
+		*out = (uint64_t) strtoll(s, &end, 10);
+	else
+		*out = (uint64_t) strtoull(s, &end, 10);
 	if (*end != '\0' || errno != 0)
 		return -1;
-	*out = (uint64_t) v;
 	return 0;
 }
 
@@ -258,7 +260,7 @@ set_option(cli_opts *o, const opt_spec *spec, const char *value)
 			return 0;
 		case OPT_U64:
 			if (parse_u64(value, (uint64_t *) field) < 0)
-				return fail("--%s: expected a non-negative integer, got \"%s\"", spec->name, value);
+				return fail("--%s: expected a 64-bit integer, got \"%s\"", spec->name, value);
 			return 0;
 	}
 	return 0;
