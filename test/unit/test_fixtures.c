@@ -31,6 +31,7 @@
  *       JSON line per fixture, starting {"fixture_stats":, for the bench log.
  */
 #define _XOPEN_SOURCE 700
+#include "tmpname.h"
 #include "backend.h"
 #include "testutil.h"
 
@@ -580,7 +581,7 @@ check_fixture(const char *file, const fixture_opts *o)
 	gptoss_synth_preset preset;
 	gptoss_config cfg;
 	gptoss_error err = {0};
-	char		dir[] = "/tmp/gptoss_fixture_XXXXXX";
+	char		dir[512];
 	int			made_dir = 0;
 	gptoss_model *model = NULL;
 	gptoss_backend *be = NULL;
@@ -618,7 +619,7 @@ check_fixture(const char *file, const fixture_opts *o)
 			goto done;
 		}
 	}
-	else if (!mkdtemp(dir))
+	else if (tmp_make_dir(dir, sizeof(dir), "gptoss_fixture_") < 0)
 	{
 		CHECK(0, "mkdtemp failed");
 		goto done;

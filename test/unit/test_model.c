@@ -14,6 +14,7 @@
  * message names the culprit.
  */
 #define _GNU_SOURCE
+#include "tmpname.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -1201,10 +1202,7 @@ test_parser(void)
 int
 main(void)
 {
-	const char *base = getenv("TMPDIR");
-
-	snprintf(tmp_root, sizeof(tmp_root), "%s/gptoss_test_model.XXXXXX", base && *base ? base : "/tmp");
-	if (!mkdtemp(tmp_root))
+	if (tmp_make_dir(tmp_root, sizeof(tmp_root), "gptoss_test_model.") < 0)
 	{
 		perror("mkdtemp");
 		return 1;

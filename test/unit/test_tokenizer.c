@@ -12,6 +12,7 @@
  * errors; the stream decoder.  Finally it prints load time and encode speed
  * (never asserted).
  */
+#include "tmpname.h"
 #include "tokenizer.h"
 
 #include <jansson.h>
@@ -118,12 +119,11 @@ splits_as(const gptoss_tokenizer *tok, const char *const *parts, int n_parts)
 
 /* Writes text to a fresh temporary file and returns its path in buf. */
 static void
-write_temp(char *buf, const char *text)
+write_temp(char *buf, size_t size, const char *text)
 {
 	int			fd;
 
-	strcpy(buf, "/tmp/gptoss_tok_XXXXXX");
-	fd = mkstemp(buf);
+	fd = tmp_make_file(buf, size, "gptoss_tok_");
 	if (fd < 0 || write(fd, text, strlen(text)) != (ssize_t) strlen(text))
 		CHECK(false, "cannot write temp file");
 	if (fd >= 0)
@@ -134,11 +134,11 @@ write_temp(char *buf, const char *text)
 static void
 check_load_fails(const char *text, const char *expect)
 {
-	char		path[64];
+	char		path[512];
 	gptoss_error err = {0};
 	gptoss_tokenizer *tok;
 
-	write_temp(path, text);
+	write_temp(path, sizeof(path), text);
 	tok = gptoss_tokenizer_load(path, &err);
 	CHECK(tok == NULL, "loading %.60s should fail", text);
 	CHECK(strstr(err.msg, expect) != NULL, "error for %.60s: got \"%s\", want \"%s\"",
@@ -154,7 +154,7 @@ test_load_errors(void)
 	gptoss_error err = {0};
 	gptoss_tokenizer *tok = gptoss_tokenizer_load("/nonexistent/dir/tokenizer.json", &err);
 	char		vocab[256 * 16 + 256];
-	char		path[64];
+	char		path[512];
 	int			at;
 
 	CHECK(tok == NULL && strstr(err.msg, "/nonexistent/dir/tokenizer.json") &&
@@ -192,7 +192,7 @@ test_load_errors(void)
 		char		doc[sizeof(vocab) + 128];
 
 		snprintf(doc, sizeof(doc), vocab, "[{\"id\": 300, \"content\": \"<|x|>\"}]");
-		write_temp(path, doc);
+		write_temp(path, sizeof(path), doc);
 		tok = gptoss_tokenizer_load(path, &err);
 		CHECK(tok != NULL, "byte-only vocabulary should load: %s", err.msg);
 		if (tok)
