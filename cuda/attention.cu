@@ -19,8 +19,8 @@
  * Output is bf16 [T][Hq*D], the input of the o-projection.
  * The new tokens' own K/V were written by rope_kv before this kernel runs.
  *
- * Decode items (one token, G <= ATTN_WARPS query heads per KV head) use
- * attention_decode_kernel instead: there the block's rows all share one
+ * Decode items (one token, G <= ATTN_WARPS query heads per KV head, head
+ * dim 16, 32, 64 or 128) use attention_decode_kernel instead: there the block's rows all share one
  * position, so the warps split the key tiles among themselves (and, for
  * short contexts, the rows), each keeping the online-softmax state of its
  * rows; lanes load their key's K row straight into registers and the tile's
@@ -61,6 +61,7 @@ attention_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__restric
 				 int layer, int window, const float *__restrict__ q, KvCacheView kv,
 				 const float *__restrict__ sinks, int Hq, __nv_bfloat16 *__restrict__ att)
 {
+	chain_begin();
 	extern __shared__ float smem[];
 	const int	D = kv.head_dim;
 	const int	G = Hq / kv.n_kv_heads;
@@ -226,26 +227,38 @@ attention_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__restric
 }
 
 /*
- * Decode rows of item blockIdx.x (one token) and KV head blockIdx.y.  The 8
- * warps are split into TS tile workers x RS row groups (TS*RS = 8): many
- * tiles -> every warp walks its own tiles with all G rows; few tiles (short
- * contexts) -> warps share a tile and split the rows, so a one-tile context
- * still uses all warps.  Warp w has row group w % RS and tile offset w / RS.
+ * Decode rows of item blockIdx.x (one token) and KV head blockIdx.y: query
+ * heads [blockIdx.z * GB, (blockIdx.z + 1) * GB) of the group, GB = G /
+ * gridDim.z (small batches split a group over several blocks so that more
+ * SMs work).  The 8 warps are split into TS tile workers x RS row groups
+ * (TS*RS = 8): many tiles -> every warp walks its own tiles with all GB
+ * rows; few tiles (short contexts) -> warps share a tile and split the rows,
+ * so a one-tile context still uses all warps.  Warp w has row group w % RS
+ * and tile offset w / RS.  TS depends on the context length only, so a row
+ * is summed the same way whatever GB is.  The head dim is a template
+ * parameter so that a lane's K row and output stay in as few registers as
+ * the head needs (sized for 128 at run time it took 192 registers: one block
+ * per SM, 45 us per layer at batch 64).
  */
+template <int D>
 __global__ void __launch_bounds__(ATTN_WARPS * 32)
 attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__restrict__ item_ntok,
 						const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_slot,
 						int layer, int window, const float *__restrict__ q, KvCacheView kv,
 						const float *__restrict__ sinks, int Hq, __nv_bfloat16 *__restrict__ att)
 {
+	constexpr int DPL = (D + 31) / 32;	/* head dims per lane */
+
+	chain_begin();
 	extern __shared__ float smem[];
-	const int	D = kv.head_dim;
 	const int	G = Hq / kv.n_kv_heads;
+	const int	GB = G / gridDim.z;	/* rows of this block */
+	const int	h0 = blockIdx.y * G + blockIdx.z * GB;	/* its first query head */
 	const int	lane = threadIdx.x & 31;
 	const int	warp = threadIdx.x >> 5;
 	const int	g = blockIdx.y;
 	const float scale = 1.0f / sqrtf((float) D);
-	float	   *q_s = smem;	/* [G][D] */
+	float	   *q_s = smem;	/* [GB][D] */
 	float	   *part = q_s + ATTN_WARPS * D;	/* [ATTN_WARPS][G][D + 2]: o, then m and l */
 	__nv_bfloat16 *v_s = (__nv_bfloat16 *) (part + ATTN_WARPS * ATTN_WARPS * (D + 2));	/* [ATTN_WARPS][ATTN_TILE][D] */
 	__nv_bfloat16 *v_w = v_s + (size_t) warp * ATTN_TILE * D;
@@ -259,7 +272,7 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 	int			rg;
 	float		m[ATTN_WARPS];
 	float		l[ATTN_WARPS];
-	float		o[ATTN_WARPS][ATTN_DPL];
+	float		o[ATTN_WARPS][DPL];
 
 	if (item_ntok[blockIdx.x] <= 0)
 		return;
@@ -271,15 +284,15 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 	tile_workers = n_tiles >= 8 ? 8 : n_tiles >= 4 ? 4 : n_tiles >= 2 ? 2 : 1;
 	row_groups = ATTN_WARPS / tile_workers;
 	rg = warp % row_groups;
-	for (int i = threadIdx.x; i < G * D; i += blockDim.x)
-		q_s[i] = q[((size_t) tok * Hq + g * G) * D + i];
+	for (int i = threadIdx.x; i < GB * D; i += blockDim.x)
+		q_s[i] = q[((size_t) tok * Hq + h0) * D + i];
 #pragma unroll
 	for (int ri = 0; ri < ATTN_WARPS; ri++)
 	{
 		m[ri] = -INFINITY;
 		l[ri] = 0.0f;
 #pragma unroll
-		for (int dd = 0; dd < ATTN_DPL; dd++)
+		for (int dd = 0; dd < DPL; dd++)
 			o[ri][dd] = 0.0f;
 	}
 	__syncthreads();
@@ -288,7 +301,7 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 	{
 		int			key = tile * ATTN_TILE + lane;
 		int			valid = key >= k_lo && key <= pos;
-		uint4		kr[ATTN_MAX_HEAD_DIM / 8];
+		uint4		kr[D / 8];
 		float		p_r[ATTN_WARPS];
 
 		if (valid)
@@ -297,7 +310,7 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 			size_t		src = attn_kv_index(kv, layer, page, g, key % KV_PAGE);
 
 #pragma unroll
-			for (int c = 0; c < ATTN_MAX_HEAD_DIM / 8; c++)
+			for (int c = 0; c < D / 8; c++)
 				if (c < D / 8)
 				{
 					kr[c] = *(const uint4 *) (kv.k + src + 8 * c);
@@ -306,7 +319,7 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 		}
 		else
 #pragma unroll
-			for (int c = 0; c < ATTN_MAX_HEAD_DIM / 8; c++)
+			for (int c = 0; c < D / 8; c++)
 				if (c < D / 8)
 				{
 					kr[c] = make_uint4(0, 0, 0, 0);
@@ -323,7 +336,7 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 			float		corr;
 
 			p_r[ri] = 0.0f;
-			if (r >= G)
+			if (r >= GB)
 				continue;
 			if (valid)
 			{
@@ -331,7 +344,7 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 				float		dot = 0.0f;
 
 #pragma unroll
-				for (int c = 0; c < ATTN_MAX_HEAD_DIM / 8; c++)
+				for (int c = 0; c < D / 8; c++)
 					if (c < D / 8)
 					{
 						const __nv_bfloat162 *k2 = (const __nv_bfloat162 *) &kr[c];
@@ -354,29 +367,29 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 			p_r[ri] = valid ? expf(s - m_new) : 0.0f;
 			l[ri] = l[ri] * corr + p_r[ri];
 #pragma unroll
-			for (int dd = 0; dd < ATTN_DPL; dd++)
+			for (int dd = 0; dd < DPL; dd++)
 				o[ri][dd] *= corr;
 			m[ri] = m_new;
 		}
 		for (int jj = 0; jj < ATTN_TILE; jj++)
 		{
-			float		vv[ATTN_DPL];
+			float		vv[DPL];
 
 			if (tile * ATTN_TILE + jj < k_lo || tile * ATTN_TILE + jj > pos)
 				continue;
 #pragma unroll
-			for (int dd = 0; dd < ATTN_DPL; dd++)
+			for (int dd = 0; dd < DPL; dd++)
 				vv[dd] = lane + 32 * dd < D ? __bfloat162float(v_w[jj * D + lane + 32 * dd]) : 0.0f;
 #pragma unroll
 			for (int ri = 0; ri < ATTN_WARPS; ri++)
 			{
 				float		pj;
 
-				if (rg + ri * row_groups >= G)
+				if (rg + ri * row_groups >= GB)
 					break;
 				pj = __shfl_sync(0xffffffffu, p_r[ri], jj);
 #pragma unroll
-				for (int dd = 0; dd < ATTN_DPL; dd++)
+				for (int dd = 0; dd < DPL; dd++)
 					o[ri][dd] += pj * vv[dd];
 			}
 		}
@@ -391,12 +404,12 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 		float	   *pr;
 		float		lsum;
 
-		if (r >= G)
+		if (r >= GB)
 			break;
 		pr = part + ((size_t) warp * ATTN_WARPS + r) * (D + 2);
 		lsum = warp_sum(l[ri]);
 #pragma unroll
-		for (int dd = 0; dd < ATTN_DPL; dd++)
+		for (int dd = 0; dd < DPL; dd++)
 			if (lane + 32 * dd < D)
 				pr[lane + 32 * dd] = o[ri][dd];
 		if (lane == 0)
@@ -406,9 +419,9 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 		}
 	}
 	__syncthreads();
-	if (warp < G)
+	if (warp < GB)
 	{
-		int			h = g * G + warp;
+		int			h = h0 + warp;
 		float		sink = sinks[h];
 		float		big = sink;
 		float		den;
@@ -426,7 +439,7 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 				den += pr[D + 1] * expf(pr[D] - big);
 		}
 #pragma unroll
-		for (int dd = 0; dd < ATTN_DPL; dd++)
+		for (int dd = 0; dd < DPL; dd++)
 		{
 			int			d = lane + 32 * dd;
 			float		acc = 0.0f;
@@ -494,6 +507,7 @@ attention_prefill_tc_kernel(const int32_t *__restrict__ item_tok0, const int32_t
 							int layer, int window, const float *__restrict__ q, KvCacheView kv,
 							const float *__restrict__ sinks, int Hq, __nv_bfloat16 *__restrict__ att)
 {
+	chain_begin();
 	__shared__ __align__(16) __half k_s[FA_KEYS][D + 8];
 	__shared__ __align__(16) __half v_s[FA_KEYS][D + 8];
 	const int	lane = threadIdx.x & 31;
@@ -709,6 +723,21 @@ attention_tokens_per_item(int Hq, int Hkv, int D, int decode)
 	return ATTN_WARPS * ATTN_ROWS_PER_WARP / G;
 }
 
+/* The signature every attention kernel shares. */
+typedef void (*AttentionKernel) (const int32_t *, const int32_t *, const int32_t *, const int32_t *,
+								 int, int, const float *, KvCacheView, const float *, int,
+								 __nv_bfloat16 *);
+
+/* The decode kernel for head dim D, or NULL (other head dims use attention_kernel). */
+static AttentionKernel
+decode_kernel_for(int D)
+{
+	return D == 16 ? attention_decode_kernel<16> :
+		D == 32 ? attention_decode_kernel<32> :
+		D == 64 ? attention_decode_kernel<64> :
+		D == 128 ? attention_decode_kernel<128> : NULL;
+}
+
 /* Shared memory of the decode kernel for head dim D. */
 static size_t
 decode_smem_bytes(int D)
@@ -716,6 +745,21 @@ decode_smem_bytes(int D)
 	return (size_t) ATTN_WARPS * D * sizeof(float) +
 		(size_t) ATTN_WARPS * ATTN_WARPS * (D + 2) * sizeof(float) +
 		(size_t) ATTN_WARPS * ATTN_TILE * D * sizeof(__nv_bfloat16);
+}
+
+/*
+ * Query-head splits of a decode launch: blocks per (item, KV head) so that a
+ * small batch still has about 512 blocks (a batch-1 decode otherwise ran 8
+ * blocks on 132 SMs); each split re-reads the group's K/V, from L2.
+ */
+static int
+decode_row_splits(int n_items, int Hkv, int G)
+{
+	int			z = G;
+
+	while (z > 1 && (G % z != 0 || (long) n_items * Hkv * z > 512))
+		z--;
+	return z;
 }
 
 /*
@@ -737,52 +781,52 @@ launch_attention(const StepView &sv, int n_items, int decode, int layer, int win
 		return cudaErrorInvalidValue;
 	if (n_items <= 0)
 		return cudaSuccess;
-	if (decode && G <= ATTN_WARPS)
+	if (decode && G <= ATTN_WARPS && decode_kernel_for(D))
 	{
-		size_t		smem = decode_smem_bytes(D);
-
-		attention_decode_kernel<<<grid, ATTN_WARPS * 32, smem, stream>>>(
-			sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer, window, q, kv, sinks, Hq, att);
+		grid.z = decode_row_splits(n_items, kv.n_kv_heads, G);
+		return launch_chained(decode_kernel_for(D), grid, ATTN_WARPS * 32, decode_smem_bytes(D),
+							  stream, sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer,
+							  window, q, kv, sinks, Hq, att);
 	}
-	else if (prefill_on_tensor_cores(D, G))
+	if (prefill_on_tensor_cores(D, G))
 	{
-		dim3		tc_grid(n_items, kv.n_kv_heads);
+		AttentionKernel kernel =
+			D == 16 ? attention_prefill_tc_kernel<16> :
+			D == 32 ? attention_prefill_tc_kernel<32> :
+			D == 64 ? attention_prefill_tc_kernel<64> : attention_prefill_tc_kernel<128>;
 
-		switch (D)
-		{
-			case 16:
-				attention_prefill_tc_kernel<16><<<tc_grid, FA_WARPS * 32, 0, stream>>>(
-					sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer, window, q, kv, sinks, Hq, att);
-				break;
-			case 32:
-				attention_prefill_tc_kernel<32><<<tc_grid, FA_WARPS * 32, 0, stream>>>(
-					sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer, window, q, kv, sinks, Hq, att);
-				break;
-			case 64:
-				attention_prefill_tc_kernel<64><<<tc_grid, FA_WARPS * 32, 0, stream>>>(
-					sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer, window, q, kv, sinks, Hq, att);
-				break;
-			default:
-				attention_prefill_tc_kernel<128><<<tc_grid, FA_WARPS * 32, 0, stream>>>(
-					sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer, window, q, kv, sinks, Hq, att);
-				break;
-		}
+		return launch_chained(kernel, grid, FA_WARPS * 32, 0, stream, sv.item_tok0, sv.item_ntok,
+							  sv.tok_pos, sv.tok_slot, layer, window, q, kv, sinks, Hq, att);
 	}
-	else
-	{
-		size_t		smem = (size_t) ATTN_WARPS * RW * D * sizeof(float) +
-			(size_t) ATTN_TILE * (2 * D + 2) * sizeof(__nv_bfloat16);
-
-		attention_kernel<<<grid, ATTN_WARPS * 32, smem, stream>>>(
-			sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer, window, q, kv, sinks, Hq, att);
-	}
-	return cudaGetLastError();
+	return launch_chained(attention_kernel, grid, ATTN_WARPS * 32,
+						  (size_t) ATTN_WARPS * RW * D * sizeof(float) +
+						  (size_t) ATTN_TILE * (2 * D + 2) * sizeof(__nv_bfloat16),
+						  stream, sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer, window,
+						  q, kv, sinks, Hq, att);
 }
 
-/* Allows the decode kernel its shared memory (> 48 KB for large heads) on the current device. */
+/*
+ * Allows the decode kernels their shared memory (> 48 KB for large heads) on
+ * the current device, and asks for the largest shared-memory carveout so that
+ * several blocks fit on an SM.
+ */
 cudaError_t
 attention_prepare(void)
 {
-	return cudaFuncSetAttribute(attention_decode_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-								(int) decode_smem_bytes(ATTN_MAX_HEAD_DIM));
+	const int	dims[4] = {16, 32, 64, 128};
+
+	for (int i = 0; i < 4; i++)
+	{
+		cudaError_t rc = cudaFuncSetAttribute(decode_kernel_for(dims[i]),
+											  cudaFuncAttributeMaxDynamicSharedMemorySize,
+											  (int) decode_smem_bytes(dims[i]));
+
+		if (rc == cudaSuccess)
+			rc = cudaFuncSetAttribute(decode_kernel_for(dims[i]),
+									  cudaFuncAttributePreferredSharedMemoryCarveout,
+									  cudaSharedmemCarveoutMaxShared);
+		if (rc != cudaSuccess)
+			return rc;
+	}
+	return cudaSuccess;
 }

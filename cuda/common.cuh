@@ -31,6 +31,45 @@ extern "C" {
 								 cudaGetErrorString(cuda_try_rc_)); \
 	} while (0)
 
+/*
+ * Programmatic dependent launch (sm_90).  The step's kernels are launched
+ * with launch_chained, which lets the next kernel's blocks be scheduled
+ * while the current kernel still runs, so a kernel boundary no longer costs
+ * a full launch gap.  Every kernel so launched starts with chain_begin():
+ * wait until the previous kernel has completed and its writes are visible
+ * (first, before any memory access or early return, so that completion
+ * stays transitive along the chain), then let its own successor launch.
+ * Without a programmatic predecessor the wait returns at once.
+ */
+static __device__ __forceinline__ void
+chain_begin(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;\n" ::: "memory");
+	asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+/* Launches kernel<<<grid, block, smem, stream>>>(args...) as a chained (PDL) launch. */
+template <typename... Params, typename... Args>
+static inline cudaError_t
+launch_chained(void (*kernel) (Params...), dim3 grid, dim3 block, size_t smem,
+			   cudaStream_t stream, Args... args)
+{
+	cudaLaunchAttribute attr;
+	cudaLaunchConfig_t cfg = {};
+
+	attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	attr.val.programmaticStreamSerializationAllowed = 1;
+	cfg.gridDim = grid;
+	cfg.blockDim = block;
+	cfg.dynamicSmemBytes = smem;
+	cfg.stream = stream;
+	cfg.attrs = &attr;
+	cfg.numAttrs = 1;
+	return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 /* Sum over the 32 lanes of a warp (every lane gets the total, fixed order). */
 static __device__ __forceinline__ float
 warp_sum(float v)

@@ -17,6 +17,7 @@ embed_norm_kernel(const int32_t *__restrict__ tok_id, const __nv_bfloat16 *__res
 				  const int32_t *__restrict__ upd_index, const int32_t *__restrict__ upd_page,
 				  int32_t *__restrict__ page_table)
 {
+	chain_begin();
 	__shared__ float scratch[32];
 	size_t		base = (size_t) blockIdx.x * H;
 	const __nv_bfloat16 *src = embedding + (size_t) tok_id[blockIdx.x] * H;
@@ -47,8 +48,7 @@ launch_embed_norm(const StepView &sv, int T, const __nv_bfloat16 *embedding, con
 		return cudaErrorInvalidValue;
 	if (T <= 0)
 		return cudaSuccess;
-	embed_norm_kernel<<<T, ROW_THREADS, 0, stream>>>(sv.tok_id, embedding, norm_w, H, eps, x, xb,
-													 sv.n_upd, sv.upd_index, sv.upd_page,
-													 page_table);
-	return cudaGetLastError();
+	return launch_chained(embed_norm_kernel, T, ROW_THREADS, 0, stream, sv.tok_id, embedding,
+							  norm_w, H, eps, x, xb, sv.n_upd, sv.upd_index, sv.upd_page,
+							  page_table);
 }

@@ -12,6 +12,7 @@ __global__ void
 gather_rows_kernel(const int32_t *__restrict__ rows, const __nv_bfloat16 *__restrict__ xb, int H,
 				   __nv_bfloat16 *__restrict__ out)
 {
+	chain_begin();
 	int			r = blockIdx.x;
 	const __nv_bfloat16 *src = xb + (size_t) rows[r] * H;
 	__nv_bfloat16 *dst = out + (size_t) r * H;
@@ -31,6 +32,5 @@ launch_gather_rows(const int32_t *rows, int R, const __nv_bfloat16 *xb, int H, _
 {
 	if (R <= 0)
 		return cudaSuccess;
-	gather_rows_kernel<<<R, 128, 0, stream>>>(rows, xb, H, out);
-	return cudaGetLastError();
+	return launch_chained(gather_rows_kernel, R, 128, 0, stream, rows, xb, H, out);
 }

@@ -132,13 +132,16 @@ cudaError_t launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeR
  * its tokens.  gate_up: bias, clamped SwiGLU, fp16 result in the fragment
  * layout of the down matrix (act_frag, act_kc chunks).  down: bias, fp32 rows
  * y [sorted row][H].  max_active bounds the grid (min(E, T*K)); tiles_per_pass
- * is 1, 2, 4 or 8 (8-token tiles computed per pass over the weights).
+ * is 1, 2, 4 or 8 (8-token tiles computed per pass over the weights; 8 is the
+ * prefill variant); row_tiles (1, 2 or 4) is how many 16-row weight tiles a
+ * decode block takes.  No choice changes any result bit.
  */
-cudaError_t launch_moe_gate_up(int max_active, int tiles_per_pass, MoeMatrix w, MoeRoute route,
-							   const __half *x_frag, float limit, __half *act_frag, int act_kc,
-							   cudaStream_t stream);
-cudaError_t launch_moe_down(int max_active, int tiles_per_pass, MoeMatrix w, MoeRoute route,
-							const __half *act_frag, float *y, cudaStream_t stream);
+cudaError_t launch_moe_gate_up(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w,
+							   MoeRoute route, const __half *x_frag, float limit,
+							   __half *act_frag, int act_kc, cudaStream_t stream);
+cudaError_t launch_moe_down(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w,
+							MoeRoute route, const __half *act_frag, float *y,
+							cudaStream_t stream);
 
 /* moe_combine.cu: x += sum_k w_k * y[row(t,k)]; xb = bf16(rmsnorm(x) * norm_w). */
 cudaError_t launch_moe_combine_norm(int T, int K, float *x, const float *y, MoeRoute route,

@@ -18,6 +18,7 @@ moe_combine_norm_kernel(int K, float *__restrict__ x, const float *__restrict__ 
 						const float *__restrict__ norm_w, int H, float eps,
 						__nv_bfloat16 *__restrict__ xb)
 {
+	chain_begin();
 	__shared__ float scratch[32];
 	__shared__ int rows[COMBINE_MAX_K];
 	__shared__ float weights[COMBINE_MAX_K];
@@ -75,7 +76,6 @@ launch_moe_combine_norm(int T, int K, float *x, const float *y, MoeRoute route,
 		return cudaErrorInvalidValue;
 	if (T <= 0)
 		return cudaSuccess;
-	moe_combine_norm_kernel<<<T, ROW_THREADS, 0, stream>>>(K, x, y, route.assign_row, topk_w,
-														   norm_w, H, eps, xb);
-	return cudaGetLastError();
+	return launch_chained(moe_combine_norm_kernel, T, ROW_THREADS, 0, stream, K, x, y,
+							  route.assign_row, topk_w, norm_w, H, eps, xb);
 }

@@ -3,27 +3,29 @@
  * all tokens routed to each expert, on the tensor cores.
  *
  * Plan.  Block (x, y) handles active expert y (of the step's active list).
- * Decode variant (up to 32 tokens per pass): the block's MOE_KSPLIT warps
- * split the input dimension (64-column pieces) of one row tile in four fixed
- * ranges and add their partial sums in a fixed order through shared memory.
- * Prefill variant (64 tokens per pass): each warp owns a row tile and walks
- * the whole input dimension, so the four warps of a block read the same
- * activation fragments (shared through L1).  It sums the same four input
- * ranges separately and adds them in the decode variant's order, so both
- * variants give a token bitwise the same result: the output of a token does
- * not depend on how many tokens the step routes to its experts.  Per piece a lane loads one uint4
- * of packed fp4 codes and one scale word (moe_layout.cuh), decodes them into fp16 A fragments with shifts and
- * masks, and multiplies them (mma.sync m16n8k16, fp32 accumulate) with the
- * B fragments of up to tiles_per_pass 8-token tiles, loaded as 16-byte
- * vectors from the fragment-layout activations (L1/L2 resident: every warp
- * of the expert reads the same ones).  Each 32-column MX block is
- * accumulated separately and then scaled by its E8M0 factor, so the scale
- * never touches fp16.  Splitting the input dimension across warps is what
- * lets a batch-1 decode keep enough loads in flight: a warp walks 11 pieces
- * instead of 45.  The weights of an expert are read from memory once per
- * pass over its tokens: once per step for decode batches (up to
- * 8*tiles_per_pass tokens per expert), which is what makes batched decoding
- * cheap.
+ * Decode variant (up to 32 tokens per pass): block x takes row_tiles (1, 2
+ * or 4) 16-row tiles; its MOE_KSPLIT warps split the input dimension
+ * (64-column pieces) in four fixed ranges, each warp multiplying its range of
+ * every row tile of the block with the same activation fragments, and the
+ * four partial sums of a row tile are added in a fixed order through shared
+ * memory.  Prefill variant (64 tokens per pass): each warp owns a row tile
+ * and walks the whole input dimension, so the four warps of a block read the
+ * same activation fragments (shared through L1).  It sums the same four
+ * input ranges separately and adds them in the decode variant's order, so
+ * every variant gives a token bitwise the same result: the output of a token
+ * does not depend on how many tokens the step routes to its experts.
+ * Per piece a lane loads one uint4 of packed fp4 codes and one scale word
+ * (moe_layout.cuh), decodes them into fp16 A fragments with shifts and masks,
+ * and multiplies them (mma.sync m16n8k16, fp32 accumulate) with the B
+ * fragments of up to tiles_per_pass 8-token tiles, loaded as 16-byte vectors
+ * from the fragment-layout activations (L1/L2 resident: every warp of the
+ * expert reads the same ones).  Each 32-column MX block is accumulated
+ * separately and then scaled by its E8M0 factor, so the scale never touches
+ * fp16.  Splitting the input dimension across warps is what lets a batch-1
+ * decode keep enough loads in flight: a warp walks 11 pieces instead of 45.
+ * The weights of an expert are read from memory once per pass over its
+ * tokens: once per step for decode batches (up to 8*tiles_per_pass tokens
+ * per expert), which is what makes batched decoding cheap.
  *
  * Epilogues.  gate_up: the tile's rows are 8 gates and the 8 matching ups
  * (regrouped at upload), so a lane holds gate and up of one feature and
@@ -141,90 +143,190 @@ moe_epilogue(const MoeMatmulArgs &args, const float acc[NT][4], int e, int tile,
 }
 
 /*
- * acc += pieces [c_begin, c_end) of one row tile times NT token tiles (from
- * tile tc).  PRELOAD: all activation fragments of a piece are loaded before
- * its products (more loads in flight; measured faster for the 64-token
- * prefill passes, slower for the small decode passes, bench/NOTES-cuda.md).
+ * acc[r] += pieces [c_begin, c_end) of row tile r (r < rt_valid; tile r's
+ * pieces follow tile 0's at w_stride / s_stride) times NT token tiles (from
+ * tile tc).  The activation fragments of a piece are loaded once and used
+ * for all RT row tiles.  PRELOAD: all activation fragments of a piece are
+ * loaded before its products (more loads in flight; measured faster for the
+ * 64-token prefill passes, slower for the small decode passes,
+ * bench/NOTES-cuda.md).  The arithmetic of one (row tile, token tile) pair
+ * does not depend on RT: per piece two mma from zero, scaled, added.
  */
-template <int NT, int PRELOAD>
+template <int RT, int NT, int PRELOAD>
 static __device__ __forceinline__ void
-moe_range(float acc[NT][4], const uint4 *wp, const uint32_t *sp, const uint4 *xp, int kc,
-		  int c_begin, int c_end, int tc, int n_tiles)
+moe_range(float (&acc)[RT][NT][4], const uint4 *wp, const uint32_t *sp, size_t w_stride,
+		  size_t s_stride, int rt_valid, const uint4 *xp, int kc, int c_begin, int c_end, int tc,
+		  int n_tiles)
 {
-	for (int c0 = c_begin; c0 < c_end; c0 += MOE_UNROLL)
+	constexpr int U = RT >= 4 ? MOE_UNROLL / 2 : MOE_UNROLL;	/* pieces loaded ahead */
+
+	for (int c0 = c_begin; c0 < c_end; c0 += U)
 	{
-		uint4		wv[MOE_UNROLL];
-		uint32_t	sv[MOE_UNROLL];
+		uint4		wv[U][RT];
+		uint32_t	sv[U][RT];
 
 #pragma unroll
-		for (int u = 0; u < MOE_UNROLL; u++)
-			if (c0 + u < c_end)
-			{
-				wv[u] = __ldg(wp + (size_t) (c0 + u) * 32);
-				sv[u] = __ldg(sp + (size_t) (c0 + u) * 8);
-			}
+		for (int u = 0; u < U; u++)
 #pragma unroll
-		for (int u = 0; u < MOE_UNROLL; u++)
+			for (int r = 0; r < RT; r++)
+				if (c0 + u < c_end && r < rt_valid)
+				{
+					wv[u][r] = __ldg(wp + r * w_stride + (size_t) (c0 + u) * 32);
+					sv[u][r] = __ldg(sp + r * s_stride + (size_t) (c0 + u) * 8);
+				}
+#pragma unroll
+		for (int u = 0; u < U; u++)
 		{
 			uint4		bv[NT][2];
 
 			if (c0 + u >= c_end)
 				continue;
-			if (PRELOAD)
 #pragma unroll
-				for (int j = 0; j < NT; j++)
-					if (tc + j < n_tiles)
-					{
-						const uint4 *p = xp + ((size_t) (tc + j) * kc + c0 + u) * 64;
+			for (int j = 0; j < NT; j++)
+				if (tc + j < n_tiles)
+				{
+					const uint4 *p = xp + ((size_t) (tc + j) * kc + c0 + u) * 64;
 
-						bv[j][0] = __ldg(p);
+					bv[j][0] = __ldg(p);
+					if (PRELOAD)
 						bv[j][1] = __ldg(p + 1);
-					}
+				}
 #pragma unroll
 			for (int h = 0; h < 2; h++)
 			{
-				uint32_t	a0[4];
-				uint32_t	a1[4];
-				float		s_lo = e8m0_to_f32((sv[u] >> (8 * h)) & 255u);
-				float		s_hi = e8m0_to_f32((sv[u] >> (8 * (2 + h))) & 255u);
-
-				fp4x8_to_f16x2(h ? wv[u].z : wv[u].x, a0);
-				fp4x8_to_f16x2(h ? wv[u].w : wv[u].y, a1);
+				if (!PRELOAD && h == 1)
 #pragma unroll
-				for (int j = 0; j < NT; j++)
-					if (tc + j < n_tiles)
-					{
-						uint4		b = PRELOAD ? bv[j][h] :
-							__ldg(xp + ((size_t) (tc + j) * kc + c0 + u) * 64 + h);
-						float		part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+					for (int j = 0; j < NT; j++)
+						if (tc + j < n_tiles)
+							bv[j][1] = __ldg(xp + ((size_t) (tc + j) * kc + c0 + u) * 64 + 1);
+#pragma unroll
+				for (int r = 0; r < RT; r++)
+				{
+					uint32_t	a0[4];
+					uint32_t	a1[4];
+					float		s_lo;
+					float		s_hi;
 
-						mma_16816(part, a0, b.x, b.y);
-						mma_16816(part, a1, b.z, b.w);
-						acc[j][0] += part[0] * s_lo;
-						acc[j][1] += part[1] * s_lo;
-						acc[j][2] += part[2] * s_hi;
-						acc[j][3] += part[3] * s_hi;
-					}
+					if (r >= rt_valid)
+						continue;
+					s_lo = e8m0_to_f32((sv[u][r] >> (8 * h)) & 255u);
+					s_hi = e8m0_to_f32((sv[u][r] >> (8 * (2 + h))) & 255u);
+					fp4x8_to_f16x2(h ? wv[u][r].z : wv[u][r].x, a0);
+					fp4x8_to_f16x2(h ? wv[u][r].w : wv[u][r].y, a1);
+#pragma unroll
+					for (int j = 0; j < NT; j++)
+						if (tc + j < n_tiles)
+						{
+							uint4		b = bv[j][h];
+							float		part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+
+							mma_16816(part, a0, b.x, b.y);
+							mma_16816(part, a1, b.z, b.w);
+							acc[r][j][0] += part[0] * s_lo;
+							acc[r][j][1] += part[1] * s_lo;
+							acc[r][j][2] += part[2] * s_hi;
+							acc[r][j][3] += part[3] * s_hi;
+						}
+				}
 			}
 		}
 	}
 }
 
 /*
- * One expert's row tiles times NT token tiles per pass.  WARP_SPLIT: the
- * block's warps take the input ranges of one tile (decode); otherwise each
- * warp takes its own tile and the whole input (prefill).
+ * Decode variant: block x takes row tiles [RT*x, RT*x + RT) of one expert;
+ * its warps take the four input ranges of all of them, then warp r adds the
+ * four partial sums of row tile r in range order and writes it.  RT > 1
+ * loads each activation fragment once for RT row tiles (the activations, not
+ * the weights, were most of the bytes a batch-64 step moved through L2).
  */
-template <int MODE, int NT, int WARP_SPLIT>
+template <int MODE, int RT, int NT>
 static __device__ __forceinline__ void
-moe_matmul_body(const MoeMatmulArgs &args)
+moe_decode_body(const MoeMatmulArgs &args)
 {
-	__shared__ float red[WARP_SPLIT ? MOE_KSPLIT - 1 : 1][WARP_SPLIT ? NT : 1][4][32];
+	__shared__ float red[MOE_KSPLIT][RT][NT][4][32];
 	const int	lane = threadIdx.x & 31;
 	const int	g = lane >> 2;
 	const int	t4 = lane & 3;
 	const int	warp = threadIdx.x >> 5;
-	const int	tile = WARP_SPLIT ? blockIdx.x : blockIdx.x * MOE_KSPLIT + warp;
+	const int	tile0 = blockIdx.x * RT;
+	const int	kc = args.w.kc;
+	const int	rt_valid = min(RT, args.w.rtiles - tile0);
+	int			e;
+	int			n_e;
+	int			row0;
+	int			n_tiles;
+	size_t		piece0;
+	const uint4 *wp;
+	const uint32_t *sp;
+	const uint4 *xp;
+
+	if ((int) blockIdx.y >= *args.route.n_active)
+		return;
+	e = args.route.active[blockIdx.y];
+	n_e = args.route.count[e];
+	row0 = args.route.offset[e];
+	n_tiles = (n_e + 7) >> 3;
+	piece0 = ((size_t) e * args.w.rtiles + tile0) * kc;
+	wp = args.w.blocks + piece0 * 32 + lane;
+	sp = args.w.scales + piece0 * 8 + g;
+	xp = args.x + (size_t) (row0 >> 3) * kc * 64 + lane * 2;
+
+	for (int tc = 0; tc < n_tiles; tc += NT)
+	{
+		float		acc[RT][NT][4];
+
+#pragma unroll
+		for (int r = 0; r < RT; r++)
+#pragma unroll
+			for (int j = 0; j < NT; j++)
+				acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.0f;
+		moe_range<RT, NT, 0>(acc, wp, sp, (size_t) kc * 32, (size_t) kc * 8, rt_valid, xp, kc,
+							 warp * kc / MOE_KSPLIT, (warp + 1) * kc / MOE_KSPLIT, tc, n_tiles);
+#pragma unroll
+		for (int r = 0; r < RT; r++)
+#pragma unroll
+			for (int j = 0; j < NT; j++)
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+					red[warp][r][j][c][lane] = acc[r][j][c];
+		__syncthreads();
+		for (int r = warp; r < rt_valid; r += MOE_KSPLIT)
+		{
+			float		sum[NT][4];
+
+#pragma unroll
+			for (int j = 0; j < NT; j++)
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+				{
+					sum[j][c] = red[0][r][j][c][lane];
+#pragma unroll
+					for (int w = 1; w < MOE_KSPLIT; w++)
+						sum[j][c] += red[w][r][j][c][lane];
+				}
+			moe_epilogue<MODE, NT>(args, sum, e, tile0 + r, row0, n_e, n_tiles, tc, g, t4);
+		}
+		__syncthreads();	/* red is reused by the next pass */
+	}
+}
+
+/*
+ * Prefill variant: each warp owns a row tile and walks the whole input in
+ * the same four ranges, summed in the same order as the decode variant's
+ * warps, so a token's result does not depend on the variant (i.e. on the
+ * step's token count); the four warps of a block read the same activation
+ * fragments (shared through L1).
+ */
+template <int MODE, int NT>
+static __device__ __forceinline__ void
+moe_prefill_body(const MoeMatmulArgs &args)
+{
+	const int	lane = threadIdx.x & 31;
+	const int	g = lane >> 2;
+	const int	t4 = lane & 3;
+	const int	warp = threadIdx.x >> 5;
+	const int	tile = blockIdx.x * MOE_KSPLIT + warp;
 	const int	kc = args.w.kc;
 	int			e;
 	int			n_e;
@@ -235,7 +337,7 @@ moe_matmul_body(const MoeMatmulArgs &args)
 	const uint32_t *sp;
 	const uint4 *xp;
 
-	if ((int) blockIdx.y >= *args.route.n_active || (!WARP_SPLIT && tile >= args.w.rtiles))
+	if ((int) blockIdx.y >= *args.route.n_active || tile >= args.w.rtiles)
 		return;
 	e = args.route.active[blockIdx.y];
 	n_e = args.route.count[e];
@@ -248,73 +350,38 @@ moe_matmul_body(const MoeMatmulArgs &args)
 
 	for (int tc = 0; tc < n_tiles; tc += NT)
 	{
-		float		acc[NT][4];
-
-		if (WARP_SPLIT)
-		{
-#pragma unroll
-			for (int j = 0; j < NT; j++)
-				acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-			moe_range<NT, 0>(acc, wp, sp, xp, kc, warp * kc / MOE_KSPLIT, (warp + 1) * kc / MOE_KSPLIT,
-							 tc, n_tiles);
-			/* partial sums of warps 1..3 -> shared memory; warp 0 adds them in order */
-			if (warp > 0)
-#pragma unroll
-				for (int j = 0; j < NT; j++)
-#pragma unroll
-					for (int c = 0; c < 4; c++)
-						red[warp - 1][j][c][lane] = acc[j][c];
-			__syncthreads();
-			if (warp == 0)
-			{
-#pragma unroll
-				for (int w = 0; w < MOE_KSPLIT - 1; w++)
-#pragma unroll
-					for (int j = 0; j < NT; j++)
-#pragma unroll
-						for (int c = 0; c < 4; c++)
-							acc[j][c] += red[w][j][c][lane];
-				moe_epilogue<MODE, NT>(args, acc, e, tile, row0, n_e, n_tiles, tc, g, t4);
-			}
-			__syncthreads();	/* red is reused by the next pass */
-		}
-		else
-		{
-			/*
-			 * the same four input ranges, summed in the same order as the
-			 * decode variant's warps 0..3, so a token's result does not
-			 * depend on the variant (i.e. on the step's token count)
-			 */
-#pragma unroll
-			for (int j = 0; j < NT; j++)
-				acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.0f;
-			moe_range<NT, 1>(acc, wp, sp, xp, kc, 0, kc / MOE_KSPLIT, tc, n_tiles);
-			for (int r = 1; r < MOE_KSPLIT; r++)
-			{
-				float		part[NT][4];
+		float		acc[1][NT][4];
 
 #pragma unroll
-				for (int j = 0; j < NT; j++)
-					part[j][0] = part[j][1] = part[j][2] = part[j][3] = 0.0f;
-				moe_range<NT, 1>(part, wp, sp, xp, kc, r * kc / MOE_KSPLIT, (r + 1) * kc / MOE_KSPLIT,
-								 tc, n_tiles);
+		for (int j = 0; j < NT; j++)
+			acc[0][j][0] = acc[0][j][1] = acc[0][j][2] = acc[0][j][3] = 0.0f;
+		moe_range<1, NT, 1>(acc, wp, sp, 0, 0, 1, xp, kc, 0, kc / MOE_KSPLIT, tc, n_tiles);
+		for (int r = 1; r < MOE_KSPLIT; r++)
+		{
+			float		part[1][NT][4];
+
 #pragma unroll
-				for (int j = 0; j < NT; j++)
+			for (int j = 0; j < NT; j++)
+				part[0][j][0] = part[0][j][1] = part[0][j][2] = part[0][j][3] = 0.0f;
+			moe_range<1, NT, 1>(part, wp, sp, 0, 0, 1, xp, kc, r * kc / MOE_KSPLIT,
+								(r + 1) * kc / MOE_KSPLIT, tc, n_tiles);
 #pragma unroll
-					for (int c = 0; c < 4; c++)
-						acc[j][c] += part[j][c];
-			}
-			moe_epilogue<MODE, NT>(args, acc, e, tile, row0, n_e, n_tiles, tc, g, t4);
+			for (int j = 0; j < NT; j++)
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+					acc[0][j][c] += part[0][j][c];
 		}
+		moe_epilogue<MODE, NT>(args, acc[0], e, tile, row0, n_e, n_tiles, tc, g, t4);
 	}
 }
 
-/* The decode variant (the block's warps split the input dimension). */
-template <int MODE, int NT>
+/* The decode variant (the block's warps split the input dimension of RT row tiles). */
+template <int MODE, int RT, int NT>
 __global__ void __launch_bounds__(MOE_KSPLIT * 32)
 moe_matmul_kernel(MoeMatmulArgs args)
 {
-	moe_matmul_body<MODE, NT, 1>(args);
+	chain_begin();
+	moe_decode_body<MODE, RT, NT>(args);
 }
 
 /* The prefill variant (a row tile per warp), register-capped for MOE_PREFILL_BLOCKS blocks per SM. */
@@ -322,26 +389,41 @@ template <int MODE>
 __global__ void __launch_bounds__(MOE_KSPLIT * 32, MOE_PREFILL_BLOCKS)
 moe_prefill_kernel(MoeMatmulArgs args)
 {
-	moe_matmul_body<MODE, 8, 0>(args);
+	chain_begin();
+	moe_prefill_body<MODE, 8>(args);
 }
 
-/* Launches instantiation <MODE, NT, WARP_SPLIT>. */
-template <int MODE, int NT, int WARP_SPLIT>
-static void
-launch_variant(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
+/* Launches the decode variant <MODE, RT, NT>. */
+template <int MODE, int RT, int NT>
+static cudaError_t
+launch_decode(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
 {
-	dim3		grid(WARP_SPLIT ? args.w.rtiles : div_up(args.w.rtiles, MOE_KSPLIT), max_active);
+	dim3		grid(div_up(args.w.rtiles, RT), max_active);
 
-	if constexpr (WARP_SPLIT)
-		moe_matmul_kernel<MODE, NT><<<grid, MOE_KSPLIT * 32, 0, stream>>>(args);
-	else
-		moe_prefill_kernel<MODE><<<grid, MOE_KSPLIT * 32, 0, stream>>>(args);
+	return launch_chained(moe_matmul_kernel<MODE, RT, NT>, grid, MOE_KSPLIT * 32, 0, stream,
+						  args);
 }
 
-/* Picks the instantiation for tiles_per_pass (the prefill variant at 8) and launches it. */
+/* Launches the decode variant <MODE, rt, NT>. */
+template <int MODE, int NT>
+static cudaError_t
+launch_decode_rt(int max_active, int rt, const MoeMatmulArgs &args, cudaStream_t stream)
+{
+	switch (rt)
+	{
+		case 1:
+			return launch_decode<MODE, 1, NT>(max_active, args, stream);
+		case 2:
+			return launch_decode<MODE, 2, NT>(max_active, args, stream);
+		default:
+			return launch_decode<MODE, 4, NT>(max_active, args, stream);
+	}
+}
+
+/* Picks the variant for tiles_per_pass (the prefill variant at 8) and row_tiles, and launches it. */
 template <int MODE>
 static cudaError_t
-launch_moe_matmul(int max_active, int tiles_per_pass, const MoeMatmulArgs &args,
+launch_moe_matmul(int max_active, int tiles_per_pass, int rt, const MoeMatmulArgs &args,
 				  cudaStream_t stream)
 {
 	if (max_active <= 0)
@@ -349,24 +431,21 @@ launch_moe_matmul(int max_active, int tiles_per_pass, const MoeMatmulArgs &args,
 	switch (tiles_per_pass)
 	{
 		case 1:
-			launch_variant<MODE, 1, 1>(max_active, args, stream);
-			break;
+			return launch_decode_rt<MODE, 1>(max_active, rt, args, stream);
 		case 2:
-			launch_variant<MODE, 2, 1>(max_active, args, stream);
-			break;
+			return launch_decode_rt<MODE, 2>(max_active, rt, args, stream);
 		case 4:
-			launch_variant<MODE, 4, 1>(max_active, args, stream);
-			break;
+			return launch_decode_rt<MODE, 4>(max_active, rt, args, stream);
 		default:
-			launch_variant<MODE, 8, 0>(max_active, args, stream);
-			break;
+			return launch_chained(moe_prefill_kernel<MODE>,
+								  dim3(div_up(args.w.rtiles, MOE_KSPLIT), max_active),
+								  MOE_KSPLIT * 32, 0, stream, args);
 	}
-	return cudaGetLastError();
 }
 
 /* gate_up product + SwiGLU for every active expert. */
 cudaError_t
-launch_moe_gate_up(int max_active, int tiles_per_pass, MoeMatrix w, MoeRoute route,
+launch_moe_gate_up(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w, MoeRoute route,
 				   const __half *x_frag, float limit, __half *act_frag, int act_kc,
 				   cudaStream_t stream)
 {
@@ -378,12 +457,12 @@ launch_moe_gate_up(int max_active, int tiles_per_pass, MoeMatrix w, MoeRoute rou
 	args.act = act_frag;
 	args.act_kc = act_kc;
 	args.limit = limit;
-	return launch_moe_matmul<MOE_GATE_UP>(max_active, tiles_per_pass, args, stream);
+	return launch_moe_matmul<MOE_GATE_UP>(max_active, tiles_per_pass, row_tiles, args, stream);
 }
 
 /* down product + bias for every active expert. */
 cudaError_t
-launch_moe_down(int max_active, int tiles_per_pass, MoeMatrix w, MoeRoute route,
+launch_moe_down(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w, MoeRoute route,
 				const __half *act_frag, float *y, cudaStream_t stream)
 {
 	MoeMatmulArgs args = {};
@@ -392,5 +471,5 @@ launch_moe_down(int max_active, int tiles_per_pass, MoeMatrix w, MoeRoute route,
 	args.route = route;
 	args.x = (const uint4 *) act_frag;
 	args.y = y;
-	return launch_moe_matmul<MOE_DOWN>(max_active, tiles_per_pass, args, stream);
+	return launch_moe_matmul<MOE_DOWN>(max_active, tiles_per_pass, row_tiles, args, stream);
 }

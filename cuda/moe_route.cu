@@ -23,6 +23,7 @@
 __global__ void __launch_bounds__(ROUTE_THREADS)
 moe_route_kernel(int n_assign, int E, const int32_t *__restrict__ topk_idx, MoeRoute route)
 {
+	chain_begin();
 	__shared__ int count[ROUTE_MAX_EXPERTS];
 	__shared__ int offset[ROUTE_MAX_EXPERTS];
 	__shared__ int fill[ROUTE_MAX_EXPERTS];
@@ -76,8 +77,7 @@ launch_moe_route(int T, int K, int E, const int32_t *topk_idx, MoeRoute route,
 {
 	if (E > ROUTE_MAX_EXPERTS)
 		return cudaErrorInvalidValue;
-	moe_route_kernel<<<1, ROUTE_THREADS, 0, stream>>>(T * K, E, topk_idx, route);
-	return cudaGetLastError();
+	return launch_chained(moe_route_kernel, 1, ROUTE_THREADS, 0, stream, T * K, E, topk_idx, route);
 }
 
 /* Assignment blockIdx.x = t*K + k: its token's row of xn, as fp16, at its sorted row. */
@@ -85,6 +85,7 @@ __global__ void
 moe_gather_kernel(int K, const float *__restrict__ xn, int H, int kc,
 				  const int32_t *__restrict__ assign_row, __half *__restrict__ x_frag)
 {
+	chain_begin();
 	int			a = blockIdx.x;
 	int			row = assign_row[a];
 	const float *src = xn + (size_t) (a / K) * H;
@@ -110,6 +111,6 @@ launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeRoute route, 
 {
 	if (T * K <= 0)
 		return cudaSuccess;
-	moe_gather_kernel<<<T * K, 512, 0, stream>>>(K, xn, H, kc, route.assign_row, x_frag);
-	return cudaGetLastError();
+	return launch_chained(moe_gather_kernel, T * K, 512, 0, stream, K, xn, H, kc,
+							  route.assign_row, x_frag);
 }

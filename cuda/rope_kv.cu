@@ -25,6 +25,7 @@ rope_kv_kernel(const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ 
 			   const float2 *__restrict__ rope, int Hq, int Hkv, int D, float *__restrict__ q,
 			   KvCacheView kv)
 {
+	chain_begin();
 	int			t = blockIdx.x;
 	int			half = D / 2;
 	int			pos = tok_pos[t];
@@ -83,7 +84,6 @@ launch_rope_kv(const StepView &sv, int T, int layer, const float *qkv, const flo
 {
 	if (T <= 0)
 		return cudaSuccess;
-	rope_kv_kernel<<<T, ROPE_THREADS, 0, stream>>>(sv.tok_pos, sv.tok_slot, layer, qkv, qkv_bias,
-												   rope, Hq, Hkv, D, q, kv);
-	return cudaGetLastError();
+	return launch_chained(rope_kv_kernel, T, ROPE_THREADS, 0, stream, sv.tok_pos, sv.tok_slot,
+							  layer, qkv, qkv_bias, rope, Hq, Hkv, D, q, kv);
 }

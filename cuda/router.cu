@@ -32,6 +32,7 @@ norm_router_kernel(const int32_t *__restrict__ tok_slot, float *__restrict__ x,
 				   const __nv_bfloat16 *__restrict__ w, const float *__restrict__ b, int H,
 				   int E, int K, int32_t *__restrict__ topk_idx, float *__restrict__ topk_w)
 {
+	chain_begin();
 	__shared__ float logits[ROUTER_MAX_EXPERTS];
 	__shared__ __align__(16) float x_s[ROUTER_MAX_H];
 	__shared__ float scratch[32];
@@ -178,7 +179,6 @@ launch_norm_router(const StepView &sv, int T, float *x, const float *proj, const
 		return cudaErrorInvalidValue;
 	if (T <= 0)
 		return cudaSuccess;
-	norm_router_kernel<<<T, ROUTER_THREADS, 0, stream>>>(sv.tok_slot, x, proj, bias, norm_w, eps, xn,
-														   w, b, H, E, K, topk_idx, topk_w);
-	return cudaGetLastError();
+	return launch_chained(norm_router_kernel, T, ROUTER_THREADS, 0, stream, sv.tok_slot, x, proj,
+							  bias, norm_w, eps, xn, w, b, H, E, K, topk_idx, topk_w);
 }

@@ -337,6 +337,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample_kernel(const SampleRow *__restrict__ samp, float *__restrict__ logits, int V,
 			  int32_t *__restrict__ out_tokens)
 {
+	chain_begin();
 	__shared__ SampleShared sh;
 	const SampleRow sr = samp[blockIdx.x];
 	float	   *row = logits + (size_t) blockIdx.x * V;
@@ -404,6 +405,6 @@ launch_sample(const StepView &sv, int R, float *logits, int V, int32_t *out_toke
 {
 	if (R <= 0)
 		return cudaSuccess;
-	sample_kernel<<<R, SAMPLE_THREADS, 0, stream>>>(sv.samp, logits, V, out_tokens);
-	return cudaGetLastError();
+	return launch_chained(sample_kernel, R, SAMPLE_THREADS, 0, stream, sv.samp, logits, V,
+							  out_tokens);
 }

@@ -18,7 +18,12 @@
  * and sinks are unit scale, norms are 1 plus small noise, biases are small,
  * MXFP4 nibbles are uniform over the 16 codes with E8M0 scales whose
  * exponents are randomly rounded so the dequantized rms is 1/sqrt(fan_in)
- * in expectation too.
+ * in expectation too.  The two products that write into the residual stream
+ * (o_proj and the experts' down) are scaled down by a further 1/sqrt(2L), as
+ * GPT-2 initialises them: with unit-scale writes each of L layers moved the
+ * stream as much as the embedding, so a rounding-level difference that flips
+ * one router choice changed the next-token argmax (HF's own bf16 run agreed
+ * with its fp32 run on 30% of positions of a 20b-shape model).
  */
 #include "model.h"
 #include "safetensors.h"
@@ -308,10 +313,12 @@ typedef struct value_law
 	double		scale_up_prob;	/* U8 scales: chance of scale_exp + 1 */
 } value_law;
 
-/* The distribution for a tensor's role (see the header comment for why). */
+/* The distribution for a tensor's role in a model of n_layers (see the header comment for why). */
 static value_law
-law_for(const gptoss_tensor_spec *s)
+law_for(const gptoss_tensor_spec *s, int n_layers)
 {
+	double		residual_scale = 1.0 / sqrt(2.0 * n_layers);
+
 	value_law	law = {0.0f, 0.0f, 0, 0.0};
 	double		x,
 				frac;
@@ -331,10 +338,12 @@ law_for(const gptoss_tensor_spec *s)
 		case GPTOSS_T_Q_WEIGHT:
 		case GPTOSS_T_K_WEIGHT:
 		case GPTOSS_T_V_WEIGHT:
-		case GPTOSS_T_O_WEIGHT:
 		case GPTOSS_T_ROUTER_WEIGHT:
 		case GPTOSS_T_LM_HEAD:
 			law.std = (float) (1.0 / sqrt((double) s->shape[1]));
+			break;
+		case GPTOSS_T_O_WEIGHT:
+			law.std = (float) (residual_scale / sqrt((double) s->shape[1]));
 			break;
 		case GPTOSS_T_Q_BIAS:
 		case GPTOSS_T_K_BIAS:
@@ -356,6 +365,8 @@ law_for(const gptoss_tensor_spec *s)
 			 * multiplier exact: (1-q) + 4q = 4^frac(x).
 			 */
 			x = log2(1.0 / (sqrt((double) s->shape[2] * 32.0) * FP4_UNIFORM_RMS));
+			if (s->role == GPTOSS_T_DOWN_SCALES)
+				x += log2(residual_scale);
 			frac = x - floor(x);
 			law.scale_exp = (int) floor(x);
 			law.scale_up_prob = (pow(4.0, frac) - 1.0) / 3.0;
@@ -367,11 +378,12 @@ law_for(const gptoss_tensor_spec *s)
 	return law;
 }
 
-/* Generates bytes [begin, begin+len) of tensor s (begin and len multiples of 8). */
+/* Generates bytes [begin, begin+len) of tensor s of a model of n_layers (begin and len multiples of 8). */
 static void
-generate(const gptoss_tensor_spec *s, uint64_t key, uint64_t begin, size_t len, uint8_t *out)
+generate(const gptoss_tensor_spec *s, int n_layers, uint64_t key, uint64_t begin, size_t len,
+		 uint8_t *out)
 {
-	value_law	law = law_for(s);
+	value_law	law = law_for(s, n_layers);
 
 	if (s->dtype == GPTOSS_ST_BF16)
 	{
@@ -421,6 +433,7 @@ typedef struct writer
 {
 	const gptoss_tensor_spec *specs;	/* [n_specs] */
 	const uint64_t *keys;		/* [n_specs] per-tensor stream keys */
+	int			n_layers;
 	const work_item *items;		/* [n_items] */
 	size_t		n_items;
 	size_t		next_item;		/* atomic */
@@ -482,7 +495,7 @@ writer_main(void *arg)
 		if (i >= w->n_items || __atomic_load_n(&w->failed_errno, __ATOMIC_RELAXED))
 			break;
 		it = &w->items[i];
-		generate(&w->specs[it->tensor], w->keys[it->tensor], it->begin, it->len, buf);
+		generate(&w->specs[it->tensor], w->n_layers, w->keys[it->tensor], it->begin, it->len, buf);
 		rc = pwrite_all(it->fd, buf, it->len, it->file_offset);
 		if (rc != 0)
 		{
@@ -906,6 +919,7 @@ gptoss_synth_write_shards(const gptoss_config *cfg, const char *out_dir, uint64_
 		goto done;
 	}
 	w.specs = specs;
+	w.n_layers = cfg->num_layers;
 	w.keys = keys;
 	w.items = items;
 	w.bytes_total = (uint64_t) total;

@@ -5,8 +5,8 @@
  *
  *   moe:       MXFP4 re-layout + routing + gather + gate_up/SwiGLU + down,
  *              odd shapes (padding of rows and columns) and 20b shapes, every
- *              tiles_per_pass variant (the decode ones, 1/2/4, must agree bit
- *              for bit)
+ *              variant (tiles_per_pass 1/2/4 x row_tiles 1/2/4 and the
+ *              prefill one must agree bit for bit)
  *   attention: paged cache with shuffled pages, GQA, sinks, sliding window,
  *              decode rows and multi-token prefill items
  *   router:    residual + norm, fp32 logits, top-k and softmax
@@ -221,18 +221,19 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 	}
 
 	std::vector<float> first;
-	int			tpp_list[4] = {1, 2, 4, 8};
+	const int	variants[10][2] = {{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {2, 4}, {4, 1}, {4, 2}, {4, 4}, {8, 1}};
 
-	for (int v = 0; v < 4; v++)
+	for (int v = 0; v < 10; v++)
 	{
-		int			tpp = tpp_list[v];
+		int			tpp = variants[v][0];
+		int			rt = variants[v][1];
 		int			max_active = T * K < E ? T * K : E;
 
 		CK(cudaMemset(y, 0xFF, (size_t) moe_rows * H * 4));	/* poison: NaN */
 		CK(launch_moe_route(T, K, E, d_topk, route, 0));
 		CK(launch_moe_gather(T, K, d_x, H, kc_h, route, x_frag, 0));
-		CK(launch_moe_gate_up(max_active, tpp, gu, route, x_frag, 7.0f, act_frag, kc_i, 0));
-		CK(launch_moe_down(max_active, tpp, dn, route, act_frag, y, 0));
+		CK(launch_moe_gate_up(max_active, tpp, rt, gu, route, x_frag, 7.0f, act_frag, kc_i, 0));
+		CK(launch_moe_down(max_active, tpp, rt, dn, route, act_frag, y, 0));
 		CK(cudaDeviceSynchronize());
 
 		std::vector<float> yh = to_host(y, (size_t) moe_rows * H);
@@ -258,15 +259,15 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 			if (!(num <= worst))
 				worst = num != num ? INFINITY : fmax(worst, num);
 		}
-		snprintf(name, sizeof(name), "moe E=%d H=%d I=%d K=%d T=%d tiles/pass=%d: max row rel err",
-				 E, H, I, K, T, tpp);
+		snprintf(name, sizeof(name), "moe E=%d H=%d I=%d K=%d T=%d tiles/pass=%d row tiles=%d: max row rel err",
+				 E, H, I, K, T, tpp, rt);
 		check(worst <= 4e-3, name, worst, 4e-3);
 		if (v == 0)
 			first = got;
 		else
 		{
 			/* 8 is the prefill variant: it sums the same input ranges in the same order */
-			snprintf(name, sizeof(name), "moe tiles/pass=%d identical to tiles/pass=1", tpp);
+			snprintf(name, sizeof(name), "moe tiles/pass=%d row tiles=%d identical to 1/1", tpp, rt);
 			check(memcmp(first.data(), got.data(), got.size() * 4) == 0, name, 0, 0);
 		}
 	}
@@ -487,12 +488,12 @@ static void
 test_dense(cublasHandle_t handle, int N, int K, uint64_t seed)
 {
 	Rng			rng = {seed};
-	const int	T_max = 64;
+	const int	T_max = 2 * DENSE_COLS;	/* dense_gemm works in whole DENSE_COLS-row calls */
 	std::vector<__nv_bfloat16> w((size_t) N * K), x((size_t) T_max * K);
 	__nv_bfloat16 *d_w, *d_x;
 	float	   *d_y;
 	gptoss_error err = {};
-	int			Ts[5] = {1, 3, 8, 9, 64};
+	int			Ts[5] = {1, 3, 9, 64, DENSE_COLS + 1};
 	char		name[128];
 
 	for (auto &v : w) v = __float2bfloat16((float) (rng.normal() / sqrt((double) K)));

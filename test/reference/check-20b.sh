@@ -20,7 +20,9 @@
 #      stage and compares against an earlier fixture;
 #   4. test_fixtures in statistics mode with the CUDA backend, all prompts;
 #   5. the same with the CPU backend on the first prompt only (CPU_PROMPTS,
-#      at most CPU_TIMEOUT seconds, default 200; 0 skips it).
+#      at most CPU_TIMEOUT seconds, default 200; 0 skips it);
+#   6. with BF16_BASELINE=1: HF itself in bfloat16 against the reference
+#      (compare_refs.py), i.e. how far rounding alone moves this model.
 # $OUT receives check-20b.log (everything printed), build-20b.log,
 # model_20b.json, fixtures-20b-{cuda,cpu}.txt and the JSON summary lines
 # summary-20b-{cuda,cpu}.json.  Exit status: 1 when a stage failed to run;
@@ -133,6 +135,15 @@ if [ "$cpu_timeout" -gt 0 ]; then
 	rc=$?
 	[ $rc -eq 124 ] && echo "(the CPU backend did not finish within CPU_TIMEOUT=$cpu_timeout s)"
 	[ $rc -ne 0 ] && fail "test_fixtures on cpu (exit $rc)"
+fi
+
+if [ "${BF16_BASELINE:-0}" = 1 ]; then
+	stage "HF transformers in bfloat16 vs the reference"
+	python3 test/reference/model_ref.py "$M" "$OUT/model_20b_bf16.json" --device "${REF_DEVICE:-cuda}" \
+		--config-name 20b --synth-seed 0 --seed 0 --n-prompts 4 --prompt-lens 160 --greedy 32 \
+		--skip-float64-check --top-only --dtype bfloat16 &&
+		python3 test/reference/compare_refs.py "$ref" "$OUT/model_20b_bf16.json" |
+		tee "$OUT/summary-20b-hf-bf16.json" || fail "bf16 baseline"
 fi
 
 stage "done"
