@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """bench/plot_throughput.py: draws bench/throughput.svg, aggregate decode
 tokens/s against the number of sequences in flight, for gptoss (CUDA backend,
-final run in bench/RESULTS.md) and llama.cpp (targets.md), both on an H200.
+run 20 (H200) and run 21 (H100) in bench/RESULTS.md) and llama.cpp
+(targets.md) on the same two cards.
 Plain SVG, no plotting library needed: python3 bench/plot_throughput.py"""
 import math
 import os
 
 BATCHES = [1, 8, 32, 64, 128]
 SERIES = [
-    ("gptoss CUDA, run 17 (H200)", "#1f77b4", [329, 1591, 4563, 6851, 9061]),
+    ("gptoss CUDA, run 20 (H200)", "#1f77b4", [394, 1579, 4848, 8168, 9258]),
+    ("gptoss CUDA, run 21 (H100)", "#17becf", [356, 1362, 4157, 7305, 9133]),
     ("llama.cpp (H200, targets.md)", "#d62728", [267, 488, 1454, 2325, 3190]),
+    ("llama.cpp (H100, targets.md)", "#ff9896", [245, 467, 1404, 2199, 3082]),
 ]
-TARGETS = [(1, 540, "target b1"), (64, 7000, "target b64")]
+TARGETS = [(1, 540, "target b1 H200"), (64, 7000, "target b64 H200"), (64, 6600, "H100")]
 W, H, L, R, T, B = 720, 440, 80, 30, 40, 60
 
 
@@ -26,7 +29,7 @@ def y_of(tok_s, top=10000.0):
 def main():
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
            '<rect width="100%" height="100%" fill="white"/>',
-           '<text x="%d" y="22" font-size="15">Decode throughput against sequences in flight (gpt-oss-20b shapes, H200)</text>' % L]
+           '<text x="%d" y="22" font-size="15">Decode throughput against sequences in flight (gpt-oss-20b shapes, H200 and H100)</text>' % L]
     for v in range(0, 10001, 2000):
         y = y_of(v)
         out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (L, y, W - R, y))
