@@ -233,6 +233,36 @@ moe_range(float (&acc)[RT][NT][4], const uint4 *wp, const uint32_t *sp, size_t w
 	}
 }
 
+/* Expert blockIdx.y of a MoE launch, as one lane of a block starting at row tile `tile` sees it. */
+struct MoeBlock
+{
+	int			e;				/* expert */
+	int			n_e;			/* its tokens */
+	int			row0;			/* its first sorted row */
+	int			n_tiles;		/* its 8-token tiles */
+	const uint4 *wp;			/* this lane's first weight fragment of row tile `tile` */
+	const uint32_t *sp;			/* this lane's first scale word of it */
+	const uint4 *xp;			/* this lane's first activation fragment of the expert */
+};
+
+/* Looks up expert blockIdx.y (blockIdx.y < n_active) and this lane's pointers into its data. */
+static __device__ __forceinline__ MoeBlock
+moe_block(const MoeMatmulArgs &args, int tile, int lane)
+{
+	MoeBlock	b;
+	size_t		piece0;
+
+	b.e = args.route.active[blockIdx.y];
+	b.n_e = args.route.count[b.e];
+	b.row0 = args.route.offset[b.e];
+	b.n_tiles = (b.n_e + 7) >> 3;
+	piece0 = ((size_t) b.e * args.w.rtiles + tile) * args.w.kc;
+	b.wp = args.w.blocks + piece0 * 32 + lane;
+	b.sp = args.w.scales + piece0 * 8 + (lane >> 2);
+	b.xp = args.x + (size_t) (b.row0 >> 3) * args.w.kc * 64 + lane * 2;
+	return b;
+}
+
 /*
  * Decode variant: block x takes row tiles [RT*x, RT*x + RT) of one expert;
  * its warps take the four input ranges of all of them, then warp r adds the
@@ -252,27 +282,12 @@ moe_decode_body(const MoeMatmulArgs &args)
 	const int	tile0 = blockIdx.x * RT;
 	const int	kc = args.w.kc;
 	const int	rt_valid = min(RT, args.w.rtiles - tile0);
-	int			e;
-	int			n_e;
-	int			row0;
-	int			n_tiles;
-	size_t		piece0;
-	const uint4 *wp;
-	const uint32_t *sp;
-	const uint4 *xp;
+	MoeBlock	b;
 
 	if ((int) blockIdx.y >= *args.route.n_active)
 		return;
-	e = args.route.active[blockIdx.y];
-	n_e = args.route.count[e];
-	row0 = args.route.offset[e];
-	n_tiles = (n_e + 7) >> 3;
-	piece0 = ((size_t) e * args.w.rtiles + tile0) * kc;
-	wp = args.w.blocks + piece0 * 32 + lane;
-	sp = args.w.scales + piece0 * 8 + g;
-	xp = args.x + (size_t) (row0 >> 3) * kc * 64 + lane * 2;
-
-	for (int tc = 0; tc < n_tiles; tc += NT)
+	b = moe_block(args, tile0, lane);
+	for (int tc = 0; tc < b.n_tiles; tc += NT)
 	{
 		float		acc[RT][NT][4];
 
@@ -281,8 +296,8 @@ moe_decode_body(const MoeMatmulArgs &args)
 #pragma unroll
 			for (int j = 0; j < NT; j++)
 				acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.0f;
-		moe_range<RT, NT, 0>(acc, wp, sp, (size_t) kc * 32, (size_t) kc * 8, rt_valid, xp, kc,
-							 warp * kc / MOE_KSPLIT, (warp + 1) * kc / MOE_KSPLIT, tc, n_tiles);
+		moe_range<RT, NT, 0>(acc, b.wp, b.sp, (size_t) kc * 32, (size_t) kc * 8, rt_valid, b.xp, kc,
+							 warp * kc / MOE_KSPLIT, (warp + 1) * kc / MOE_KSPLIT, tc, b.n_tiles);
 #pragma unroll
 		for (int r = 0; r < RT; r++)
 #pragma unroll
@@ -305,7 +320,7 @@ moe_decode_body(const MoeMatmulArgs &args)
 					for (int w = 1; w < MOE_KSPLIT; w++)
 						sum[j][c] += red[w][r][j][c][lane];
 				}
-			moe_epilogue<MODE, NT>(args, sum, e, tile0 + r, row0, n_e, n_tiles, tc, g, t4);
+			moe_epilogue<MODE, NT>(args, sum, b.e, tile0 + r, b.row0, b.n_e, b.n_tiles, tc, g, t4);
 		}
 		__syncthreads();	/* red is reused by the next pass */
 	}
@@ -328,34 +343,19 @@ moe_prefill_body(const MoeMatmulArgs &args)
 	const int	warp = threadIdx.x >> 5;
 	const int	tile = blockIdx.x * MOE_KSPLIT + warp;
 	const int	kc = args.w.kc;
-	int			e;
-	int			n_e;
-	int			row0;
-	int			n_tiles;
-	size_t		piece0;
-	const uint4 *wp;
-	const uint32_t *sp;
-	const uint4 *xp;
+	MoeBlock	b;
 
 	if ((int) blockIdx.y >= *args.route.n_active || tile >= args.w.rtiles)
 		return;
-	e = args.route.active[blockIdx.y];
-	n_e = args.route.count[e];
-	row0 = args.route.offset[e];
-	n_tiles = (n_e + 7) >> 3;
-	piece0 = ((size_t) e * args.w.rtiles + tile) * kc;
-	wp = args.w.blocks + piece0 * 32 + lane;
-	sp = args.w.scales + piece0 * 8 + g;
-	xp = args.x + (size_t) (row0 >> 3) * kc * 64 + lane * 2;
-
-	for (int tc = 0; tc < n_tiles; tc += NT)
+	b = moe_block(args, tile, lane);
+	for (int tc = 0; tc < b.n_tiles; tc += NT)
 	{
 		float		acc[1][NT][4];
 
 #pragma unroll
 		for (int j = 0; j < NT; j++)
 			acc[0][j][0] = acc[0][j][1] = acc[0][j][2] = acc[0][j][3] = 0.0f;
-		moe_range<1, NT, 1>(acc, wp, sp, 0, 0, 1, xp, kc, 0, kc / MOE_KSPLIT, tc, n_tiles);
+		moe_range<1, NT, 1>(acc, b.wp, b.sp, 0, 0, 1, b.xp, kc, 0, kc / MOE_KSPLIT, tc, b.n_tiles);
 		for (int r = 1; r < MOE_KSPLIT; r++)
 		{
 			float		part[1][NT][4];
@@ -363,15 +363,15 @@ moe_prefill_body(const MoeMatmulArgs &args)
 #pragma unroll
 			for (int j = 0; j < NT; j++)
 				part[0][j][0] = part[0][j][1] = part[0][j][2] = part[0][j][3] = 0.0f;
-			moe_range<1, NT, 1>(part, wp, sp, 0, 0, 1, xp, kc, r * kc / MOE_KSPLIT,
-								(r + 1) * kc / MOE_KSPLIT, tc, n_tiles);
+			moe_range<1, NT, 1>(part, b.wp, b.sp, 0, 0, 1, b.xp, kc, r * kc / MOE_KSPLIT,
+								(r + 1) * kc / MOE_KSPLIT, tc, b.n_tiles);
 #pragma unroll
 			for (int j = 0; j < NT; j++)
 #pragma unroll
 				for (int c = 0; c < 4; c++)
 					acc[0][j][c] += part[0][j][c];
 		}
-		moe_epilogue<MODE, NT>(args, acc[0], e, tile, row0, n_e, n_tiles, tc, g, t4);
+		moe_epilogue<MODE, NT>(args, acc[0], b.e, tile, b.row0, b.n_e, b.n_tiles, tc, g, t4);
 	}
 }
 
