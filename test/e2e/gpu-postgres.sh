@@ -25,6 +25,8 @@
 # Results go to $OUT (the device tool's folder) or build/e2e-out: results.jsonl,
 # summary.md, status.json, stats.txt, server-log-tail.txt, e2e.log.
 # Environment: SESSIONS ("1 64"), REQUESTS (4 per session), PROMPT_LEN (128), GEN (128),
+#   MIXED_GEN ("64 192": also run each multi-session count with request lengths spread over
+#   64..192, so that sessions drift apart and prompts arrive while others decode),
 #   CHECK_SESSIONS (16; 0 skips the check), MAX_BATCH (64), MAX_CONTEXT (4096),
 #   DEVICE (cuda), USE_CUDA (1), PGROOT (/tmp/pg), MODEL_OUT (/tmp/m20b), RESTART (1),
 #   TIME_LIMIT (570 s: the long steps run under timeout so that a run stays inside the
@@ -37,6 +39,7 @@ SESSIONS=${SESSIONS:-"1 64"}
 REQUESTS=${REQUESTS:-4}
 PROMPT_LEN=${PROMPT_LEN:-128}
 GEN=${GEN:-128}
+MIXED_GEN=${MIXED_GEN:-}
 CHECK_SESSIONS=${CHECK_SESSIONS:-16}
 MAX_BATCH=${MAX_BATCH:-64}
 MAX_CONTEXT=${MAX_CONTEXT:-4096}
@@ -208,6 +211,15 @@ for n in $SESSIONS; do
 	log "load: $n sessions x $REQUESTS requests (+1 warm-up round)"
 	sql --sessions "$n" --requests "$REQUESTS" --warmup 1 "${LOAD_OPTS[@]}" --label "sessions=$n" \
 		| tee -a "$RESULTS" || fail "load run with $n sessions failed"
+	if [ -n "$MIXED_GEN" ] && [ "$n" -gt 1 ]; then
+		[ "$RESTART" != 1 ] || restart_server
+		read -r gen_lo gen_hi <<<"$MIXED_GEN"
+		log "load: $n sessions x $REQUESTS requests, $gen_lo..$gen_hi generated tokens each"
+		sql --sessions "$n" --requests "$REQUESTS" --warmup 1 --prompt-len "$PROMPT_LEN" \
+			--min-tokens "$gen_lo" --max-tokens "$gen_hi" --temperature 0 --raw --ignore-eos \
+			--label "sessions=$n gen $gen_lo-$gen_hi" | tee -a "$RESULTS" ||
+			fail "mixed-length run with $n sessions failed"
+	fi
 done
 CHECK_RC=skipped
 if [ "$CHECK_SESSIONS" -gt 0 ]; then

@@ -13,6 +13,12 @@
  * gives the exact completion and prompt token counts of the run as deltas,
  * and the mean batch size.
  *
+ * Output lengths: every request asks for --max-tokens, or with --min-tokens
+ * for a length spread evenly over [min, max] (a hash of the request index),
+ * so that sessions drift apart and new prompts arrive while others decode,
+ * as in real traffic, instead of all 64 sessions finishing and refilling in
+ * the same step.
+ *
  * Prompts: --prompt (one text for all), --prompt-file (one prompt per line,
  * used in turn) or, by default, --prompt-len words drawn from a list of
  * common English words that are single tokens in o200k (so the prompt is
@@ -91,6 +97,7 @@ typedef struct
 	int			prompt_len;		/* words per synthetic prompt */
 	uint64_t	prompt_seed;	/* seed of the synthetic prompts */
 	int			max_tokens;
+	int			min_tokens;		/* > 0: request lengths spread over [min_tokens, max_tokens] */
 	double		temperature;
 	double		top_p;			/* < 0: not sent */
 	long long	seed;			/* sent when has_seed */
@@ -147,7 +154,8 @@ typedef struct
 static Options opt;
 static char **prompts;			/* [n_prompts] distinct prompt texts */
 static int n_prompts;
-static char *params_json;		/* the params argument of every request */
+static char *params_verbatim;	/* --params, or NULL */
+static char *params_rest;		/* the params jsonb after its max_tokens (from the options) */
 
 /* Prints an error message and exits with status 1. */
 static void
@@ -306,6 +314,29 @@ prompt_of(int i)
 	return prompts[i % n_prompts];
 }
 
+/* max_tokens of global request i (see the header comment). */
+static int
+max_tokens_of(int i)
+{
+	uint64_t	state = opt.prompt_seed * 0x9E3779B97F4A7C15ull + (uint64_t) i;
+
+	if (opt.min_tokens <= 0)
+		return opt.max_tokens;
+	return opt.min_tokens + (int) (splitmix64(&state) % (uint64_t) (opt.max_tokens - opt.min_tokens + 1));
+}
+
+/* The params argument of global request i (valid until the next call). */
+static const char *
+params_of(int i)
+{
+	static char buf[600];
+
+	if (params_verbatim)
+		return params_verbatim;
+	snprintf(buf, sizeof(buf), "{\"max_tokens\": %d%s", max_tokens_of(i), params_rest);
+	return buf;
+}
+
 /* Builds the params jsonb text from the options (or takes --params verbatim). */
 static void
 build_params(void)
@@ -315,11 +346,10 @@ build_params(void)
 
 	if (opt.params)
 	{
-		params_json = xstrdup(opt.params);
+		params_verbatim = xstrdup(opt.params);
 		return;
 	}
-	n = snprintf(buf, sizeof(buf), "{\"max_tokens\": %d, \"temperature\": %.17g", opt.max_tokens,
-				 opt.temperature);
+	n = snprintf(buf, sizeof(buf), ", \"temperature\": %.17g", opt.temperature);
 	if (opt.top_p >= 0)
 		n += snprintf(buf + n, sizeof(buf) - n, ", \"top_p\": %.17g", opt.top_p);
 	if (opt.has_seed)
@@ -329,7 +359,7 @@ build_params(void)
 	if (opt.ignore_eos)
 		n += snprintf(buf + n, sizeof(buf) - n, ", \"ignore_eos\": true");
 	snprintf(buf + n, sizeof(buf) - n, "}");
-	params_json = xstrdup(buf);
+	params_rest = xstrdup(buf);
 }
 
 /* Writes s as a JSON string literal. */
@@ -482,7 +512,7 @@ wait_idle(PGconn *conn)
 static void
 send_request(Session *s, int request)
 {
-	const char *values[2] = {prompt_of(request), params_json};
+	const char *values[2] = {prompt_of(request), params_of(request)};
 	int			flush;
 
 	if (!PQsendQueryParams(s->conn, GENERATE_SQL, 2, NULL, values, NULL, NULL, 0))
@@ -662,7 +692,7 @@ run_serial_references(PGconn *conn, int total)
 
 	for (int p = 0; p < n; p++)
 	{
-		const char *values[2] = {prompts[p], params_json};
+		const char *values[2] = {prompts[p], params_of(p)};
 		PGresult   *res = PQexecParams(conn, GENERATE_SQL, 2, NULL, values, NULL, NULL, 0);
 
 		if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -757,6 +787,7 @@ usage(FILE *f)
 		  "  --prompt-len N       otherwise: N random common words per request (default 128)\n"
 		  "  --prompt-seed S      seed of the random prompts (default 1)\n"
 		  "  --max-tokens N       (default 128)\n"
+		  "  --min-tokens N       each request asks for N..max-tokens (spread), not always max\n"
 		  "  --temperature T      (default 0: greedy)\n"
 		  "  --top-p P, --seed S, --raw, --ignore-eos\n"
 		  "  --params JSON        params jsonb verbatim (replaces the five options above)\n"
@@ -802,7 +833,7 @@ parse_options(int argc, char **argv)
 	enum
 	{
 		O_DSN = 256, O_SESSIONS, O_REQUESTS, O_WARMUP, O_PROMPT, O_PROMPT_FILE, O_PROMPT_LEN,
-		O_PROMPT_SEED, O_MAX_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_RAW, O_IGNORE_EOS,
+		O_PROMPT_SEED, O_MAX_TOKENS, O_MIN_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_RAW, O_IGNORE_EOS,
 		O_PARAMS, O_CHECK, O_READY_TIMEOUT, O_LABEL, O_EXEC, O_WAIT_READY, O_HELP
 	};
 	static const struct option longopts[] = {
@@ -815,6 +846,7 @@ parse_options(int argc, char **argv)
 		{"prompt-len", required_argument, NULL, O_PROMPT_LEN},
 		{"prompt-seed", required_argument, NULL, O_PROMPT_SEED},
 		{"max-tokens", required_argument, NULL, O_MAX_TOKENS},
+		{"min-tokens", required_argument, NULL, O_MIN_TOKENS},
 		{"temperature", required_argument, NULL, O_TEMPERATURE},
 		{"top-p", required_argument, NULL, O_TOP_P},
 		{"seed", required_argument, NULL, O_SEED},
@@ -853,6 +885,7 @@ parse_options(int argc, char **argv)
 			case O_PROMPT_LEN: opt.prompt_len = parse_int("prompt-len", optarg, 1); break;
 			case O_PROMPT_SEED: opt.prompt_seed = (uint64_t) parse_int("prompt-seed", optarg, 0); break;
 			case O_MAX_TOKENS: opt.max_tokens = parse_int("max-tokens", optarg, 1); break;
+			case O_MIN_TOKENS: opt.min_tokens = parse_int("min-tokens", optarg, 1); break;
 			case O_TEMPERATURE: opt.temperature = parse_double("temperature", optarg); break;
 			case O_TOP_P: opt.top_p = parse_double("top-p", optarg); break;
 			case O_SEED:
@@ -875,6 +908,10 @@ parse_options(int argc, char **argv)
 		die("unexpected argument \"%s\" (see --help)", argv[optind]);
 	if (opt.prompt && opt.prompt_file)
 		die("--prompt and --prompt-file exclude each other");
+	if (opt.min_tokens > opt.max_tokens)
+		die("--min-tokens must not exceed --max-tokens");
+	if (opt.min_tokens > 0 && (opt.params || opt.check))
+		die("--min-tokens excludes --params and --check");
 	if (opt.temperature < 0)
 		die("--temperature must be >= 0");
 	if (opt.check && !opt.params && opt.temperature != 0 && !opt.has_seed)
@@ -895,7 +932,7 @@ main(int argc, char **argv)
 	double		wall;
 	double		mean_batch;
 	const char *batch_scope;
-	long long	completion, prompt_tokens;
+	long long	completion, prompt_tokens, expected;
 
 	parse_options(argc, argv);
 	if (opt.exec_sql)
@@ -943,10 +980,13 @@ main(int argc, char **argv)
 	if (after.total - before.total != total)
 		fprintf(stderr, "gptoss_loadgen: warning: gptoss_stats counts %lld requests for the run's "
 				"%d (another client is using the server?)\n", after.total - before.total, total);
-	if (opt.ignore_eos && !opt.params && completion != (long long) total * opt.max_tokens)
-		fprintf(stderr, "gptoss_loadgen: warning: %lld completion tokens, expected %d x %d = %lld "
-				"with --ignore-eos (max_tokens clamped by the context?)\n", completion, total,
-				opt.max_tokens, (long long) total * opt.max_tokens);
+	expected = 0;
+	for (int i = 0; i < total; i++)
+		expected += max_tokens_of(i);
+	if (opt.ignore_eos && !opt.params && completion != expected)
+		fprintf(stderr, "gptoss_loadgen: warning: %lld completion tokens, expected %lld for %d "
+				"requests with --ignore-eos (max_tokens clamped by the context?)\n", completion,
+				expected, total);
 	if (after.has_steps && before.has_steps && after.steps > before.steps)
 	{
 		mean_batch = (after.step_sequences - before.step_sequences) /
@@ -979,7 +1019,16 @@ main(int argc, char **argv)
 		printf("null");
 	printf(", \"mismatches\": %d, \"checked\": %s, \"params\": ", mismatches,
 		   opt.check ? "true" : "false");
-	print_json_string(stdout, params_json);
+	if (opt.min_tokens > 0)
+	{
+		char		shown[600];
+
+		snprintf(shown, sizeof(shown), "{\"max_tokens\": \"%d..%d\"%s", opt.min_tokens,
+				 opt.max_tokens, params_rest);
+		print_json_string(stdout, shown);
+	}
+	else
+		print_json_string(stdout, params_of(0));
 	printf("}\n");
 	fflush(stdout);
 
