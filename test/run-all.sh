@@ -2,7 +2,8 @@
 # test/run-all.sh: the whole test suite (what `make test-all` and .ci/run run):
 # engine unit tests (plain and under ASan/UBSan), CLI checks, pg_regress on a
 # temporary instance, and the TAP tests.  PostgreSQL refuses to run as root,
-# so the server-side tests run as the postgres user on a tree it owns.
+# so the server-side tests run as the postgres user on a tree it owns for the
+# time of those tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -28,6 +29,10 @@ for t in test/unit/*.sh; do
 done
 
 echo "== pg_regress and TAP tests (as postgres)"
+# hand the tree to postgres for these tests and back to its owner afterwards (git refuses a
+# repository owned by another user)
+owner=$(stat -c %u:%g "$ROOT")
+trap 'chown -R "$owner" "$ROOT"' EXIT
 chown -R postgres "$ROOT"
 export GPTOSS_TEST_MODEL=$ROOT/build/tiny
 # With TAP_TESTS = 1, PGXS's installcheck runs pg_regress and then the TAP tests in test/t.
