@@ -14,7 +14,9 @@ SERIES = [
     ("llama.cpp (H200, targets.md)", "#d62728", [267, 488, 1454, 2325, 3190]),
     ("llama.cpp (H100, targets.md)", "#ff9896", [245, 467, 1404, 2199, 3082]),
 ]
-TARGETS = [(1, 540, "target b1 H200"), (64, 7000, "target b64 H200"), (64, 6600, "H100")]
+# (batch, tok/s, label, label to the right of the mark?)
+TARGETS = [(1, 540, "target H200 540", True), (1, 490, "target H100 490", True),
+           (64, 7000, "target H200 7,000", False), (64, 6600, "target H100 6,600", False)]
 W, H, L, R, T, B = 720, 440, 80, 30, 40, 60
 
 
@@ -29,7 +31,7 @@ def y_of(tok_s, top=10000.0):
 def main():
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
            '<rect width="100%" height="100%" fill="white"/>',
-           '<text x="%d" y="22" font-size="15">Decode throughput against sequences in flight (gpt-oss-20b shapes, H200 and H100)</text>' % L]
+           '<text x="%d" y="22" font-size="15">Decode throughput against sequences in flight (gpt-oss-20b shapes)</text>' % L]
     for v in range(0, 10001, 2000):
         y = y_of(v)
         out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (L, y, W - R, y))
@@ -47,9 +49,10 @@ def main():
             out.append('<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>' % (x_of(b), y_of(v), colour))
         out.append('<rect x="%d" y="%d" width="14" height="4" fill="%s"/>' % (L + 20, T + 14 + 18 * i, colour))
         out.append('<text x="%d" y="%d">%s</text>' % (L + 40, T + 20 + 18 * i, name))
-    for b, v, label in TARGETS:
+    for i, (b, v, label, right) in enumerate(TARGETS):
         out.append('<circle cx="%.1f" cy="%.1f" r="5" fill="none" stroke="#2ca02c" stroke-width="2"/>' % (x_of(b), y_of(v)))
-        out.append('<text x="%.1f" y="%.1f" fill="#2ca02c">%s %d</text>' % (x_of(b) + 8, y_of(v) - 6, label, v))
+        out.append('<text x="%.1f" y="%.1f" fill="#2ca02c" text-anchor="%s">%s</text>'
+                   % (x_of(b) + (10 if right else -10), y_of(v) - (14 if i % 2 == 0 else -4), "start" if right else "end", label))
     out.append('</svg>')
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput.svg")
     with open(path, "w") as f:
