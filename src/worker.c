@@ -261,6 +261,29 @@ drop_from_engine(WorkerRequest *r, bool count_cancel)
 }
 
 /*
+ * Ends the worker's part of slot s (lock held): a running request becomes
+ * DONE for its backend to collect (with worker_exited when the worker is
+ * going away, so that the backend raises an error) and its backend is woken;
+ * a cancelled one is freed.  Returns whether the slot was freed.
+ */
+static bool
+end_slot_locked(GptossSlot *s, bool worker_exited)
+{
+	if (s->state == GPTOSS_SLOT_RUNNING)
+	{
+		s->state = GPTOSS_SLOT_DONE;
+		s->worker_exited = worker_exited;
+		gptoss_set_proc_latch(s->owner_pgprocno);
+	}
+	else if (s->state == GPTOSS_SLOT_CANCELLED)
+	{
+		s->state = GPTOSS_SLOT_FREE;
+		return true;
+	}
+	return false;
+}
+
+/*
  * Forgets r: detaches its segment and hands its slot back (DONE for the
  * backend to collect, or FREE when the backend already gave up).
  */
@@ -268,7 +291,6 @@ static void
 complete_request(int slot, WorkerRequest *r)
 {
 	GptossSlot *s = &gptoss_shared->slots[slot];
-	int			owner = -1;
 	bool		freed = false;
 
 	drop_from_engine(r, !r->final_queued);
@@ -276,22 +298,10 @@ complete_request(int slot, WorkerRequest *r)
 
 	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
 	if (s->request_id == r->request_id)
-	{
-		if (s->state == GPTOSS_SLOT_RUNNING)
-		{
-			s->state = GPTOSS_SLOT_DONE;
-			owner = s->owner_pgprocno;
-		}
-		else if (s->state == GPTOSS_SLOT_CANCELLED)
-		{
-			s->state = GPTOSS_SLOT_FREE;
-			freed = true;
-		}
-	}
+		freed = end_slot_locked(s, false);
 	LWLockRelease(gptoss_shared->lock);
 	if (freed)
 		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
-	gptoss_set_proc_latch(owner);
 
 	MemoryContextDelete(r->cxt);
 	memset(r, 0, sizeof(*r));
@@ -791,19 +801,8 @@ release_taken_slots(void)
 	{
 		GptossSlot *s = &gptoss_shared->slots[i];
 
-		if (s->worker != worker_index)
-			continue;
-		if (s->state == GPTOSS_SLOT_RUNNING)
-		{
-			s->state = GPTOSS_SLOT_DONE;
-			s->worker_exited = true;
-			gptoss_set_proc_latch(s->owner_pgprocno);
-		}
-		else if (s->state == GPTOSS_SLOT_CANCELLED)
-		{
-			s->state = GPTOSS_SLOT_FREE;
+		if (s->worker == worker_index && end_slot_locked(s, true))
 			freed = true;
-		}
 	}
 	LWLockRelease(gptoss_shared->lock);
 	if (freed)

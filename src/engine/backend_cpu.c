@@ -248,15 +248,6 @@ pool_grain(const thread_pool *pool, int64_t n_items, int64_t min_grain)
  */
 typedef float v8f __attribute__((vector_size(32)));
 typedef uint32_t v8u32 __attribute__((vector_size(32)));
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CPU_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define CPU_KERNEL
-#endif
-/* helpers of kernels must inline into each clone to get its instructions, at any -O */
-#define KERNEL_INLINE static inline __attribute__((always_inline))
-
 typedef float v4f __attribute__((vector_size(16)));
 
 /* Lane sum in a fixed order: ((l0+l4) + (l2+l6)) + ((l1+l5) + (l3+l7)). */

@@ -19,6 +19,18 @@
 
 #define GPTOSS_VERSION "1.0"
 
+/*
+ * CPU hot loops (CPU backend, sampler) are compiled twice with CPU_KERNEL:
+ * for x86-64-v3 (AVX2 + FMA) and for the baseline, picked at load time.
+ */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(__CUDACC__)
+#define CPU_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define CPU_KERNEL
+#endif
+/* helpers of kernels must inline into each clone to get its instructions, at any -O */
+#define KERNEL_INLINE static inline __attribute__((always_inline))
+
 /* What kind of failure; callers map these to exit codes or SQLSTATEs. */
 typedef enum gptoss_errcode
 {

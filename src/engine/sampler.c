@@ -83,15 +83,6 @@ gptoss_argmax(const float *v, int n)
 	return 0;
 }
 
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define CPU_KERNEL __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define CPU_KERNEL
-#endif
-/* helpers of kernels must inline into each clone to get its instructions, at any -O */
-#define KERNEL_INLINE static inline __attribute__((always_inline))
-
 /* Radix levels over the 32-bit key of a weight in [0, 1]. */
 #define L1_SHIFT 20				/* level 1: exponent and 3 mantissa bits */
 #define L1_BUCKETS ((0x3F800000u >> L1_SHIFT) + 1)
