@@ -83,9 +83,11 @@ check_freed('pg_terminate_backend', $before);
 ok(defined wait_async($h, 10), 'terminated session returned');
 like($h->{err}, qr/terminating connection due to administrator command/, 'terminate reported');
 
-# Cancelling one of several concurrent generations leaves the others intact.
+# Cancelling one of several concurrent generations leaves the others intact.  The others
+# generate 400 tokens, so that all four are in flight for long enough to be seen (each poll
+# runs a psql; at 60 tokens the window was sometimes missed on a loaded 2-core machine).
 ($h, $pid, $before) = start_long('long_mixed');
-my $long_short = q{SELECT gptoss_generate('Hello world', '{"raw": true, "temperature": 0, "max_tokens": 60, "ignore_eos": true}')};
+my $long_short = q{SELECT gptoss_generate('Hello world', '{"raw": true, "temperature": 0, "max_tokens": 400, "ignore_eos": true}')};
 my $expected_long_short = $node->safe_psql('postgres', $long_short);
 my @others = map { start_async($node, "other_$_", $long_short) } 1 .. 3;
 ok(defined poll_until(30, sub { stats($node)->{requests_active} == 4 }), 'four generations in the batch');
