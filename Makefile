@@ -83,9 +83,9 @@ $(ENGINE_LIB): $(ENGINE_LIB_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-bin/gptoss: src/cli/gptoss.c $(ENGINE_LIB)
+bin/gptoss: src/cli/main.c $(ENGINE_LIB)
 	@mkdir -p bin
-	$(CC) $(ENGINE_CFLAGS) -o $@ src/cli/gptoss.c $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
+	$(CC) $(ENGINE_CFLAGS) -o $@ src/cli/main.c $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
 
 # Engine unit tests: test/unit/test_X.c -> test/unit/test_X (each a main()).
 UNIT_SRCS = $(wildcard test/unit/test_*.c)

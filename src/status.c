@@ -32,7 +32,7 @@ count_submitted(int *out)
 	LWLockAcquire(gptoss_shared->lock, LW_SHARED);
 	for (int i = 0; i < gptoss_shared->nslots; i++)
 	{
-		GptossSlot *s = &gptoss_shared->slots[i];
+		GptossRequestSlot *s = &gptoss_shared->slots[i];
 
 		if (s->state == GPTOSS_SLOT_SUBMITTED && s->worker >= 0 && s->worker < GPTOSS_MAX_WORKERS)
 			out[s->worker]++;

@@ -73,6 +73,7 @@ typedef struct request
 	gptoss_harmony_parser parser;	/* harmony mode: generated messages */
 	gptoss_utf8_text raw_text;	/* raw mode: the continuation */
 	int			final_serial;	/* parser.final_serial that text belongs to */
+	int			text_restarts;	/* times text started over (a new final message) */
 	char	   *text;			/* [text_cap] visible text, NUL-terminated */
 	size_t		text_len;
 	size_t		text_cap;
@@ -358,10 +359,10 @@ gptoss_engine_backend(gptoss_engine *eng)
 
 /* Renders a prompt in raw or harmony form (see engine.h). */
 int
-gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
+gptoss_render_prompt(const gptoss_tokenizer *tok, const char *prompt,
 					 const gptoss_chat_message *messages, int n_messages,
-					 const gptoss_gen_params *p, int32_t **ids, int *n_ids,
-					 gptoss_error *err)
+					 const gptoss_gen_params *p, const gptoss_interrupt *intr,
+					 int32_t **ids, int *n_ids, gptoss_error *err)
 {
 	gptoss_chat_message user;
 	int			n;
@@ -377,7 +378,7 @@ gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
 									  "raw: raw mode continues a prompt text, not chat messages");
 		if (prompt == NULL)
 			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "prompt: missing");
-		n = gptoss_tokenizer_encode(eng->tok, prompt, strlen(prompt), ids, err);
+		n = gptoss_tokenizer_encode_interruptible(tok, prompt, strlen(prompt), intr, ids, err);
 		if (n < 0)
 			return -1;
 		*n_ids = n;
@@ -392,40 +393,8 @@ gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
 		messages = &user;
 		n_messages = 1;
 	}
-	return gptoss_harmony_render(eng->tok, messages, n_messages, p->reasoning_effort,
-								 p->instructions, p->current_date, ids, n_ids, err);
-}
-
-/* Checks generation parameters, naming the offending key. */
-static int
-check_params(const gptoss_gen_params *p, gptoss_error *err)
-{
-	if (p == NULL)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "no generation parameters");
-	if (p->max_tokens < 1)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "max_tokens: must be >= 1 (got %d)", p->max_tokens);
-	if (!(p->temperature >= 0.0f) || isinf(p->temperature))
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "temperature: must be a finite number >= 0 (got %g)",
-								  (double) p->temperature);
-	if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "top_p: must be in (0, 1] (got %g)", (double) p->top_p);
-	if (p->top_k < 0)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "top_k: must be >= 0 (got %d)", p->top_k);
-	if (p->n_stop < 0 || (p->n_stop > 0 && p->stop == NULL))
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "stop: invalid stop string array");
-	for (int i = 0; i < p->n_stop; i++)
-		if (p->stop[i] == NULL || p->stop[i][0] == '\0')
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "stop: stop strings must be non-empty (entry %d)", i);
-	if (p->reasoning_effort != GPTOSS_REASONING_LOW &&
-		p->reasoning_effort != GPTOSS_REASONING_MEDIUM &&
-		p->reasoning_effort != GPTOSS_REASONING_HIGH)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "reasoning_effort: invalid value");
-	return 0;
+	return gptoss_harmony_render(tok, messages, n_messages, p->reasoning_effort,
+								 p->instructions, p->current_date, intr, ids, n_ids, err);
 }
 
 /* A seed for requests without one: /dev/urandom, else the clock mixed with a counter. */
@@ -481,7 +450,7 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 
 	if (eng->failed)
 		return gptoss_errorf(err, "engine stopped after a backend failure: %s", eng->failure);
-	if (check_params(p, err) < 0)
+	if (gptoss_gen_params_check(p, err) < 0)
 		return -1;
 	if (n_ids < 1 || ids == NULL)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "prompt: renders to no tokens");
@@ -654,6 +623,8 @@ update_text(request *r, bool complete, gptoss_error *err)
 	{
 		/* A new final message began: the answer is now its content. */
 		r->final_serial = r->parser.final_serial;
+		if (r->text_len > 0)
+			r->text_restarts++;
 		r->text_len = 0;
 		r->text[0] = '\0';
 		r->scanned = 0;
@@ -794,16 +765,6 @@ accept_token(gptoss_engine *eng, request *r, int32_t id, gptoss_error *err)
  * Cancel, release, results
  */
 
-/* Cancels a request: a queued one ends now, a running one also frees its slot now. */
-void
-gptoss_engine_cancel(gptoss_engine *eng, int64_t id)
-{
-	int			i = find_request(eng, id);
-
-	if (i >= 0)
-		finish_request(eng, eng->reqs[i], GPTOSS_FINISH_CANCELLED, false, NULL);
-}
-
 /* Forgets a request, cancelling it first when it is still queued or running. */
 void
 gptoss_engine_release(gptoss_engine *eng, int64_t id)
@@ -832,6 +793,7 @@ gptoss_engine_result(const gptoss_engine *eng, int64_t id, gptoss_result *res)
 	res->finish_reason = r->finish;
 	res->text = r->text;
 	res->text_len = r->text_len;
+	res->text_restarts = r->text_restarts;
 	if (r->include_reasoning && r->parser.analysis.data != NULL)
 	{
 		res->reasoning = r->parser.analysis.data;

@@ -30,37 +30,13 @@ static const char *const KNOWLEDGE_CUTOFF = "Knowledge cutoff: 2024-06";
 static const char *const CHANNELS_LINE =
 	"# Valid channels: analysis, commentary, final. Channel must be included for every message.";
 
-/* "low", "medium", "high" */
+/* "low", "medium", "high" (the names of the parameter table) */
 const char *
 gptoss_reasoning_name(gptoss_reasoning r)
 {
-	switch (r)
-	{
-		case GPTOSS_REASONING_LOW:
-			return "low";
-		case GPTOSS_REASONING_MEDIUM:
-			return "medium";
-		case GPTOSS_REASONING_HIGH:
-			return "high";
-	}
-	return "medium";
-}
-
-/* Parses a reasoning effort name. */
-int
-gptoss_reasoning_from_name(const char *name, gptoss_reasoning *out)
-{
-	if (name == NULL)
-		return -1;
-	if (strcmp(name, "low") == 0)
-		*out = GPTOSS_REASONING_LOW;
-	else if (strcmp(name, "medium") == 0)
-		*out = GPTOSS_REASONING_MEDIUM;
-	else if (strcmp(name, "high") == 0)
-		*out = GPTOSS_REASONING_HIGH;
-	else
-		return -1;
-	return 0;
+	if (r < GPTOSS_REASONING_LOW || r > GPTOSS_REASONING_HIGH)
+		return gptoss_reasoning_names[GPTOSS_REASONING_MEDIUM];
+	return gptoss_reasoning_names[r];
 }
 
 /* <|return|> ends the answer, <|call|> a tool call; <|end|> only closes a message. */
@@ -80,6 +56,7 @@ typedef struct id_buffer
 	int32_t    *ids;			/* [cap] */
 	int			n;
 	int			cap;
+	const gptoss_interrupt *intr;	/* polled while encoding text, or NULL */
 } id_buffer;
 
 /* Makes room for extra more ids. */
@@ -124,7 +101,7 @@ push_text(id_buffer *b, const gptoss_tokenizer *tok, const char *text, size_t le
 
 	if (len == 0)
 		return 0;
-	n = gptoss_tokenizer_encode(tok, text, len, &ids, err);
+	n = gptoss_tokenizer_encode_interruptible(tok, text, len, b->intr, &ids, err);
 	if (n < 0)
 		return -1;
 	if (id_buffer_reserve(b, n, err) < 0)
@@ -284,12 +261,14 @@ int
 gptoss_harmony_render(const gptoss_tokenizer *tok,
 					  const gptoss_chat_message *messages, int n_messages,
 					  gptoss_reasoning effort, const char *instructions,
-					  const char *current_date,
+					  const char *current_date, const gptoss_interrupt *intr,
 					  int32_t **ids, int *n_ids, gptoss_error *err)
 {
 	id_buffer	b = {0};
 	str_buffer	dev = {0};
 	int			first_turn = 0;
+
+	b.intr = intr;
 
 	*ids = NULL;
 	*n_ids = 0;

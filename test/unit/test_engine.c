@@ -437,12 +437,13 @@ test_fake_cancel(void)
 	gptoss_engine_get_stats(eng, &st);
 	CHECK(st.active == 2 && st.queued == 1, "active %d queued %d", st.active, st.queued);
 
-	gptoss_engine_cancel(eng, a);
-	CHECK(f.releases == 1, "cancel releases the slot (releases %d)", f.releases);
 	gptoss_engine_result(eng, a, &res);
 	/* 30-token prompts in chunks of 16: two steps of prefill, then one decode step. */
-	CHECK(res.finish_reason == GPTOSS_FINISH_CANCELLED && res.n_tokens == 2,
-		  "cancelled result: finish %d, %d tokens", res.finish_reason, res.n_tokens);
+	CHECK(res.finish_reason == GPTOSS_FINISH_NONE && res.n_tokens == 2,
+		  "running result: finish %d, %d tokens", res.finish_reason, res.n_tokens);
+	gptoss_engine_release(eng, a);
+	CHECK(f.releases == 1, "releasing a running request frees its slot (releases %d)", f.releases);
+	CHECK(gptoss_engine_result(eng, a, &res) == -1, "released request is forgotten");
 	gptoss_engine_step(eng, &err);
 	gptoss_engine_get_stats(eng, &st);
 	CHECK(st.active == 2 && st.queued == 0 && st.requests_cancelled == 1,
@@ -457,7 +458,6 @@ test_fake_cancel(void)
 	gptoss_engine_release(eng, b);
 	CHECK(gptoss_engine_result(eng, b, &res) == -1, "released request is forgotten");
 	CHECK(f.releases == 2, "release frees the slot (releases %d)", f.releases);
-	gptoss_engine_cancel(eng, 12345);
 	gptoss_engine_release(eng, 12345);
 	run_to_end(eng);
 	gptoss_engine_result(eng, c, &res);
@@ -529,7 +529,7 @@ test_fake_params(void)
 				p.top_k = -1;
 				break;
 			case 5:
-				p.stop = empty_stop;
+				memcpy(p.stop, empty_stop, 1 * sizeof(p.stop[0]));
 				p.n_stop = 1;
 				break;
 			case 6:
@@ -581,7 +581,7 @@ test_fake_stop_strings(void)
 	cut = (size_t) (strstr(full.text, stop) - full.text);
 	stops[0] = "never appears \x01";
 	stops[1] = stop;
-	p.stop = stops;
+	memcpy(p.stop, stops, 2 * sizeof(p.stop[0]));
 	p.n_stop = 2;
 	id = gptoss_engine_submit(eng, prompt, 12, &p, &err);
 	while (gptoss_engine_active(eng) > 0)
@@ -708,7 +708,7 @@ test_fake_harmony(void)
 	f.n_script = n;
 	gptoss_gen_params_default(&p);
 	p.include_reasoning = true;
-	CHECK(gptoss_engine_render(eng, "What is the capital of France?", NULL, 0, &p, &ids, &n_ids,
+	CHECK(gptoss_render_prompt(gptoss_engine_tokenizer(eng), "What is the capital of France?", NULL, 0, &p, NULL, &ids, &n_ids,
 							   &err) == 0, "render: %s", err.msg);
 	id = gptoss_engine_submit(eng, ids, n_ids, &p, &err);
 	run_to_end(eng);
@@ -723,7 +723,7 @@ test_fake_harmony(void)
 
 	/* Without include_reasoning no analysis; a stop string cuts the final text only. */
 	p.include_reasoning = false;
-	p.stop = stops;
+	memcpy(p.stop, stops, 1 * sizeof(p.stop[0]));
 	p.n_stop = 1;
 	id = gptoss_engine_submit(eng, ids, n_ids, &p, &err);
 	run_to_end(eng);
@@ -749,7 +749,7 @@ test_fake_harmony(void)
 		int32_t    *none = NULL;
 		int			n_none = 0;
 
-		CHECK(gptoss_engine_render(eng, NULL, &m, 1, &p, &none, &n_none, &err) == -1 &&
+		CHECK(gptoss_render_prompt(gptoss_engine_tokenizer(eng), NULL, &m, 1, &p, NULL, &none, &n_none, &err) == -1 &&
 			  err.code == GPTOSS_ERR_INVALID, "raw with messages: %s", err.msg);
 	}
 	free(ids);
@@ -824,7 +824,7 @@ submit_text(gptoss_engine *eng, const char *prompt, const gptoss_gen_params *p)
 	int			n = 0;
 	int64_t		id;
 
-	if (gptoss_engine_render(eng, prompt, NULL, 0, p, &ids, &n, &err) < 0)
+	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, p, NULL, &ids, &n, &err) < 0)
 	{
 		CHECK(0, "render: %s", err.msg);
 		return -1;
@@ -853,7 +853,7 @@ reference_greedy(gptoss_engine *eng, const char *prompt, int n_gen)
 	int			n = 0;
 	float	   *logits;
 
-	gptoss_engine_render(eng, prompt, NULL, 0, &p, &ids, &n, &err);
+	gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, &p, NULL, &ids, &n, &err);
 	seq = malloc((size_t) (n + n_gen) * sizeof(int32_t));
 	memcpy(seq, ids, (size_t) n * sizeof(int32_t));
 	logits = malloc((size_t) (n + n_gen) * (size_t) vocab * sizeof(float));
@@ -985,7 +985,7 @@ test_tiny(gptoss_engine *eng)
 		{
 			memcpy(stop, again.text + len / 2, 3);
 			stop[3] = '\0';
-			p.stop = stops;
+			memcpy(p.stop, stops, 1 * sizeof(p.stop[0]));
 			p.n_stop = 1;
 			cut = run_alone(eng, prompts[0], &p);
 			CHECK(cut.finish == GPTOSS_FINISH_STOP &&
@@ -1024,9 +1024,8 @@ test_tiny(gptoss_engine *eng)
 
 		gptoss_engine_step(eng, &err);
 		gptoss_engine_step(eng, &err);
-		gptoss_engine_cancel(eng, id);
-		gptoss_engine_result(eng, id, &res);
-		CHECK(res.finish_reason == GPTOSS_FINISH_CANCELLED, "cancelled");
+		gptoss_engine_release(eng, id);
+		CHECK(gptoss_engine_result(eng, id, &res) == -1, "released");
 		CHECK(gptoss_engine_active(eng) == 0, "no active request after cancel");
 		memset(&info, 0, sizeof(info));
 		gptoss_engine_backend(eng)->get_info(gptoss_engine_backend(eng), &info);

@@ -55,7 +55,7 @@ check_render(const gptoss_tokenizer *tok, const char *name,
 	int			n_ids = 0;
 	char	   *got;
 
-	if (gptoss_harmony_render(tok, msgs, n, effort, instructions, date, &ids, &n_ids, &err) < 0)
+	if (gptoss_harmony_render(tok, msgs, n, effort, instructions, date, NULL, &ids, &n_ids, &err) < 0)
 	{
 		CHECK(0, "%s: render failed: %s", name, err.msg);
 		return;
@@ -136,7 +136,7 @@ test_special_text_stays_text(const gptoss_tokenizer *tok)
 				n_special = 0,
 				at = -1;
 
-	CHECK(gptoss_harmony_render(tok, msg, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, &ids, &n_ids,
+	CHECK(gptoss_harmony_render(tok, msg, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, NULL, &ids, &n_ids,
 								&err) == 0, "render: %s", err.msg);
 	n_plain = gptoss_tokenizer_encode(tok, text, strlen(text), &plain, &err);
 	CHECK(n_plain > 10, "encode: %s", err.msg);
@@ -165,17 +165,17 @@ test_render_errors(const gptoss_tokenizer *tok)
 	int32_t    *ids = NULL;
 	int			n_ids = 0;
 
-	CHECK(gptoss_harmony_render(tok, bad_role, 2, GPTOSS_REASONING_MEDIUM, NULL, NULL, &ids, &n_ids,
+	CHECK(gptoss_harmony_render(tok, bad_role, 2, GPTOSS_REASONING_MEDIUM, NULL, NULL, NULL, &ids, &n_ids,
 								&err) == -1 && err.code == GPTOSS_ERR_INVALID &&
 		  strstr(err.msg, "tool") != NULL, "bad role: %s", err.msg);
 	CHECK(ids == NULL, "no ids on failure");
-	CHECK(gptoss_harmony_render(tok, no_content, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, &ids,
+	CHECK(gptoss_harmony_render(tok, no_content, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, NULL, &ids,
 								&n_ids, &err) == -1 && err.code == GPTOSS_ERR_INVALID &&
 		  strstr(err.msg, "content") != NULL, "no content: %s", err.msg);
-	CHECK(gptoss_harmony_render(tok, no_role, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, &ids,
+	CHECK(gptoss_harmony_render(tok, no_role, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, NULL, &ids,
 								&n_ids, &err) == -1 && err.code == GPTOSS_ERR_INVALID,
 		  "no role: %s", err.msg);
-	CHECK(gptoss_harmony_render(tok, bad_role, 1, (gptoss_reasoning) 7, NULL, NULL, &ids,
+	CHECK(gptoss_harmony_render(tok, bad_role, 1, (gptoss_reasoning) 7, NULL, NULL, NULL, &ids,
 								&n_ids, &err) == -1 && err.code == GPTOSS_ERR_INVALID,
 		  "bad effort: %s", err.msg);
 }
@@ -564,15 +564,21 @@ test_parser_random(const gptoss_tokenizer *tok)
 	}
 }
 
-/* reasoning names round-trip. */
+/* reasoning names round-trip through the parameter table. */
 static void
 test_reasoning_names(void)
 {
-	gptoss_reasoning r;
+	const gptoss_param *param = gptoss_param_find("reasoning_effort", strlen("reasoning_effort"));
+	gptoss_gen_params p;
+	gptoss_error err = {0};
 
-	CHECK(gptoss_reasoning_from_name("high", &r) == 0 && r == GPTOSS_REASONING_HIGH, "high");
-	CHECK(gptoss_reasoning_from_name("low", &r) == 0 && r == GPTOSS_REASONING_LOW, "low");
-	CHECK(gptoss_reasoning_from_name("Medium", &r) == -1, "names are case-sensitive");
+	gptoss_gen_params_default(&p);
+	CHECK(param != NULL, "reasoning_effort row");
+	CHECK(gptoss_param_set_string(&p, param, "high", 4, &err) == 0 &&
+		  p.reasoning_effort == GPTOSS_REASONING_HIGH, "high");
+	CHECK(gptoss_param_set_string(&p, param, "low", 3, &err) == 0 &&
+		  p.reasoning_effort == GPTOSS_REASONING_LOW, "low");
+	CHECK(gptoss_param_set_string(&p, param, "Medium", 6, &err) == -1, "names are case-sensitive");
 	CHECK(strcmp(gptoss_reasoning_name(GPTOSS_REASONING_MEDIUM), "medium") == 0, "medium");
 }
 

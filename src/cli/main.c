@@ -1,5 +1,5 @@
 /*
- * gptoss.c: the bin/gptoss command line (design.md section 5).
+ * main.c: the bin/gptoss command line (the CLI contract, see README.md).
  *
  *   gptoss tokenize --model DIR [--jsonl]
  *   gptoss logits   --model DIR --tokens 1,2,3 [--top K] [--device D]
@@ -10,6 +10,9 @@
  * Every command parses its options against one table (name, kind, the
  * commands that accept it, numeric range), so a misspelt option, a bad number
  * or a missing argument is a one-line error on stderr with exit status 1.
+ * The generation options of generate come from the engine's parameter table
+ * (params.h) and go through its setters: the same names, ranges, caps and
+ * messages as SQL's params.
  * Results go to stdout; progress (model loading, synthesis) to stderr when it
  * is a terminal or with --verbose.  The commands only drive the engine's
  * public interfaces: tokenize needs nothing but tokenizer.json, logits runs
@@ -40,8 +43,6 @@ enum
 	CMD_MODEL = CMD_TOKENIZE | CMD_COMPUTE
 };
 
-#define MAX_STOP 16
-
 /* Every option of every command; a command only reads those it accepts. */
 typedef struct cli_opts
 {
@@ -53,13 +54,7 @@ typedef struct cli_opts
 	const char *preset;
 	const char *out;
 	const char *tokenizer;
-	const char *reasoning;
-	const char *instructions;
-	const char *stop[MAX_STOP];	/* generate: repeated --stop */
-	int			n_stop;
 	long		top;
-	long		max_tokens;
-	long		top_k;
 	long		prompt_len;
 	long		gen;
 	long		max_context;
@@ -67,24 +62,18 @@ typedef struct cli_opts
 	long		prefill_chunk;
 	long		max_step_tokens;
 	long		threads;
-	double		temperature;
-	double		top_p;
-	uint64_t	seed;
+	uint64_t	seed;			/* bench, synth */
 	bool		jsonl;
-	bool		raw;
-	bool		ignore_eos;
 	bool		json;
-	bool		include_reasoning;
 	bool		verbose;
+	gptoss_gen_params params;	/* generate: the parameter table's options */
 } cli_opts;
 
 typedef enum opt_kind
 {
 	OPT_FLAG,
 	OPT_STRING,
-	OPT_STRING_LIST,
 	OPT_INT,
-	OPT_FLOAT,
 	OPT_U64
 } opt_kind;
 
@@ -112,17 +101,7 @@ static const opt_spec OPTIONS[] = {
 	OPT("tokens", OPT_STRING, CMD_LOGITS, tokens, 0, 0),
 	OPT("top", OPT_INT, CMD_LOGITS, top, 0, INT_MAX),
 	OPT("prompt", OPT_STRING, CMD_GENERATE, prompt, 0, 0),
-	OPT("max-tokens", OPT_INT, CMD_GENERATE, max_tokens, 1, INT_MAX),
-	OPT("temperature", OPT_FLOAT, CMD_GENERATE, temperature, 0, 0),
-	OPT("top-p", OPT_FLOAT, CMD_GENERATE, top_p, 0, 0),
-	OPT("top-k", OPT_INT, CMD_GENERATE, top_k, 0, INT_MAX),
-	OPT("seed", OPT_U64, CMD_GENERATE | CMD_BENCH | CMD_SYNTH, seed, 0, 0),
-	OPT("reasoning", OPT_STRING, CMD_GENERATE, reasoning, 0, 0),
-	OPT("instructions", OPT_STRING, CMD_GENERATE, instructions, 0, 0),
-	OPT("stop", OPT_STRING_LIST, CMD_GENERATE, stop, 0, 0),
-	OPT("raw", OPT_FLAG, CMD_GENERATE, raw, 0, 0),
-	OPT("ignore-eos", OPT_FLAG, CMD_GENERATE, ignore_eos, 0, 0),
-	OPT("include-reasoning", OPT_FLAG, CMD_GENERATE, include_reasoning, 0, 0),
+	OPT("seed", OPT_U64, CMD_BENCH | CMD_SYNTH, seed, 0, 0),
 	OPT("json", OPT_FLAG, CMD_GENERATE, json, 0, 0),
 	OPT("batch", OPT_STRING, CMD_BENCH, batch, 0, 0),
 	OPT("prompt-len", OPT_INT, CMD_BENCH, prompt_len, 1, INT_MAX),
@@ -215,21 +194,6 @@ parse_u64(const char *s, uint64_t *out)
 	return 0;
 }
 
-/* Strict finite floating-point number. */
-static int
-parse_double(const char *s, double *out)
-{
-	char	   *end;
-	double		v;
-
-	errno = 0;
-	v = strtod(s, &end);
-	if (s[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(v))
-		return -1;
-	*out = v;
-	return 0;
-}
-
 /* Stores one option's value; returns 0 or the exit status 1 after an error line. */
 static int
 set_option(cli_opts *o, const opt_spec *spec, const char *value)
@@ -244,25 +208,63 @@ set_option(cli_opts *o, const opt_spec *spec, const char *value)
 		case OPT_STRING:
 			*(const char **) field = value;
 			return 0;
-		case OPT_STRING_LIST:
-			if (o->n_stop == MAX_STOP)
-				return fail("--%s: at most %d values", spec->name, MAX_STOP);
-			o->stop[o->n_stop++] = value;
-			return 0;
 		case OPT_INT:
 			if (parse_long(value, spec->min, spec->max, (long *) field) < 0)
 				return fail("--%s: expected an integer in [%ld, %ld], got \"%s\"", spec->name,
 							spec->min, spec->max, value);
-			return 0;
-		case OPT_FLOAT:
-			if (parse_double(value, (double *) field) < 0)
-				return fail("--%s: expected a number, got \"%s\"", spec->name, value);
 			return 0;
 		case OPT_U64:
 			if (parse_u64(value, (uint64_t *) field) < 0)
 				return fail("--%s: expected a 64-bit integer, got \"%s\"", spec->name, value);
 			return 0;
 	}
+	return 0;
+}
+
+/*
+ * Applies a generation option of the parameter table (--max-tokens, --stop,
+ * ...; flags for BOOL rows, a value otherwise) to o->params.  Returns -1 when
+ * arg names no row, 0 when applied, 1 after an error line.
+ */
+static int
+set_gen_param(cli_opts *o, int argc, char **argv, int *i, const char *arg, size_t name_len,
+			  const char *eq)
+{
+	char		name[64];
+	const gptoss_param *param;
+	const char *value;
+	gptoss_error err = {0};
+	int			rc;
+
+	if (name_len >= sizeof(name))
+		return -1;
+	memcpy(name, arg, name_len);
+	name[name_len] = '\0';
+	param = gptoss_param_find_cli(name);
+	if (param == NULL)
+		return -1;
+	if (param->type == GPTOSS_PARAM_BOOL)
+	{
+		if (eq)
+			return fail("--%s takes no value", name);
+		rc = gptoss_param_set_bool(&o->params, param, true, &err);
+	}
+	else
+	{
+		if (eq)
+			value = eq + 1;
+		else if (*i + 1 < argc)
+			value = argv[++*i];
+		else
+			return fail("--%s: missing value", name);
+		if (param->type == GPTOSS_PARAM_INT || param->type == GPTOSS_PARAM_FLOAT ||
+			param->type == GPTOSS_PARAM_SEED)
+			rc = gptoss_param_set_number(&o->params, param, value, &err);
+		else
+			rc = gptoss_param_set_string(&o->params, param, value, strlen(value), &err);
+	}
+	if (rc < 0)
+		return fail("--%s: %s", name, err.msg);
 	return 0;
 }
 
@@ -290,6 +292,17 @@ parse_options(int argc, char **argv, int first, int cmd, const char *cmd_name,
 		arg += 2;
 		eq = strchr(arg, '=');
 		name_len = eq ? (size_t) (eq - arg) : strlen(arg);
+		if (cmd == CMD_GENERATE)
+		{
+			int			rc = set_gen_param(o, argc, argv, &i, arg, name_len, eq);
+
+			if (rc >= 0)
+			{
+				if (rc > 0)
+					return 1;
+				continue;
+			}
+		}
 		for (k = 0; k < N_OPTIONS; k++)
 			if (strlen(OPTIONS[k].name) == name_len && strncmp(OPTIONS[k].name, arg, name_len) == 0)
 				break;
@@ -750,7 +763,7 @@ json_set_text(json_t *obj, const char *key, const char *text, size_t len)
 }
 
 static int
-cmd_generate(const cli_opts *o, const bool *given)
+cmd_generate(const cli_opts *o)
 {
 	gptoss_gen_params p;
 	gptoss_error err = {0};
@@ -764,35 +777,16 @@ cmd_generate(const cli_opts *o, const bool *given)
 
 	if (o->prompt == NULL)
 		return fail("generate: --prompt is required");
-	gptoss_gen_params_default(&p);
-	if (was_given(given, "max-tokens"))
-		p.max_tokens = (int) o->max_tokens;
-	if (was_given(given, "temperature"))
-		p.temperature = (float) o->temperature;
-	if (was_given(given, "top-p"))
-		p.top_p = (float) o->top_p;
-	if (was_given(given, "top-k"))
-		p.top_k = (int) o->top_k;
-	if (was_given(given, "seed"))
-	{
-		p.has_seed = true;
-		p.seed = o->seed;
-	}
-	if (o->reasoning && gptoss_reasoning_from_name(o->reasoning, &p.reasoning_effort) < 0)
-		return fail("--reasoning: expected low, medium or high, got \"%s\"", o->reasoning);
-	p.instructions = o->instructions;
-	p.stop = (char **) o->stop;
-	p.n_stop = o->n_stop;
-	p.raw = o->raw;
-	p.ignore_eos = o->ignore_eos;
-	p.include_reasoning = o->include_reasoning || o->json;
+	p = o->params;
+	p.include_reasoning = p.include_reasoning || o->json;
 
 	progress_init(&ps, o->verbose);
 	eng = create_engine(o, o->max_seqs > 0 ? (int) o->max_seqs : 1, (int) o->max_context,
 						(int) o->prefill_chunk, &ps);
 	if (eng == NULL)
 		return 1;
-	if (gptoss_engine_render(eng, o->prompt, NULL, 0, &p, &ids, &n_ids, &err) < 0 ||
+	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), o->prompt, NULL, 0, &p, NULL,
+							 &ids, &n_ids, &err) < 0 ||
 		(id = gptoss_engine_submit(eng, ids, n_ids, &p, &err)) < 0)
 	{
 		free(ids);
@@ -1092,6 +1086,7 @@ main(int argc, char **argv)
 					name);
 
 	memset(&o, 0, sizeof(o));
+	gptoss_gen_params_default(&o.params);
 	o.device = "auto";
 	o.top = 10;
 	o.batch = "1,8,64";
@@ -1117,7 +1112,7 @@ main(int argc, char **argv)
 		case CMD_LOGITS:
 			return cmd_logits(&o);
 		case CMD_GENERATE:
-			return cmd_generate(&o, given);
+			return cmd_generate(&o);
 		case CMD_BENCH:
 			return cmd_bench(&o, given);
 		case CMD_SYNTH:
