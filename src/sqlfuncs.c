@@ -560,7 +560,7 @@ gptoss_detokenize(PG_FUNCTION_ARGS)
 		if (gptoss_utf8_text_push(&out, bytes, nbytes, &err) < 0 ||
 			gptoss_utf8_text_flush(&out, &err) < 0)
 			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("%s", err.msg)));
-		result = from_utf8(out.data ? out.data : "", (int) out.len);
+		result = from_utf8(out.text.data ? out.text.data : "", (int) out.text.len);
 	}
 	PG_FINALLY();
 	{

@@ -20,8 +20,6 @@
 
 _Static_assert(sizeof(gptoss_reasoning) == sizeof(int), "ENUM fields are ints");
 
-const char *const gptoss_reasoning_names[] = {"low", "medium", "high", NULL};
-
 #define FIELD(f) offsetof(gptoss_gen_params, f)
 #define NO_AUX 0
 

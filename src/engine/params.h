@@ -71,9 +71,6 @@ typedef struct gptoss_param
 extern const gptoss_param GPTOSS_PARAMS[];
 extern const int GPTOSS_N_PARAMS;
 
-/* "low", "medium", "high", NULL: names of gptoss_reasoning values. */
-extern const char *const gptoss_reasoning_names[];
-
 struct gptoss_gen_params;
 
 /* The row of key (len bytes), or NULL. */

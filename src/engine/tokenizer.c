@@ -691,9 +691,7 @@ typedef struct merge_cand
 /* Per-call state: output ids and merge-loop buffers, grown as needed. */
 typedef struct encode_work
 {
-	int32_t    *ids;			/* [n_ids_cap] output */
-	size_t		n_ids;
-	size_t		n_ids_cap;
+	gptoss_buffer ids;			/* output, int32_t ids */
 	int32_t    *next;			/* [piece_cap] start of the following part, by part start; -1 = merged away */
 	int32_t    *prev;			/* [piece_cap] start of the preceding part, -1 for the first */
 	int32_t    *part_rank;		/* [piece_cap] rank of the part starting here */
@@ -705,18 +703,7 @@ typedef struct encode_work
 static int
 emit(encode_work *w, int32_t id)
 {
-	if (w->n_ids == w->n_ids_cap)
-	{
-		size_t		cap = w->n_ids_cap ? 2 * w->n_ids_cap : 256;
-		int32_t    *ids = realloc(w->ids, cap * sizeof(int32_t));
-
-		if (!ids)
-			return -1;
-		w->ids = ids;
-		w->n_ids_cap = cap;
-	}
-	w->ids[w->n_ids++] = id;
-	return 0;
+	return gptoss_buffer_append(&w->ids, &id, sizeof(id), NULL);
 }
 
 /* Makes the merge buffers hold a piece of n bytes; -1 on allocation failure. */
@@ -944,18 +931,18 @@ gptoss_tokenizer_encode_interruptible(const gptoss_tokenizer *tok, const char *t
 			goto done;
 		}
 	}
-	result = (int) w.n_ids;
-	*ids = w.ids ? w.ids : malloc(sizeof(int32_t));
-	if (!*ids)
+	if (gptoss_buffer_reserve(&w.ids, 0, NULL) < 0)
 		goto oom;
-	w.ids = NULL;
+	result = (int) (w.ids.len / sizeof(int32_t));
+	*ids = (int32_t *) w.ids.data;
+	w.ids.data = NULL;
 	goto done;
 
 oom:
 	result = gptoss_errorf(err, "encode: out of memory");
 done:
 	pcre2_match_data_free(md);
-	free(w.ids);
+	free(w.ids.data);
 	free(w.next);
 	free(w.prev);
 	free(w.part_rank);

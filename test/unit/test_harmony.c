@@ -6,6 +6,7 @@
  * build/tokenizer.json).
  */
 #include "harmony.h"
+#include "sampler.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,7 +226,7 @@ run_parser(gptoss_harmony_parser *p, const gptoss_tokenizer *tok, const stream *
 static const char *
 str_or_empty(const gptoss_utf8_text *t)
 {
-	return t->data ? t->data : "";
+	return t->text.data ? t->text.data : "";
 }
 
 /* analysis then final then <|return|> (harmony's simple reasoning response). */
@@ -460,7 +461,7 @@ sanitize(const char *bytes, size_t n)
 
 	gptoss_utf8_text_push(&t, bytes, n, &err);
 	gptoss_utf8_text_flush(&t, &err);
-	out = strdup(t.data ? t.data : "");
+	out = strdup(t.text.data ? t.text.data : "");
 	gptoss_utf8_text_free(&t);
 	return out;
 }
@@ -499,8 +500,8 @@ test_utf8_text(void)
 
 		gptoss_utf8_text_push(&t, cases[c].in, cases[c].n, &err);
 		gptoss_utf8_text_flush(&t, &err);
-		CHECK(t.len == want_len && memcmp(t.data, cases[c].want, want_len) == 0,
-			  "case %zu: got %zu bytes", c, t.len);
+		CHECK(t.text.len == want_len && memcmp(t.text.data, cases[c].want, want_len) == 0,
+			  "case %zu: got %zu bytes", c, t.text.len);
 		gptoss_utf8_text_free(&t);
 	}
 
@@ -523,10 +524,10 @@ test_utf8_text(void)
 		for (int i = 0; i < 64; i++)
 		{
 			gptoss_utf8_text_push(&t, (const char *) buf + i, 1, &err);
-			CHECK(valid_utf8((const unsigned char *) t.data, t.len), "round %d: invalid prefix", round);
+			CHECK(valid_utf8((const unsigned char *) t.text.data, t.text.len), "round %d: invalid prefix", round);
 		}
 		gptoss_utf8_text_flush(&t, &err);
-		CHECK(strcmp(t.data, whole) == 0, "round %d: split pushes differ", round);
+		CHECK(strcmp(t.text.data, whole) == 0, "round %d: split pushes differ", round);
 		CHECK(valid_utf8((const unsigned char *) whole, strlen(whole)), "round %d: invalid", round);
 		gptoss_utf8_text_free(&t);
 		free(whole);
@@ -557,29 +558,21 @@ test_parser_random(const gptoss_tokenizer *tok)
 			CHECK(p.header_len < GPTOSS_HARMONY_HEADER_MAX, "header overflow");
 		}
 		gptoss_harmony_parser_finish(&p, &err);
-		CHECK(valid_utf8((const unsigned char *) str_or_empty(&p.final), p.final.len) &&
-			  valid_utf8((const unsigned char *) str_or_empty(&p.analysis), p.analysis.len),
+		CHECK(valid_utf8((const unsigned char *) str_or_empty(&p.final), p.final.text.len) &&
+			  valid_utf8((const unsigned char *) str_or_empty(&p.analysis), p.analysis.text.len),
 			  "round %d: texts must be valid UTF-8", round);
 		gptoss_harmony_parser_free(&p);
 	}
 }
 
-/* reasoning names round-trip through the parameter table. */
+/* reasoning names are the table's, by value. */
 static void
 test_reasoning_names(void)
 {
-	const gptoss_param *param = gptoss_param_find("reasoning_effort", strlen("reasoning_effort"));
-	gptoss_gen_params p;
-	gptoss_error err = {0};
-
-	gptoss_gen_params_default(&p);
-	CHECK(param != NULL, "reasoning_effort row");
-	CHECK(gptoss_param_set_string(&p, param, "high", 4, &err) == 0 &&
-		  p.reasoning_effort == GPTOSS_REASONING_HIGH, "high");
-	CHECK(gptoss_param_set_string(&p, param, "low", 3, &err) == 0 &&
-		  p.reasoning_effort == GPTOSS_REASONING_LOW, "low");
-	CHECK(gptoss_param_set_string(&p, param, "Medium", 6, &err) == -1, "names are case-sensitive");
+	CHECK(strcmp(gptoss_reasoning_name(GPTOSS_REASONING_HIGH), "high") == 0, "high");
 	CHECK(strcmp(gptoss_reasoning_name(GPTOSS_REASONING_MEDIUM), "medium") == 0, "medium");
+	CHECK(strcmp(gptoss_reasoning_names[GPTOSS_REASONING_LOW], "low") == 0 &&
+		  gptoss_reasoning_names[GPTOSS_REASONING_HIGH + 1] == NULL, "names table");
 }
 
 int

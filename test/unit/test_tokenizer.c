@@ -741,6 +741,44 @@ bench_encode(const gptoss_tokenizer *tok)
 	free(text);
 }
 
+/* should_stop callback: asks to stop once it has been polled *arg times. */
+static int
+stop_after(void *arg)
+{
+	int		   *polls_left = arg;
+
+	return --*polls_left <= 0;
+}
+
+/* A long encoding polls its interrupt and stops cleanly; a NULL interrupt never stops it. */
+static void
+test_interruptible(const gptoss_tokenizer *tok)
+{
+	size_t		len = (size_t) GPTOSS_ENCODE_POLL_PIECES * 12 * 3;
+	char	   *text = malloc(len + 1);
+	int			polls_left = 2;
+	gptoss_interrupt intr = {stop_after, &polls_left};
+	gptoss_error err = {0};
+	int32_t    *ids = NULL;
+	int			n;
+
+	for (size_t i = 0; i < len; i += 12)
+		memcpy(text + i, "lorem ipsum ", 12);
+	text[len] = '\0';
+	n = gptoss_tokenizer_encode_interruptible(tok, text, len, &intr, &ids, &err);
+	CHECK(n == -1 && err.code == GPTOSS_ERR_INTERRUPTED && ids == NULL,
+		  "interrupted at the second poll: n %d code %d", n, (int) err.code);
+	CHECK(polls_left == 0, "polled twice (%d left)", polls_left);
+	polls_left = 1000;
+	n = gptoss_tokenizer_encode_interruptible(tok, text, len, &intr, &ids, &err);
+	/* "lorem ipsum " splits into two pieces ("lorem", " ipsum"). */
+	CHECK(n > 0 && 1000 - polls_left == (int) (len / 12 * 2 / GPTOSS_ENCODE_POLL_PIECES),
+		  "a patient interrupt sees one poll per %d pieces (%d tokens, %d polls)",
+		  GPTOSS_ENCODE_POLL_PIECES, n, 1000 - polls_left);
+	free(ids);
+	free(text);
+}
+
 int
 main(void)
 {
@@ -765,6 +803,7 @@ main(void)
 	test_unicode_whitespace(tok);
 	test_invalid_utf8(tok);
 	test_decode(tok);
+	test_interruptible(tok);
 	bench_encode(tok);
 	gptoss_tokenizer_free(tok);
 	printf("%s: %d checks, %d failed\n", n_failed ? "FAIL" : "PASS", n_checked, n_failed);
