@@ -41,6 +41,14 @@ SELECT try_sql($$SELECT gptoss_generate('x', '{"stop": [""]}')$$);
 SELECT try_sql($$SELECT gptoss_generate('x', '{"stop": ""}')$$);
 SELECT try_sql(format('SELECT gptoss_generate(%L, %L)', 'x',
        jsonb_build_object('stop', (SELECT jsonb_agg(i::text) FROM generate_series(1, 65) i))));
+-- at most 256 bytes each (64 of 256 bytes are fine)
+SELECT try_sql(format('SELECT gptoss_generate(%L, %L)', 'x',
+       jsonb_build_object('stop', repeat('s', 257))));
+SELECT try_sql(format('SELECT gptoss_generate(%L, %L)', 'x',
+       jsonb_build_object('raw', true, 'max_tokens', 2,
+                          'stop', (SELECT jsonb_agg(repeat(chr(65 + i % 26), 256)) FROM generate_series(1, 64) i))));
+-- top_p is checked as the float it becomes: 1e-50 is 0
+SELECT try_sql($$SELECT gptoss_generate('x', '{"top_p": 1e-50}')$$);
 -- reasoning_effort
 SELECT try_sql($$SELECT gptoss_generate('x', '{"reasoning_effort": "extreme"}')$$);
 SELECT try_sql($$SELECT gptoss_generate('x', '{"reasoning_effort": 2}')$$);

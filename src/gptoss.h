@@ -162,6 +162,7 @@ typedef struct GptossWorkerStats
 	int			queued;			/* accepted, waiting for a place in the batch */
 	double		prefill_tok_s;
 	double		decode_tok_s;
+	double		max_step_ms_1min;	/* longest loop iteration (admit, step, deliver) in the last minute */
 } GptossWorkerStats;
 
 typedef struct GptossWorkerShared

@@ -180,7 +180,9 @@ context_tokens(void)
 		gptoss_worker_snapshot(w, &snap);
 		if (snap.state != GPTOSS_WORKER_READY)
 			continue;
-		room = Min((int64) snap.info.max_context, snap.info.kv_cache_tokens);
+		room = snap.info.max_context;
+		if (snap.info.kv_cache_tokens > 0 && snap.info.kv_cache_tokens < room)
+			room = snap.info.kv_cache_tokens;
 		if (best == 0 || room < best)
 			best = (int) room;
 	}

@@ -63,6 +63,13 @@
 #define WAIT_ACTIVE_MS 10L
 #define WAIT_IDLE_MS 1000L
 
+/*
+ * The longest loop iteration (the work between two latch waits: admitting,
+ * one engine step, delivering) is kept per second for the last
+ * LOOP_WINDOW_S seconds, and their maximum published as max_step_ms_1min.
+ */
+#define LOOP_WINDOW_S 60
+
 /* A request this worker serves, indexed by its request slot. */
 typedef struct WorkerJob
 {
@@ -98,6 +105,8 @@ static double next_progress_log;
 static int64 last_engine_steps;
 static int64 last_engine_step_sequences;
 static TimestampTz last_info_refresh;
+static double loop_ms_max[LOOP_WINDOW_S];	/* by second modulo LOOP_WINDOW_S */
+static int64 loop_ms_second[LOOP_WINDOW_S];	/* the second each entry is about */
 
 /* SIGTERM: ask the main loop to exit. */
 static void
@@ -533,6 +542,36 @@ flush_all(void)
 	}
 }
 
+/* Records how long one loop iteration took. */
+static void
+note_loop_time(double seconds)
+{
+	int64		second = (int64) gptoss_now();
+	int			at = (int) (second % LOOP_WINDOW_S);
+	double		ms = seconds * 1000.0;
+
+	if (loop_ms_second[at] != second)
+	{
+		loop_ms_second[at] = second;
+		loop_ms_max[at] = 0;
+	}
+	if (ms > loop_ms_max[at])
+		loop_ms_max[at] = ms;
+}
+
+/* The longest loop iteration of the last LOOP_WINDOW_S seconds (ms). */
+static double
+max_loop_ms(void)
+{
+	int64		second = (int64) gptoss_now();
+	double		m = 0;
+
+	for (int i = 0; i < LOOP_WINDOW_S; i++)
+		if (loop_ms_second[i] > second - LOOP_WINDOW_S && loop_ms_max[i] > m)
+			m = loop_ms_max[i];
+	return m;
+}
+
 /* Copies engine counters and compute backend figures into shared memory. */
 static void
 publish_stats(bool force_info)
@@ -558,6 +597,7 @@ publish_stats(bool force_info)
 	me->stats.queued = es.queued;
 	me->stats.prefill_tok_s = es.prefill_tok_s;
 	me->stats.decode_tok_s = es.decode_tok_s;
+	me->stats.max_step_ms_1min = max_loop_ms();
 	if (refresh)
 	{
 		me->info.kv_cache_used_tokens = bi.kv_cache_used_tokens;
@@ -787,6 +827,7 @@ register_self(void)
 	me->stats.queued = 0;
 	me->stats.prefill_tok_s = 0;
 	me->stats.decode_tok_s = 0;
+	me->stats.max_step_ms_1min = 0;
 	SpinLockRelease(&me->mutex);
 
 	release_taken_slots();
@@ -872,9 +913,11 @@ gptoss_worker_main(Datum main_arg)
 		uint32		events;
 		bool		active;
 		bool		progressed = false;
+		double		loop_start;
 
 		ResetLatch(MyLatch);
 		handle_signals();
+		loop_start = gptoss_now();
 
 		events = pg_atomic_read_u32(&me->events);
 		if (events != seen_events)
@@ -893,6 +936,7 @@ gptoss_worker_main(Datum main_arg)
 		 */
 		publish_stats(gptoss_engine_active(engine) == 0);
 		flush_all();
+		note_loop_time(gptoss_now() - loop_start);
 
 		if (!progressed)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

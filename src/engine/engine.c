@@ -76,6 +76,7 @@ typedef struct request
 	int			text_restarts;	/* times text started over (a new final message) */
 	gptoss_buffer text;			/* visible text, NUL-terminated */
 	size_t		scanned;		/* source text bytes already searched for stop strings */
+	int64_t		stop_checks;	/* stop string comparisons made (work counter) */
 } request;
 
 struct gptoss_engine
@@ -557,7 +558,7 @@ max_stop_len(const request *r)
 
 /* Length of the longest suffix of s[0, len) that is a proper prefix of a stop string. */
 static size_t
-stop_holdback(const request *r, const char *s, size_t len)
+stop_holdback(request *r, const char *s, size_t len)
 {
 	size_t		hold = 0;
 
@@ -566,7 +567,7 @@ stop_holdback(const request *r, const char *s, size_t len)
 		size_t		n = strlen(r->stop[i]);
 		size_t		k = n - 1 < len ? n - 1 : len;
 
-		for (; k > hold; k--)
+		for (; k > hold; k--, r->stop_checks++)
 			if (memcmp(s + len - k, r->stop[i], k) == 0)
 			{
 				hold = k;
@@ -581,6 +582,12 @@ stop_holdback(const request *r, const char *s, size_t len)
  * raw continuation).  Returns 1 when a stop string was found (the visible
  * text then ends right before it), 0 otherwise, -1 on failure.  With
  * complete set nothing is held back.
+ *
+ * Only a tail window is ever compared: the bytes added since the last call
+ * plus the longest stop string less one (a match may straddle them), and
+ * for the hold-back the last longest - 1 bytes.  A token's matching work is
+ * therefore bounded by the stop strings (at most GPTOSS_MAX_STOP of
+ * GPTOSS_MAX_STOP_LEN bytes), whatever the length of the text so far.
  */
 static int
 update_text(request *r, bool complete, gptoss_error *err)
@@ -609,7 +616,7 @@ update_text(request *r, bool complete, gptoss_error *err)
 		{
 			size_t		n = strlen(r->stop[i]);
 
-			for (size_t at = from; at + n <= len && at < visible; at++)
+			for (size_t at = from; at + n <= len && at < visible; at++, r->stop_checks++)
 				if (memcmp(s + at, r->stop[i], n) == 0)
 				{
 					visible = at;
@@ -768,6 +775,7 @@ gptoss_engine_result(const gptoss_engine *eng, int64_t id, gptoss_result *res)
 	res->text = r->text.data;
 	res->text_len = r->text.len;
 	res->text_restarts = r->text_restarts;
+	res->stop_checks = r->stop_checks;
 	if (r->include_reasoning && r->parser.analysis.text.data != NULL)
 	{
 		res->reasoning = r->parser.analysis.text.data;

@@ -136,6 +136,7 @@ typedef struct gptoss_result
 	int			n_tokens;
 	int			prompt_tokens;
 	int			completion_tokens;
+	int64_t		stop_checks;	/* stop string comparisons so far (bounded per token) */
 	const char *error;			/* message when finish_reason = ERROR */
 } gptoss_result;
 

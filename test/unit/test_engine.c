@@ -607,6 +607,64 @@ test_fake_stop_strings(void)
 	gptoss_engine_free(eng);
 }
 
+/*
+ * The most and longest stop strings cost the same per token at the start
+ * and at the end of a long generation: matching looks at a tail window only.
+ */
+static void
+test_fake_stop_cost(void)
+{
+	fake_backend f;
+	gptoss_engine *eng = fake_engine(&f, 1, FAKE_CTX, 256, 512);
+	int32_t    *prompt = make_prompt(12, 33);
+	int			n_gen = FAKE_CTX - 20;
+	gptoss_gen_params p = raw_params(n_gen);
+	gptoss_error err = {0};
+	char		stops[GPTOSS_MAX_STOP][GPTOSS_MAX_STOP_LEN + 1];
+	int64_t		checks_at[4] = {0};
+	int			marks[4] = {100, 200, n_gen - 100, n_gen};
+	int			next_mark = 0;
+	gptoss_result res;
+	int64_t		id;
+
+	/* Never matching, but sharing long prefixes with each other. */
+	for (int i = 0; i < GPTOSS_MAX_STOP; i++)
+	{
+		memset(stops[i], '\x01', GPTOSS_MAX_STOP_LEN);
+		stops[i][GPTOSS_MAX_STOP_LEN - 1] = (char) (2 + i);
+		stops[i][GPTOSS_MAX_STOP_LEN] = '\0';
+		p.stop[i] = stops[i];
+	}
+	p.n_stop = GPTOSS_MAX_STOP;
+	p.ignore_eos = true;
+	id = gptoss_engine_submit(eng, prompt, 12, &p, &err);
+	CHECK(id >= 0, "submit: %s", err.msg);
+	while (gptoss_engine_active(eng) > 0 && next_mark < 4)
+	{
+		gptoss_engine_step(eng, &err);
+		gptoss_engine_result(eng, id, &res);
+		if (res.n_tokens >= marks[next_mark])
+			checks_at[next_mark++] = res.stop_checks;
+	}
+	CHECK(next_mark == 4 && res.n_tokens == n_gen, "ran %d tokens", res.n_tokens);
+	{
+		int64_t		early = checks_at[1] - checks_at[0];
+		int64_t		late = checks_at[3] - checks_at[2];
+
+		printf("stop matching: %lld comparisons over tokens 100..200, %lld over the last 100 (text %zu bytes)\n",
+			   (long long) early, (long long) late, res.text_len);
+		CHECK(early > 0 && late > 0, "stop strings were compared");
+		CHECK(late <= early + early / 10, "cost per token does not grow with the text: %lld then %lld",
+			  (long long) early, (long long) late);
+		/* per token: the new bytes and a window per stop string, and the hold-back per stop string */
+		CHECK(late <= 100LL * GPTOSS_MAX_STOP * 3 * GPTOSS_MAX_STOP_LEN,
+			  "bounded by the caps: %lld", (long long) late);
+	}
+	gptoss_engine_release(eng, id);
+	free(prompt);
+	gptoss_engine_free(eng);
+}
+
 /* Stop tokens: harmony stops on <|return|>/<|call|> not <|end|>; raw on eos; ignore_eos runs on. */
 static void
 test_fake_stop_tokens(void)
@@ -1120,6 +1178,7 @@ main(void)
 	test_fake_limits();
 	test_fake_params();
 	test_fake_stop_strings();
+	test_fake_stop_cost();
 	test_fake_stop_tokens();
 	test_fake_harmony();
 	test_fake_failure();
