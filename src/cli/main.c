@@ -115,7 +115,7 @@ static const opt_spec OPTIONS[] = {
 
 #define N_OPTIONS ((int) (sizeof(OPTIONS) / sizeof(OPTIONS[0])))
 
-static const char USAGE[] =
+static const char USAGE_FORMAT[] =
 	"usage: gptoss COMMAND [OPTIONS]\n"
 	"\n"
 	"commands:\n"
@@ -123,10 +123,8 @@ static const char USAGE[] =
 	"      stdin (byte for byte) -> JSON array of token ids; --jsonl: one JSON string per line\n"
 	"  logits --model DIR --tokens 1,2,3 [--top K] [--device auto|cpu|cuda]\n"
 	"      one prefill step: {\"argmax\": [...], \"top\": [[id, logit], ...], \"logsumexp\": x}\n"
-	"  generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]\n"
-	"           [--top-k K] [--seed S] [--reasoning low|medium|high] [--instructions TEXT]\n"
-	"           [--stop STR]... [--raw] [--ignore-eos] [--include-reasoning] [--json]\n"
-	"           [--device D] [--max-context N]\n"
+	"  generate --model DIR --prompt TEXT [--json] [--device D] [--max-context N]\n"
+	"           %s"
 	"      prints the final channel text (--raw: the plain continuation)\n"
 	"  bench --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--device D]\n"
 	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S]\n"
@@ -138,6 +136,73 @@ static const char USAGE[] =
 	"common: --threads N (CPU), --verbose (progress on stderr), --help\n"
 	"defaults: --device auto (cuda when built with it and a GPU is present), --max-context\n"
 	"          min(4096, max_position_embeddings), --max-tokens 256, --temperature 1, --top-p 1\n";
+
+/* Prints the usage, with generate's options taken from the parameter table. */
+static void
+print_usage(FILE *out)
+{
+	char		opts[2048] = "";
+	size_t		at = 0;
+	size_t		line = 11;
+
+	for (int i = 0; i < GPTOSS_N_PARAMS && at < sizeof(opts); i++)
+	{
+		const gptoss_param *param = &GPTOSS_PARAMS[i];
+		char		name[64];
+		char		item[160];
+		const char *value = "";
+		char		names[96] = "";
+
+		snprintf(name, sizeof(name), "%s", param->cli_name ? param->cli_name : param->name);
+		for (char *c = name; *c; c++)
+			if (*c == '_')
+				*c = '-';
+		switch (param->type)
+		{
+			case GPTOSS_PARAM_INT:
+				value = " N";
+				break;
+			case GPTOSS_PARAM_FLOAT:
+				value = " X";
+				break;
+			case GPTOSS_PARAM_SEED:
+				value = " S";
+				break;
+			case GPTOSS_PARAM_BOOL:
+				break;
+			case GPTOSS_PARAM_ENUM:
+				names[0] = ' ';
+				for (int k = 0; param->names[k] != NULL; k++)
+					snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+							 k ? "|" : "", param->names[k]);
+				value = names;
+				break;
+			case GPTOSS_PARAM_STRING:
+				value = " TEXT";
+				break;
+			case GPTOSS_PARAM_STRINGS:
+				value = " STR";
+				break;
+		}
+		snprintf(item, sizeof(item), "[--%s%s]%s", name, value,
+				 param->type == GPTOSS_PARAM_STRINGS ? "..." : "");
+		if (line + strlen(item) + 1 > 90)
+		{
+			at += (size_t) snprintf(opts + at, sizeof(opts) - at, "\n           ");
+			line = 11;
+		}
+		else if (i > 0)
+		{
+			at += (size_t) snprintf(opts + at, sizeof(opts) - at, " ");
+			line++;
+		}
+		at += (size_t) snprintf(opts + at, sizeof(opts) - at, "%s", item);
+		line += strlen(item);
+	}
+	if (at < sizeof(opts) - 1)
+		opts[at++] = '\n', opts[at] = '\0';
+	fprintf(out, USAGE_FORMAT, opts);
+}
 
 /* Prints an error line and returns the exit status 1. */
 static int
@@ -1070,13 +1135,13 @@ main(int argc, char **argv)
 
 	if (argc < 2)
 	{
-		fputs(USAGE, stderr);
+		print_usage(stderr);
 		return 1;
 	}
 	name = argv[1];
 	if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0 || strcmp(name, "help") == 0)
 	{
-		fputs(USAGE, stdout);
+		print_usage(stdout);
 		return 0;
 	}
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
@@ -1096,7 +1161,7 @@ main(int argc, char **argv)
 	rc = parse_options(argc, argv, 2, cmd, name, &o, given);
 	if (rc == 2)
 	{
-		fputs(USAGE, stdout);
+		print_usage(stdout);
 		return 0;
 	}
 	if (rc != 0)
