@@ -67,6 +67,7 @@ typedef struct request
 	int			n_stop;
 	bool		raw;
 	bool		ignore_eos;
+	int			min_tokens;		/* stop tokens count only from this many tokens on */
 	bool		include_reasoning;
 	gptoss_finish_reason finish;
 	char	   *error;			/* message when finish = ERROR */
@@ -483,6 +484,7 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 	r->sampling.seed = p->has_seed ? p->seed : fresh_seed(eng);
 	r->raw = p->raw;
 	r->ignore_eos = p->ignore_eos;
+	r->min_tokens = p->min_tokens;
 	r->include_reasoning = p->include_reasoning;
 	gptoss_harmony_parser_init(&r->parser);
 	r->prompt = malloc((size_t) n_ids * sizeof(int32_t));
@@ -730,7 +732,7 @@ accept_token(gptoss_engine *eng, request *r, int32_t id, gptoss_error *err)
 	else if (gptoss_harmony_parser_push(&r->parser, eng->tok, id, err) < 0)
 		return -1;
 
-	if (!r->ignore_eos && is_stop_token(r, id))
+	if (!r->ignore_eos && r->n_tokens >= r->min_tokens && is_stop_token(r, id))
 		return finish_request(eng, r, GPTOSS_FINISH_STOP, true, err);
 	stopped = update_text(r, false, err);
 	if (stopped < 0)

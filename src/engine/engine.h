@@ -38,6 +38,7 @@ const char *gptoss_finish_reason_name(gptoss_finish_reason r);
 typedef struct gptoss_gen_params
 {
 	int			max_tokens;		/* >= 1; clamped to what the context leaves */
+	int			min_tokens;		/* >= 0; a stop token ends generation only from this many tokens on */
 	float		temperature;	/* >= 0; 0 = greedy */
 	float		top_p;			/* (0, 1] */
 	int			top_k;			/* >= 0; 0 = off */

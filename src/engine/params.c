@@ -26,6 +26,8 @@ _Static_assert(sizeof(gptoss_reasoning) == sizeof(int), "ENUM fields are ints");
 const gptoss_param GPTOSS_PARAMS[] = {
 	{.name = "max_tokens", .type = GPTOSS_PARAM_INT, .offset = FIELD(max_tokens),
 	 .min = 1, .max = INT_MAX, .guc_doc = "Default max_tokens of a generation."},
+	{.name = "min_tokens", .type = GPTOSS_PARAM_INT, .offset = FIELD(min_tokens),
+	 .min = 0, .max = INT_MAX},
 	{.name = "temperature", .type = GPTOSS_PARAM_FLOAT, .offset = FIELD(temperature),
 	 .min = 0, .max = FLT_MAX, .guc_doc = "Default sampling temperature (0: greedy)."},
 	{.name = "top_p", .type = GPTOSS_PARAM_FLOAT, .offset = FIELD(top_p),

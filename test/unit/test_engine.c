@@ -673,16 +673,21 @@ test_fake_stop_tokens(void)
 	{
 		bool		raw;
 		bool		ignore_eos;
+		int			min_tokens;
 		int32_t		token;
 		bool		stops;
 	}			cases[] = {
-		{false, false, GPTOSS_TOK_RETURN, true},
-		{false, false, GPTOSS_TOK_CALL, true},
-		{false, false, GPTOSS_TOK_END, false},
-		{false, true, GPTOSS_TOK_RETURN, false},
-		{true, false, GPTOSS_TOK_RETURN, true},
-		{true, false, GPTOSS_TOK_ENDOFTEXT, true},
-		{true, true, GPTOSS_TOK_ENDOFTEXT, false},
+		{false, false, 0, GPTOSS_TOK_RETURN, true},
+		{false, false, 0, GPTOSS_TOK_CALL, true},
+		{false, false, 0, GPTOSS_TOK_END, false},
+		{false, true, 0, GPTOSS_TOK_RETURN, false},
+		{true, false, 0, GPTOSS_TOK_RETURN, true},
+		{true, false, 0, GPTOSS_TOK_ENDOFTEXT, true},
+		{true, true, 0, GPTOSS_TOK_ENDOFTEXT, false},
+		/* the stop token is the 4th token: it counts from min_tokens 4 on */
+		{true, false, 4, GPTOSS_TOK_ENDOFTEXT, true},
+		{true, false, 5, GPTOSS_TOK_ENDOFTEXT, false},
+		{false, false, 5, GPTOSS_TOK_RETURN, false},
 	};
 
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
@@ -697,6 +702,7 @@ test_fake_stop_tokens(void)
 
 		p.raw = cases[c].raw;
 		p.ignore_eos = cases[c].ignore_eos;
+		p.min_tokens = cases[c].min_tokens;
 		f.stop_at_token = cases[c].token;
 		f.stop_after = 4;
 		id = gptoss_engine_submit(eng, prompt, 7, &p, &err);
