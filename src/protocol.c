@@ -223,6 +223,8 @@ gptoss_job_read(dsm_segment *seg, GptossJobView *view, const char **why)
 	view->stream = hdr->stream;
 	view->n_prompt = hdr->n_prompt;
 	view->params = hdr->params;
+	/* current_date only shapes the rendering, which the session did */
+	view->params.current_date = NULL;
 	if (!get_strings(&view->params, strings, strings + hdr->strings_size))
 		return false;
 	return true;
