@@ -96,8 +96,8 @@ wait_latch(long timeout_ms)
 }
 
 /* Raises 55000 with worker w's reason for not serving. */
-static void
-raise_worker_failed(int w)
+void
+gptoss_raise_worker_failed(int w)
 {
 	GptossWorkerShared snap;
 
@@ -179,7 +179,7 @@ check_some_worker_serves(void)
 	worker = choose_worker();
 	LWLockRelease(gptoss_shared->lock);
 	if (worker < 0)
-		raise_worker_failed(0);
+		gptoss_raise_worker_failed(0);
 }
 
 /*
@@ -269,7 +269,7 @@ claim_slot(GptossCall *call)
 	}
 	LWLockRelease(gptoss_shared->lock);
 	if (worker < 0)
-		raise_worker_failed(0);
+		gptoss_raise_worker_failed(0);
 	if (slot < 0)
 		return false;
 
@@ -370,7 +370,7 @@ check_call(GptossCall *call)
 			/* A ready worker takes it at its next iteration; otherwise wait for the worker. */
 			gptoss_worker_snapshot(call->worker, &snap);
 			if (snap.state == GPTOSS_WORKER_FAILED)
-				raise_worker_failed(call->worker);
+				gptoss_raise_worker_failed(call->worker);
 			if (snap.state != GPTOSS_WORKER_READY &&
 				TimestampDifferenceExceeds(call->started, GetCurrentTimestamp(),
 										   gptoss_effective_queue_wait()))

@@ -277,6 +277,9 @@ extern void gptoss_call_wait(void);
 /* Closes the call: frees the request slot (the worker drops an unfinished request). */
 extern void gptoss_call_end(GptossCall *call);
 
+/* Raises 55000 with worker w's reason for not serving (its load error). */
+extern void gptoss_raise_worker_failed(int w);
+
 /* Runs job to completion into resp (initialised here). */
 extern void gptoss_execute(const GptossJob *job, GptossResponse *resp);
 

@@ -97,10 +97,7 @@ raise_no_tokenizer(const gptoss_error *err)
 					 errmsg("gptoss tokenizer is not available: %s", err->msg),
 					 errhint("Check gptoss.model_path and its tokenizer.json.")));
 	}
-	ereport(ERROR,
-			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-			 errmsg("gptoss model is not available: %s", err->msg),
-			 errhint("Check gptoss.model_path and the server log.")));
+	gptoss_raise_worker_failed(0);
 }
 
 /* The session's tokenizer; loads it when it was not inherited. */
