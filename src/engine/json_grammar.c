@@ -21,6 +21,7 @@
  * identical threads merge.
  */
 #include "json_grammar.h"
+#include "utf8.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -50,22 +51,28 @@ enum
 	PH_LIT						/* inside a literal: aux = literal trie node */
 };
 
-/* String lexer states: plain, after a backslash, inside a UTF-8 sequence. */
+/*
+ * String lexer states: plain, after a backslash, with k continuation bytes
+ * left, or (the lead byte itself, C2..F4) right after a lead byte, whose
+ * second byte has its own range (utf8.h).
+ */
 enum
 {
 	LX_PLAIN,
 	LX_ESC,
-	LX_CONT1,					/* one continuation byte 80-BF left */
+	LX_CONT1,
 	LX_CONT2,
-	LX_CONT3,
-	LX_E0,						/* after E0: A0-BF, then one more */
-	LX_ED,						/* after ED: 80-9F (no surrogates), then one more */
-	LX_F0,						/* after F0: 90-BF, then two more */
-	LX_F4						/* after F4: 80-8F (<= U+10FFFF), then two more */
+	LX_CONT3
 };
 
-/* Bytes still needed to end an escape or a UTF-8 sequence, by lexer state. */
-static const int LEX_PENDING[] = {0, 1, 1, 2, 3, 2, 2, 3, 3};
+/* Bytes still needed to end an escape or a UTF-8 sequence in lexer state st. */
+static inline int
+lex_pending(uint8_t st)
+{
+	if (st >= 0x80)
+		return gptoss_utf8_lead_length(st) - 1;
+	return st == LX_PLAIN ? 0 : st == LX_ESC ? 1 : st - LX_CONT1 + 1;
+}
 
 typedef struct json_property
 {
@@ -685,73 +692,49 @@ gptoss_json_grammar_min_length(const gptoss_json_grammar *g)
 static inline int
 lex_step(uint8_t st, uint8_t c, uint8_t *next, int *begun)
 {
+	int			rest;
+
 	*begun = 0;
-	switch (st)
+	if (st == LX_PLAIN)
 	{
-		case LX_PLAIN:
-			if (c == '"')
-				return 1;
-			*begun = 1;
-			if (c == '\\')
-				*next = LX_ESC;
-			else if (c < 0x20)
-				return -1;
-			else if (c < 0x80)
-				*next = LX_PLAIN;
-			else if (c >= 0xC2 && c <= 0xDF)
-				*next = LX_CONT1;
-			else if (c == 0xE0)
-				*next = LX_E0;
-			else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
-				*next = LX_CONT2;
-			else if (c == 0xED)
-				*next = LX_ED;
-			else if (c == 0xF0)
-				*next = LX_F0;
-			else if (c >= 0xF1 && c <= 0xF3)
-				*next = LX_CONT3;
-			else if (c == 0xF4)
-				*next = LX_F4;
-			else
-				return -1;
-			return 0;
-		case LX_ESC:
-			if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' ||
-				c == 'r' || c == 't')
-			{
-				*next = LX_PLAIN;
-				return 0;
-			}
+		if (c == '"')
+			return 1;
+		*begun = 1;
+		if (c == '\\')
+			*next = LX_ESC;
+		else if (c < 0x20)
 			return -1;
-		case LX_CONT1:
-		case LX_CONT2:
-		case LX_CONT3:
-			if (c < 0x80 || c > 0xBF)
-				return -1;
-			*next = st == LX_CONT1 ? LX_PLAIN : st == LX_CONT2 ? LX_CONT1 : LX_CONT2;
-			return 0;
-		case LX_E0:
-			if (c < 0xA0 || c > 0xBF)
-				return -1;
-			*next = LX_CONT1;
-			return 0;
-		case LX_ED:
-			if (c < 0x80 || c > 0x9F)
-				return -1;
-			*next = LX_CONT1;
-			return 0;
-		case LX_F0:
-			if (c < 0x90 || c > 0xBF)
-				return -1;
-			*next = LX_CONT2;
-			return 0;
-		case LX_F4:
-			if (c < 0x80 || c > 0x8F)
-				return -1;
-			*next = LX_CONT2;
-			return 0;
+		else if (c < 0x80)
+			*next = LX_PLAIN;
+		else if (gptoss_utf8_lead_length(c) >= 2)
+			*next = c;
+		else
+			return -1;
+		return 0;
 	}
-	return -1;
+	if (st == LX_ESC)
+	{
+		if (c != '"' && c != '\\' && c != '/' && c != 'b' && c != 'f' && c != 'n' &&
+			c != 'r' && c != 't')
+			return -1;
+		*next = LX_PLAIN;
+		return 0;
+	}
+	if (st >= 0x80)
+	{
+		/* the byte after a lead */
+		if (!gptoss_utf8_second_byte_ok(st, c))
+			return -1;
+		rest = gptoss_utf8_lead_length(st) - 2;
+	}
+	else
+	{
+		if (!gptoss_utf8_is_continuation(c))
+			return -1;
+		rest = st - LX_CONT1;
+	}
+	*next = rest == 0 ? LX_PLAIN : (uint8_t) (LX_CONT1 + rest - 1);
+	return 0;
 }
 
 /* Lexes bytes from the plain state (see json_grammar.h). */
@@ -773,7 +756,7 @@ gptoss_json_lex_string(const char *bytes, int n, int *chars, int *pending)
 			return i;
 		*chars += begun;
 	}
-	*pending = LEX_PENDING[st];
+	*pending = lex_pending(st);
 	return n;
 }
 
@@ -1227,7 +1210,7 @@ frame_rest(const gptoss_json_grammar *g, const gptoss_json_frame *f)
 				return best;
 			}
 		case PH_MAP_KEY:
-			return cost_add(3 + LEX_PENDING[f->lex], g->nodes[n->child].min_len);
+			return cost_add(3 + lex_pending(f->lex), g->nodes[n->child].min_len);
 		case PH_OBJ_COLON:
 		case PH_OBJ_VALUE:
 			m = f->phase == PH_OBJ_COLON ? 1 : 0;
@@ -1255,7 +1238,7 @@ frame_rest(const gptoss_json_grammar *g, const gptoss_json_frame *f)
 				return f->phase == PH_ARR_ITEM ? cost_add(rest, item) : rest;
 			}
 		case PH_STR:
-			return 1 + LEX_PENDING[f->lex];
+			return 1 + lex_pending(f->lex);
 		case PH_NUM_MINUS:
 		case PH_NUM_DOT:
 			return 1;

@@ -13,6 +13,7 @@
 #include "engine.h"
 #include "harmony.h"
 #include "schema_check.h"
+#include "synth.h"
 #include "testutil.h"
 
 #include <stdlib.h>
