@@ -19,6 +19,7 @@
 #include "bench_serve.h"
 #include "engine.h"
 #include "harmony.h"
+#include "synth.h"
 
 #include <errno.h>
 #include <jansson.h>
