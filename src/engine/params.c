@@ -372,6 +372,25 @@ check_field(const struct gptoss_gen_params *p, const gptoss_param *param, gptoss
 	return 0;
 }
 
+/*
+ * Rules between fields and for the fields that have no row yet (the
+ * structured output fields, which SQL and the CLI do not set so far).
+ */
+static int
+check_combinations(const struct gptoss_gen_params *p, gptoss_error *err)
+{
+	if (p->has_max_reasoning_tokens && p->max_reasoning_tokens < 0)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "invalid gptoss parameter \"max_reasoning_tokens\": must be at least 0");
+	if (p->response_format != NULL && p->n_stop > 0)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "invalid gptoss parameter \"stop\": cannot be combined with response_format (a stop string would cut the document)");
+	if (p->response_format != NULL && p->ignore_eos)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "invalid gptoss parameter \"ignore_eos\": cannot be combined with response_format (the document ends the answer)");
+	return 0;
+}
+
 /* The validator: every row of the table against p. */
 int
 gptoss_gen_params_check(const struct gptoss_gen_params *p, gptoss_error *err)
@@ -381,5 +400,5 @@ gptoss_gen_params_check(const struct gptoss_gen_params *p, gptoss_error *err)
 	for (int i = 0; i < GPTOSS_N_PARAMS; i++)
 		if (check_field(p, &GPTOSS_PARAMS[i], err) < 0)
 			return -1;
-	return 0;
+	return check_combinations(p, err);
 }
