@@ -20,7 +20,7 @@ my $node = gptoss_node('step_loop',
 	conf => { 'gptoss.max_context' => 4096, 'gptoss.threads' => 1 });
 
 # A greedy stream; each row carries the time it was produced.
-my $stream = q{SELECT extract(epoch FROM clock_timestamp()), piece
+my $stream = q{SELECT extract(epoch FROM clock_timestamp()), encode(convert_to(piece, 'UTF8'), 'hex')
   FROM (SELECT gptoss_generate_stream('Once upon a time',
           '{"raw": true, "temperature": 0, "max_tokens": 300, "ignore_eos": true}') AS piece) s};
 
@@ -31,8 +31,8 @@ sub run_stream
 	my ($text, $prev, @gaps) = ('', undef);
 	for my $line (split /\n/, $out)
 	{
-		my ($t, $piece) = split /\|/, $line, 2;
-		$text .= $piece // '';
+		my ($t, $hex) = split /\|/, $line, 2;
+		$text .= pack('H*', $hex);
 		push @gaps, ($t - $prev) * 1000 if defined $prev;
 		$prev = $t;
 	}
