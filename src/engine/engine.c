@@ -95,7 +95,8 @@ struct gptoss_engine
 	gptoss_model *model;
 	gptoss_tokenizer *tok;
 	gptoss_backend *backend;
-	bool		owns_parts;		/* free model, tokenizer and backend with the engine */
+	bool		owns_parts;		/* free model and backend with the engine */
+	bool		owns_tokenizer;	/* and the tokenizer (not one borrowed through opts) */
 	int			max_seqs;
 	int			max_context;
 	int64_t		kv_capacity;	/* cache tokens over all slots */
@@ -261,22 +262,28 @@ gptoss_engine_create(const gptoss_engine_opts *opts, gptoss_progress_fn progress
 		return NULL;
 	}
 
-	path_len = strlen(opts->model_path) + sizeof("/tokenizer.json");
-	tok_path = malloc(path_len);
-	if (tok_path == NULL)
+	if (opts->tokenizer != NULL)
+		tok = (gptoss_tokenizer *) opts->tokenizer;
+	else
 	{
-		gptoss_errorf(err, "out of memory");
-		return NULL;
+		path_len = strlen(opts->model_path) + sizeof("/tokenizer.json");
+		tok_path = malloc(path_len);
+		if (tok_path == NULL)
+		{
+			gptoss_errorf(err, "out of memory");
+			return NULL;
+		}
+		snprintf(tok_path, path_len, "%s/tokenizer.json", opts->model_path);
+		tok = gptoss_tokenizer_load(tok_path, err);
+		free(tok_path);
+		if (tok == NULL)
+			return NULL;
 	}
-	snprintf(tok_path, path_len, "%s/tokenizer.json", opts->model_path);
-	tok = gptoss_tokenizer_load(tok_path, err);
-	free(tok_path);
-	if (tok == NULL)
-		return NULL;
 
 	if (gptoss_model_load(opts->model_path, &model, progress, progress_arg, err) < 0)
 	{
-		gptoss_tokenizer_free(tok);
+		if (opts->tokenizer == NULL)
+			gptoss_tokenizer_free(tok);
 		return NULL;
 	}
 
@@ -295,7 +302,8 @@ gptoss_engine_create(const gptoss_engine_opts *opts, gptoss_progress_fn progress
 	if (backend == NULL)
 	{
 		gptoss_model_free(model);
-		gptoss_tokenizer_free(tok);
+		if (opts->tokenizer == NULL)
+			gptoss_tokenizer_free(tok);
 		return NULL;
 	}
 	eng = gptoss_engine_create_from(model, tok, backend, opts, err);
@@ -303,10 +311,12 @@ gptoss_engine_create(const gptoss_engine_opts *opts, gptoss_progress_fn progress
 	{
 		backend->free(backend);
 		gptoss_model_free(model);
-		gptoss_tokenizer_free(tok);
+		if (opts->tokenizer == NULL)
+			gptoss_tokenizer_free(tok);
 		return NULL;
 	}
 	eng->owns_parts = true;
+	eng->owns_tokenizer = opts->tokenizer == NULL;
 	return eng;
 }
 
@@ -350,8 +360,9 @@ gptoss_engine_free(gptoss_engine *eng)
 	{
 		eng->backend->free(eng->backend);
 		gptoss_model_free(eng->model);
-		gptoss_tokenizer_free(eng->tok);
 	}
+	if (eng->owns_tokenizer)
+		gptoss_tokenizer_free(eng->tok);
 	free(eng);
 }
 

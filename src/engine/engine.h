@@ -69,6 +69,7 @@ typedef struct gptoss_engine_opts
 	gptoss_backend_opts backend;	/* max_seqs, max_context, ... */
 	int			prefill_chunk;	/* max prompt tokens per sequence per step; 0 = default */
 	int			max_step_tokens;	/* max tokens per step over all sequences; 0 = default */
+	const gptoss_tokenizer *tokenizer;	/* borrowed instead of loading model_path's, or NULL */
 } gptoss_engine_opts;
 
 typedef struct gptoss_engine gptoss_engine;
