@@ -16,6 +16,7 @@
  */
 #include "engine.h"
 #include "harmony.h"
+#include "synth.h"
 #include "testutil.h"
 #include "tmpname.h"
 
