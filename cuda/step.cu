@@ -197,8 +197,9 @@ validate_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, const in
 
 	if (total < 0)
 		return -1;
+	/* tokens the slots computed; shared prefix pages are covered by the page check */
 	for (int s = 0; s < be->base.opts.max_seqs; s++)
-		used += gptoss_kv_pages_len(be->base.kv_pages, s);
+		used += gptoss_kv_pages_len(be->base.kv_pages, s) - gptoss_kv_pages_shared(be->base.kv_pages, s);
 	for (int i = 0; i < n_seqs; i++)
 		pages += pages_missing(be, seqs[i].slot, seqs[i].pos + seqs[i].n_tokens);
 	if (used + total > be->kv_capacity || pages > gptoss_kv_pages_available(be->base.kv_pages))

@@ -927,14 +927,19 @@ slot_reserve(cpu_backend *be, int slot, int need, gptoss_error *err)
 	return 0;
 }
 
-/* Tokens cached over all slots (a shared prefix counts once per slot). */
+/*
+ * Tokens cached over all slots; with own set, only those the slots computed
+ * (shared prefix pages are held by the engine's reservations, and the page
+ * check covers them).
+ */
 static int64_t
-kv_used_tokens(const cpu_backend *be)
+kv_used_tokens(const cpu_backend *be, int own)
 {
 	int64_t		used = 0;
 
 	for (int s = 0; s < be->base.opts.max_seqs; s++)
-		used += gptoss_kv_pages_len(be->base.kv_pages, s);
+		used += gptoss_kv_pages_len(be->base.kv_pages, s) -
+			(own ? gptoss_kv_pages_shared(be->base.kv_pages, s) : 0);
 	return used;
 }
 
@@ -961,7 +966,7 @@ validate_step(cpu_backend *be, const gptoss_step_seq *seqs, int n_seqs,
 
 	if (total < 0)
 		return -1;
-	used = kv_used_tokens(be);
+	used = kv_used_tokens(be, 1);
 	for (int i = 0; i < n_seqs; i++)
 		pages += gptoss_kv_pages_missing(be->base.kv_pages, seqs[i].slot, seqs[i].pos + seqs[i].n_tokens);
 	if (used + total > be->kv_capacity || pages > gptoss_kv_pages_available(be->base.kv_pages))
@@ -1323,7 +1328,7 @@ cpu_get_info(gptoss_backend *base, gptoss_backend_info *info)
 	info->memory_used_bytes = info->weight_bytes + own;
 	info->memory_total_bytes = pages > 0 && page_size > 0 ? (int64_t) pages * page_size : 0;
 	info->kv_cache_tokens = be->kv_capacity;
-	info->kv_cache_used_tokens = kv_used_tokens(be);
+	info->kv_cache_used_tokens = kv_used_tokens(be, 0);
 	info->peak_memory_bytes = info->weight_bytes +
 		(be->peak_bytes > own ? be->peak_bytes : own);
 }

@@ -90,7 +90,8 @@ typedef struct request
 	int32_t    *tokens;			/* [max_new] generated (label: forced) ids */
 	int			n_tokens;
 	int			max_new;		/* max_tokens clamped to what the context leaves */
-	int64_t		reserve;		/* KV tokens reserved while holding a slot */
+	int64_t		reserve;		/* KV tokens reserved from admission to the end */
+	bool		reserved;		/* reserve is counted in kv_reserved */
 	int			slot;			/* KV-cache slot while it holds one, else -1 */
 	int			n_cached;		/* tokens in the slot's cache = position of the next fed token */
 	bool		prefix_caching; /* attach and register shared prompt pages */
@@ -109,6 +110,7 @@ typedef struct request
 	int32_t    *fork_pages;		/* [n_fork_pages] pinned pages of the shared prefix */
 	int			n_fork_pages;
 	bool		forked;			/* label sequences created */
+	int64_t		first_label_id; /* its label sequences have the n_labels ids from here */
 	/* REQ_LABEL */
 	struct request *parent;
 	int			label;
@@ -983,8 +985,16 @@ leave_slot(gptoss_engine *eng, request *r)
 	if (!eng->failed)
 		eng->backend->release(eng->backend, r->slot);
 	eng->slots[r->slot] = NULL;
-	eng->kv_reserved -= r->reserve;
 	r->slot = -1;
+}
+
+/* Gives back r's KV reservation. */
+static void
+unreserve(gptoss_engine *eng, request *r)
+{
+	if (r->reserved)
+		eng->kv_reserved -= r->reserve;
+	r->reserved = false;
 }
 
 /*
@@ -1030,6 +1040,7 @@ finish_request(gptoss_engine *eng, request *r, gptoss_finish_reason reason,
 	if (r->state == REQ_DONE)
 		return 0;
 	leave_slot(eng, r);
+	unreserve(eng, r);
 	r->state = REQ_DONE;
 	r->finish = reason;
 	if (r->kind == REQ_SCORE)
@@ -1092,6 +1103,7 @@ finish_score_labels(gptoss_engine *eng, request *r, gptoss_finish_reason reason)
 		if (l->kind == REQ_LABEL && l->parent == r && l->state != REQ_DONE)
 		{
 			leave_slot(eng, l);
+			unreserve(eng, l);
 			l->state = REQ_DONE;
 			l->finish = reason == GPTOSS_FINISH_STOP ? GPTOSS_FINISH_CANCELLED : reason;
 		}
@@ -1312,7 +1324,59 @@ attach_prefix(gptoss_engine *eng, request *r)
 	eng->stats.prefix_cache_hit_tokens += r->n_cached;
 }
 
-/* Gives free slots to queued requests, oldest first, while the KV cache has room. */
+/*
+ * Admits r when a slot is free (*slot: where the search for one resumes) and
+ * the KV cache has room for its reservation; false when it must wait.
+ */
+static bool
+admit_one(gptoss_engine *eng, request *r, int *slot)
+{
+	if (r->kind == REQ_SCORE && r->prefill_end == 0)
+	{
+		/* nothing to share: straight to the label sequences */
+		r->state = REQ_RUNNING;
+		return true;
+	}
+	while (*slot < eng->max_seqs && eng->slots[*slot] != NULL)
+		(*slot)++;
+	if (*slot == eng->max_seqs || eng->kv_reserved + r->reserve > eng->kv_capacity)
+		return false;
+	eng->kv_reserved += r->reserve;
+	r->reserved = true;
+	eng->slots[*slot] = r;
+	r->slot = *slot;
+	r->n_cached = 0;
+	r->state = REQ_RUNNING;
+	attach_prefix(eng, r);
+	return true;
+}
+
+/* Index of the first request whose id is >= id. */
+static int
+first_request_from(const gptoss_engine *eng, int64_t id)
+{
+	int			lo = 0,
+				hi = eng->n_reqs;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (eng->reqs[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * Gives free slots to queued requests, oldest first, while the KV cache has
+ * room.  Strict arrival order: a large request is not overtaken by later
+ * small ones.  A score request's label sequences take its place in that
+ * order, so that its pinned prefix is released before later requests pin
+ * theirs.
+ */
 static void
 admit_requests(gptoss_engine *eng)
 {
@@ -1322,27 +1386,23 @@ admit_requests(gptoss_engine *eng)
 	{
 		request    *r = eng->reqs[i];
 
-		if (r->state != REQ_QUEUED)
+		if (r->kind == REQ_LABEL)
 			continue;
-		if (r->kind == REQ_SCORE && r->prefill_end == 0)
+		if (r->kind == REQ_SCORE && r->forked && r->state == REQ_RUNNING)
 		{
-			/* nothing to share: straight to the label sequences */
-			r->state = REQ_RUNNING;
+			for (int j = first_request_from(eng, r->first_label_id); j < eng->n_reqs; j++)
+			{
+				request    *l = eng->reqs[j];
+
+				if (l->kind != REQ_LABEL || l->parent != r)
+					break;
+				if (l->state == REQ_QUEUED && !admit_one(eng, l, &slot))
+					return;
+			}
 			continue;
 		}
-		while (slot < eng->max_seqs && eng->slots[slot] != NULL)
-			slot++;
-		if (slot == eng->max_seqs)
+		if (r->state == REQ_QUEUED && !admit_one(eng, r, &slot))
 			return;
-		/* Strict arrival order: a large request is not overtaken by later small ones. */
-		if (eng->kv_reserved + r->reserve > eng->kv_capacity)
-			return;
-		eng->kv_reserved += r->reserve;
-		eng->slots[slot] = r;
-		r->slot = slot;
-		r->n_cached = 0;
-		r->state = REQ_RUNNING;
-		attach_prefix(eng, r);
 	}
 }
 
@@ -1379,6 +1439,7 @@ fork_score_requests(gptoss_engine *eng)
 			r->n_fork_pages = n_pages;
 			leave_slot(eng, r);
 		}
+		r->first_label_id = eng->next_id;
 		for (int l = 0; l < r->n_labels; l++)
 		{
 			request    *seq = new_request(REQ_LABEL, r->prompt, r->n_prompt, r->label_len[l]);
@@ -1390,6 +1451,8 @@ fork_score_requests(gptoss_engine *eng)
 			}
 			seq->parent = r;
 			seq->label = l;
+			/* the shared prefix is reserved by the score request itself */
+			seq->reserve = (int64_t) r->n_prompt - r->prefill_end + r->label_len[l];
 			seq->lp = calloc(1, sizeof(*seq->lp));
 			if (!seq->lp)
 			{

@@ -29,6 +29,7 @@ struct gptoss_kv_pages
 	int32_t    *table;			/* [max_seqs][max_pages] page ids in position order */
 	int		   *slot_pages;		/* [max_seqs] entries of table in use */
 	int		   *slot_len;		/* [max_seqs] cached positions */
+	int		   *slot_shared;	/* [max_seqs] positions attached rather than computed */
 	int		   *slot_published; /* [max_seqs] pages publish has seen; -1: never publish */
 	int32_t    *chain_page;		/* [max_seqs] registered page of the prefix published so far, or -1 */
 	uint64_t   *chain_serial;	/* [max_seqs] its serial (0 with chain_page -1) */
@@ -93,6 +94,7 @@ gptoss_kv_pages_create(int n_pages, int page_tokens, int max_seqs, int max_conte
 	kp->table = malloc((size_t) max_seqs * kp->max_pages * sizeof(int32_t));
 	kp->slot_pages = calloc((size_t) max_seqs, sizeof(int));
 	kp->slot_len = calloc((size_t) max_seqs, sizeof(int));
+	kp->slot_shared = calloc((size_t) max_seqs, sizeof(int));
 	kp->slot_published = calloc((size_t) max_seqs, sizeof(int));
 	kp->chain_page = malloc((size_t) max_seqs * sizeof(int32_t));
 	kp->chain_serial = calloc((size_t) max_seqs, sizeof(uint64_t));
@@ -105,7 +107,7 @@ gptoss_kv_pages_create(int n_pages, int page_tokens, int max_seqs, int max_conte
 	kp->bucket_next = malloc(np * sizeof(int32_t));
 	kp->lru_prev = malloc(np * sizeof(int32_t));
 	kp->lru_next = malloc(np * sizeof(int32_t));
-	if (!kp->refs || !kp->free_stack || !kp->table || !kp->slot_pages || !kp->slot_len ||
+	if (!kp->refs || !kp->free_stack || !kp->table || !kp->slot_pages || !kp->slot_len || !kp->slot_shared ||
 		!kp->slot_published || !kp->chain_page || !kp->chain_serial || !kp->serial || !kp->key ||
 		!kp->parent || !kp->parent_serial || !kp->tokens || !kp->bucket || !kp->bucket_next ||
 		!kp->lru_prev || !kp->lru_next)
@@ -139,6 +141,7 @@ gptoss_kv_pages_free(gptoss_kv_pages *kp)
 	free(kp->table);
 	free(kp->slot_pages);
 	free(kp->slot_len);
+	free(kp->slot_shared);
 	free(kp->slot_published);
 	free(kp->chain_page);
 	free(kp->chain_serial);
@@ -165,6 +168,13 @@ int
 gptoss_kv_pages_len(const gptoss_kv_pages *kp, int slot)
 {
 	return kp->slot_len[slot];
+}
+
+/* Attached positions of slot. */
+int
+gptoss_kv_pages_shared(const gptoss_kv_pages *kp, int slot)
+{
+	return kp->slot_shared[slot];
 }
 
 /* slot's page table. */
@@ -322,6 +332,7 @@ gptoss_kv_pages_release(gptoss_kv_pages *kp, int slot)
 		unref_page(kp, table[i]);
 	kp->slot_pages[slot] = 0;
 	kp->slot_len[slot] = 0;
+	kp->slot_shared[slot] = 0;
 	kp->slot_published[slot] = 0;
 	kp->chain_page[slot] = -1;
 	kp->chain_serial[slot] = 0;
@@ -376,6 +387,7 @@ gptoss_kv_pages_attach(gptoss_kv_pages *kp, int slot, const int32_t *pages, int 
 	}
 	kp->slot_pages[slot] = n;
 	kp->slot_len[slot] = n * kp->page_tokens;
+	kp->slot_shared[slot] = n * kp->page_tokens;
 	kp->slot_published[slot] = publishable ? n : -1;
 	kp->chain_page[slot] = n > 0 && publishable ? pages[n - 1] : -1;
 	kp->chain_serial[slot] = n > 0 && publishable ? kp->serial[pages[n - 1]] : 0;

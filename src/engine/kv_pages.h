@@ -36,6 +36,9 @@ int			gptoss_kv_pages_page_tokens(const gptoss_kv_pages *kp);
 /* Cached positions of slot (its next position). */
 int			gptoss_kv_pages_len(const gptoss_kv_pages *kp, int slot);
 
+/* Positions of slot it took over from shared pages (attach) rather than computed. */
+int			gptoss_kv_pages_shared(const gptoss_kv_pages *kp, int slot);
+
 /* slot's page ids in position order; *n_pages receives their count. */
 const int32_t *gptoss_kv_pages_table(const gptoss_kv_pages *kp, int slot, int *n_pages);
 

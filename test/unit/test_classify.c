@@ -543,6 +543,36 @@ test_classify(gptoss_engine *eng)
 	}
 	gptoss_engine_release(eng, ids[N_MESSAGES]);
 
+	/*
+	 * Many score requests at once: each pins its prefix pages until its
+	 * labels end, so labels must run before later requests pin theirs (the
+	 * cache holds 68 pages; 15 pinned prefixes of 8 pages, not shared with
+	 * the cache off, would not fit).
+	 */
+	{
+		enum { M = 15 };
+		int64_t		many[M];
+		int			ok = 1;
+
+		p.prefix_caching = false;
+		for (int i = 0; i < N_MESSAGES; i++)
+			reference_scores(eng, messages[i], labels, L, &p, ref[i]);
+		for (int i = 0; i < M; i++)
+			many[i] = classify(eng, messages[i % N_MESSAGES], labels, L, &p, &err);
+		run_to_end(eng);
+		for (int i = 0; i < M; i++)
+		{
+			gptoss_engine_result(eng, many[i], &res);
+			ok &= res.n_scores == L;
+			if (res.n_scores == L)
+				for (int l = 0; l < L; l++)
+					ok &= fabs(res.scores[l] - ref[i % N_MESSAGES][l]) < 1e-4;
+			gptoss_engine_release(eng, many[i]);
+		}
+		CHECK(ok, "15 score requests at once all finish with the reference scores");
+		p.prefix_caching = true;
+	}
+
 	/* ties go to the first label; equal scores share the probability */
 	{
 		double		s[3] = {-1.0, -0.5, -0.5},
