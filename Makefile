@@ -83,9 +83,11 @@ $(ENGINE_LIB): $(ENGINE_LIB_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-bin/gptoss: src/cli/gptoss.c $(ENGINE_LIB)
+CLI_SRCS = $(wildcard src/cli/*.c)
+
+bin/gptoss: $(CLI_SRCS) $(wildcard src/cli/*.h) $(ENGINE_LIB)
 	@mkdir -p bin
-	$(CC) $(ENGINE_CFLAGS) -o $@ src/cli/gptoss.c $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
+	$(CC) $(ENGINE_CFLAGS) -o $@ $(CLI_SRCS) $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
 
 # Prefix-cache benchmark through the engine (bench/prefix_cache.c).
 bin/bench_prefix_cache: bench/prefix_cache.c $(ENGINE_LIB)

@@ -2,7 +2,7 @@
 # test/gpu/run.sh: builds gptoss with CUDA on the GPU machine, checks the CUDA
 # backend and times it; everything it prints also goes to $OUT/run.log.
 #
-#   bash test/gpu/run.sh [quick|full|profile|bench|invariance|prefix]
+#   bash test/gpu/run.sh [quick|full|profile|bench|invariance|serve|prefix]
 #
 # quick:   build; kernel tests (test_kernels); CUDA vs CPU backend on the tiny
 #          and tiny-odd synth models (test_backend); compute-sanitizer memcheck
@@ -19,6 +19,9 @@
 #          (test_prefix_logprobs), then on the 20b synth checkpoint
 #          bench_prefix_cache: 1,000 rows sharing a 500-token instruction with
 #          50-token texts, cache off then on (generate 16 tokens; classify).
+# serve:   build, 20b synth, the serving-shaped runs of `gptoss bench
+#          --requests` (issue 13 cases a-d), engine decode at 256-1024
+#          sequences and the per-kernel profile of batch-256 decode.
 # profile: kernel tests, tiny backend test, benchmarks, then per-kernel GPU
 #          time (Nsight Compute) of batch-1 decode, batch-64 decode and a
 #          2048-token prefill ($OUT/profile.txt).
@@ -145,6 +148,18 @@ profile() {
 	python3 test/gpu/ncu_summary.py "$bin/ncu_$name.csv" "$name" | tee -a "$OUT/profile.txt"
 }
 
+serving() {
+	local g="bin/gptoss bench --model $models/20b --device cuda"
+	section "serving runs (gptoss bench --requests)"
+	for args in "--requests 1000 --input-len 215 --output-len 194 --lengths lognormal" \
+		"--requests 500 --input-len 2000 --output-len 100" \
+		"--requests 1000 --input-len 128 --output-len 4" \
+		"--requests 500 --input-len 4000 --output-len 200" ${GPTOSS_SERVE_EXTRA:+"$GPTOSS_SERVE_EXTRA"}; do
+		echo "$g $args"
+		timeout 300 $g $args | tee -a "$OUT/serve.jsonl" || fail "serve $args"
+	done
+}
+
 case "$mode" in
 	quick)
 		tests_tiny; tests_quick_rest ;;
@@ -174,6 +189,12 @@ case "$mode" in
 			cmd="bin/bench_prefix_cache --model $models/20b --device cuda --rows 1000 --instruction-tokens 500 --row-tokens 50 --batch 64 --context 2048 $args"
 			echo "$cmd"; timeout 280 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench_prefix_cache $args"
 		done ;;
+	serve)
+		synth_20b; serving
+		section "gptoss bench: 20b decode at 256-1024 sequences"
+		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 256,512,1024 --prompt-len 128 --gen 128"
+		echo "$cmd"; timeout 200 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench decode 256-1024"
+		profile decode_b256 "$bin/bench_backend" "$models/20b" 256 8 3 1 ;;
 	profile)
 		tests_tiny; synth_20b; benches
 		profile decode_b1 "$bin/bench_backend" "$models/20b" 1 16 6 1
