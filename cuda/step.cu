@@ -283,7 +283,10 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 		if (dense_gemm(be->cublas, be->lm_head, c->vocab_size, H, a->lm_in, R, a->logits, err,
 					   "lm_head product") < 0)
 			return -1;
-		/* rows [0, R_lp) want log-probabilities: copy aside, sample, then the logprob kernel */
+		/*
+		 * Rows [0, R_lp) want log-probabilities (of the raw logits): copy
+		 * aside, mask, sample, then the logprob kernel on the copies.
+		 */
 		for (int g0 = 0; g0 < R_lp; g0 += LOGPROB_GROUP_ROWS)
 		{
 			int			g = R_lp - g0 < LOGPROB_GROUP_ROWS ? R_lp - g0 : LOGPROB_GROUP_ROWS;
@@ -293,6 +296,8 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 			sv_group.samp += g0;
 			CUDA_TRY(cudaMemcpyAsync(be->lp_logits, a->logits + g0 * V, g * V * sizeof(float),
 									 cudaMemcpyDeviceToDevice, s), err, "logprob rows copy");
+			CUDA_TRY(launch_logit_mask(sv_group, g, be->mask_on_dev, be->masks_dev, a->logits + g0 * V,
+									   c->vocab_size, s), err, "logit_mask");
 			CUDA_TRY(launch_sample(sv_group, g, a->logits + g0 * V, c->vocab_size, a->out_tokens, s),
 					 err, "sample");
 			CUDA_TRY(launch_logprobs(be->lp_rows + g0, g, be->lp_logits, c->vocab_size, a->out_tokens,
@@ -301,10 +306,12 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 		if (R > R_lp)
 		{
 			StepView	sv_rest = sv;
+			float	   *rest = a->logits + (size_t) R_lp * c->vocab_size;
 
 			sv_rest.samp += R_lp;
-			CUDA_TRY(launch_sample(sv_rest, R - R_lp, a->logits + (size_t) R_lp * c->vocab_size,
-								   c->vocab_size, a->out_tokens, s), err, "sample");
+			CUDA_TRY(launch_logit_mask(sv_rest, R - R_lp, be->mask_on_dev, be->masks_dev, rest,
+									   c->vocab_size, s), err, "logit_mask");
+			CUDA_TRY(launch_sample(sv_rest, R - R_lp, rest, c->vocab_size, a->out_tokens, s), err, "sample");
 		}
 	}
 	return 0;
@@ -600,6 +607,40 @@ graph_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *ne
 	return finish_step(be, seqs, n_seqs, next_tokens, err);
 }
 
+/*
+ * Sends the step's token masks (entries with sample = 1 and a mask) ahead of
+ * the forward pass, on the same stream; the flags go only when some entry,
+ * in this step or the last, is masked.
+ */
+static int
+upload_masks(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, gptoss_error *err)
+{
+	int			last = -1;
+	size_t		words = (size_t) be->mask_words;
+
+	for (int i = 0; i < n_seqs; i++)
+	{
+		be->mask_on_host[i] = seqs[i].sample && seqs[i].allowed != NULL;
+		if (be->mask_on_host[i])
+		{
+			memcpy(be->masks_host + (size_t) i * words, seqs[i].allowed, words * 4);
+			last = i;
+		}
+	}
+	if (last < 0 && !be->mask_on_dirty)
+		return 0;
+	/* all flags: a later, larger step must not find an old 1 past this step's entries */
+	for (int i = n_seqs; i < be->base.opts.max_seqs; i++)
+		be->mask_on_host[i] = 0;
+	CUDA_TRY(cudaMemcpyAsync(be->mask_on_dev, be->mask_on_host, (size_t) be->base.opts.max_seqs * 4,
+							 cudaMemcpyHostToDevice, be->stream), err, "token mask flags copy");
+	if (last >= 0)
+		CUDA_TRY(cudaMemcpyAsync(be->masks_dev, be->masks_host, (size_t) (last + 1) * words * 4,
+								 cudaMemcpyHostToDevice, be->stream), err, "token mask copy");
+	be->mask_on_dirty = last >= 0;
+	return 0;
+}
+
 /* Runs one step; see backend.h. */
 int
 cuda_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs, int32_t *next_tokens,
@@ -617,9 +658,12 @@ cuda_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs, int32_t
 		return total < 0 ? -1 : 0;
 	for (int i = 0; i < n_seqs; i++)
 		decode &= seqs[i].n_tokens == 1 && !wants_logprobs(&seqs[i]);
-	if (sync_attached_pages(be, seqs, n_seqs, err) < 0)
-		rc = -1;
-	else if (decode && !logits && base->opts.cuda_graphs)
+	if (upload_masks(be, seqs, n_seqs, err) < 0 || sync_attached_pages(be, seqs, n_seqs, err) < 0)
+	{
+		be->failed = 1;
+		return -1;
+	}
+	if (decode && !logits && base->opts.cuda_graphs)
 		rc = graph_step(be, seqs, n_seqs, next_tokens, err);
 	else
 		rc = general_step(be, seqs, n_seqs, next_tokens, logits, err);

@@ -39,6 +39,8 @@ typedef struct gptoss_step_seq
 	const int32_t *forced;		/* sample = 1: NULL samples; else the token produced is *forced */
 	gptoss_token_logprobs *logprobs;	/* sample = 1: NULL, or receives the produced token's log-probability */
 	int			top_logprobs;	/* with logprobs: alternatives wanted, 0 .. GPTOSS_MAX_TOP_LOGPROBS */
+	const uint32_t *allowed;	/* sample = 1: bit mask of the ids that may be picked
+								 * (gptoss_mask_words(vocab) words), or NULL for all */
 } gptoss_step_seq;
 
 typedef struct gptoss_backend_opts

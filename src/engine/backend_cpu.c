@@ -485,7 +485,7 @@ typedef struct cpu_backend
 	int			cap_sampled;	/* rows allocated for out_logits */
 	float	   *out_logits;		/* [n_sampled, V] when the caller passes no logits buffer */
 	int		   *out_rows;		/* [T] token row of each output row */
-	void	  **sample_scratch; /* [n_threads] 8 * V bytes each for gptoss_sample */
+	void	  **sample_scratch; /* [n_threads] 12 * V bytes each: gptoss_sample, then a masked row */
 	int64_t		step_bytes;		/* bytes of all step buffers */
 	int64_t		peak_bytes;
 } cpu_backend;
@@ -791,13 +791,25 @@ sample_task(void *ctx, int64_t begin, int64_t end, int thread)
 	for (int64_t k = begin; k < end; k++)
 	{
 		const gptoss_step_seq *s = &job->seqs[be->sample_entry[k]];
+		const float *row = be->sample_row[k];
 		int32_t		token;
 
 		if (s->forced)
 			token = *s->forced;
 		else
-			token = gptoss_sample(be->sample_row[k], vocab, &s->sampling,
-								  (int64_t) s->pos + s->n_tokens, be->sample_scratch[thread]);
+		{
+			if (s->allowed)
+			{
+				/* the masked copy goes after the sampler's 8 * vocab bytes */
+				float	   *masked = (float *) ((char *) be->sample_scratch[thread] + (size_t) vocab * 8);
+
+				gptoss_mask_logits(row, s->allowed, vocab, masked);
+				row = masked;
+			}
+			token = gptoss_sample(row, vocab, &s->sampling, (int64_t) s->pos + s->n_tokens,
+								  be->sample_scratch[thread]);
+		}
+		/* log-probabilities of the raw logits, not of the masked row */
 		if (s->logprobs)
 			gptoss_logprobs_row(be->sample_row[k], vocab, token, s->top_logprobs, s->logprobs);
 		job->next_tokens[be->sample_entry[k]] = token;
@@ -1461,7 +1473,7 @@ gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *
 		goto oom;
 	for (int i = 0; i < n_threads; i++)
 		if (!(be->thread_buf[i] = malloc(be->thread_buf_len * sizeof(float))) ||
-			!(be->sample_scratch[i] = malloc((size_t) c->vocab_size * 8)))
+			!(be->sample_scratch[i] = malloc((size_t) c->vocab_size * 12)))
 			goto oom;
 
 	be->pool = pool_create(n_threads, &be->pool_args, err);
