@@ -44,6 +44,11 @@ const gptoss_param GPTOSS_PARAMS[] = {
 	{.name = "raw", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(raw)},
 	{.name = "ignore_eos", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(ignore_eos)},
 	{.name = "include_reasoning", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(include_reasoning)},
+	{.name = "prefix_caching", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(prefix_caching),
+	 .guc_doc = "Share the KV cache of identical prompt prefixes between requests (results are the same on or off)."},
+	{.name = "logprobs", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(logprobs)},
+	{.name = "top_logprobs", .type = GPTOSS_PARAM_INT, .offset = FIELD(top_logprobs),
+	 .min = 0, .max = GPTOSS_MAX_TOP_LOGPROBS, .strict_max = true},
 };
 
 const int	GPTOSS_N_PARAMS = (int) (sizeof(GPTOSS_PARAMS) / sizeof(GPTOSS_PARAMS[0]));
@@ -148,7 +153,7 @@ check_range(const gptoss_param *param, double v, gptoss_error *err)
 
 	if (param->min_exclusive ? v > param->min : v >= param->min)
 	{
-		if (v <= param->max || param->type == GPTOSS_PARAM_INT)
+		if (v <= param->max || (param->type == GPTOSS_PARAM_INT && !param->strict_max))
 			return 0;
 		if (param->max == FLT_MAX)
 			return invalid(param, err, "is too large");
@@ -385,6 +390,9 @@ check_combinations(const struct gptoss_gen_params *p, gptoss_error *err)
 	if (p->response_format != NULL && p->n_stop > 0)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "invalid gptoss parameter \"stop\": cannot be combined with response_format (a stop string would cut the document)");
+	if (p->top_logprobs > 0 && !p->logprobs)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "invalid gptoss parameter \"top_logprobs\": needs \"logprobs\": true");
 	if (p->response_format != NULL && p->ignore_eos)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "invalid gptoss parameter \"ignore_eos\": cannot be combined with response_format (the document ends the answer)");

@@ -62,6 +62,7 @@ typedef struct gptoss_param
 	double		min;			/* INT, FLOAT: lower bound */
 	double		max;			/* INT, FLOAT: upper bound (INT: values above are clamped) */
 	bool		min_exclusive;	/* FLOAT: the lower bound itself is invalid */
+	bool		strict_max;		/* INT: values above max are invalid instead of clamped */
 	const char *const *names;	/* ENUM: NULL-terminated value names */
 	int			max_count;		/* STRINGS: most strings */
 	int			max_len;		/* STRINGS: most bytes per string */
