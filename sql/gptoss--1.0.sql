@@ -39,6 +39,22 @@ LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
 COMMENT ON FUNCTION gptoss_chat(jsonb, jsonb) IS
 'OpenAI-style chat completion: messages in, a chat.completion object out';
 
+CREATE FUNCTION gptoss_classify(input text, labels text[], params jsonb DEFAULT '{}')
+RETURNS text
+AS 'MODULE_PATHNAME', 'gptoss_classify'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+
+COMMENT ON FUNCTION gptoss_classify(text, text[], jsonb) IS
+'the most probable of the labels as the answer to input (scored, not sampled; instructions should name the labels)';
+
+CREATE FUNCTION gptoss_classify_scores(input text, labels text[], params jsonb DEFAULT '{}')
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'gptoss_classify_scores'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+
+COMMENT ON FUNCTION gptoss_classify_scores(text, text[], jsonb) IS
+'the probability of each label as the answer to input: {"label": p, ...}, summing to 1';
+
 CREATE FUNCTION gptoss_tokenize(text)
 RETURNS int[]
 AS 'MODULE_PATHNAME', 'gptoss_tokenize'
@@ -83,7 +99,8 @@ CREATE FUNCTION gptoss_stats(
     OUT kv_cache_capacity bigint,
     OUT gpu_memory_used bigint,
     OUT uptime interval,
-    OUT max_step_ms_1min double precision)
+    OUT max_step_ms_1min double precision,
+    OUT prefix_cache_hit_tokens bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'gptoss_stats'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE ROWS 1;

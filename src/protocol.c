@@ -138,6 +138,8 @@ gptoss_job_write(const GptossJob *job, uint64 request_id, shm_mq **queue)
 	shm_toc_estimator e;
 	Size		prompt_size = mul_size(sizeof(int32), job->n_prompt);
 	Size		strings_size = put_strings(&job->params, NULL);
+	int			n_label_ids = 0;
+	Size		labels_size;
 	dsm_segment *seg;
 	shm_toc    *toc;
 	GptossJobHeader *hdr;
@@ -145,12 +147,20 @@ gptoss_job_write(const GptossJob *job, uint64 request_id, shm_mq **queue)
 	char	   *strings;
 	shm_mq	   *mq;
 
+	for (int i = 0; i < job->n_labels; i++)
+		n_label_ids += job->label_lens[i];
+	labels_size = mul_size(sizeof(int32), (Size) job->n_labels + n_label_ids);
 	shm_toc_initialize_estimator(&e);
 	shm_toc_estimate_chunk(&e, sizeof(GptossJobHeader));
 	shm_toc_estimate_chunk(&e, prompt_size);
 	shm_toc_estimate_chunk(&e, strings_size);
 	shm_toc_estimate_chunk(&e, GPTOSS_QUEUE_SIZE);
 	shm_toc_estimate_keys(&e, 4);
+	if (job->n_labels > 0)
+	{
+		shm_toc_estimate_chunk(&e, labels_size);
+		shm_toc_estimate_keys(&e, 1);
+	}
 
 	seg = dsm_create(shm_toc_estimate(&e), 0);
 	toc = shm_toc_create(GPTOSS_TOC_MAGIC, dsm_segment_address(seg), dsm_segment_map_length(seg));
@@ -161,8 +171,19 @@ gptoss_job_write(const GptossJob *job, uint64 request_id, shm_mq **queue)
 	hdr->stream = job->stream;
 	hdr->n_prompt = job->n_prompt;
 	hdr->strings_size = strings_size;
+	hdr->n_labels = job->n_labels;
+	hdr->n_label_ids = n_label_ids;
 	hdr->params = job->params;
 	shm_toc_insert(toc, GPTOSS_KEY_JOB, hdr);
+
+	if (job->n_labels > 0)
+	{
+		int32	   *labels = shm_toc_allocate(toc, labels_size);
+
+		memcpy(labels, job->label_lens, sizeof(int32) * job->n_labels);
+		memcpy(labels + job->n_labels, job->label_ids, sizeof(int32) * n_label_ids);
+		shm_toc_insert(toc, GPTOSS_KEY_LABELS, labels);
+	}
 
 	prompt = shm_toc_allocate(toc, prompt_size);
 	memcpy(prompt, job->prompt, prompt_size);
@@ -227,6 +248,26 @@ gptoss_job_read(dsm_segment *seg, GptossJobView *view, const char **why)
 	view->params.current_date = NULL;
 	if (!get_strings(&view->params, strings, strings + hdr->strings_size))
 		return false;
+	if (hdr->n_labels > 0)
+	{
+		const int32 *labels = shm_toc_lookup(toc, GPTOSS_KEY_LABELS, true);
+		int64		total = 0;
+
+		if (labels == NULL || hdr->n_labels < 0 || hdr->n_label_ids < 0 ||
+			((Size) hdr->n_labels + hdr->n_label_ids) * sizeof(int32) > dsm_segment_map_length(seg))
+			return false;
+		for (int i = 0; i < hdr->n_labels; i++)
+		{
+			if (labels[i] < 1)
+				return false;
+			total += labels[i];
+		}
+		if (total != hdr->n_label_ids)
+			return false;
+		view->n_labels = hdr->n_labels;
+		view->label_lens = labels;
+		view->label_ids = labels + hdr->n_labels;
+	}
 	return true;
 }
 
@@ -241,6 +282,7 @@ gptoss_response_init(GptossResponse *resp)
 	memset(resp, 0, sizeof(*resp));
 	initStringInfo(&resp->text);
 	initStringInfo(&resp->reasoning);
+	initStringInfo(&resp->logprobs);
 }
 
 /* Queues one frame (type byte + body) as a (uint32 length, frame) record. */
@@ -314,6 +356,19 @@ gptoss_frame_apply(GptossResponse *resp, const char *data, Size nbytes, int work
 				resp->finished = true;
 				break;
 			}
+		case GPTOSS_FRAME_SCORES:
+			if ((nbytes - 1) % sizeof(double) != 0)
+				elog(ERROR, "gptoss: malformed scores frame from worker %d", worker);
+			resp->n_scores = (int) ((nbytes - 1) / sizeof(double));
+			resp->scores = palloc(Max(nbytes - 1, sizeof(double)));
+			memcpy(resp->scores, data + 1, nbytes - 1);
+			break;
+		case GPTOSS_FRAME_LOGPROB:
+			if (nbytes != 1 + sizeof(GptossLogprobFrame))
+				elog(ERROR, "gptoss: malformed logprob frame from worker %d", worker);
+			appendBinaryStringInfo(&resp->logprobs, data + 1, nbytes - 1);
+			resp->n_logprobs++;
+			break;
 		case GPTOSS_FRAME_ERROR:
 			{
 				GptossErrorFrame f;

@@ -9,11 +9,16 @@
  *   GPTOSS_KEY_STRINGS  the string parameters (stop, ...), row by row of
  *                       GPTOSS_PARAMS, each a uint32 length, the bytes, a NUL
  *   GPTOSS_KEY_QUEUE    shm_mq of result frames, worker -> session
+ *   GPTOSS_KEY_LABELS   score jobs (classification): int32 lens[n_labels],
+ *                       then every label's ids, concatenated
  *
  * Result frames are one shm_mq message each; the first byte says which:
  *   'T' text bytes to append       'R' reasoning bytes to append
  *   'S' the text starts over (the model began a new final message)
  *   'F' GptossFinishFrame          'E' GptossErrorFrame followed by the message
+ *   'L' double scores[n_labels] (score jobs, before 'F')
+ *   'P' GptossLogprobFrame, one per token of the returned text (with
+ *       logprobs, before 'F')
  * Text and reasoning arrive as the engine makes them final, so a reader
  * appends and never compares.
  */
@@ -35,6 +40,7 @@
 #define GPTOSS_KEY_PROMPT	2
 #define GPTOSS_KEY_STRINGS	3
 #define GPTOSS_KEY_QUEUE	4
+#define GPTOSS_KEY_LABELS	5
 
 /* Size of the worker-to-session queue in each request segment. */
 #define GPTOSS_QUEUE_SIZE ((Size) 65536)
@@ -46,6 +52,9 @@ typedef struct GptossJob
 	int			n_prompt;
 	gptoss_gen_params params;	/* strings point into session memory */
 	bool		stream;			/* send text as it becomes final, not only at the end */
+	int			n_labels;		/* > 0: a score job over these continuations */
+	const int32 *label_lens;	/* [n_labels] */
+	const int32 *label_ids;		/* [sum of label_lens] */
 } GptossJob;
 
 /* The job's fixed part in the segment. */
@@ -55,6 +64,8 @@ typedef struct GptossJobHeader
 	bool		stream;
 	int32		n_prompt;
 	Size		strings_size;
+	int32		n_labels;
+	int32		n_label_ids;
 	gptoss_gen_params params;	/* pointer fields are rebuilt by the reader */
 } GptossJobHeader;
 
@@ -66,6 +77,9 @@ typedef struct GptossJobView
 	const int32 *prompt;
 	int			n_prompt;
 	gptoss_gen_params params;
+	int			n_labels;		/* score jobs */
+	const int32 *label_lens;
+	const int32 *label_ids;
 	shm_mq	   *queue;
 } GptossJobView;
 
@@ -86,6 +100,8 @@ extern uint64 gptoss_job_request_id(dsm_segment *seg);
 #define GPTOSS_FRAME_RESTART	'S'
 #define GPTOSS_FRAME_FINISH		'F'
 #define GPTOSS_FRAME_ERROR		'E'
+#define GPTOSS_FRAME_SCORES		'L'
+#define GPTOSS_FRAME_LOGPROB	'P'
 
 typedef struct GptossFinishFrame
 {
@@ -93,6 +109,13 @@ typedef struct GptossFinishFrame
 	int32		prompt_tokens;
 	int32		completion_tokens;
 } GptossFinishFrame;
+
+/* One token of the returned text with its log-probabilities. */
+typedef struct GptossLogprobFrame
+{
+	int32		token;
+	gptoss_token_logprobs lp;
+} GptossLogprobFrame;
 
 typedef struct GptossErrorFrame
 {
@@ -109,6 +132,10 @@ typedef struct GptossResponse
 	int			prompt_tokens;
 	int			completion_tokens;
 	bool		finished;
+	double	   *scores;			/* score jobs: [n_scores] label log-probabilities */
+	int			n_scores;
+	StringInfoData logprobs;	/* GptossLogprobFrame records, n_logprobs of them */
+	int			n_logprobs;
 } GptossResponse;
 
 /* Empty response (in the current memory context). */

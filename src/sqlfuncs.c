@@ -24,9 +24,11 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
+#include "utils/float.h"
 #include "utils/numeric.h"
 
 #include "harmony.h"
+#include "params.h"
 
 #include "gptoss.h"
 
@@ -40,6 +42,8 @@ PG_FUNCTION_INFO_V1(gptoss_generate);
 PG_FUNCTION_INFO_V1(gptoss_generate_many);
 PG_FUNCTION_INFO_V1(gptoss_generate_stream);
 PG_FUNCTION_INFO_V1(gptoss_chat);
+PG_FUNCTION_INFO_V1(gptoss_classify);
+PG_FUNCTION_INFO_V1(gptoss_classify_scores);
 PG_FUNCTION_INFO_V1(gptoss_tokenize);
 PG_FUNCTION_INFO_V1(gptoss_detokenize);
 
@@ -219,6 +223,15 @@ parse_messages(Jsonb *messages, int *n_out)
 	return out;
 }
 
+/* Raises 22023 when params ask for log-probabilities outside gptoss_chat. */
+static void
+reject_logprobs(const gptoss_gen_params *p)
+{
+	if (p->logprobs || p->top_logprobs > 0)
+		invalid_param(p->logprobs ? "logprobs" : "top_logprobs",
+					  "only gptoss_chat returns log-probabilities");
+}
+
 /* Parses params and builds the job of one prompt. */
 static void
 prompt_job(GptossJob *job, text *prompt, Jsonb *params)
@@ -227,6 +240,7 @@ prompt_job(GptossJob *job, text *prompt, Jsonb *params)
 
 	gptoss_check_preloaded();
 	gptoss_parse_params(params, &p);
+	reject_logprobs(&p);
 	build_job(job, &p, to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt)), NULL, 0);
 }
 
@@ -274,6 +288,7 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("gptoss_generate_many expects a one-dimensional array of prompts")));
 	gptoss_parse_params(PG_GETARG_JSONB_P(1), &params);
+	reject_logprobs(&params);
 	deconstruct_array(prompts, TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, &n);
 	if (n == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
@@ -403,6 +418,65 @@ append_json_text(StringInfo buf, const char *s, int len)
 	escape_json(buf, text_to_cstring(t));
 }
 
+/*
+ * Adds "token" (the token's bytes as text, invalid UTF-8 made U+FFFD) and
+ * "bytes" (its UTF-8 bytes) of token id to buf.
+ */
+static void
+append_token_json(StringInfo buf, int32 id)
+{
+	const gptoss_tokenizer *tok = gptoss_session_tokenizer();
+	gptoss_utf8_text t;
+	gptoss_error err;
+	size_t		n = 0;
+	const char *bytes = gptoss_tokenizer_token_bytes(tok, id, &n);
+
+	memset(&t, 0, sizeof(t));
+	memset(&err, 0, sizeof(err));
+	if (bytes == NULL)
+		n = 0;
+	if ((n > 0 && gptoss_utf8_text_push(&t, bytes, n, &err) < 0) ||
+		gptoss_utf8_text_flush(&t, &err) < 0)
+	{
+		gptoss_utf8_text_free(&t);
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("%s", err.msg)));
+	}
+	appendStringInfoString(buf, "\"token\": ");
+	append_json_text(buf, t.text.data ? t.text.data : "", (int) t.text.len);
+	gptoss_utf8_text_free(&t);
+	appendStringInfoString(buf, ", \"bytes\": [");
+	for (size_t i = 0; i < n; i++)
+		appendStringInfo(buf, "%s%d", i ? ", " : "", (int) (unsigned char) bytes[i]);
+	appendStringInfoChar(buf, ']');
+}
+
+/* Adds OpenAI's logprobs object ({"content": [...]}) of the response's text tokens to buf. */
+static void
+append_logprobs_json(StringInfo buf, const GptossResponse *resp)
+{
+	const GptossLogprobFrame *frames = (const GptossLogprobFrame *) resp->logprobs.data;
+
+	appendStringInfoString(buf, "{\"content\": [");
+	for (int i = 0; i < resp->n_logprobs; i++)
+	{
+		GptossLogprobFrame f;
+
+		memcpy(&f, &frames[i], sizeof(f));
+		appendStringInfoString(buf, i ? ", {" : "{");
+		append_token_json(buf, f.token);
+		appendStringInfo(buf, ", \"logprob\": %s, \"top_logprobs\": [",
+						 float8out_internal((double) f.lp.logprob));
+		for (int k = 0; k < f.lp.n_top; k++)
+		{
+			appendStringInfoString(buf, k ? ", {" : "{");
+			append_token_json(buf, f.lp.top_ids[k]);
+			appendStringInfo(buf, ", \"logprob\": %s}", float8out_internal((double) f.lp.top_logprobs[k]));
+		}
+		appendStringInfoString(buf, "]}");
+	}
+	appendStringInfoString(buf, "]}");
+}
+
 /* gptoss_chat(messages jsonb, params jsonb) returns jsonb (an OpenAI chat.completion) */
 Datum
 gptoss_chat(PG_FUNCTION_ARGS)
@@ -443,12 +517,183 @@ gptoss_chat(PG_FUNCTION_ARGS)
 		appendStringInfoString(&buf, ", \"reasoning_content\": ");
 		append_json_text(&buf, resp.reasoning.data, resp.reasoning.len);
 	}
-	appendStringInfo(&buf, "}, \"finish_reason\": \"%s\"}], ",
+	appendStringInfo(&buf, "}, \"finish_reason\": \"%s\"",
 					 gptoss_finish_reason_name(resp.finish_reason));
+	if (params.logprobs)
+	{
+		appendStringInfoString(&buf, ", \"logprobs\": ");
+		append_logprobs_json(&buf, &resp);
+	}
+	appendStringInfoString(&buf, "}], ");
 	appendStringInfo(&buf, "\"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d, \"total_tokens\": %d}}",
 					 resp.prompt_tokens, resp.completion_tokens,
 					 resp.prompt_tokens + resp.completion_tokens);
 
+	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/* Keys gptoss_classify takes: what shapes the prompt, and the prefix cache. */
+static const char *const classify_keys[] = {"instructions", "reasoning_effort", "raw", "prefix_caching"};
+
+/* Raises 22023 for params keys that only make sense when generating. */
+static void
+check_classify_keys(Jsonb *params)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (!JB_ROOT_IS_OBJECT(params))
+		return;					/* gptoss_parse_params says why */
+	it = JsonbIteratorInit(&params->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		char	   *key;
+		bool		taken = false;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		for (int i = 0; i < lengthof(classify_keys); i++)
+			taken |= strcmp(key, classify_keys[i]) == 0;
+		if (!taken && gptoss_param_find(v.val.string.val, v.val.string.len) != NULL)
+			invalid_param(key, "not used by gptoss_classify (labels are scored, not generated)");
+	}
+}
+
+/*
+ * Runs the score job of gptoss_classify(input, labels, params): the input
+ * rendered like a generate prompt and, in harmony mode, followed by
+ * <|channel|>final<|message|> (the start of the answer, after
+ * <|start|>assistant); each label's tokens followed by <|return|>.  Fills the
+ * labels (server encoding) and their probabilities; returns the index of the
+ * most probable label (the first on ties).
+ */
+static int
+run_classify(FunctionCallInfo fcinfo, Datum **labels_out, double **probs_out, int *n_out)
+{
+	text	   *input = PG_GETARG_TEXT_PP(0);
+	ArrayType  *labels = PG_GETARG_ARRAYTYPE_P(1);
+	Jsonb	   *params = PG_GETARG_JSONB_P(2);
+	gptoss_gen_params p;
+	GptossJob	job;
+	GptossResponse resp;
+	Datum	   *items;
+	bool	   *nulls;
+	char	  **utf8;
+	int			n;
+	int32	   *lens;
+	StringInfoData ids;
+	int32	   *prompt;
+	int			n_prompt;
+	double	   *probs;
+
+	gptoss_check_preloaded();
+	if (ARR_NDIM(labels) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("gptoss_classify expects a one-dimensional array of labels")));
+	check_classify_keys(params);
+	gptoss_parse_params(params, &p);
+	deconstruct_array(labels, TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, &n);
+	if (n == 0)
+		invalid_param("labels", "at least one label is needed");
+	utf8 = palloc(sizeof(char *) * n);
+	lens = palloc(sizeof(int32) * n);
+	initStringInfo(&ids);
+	for (int i = 0; i < n; i++)
+	{
+		text	   *t;
+		int32	   *label_ids = NULL;
+		int32		end_of_answer = GPTOSS_TOK_RETURN;
+		int			m;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("gptoss label %d is NULL", i + 1)));
+		t = DatumGetTextPP(items[i]);
+		utf8[i] = to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+		if (utf8[i][0] == '\0')
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid gptoss labels: label %d is empty", i + 1)));
+		for (int k = 0; k < i; k++)
+			if (strcmp(utf8[i], utf8[k]) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("invalid gptoss labels: \"%s\" appears twice", text_to_cstring(t))));
+		m = gptoss_encode_text(utf8[i], strlen(utf8[i]), &label_ids);
+		appendBinaryStringInfo(&ids, (const char *) label_ids, sizeof(int32) * m);
+		free(label_ids);
+		appendBinaryStringInfo(&ids, (const char *) &end_of_answer, sizeof(int32));
+		lens[i] = m + 1;
+	}
+
+	prompt = gptoss_render(to_utf8(VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input)), NULL, 0, &p, &n_prompt);
+	if (!p.raw)
+	{
+		int32	   *channel = NULL;
+		int			m = gptoss_encode_text("final", 5, &channel);
+
+		prompt = repalloc(prompt, sizeof(int32) * (n_prompt + m + 2));
+		prompt[n_prompt++] = GPTOSS_TOK_CHANNEL;
+		memcpy(prompt + n_prompt, channel, sizeof(int32) * m);
+		n_prompt += m;
+		prompt[n_prompt++] = GPTOSS_TOK_MESSAGE;
+		free(channel);
+	}
+	memset(&job, 0, sizeof(job));
+	job.params = p;
+	job.prompt = prompt;
+	job.n_prompt = n_prompt;
+	job.n_labels = n;
+	job.label_lens = lens;
+	job.label_ids = (const int32 *) ids.data;
+	gptoss_execute(&job, &resp);
+	if (resp.n_scores != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("gptoss worker returned %d label scores for %d labels", resp.n_scores, n)));
+	probs = palloc(sizeof(double) * n);
+	*labels_out = items;
+	*probs_out = probs;
+	*n_out = n;
+	return gptoss_label_probs(resp.scores, n, probs);
+}
+
+/* gptoss_classify(input text, labels text[], params jsonb) returns text: the most probable label */
+Datum
+gptoss_classify(PG_FUNCTION_ARGS)
+{
+	Datum	   *labels;
+	double	   *probs;
+	int			n;
+	int			best = run_classify(fcinfo, &labels, &probs, &n);
+
+	PG_RETURN_DATUM(labels[best]);
+}
+
+/* gptoss_classify_scores(input text, labels text[], params jsonb) returns jsonb {"label": probability} */
+Datum
+gptoss_classify_scores(PG_FUNCTION_ARGS)
+{
+	Datum	   *labels;
+	double	   *probs;
+	int			n;
+	StringInfoData buf;
+
+	(void) run_classify(fcinfo, &labels, &probs, &n);
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	for (int i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&buf, ", ");
+		escape_json(&buf, TextDatumGetCString(labels[i]));
+		appendStringInfo(&buf, ": %s", float8out_internal(probs[i]));
+	}
+	appendStringInfoChar(&buf, '}');
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 

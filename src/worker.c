@@ -310,7 +310,23 @@ start_job(WorkerJob *r, const GptossJobView *view)
 	SpinLockRelease(&me->mutex);
 
 	memset(&err, 0, sizeof(err));
-	id = gptoss_engine_submit(engine, view->prompt, view->n_prompt, &view->params, &err);
+	if (view->n_labels > 0)
+	{
+		const int32 **conts = palloc(sizeof(int32 *) * view->n_labels);
+		const int32 *at = view->label_ids;
+
+		for (int i = 0; i < view->n_labels; i++)
+		{
+			conts[i] = at;
+			at += view->label_lens[i];
+		}
+		id = gptoss_engine_submit_score(engine, view->prompt, view->n_prompt,
+										(const int32_t *const *) conts, view->label_lens,
+										view->n_labels, &view->params, &err);
+		pfree(conts);
+	}
+	else
+		id = gptoss_engine_submit(engine, view->prompt, view->n_prompt, &view->params, &err);
 	if (id < 0)
 	{
 		queue_error(r, engine_sqlstate(err.code), err.msg);
@@ -476,7 +492,21 @@ deliver(WorkerJob *r)
 		SpinLockRelease(&me->mutex);
 	}
 	else
+	{
+		/* label scores and the returned text's log-probabilities come before the finish frame */
+		if (res.scores != NULL)
+			gptoss_frame_put(&r->outbox, GPTOSS_FRAME_SCORES, res.scores,
+							 sizeof(double) * res.n_scores);
+		for (int i = 0; res.logprobs != NULL && i < res.n_text_tokens; i++)
+		{
+			GptossLogprobFrame f;
+
+			f.token = res.tokens[res.text_tokens[i]];
+			f.lp = res.logprobs[res.text_tokens[i]];
+			gptoss_frame_put(&r->outbox, GPTOSS_FRAME_LOGPROB, &f, sizeof(f));
+		}
 		queue_finish(r, res.finish_reason, res.prompt_tokens, res.completion_tokens);
+	}
 	drop_from_engine(r, false);
 }
 
@@ -598,6 +628,7 @@ publish_stats(bool force_info)
 	me->stats.prefill_tok_s = es.prefill_tok_s;
 	me->stats.decode_tok_s = es.decode_tok_s;
 	me->stats.max_step_ms_1min = max_loop_ms();
+	me->stats.prefix_cache_hit_tokens = es.prefix_cache_hit_tokens;
 	if (refresh)
 	{
 		me->info.kv_cache_used_tokens = bi.kv_cache_used_tokens;

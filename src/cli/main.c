@@ -902,6 +902,26 @@ cmd_generate(const cli_opts *o)
 		json_object_set_new(usage, "total_tokens",
 							json_integer(res.prompt_tokens + res.completion_tokens));
 		json_object_set_new(obj, "usage", usage);
+		if (res.logprobs != NULL)
+		{
+			/* one entry per generated token: its log-probability and the alternatives asked for */
+			json_t	   *lps = json_array();
+
+			for (int i = 0; i < res.n_tokens; i++)
+			{
+				json_t	   *e = json_object(),
+						   *top = json_array();
+
+				json_object_set_new(e, "id", json_integer(res.tokens[i]));
+				json_object_set_new(e, "logprob", json_real(res.logprobs[i].logprob));
+				for (int k = 0; k < res.logprobs[i].n_top; k++)
+					json_array_append_new(top, json_pack("[i,f]", (int) res.logprobs[i].top_ids[k],
+														 (double) res.logprobs[i].top_logprobs[k]));
+				json_object_set_new(e, "top", top);
+				json_array_append_new(lps, e);
+			}
+			json_object_set_new(obj, "logprobs", lps);
+		}
 		dump = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
 		if (dump == NULL)
 			rc = fail("generate: cannot format the JSON result");

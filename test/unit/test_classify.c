@@ -375,6 +375,48 @@ test_logprobs(gptoss_engine *eng)
 			  res.logprobs[k].top_logprobs[0] == res.logprobs[k].logprob, "greedy token %d is the top", k);
 	gptoss_engine_release(eng, id);
 
+	/*
+	 * Harmony: the text tokens are the content tokens of the final message.
+	 * A reasoning budget of 0 makes the engine open the final channel at
+	 * once, so even the random model answers; the text tokens' bytes must
+	 * make exactly the returned text.
+	 */
+	{
+		gptoss_gen_params h;
+		gptoss_utf8_text joined;
+		int64_t		hid;
+		int			specials = 0;
+
+		gptoss_gen_params_default(&h);
+		h.max_tokens = 24;
+		h.temperature = 0;
+		h.has_max_reasoning_tokens = true;
+		h.max_reasoning_tokens = 0;
+		h.logprobs = true;
+		hid = submit_text(eng, "Say something.", &h);
+		run_to_end(eng);
+		gptoss_engine_result(eng, hid, &res);
+		memset(&joined, 0, sizeof(joined));
+		for (int i = 0; i < res.n_text_tokens; i++)
+		{
+			size_t		n = 0;
+			const char *b = gptoss_tokenizer_token_bytes(gptoss_engine_tokenizer(eng),
+														 res.tokens[res.text_tokens[i]], &n);
+
+			specials += gptoss_tokenizer_is_special(gptoss_engine_tokenizer(eng), res.tokens[res.text_tokens[i]]);
+			gptoss_utf8_text_push(&joined, b, n, &err);
+		}
+		gptoss_utf8_text_flush(&joined, &err);
+		CHECK(res.text_len > 0 && res.n_text_tokens > 0, "final text with a reasoning budget of 0 (%zu bytes)",
+			  res.text_len);
+		CHECK(specials == 0 && joined.text.len == res.text_len &&
+			  memcmp(joined.text.data, res.text, res.text_len) == 0,
+			  "harmony text tokens spell the final text [%s] vs [%s]", joined.text.data ? joined.text.data : "",
+			  res.text);
+		gptoss_utf8_text_free(&joined);
+		gptoss_engine_release(eng, hid);
+	}
+
 	/* parameter errors */
 	p.top_logprobs = 21;
 	CHECK(gptoss_engine_submit(eng, prompt, n_prompt, &p, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
