@@ -402,6 +402,8 @@ define_gucs(void)
 							0,
 							NULL, NULL, NULL);
 
+	gptoss_batch_define_gucs();
+
 	MarkGUCPrefixReserved("gptoss");
 }
 
@@ -427,4 +429,5 @@ _PG_init(void)
 	shmem_startup_hook = gptoss_shmem_startup;
 
 	register_workers();
+	gptoss_batch_init();
 }

@@ -373,4 +373,24 @@ extern void gptoss_execute(const GptossRequest *req, GptossResponse *resp);
  */
 extern PGDLLEXPORT void gptoss_worker_main(Datum main_arg);
 
+/* ---------------------------------------------------------------------------
+ * Requests and results of the per-row generation functions (sqlfuncs.c), for
+ * callers that run them outside the function call (batch_scan.c)
+ */
+extern void gptoss_generate_request(Datum prompt, Datum params, GptossRequest *req);
+extern Datum gptoss_generate_result(const GptossResponse *resp);
+extern void gptoss_chat_request(Datum messages, Datum params, GptossRequest *req);
+extern Datum gptoss_chat_result(const GptossParams *params, const GptossResponse *resp);
+
+/* ---------------------------------------------------------------------------
+ * The GptossBatch scan node (batch_scan.c)
+ */
+extern int	gptoss_batch_window;
+
+/* Defines gptoss.batch_window (from define_gucs, after max_batch_size and max_requests). */
+extern void gptoss_batch_define_gucs(void);
+
+/* Installs the planner hook and registers the node (from _PG_init). */
+extern void gptoss_batch_init(void);
+
 #endif							/* GPTOSS_H */

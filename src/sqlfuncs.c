@@ -28,6 +28,7 @@
 #include "engine.h"
 
 #include "gptoss.h"
+#include "pipeline.h"
 
 /* Longest accepted list of stop strings. */
 #define MAX_STOP_STRINGS 64
@@ -456,31 +457,39 @@ parse_messages(Jsonb *messages, int *n_out)
 	return out;
 }
 
-/* Runs a GENERATE request for prompt with params. */
-static void
-run_generate(text *prompt, Jsonb *params, GptossResponse *resp)
+/* Builds the GENERATE request of gptoss_generate(prompt, params); 22023 for bad params. */
+void
+gptoss_generate_request(Datum prompt, Datum params, GptossRequest *req)
 {
 	ParsedParams pp;
-	GptossRequest req;
+	text	   *t = DatumGetTextPP(prompt);
 
 	gptoss_check_preloaded();
-	parse_params(params, &pp);
-	memset(&req, 0, sizeof(req));
-	req.kind = GPTOSS_REQ_GENERATE;
-	fill_request(&req, &pp);
-	req.text = to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt));
-	req.text_len = strlen(req.text);
-	gptoss_execute(&req, resp);
+	parse_params(DatumGetJsonbP(params), &pp);
+	memset(req, 0, sizeof(*req));
+	req->kind = GPTOSS_REQ_GENERATE;
+	fill_request(req, &pp);
+	req->text = to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+	req->text_len = strlen(req->text);
+}
+
+/* The text datum gptoss_generate returns for resp. */
+Datum
+gptoss_generate_result(const GptossResponse *resp)
+{
+	return PointerGetDatum(from_utf8(resp->text.data, resp->text.len));
 }
 
 /* gptoss_generate(prompt text, params jsonb) returns text */
 Datum
 gptoss_generate(PG_FUNCTION_ARGS)
 {
+	GptossRequest req;
 	GptossResponse resp;
 
-	run_generate(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1), &resp);
-	PG_RETURN_TEXT_P(from_utf8(resp.text.data, resp.text.len));
+	gptoss_generate_request(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &req);
+	gptoss_execute(&req, &resp);
+	PG_RETURN_DATUM(gptoss_generate_result(&resp));
 }
 
 /* Builds the GENERATE request of one prompt of gptoss_generate_many. */
@@ -500,12 +509,10 @@ build_many_request(GptossRequest *req, const ParsedParams *pp, Datum prompt)
  * gptoss_generate_many(prompts text[], params jsonb) returns text[]: the
  * answers of all prompts, in order (NULL for a NULL prompt).
  *
- * A scalar function called once per row runs one sequence at a time, so a
- * single query never fills the worker's batch.  This one keeps a window of
- * requests in flight (up to the batch size of the workers, and at most half
- * of the request slots so other sessions still get in) and collects them in
- * order, so one statement over many rows runs batched.  An error or a cancel
- * ends the statement; the open requests are dropped with their segments.
+ * The prompts go through a pipeline (pipeline.h) of gptoss.batch_window
+ * requests (its boot value when the GUC is 0), so one call fills the
+ * worker's batch.  An error or a cancel ends the statement; the open
+ * requests are dropped with their segments.
  */
 Datum
 gptoss_generate_many(PG_FUNCTION_ARGS)
@@ -516,9 +523,8 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	int			n;
 	Datum	   *answers;
-	GptossCall **calls;
-	int			window;
-	int			next = 0;
+	GptossPipeline *pipeline;
+	int			collected = 0;
 	int			dims[1];
 	int			lbs[1] = {1};
 
@@ -532,36 +538,31 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 	if (n == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
 
-	window = Max(1, Min(gptoss_max_batch_size * gptoss_worker_count(), gptoss_max_requests / 2));
 	answers = palloc0(sizeof(Datum) * n);
-	calls = palloc0(sizeof(GptossCall *) * n);
-	for (int i = 0; i < n; i++)
+	pipeline = gptoss_pipeline_create(gptoss_batch_window > 0 ? gptoss_batch_window : gptoss_default_window(), 0);
+	for (int i = 0; i <= n; i++)
 	{
-		GptossResponse resp;
+		/* Collect in order while the window is full, and everything at the end. */
+		while (gptoss_pipeline_pending(pipeline) > 0 &&
+			   (i == n || !gptoss_pipeline_has_room(pipeline)))
+		{
+			GptossPipelineResult r;
 
-		/* Top the window up: requests i .. i + window - 1 are in flight. */
-		for (; next < n && next < i + window; next++)
+			while (nulls[collected])
+				collected++;
+			gptoss_pipeline_next(pipeline, &r);
+			answers[collected++] = PointerGetDatum(from_utf8(r.resp.text.data, r.resp.text.len));
+			gptoss_pipeline_result_free(&r);
+		}
+		if (i < n && !nulls[i])
 		{
 			GptossRequest req;
 
-			if (nulls[next])
-				continue;
-			build_many_request(&req, &pp, items[next]);
-			calls[next] = gptoss_call_start(&req);
+			build_many_request(&req, &pp, items[i]);
+			gptoss_pipeline_submit(pipeline, &req);
 		}
-		if (nulls[i])
-			continue;
-		memset(&resp, 0, sizeof(resp));
-		initStringInfo(&resp.text);
-		initStringInfo(&resp.reasoning);
-		while (gptoss_call_next(calls[i], &resp))
-			;
-		gptoss_call_end(calls[i]);
-		calls[i] = NULL;
-		answers[i] = PointerGetDatum(from_utf8(resp.text.data, resp.text.len));
-		pfree(resp.text.data);
-		pfree(resp.reasoning.data);
 	}
+	gptoss_pipeline_free(pipeline);
 	dims[0] = n;
 	PG_RETURN_ARRAYTYPE_P(construct_md_array(answers, nulls, 1, dims, lbs,
 											 TEXTOID, -1, false, TYPALIGN_INT));
@@ -686,33 +687,35 @@ model_name(void)
 	return slash ? slash + 1 : path;
 }
 
-/* gptoss_chat(messages jsonb, params jsonb) returns jsonb (an OpenAI chat.completion) */
-Datum
-gptoss_chat(PG_FUNCTION_ARGS)
+/* Builds the CHAT request of gptoss_chat(messages, params); 22023 for bad input. */
+void
+gptoss_chat_request(Datum messages, Datum params, GptossRequest *req)
 {
-	Jsonb	   *messages = PG_GETARG_JSONB_P(0);
 	ParsedParams pp;
-	GptossRequest req;
-	GptossResponse resp;
+
+	gptoss_check_preloaded();
+	parse_params(DatumGetJsonbP(params), &pp);
+	if (pp.p.raw)
+		invalid_param("raw", "gptoss_chat always uses the chat format; use gptoss_generate for raw text");
+	memset(req, 0, sizeof(*req));
+	req->kind = GPTOSS_REQ_CHAT;
+	fill_request(req, &pp);
+	req->messages = parse_messages(DatumGetJsonbP(messages), &req->n_messages);
+}
+
+/* The chat.completion jsonb datum gptoss_chat returns for resp (params of its request). */
+Datum
+gptoss_chat_result(const GptossParams *params, const GptossResponse *resp)
+{
 	StringInfoData buf;
 	uint8		rnd[12];
 	const char *finish;
-
-	gptoss_check_preloaded();
-	parse_params(PG_GETARG_JSONB_P(1), &pp);
-	if (pp.p.raw)
-		invalid_param("raw", "gptoss_chat always uses the chat format; use gptoss_generate for raw text");
-	memset(&req, 0, sizeof(req));
-	req.kind = GPTOSS_REQ_CHAT;
-	fill_request(&req, &pp);
-	req.messages = parse_messages(messages, &req.n_messages);
-	gptoss_execute(&req, &resp);
 
 	if (!pg_strong_random(rnd, sizeof(rnd)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random completion id")));
-	finish = resp.finish_reason == GPTOSS_FINISH_LENGTH ? "length" : "stop";
+	finish = resp->finish_reason == GPTOSS_FINISH_LENGTH ? "length" : "stop";
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"id\": \"chatcmpl-");
@@ -722,18 +725,29 @@ gptoss_chat(PG_FUNCTION_ARGS)
 					 (long long) time(NULL));
 	escape_json(&buf, model_name());
 	appendStringInfoString(&buf, ", \"choices\": [{\"index\": 0, \"message\": {\"role\": \"assistant\", \"content\": ");
-	append_json_text(&buf, resp.text.data, resp.text.len);
-	if (pp.p.include_reasoning)
+	append_json_text(&buf, resp->text.data, resp->text.len);
+	if (params->include_reasoning)
 	{
 		appendStringInfoString(&buf, ", \"reasoning_content\": ");
-		append_json_text(&buf, resp.reasoning.data, resp.reasoning.len);
+		append_json_text(&buf, resp->reasoning.data, resp->reasoning.len);
 	}
 	appendStringInfo(&buf, "}, \"finish_reason\": \"%s\"}], ", finish);
 	appendStringInfo(&buf, "\"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d, \"total_tokens\": %d}}",
-					 resp.prompt_tokens, resp.completion_tokens,
-					 resp.prompt_tokens + resp.completion_tokens);
+					 resp->prompt_tokens, resp->completion_tokens,
+					 resp->prompt_tokens + resp->completion_tokens);
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
 
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+/* gptoss_chat(messages jsonb, params jsonb) returns jsonb (an OpenAI chat.completion) */
+Datum
+gptoss_chat(PG_FUNCTION_ARGS)
+{
+	GptossRequest req;
+	GptossResponse resp;
+
+	gptoss_chat_request(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &req);
+	gptoss_execute(&req, &resp);
+	PG_RETURN_DATUM(gptoss_chat_result(&req.params, &resp));
 }
 
 /* gptoss_tokenize(text) returns int[]: o200k_harmony ids, special-token text is plain text */
