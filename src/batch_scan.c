@@ -950,4 +950,5 @@ gptoss_batch_init(void)
 	RegisterCustomScanMethods(&batch_scan_methods);
 	prev_planner_hook = planner_hook;
 	planner_hook = batch_planner;
+	gptoss_row_errors_init();
 }

@@ -393,4 +393,17 @@ extern void gptoss_batch_define_gucs(void);
 /* Installs the planner hook and registers the node (from _PG_init). */
 extern void gptoss_batch_init(void);
 
+/* ---------------------------------------------------------------------------
+ * Generations that gave NULL under params on_error "null" (row_errors.c)
+ */
+
+/* True for the errors (54000, XX000) that on_error "null" turns into NULL. */
+extern bool gptoss_row_error_nullable(int sqlerrcode);
+
+/* Counts one generation that gave NULL; its statement ends with one WARNING. */
+extern void gptoss_row_error_note(int sqlerrcode, const char *message);
+
+/* Installs the executor hook that reports them (from gptoss_batch_init). */
+extern void gptoss_row_errors_init(void);
+
 #endif							/* GPTOSS_H */
