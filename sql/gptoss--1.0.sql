@@ -84,7 +84,8 @@ CREATE FUNCTION gptoss_stats(
     OUT kv_cache_used bigint,
     OUT kv_cache_capacity bigint,
     OUT gpu_memory_used bigint,
-    OUT uptime interval)
+    OUT uptime interval,
+    OUT max_step_ms_1min double precision)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'gptoss_stats'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE ROWS 1;
@@ -93,7 +94,7 @@ CREATE VIEW gptoss_stats AS
     SELECT * FROM gptoss_stats();
 
 COMMENT ON VIEW gptoss_stats IS
-'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size over steps, KV cache, memory, uptime';
+'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size over steps, KV cache, memory, uptime, longest worker loop iteration (admit, step, deliver) of the last minute in ms';
 
 -- Monitoring is for pg_monitor; generation is for everyone.
 REVOKE ALL ON FUNCTION gptoss_status() FROM PUBLIC;

@@ -729,7 +729,7 @@ submit_row(BatchScanState *st, TupleTableSlot *slot)
 {
 	for (int c = 0; c < st->ncalls; c++)
 	{
-		GptossRequest req;
+		GptossJob	job;
 		MemoryContext old;
 		bool		isnull;
 		Datum		a0;
@@ -741,10 +741,10 @@ submit_row(BatchScanState *st, TupleTableSlot *slot)
 		a1 = slot_getattr(slot, st->calls[c].args[1], &isnull);
 		old = MemoryContextSwitchTo(st->request_cxt);
 		if (st->calls[c].kind == CALL_GENERATE)
-			gptoss_generate_request(a0, a1, &req);
+			gptoss_generate_job(a0, a1, &job);
 		else
-			gptoss_chat_request(a0, a1, &req);
-		gptoss_pipeline_submit(st->pipeline, &req);
+			gptoss_chat_job(a0, a1, &job);
+		gptoss_pipeline_submit(st->pipeline, &job);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(st->request_cxt);
 		st->requests++;

@@ -1,11 +1,15 @@
 /*
- * pipeline.c: submit many generation requests, collect their results in
+ * pipeline.c: submit many generation jobs, collect their results in
  * submission order (see pipeline.h for the interface).
  *
- * The open calls sit in a ring of window entries: submit appends at the
- * tail, next waits for the head.  The worker never blocks on a backend that
- * has not read its frames yet (it keeps them in an outbox), so the requests
- * behind the head keep generating while the head is awaited.
+ * The jobs sit in a ring of window entries: submit appends at the tail, next
+ * returns the head.  Each entry holds its open call until the response is
+ * complete; then the call ends at once (its request slot is free for anyone)
+ * and the response waits in the entry until it is collected.  Every wait
+ * polls all open calls, so a finished request never holds its slot while the
+ * pipeline waits for another one.  The worker never blocks on an unread
+ * request (it keeps frames in an outbox), so the requests behind the head
+ * keep generating.
  */
 #include "postgres.h"
 
@@ -13,21 +17,32 @@
 
 #include "pipeline.h"
 
+/* The default window takes at most 1/WINDOW_SLOT_SHARE of the request slots. */
+#define WINDOW_SLOT_SHARE 2
+
+typedef struct PipelineEntry
+{
+	GptossCall *call;			/* open call, NULL once complete */
+	gptoss_gen_params params;	/* scalars of the job */
+	GptossResponse resp;
+} PipelineEntry;
+
 struct GptossPipeline
 {
 	MemoryContext cxt;
 	int			window;
-	int			head;			/* ring index of the oldest pending call */
-	int			count;			/* pending calls */
-	GptossCall **calls;			/* ring of window entries */
-	GptossParams *params;		/* the parameters of each call's request */
+	int			head;			/* ring index of the oldest pending entry */
+	int			count;			/* pending entries */
+	int			open;			/* entries whose call is open */
+	PipelineEntry *ring;		/* window entries */
 };
 
 /* min(max_batch_size x workers, max_requests / 2), at least 1. */
 int
 gptoss_default_window(void)
 {
-	return Max(1, Min(gptoss_max_batch_size * gptoss_worker_count(), gptoss_max_requests / 2));
+	return Max(1, Min(gptoss_max_batch_size * gptoss_worker_count(),
+					  gptoss_max_requests / WINDOW_SLOT_SHARE));
 }
 
 /* Creates an empty pipeline in the current memory context. */
@@ -39,57 +54,121 @@ gptoss_pipeline_create(int window, int flags)
 	Assert(window >= 1);
 	p->cxt = CurrentMemoryContext;
 	p->window = window;
-	p->calls = palloc0(sizeof(GptossCall *) * window);
-	p->params = palloc0(sizeof(GptossParams) * window);
+	p->ring = palloc0(sizeof(PipelineEntry) * window);
 	return p;
 }
 
-/* True when another request fits into the window. */
+/* True when another job fits into the window. */
 bool
 gptoss_pipeline_has_room(GptossPipeline *p)
 {
 	return p->count < p->window;
 }
 
-/* Requests submitted and not yet collected. */
+/* Jobs submitted and not yet collected. */
 int
 gptoss_pipeline_pending(GptossPipeline *p)
 {
 	return p->count;
 }
 
-/* Starts req and appends its call to the ring. */
-void
-gptoss_pipeline_submit(GptossPipeline *p, const GptossRequest *req)
+/* Folds what arrived into every open call; ends the complete ones.  Returns how many ended. */
+static int
+poll_open_calls(GptossPipeline *p)
 {
+	int			ended = 0;
+
+	for (int k = 0; k < p->count && p->open > 0; k++)
+	{
+		PipelineEntry *e = &p->ring[(p->head + k) % p->window];
+		MemoryContext old;
+		bool		done;
+
+		if (e->call == NULL)
+			continue;
+		old = MemoryContextSwitchTo(p->cxt);
+		done = gptoss_call_poll(e->call, &e->resp);
+		MemoryContextSwitchTo(old);
+		if (done)
+		{
+			gptoss_call_end(e->call);
+			e->call = NULL;
+			p->open--;
+			ended++;
+		}
+	}
+	return ended;
+}
+
+/* The job's parameters without its borrowed strings. */
+static gptoss_gen_params
+scalar_params(const gptoss_gen_params *params)
+{
+	gptoss_gen_params s = *params;
+
+	memset(s.stop, 0, sizeof(s.stop));
+	s.n_stop = 0;
+	s.instructions = NULL;
+	s.current_date = NULL;
+	s.response_format = NULL;
+	return s;
+}
+
+/* Starts job in the entry at the tail. */
+void
+gptoss_pipeline_submit(GptossPipeline *p, const GptossJob *job)
+{
+	PipelineEntry *e;
+	GptossCall *call;
 	MemoryContext old;
 
 	if (p->count >= p->window)
-		elog(ERROR, "gptoss pipeline window of %d requests is full", p->window);
+		elog(ERROR, "gptoss pipeline window of %d jobs is full", p->window);
 	old = MemoryContextSwitchTo(p->cxt);
-	p->calls[(p->head + p->count) % p->window] = gptoss_call_start(req);
-	p->params[(p->head + p->count) % p->window] = req->params;
+	for (;;)
+	{
+		call = gptoss_call_try_start(job);
+		if (call != NULL)
+			break;
+		/* No free slot: our own finished requests give theirs back first. */
+		if (poll_open_calls(p) > 0)
+			continue;
+		if (p->open == 0)
+		{
+			/* Nothing of ours holds a slot: wait for another session's, as one call does. */
+			call = gptoss_call_start(job);
+			break;
+		}
+		gptoss_call_wait();
+	}
+	e = &p->ring[(p->head + p->count) % p->window];
+	e->call = call;
+	e->params = scalar_params(&job->params);
+	gptoss_response_init(&e->resp);
 	MemoryContextSwitchTo(old);
 	p->count++;
+	p->open++;
 }
 
-/* Waits for the head call to complete and returns its response. */
+/* Waits until the head entry is complete and hands its response over. */
 void
 gptoss_pipeline_next(GptossPipeline *p, GptossPipelineResult *out)
 {
-	GptossCall *call;
+	PipelineEntry *e;
 
 	if (p->count == 0)
-		elog(ERROR, "gptoss pipeline has no pending request");
-	call = p->calls[p->head];
-	memset(out, 0, sizeof(*out));
-	out->params = p->params[p->head];
-	initStringInfo(&out->resp.text);
-	initStringInfo(&out->resp.reasoning);
-	while (gptoss_call_next(call, &out->resp))
-		;
-	gptoss_call_end(call);
-	p->calls[p->head] = NULL;
+		elog(ERROR, "gptoss pipeline has no pending job");
+	e = &p->ring[p->head];
+	for (;;)
+	{
+		(void) poll_open_calls(p);
+		if (e->call == NULL)
+			break;
+		gptoss_call_wait();
+	}
+	out->params = e->params;
+	out->resp = e->resp;
+	memset(e, 0, sizeof(*e));
 	p->head = (p->head + 1) % p->window;
 	p->count--;
 }
@@ -102,33 +181,36 @@ gptoss_pipeline_result_free(GptossPipelineResult *r)
 		pfree(r->resp.text.data);
 	if (r->resp.reasoning.data)
 		pfree(r->resp.reasoning.data);
-	if (r->resp.ids)
-		pfree(r->resp.ids);
 	memset(r, 0, sizeof(*r));
 }
 
-/* Ends every pending call; their slots are given back at once. */
+/* Ends every open call and drops every pending entry; their slots are free at once. */
 void
 gptoss_pipeline_reset(GptossPipeline *p)
 {
 	while (p->count > 0)
 	{
-		GptossCall *call = p->calls[p->head];
+		PipelineEntry *e = &p->ring[p->head];
 
-		p->calls[p->head] = NULL;
+		if (e->call != NULL)
+			gptoss_call_end(e->call);
+		if (e->resp.text.data)
+			pfree(e->resp.text.data);
+		if (e->resp.reasoning.data)
+			pfree(e->resp.reasoning.data);
+		memset(e, 0, sizeof(*e));
 		p->head = (p->head + 1) % p->window;
 		p->count--;
-		gptoss_call_end(call);
 	}
 	p->head = 0;
+	p->open = 0;
 }
 
-/* Ends every pending call and frees the pipeline. */
+/* Ends every open call and frees the pipeline. */
 void
 gptoss_pipeline_free(GptossPipeline *p)
 {
 	gptoss_pipeline_reset(p);
-	pfree(p->calls);
-	pfree(p->params);
+	pfree(p->ring);
 	pfree(p);
 }

@@ -1,5 +1,5 @@
 /*
- * pipeline.h: submit many generation requests, collect their results in
+ * pipeline.h: submit many generation jobs, collect their results in
  * submission order.
  *
  * One statement that has many prompts to answer (gptoss_generate_many, the
@@ -14,26 +14,31 @@
  *     {
  *         while (!gptoss_pipeline_has_room(p))
  *         {
- *             gptoss_pipeline_next(p, &r);     (oldest first)
+ *             gptoss_pipeline_next(p, &r);          oldest first
  *             ... use r.resp ...
  *             gptoss_pipeline_result_free(&r);
  *         }
- *         gptoss_pipeline_submit(p, &requests[i]);
+ *         gptoss_pipeline_submit(p, &jobs[i]);      the job may be freed after
  *     }
  *     while (gptoss_pipeline_pending(p) > 0)
  *         ... gptoss_pipeline_next(p, &r) as above ...
  *     gptoss_pipeline_free(p);
  *
- * The pipeline lives in the memory context current at create; results are
- * allocated in the context current at gptoss_pipeline_next.  Requests are
- * copied into their request segments at submit, so the caller may free a
- * request right after submitting it.
+ * The pipeline and its results live in the memory context current at
+ * create (free a result with gptoss_pipeline_result_free, or let the context
+ * go).  A job is copied into its request segment at submit.
  *
- * Submitting takes a request slot as a single call does (waiting up to
- * gptoss.queue_wait for one).  An error (cancel, statement_timeout, a worker
- * error) ends every request of the pipeline through the request segments'
- * resource owner; gptoss_pipeline_reset ends them explicitly (an executor
- * node being shut down).
+ * Backpressure, not errors: when no request slot is free, submit first
+ * collects the finished results of the pipeline's own requests (which frees
+ * their slots) and otherwise sleeps until a request progresses or a slot is
+ * freed; a window larger than gptoss.max_requests only slows the caller down,
+ * and the caller never waits on results that only it would read.  Only with
+ * nothing of its own in flight does submit wait for another session's slot
+ * (gptoss.queue_wait, then 53000, as a single call).
+ *
+ * An error (cancel, statement_timeout, a worker error) ends every request of
+ * the pipeline through the request segments' resource owner;
+ * gptoss_pipeline_reset ends them explicitly (an executor node shut down).
  */
 #ifndef GPTOSS_PIPELINE_H
 #define GPTOSS_PIPELINE_H
@@ -45,23 +50,23 @@ typedef struct GptossPipeline GptossPipeline;
 /* One collected result. */
 typedef struct GptossPipelineResult
 {
-	GptossParams params;		/* the parameters of its request */
+	gptoss_gen_params params;	/* its job's parameters (scalars; string fields cleared) */
 	GptossResponse resp;		/* the complete response */
 } GptossPipelineResult;
 
-/* A pipeline keeping at most window (>= 1) requests submitted and not yet collected; flags 0. */
+/* A pipeline keeping at most window (>= 1) jobs submitted and not yet collected; flags 0. */
 extern GptossPipeline *gptoss_pipeline_create(int window, int flags);
 
-/* True when another request fits into the window. */
+/* True when another job fits into the window. */
 extern bool gptoss_pipeline_has_room(GptossPipeline *p);
 
-/* Requests submitted and not yet returned by gptoss_pipeline_next. */
+/* Jobs submitted and not yet returned by gptoss_pipeline_next. */
 extern int	gptoss_pipeline_pending(GptossPipeline *p);
 
-/* Sends req to a worker (the window must have room). */
-extern void gptoss_pipeline_submit(GptossPipeline *p, const GptossRequest *req);
+/* Sends job to a worker (the window must have room); see above for how it waits. */
+extern void gptoss_pipeline_submit(GptossPipeline *p, const GptossJob *job);
 
-/* Waits for the oldest pending request and returns its result. */
+/* Waits for the oldest pending job and returns its result. */
 extern void gptoss_pipeline_next(GptossPipeline *p, GptossPipelineResult *out);
 
 /* Frees what a result holds. */

@@ -1,12 +1,13 @@
 /*
  * sqlfuncs.c: the generation and tokenizer SQL functions.
  *
- * Each function validates its input here, in the backend (so bad params fail
- * with 22023 before anything reaches the worker), converts text to UTF-8,
- * runs the request through the worker (request.c) and converts the answer
- * back to the server encoding.  params is a jsonb object; every key falls
- * back to the USERSET GUC of the same name (gptoss.max_tokens, ...), and a
- * JSON null means "use the default", as in the OpenAI API.
+ * Each function validates its input here, in the session (bad params fail
+ * with 22023 before anything reaches a worker), converts text to UTF-8,
+ * tokenizes and renders the prompt (prompt.c), runs the job through a
+ * worker (call.c) and converts the answer back to the server encoding.
+ * gptoss_tokenize and gptoss_detokenize never reach a worker.  params is a
+ * jsonb object parsed by the parameter table (sqlparams.c): every key falls
+ * back to its GUC default, and a JSON null means "use the default".
  */
 #include "postgres.h"
 
@@ -25,13 +26,10 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
-#include "engine.h"
+#include "harmony.h"
 
 #include "gptoss.h"
 #include "pipeline.h"
-
-/* Longest accepted list of stop strings. */
-#define MAX_STOP_STRINGS 64
 
 PG_FUNCTION_INFO_V1(gptoss_generate);
 PG_FUNCTION_INFO_V1(gptoss_generate_many);
@@ -40,15 +38,6 @@ PG_FUNCTION_INFO_V1(gptoss_chat);
 PG_FUNCTION_INFO_V1(gptoss_tokenize);
 PG_FUNCTION_INFO_V1(gptoss_detokenize);
 
-/* Parsed params beyond the flat GptossParams: strings, in UTF-8. */
-typedef struct ParsedParams
-{
-	GptossParams p;
-	char	   *instructions;
-	char	  **stop;
-	int			n_stop;
-} ParsedParams;
-
 /* Raises 22023 naming the key. */
 static void
 invalid_param(const char *key, const char *what)
@@ -56,32 +45,6 @@ invalid_param(const char *key, const char *what)
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid gptoss parameter \"%s\": %s", key, what)));
-}
-
-/* The params keys of design.md section 4. */
-static const char *const param_keys[] = {
-	"max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-	"reasoning_effort", "instructions", "raw", "ignore_eos", "include_reasoning"
-};
-
-/* True for a known params key. */
-static bool
-is_param_key(const char *key)
-{
-	for (int i = 0; i < lengthof(param_keys); i++)
-		if (strcmp(key, param_keys[i]) == 0)
-			return true;
-	return false;
-}
-
-/* Raises 22023 for a key that is not a params key. */
-static void
-unknown_param(const char *key)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown gptoss parameter \"%s\"", key),
-			 errhint("Valid keys are max_tokens, temperature, top_p, top_k, seed, stop, reasoning_effort, instructions, raw, ignore_eos and include_reasoning.")));
 }
 
 /* Converts server-encoded bytes to a palloc'ed NUL-terminated UTF-8 string. */
@@ -132,222 +95,16 @@ json_string_utf8(const JsonbValue *v)
 }
 
 /*
- * Parses a JSON number that must be an integer; saturates at the int64 range
- * when saturate is set, else fails on overflow.  Returns false when it is not
- * an integer (or overflows without saturate).
+ * A job over the rendered prompt (or messages) with parsed params; the
+ * prompt ids are palloc'ed.
  */
-static bool
-json_integer(const JsonbValue *v, bool saturate, int64 *out)
-{
-	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-	char	   *end;
-	long long	val;
-
-	errno = 0;
-	val = strtoll(s, &end, 10);
-	if (end == s)
-		return false;
-	if (*end == '.')
-	{
-		for (char *p = end + 1; *p; p++)
-			if (*p != '0')
-				return false;
-	}
-	else if (*end != '\0')
-		return false;
-	if (errno == ERANGE && !saturate)
-		return false;
-	*out = (int64) val;
-	return true;
-}
-
-/* Parses a finite JSON number. */
-static bool
-json_double(const JsonbValue *v, double *out)
-{
-	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-	double		d = strtod(s, NULL);
-
-	if (!isfinite(d))
-		return false;
-	*out = d;
-	return true;
-}
-
-/* Adds one stop string (non-empty) to pp. */
 static void
-add_stop(ParsedParams *pp, const JsonbValue *v)
+build_job(GptossJob *job, const gptoss_gen_params *params, const char *prompt,
+		  const gptoss_chat_message *messages, int n_messages)
 {
-	if (v->type != jbvString)
-		invalid_param("stop", "must be a string or an array of strings");
-	if (v->val.string.len == 0)
-		invalid_param("stop", "stop strings must not be empty");
-	if (pp->n_stop >= MAX_STOP_STRINGS)
-		invalid_param("stop", psprintf("at most %d stop strings are allowed", MAX_STOP_STRINGS));
-	if (pp->stop == NULL)
-		pp->stop = palloc(sizeof(char *) * MAX_STOP_STRINGS);
-	pp->stop[pp->n_stop++] = json_string_utf8(v);
-}
-
-/* Applies one params key. */
-static void
-apply_param(ParsedParams *pp, const char *key, JsonbValue *v)
-{
-	GptossParams *p = &pp->p;
-	int64		i;
-	double		d;
-
-	if (strcmp(key, "max_tokens") == 0)
-	{
-		if (v->type != jbvNumeric || !json_integer(v, true, &i))
-			invalid_param(key, "must be an integer");
-		if (i < 1)
-			invalid_param(key, "must be at least 1");
-		p->max_tokens = (int32) Min(i, (int64) INT_MAX);
-	}
-	else if (strcmp(key, "temperature") == 0)
-	{
-		if (v->type != jbvNumeric || !json_double(v, &d))
-			invalid_param(key, "must be a number");
-		if (d < 0)
-			invalid_param(key, "must be at least 0");
-		if (d > FLT_MAX)
-			invalid_param(key, "is too large");
-		p->temperature = (float4) d;
-	}
-	else if (strcmp(key, "top_p") == 0)
-	{
-		if (v->type != jbvNumeric || !json_double(v, &d))
-			invalid_param(key, "must be a number");
-		if (!(d > 0 && d <= 1))
-			invalid_param(key, "must be greater than 0 and at most 1");
-		p->top_p = (float4) d;
-	}
-	else if (strcmp(key, "top_k") == 0)
-	{
-		if (v->type != jbvNumeric || !json_integer(v, true, &i))
-			invalid_param(key, "must be an integer");
-		if (i < 0)
-			invalid_param(key, "must be at least 0");
-		p->top_k = (int32) Min(i, (int64) INT_MAX);
-	}
-	else if (strcmp(key, "seed") == 0)
-	{
-		if (v->type != jbvNumeric || !json_integer(v, false, &i))
-			invalid_param(key, "must be an integer in the 64-bit range");
-		p->has_seed = true;
-		p->seed = (uint64) i;
-	}
-	else if (strcmp(key, "stop") == 0)
-	{
-		if (v->type == jbvString)
-			add_stop(pp, v);
-		else if (v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
-		{
-			JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
-			JsonbValue	elem;
-			JsonbIteratorToken tok;
-
-			while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
-				if (tok == WJB_ELEM)
-					add_stop(pp, &elem);
-		}
-		else
-			invalid_param(key, "must be a string or an array of strings");
-	}
-	else if (strcmp(key, "reasoning_effort") == 0)
-	{
-		char	   *s;
-
-		if (v->type != jbvString)
-			invalid_param(key, "must be a string");
-		s = pnstrdup(v->val.string.val, v->val.string.len);
-		if (strcmp(s, "low") == 0)
-			p->reasoning_effort = GPTOSS_REASONING_LOW;
-		else if (strcmp(s, "medium") == 0)
-			p->reasoning_effort = GPTOSS_REASONING_MEDIUM;
-		else if (strcmp(s, "high") == 0)
-			p->reasoning_effort = GPTOSS_REASONING_HIGH;
-		else
-			invalid_param(key, "must be \"low\", \"medium\" or \"high\"");
-	}
-	else if (strcmp(key, "instructions") == 0)
-	{
-		if (v->type != jbvString)
-			invalid_param(key, "must be a string");
-		pp->instructions = json_string_utf8(v);
-	}
-	else if (strcmp(key, "raw") == 0 || strcmp(key, "ignore_eos") == 0 ||
-			 strcmp(key, "include_reasoning") == 0)
-	{
-		if (v->type != jbvBool)
-			invalid_param(key, "must be a boolean");
-		if (key[0] == 'r')
-			p->raw = v->val.boolean;
-		else if (key[0] == 'i' && key[1] == 'g')
-			p->ignore_eos = v->val.boolean;
-		else
-			p->include_reasoning = v->val.boolean;
-	}
-	else
-		unknown_param(key);
-}
-
-/* Parses params (NULL: all defaults) over the GUC defaults. */
-static void
-parse_params(Jsonb *params, ParsedParams *pp)
-{
-	memset(pp, 0, sizeof(*pp));
-	pp->p.max_tokens = gptoss_default_max_tokens;
-	pp->p.temperature = (float4) gptoss_default_temperature;
-	pp->p.top_p = (float4) gptoss_default_top_p;
-	pp->p.top_k = gptoss_default_top_k;
-	pp->p.reasoning_effort = gptoss_default_reasoning_effort;
-
-	if (params != NULL)
-	{
-		JsonbIterator *it;
-		JsonbValue	v;
-		JsonbIteratorToken tok;
-
-		if (!JB_ROOT_IS_OBJECT(params))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("gptoss params must be a JSON object")));
-		it = JsonbIteratorInit(&params->root);
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-		{
-			char	   *key;
-
-			if (tok != WJB_KEY)
-				continue;
-			key = pnstrdup(v.val.string.val, v.val.string.len);
-			tok = JsonbIteratorNext(&it, &v, true);
-			Assert(tok == WJB_VALUE);
-			if (v.type == jbvNull)
-			{
-				/* null keeps the default, as in the OpenAI API; the key must still be known */
-				if (!is_param_key(key))
-					unknown_param(key);
-				continue;
-			}
-			apply_param(pp, key, &v);
-		}
-	}
-
-	/* The administrator's cap clamps (finish_reason length), it does not fail. */
-	if (gptoss_max_tokens_limit > 0 && pp->p.max_tokens > gptoss_max_tokens_limit)
-		pp->p.max_tokens = gptoss_max_tokens_limit;
-}
-
-/* Copies parsed params into a request. */
-static void
-fill_request(GptossRequest *req, const ParsedParams *pp)
-{
-	req->params = pp->p;
-	req->instructions = pp->instructions;
-	req->stop = pp->stop;
-	req->n_stop = pp->n_stop;
+	memset(job, 0, sizeof(*job));
+	job->params = *params;
+	job->prompt = gptoss_render(prompt, messages, n_messages, params, &job->n_prompt);
 }
 
 /* Text of one chat message's content: a string, null, or an array of text parts. */
@@ -395,11 +152,11 @@ message_content(JsonbValue *v, int index)
 }
 
 /* Parses OpenAI chat messages. */
-static GptossChatMessage *
+static gptoss_chat_message *
 parse_messages(Jsonb *messages, int *n_out)
 {
 	static const char *const roles[] = {"system", "developer", "user", "assistant"};
-	GptossChatMessage *out;
+	gptoss_chat_message *out;
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
@@ -416,7 +173,7 @@ parse_messages(Jsonb *messages, int *n_out)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("gptoss messages must not be empty")));
 
-	out = palloc0(sizeof(GptossChatMessage) * count);
+	out = palloc0(sizeof(gptoss_chat_message) * count);
 	it = JsonbIteratorInit(&messages->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -457,20 +214,22 @@ parse_messages(Jsonb *messages, int *n_out)
 	return out;
 }
 
-/* Builds the GENERATE request of gptoss_generate(prompt, params); 22023 for bad params. */
-void
-gptoss_generate_request(Datum prompt, Datum params, GptossRequest *req)
+/* Parses params and builds the job of one prompt. */
+static void
+prompt_job(GptossJob *job, text *prompt, Jsonb *params)
 {
-	ParsedParams pp;
-	text	   *t = DatumGetTextPP(prompt);
+	gptoss_gen_params p;
 
 	gptoss_check_preloaded();
-	parse_params(DatumGetJsonbP(params), &pp);
-	memset(req, 0, sizeof(*req));
-	req->kind = GPTOSS_REQ_GENERATE;
-	fill_request(req, &pp);
-	req->text = to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-	req->text_len = strlen(req->text);
+	gptoss_parse_params(params, &p);
+	build_job(job, &p, to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt)), NULL, 0);
+}
+
+/* Builds the job of gptoss_generate(prompt, params); 22023 for bad params. */
+void
+gptoss_generate_job(Datum prompt, Datum params, GptossJob *job)
+{
+	prompt_job(job, DatumGetTextPP(prompt), DatumGetJsonbP(params));
 }
 
 /* The text datum gptoss_generate returns for resp. */
@@ -484,25 +243,12 @@ gptoss_generate_result(const GptossResponse *resp)
 Datum
 gptoss_generate(PG_FUNCTION_ARGS)
 {
-	GptossRequest req;
+	GptossJob	job;
 	GptossResponse resp;
 
-	gptoss_generate_request(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &req);
-	gptoss_execute(&req, &resp);
+	gptoss_generate_job(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &job);
+	gptoss_execute(&job, &resp);
 	PG_RETURN_DATUM(gptoss_generate_result(&resp));
-}
-
-/* Builds the GENERATE request of one prompt of gptoss_generate_many. */
-static void
-build_many_request(GptossRequest *req, const ParsedParams *pp, Datum prompt)
-{
-	text	   *t = DatumGetTextPP(prompt);
-
-	memset(req, 0, sizeof(*req));
-	req->kind = GPTOSS_REQ_GENERATE;
-	fill_request(req, pp);
-	req->text = to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-	req->text_len = strlen(req->text);
 }
 
 /*
@@ -511,14 +257,14 @@ build_many_request(GptossRequest *req, const ParsedParams *pp, Datum prompt)
  *
  * The prompts go through a pipeline (pipeline.h) of gptoss.batch_window
  * requests (its boot value when the GUC is 0), so one call fills the
- * worker's batch.  An error or a cancel ends the statement; the open
- * requests are dropped with their segments.
+ * worker's batch.  An error or a cancel ends the statement; the open calls
+ * end with their segments.
  */
 Datum
 gptoss_generate_many(PG_FUNCTION_ARGS)
 {
 	ArrayType  *prompts = PG_GETARG_ARRAYTYPE_P(0);
-	ParsedParams pp;
+	gptoss_gen_params params;
 	Datum	   *items;
 	bool	   *nulls;
 	int			n;
@@ -533,7 +279,7 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("gptoss_generate_many expects a one-dimensional array of prompts")));
-	parse_params(PG_GETARG_JSONB_P(1), &pp);
+	gptoss_parse_params(PG_GETARG_JSONB_P(1), &params);
 	deconstruct_array(prompts, TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, &n);
 	if (n == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
@@ -551,15 +297,17 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 			while (nulls[collected])
 				collected++;
 			gptoss_pipeline_next(pipeline, &r);
-			answers[collected++] = PointerGetDatum(from_utf8(r.resp.text.data, r.resp.text.len));
+			answers[collected++] = gptoss_generate_result(&r.resp);
 			gptoss_pipeline_result_free(&r);
 		}
 		if (i < n && !nulls[i])
 		{
-			GptossRequest req;
+			GptossJob	job;
+			text	   *t = DatumGetTextPP(items[i]);
 
-			build_many_request(&req, &pp, items[i]);
-			gptoss_pipeline_submit(pipeline, &req);
+			build_job(&job, &params, to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)), NULL, 0);
+			gptoss_pipeline_submit(pipeline, &job);
+			pfree(unconstify(int32 *, job.prompt));
 		}
 	}
 	gptoss_pipeline_free(pipeline);
@@ -572,9 +320,7 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 typedef struct StreamState
 {
 	GptossCall *call;			/* NULL once closed */
-	GptossResponse resp;
-	int			emitted;		/* bytes of resp.text already returned */
-	int			resets;			/* resp.resets when emitted was counted */
+	GptossResponse resp;		/* resp.text_taken: bytes already returned */
 } StreamState;
 
 /* Closes the call of a stream that ends early (LIMIT, cursor closed). */
@@ -608,24 +354,16 @@ gptoss_generate_stream(PG_FUNCTION_ARGS)
 	{
 		ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 		MemoryContext old;
-		ParsedParams pp;
-		GptossRequest req;
-		text	   *prompt = PG_GETARG_TEXT_PP(0);
+		GptossJob	job;
 
 		gptoss_check_preloaded();
 		funcctx = SRF_FIRSTCALL_INIT();
 		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		parse_params(PG_GETARG_JSONB_P(1), &pp);
-		pp.p.stream = true;
-		memset(&req, 0, sizeof(req));
-		req.kind = GPTOSS_REQ_GENERATE;
-		fill_request(&req, &pp);
-		req.text = to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt));
-		req.text_len = strlen(req.text);
+		prompt_job(&job, PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1));
+		job.stream = true;
 		st = palloc0(sizeof(StreamState));
-		initStringInfo(&st->resp.text);
-		initStringInfo(&st->resp.reasoning);
-		st->call = gptoss_call_start(&req);
+		gptoss_response_init(&st->resp);
+		st->call = gptoss_call_start(&job);
 		funcctx->user_fctx = st;
 		if (rsinfo != NULL && IsA(rsinfo, ReturnSetInfo) && rsinfo->econtext != NULL)
 			RegisterExprContextCallback(rsinfo->econtext, stream_shutdown, PointerGetDatum(st));
@@ -637,28 +375,21 @@ gptoss_generate_stream(PG_FUNCTION_ARGS)
 	while (st->call != NULL)
 	{
 		MemoryContext old;
-		bool		more;
+		GptossResponse *resp = &st->resp;
 
-		if (st->resets != st->resp.resets)
+		if (resp->text.len > resp->text_taken)
 		{
-			st->resets = st->resp.resets;
-			st->emitted = 0;
-		}
-		if (st->resp.text.len > st->emitted)
-		{
-			text	   *piece = from_utf8(st->resp.text.data + st->emitted,
-										  st->resp.text.len - st->emitted);
+			text	   *piece = from_utf8(resp->text.data + resp->text_taken,
+										  resp->text.len - resp->text_taken);
 
-			st->emitted = st->resp.text.len;
+			resp->text_taken = resp->text.len;
 			SRF_RETURN_NEXT(funcctx, PointerGetDatum(piece));
 		}
-		if (st->resp.finished)
+		if (resp->finished)
 			break;
 		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		more = gptoss_call_next(st->call, &st->resp);
+		(void) gptoss_call_next(st->call, resp);
 		MemoryContextSwitchTo(old);
-		if (!more && st->resp.text.len == st->emitted && st->resets == st->resp.resets)
-			break;
 	}
 	stream_shutdown(PointerGetDatum(st));
 	SRF_RETURN_DONE(funcctx);
@@ -673,49 +404,33 @@ append_json_text(StringInfo buf, const char *s, int len)
 	escape_json(buf, text_to_cstring(t));
 }
 
-/* Basename of gptoss.model_path: the model's name in chat completions. */
-static char *
-model_name(void)
-{
-	char	   *path = pstrdup(gptoss_model_path ? gptoss_model_path : "");
-	size_t		len = strlen(path);
-	char	   *slash;
-
-	while (len > 1 && path[len - 1] == '/')
-		path[--len] = '\0';
-	slash = strrchr(path, '/');
-	return slash ? slash + 1 : path;
-}
-
-/* Builds the CHAT request of gptoss_chat(messages, params); 22023 for bad input. */
+/* Builds the job of gptoss_chat(messages, params); 22023 for bad input. */
 void
-gptoss_chat_request(Datum messages, Datum params, GptossRequest *req)
+gptoss_chat_job(Datum messages, Datum params, GptossJob *job)
 {
-	ParsedParams pp;
+	gptoss_gen_params p;
+	gptoss_chat_message *msgs;
+	int			n_msgs;
 
 	gptoss_check_preloaded();
-	parse_params(DatumGetJsonbP(params), &pp);
-	if (pp.p.raw)
+	gptoss_parse_params(DatumGetJsonbP(params), &p);
+	if (p.raw)
 		invalid_param("raw", "gptoss_chat always uses the chat format; use gptoss_generate for raw text");
-	memset(req, 0, sizeof(*req));
-	req->kind = GPTOSS_REQ_CHAT;
-	fill_request(req, &pp);
-	req->messages = parse_messages(DatumGetJsonbP(messages), &req->n_messages);
+	msgs = parse_messages(DatumGetJsonbP(messages), &n_msgs);
+	build_job(job, &p, NULL, msgs, n_msgs);
 }
 
-/* The chat.completion jsonb datum gptoss_chat returns for resp (params of its request). */
+/* The chat.completion jsonb datum gptoss_chat returns for resp (params of its job). */
 Datum
-gptoss_chat_result(const GptossParams *params, const GptossResponse *resp)
+gptoss_chat_result(const gptoss_gen_params *params, const GptossResponse *resp)
 {
 	StringInfoData buf;
 	uint8		rnd[12];
-	const char *finish;
 
 	if (!pg_strong_random(rnd, sizeof(rnd)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random completion id")));
-	finish = resp->finish_reason == GPTOSS_FINISH_LENGTH ? "length" : "stop";
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"id\": \"chatcmpl-");
@@ -723,7 +438,7 @@ gptoss_chat_result(const GptossParams *params, const GptossResponse *resp)
 		appendStringInfo(&buf, "%02x", rnd[i]);
 	appendStringInfo(&buf, "\", \"object\": \"chat.completion\", \"created\": %lld, \"model\": ",
 					 (long long) time(NULL));
-	escape_json(&buf, model_name());
+	escape_json(&buf, gptoss_model_name());
 	appendStringInfoString(&buf, ", \"choices\": [{\"index\": 0, \"message\": {\"role\": \"assistant\", \"content\": ");
 	append_json_text(&buf, resp->text.data, resp->text.len);
 	if (params->include_reasoning)
@@ -731,7 +446,8 @@ gptoss_chat_result(const GptossParams *params, const GptossResponse *resp)
 		appendStringInfoString(&buf, ", \"reasoning_content\": ");
 		append_json_text(&buf, resp->reasoning.data, resp->reasoning.len);
 	}
-	appendStringInfo(&buf, "}, \"finish_reason\": \"%s\"}], ", finish);
+	appendStringInfo(&buf, "}, \"finish_reason\": \"%s\"}], ",
+					 gptoss_finish_reason_name(resp->finish_reason));
 	appendStringInfo(&buf, "\"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d, \"total_tokens\": %d}}",
 					 resp->prompt_tokens, resp->completion_tokens,
 					 resp->prompt_tokens + resp->completion_tokens);
@@ -742,55 +458,96 @@ gptoss_chat_result(const GptossParams *params, const GptossResponse *resp)
 Datum
 gptoss_chat(PG_FUNCTION_ARGS)
 {
-	GptossRequest req;
+	GptossJob	job;
 	GptossResponse resp;
 
-	gptoss_chat_request(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &req);
-	gptoss_execute(&req, &resp);
-	PG_RETURN_DATUM(gptoss_chat_result(&req.params, &resp));
+	gptoss_chat_job(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &job);
+	gptoss_execute(&job, &resp);
+	PG_RETURN_DATUM(gptoss_chat_result(&job.params, &resp));
 }
 
-/* gptoss_tokenize(text) returns int[]: o200k_harmony ids, special-token text is plain text */
+/*
+ * An int4[] of n ids, built straight from the engine's buffer (a huge text
+ * gives hundreds of megabytes of ids: no Datum array in between).
+ */
+static ArrayType *
+ids_array(const int32 *ids, int n)
+{
+	Size		nbytes = ARR_OVERHEAD_NONULLS(1) + (Size) n * sizeof(int32);
+	ArrayType  *result;
+
+	if (n == 0)
+		return construct_empty_array(INT4OID);
+	if (!AllocSizeIsValid(nbytes))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("gptoss_tokenize result of %d tokens exceeds the maximum array size", n)));
+	result = palloc(nbytes);
+	SET_VARSIZE(result, nbytes);
+	result->ndim = 1;
+	result->dataoffset = 0;
+	result->elemtype = INT4OID;
+	ARR_DIMS(result)[0] = n;
+	ARR_LBOUND(result)[0] = 1;
+	memcpy(ARR_DATA_PTR(result), ids, (Size) n * sizeof(int32));
+	return result;
+}
+
+/*
+ * gptoss_tokenize(text) returns int[]: o200k_harmony ids, special-token text
+ * is plain text.  Runs in the session; a long text stays cancellable.
+ */
 Datum
 gptoss_tokenize(PG_FUNCTION_ARGS)
 {
 	text	   *t = PG_GETARG_TEXT_PP(0);
-	GptossRequest req;
-	GptossResponse resp;
-	Datum	   *elems;
-	ArrayType  *result;
+	int			len = VARSIZE_ANY_EXHDR(t);
+	const char *utf8 = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
+	int32	   *ids = NULL;
+	int			n;
+	ArrayType  *result = NULL;
 
 	gptoss_check_preloaded();
-	memset(&req, 0, sizeof(req));
-	req.kind = GPTOSS_REQ_TOKENIZE;
-	req.text = to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-	req.text_len = strlen(req.text);
-	gptoss_execute(&req, &resp);
-
-	elems = palloc(sizeof(Datum) * Max(resp.n_ids, 1));
-	for (int i = 0; i < resp.n_ids; i++)
-		elems[i] = Int32GetDatum(resp.ids[i]);
-	result = construct_array(elems, resp.n_ids, INT4OID, sizeof(int32), true, TYPALIGN_INT);
+	if (utf8 != VARDATA_ANY(t))
+		len = strlen(utf8);
+	n = gptoss_encode_text(utf8, len, &ids);
+	PG_TRY();
+	{
+		result = ids_array(ids, n);
+	}
+	PG_FINALLY();
+	{
+		free(ids);
+	}
+	PG_END_TRY();
 	PG_RETURN_ARRAYTYPE_P(result);
 }
 
-/* gptoss_detokenize(int[]) returns text; 22023 for ids that are not tokens */
+/*
+ * gptoss_detokenize(int[]) returns text; 22023 for ids that are not tokens.
+ * Token bytes may split characters: the result is made valid UTF-8 (U+FFFD).
+ */
 Datum
 gptoss_detokenize(PG_FUNCTION_ARGS)
 {
 	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
-	GptossRequest req;
-	GptossResponse resp;
+	const gptoss_tokenizer *tok;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
 	int32	   *ids;
+	char	   *bytes;
+	size_t		nbytes;
+	gptoss_utf8_text out;
+	gptoss_error err;
+	text	   *result = NULL;
 
 	gptoss_check_preloaded();
 	if (ARR_NDIM(arr) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("gptoss token ids must be a one-dimensional array")));
+	tok = gptoss_session_tokenizer();
 	deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT, &elems, &nulls, &n);
 	ids = palloc(sizeof(int32) * Max(n, 1));
 	for (int i = 0; i < n; i++)
@@ -800,11 +557,30 @@ gptoss_detokenize(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("gptoss token ids must not contain nulls")));
 		ids[i] = DatumGetInt32(elems[i]);
+		if (!gptoss_tokenizer_is_valid(tok, ids[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("token id %d at position %d is not a token of the tokenizer (vocabulary of %d ids)",
+							ids[i], i + 1, gptoss_tokenizer_vocab_size(tok))));
 	}
-	memset(&req, 0, sizeof(req));
-	req.kind = GPTOSS_REQ_DETOKENIZE;
-	req.ids = ids;
-	req.n_ids = n;
-	gptoss_execute(&req, &resp);
-	PG_RETURN_TEXT_P(from_utf8(resp.text.data, resp.text.len));
+
+	memset(&err, 0, sizeof(err));
+	bytes = gptoss_tokenizer_decode(tok, ids, n, false, &nbytes, &err);
+	if (bytes == NULL)
+		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("%s", err.msg)));
+	memset(&out, 0, sizeof(out));
+	PG_TRY();
+	{
+		if (gptoss_utf8_text_push(&out, bytes, nbytes, &err) < 0 ||
+			gptoss_utf8_text_flush(&out, &err) < 0)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("%s", err.msg)));
+		result = from_utf8(out.text.data ? out.text.data : "", (int) out.text.len);
+	}
+	PG_FINALLY();
+	{
+		free(bytes);
+		gptoss_utf8_text_free(&out);
+	}
+	PG_END_TRY();
+	PG_RETURN_TEXT_P(result);
 }
