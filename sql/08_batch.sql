@@ -153,5 +153,34 @@ RESET gptoss.batch_window;
 -- The generation functions are evaluated above any Gather.
 SELECT proname, proparallel FROM pg_proc WHERE proname IN ('gptoss_generate', 'gptoss_chat') ORDER BY 1;
 
-DROP TABLE docs, written_off, written_on, updated_off, updated_on;
+-- on_error "null": a generation that fails for its own row (here prompts too
+-- long for the context, 54000) gives NULL and the statement goes on, with one
+-- WARNING that counts them; batched and row by row alike.
+CREATE TABLE long_docs AS
+SELECT i AS id, CASE WHEN i IN (3, 7) THEN repeat('word ', 3000) ELSE 'Row number ' || i END AS body
+FROM generate_series(1, 10) i;
+EXPLAIN (COSTS OFF)
+SELECT id, gptoss_generate(body, '{"raw": true, "temperature": 0, "max_tokens": 4, "ignore_eos": true, "on_error": "null"}') FROM long_docs;
+SELECT id, gptoss_generate(body, '{"raw": true, "temperature": 0, "max_tokens": 4, "ignore_eos": true, "on_error": "null"}') IS NULL AS failed
+FROM long_docs;
+SET gptoss.batch_window = 0;
+SELECT id, gptoss_generate(body, '{"raw": true, "temperature": 0, "max_tokens": 4, "ignore_eos": true, "on_error": "null"}') IS NULL AS failed
+FROM long_docs;
+RESET gptoss.batch_window;
+SELECT same_rows($$SELECT id, gptoss_generate(body, '{"raw": true, "temperature": 0, "max_tokens": 4, "ignore_eos": true, "on_error": "null"}') AS g FROM long_docs$$);
+SELECT array_positions(gptoss_generate_many(array_agg(body ORDER BY id), '{"raw": true, "max_tokens": 4, "on_error": "null"}'), NULL)
+FROM long_docs;
+-- (the chat prompt's token count depends on the date in its system message)
+SET client_min_messages = error;
+SELECT id, gptoss_chat(jsonb_build_array(jsonb_build_object('role', 'user', 'content', body)), '{"max_tokens": 2, "on_error": "null"}') IS NULL AS failed
+FROM long_docs WHERE id BETWEEN 2 AND 4;
+RESET client_min_messages;
+UPDATE long_docs SET body = gptoss_generate(body, '{"raw": true, "max_tokens": 4, "on_error": "null"}') WHERE id <= 5;
+SELECT id, body IS NULL AS failed FROM long_docs WHERE id <= 5 ORDER BY id;
+-- The default raises; parameter errors and bad on_error values raise either way.
+SELECT try_sql($$SELECT gptoss_generate(repeat('word ', 3000), '{"raw": true, "max_tokens": 4}')$$);
+SELECT try_sql($$SELECT gptoss_generate(body, '{"max_tokens": 0, "on_error": "null"}') FROM long_docs$$);
+SELECT try_sql($$SELECT gptoss_generate('x', '{"on_error": "ignore"}')$$);
+
+DROP TABLE docs, long_docs, written_off, written_on, updated_off, updated_on;
 DROP FUNCTION same_rows(text), fetched_one_by_one(text);

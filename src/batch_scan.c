@@ -734,6 +734,9 @@ submit_row(BatchScanState *st, TupleTableSlot *slot)
 		bool		isnull;
 		Datum		a0;
 		Datum		a1;
+		bool		built;
+		int			code;
+		char	   *message;
 
 		if (call_is_null(st, slot, c))
 			continue;
@@ -741,10 +744,13 @@ submit_row(BatchScanState *st, TupleTableSlot *slot)
 		a1 = slot_getattr(slot, st->calls[c].args[1], &isnull);
 		old = MemoryContextSwitchTo(st->request_cxt);
 		if (st->calls[c].kind == CALL_GENERATE)
-			gptoss_generate_job(a0, a1, &job);
+			built = gptoss_generate_job(a0, a1, &job, &code, &message);
 		else
-			gptoss_chat_job(a0, a1, &job);
-		gptoss_pipeline_submit(st->pipeline, &job);
+			built = gptoss_chat_job(a0, a1, &job, &code, &message);
+		if (built)
+			gptoss_pipeline_submit(st->pipeline, &job);
+		else
+			gptoss_pipeline_submit_failed(st->pipeline, &job.params, code, message);
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(st->request_cxt);
 		st->requests++;
@@ -798,6 +804,13 @@ collect_call(BatchScanState *st, TupleTableSlot *slot, int c, bool *isnull)
 	if (*isnull)
 		return (Datum) 0;
 	gptoss_pipeline_next(st->pipeline, &r);
+	if (r.failed)
+	{
+		/* on_error "null" */
+		gptoss_row_error_note(r.sqlerrcode, r.message);
+		*isnull = true;
+		return (Datum) 0;
+	}
 	if (st->calls[c].kind == CALL_GENERATE)
 		return gptoss_generate_result(&r.resp);
 	return gptoss_chat_result(&r.params, &r.resp);

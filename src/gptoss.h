@@ -281,7 +281,11 @@ extern void gptoss_call_end(GptossCall *call);
 /* Raises 55000 with worker w's reason for not serving (its load error). */
 extern void gptoss_raise_worker_failed(int w);
 
-/* Runs job to completion into resp (initialised here). */
+/*
+ * Runs job to completion into resp (initialised here).  With params on_error
+ * "null", an error the worker reports for this one job is left in
+ * resp->row_error_code instead of raising (protocol.h).
+ */
 extern void gptoss_execute(const GptossJob *job, GptossResponse *resp);
 
 /* ---------------------------------------------------------------------------
@@ -301,6 +305,15 @@ extern const gptoss_tokenizer *gptoss_session_tokenizer(void);
  */
 extern int32 *gptoss_render(const char *prompt, const gptoss_chat_message *messages,
 							int n_messages, const gptoss_gen_params *params, int *n_ids);
+
+/*
+ * As gptoss_render, but a failure of this one prompt (54000 cannot fit the
+ * context, XX000 the engine could not render it) returns NULL with
+ * *sqlerrcode and *message set; bad parameters (22023) still raise.
+ */
+extern int32 *gptoss_render_or_fail(const char *prompt, const gptoss_chat_message *messages,
+									int n_messages, const gptoss_gen_params *params, int *n_ids,
+									int *sqlerrcode, char **message);
 
 /* Encodes text into malloc'ed ids (caller frees), interruptibly; returns the count. */
 extern int	gptoss_encode_text(const char *text, size_t len, int32 **ids);
@@ -326,11 +339,15 @@ extern PGDLLEXPORT void gptoss_worker_main(Datum main_arg);
 /* ---------------------------------------------------------------------------
  * Jobs and results of the per-row generation functions (sqlfuncs.c), for
  * callers that run them outside the function call (batch_scan.c).  The
- * builders raise 22023 for bad input, as the functions do.
+ * builders raise 22023 for bad input, as the functions do; they return false
+ * (with the error's SQLSTATE and message) only under on_error "null", for a
+ * prompt that cannot be rendered into the context.
  */
-extern void gptoss_generate_job(Datum prompt, Datum params, GptossJob *job);
+extern bool gptoss_generate_job(Datum prompt, Datum params, GptossJob *job,
+								int *sqlerrcode, char **message);
 extern Datum gptoss_generate_result(const GptossResponse *resp);
-extern void gptoss_chat_job(Datum messages, Datum params, GptossJob *job);
+extern bool gptoss_chat_job(Datum messages, Datum params, GptossJob *job,
+							int *sqlerrcode, char **message);
 extern Datum gptoss_chat_result(const gptoss_gen_params *params, const GptossResponse *resp);
 
 /* ---------------------------------------------------------------------------
@@ -347,9 +364,6 @@ extern void gptoss_batch_init(void);
 /* ---------------------------------------------------------------------------
  * Generations that gave NULL under params on_error "null" (row_errors.c)
  */
-
-/* True for the errors (54000, XX000) that on_error "null" turns into NULL. */
-extern bool gptoss_row_error_nullable(int sqlerrcode);
 
 /* Counts one generation that gave NULL; its statement ends with one WARNING. */
 extern void gptoss_row_error_note(int sqlerrcode, const char *message);

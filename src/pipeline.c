@@ -31,6 +31,7 @@ struct GptossPipeline
 {
 	MemoryContext cxt;
 	int			window;
+	int			flags;
 	int			head;			/* ring index of the oldest pending entry */
 	int			count;			/* pending entries */
 	int			open;			/* entries whose call is open */
@@ -54,6 +55,7 @@ gptoss_pipeline_create(int window, int flags)
 	Assert(window >= 1);
 	p->cxt = CurrentMemoryContext;
 	p->window = window;
+	p->flags = flags;
 	p->ring = palloc0(sizeof(PipelineEntry) * window);
 	return p;
 }
@@ -145,9 +147,33 @@ gptoss_pipeline_submit(GptossPipeline *p, const GptossJob *job)
 	e->call = call;
 	e->params = scalar_params(&job->params);
 	gptoss_response_init(&e->resp);
+	e->resp.keep_row_error = (p->flags & GPTOSS_PIPELINE_ROW_ERRORS) != 0 ||
+		job->params.on_error == GPTOSS_ON_ERROR_NULL;
 	MemoryContextSwitchTo(old);
 	p->count++;
 	p->open++;
+}
+
+/* Queues a result that failed before it could be sent. */
+void
+gptoss_pipeline_submit_failed(GptossPipeline *p, const gptoss_gen_params *params,
+							  int sqlerrcode, const char *message)
+{
+	PipelineEntry *e;
+	MemoryContext old;
+
+	if (p->count >= p->window)
+		elog(ERROR, "gptoss pipeline window of %d jobs is full", p->window);
+	old = MemoryContextSwitchTo(p->cxt);
+	e = &p->ring[(p->head + p->count) % p->window];
+	e->call = NULL;
+	e->params = scalar_params(params);
+	gptoss_response_init(&e->resp);
+	e->resp.finished = true;
+	e->resp.row_error_code = sqlerrcode;
+	e->resp.row_error_message = pstrdup(message);
+	MemoryContextSwitchTo(old);
+	p->count++;
 }
 
 /* Waits until the head entry is complete and hands its response over. */
@@ -166,8 +192,15 @@ gptoss_pipeline_next(GptossPipeline *p, GptossPipelineResult *out)
 			break;
 		gptoss_call_wait();
 	}
+	memset(out, 0, sizeof(*out));
 	out->params = e->params;
 	out->resp = e->resp;
+	if (e->resp.row_error_code != 0)
+	{
+		out->failed = true;
+		out->sqlerrcode = e->resp.row_error_code;
+		out->message = e->resp.row_error_message;
+	}
 	memset(e, 0, sizeof(*e));
 	p->head = (p->head + 1) % p->window;
 	p->count--;
@@ -181,6 +214,8 @@ gptoss_pipeline_result_free(GptossPipelineResult *r)
 		pfree(r->resp.text.data);
 	if (r->resp.reasoning.data)
 		pfree(r->resp.reasoning.data);
+	if (r->resp.row_error_message)
+		pfree(r->resp.row_error_message);
 	memset(r, 0, sizeof(*r));
 }
 
@@ -198,6 +233,8 @@ gptoss_pipeline_reset(GptossPipeline *p)
 			pfree(e->resp.text.data);
 		if (e->resp.reasoning.data)
 			pfree(e->resp.reasoning.data);
+		if (e->resp.row_error_message)
+			pfree(e->resp.row_error_message);
 		memset(e, 0, sizeof(*e));
 		p->head = (p->head + 1) % p->window;
 		p->count--;
