@@ -26,7 +26,7 @@
 #   bash test/e2e/gpu-postgres.sh [MODEL_DIR]
 # Results go to $OUT (the device tool's folder) or build/e2e-out: results.jsonl,
 # summary.md, status.json, stats.txt, server-log-tail.txt, e2e.log.
-# Environment: SESSIONS ("1 64"), REQUESTS (4 per session), PROMPT_LEN (128), GEN (128),
+# Environment: SESSIONS ("1 64"; empty: no load runs), REQUESTS (4 per session), PROMPT_LEN (128), GEN (128),
 #   MIXED_GEN ("64 192": also run each multi-session count with request lengths spread over
 #   64..192, so that sessions drift apart and prompts arrive while others decode),
 #   CHECK_SESSIONS (16; 0 skips the check), MAX_BATCH (64), MAX_CONTEXT (4096),
@@ -38,7 +38,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-SESSIONS=${SESSIONS:-"1 64"}
+SESSIONS=${SESSIONS-"1 64"}
 REQUESTS=${REQUESTS:-4}
 PROMPT_LEN=${PROMPT_LEN:-128}
 GEN=${GEN:-128}
