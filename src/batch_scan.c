@@ -799,6 +799,7 @@ static Datum
 collect_call(BatchScanState *st, TupleTableSlot *slot, int c, bool *isnull)
 {
 	GptossPipelineResult r;
+	Datum		result = (Datum) 0;
 
 	*isnull = call_is_null(st, slot, c);
 	if (*isnull)
@@ -809,11 +810,13 @@ collect_call(BatchScanState *st, TupleTableSlot *slot, int c, bool *isnull)
 		/* on_error "null" */
 		gptoss_row_error_note(r.sqlerrcode, r.message);
 		*isnull = true;
-		return (Datum) 0;
 	}
-	if (st->calls[c].kind == CALL_GENERATE)
-		return gptoss_generate_result(&r.resp);
-	return gptoss_chat_result(&r.params, &r.resp);
+	else if (st->calls[c].kind == CALL_GENERATE)
+		result = gptoss_generate_result(&r.resp);
+	else
+		result = gptoss_chat_result(&r.params, &r.resp);
+	gptoss_pipeline_result_free(&r);
+	return result;
 }
 
 /* ExecCustomScan: the next row, in input order, with its calls' results. */
