@@ -12,6 +12,8 @@
  */
 #include "engine.h"
 #include "harmony.h"
+
+#include <jansson.h>
 #include "schema_check.h"
 #include "synth.h"
 #include "testutil.h"
@@ -23,7 +25,7 @@
 #define SEEDS_PER_SCHEMA 24
 #define BATCH 8
 
-static const char *const SCHEMAS[][2] = {
+static const char *SCHEMAS[][2] = {
 	{"object", "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":12},"
 		"\"age\":{\"type\":\"integer\"},\"score\":{\"type\":\"number\"},\"ok\":{\"type\":\"boolean\"},"
 		"\"none\":{\"type\":\"null\"}},\"required\":[\"name\",\"age\",\"ok\"],\"additionalProperties\":false}"},
@@ -43,17 +45,11 @@ static const char *const SCHEMAS[][2] = {
 	{"const", "{\"type\":\"object\",\"properties\":{\"v\":{\"const\":\"x1\"},\"w\":{\"const\":[1,{\"k\":null}]}},"
 		"\"required\":[\"v\",\"w\"]}"},
 	{"json_object", NULL},
-	{"invoice", "{\"type\":\"object\",\"properties\":{\"invoice_number\":{\"type\":\"string\",\"maxLength\":16},"
-		"\"date\":{\"type\":\"string\",\"maxLength\":10},\"vendor\":{\"type\":\"string\",\"maxLength\":40},"
-		"\"currency\":{\"type\":\"string\",\"enum\":[\"USD\",\"EUR\",\"GBP\"]},\"total\":{\"type\":\"number\"},"
-		"\"paid\":{\"type\":\"boolean\"},\"lines\":{\"type\":\"array\",\"items\":{\"type\":\"object\",\"properties\":"
-		"{\"description\":{\"type\":\"string\",\"maxLength\":30},\"quantity\":{\"type\":\"integer\"},"
-		"\"unit_price\":{\"type\":\"number\"}},\"required\":[\"description\",\"quantity\",\"unit_price\"],"
-		"\"additionalProperties\":false},\"minItems\":1,\"maxItems\":4}},\"required\":[\"invoice_number\",\"date\","
-		"\"vendor\",\"currency\",\"total\",\"paid\",\"lines\"],\"additionalProperties\":false}"},
+	{"invoice", NULL},		/* test/fixtures/invoice.schema.json, read by main */
 };
 
 static gptoss_engine *eng;
+static char *invoice_text;		/* the invoice schema, compact */
 
 /* A response_format for a schema (NULL: json_object). */
 static char *
@@ -394,11 +390,25 @@ main(void)
 		tok_analysis = ids ? ids[0] : -1;
 		free(ids);
 	}
+	{
+		json_error_t jerr;
+		json_t	   *inv = json_load_file("test/fixtures/invoice.schema.json", 0, &jerr);
+
+		invoice_text = inv ? json_dumps(inv, JSON_COMPACT) : NULL;
+		json_decref(inv);
+		if (invoice_text == NULL)
+		{
+			fprintf(stderr, "test_json_output: test/fixtures/invoice.schema.json: %s\n", jerr.text);
+			return 1;
+		}
+		SCHEMAS[8][1] = invoice_text;
+	}
 	test_prompt_and_params();
 	test_shortest();
 	test_budget();
 	test_schemas();
 	gptoss_engine_free(eng);
+	free(invoice_text);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "could not remove %s\n", dir);
