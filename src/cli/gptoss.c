@@ -1026,10 +1026,12 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes, info.device_name);
 		if (rf != NULL)
 			printf(",\"constrained\":true,\"generated\":%lld,\"full_batch_decode_steps\":%.0f,"
-				   "\"full_batch_decode_tok_s\":%.1f,\"masks\":%lld,\"mask_us_per_token\":%.2f",
+				   "\"full_batch_decode_tok_s\":%.1f,\"masks\":%lld,\"mask_cpu_us_per_mask\":%.2f,"
+				   "\"mask_wall_ms_per_step\":%.3f",
 				   (long long) generated, full_tokens / batch, full_s > 0 ? full_tokens / full_s : 0.0,
 				   (long long) (st1.masks - st0.masks),
-				   st1.masks > st0.masks ? (st1.mask_seconds - st0.mask_seconds) / (st1.masks - st0.masks) * 1e6 : 0.0);
+				   st1.masks > st0.masks ? (st1.mask_seconds - st0.mask_seconds) / (st1.masks - st0.masks) * 1e6 : 0.0,
+				   st1.steps > st0.steps ? (st1.mask_wall_seconds - st0.mask_wall_seconds) / (st1.steps - st0.steps) * 1e3 : 0.0);
 		printf("}\n");
 		fflush(stdout);
 	}

@@ -114,6 +114,7 @@ struct gptoss_engine
 	gptoss_task_pool *mask_pool;	/* computes the step's masks in parallel */
 	gptoss_token_trie_scratch **mask_scratch;	/* [workers of mask_pool] */
 	int		   *constrained;	/* [max_seqs] entries whose constraint is asked this step */
+	double	   *mask_cpu;		/* [workers of mask_pool] CPU seconds of each worker's masks */
 	int64_t		next_id;
 	uint64_t	seed_counter;
 	bool		failed;			/* a backend step failed: the backend is unusable */
@@ -354,6 +355,7 @@ gptoss_engine_free(gptoss_engine *eng)
 		gptoss_task_pool_free(eng->mask_pool);
 	}
 	free(eng->mask_scratch);
+	free(eng->mask_cpu);
 	gptoss_constraint_env_free(eng->cenv);
 	if (eng->owns_parts)
 	{
@@ -509,7 +511,8 @@ start_constraints(gptoss_engine *eng, gptoss_error *err)
 		return gptoss_errorf(err, "out of memory for token masks");
 	workers = gptoss_task_pool_workers(eng->mask_pool);
 	eng->mask_scratch = calloc((size_t) workers, sizeof(*eng->mask_scratch));
-	if (eng->mask_scratch == NULL)
+	eng->mask_cpu = calloc((size_t) workers, sizeof(double));
+	if (eng->mask_scratch == NULL || eng->mask_cpu == NULL)
 		return gptoss_errorf(err, "out of memory for token masks");
 	for (int i = 0; i < workers; i++)
 		if ((eng->mask_scratch[i] = gptoss_constraint_env_scratch(eng->cenv)) == NULL)
@@ -1089,9 +1092,11 @@ constrain_entry(void *ctx, int item, int worker)
 	const uint32_t *mask = NULL;
 	gptoss_error cerr = {0};
 	int			kind;
+	double		t0 = gptoss_thread_cpu_time();
 
 	kind = gptoss_constraint_next(r->con, r->max_new - r->n_tokens, buf, &mask, &eng->forced[i],
 								  eng->mask_scratch[worker], &cerr);
+	eng->mask_cpu[worker] += gptoss_thread_cpu_time() - t0;
 	if (kind < 0)
 		r->con_error = strdup(cerr.msg[0] ? cerr.msg : "constrained decoding failed");
 	else if (kind == GPTOSS_NEXT_MASK)
@@ -1121,7 +1126,12 @@ constrain_batch(gptoss_engine *eng, int n)
 	gptoss_task_pool_run(eng->mask_pool, n_constrained, constrain_entry, eng);
 	for (int k = 0; k < n_constrained; k++)
 		eng->stats.masks += eng->batch[eng->constrained[k]].allowed != NULL;
-	eng->stats.mask_seconds += gptoss_now() - t0;
+	for (int w = 0; w < gptoss_task_pool_workers(eng->mask_pool); w++)
+	{
+		eng->stats.mask_seconds += eng->mask_cpu[w];
+		eng->mask_cpu[w] = 0;
+	}
+	eng->stats.mask_wall_seconds += gptoss_now() - t0;
 }
 
 /* The token a constrained request takes: the forced one, the sampled one, or a repair. */

@@ -169,7 +169,7 @@ test_schemas(void)
 	}
 	gptoss_engine_get_stats(eng, &st);
 	printf("structured output: %d of %d documents valid (%zu schemas x %d seeds, temperature 1); "
-		   "%lld masks in %.3f s (%.1f us each), %lld violations\n",
+		   "%lld masks in %.3f s of CPU (%.1f us each), %lld violations\n",
 		   valid, total, sizeof(SCHEMAS) / sizeof(SCHEMAS[0]), SEEDS_PER_SCHEMA, (long long) st.masks,
 		   st.mask_seconds, st.masks ? st.mask_seconds / st.masks * 1e6 : 0.0,
 		   (long long) st.mask_violations);
