@@ -488,11 +488,3 @@ gptoss_constraint_repair(gptoss_constraint *c, gptoss_error *err)
 	c->last_forced = id;
 	return id;
 }
-
-/* The document is whole (or there is none to make). */
-bool
-gptoss_constraint_document_complete(const gptoss_constraint *c)
-{
-	return c->g == NULL || (c->phase == PATH_FINAL || c->phase == PATH_DONE ?
-							gptoss_json_state_accepting(c->g, &c->js) : false);
-}

