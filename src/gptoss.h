@@ -295,6 +295,9 @@ extern void gptoss_execute(const GptossJob *job, GptossResponse *resp);
 /* Postmaster (_PG_init): loads the tokenizer every session inherits; a failure only logs. */
 extern void gptoss_preload_tokenizer(void);
 
+/* The tokenizer inherited from the postmaster, or NULL. */
+extern const gptoss_tokenizer *gptoss_inherited_tokenizer(void);
+
 /* The session's tokenizer (inherited, else loaded now); 55000 when it cannot be loaded. */
 extern const gptoss_tokenizer *gptoss_session_tokenizer(void);
 

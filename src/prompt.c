@@ -82,6 +82,13 @@ gptoss_preload_tokenizer(void)
 					(double) (resident_bytes() - rss0) / (1024.0 * 1024.0))));
 }
 
+/* The tokenizer the postmaster loaded, or NULL (the worker's engine borrows it). */
+const gptoss_tokenizer *
+gptoss_inherited_tokenizer(void)
+{
+	return session_tokenizer;
+}
+
 /* Raises 55000: the workers' reason when they all failed, else the tokenizer's. */
 static void
 raise_no_tokenizer(const gptoss_error *err)

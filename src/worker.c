@@ -776,6 +776,8 @@ load_engine(void)
 	opts.backend.threads = gptoss_threads;
 	opts.prefill_chunk = gptoss_prefill_chunk;
 	opts.max_step_tokens = gptoss_max_step_tokens;
+	/* The postmaster's tokenizer, inherited: no second copy in the worker. */
+	opts.tokenizer = gptoss_inherited_tokenizer();
 
 	/* auto means CUDA when a device answers; say so when it falls back. */
 	if (gptoss_device == GPTOSS_DEVICE_AUTO)

@@ -11,7 +11,7 @@ use lib $FindBin::RealBin;
 use GptossTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time);
+use Time::HiRes qw(time usleep);
 
 my $node = gptoss_node('slot_wait',
 	conf => { 'gptoss.max_requests' => 1, 'gptoss.max_context' => 4096 });
@@ -50,5 +50,18 @@ cmp_ok($waited, '<', 10, 'not gptoss.queue_wait');
 
 $node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'holder'");
 wait_async($holder, 30);
+
+# A long tokenization in a session is cancellable (the engine polls for
+# interrupts; nothing is left allocated: the session goes on).
+my $tok = start_async($node, 'tokenize',
+	q{SELECT cardinality(gptoss_tokenize(repeat('lorem ipsum ', 200 * 1024 * 1024 / 12)))});
+my $tok_pid = backend_pid($node, 'tokenize');
+usleep(1_500_000);
+$t0 = time;
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($tok_pid)");
+ok(defined wait_async($tok, 30), 'cancelled tokenize ended');
+like($tok->{err}, qr/canceling statement due to user request/, 'tokenize cancelled: 57014');
+note(sprintf('tokenize ended %.2f s after the cancel', time - $t0));
+cmp_ok(time - $t0, '<', 5, 'the cancel took effect while tokenizing');
 $node->stop;
 done_testing();
