@@ -370,6 +370,8 @@ define_gucs(void)
 							0,
 							NULL, NULL, NULL);
 
+	gptoss_batch_define_gucs();
+
 	MarkGUCPrefixReserved("gptoss");
 }
 
@@ -396,4 +398,5 @@ _PG_init(void)
 
 	register_workers();
 	gptoss_preload_tokenizer();
+	gptoss_batch_init();
 }

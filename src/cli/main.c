@@ -4,7 +4,8 @@
  *   gptoss tokenize --model DIR [--jsonl]
  *   gptoss logits   --model DIR --tokens 1,2,3 [--top K] [--device D]
  *   gptoss generate --model DIR --prompt TEXT [sampling options] [--raw] [--json]
- *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N]
+ *                   [--json-schema FILE] [--max-reasoning-tokens N]
+ *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--json-schema FILE]
  *   gptoss bench    --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]
  *   gptoss synth    --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]
  *
@@ -58,6 +59,7 @@ typedef struct cli_opts
 	const char *preset;
 	const char *out;
 	const char *tokenizer;
+	const char *json_schema;	/* generate, bench: file with a JSON Schema for the output */
 	long		top;
 	long		prompt_len;
 	long		gen;
@@ -109,6 +111,7 @@ static const opt_spec OPTIONS[] = {
 	OPT("top", OPT_INT, CMD_LOGITS, top, 0, INT_MAX),
 	OPT("prompt", OPT_STRING, CMD_GENERATE, prompt, 0, 0),
 	OPT("seed", OPT_U64, CMD_BENCH | CMD_SYNTH, seed, 0, 0),
+	OPT("json-schema", OPT_STRING, CMD_GENERATE | CMD_BENCH, json_schema, 0, 0),
 	OPT("json", OPT_FLAG, CMD_GENERATE, json, 0, 0),
 	OPT("batch", OPT_STRING, CMD_BENCH, batch, 0, 0),
 	OPT("prompt-len", OPT_INT, CMD_BENCH, prompt_len, 1, INT_MAX),
@@ -133,11 +136,12 @@ static const char USAGE_FORMAT[] =
 	"      stdin (byte for byte) -> JSON array of token ids; --jsonl: one JSON string per line\n"
 	"  logits --model DIR --tokens 1,2,3 [--top K] [--device auto|cpu|cuda]\n"
 	"      one prefill step: {\"argmax\": [...], \"top\": [[id, logit], ...], \"logsumexp\": x}\n"
-	"  generate --model DIR --prompt TEXT [--json] [--device D] [--max-context N]\n"
-	"           %s"
-	"      prints the final channel text (--raw: the plain continuation)\n"
+	"  generate --model DIR --prompt TEXT [--json] [--json-schema FILE] [--device D]\n"
+	"           [--max-context N] %s"
+	"      prints the final channel text (--raw: the plain continuation); --json-schema: the\n"
+	"      text is a JSON document valid for the schema in FILE (structured output)\n"
 	"  bench --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--device D]\n"
-	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S]\n"
+	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S] [--json-schema FILE]\n"
 	"      one JSON line per batch size (random prompts, greedy, ignore eos; a prompt\n"
 	"      is prefilled in one chunk of up to 2048 tokens unless --prefill-chunk is given)\n"
 	"  bench --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]\n"
@@ -160,7 +164,7 @@ print_usage(FILE *out)
 {
 	char		opts[2048] = "";
 	size_t		at = 0;
-	size_t		line = 11;
+	size_t		line = 29;	/* after "           [--max-context N] " */
 
 	for (int i = 0; i < GPTOSS_N_PARAMS && at < sizeof(opts); i++)
 	{
@@ -170,6 +174,8 @@ print_usage(FILE *out)
 		const char *value = "";
 		char		names[96] = "";
 
+		if (param->sql_only)
+			continue;
 		snprintf(name, sizeof(name), "%s", param->cli_name ? param->cli_name : param->name);
 		for (char *c = name; *c; c++)
 			if (*c == '_')
@@ -845,6 +851,32 @@ json_set_text(json_t *obj, const char *key, const char *text, size_t len)
 	json_object_set_new(obj, key, json_stringn(text, len));
 }
 
+/*
+ * The response_format object for --json-schema FILE (the file holds a bare
+ * JSON Schema); malloc'ed, or NULL after printing the error.
+ */
+static char *
+response_format_from_file(const char *path)
+{
+	json_error_t jerr;
+	json_t	   *schema = json_load_file(path, JSON_DECODE_ANY, &jerr);
+	json_t	   *rf;
+	char	   *text;
+
+	if (schema == NULL)
+	{
+		fail("--json-schema: %s: %s", path, jerr.text);
+		return NULL;
+	}
+	rf = json_pack("{s:s, s:{s:s, s:o, s:b}}", "type", "json_schema", "json_schema", "name", "output",
+				   "schema", schema, "strict", 1);
+	text = rf ? json_dumps(rf, JSON_COMPACT) : NULL;
+	json_decref(rf);
+	if (text == NULL)
+		fail("--json-schema: out of memory");
+	return text;
+}
+
 static int
 cmd_generate(const cli_opts *o)
 {
@@ -857,26 +889,35 @@ cmd_generate(const cli_opts *o)
 	int			n_ids = 0;
 	int64_t		id = -1;
 	int			rc = 0;
+	char	   *rf = NULL;
 
 	if (o->prompt == NULL)
 		return fail("generate: --prompt is required");
 	p = o->params;
 	p.include_reasoning = p.include_reasoning || o->json;
+	if (o->json_schema && (rf = response_format_from_file(o->json_schema)) == NULL)
+		return 1;
+	p.response_format = rf;
 
 	progress_init(&ps, o->verbose);
 	eng = create_engine(o, o->max_seqs > 0 ? (int) o->max_seqs : 1, (int) o->max_context,
 						(int) o->prefill_chunk, &ps);
 	if (eng == NULL)
+	{
+		free(rf);
 		return 1;
+	}
 	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), o->prompt, NULL, 0, &p, NULL,
 							 &ids, &n_ids, &err) < 0 ||
 		(id = gptoss_engine_submit(eng, ids, n_ids, &p, &err)) < 0)
 	{
 		free(ids);
+		free(rf);
 		gptoss_engine_free(eng);
 		return fail("generate: %s", err.msg);
 	}
 	free(ids);
+	free(rf);
 	while (gptoss_engine_active(eng) > 0)
 		if (gptoss_engine_step(eng, &err) < 0)
 			break;
@@ -946,9 +987,15 @@ parse_batches(const char *s, int32_t **out)
 	return parse_id_list(s, "--batch", 1, 4096, out);
 }
 
-/* One timed run of batch requests; prints its JSON line.  Returns 0 or 1. */
+/*
+ * One timed run of batch requests; prints its JSON line.  Returns 0 or 1.
+ * With a response_format (rf) every request is constrained from its first
+ * token (raw mode, stopping when its document is done), and the line adds
+ * the decode rate over the steps where the whole batch was still decoding
+ * (the figure to compare with an unconstrained run) and the mask time.
+ */
 static int
-bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t seed)
+bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t seed, const char *rf)
 {
 	gptoss_gen_params p;
 	gptoss_error err = {0};
@@ -971,12 +1018,20 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 		free(prompt);
 		return fail("bench: out of memory");
 	}
+	double		full_s = 0,
+				full_tokens = 0;
+	int64_t		generated = 0;
+	gptoss_engine_stats st0,
+				st1;
+
 	gptoss_gen_params_default(&p);
 	p.raw = true;
-	p.ignore_eos = true;
+	p.ignore_eos = rf == NULL;
+	p.response_format = rf;
 	p.temperature = 0;
 	p.max_tokens = gen;
 
+	gptoss_engine_get_stats(eng, &st0);
 	t_submit = gptoss_now();
 	for (int b = 0; b < batch && rc == 0; b++)
 	{
@@ -992,7 +1047,9 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 	}
 	while (rc == 0 && gptoss_engine_active(eng) > 0)
 	{
-		double		now;
+		double		now,
+					before = gptoss_now();
+		bool		full = n_first == batch && gptoss_engine_active(eng) == batch;
 
 		if (gptoss_engine_step(eng, &err) < 0)
 		{
@@ -1000,6 +1057,11 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 			break;
 		}
 		now = gptoss_now();
+		if (full)
+		{
+			full_s += now - before;
+			full_tokens += batch;
+		}
 		for (int b = 0; b < batch && n_first < batch; b++)
 		{
 			gptoss_result res;
@@ -1014,20 +1076,37 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 		}
 	}
 	t_end = gptoss_now();
+	for (int b = 0; b < batch && rc == 0; b++)
+	{
+		gptoss_result res;
+
+		if (gptoss_engine_result(eng, ids[b], &res) == 0)
+			generated += res.n_tokens;
+	}
 	if (rc == 0)
 	{
 		double		prefill_s = t_prefilled - t_submit;
 		double		decode_s = t_end - t_prefilled;
-		double		decode_tokens = (double) batch * (gen - 1);
+		double		decode_tokens = (double) (generated - batch);
 
 		memset(&info, 0, sizeof(info));
 		be->get_info(be, &info);
+		gptoss_engine_get_stats(eng, &st1);
 		printf("{\"batch\":%d,\"prompt_len\":%d,\"gen\":%d,\"prefill_tok_s\":%.1f,"
-			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"device\":\"%s\"}\n",
+			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"device\":\"%s\"",
 			   batch, prompt_len, gen,
 			   prefill_s > 0 ? (double) batch * prompt_len / prefill_s : 0.0,
 			   decode_s > 0 && decode_tokens > 0 ? decode_tokens / decode_s : 0.0,
 			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes, info.device_name);
+		if (rf != NULL)
+			printf(",\"constrained\":true,\"generated\":%lld,\"full_batch_decode_steps\":%.0f,"
+				   "\"full_batch_decode_tok_s\":%.1f,\"masks\":%lld,\"mask_cpu_us_per_mask\":%.2f,"
+				   "\"mask_wall_ms_per_step\":%.3f",
+				   (long long) generated, full_tokens / batch, full_s > 0 ? full_tokens / full_s : 0.0,
+				   (long long) (st1.masks - st0.masks),
+				   st1.masks > st0.masks ? (st1.mask_seconds - st0.mask_seconds) / (st1.masks - st0.masks) * 1e6 : 0.0,
+				   st1.steps > st0.steps ? (st1.mask_wall_seconds - st0.mask_wall_seconds) / (st1.steps - st0.steps) * 1e3 : 0.0);
+		printf("}\n");
 		fflush(stdout);
 	}
 	for (int b = 0; b < batch; b++)
@@ -1112,7 +1191,10 @@ cmd_bench(const cli_opts *o, const bool *given)
 	progress_state ps;
 	gptoss_engine *eng;
 	uint64_t	seed = was_given(given, "seed") ? o->seed : 1;
+	char	   *rf = NULL;
 
+	if (was_given(given, "requests") && o->json_schema)
+		return fail("bench: --json-schema goes with --batch runs, not --requests");
 	if (was_given(given, "requests"))
 		return cmd_bench_serve(o, given);
 	if (was_given(given, "input-len") || was_given(given, "output-len") || was_given(given, "lengths") ||
@@ -1144,11 +1226,17 @@ cmd_bench(const cli_opts *o, const bool *given)
 	 */
 	if (!was_given(given, "prefill-chunk"))
 		prefill_chunk = prompt_len < 2048 ? prompt_len : 2048;
+	if (o->json_schema && (rf = response_format_from_file(o->json_schema)) == NULL)
+	{
+		free(batches);
+		return 1;
+	}
 	progress_init(&ps, o->verbose);
 	eng = create_engine(o, max_batch, context, prefill_chunk, &ps);
 	if (eng == NULL)
 	{
 		free(batches);
+		free(rf);
 		return 1;
 	}
 	/* Warm-up (lazy allocations, kernel selection) outside the timings. */
@@ -1175,9 +1263,10 @@ cmd_bench(const cli_opts *o, const bool *given)
 			gptoss_engine_release(eng, id);
 	}
 	for (int i = 0; i < n_batches && rc == 0; i++)
-		rc = bench_batch(eng, batches[i], prompt_len, gen, seed + (uint64_t) i);
+		rc = bench_batch(eng, batches[i], prompt_len, gen, seed + (uint64_t) i, rf);
 	gptoss_engine_free(eng);
 	free(batches);
+	free(rf);
 	return rc;
 }
 

@@ -23,6 +23,8 @@ _Static_assert(sizeof(gptoss_reasoning) == sizeof(int), "ENUM fields are ints");
 #define FIELD(f) offsetof(gptoss_gen_params, f)
 #define NO_AUX 0
 
+const char *const gptoss_on_error_names[] = {"error", "null", NULL};
+
 const gptoss_param GPTOSS_PARAMS[] = {
 	{.name = "max_tokens", .type = GPTOSS_PARAM_INT, .offset = FIELD(max_tokens),
 	 .min = 1, .max = INT_MAX, .guc_doc = "Default max_tokens of a generation."},
@@ -44,6 +46,10 @@ const gptoss_param GPTOSS_PARAMS[] = {
 	{.name = "raw", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(raw)},
 	{.name = "ignore_eos", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(ignore_eos)},
 	{.name = "include_reasoning", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(include_reasoning)},
+	{.name = "max_reasoning_tokens", .type = GPTOSS_PARAM_INT, .offset = FIELD(max_reasoning_tokens),
+	 .aux_offset = FIELD(has_max_reasoning_tokens), .min = 0, .max = INT_MAX},
+	{.name = "on_error", .type = GPTOSS_PARAM_ENUM, .offset = FIELD(on_error),
+	 .names = gptoss_on_error_names, .sql_only = true},
 	{.name = "prefix_caching", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(prefix_caching),
 	 .guc_doc = "Share the KV cache of identical prompt prefixes between requests (results are the same on or off)."},
 	{.name = "logprobs", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(logprobs)},
@@ -80,7 +86,7 @@ gptoss_param_find_cli(const char *opt)
 		const char *name = param->cli_name ? param->cli_name : param->name;
 		size_t		n = strlen(name);
 
-		if (strlen(opt) != n)
+		if (param->sql_only || strlen(opt) != n)
 			continue;
 		for (size_t k = 0; k <= n; k++)
 		{
@@ -217,6 +223,8 @@ gptoss_param_set_number(struct gptoss_gen_params *p, const gptoss_param *param,
 			if (check_range(param, (double) i, err) < 0)
 				return -1;
 			*(int *) field_of(p, param->offset) = i > param->max ? (int) param->max : (int) i;
+			if (param->aux_offset != 0)
+				*(bool *) field_of(p, param->aux_offset) = true;
 			return 0;
 		case GPTOSS_PARAM_SEED:
 			if (!parse_integer(text, &i, &overflow) || overflow)
@@ -378,15 +386,19 @@ check_field(const struct gptoss_gen_params *p, const gptoss_param *param, gptoss
 }
 
 /*
- * Rules between fields and for the fields that have no row yet (the
- * structured output fields, which SQL and the CLI do not set so far).
+ * Rules between fields, and for the fields that have no row yet (logprobs,
+ * response_format: SQL and the CLI set them their own way so far).
  */
 static int
 check_combinations(const struct gptoss_gen_params *p, gptoss_error *err)
 {
-	if (p->has_max_reasoning_tokens && p->max_reasoning_tokens < 0)
+	if (p->top_logprobs < 0 || p->top_logprobs > GPTOSS_MAX_TOP_LOGPROBS)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "invalid gptoss parameter \"max_reasoning_tokens\": must be at least 0");
+								  "invalid gptoss parameter \"top_logprobs\": must be at least 0 and at most %d",
+								  GPTOSS_MAX_TOP_LOGPROBS);
+	if (p->top_logprobs > 0 && !p->logprobs)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "invalid gptoss parameter \"top_logprobs\": needs logprobs");
 	if (p->response_format != NULL && p->n_stop > 0)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "invalid gptoss parameter \"stop\": cannot be combined with response_format (a stop string would cut the document)");

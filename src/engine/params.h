@@ -43,7 +43,8 @@
 
 typedef enum gptoss_param_type
 {
-	GPTOSS_PARAM_INT,			/* int field; integral JSON number, clamped above INT_MAX */
+	GPTOSS_PARAM_INT,			/* int field (+ bool present flag when aux_offset is set);
+								 * integral JSON number, clamped above INT_MAX */
 	GPTOSS_PARAM_FLOAT,			/* float field; checked in double precision and as stored */
 	GPTOSS_PARAM_SEED,			/* uint64_t field + bool present flag; any 64-bit integer */
 	GPTOSS_PARAM_BOOL,			/* bool field */
@@ -58,7 +59,7 @@ typedef struct gptoss_param
 	const char *cli_name;		/* CLI option when not name with '-' for '_', else NULL */
 	gptoss_param_type type;
 	size_t		offset;			/* field in gptoss_gen_params */
-	size_t		aux_offset;		/* SEED: bool present flag; STRINGS: int count */
+	size_t		aux_offset;		/* SEED, INT: bool present flag (INT: 0 = none); STRINGS: int count */
 	double		min;			/* INT, FLOAT: lower bound */
 	double		max;			/* INT, FLOAT: upper bound (INT: values above are clamped) */
 	bool		min_exclusive;	/* FLOAT: the lower bound itself is invalid */
@@ -67,6 +68,7 @@ typedef struct gptoss_param
 	int			max_count;		/* STRINGS: most strings */
 	int			max_len;		/* STRINGS: most bytes per string */
 	const char *guc_doc;		/* description of GUC gptoss.<name> holding the default, or NULL */
+	bool		sql_only;		/* a SQL session's policy, not a generation setting: no CLI option */
 } gptoss_param;
 
 extern const gptoss_param GPTOSS_PARAMS[];
