@@ -44,7 +44,7 @@ SELECT gptoss_chat('[{"role": "user", "content": "x"}]', '{"logprobs": "yes"}');
 
 -- without logprobs, no logprobs member; with it, one entry per token of the content:
 -- greedy tokens are their own first alternative, entries carry token, logprob, bytes,
--- and the tokens spell the content
+-- and the tokens' bytes spell the content (unless the model made invalid UTF-8, shown as U+FFFD)
 SELECT c->'choices'->0->'logprobs' IS NULL AS none_by_default
 FROM gptoss_chat('[{"role": "user", "content": "Say hi"}]', '{"temperature": 0, "max_tokens": 4}') c;
 WITH c AS (
@@ -60,7 +60,10 @@ SELECT count(*) > 0 AS has_tokens,
        bool_and((v->'top_logprobs'->0->>'logprob')::float8 >= (v->'top_logprobs'->1->>'logprob')::float8
                 AND (v->'top_logprobs'->1->>'logprob')::float8 >= (v->'top_logprobs'->2->>'logprob')::float8) AS sorted,
        bool_and(jsonb_typeof(v->'bytes') = 'array') AS has_bytes,
-       string_agg(v->>'token', '' ORDER BY ord) = (SELECT j->'choices'->0->'message'->>'content' FROM c) AS spells_content
+       (SELECT decode(coalesce(string_agg(lpad(to_hex(x.b::int), 2, '0'), '' ORDER BY e2.ord, x.k), ''), 'hex')
+        FROM e e2, jsonb_array_elements_text(e2.v->'bytes') WITH ORDINALITY x(b, k))
+       = convert_to((SELECT j->'choices'->0->'message'->>'content' FROM c), 'UTF8')
+       OR (SELECT j->'choices'->0->'message'->>'content' FROM c) LIKE '%' || U&'\FFFD' || '%' AS bytes_spell_content
 FROM e;
 
 -- prefix cache: identical results on and off, and the cache is hit
