@@ -18,6 +18,7 @@
 #include "utils/guc.h"
 
 #include "gptoss.h"
+#include "enrich.h"
 
 PG_MODULE_MAGIC;
 
@@ -427,4 +428,5 @@ _PG_init(void)
 	shmem_startup_hook = gptoss_shmem_startup;
 
 	register_workers();
+	enrich_init();
 }

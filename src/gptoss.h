@@ -39,6 +39,7 @@
 #include "storage/shm_mq.h"
 #include "storage/spin.h"
 #include "lib/stringinfo.h"
+#include "utils/jsonb.h"
 
 #define GPTOSS_MAX_WORKERS 16
 #define GPTOSS_ERROR_LEN 1024
@@ -367,6 +368,16 @@ extern void gptoss_call_end(GptossCall *call);
 
 /* Runs req to completion. */
 extern void gptoss_execute(const GptossRequest *req, GptossResponse *resp);
+
+/* ---------------------------------------------------------------------------
+ * Requests built outside the SQL functions (sqlfuncs.c)
+ */
+
+/* A GENERATE request for prompt (server encoding) with params; 22023 for bad params. */
+extern void gptoss_generate_request(GptossRequest *req, Jsonb *params, text *prompt);
+
+/* The server-encoded text of an answer the worker sent in UTF-8. */
+extern text *gptoss_answer_text(const char *s, int len);
 
 /* ---------------------------------------------------------------------------
  * Background worker (worker.c)

@@ -794,3 +794,28 @@ gptoss_detokenize(PG_FUNCTION_ARGS)
 	gptoss_execute(&req, &resp);
 	PG_RETURN_TEXT_P(from_utf8(resp.text.data, resp.text.len));
 }
+
+/*
+ * A GENERATE request for prompt (server encoding) with params, for batched
+ * callers outside the SQL functions (enrichments).  Raises 22023 for bad
+ * params, like gptoss_generate.
+ */
+void
+gptoss_generate_request(GptossRequest *req, Jsonb *params, text *prompt)
+{
+	ParsedParams *pp = palloc(sizeof(ParsedParams));
+
+	parse_params(params, pp);
+	memset(req, 0, sizeof(*req));
+	req->kind = GPTOSS_REQ_GENERATE;
+	fill_request(req, pp);
+	req->text = to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt));
+	req->text_len = strlen(req->text);
+}
+
+/* The server-encoded text of an answer the worker sent in UTF-8. */
+text *
+gptoss_answer_text(const char *s, int len)
+{
+	return from_utf8(s, len);
+}
