@@ -890,6 +890,38 @@ queue_insert(Enrichment *e, EnrichKeys *keys, int *idx, int m, Datum *errors, bo
 	run_sql(sql, nargs, types, values, NULL);
 }
 
+/* Removes rows idx[0..m) of keys from the queue. */
+static void
+queue_delete(Enrichment *e, EnrichKeys *keys, int *idx, int m)
+{
+	Oid			types[FUNC_MAX_ARGS];
+	Datum		values[FUNC_MAX_ARGS];
+	int			nargs;
+
+	if (m == 0)
+		return;
+	nargs = key_args(keys, idx, m, NULL, NULL, types, values);
+	types[nargs] = INT4OID;
+	values[nargs++] = Int32GetDatum(e->id);
+	run_sql(psprintf("DELETE FROM %s.gptoss_enrich_queue q USING %s"
+					 " WHERE q.enrichment = $%d AND q.key = %s",
+					 e->schema, unnest_keys(e, 1, "gptoss_k", NULL), nargs,
+					 key_array(e, "gptoss_k")),
+			nargs, types, values, NULL);
+}
+
+/* True when e has rows in the queue. */
+static bool
+queue_has_rows(Enrichment *e)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(e->id)};
+
+	run_sql(psprintf("SELECT 1 FROM %s.gptoss_enrich_queue WHERE enrichment = $1 LIMIT 1", e->schema),
+			1, types, values, NULL);
+	return SPI_processed > 0;
+}
+
 /* Queues all rows of keys (the async trigger and the backfill). */
 static void
 queue_all(Enrichment *e, EnrichKeys *keys)
@@ -927,7 +959,10 @@ enrich_record(Enrichment *e, EnrichKeys *keys, EnrichResult *results, bool from_
 	}
 	if (!from_queue)
 	{
-		/* sync trigger: failed rows are retried by the worker; superseded ones generated again */
+		/* sync trigger: rows written need no queued generation any more (an earlier failure) */
+		if (written > 0 && queue_has_rows(e))
+			queue_delete(e, keys, idx, written);
+		/* failed rows are retried by the worker; superseded ones generated again */
 		m = rows_with(results, n, ENRICH_FAILED, idx);
 		queue_insert(e, keys, idx, m, errors, errnull, 1);
 		m = rows_with(results, n, ENRICH_SUPERSEDED, idx);
@@ -941,17 +976,7 @@ enrich_record(Enrichment *e, EnrichKeys *keys, EnrichResult *results, bool from_
 	for (int i = 0; i < n; i++)
 		if (results[i].outcome == ENRICH_WRITTEN || results[i].outcome == ENRICH_GONE)
 			idx[m++] = i;
-	if (m > 0)
-	{
-		nargs = key_args(keys, idx, m, NULL, NULL, types, values);
-		types[nargs] = INT4OID;
-		values[nargs++] = Int32GetDatum(e->id);
-		run_sql(psprintf("DELETE FROM %s.gptoss_enrich_queue q USING %s"
-						 " WHERE q.enrichment = $%d AND q.key = %s",
-						 e->schema, unnest_keys(e, 1, "gptoss_k", NULL), nargs,
-						 key_array(e, "gptoss_k")),
-				nargs, types, values, NULL);
-	}
+	queue_delete(e, keys, idx, m);
 
 	/* failed: one more attempt counted, retried after 2^attempts seconds (at most 5 minutes) */
 	m = rows_with(results, n, ENRICH_FAILED, idx);
@@ -1425,7 +1450,7 @@ managed_enrichment(int id)
 	return e;
 }
 
-/* Runs a catalog statement with $1 = the enrichment id as the superuser; returns rows processed. */
+/* Runs a catalog statement (each %s: the schema; $1: the enrichment id) as the superuser; returns rows processed. */
 static uint64
 catalog_sql(Enrichment *e, const char *fmt)
 {
@@ -1435,7 +1460,7 @@ catalog_sql(Enrichment *e, const char *fmt)
 	uint64		n;
 
 	role_enter(&r, BOOTSTRAP_SUPERUSERID);
-	n = run_sql(psprintf(fmt, e->schema), 1, types, values, NULL);
+	n = run_sql(psprintf(fmt, e->schema, e->schema), 1, types, values, NULL);
 	role_leave(&r);
 	return n;
 }
