@@ -371,7 +371,7 @@ serve_detokenize(WorkerRequest *r, const char *data, uint32 len)
 		queue_error(r, engine_sqlstate(err.code), err.msg);
 	else
 	{
-		queue_frame(r, GPTOSS_FRAME_TEXT, out.data, out.len);
+		queue_frame(r, GPTOSS_FRAME_TEXT, out.text.data, out.text.len);
 		queue_finish(r, GPTOSS_FINISH_STOP, 0, n);
 	}
 	gptoss_utf8_text_free(&out);

@@ -17,6 +17,7 @@
  */
 #include "engine.h"
 #include "harmony.h"
+#include "synth.h"
 
 #include <errno.h>
 #include <jansson.h>

@@ -1,5 +1,6 @@
 /*
- * common.c: error formatting, clock and thread-count helpers.
+ * common.c: error formatting, the growable buffer, clock and thread-count
+ * helpers.
  */
 #include "common.h"
 
@@ -42,6 +43,64 @@ gptoss_errorf_code(gptoss_error *err, gptoss_errcode code, const char *fmt,...)
 	errorv(err, code, fmt, ap);
 	va_end(ap);
 	return -1;
+}
+
+/* Makes room for extra more bytes plus the terminating 0, doubling the capacity. */
+int
+gptoss_buffer_reserve(gptoss_buffer *b, size_t extra, gptoss_error *err)
+{
+	size_t		need;
+
+	if (extra > SIZE_MAX / 2 - 1 - b->len)
+		return gptoss_errorf(err, "out of memory: a buffer of %zu bytes cannot grow by %zu", b->len, extra);
+	need = b->len + extra + 1;
+	if (need > b->cap)
+	{
+		size_t		cap = b->cap ? b->cap : 64;
+		char	   *data;
+
+		while (cap < need)
+			cap *= 2;
+		data = realloc(b->data, cap);
+		if (data == NULL)
+			return gptoss_errorf(err, "out of memory growing a buffer to %zu bytes", cap);
+		b->data = data;
+		b->cap = cap;
+		b->data[b->len] = '\0';
+	}
+	return 0;
+}
+
+/* Appends n bytes and keeps the data 0-terminated. */
+int
+gptoss_buffer_append(gptoss_buffer *b, const void *bytes, size_t n, gptoss_error *err)
+{
+	if (gptoss_buffer_reserve(b, n, err) < 0)
+		return -1;
+	if (n > 0)
+		memcpy(b->data + b->len, bytes, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+	return 0;
+}
+
+/* Empties the buffer; its memory stays for the next appends. */
+void
+gptoss_buffer_reset(gptoss_buffer *b)
+{
+	b->len = 0;
+	if (b->data)
+		b->data[0] = '\0';
+}
+
+/* Frees the memory and leaves an empty buffer. */
+void
+gptoss_buffer_free(gptoss_buffer *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = 0;
+	b->cap = 0;
 }
 
 /* Monotonic wall clock in seconds. */

@@ -77,6 +77,31 @@ gptoss_f32_to_bf16(float f)
 	return (gptoss_bf16) ((x.u + 0x7fffu + ((x.u >> 16) & 1u)) >> 16);
 }
 
+/*
+ * A growable byte buffer, the one every engine part appends to (generated
+ * text, rendered prompt ids, token ids of an encode).  Capacity doubles as
+ * needed and data[len] is kept 0, so a buffer of text is a C string.  A
+ * zeroed buffer is empty; the owner frees data (gptoss_buffer_free or free).
+ */
+typedef struct gptoss_buffer
+{
+	char	   *data;			/* [cap] bytes; data[len] = 0 once allocated */
+	size_t		len;			/* bytes in use */
+	size_t		cap;			/* bytes allocated */
+} gptoss_buffer;
+
+/* Makes room for extra more bytes (plus the terminating 0); returns 0, or -1 with err set. */
+int			gptoss_buffer_reserve(gptoss_buffer *b, size_t extra, gptoss_error *err);
+
+/* Appends n bytes; returns 0, or -1 with err set when out of memory. */
+int			gptoss_buffer_append(gptoss_buffer *b, const void *bytes, size_t n, gptoss_error *err);
+
+/* Empties the buffer, keeping its memory. */
+void		gptoss_buffer_reset(gptoss_buffer *b);
+
+/* Frees the buffer's memory and empties it. */
+void		gptoss_buffer_free(gptoss_buffer *b);
+
 /* Monotonic wall clock in seconds. */
 double		gptoss_now(void);
 

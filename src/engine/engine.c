@@ -73,9 +73,7 @@ typedef struct request
 	gptoss_harmony_parser parser;	/* harmony mode: generated messages */
 	gptoss_utf8_text raw_text;	/* raw mode: the continuation */
 	int			final_serial;	/* parser.final_serial that text belongs to */
-	char	   *text;			/* [text_cap] visible text, NUL-terminated */
-	size_t		text_len;
-	size_t		text_cap;
+	gptoss_buffer text;			/* visible text, NUL-terminated */
 	size_t		scanned;		/* source text bytes already searched for stop strings */
 } request;
 
@@ -306,7 +304,7 @@ request_free(request *r)
 		free(r->stop[i]);
 	free(r->stop);
 	free(r->error);
-	free(r->text);
+	gptoss_buffer_free(&r->text);
 	gptoss_harmony_parser_free(&r->parser);
 	gptoss_utf8_text_free(&r->raw_text);
 	free(r);
@@ -519,10 +517,9 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 	gptoss_harmony_parser_init(&r->parser);
 	r->prompt = malloc((size_t) n_ids * sizeof(int32_t));
 	r->tokens = malloc((size_t) r->max_new * sizeof(int32_t));
-	r->text_cap = 64;
-	r->text = calloc(1, r->text_cap);
 	r->stop = p->n_stop > 0 ? calloc((size_t) p->n_stop, sizeof(char *)) : NULL;
-	if (!r->prompt || !r->tokens || !r->text || (p->n_stop > 0 && !r->stop))
+	if (!r->prompt || !r->tokens || gptoss_buffer_reserve(&r->text, 0, NULL) < 0 ||
+		(p->n_stop > 0 && !r->stop))
 		goto oom;
 	memcpy(r->prompt, ids, (size_t) n_ids * sizeof(int32_t));
 	for (int i = 0; i < p->n_stop; i++)
@@ -573,29 +570,6 @@ find_request(const gptoss_engine *eng, int64_t id)
  * Text, stop checks and finishing
  */
 
-/* Appends n bytes of src to the visible text. */
-static int
-text_append(request *r, const char *src, size_t n, gptoss_error *err)
-{
-	if (r->text_len + n + 1 > r->text_cap)
-	{
-		size_t		cap = r->text_cap;
-		char	   *text;
-
-		while (cap < r->text_len + n + 1)
-			cap *= 2;
-		text = realloc(r->text, cap);
-		if (text == NULL)
-			return gptoss_errorf(err, "out of memory collecting generated text (%zu bytes)", cap);
-		r->text = text;
-		r->text_cap = cap;
-	}
-	memcpy(r->text + r->text_len, src, n);
-	r->text_len += n;
-	r->text[r->text_len] = '\0';
-	return 0;
-}
-
 /* Longest stop string length. */
 static size_t
 max_stop_len(const request *r)
@@ -643,8 +617,8 @@ static int
 update_text(request *r, bool complete, gptoss_error *err)
 {
 	const gptoss_utf8_text *src = r->raw ? &r->raw_text : &r->parser.final;
-	const char *s = src->data ? src->data : "";
-	size_t		len = src->len;
+	const char *s = src->text.data ? src->text.data : "";
+	size_t		len = src->text.len;
 	size_t		visible = len;
 	size_t		longest = max_stop_len(r);
 	size_t		from;
@@ -654,8 +628,7 @@ update_text(request *r, bool complete, gptoss_error *err)
 	{
 		/* A new final message began: the answer is now its content. */
 		r->final_serial = r->parser.final_serial;
-		r->text_len = 0;
-		r->text[0] = '\0';
+		gptoss_buffer_reset(&r->text);
 		r->scanned = 0;
 	}
 	if (longest > 0)
@@ -677,7 +650,8 @@ update_text(request *r, bool complete, gptoss_error *err)
 		if (!stopped && !complete)
 			visible = len - stop_holdback(r, s, len);
 	}
-	if (visible > r->text_len && text_append(r, s + r->text_len, visible - r->text_len, err) < 0)
+	if (visible > r->text.len &&
+		gptoss_buffer_append(&r->text, s + r->text.len, visible - r->text.len, err) < 0)
 		return -1;
 	return stopped ? 1 : 0;
 }
@@ -830,12 +804,12 @@ gptoss_engine_result(const gptoss_engine *eng, int64_t id, gptoss_result *res)
 	r = eng->reqs[i];
 	memset(res, 0, sizeof(*res));
 	res->finish_reason = r->finish;
-	res->text = r->text;
-	res->text_len = r->text_len;
-	if (r->include_reasoning && r->parser.analysis.data != NULL)
+	res->text = r->text.data;
+	res->text_len = r->text.len;
+	if (r->include_reasoning && r->parser.analysis.text.data != NULL)
 	{
-		res->reasoning = r->parser.analysis.data;
-		res->reasoning_len = r->parser.analysis.len;
+		res->reasoning = r->parser.analysis.text.data;
+		res->reasoning_len = r->parser.analysis.text.len;
 	}
 	else
 	{

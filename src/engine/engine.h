@@ -15,14 +15,8 @@
 
 #include <stdbool.h>
 #include "backend.h"
+#include "chat.h"
 #include "tokenizer.h"
-
-typedef enum gptoss_reasoning
-{
-	GPTOSS_REASONING_LOW,
-	GPTOSS_REASONING_MEDIUM,
-	GPTOSS_REASONING_HIGH
-} gptoss_reasoning;
 
 typedef enum gptoss_finish_reason
 {
@@ -57,12 +51,6 @@ typedef struct gptoss_gen_params
 
 /* OpenAI defaults: max_tokens 256, temperature 1, top_p 1, top_k 0, medium. */
 void		gptoss_gen_params_default(gptoss_gen_params *p);
-
-typedef struct gptoss_chat_message
-{
-	const char *role;			/* system, developer, user, assistant */
-	const char *content;
-} gptoss_chat_message;
 
 typedef struct gptoss_engine_opts
 {

@@ -20,6 +20,7 @@
  * (PostgreSQL text in particular) can use them as they grow.
  */
 #include "harmony.h"
+#include "utf8.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,74 +75,57 @@ gptoss_harmony_is_stop_token(int32_t id)
  * Rendering
  */
 
-/* A growing array of token ids. */
-typedef struct id_buffer
-{
-	int32_t    *ids;			/* [cap] */
-	int			n;
-	int			cap;
-} id_buffer;
+/*
+ * Prompt ids accumulate in a gptoss_buffer of int32_t; a prompt is capped
+ * at PROMPT_MAX_IDS ids so that its length fits an int.
+ */
+#define PROMPT_MAX_IDS 0x3fffffff
 
-/* Makes room for extra more ids. */
+/* Number of ids in an id buffer. */
+static inline int
+n_ids_of(const gptoss_buffer *b)
+{
+	return (int) (b->len / sizeof(int32_t));
+}
+
+/* Appends n ids, failing with TOO_LONG past PROMPT_MAX_IDS. */
 static int
-id_buffer_reserve(id_buffer *b, int extra, gptoss_error *err)
+push_ids(gptoss_buffer *b, const int32_t *ids, int n, gptoss_error *err)
 {
-	if (extra > 0x3fffffff - b->n)
+	if (n > PROMPT_MAX_IDS - n_ids_of(b))
 		return gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG, "prompt has too many tokens");
-	if (b->n + extra > b->cap)
-	{
-		int			cap = b->cap ? b->cap : 256;
-		int32_t    *ids;
-
-		while (cap < b->n + extra)
-			cap = cap > 0x1fffffff ? 0x3fffffff : cap * 2;
-		ids = realloc(b->ids, (size_t) cap * sizeof(int32_t));
-		if (ids == NULL)
-			return gptoss_errorf(err, "out of memory rendering the prompt (%d tokens)", cap);
-		b->ids = ids;
-		b->cap = cap;
-	}
-	return 0;
+	return gptoss_buffer_append(b, ids, (size_t) n * sizeof(int32_t), err);
 }
 
 /* Appends one special token id. */
 static int
-push_special(id_buffer *b, int32_t id, gptoss_error *err)
+push_special(gptoss_buffer *b, int32_t id, gptoss_error *err)
 {
-	if (id_buffer_reserve(b, 1, err) < 0)
-		return -1;
-	b->ids[b->n++] = id;
-	return 0;
+	return push_ids(b, &id, 1, err);
 }
 
 /* Encodes len bytes of text with the ordinary encoder and appends the ids. */
 static int
-push_text(id_buffer *b, const gptoss_tokenizer *tok, const char *text, size_t len,
+push_text(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *text, size_t len,
 		  gptoss_error *err)
 {
 	int32_t    *ids = NULL;
-	int			n;
+	int			n,
+				rc;
 
 	if (len == 0)
 		return 0;
 	n = gptoss_tokenizer_encode(tok, text, len, &ids, err);
 	if (n < 0)
 		return -1;
-	if (id_buffer_reserve(b, n, err) < 0)
-	{
-		free(ids);
-		return -1;
-	}
-	if (n > 0)
-		memcpy(b->ids + b->n, ids, (size_t) n * sizeof(int32_t));
-	b->n += n;
+	rc = push_ids(b, ids, n, err);
 	free(ids);
-	return 0;
+	return rc;
 }
 
 /* Appends <|start|>{role}[<|channel|>{channel}]<|message|>{content}<|end|>. */
 static int
-push_message(id_buffer *b, const gptoss_tokenizer *tok, const char *role,
+push_message(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *role,
 			 const char *channel, const char *content, size_t content_len,
 			 gptoss_error *err)
 {
@@ -159,55 +143,24 @@ push_message(id_buffer *b, const gptoss_tokenizer *tok, const char *role,
 	return 0;
 }
 
-/* A growing byte string for composing message contents. */
-typedef struct str_buffer
-{
-	char	   *data;			/* [cap] */
-	size_t		len;
-	size_t		cap;
-} str_buffer;
-
-/* Appends len bytes of s. */
+/* Appends a NUL-terminated string to a message content being composed. */
 static int
-str_append(str_buffer *s, const char *text, size_t len, gptoss_error *err)
+str_append_cstr(gptoss_buffer *s, const char *text, gptoss_error *err)
 {
-	if (s->len + len + 1 > s->cap)
-	{
-		size_t		cap = s->cap ? s->cap : 256;
-		char	   *data;
-
-		while (cap < s->len + len + 1)
-			cap *= 2;
-		data = realloc(s->data, cap);
-		if (data == NULL)
-			return gptoss_errorf(err, "out of memory rendering the prompt (%zu bytes)", cap);
-		s->data = data;
-		s->cap = cap;
-	}
-	memcpy(s->data + s->len, text, len);
-	s->len += len;
-	s->data[s->len] = '\0';
-	return 0;
-}
-
-/* Appends a NUL-terminated string. */
-static int
-str_append_cstr(str_buffer *s, const char *text, gptoss_error *err)
-{
-	return str_append(s, text, strlen(text), err);
+	return gptoss_buffer_append(s, text, strlen(text), err);
 }
 
 /* Appends <|start|>developer<|message|># Instructions\n\n{instructions}<|end|>. */
 static int
-push_developer(id_buffer *b, const gptoss_tokenizer *tok, const char *instructions,
+push_developer(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *instructions,
 			   size_t len, gptoss_error *err)
 {
-	str_buffer	s = {0};
+	gptoss_buffer s = {0};
 	int			rc;
 
 	rc = str_append_cstr(&s, "# Instructions\n\n", err);
 	if (rc == 0)
-		rc = str_append(&s, instructions, len, err);
+		rc = gptoss_buffer_append(&s, instructions, len, err);
 	if (rc == 0)
 		rc = push_message(b, tok, "developer", NULL, s.data, s.len, err);
 	free(s.data);
@@ -216,10 +169,10 @@ push_developer(id_buffer *b, const gptoss_tokenizer *tok, const char *instructio
 
 /* Appends the system message with the model identity, dates, effort and channels. */
 static int
-push_system(id_buffer *b, const gptoss_tokenizer *tok, gptoss_reasoning effort,
+push_system(gptoss_buffer *b, const gptoss_tokenizer *tok, gptoss_reasoning effort,
 			const char *current_date, gptoss_error *err)
 {
-	str_buffer	s = {0};
+	gptoss_buffer s = {0};
 	int			rc;
 
 	rc = str_append_cstr(&s, SYSTEM_IDENTITY, err);
@@ -287,8 +240,8 @@ gptoss_harmony_render(const gptoss_tokenizer *tok,
 					  const char *current_date,
 					  int32_t **ids, int *n_ids, gptoss_error *err)
 {
-	id_buffer	b = {0};
-	str_buffer	dev = {0};
+	gptoss_buffer b = {0};
+	gptoss_buffer dev = {0};
 	int			first_turn = 0;
 
 	*ids = NULL;
@@ -338,13 +291,13 @@ gptoss_harmony_render(const gptoss_tokenizer *tok,
 		goto fail;
 
 	free(dev.data);
-	*ids = b.ids;
-	*n_ids = b.n;
+	*ids = (int32_t *) b.data;
+	*n_ids = n_ids_of(&b);
 	return 0;
 
 fail:
 	free(dev.data);
-	free(b.ids);
+	free(b.data);
 	return -1;
 }
 
@@ -352,37 +305,11 @@ fail:
  * Valid UTF-8 text from arbitrary bytes
  */
 
-/* Makes room for extra more bytes plus the terminating NUL. */
-static int
-utf8_reserve(gptoss_utf8_text *t, size_t extra, gptoss_error *err)
-{
-	if (t->len + extra + 1 > t->cap)
-	{
-		size_t		cap = t->cap ? t->cap : 64;
-		char	   *data;
-
-		while (cap < t->len + extra + 1)
-			cap *= 2;
-		data = realloc(t->data, cap);
-		if (data == NULL)
-			return gptoss_errorf(err, "out of memory collecting generated text (%zu bytes)", cap);
-		t->data = data;
-		t->cap = cap;
-		t->data[t->len] = '\0';
-	}
-	return 0;
-}
-
 /* Appends bytes known to be valid UTF-8. */
 static int
 utf8_append_valid(gptoss_utf8_text *t, const unsigned char *bytes, size_t n, gptoss_error *err)
 {
-	if (utf8_reserve(t, n, err) < 0)
-		return -1;
-	memcpy(t->data + t->len, bytes, n);
-	t->len += n;
-	t->data[t->len] = '\0';
-	return 0;
+	return gptoss_buffer_append(&t->text, bytes, n, err);
 }
 
 /* Appends U+FFFD REPLACEMENT CHARACTER. */
@@ -394,51 +321,13 @@ utf8_append_replacement(gptoss_utf8_text *t, gptoss_error *err)
 	return utf8_append_valid(t, fffd, 3, err);
 }
 
-/* Length of the character a lead byte starts (0: not a valid lead byte). */
-static int
-utf8_lead_length(unsigned char b)
-{
-	if (b < 0x80)
-		return 1;
-	if (b >= 0xc2 && b <= 0xdf)
-		return 2;
-	if (b >= 0xe0 && b <= 0xef)
-		return 3;
-	if (b >= 0xf0 && b <= 0xf4)
-		return 4;
-	return 0;
-}
-
-/*
- * Whether b may follow the pending bytes: continuation bytes are 80..BF,
- * except right after E0 (A0..BF, no overlongs), ED (80..9F, no surrogates),
- * F0 (90..BF, no overlongs) and F4 (80..8F, nothing above U+10FFFF).
- */
+/* Whether b may follow the pending bytes of an unfinished character. */
 static bool
 utf8_continues(const gptoss_utf8_text *t, unsigned char b)
 {
-	unsigned char lo = 0x80,
-				hi = 0xbf;
-
 	if (t->n_pending == 1)
-	{
-		switch (t->pending[0])
-		{
-			case 0xe0:
-				lo = 0xa0;
-				break;
-			case 0xed:
-				hi = 0x9f;
-				break;
-			case 0xf0:
-				lo = 0x90;
-				break;
-			case 0xf4:
-				hi = 0x8f;
-				break;
-		}
-	}
-	return b >= lo && b <= hi;
+		return gptoss_utf8_second_byte_ok(t->pending[0], b);
+	return gptoss_utf8_is_continuation(b);
 }
 
 /* Appends arbitrary bytes, keeping the text valid UTF-8. */
@@ -448,7 +337,7 @@ gptoss_utf8_text_push(gptoss_utf8_text *t, const char *bytes, size_t n, gptoss_e
 	const unsigned char *in = (const unsigned char *) bytes;
 
 	/* Reserving up front also gives an empty text its NUL-terminated buffer. */
-	if (utf8_reserve(t, n, err) < 0)
+	if (gptoss_buffer_reserve(&t->text, n, err) < 0)
 		return -1;
 	for (size_t i = 0; i < n; i++)
 	{
@@ -472,7 +361,7 @@ gptoss_utf8_text_push(gptoss_utf8_text *t, const char *bytes, size_t n, gptoss_e
 			if (utf8_append_replacement(t, err) < 0)
 				return -1;
 		}
-		t->need = utf8_lead_length(b);
+		t->need = gptoss_utf8_lead_length(b);
 		if (t->need == 1)
 		{
 			if (utf8_append_valid(t, &b, 1, err) < 0)
@@ -497,7 +386,7 @@ int
 gptoss_utf8_text_flush(gptoss_utf8_text *t, gptoss_error *err)
 {
 	if (t->n_pending == 0)
-		return utf8_reserve(t, 0, err);
+		return gptoss_buffer_reserve(&t->text, 0, err);
 	t->n_pending = 0;
 	return utf8_append_replacement(t, err);
 }
@@ -506,17 +395,15 @@ gptoss_utf8_text_flush(gptoss_utf8_text *t, gptoss_error *err)
 void
 gptoss_utf8_text_reset(gptoss_utf8_text *t)
 {
-	t->len = 0;
+	gptoss_buffer_reset(&t->text);
 	t->n_pending = 0;
-	if (t->data)
-		t->data[0] = '\0';
 }
 
 /* Frees the text's buffer. */
 void
 gptoss_utf8_text_free(gptoss_utf8_text *t)
 {
-	free(t->data);
+	gptoss_buffer_free(&t->text);
 	memset(t, 0, sizeof(*t));
 }
 
@@ -638,7 +525,7 @@ open_content(gptoss_harmony_parser *p, gptoss_error *err)
 		gptoss_utf8_text_reset(&p->final);
 		p->final_serial++;
 	}
-	if (p->in_analysis && p->analysis.len > 0)
+	if (p->in_analysis && p->analysis.text.len > 0)
 	{
 		if (gptoss_utf8_text_flush(&p->analysis, err) < 0 ||
 			gptoss_utf8_text_push(&p->analysis, "\n", 1, err) < 0)

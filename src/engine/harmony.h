@@ -11,7 +11,10 @@
 #ifndef GPTOSS_HARMONY_H
 #define GPTOSS_HARMONY_H
 
-#include "engine.h"
+#include <stdbool.h>
+
+#include "chat.h"
+#include "tokenizer.h"
 
 /* "low", "medium", "high" */
 const char *gptoss_reasoning_name(gptoss_reasoning r);
@@ -47,9 +50,7 @@ bool		gptoss_harmony_is_stop_token(int32_t id);
  */
 typedef struct gptoss_utf8_text
 {
-	char	   *data;			/* [cap] valid UTF-8, data[len] = 0 */
-	size_t		len;
-	size_t		cap;
+	gptoss_buffer text;			/* valid UTF-8, 0-terminated */
 	unsigned char pending[4];	/* [n_pending] bytes of an unfinished character */
 	int			n_pending;
 	int			need;			/* total length of the pending character */

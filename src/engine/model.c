@@ -14,7 +14,7 @@
  * map it; madvise(WILLNEED) starts the page-cache reads in the background.
  */
 #include "model.h"
-#include "safetensors.h"
+#include "checkpoint.h"
 
 #include <errno.h>
 #include <fcntl.h>

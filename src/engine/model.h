@@ -115,29 +115,4 @@ void		gptoss_config_sizes(const gptoss_config *cfg, int64_t *n_params,
 /* MXFP4 E2M1 code -> value table (index = 4-bit code). */
 extern const float gptoss_fp4_values[16];
 
-/* Synthetic checkpoint presets. */
-typedef enum gptoss_synth_preset
-{
-	GPTOSS_SYNTH_TINY,
-	GPTOSS_SYNTH_20B,
-	GPTOSS_SYNTH_120B,
-	GPTOSS_SYNTH_TINY_ODD		/* tiny with non-power-of-two sizes */
-} gptoss_synth_preset;
-
-/* "tiny", "tiny-odd", "20b", "120b" -> preset; -1 for an unknown name. */
-int			gptoss_synth_preset_from_name(const char *name, gptoss_synth_preset *out);
-
-/* Fills cfg with the preset's configuration. */
-int			gptoss_synth_config(gptoss_synth_preset preset, gptoss_config *cfg, gptoss_error *err);
-
-/*
- * Writes a deterministic random-weight checkpoint of cfg's shapes in the HF
- * layout (config.json, safetensors shards and index) into out_dir, and copies
- * tokenizer_file into it when not NULL.
- */
-int			gptoss_synth_write(const gptoss_config *cfg, const char *out_dir, uint64_t seed,
-							   const char *tokenizer_file,
-							   gptoss_progress_fn progress, void *progress_arg,
-							   gptoss_error *err);
-
 #endif							/* GPTOSS_MODEL_H */

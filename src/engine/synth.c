@@ -26,7 +26,8 @@
  * with its fp32 run on 30% of positions of a 20b-shape model).
  */
 #include "model.h"
-#include "safetensors.h"
+#include "checkpoint.h"
+#include "synth.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -36,6 +36,7 @@
  * buffers).
  */
 #include "tokenizer.h"
+#include "utf8.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
@@ -706,9 +707,7 @@ typedef struct merge_cand
 /* Per-call state: output ids and merge-loop buffers, grown as needed. */
 typedef struct encode_work
 {
-	int32_t    *ids;			/* [n_ids_cap] output */
-	size_t		n_ids;
-	size_t		n_ids_cap;
+	gptoss_buffer ids;			/* output, int32_t ids */
 	int32_t    *next;			/* [piece_cap] start of the following part, by part start; -1 = merged away */
 	int32_t    *prev;			/* [piece_cap] start of the preceding part, -1 for the first */
 	int32_t    *part_rank;		/* [piece_cap] rank of the part starting here */
@@ -720,18 +719,7 @@ typedef struct encode_work
 static int
 emit(encode_work *w, int32_t id)
 {
-	if (w->n_ids == w->n_ids_cap)
-	{
-		size_t		cap = w->n_ids_cap ? 2 * w->n_ids_cap : 256;
-		int32_t    *ids = realloc(w->ids, cap * sizeof(int32_t));
-
-		if (!ids)
-			return -1;
-		w->ids = ids;
-		w->n_ids_cap = cap;
-	}
-	w->ids[w->n_ids++] = id;
-	return 0;
+	return gptoss_buffer_append(&w->ids, &id, sizeof(id), NULL);
 }
 
 /* Makes the merge buffers hold a piece of n bytes; -1 on allocation failure. */
@@ -943,18 +931,18 @@ gptoss_tokenizer_encode(const gptoss_tokenizer *tok, const char *text, size_t le
 		}
 		pos = me;
 	}
-	result = (int) w.n_ids;
-	*ids = w.ids ? w.ids : malloc(sizeof(int32_t));
-	if (!*ids)
+	if (gptoss_buffer_reserve(&w.ids, 0, NULL) < 0)
 		goto oom;
-	w.ids = NULL;
+	result = (int) (w.ids.len / sizeof(int32_t));
+	*ids = (int32_t *) w.ids.data;
+	w.ids.data = NULL;
 	goto done;
 
 oom:
 	result = gptoss_errorf(err, "encode: out of memory");
 done:
 	pcre2_match_data_free(md);
-	free(w.ids);
+	free(w.ids.data);
 	free(w.next);
 	free(w.prev);
 	free(w.part_rank);
@@ -1020,19 +1008,6 @@ gptoss_tokenizer_decode(const gptoss_tokenizer *tok, const int32_t *ids, int n,
 	return out;
 }
 
-/* Length of the UTF-8 sequence a lead byte announces (0 for a byte that cannot lead one). */
-static int
-utf8_seq_len(unsigned char c)
-{
-	if (c >= 0xc2 && c <= 0xdf)
-		return 2;
-	if (c >= 0xe0 && c <= 0xef)
-		return 3;
-	if (c >= 0xf0 && c <= 0xf4)
-		return 4;
-	return 0;
-}
-
 /*
  * Number of bytes at the end of s[0..n) that form an incomplete (but so far
  * well-formed) UTF-8 sequence, which a later push may complete.
@@ -1045,20 +1020,13 @@ incomplete_tail(const unsigned char *s, size_t n)
 		unsigned char c = s[n - back];
 		int			need;
 
-		if ((c & 0xc0) == 0x80)
-			continue;			/* continuation byte: look further back */
-		need = utf8_seq_len(c);
-		if (need == 0 || (size_t) need <= back)
+		if (gptoss_utf8_is_continuation(c))
+			continue;			/* look further back for the lead byte */
+		need = gptoss_utf8_lead_length(c);
+		if (need <= 1 || (size_t) need <= back)
 			return 0;
-		/* The second byte narrows E0, ED, F0 and F4 (no overlongs, surrogates, > U+10FFFF). */
-		if (back >= 2)
-		{
-			unsigned char c1 = s[n - back + 1];
-
-			if ((c == 0xe0 && c1 < 0xa0) || (c == 0xed && c1 > 0x9f) ||
-				(c == 0xf0 && c1 < 0x90) || (c == 0xf4 && c1 > 0x8f))
-				return 0;
-		}
+		if (back >= 2 && !gptoss_utf8_second_byte_ok(c, s[n - back + 1]))
+			return 0;
 		return back;
 	}
 	return 0;

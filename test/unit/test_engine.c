@@ -16,6 +16,7 @@
  */
 #include "engine.h"
 #include "harmony.h"
+#include "synth.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -965,8 +966,8 @@ test_tiny(gptoss_engine *eng)
 				gptoss_utf8_text_push(&t, b, len, &err);
 		}
 		gptoss_utf8_text_flush(&t, &err);
-		CHECK(strcmp(t.data ? t.data : "", alone[0].text) == 0, "raw text [%s] vs decode [%s]",
-			  alone[0].text, t.data);
+		CHECK(strcmp(t.text.data ? t.text.data : "", alone[0].text) == 0, "raw text [%s] vs decode [%s]",
+			  alone[0].text, t.text.data);
 		gptoss_utf8_text_free(&t);
 	}
 

@@ -33,6 +33,7 @@
 #define _XOPEN_SOURCE 700
 #include "tmpname.h"
 #include "backend.h"
+#include "synth.h"
 #include "testutil.h"
 
 #include <ftw.h>

@@ -6,6 +6,7 @@
  * build/tokenizer.json).
  */
 #include "harmony.h"
+#include "sampler.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -225,7 +226,7 @@ run_parser(gptoss_harmony_parser *p, const gptoss_tokenizer *tok, const stream *
 static const char *
 str_or_empty(const gptoss_utf8_text *t)
 {
-	return t->data ? t->data : "";
+	return t->text.data ? t->text.data : "";
 }
 
 /* analysis then final then <|return|> (harmony's simple reasoning response). */
@@ -460,7 +461,7 @@ sanitize(const char *bytes, size_t n)
 
 	gptoss_utf8_text_push(&t, bytes, n, &err);
 	gptoss_utf8_text_flush(&t, &err);
-	out = strdup(t.data ? t.data : "");
+	out = strdup(t.text.data ? t.text.data : "");
 	gptoss_utf8_text_free(&t);
 	return out;
 }
@@ -499,8 +500,8 @@ test_utf8_text(void)
 
 		gptoss_utf8_text_push(&t, cases[c].in, cases[c].n, &err);
 		gptoss_utf8_text_flush(&t, &err);
-		CHECK(t.len == want_len && memcmp(t.data, cases[c].want, want_len) == 0,
-			  "case %zu: got %zu bytes", c, t.len);
+		CHECK(t.text.len == want_len && memcmp(t.text.data, cases[c].want, want_len) == 0,
+			  "case %zu: got %zu bytes", c, t.text.len);
 		gptoss_utf8_text_free(&t);
 	}
 
@@ -523,10 +524,10 @@ test_utf8_text(void)
 		for (int i = 0; i < 64; i++)
 		{
 			gptoss_utf8_text_push(&t, (const char *) buf + i, 1, &err);
-			CHECK(valid_utf8((const unsigned char *) t.data, t.len), "round %d: invalid prefix", round);
+			CHECK(valid_utf8((const unsigned char *) t.text.data, t.text.len), "round %d: invalid prefix", round);
 		}
 		gptoss_utf8_text_flush(&t, &err);
-		CHECK(strcmp(t.data, whole) == 0, "round %d: split pushes differ", round);
+		CHECK(strcmp(t.text.data, whole) == 0, "round %d: split pushes differ", round);
 		CHECK(valid_utf8((const unsigned char *) whole, strlen(whole)), "round %d: invalid", round);
 		gptoss_utf8_text_free(&t);
 		free(whole);
@@ -557,8 +558,8 @@ test_parser_random(const gptoss_tokenizer *tok)
 			CHECK(p.header_len < GPTOSS_HARMONY_HEADER_MAX, "header overflow");
 		}
 		gptoss_harmony_parser_finish(&p, &err);
-		CHECK(valid_utf8((const unsigned char *) str_or_empty(&p.final), p.final.len) &&
-			  valid_utf8((const unsigned char *) str_or_empty(&p.analysis), p.analysis.len),
+		CHECK(valid_utf8((const unsigned char *) str_or_empty(&p.final), p.final.text.len) &&
+			  valid_utf8((const unsigned char *) str_or_empty(&p.analysis), p.analysis.text.len),
 			  "round %d: texts must be valid UTF-8", round);
 		gptoss_harmony_parser_free(&p);
 	}

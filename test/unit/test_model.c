@@ -16,7 +16,8 @@
 #define _GNU_SOURCE
 #include "tmpname.h"
 #include "model.h"
-#include "safetensors.h"
+#include "checkpoint.h"
+#include "synth.h"
 
 #include <ftw.h>
 #include <math.h>
