@@ -325,7 +325,7 @@ main(int argc, char **argv)
 		for (int r = 0; r < copy_runs; r++)
 		{
 			PQclear(run("TRUNCATE bench_copy_plain, bench_copy_enriched"));
-			PQclear(run("DELETE FROM gptoss_enrich_queue%s", ""));
+			PQclear(run("DELETE FROM gptoss_enrich_inbox; DELETE FROM gptoss_enrich_queue%s", ""));
 			PQclear(run("CHECKPOINT"));
 			plain[r] = copy_in("bench_copy_plain", data, len);
 			enriched[r] = copy_in("bench_copy_enriched", data, len);

@@ -136,6 +136,17 @@ CREATE TABLE gptoss_enrich_queue (
 COMMENT ON TABLE gptoss_enrich_queue IS
 'rows waiting for a generation, by primary key (as text); failed ones keep their error and attempts';
 
+CREATE TABLE gptoss_enrich_inbox (
+    id bigserial PRIMARY KEY,
+    enrichment int NOT NULL,
+    nrows int NOT NULL,
+    keys text[] NOT NULL,
+    queued_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE gptoss_enrich_inbox IS
+'keys of inserted rows, one row per statement (the key columns of each row in turn); the worker moves them into the queue';
+
 CREATE TABLE gptoss_enrich_log (
     enrichment int NOT NULL,
     at timestamptz NOT NULL DEFAULT now(),
@@ -148,8 +159,8 @@ CREATE INDEX ON gptoss_enrich_log (enrichment, at);
 COMMENT ON TABLE gptoss_enrich_log IS
 'rows filled and completion tokens per batch (older rows folded into one per enrichment)';
 
-REVOKE ALL ON gptoss_enrichment, gptoss_enrich_queue, gptoss_enrich_log FROM PUBLIC;
-REVOKE ALL ON SEQUENCE gptoss_enrichment_id_seq FROM PUBLIC;
+REVOKE ALL ON gptoss_enrichment, gptoss_enrich_queue, gptoss_enrich_inbox, gptoss_enrich_log FROM PUBLIC;
+REVOKE ALL ON SEQUENCE gptoss_enrichment_id_seq, gptoss_enrich_inbox_id_seq FROM PUBLIC;
 
 CREATE FUNCTION gptoss_enrich(tbl regclass, target_column name, prompt_sql text,
                               params jsonb DEFAULT '{}', mode text DEFAULT 'async')
@@ -191,7 +202,9 @@ CREATE VIEW gptoss_enrichments AS
            e.mode,
            e.paused,
            (SELECT count(*) FROM gptoss_enrich_queue q
-             WHERE q.enrichment = e.id AND q.attempts < e.max_attempts) AS pending,
+             WHERE q.enrichment = e.id AND q.attempts < e.max_attempts)
+           + (SELECT coalesce(sum(i.nrows), 0) FROM gptoss_enrich_inbox i
+             WHERE i.enrichment = e.id)::bigint AS pending,
            (SELECT coalesce(sum(l.rows), 0) FROM gptoss_enrich_log l
              WHERE l.enrichment = e.id)::bigint AS done,
            (SELECT count(*) FROM gptoss_enrich_queue q

@@ -32,6 +32,7 @@
 #include "catalog/pg_type.h"
 #include "commands/event_trigger.h"
 #include "commands/trigger.h"
+#include "executor/executor.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -52,6 +53,7 @@
 #include "utils/resowner.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
+#include "utils/tuplestore.h"
 #include "utils/typcache.h"
 
 #include "gptoss.h"
@@ -68,8 +70,12 @@ PG_FUNCTION_INFO_V1(gptoss_enrich_on_drop);
 /* Default of the max_attempts param. */
 #define ENRICH_DEFAULT_MAX_ATTEMPTS 3
 
-/* Keys read per fetch while queueing the backfill. */
+/* Keys read per fetch while queueing the backfill (one inbox row each). */
 #define ENRICH_BACKFILL_FETCH 10000
+
+/* Most keys in one inbox row, and inbox rows moved into the queue at once. */
+#define ENRICH_INBOX_CHUNK 65536
+#define ENRICH_INBOX_MOVE 16
 
 /* Names of the transition tables of the enrichment triggers. */
 #define ENRICH_NEW_TABLE "gptoss_new"
@@ -184,6 +190,7 @@ describe_table(Enrichment *e)
 		elog(ERROR, "cache lookup failed for index %u", pkindex);
 	idx = (Form_pg_index) GETSTRUCT(idxtup);
 	e->npk = idx->indnkeyatts;
+	e->pk_attnums = palloc(sizeof(AttrNumber) * e->npk);
 	e->pk_cols = palloc(sizeof(char *) * e->npk);
 	e->pk_types = palloc(sizeof(char *) * e->npk);
 	e->pk_eq = palloc(sizeof(char *) * e->npk);
@@ -192,6 +199,7 @@ describe_table(Enrichment *e)
 		AttrNumber	att = idx->indkey.values[j];
 		Oid			typid = get_atttype(e->relid, att);
 
+		e->pk_attnums[j] = att;
 		e->pk_cols[j] = pstrdup(quote_identifier(get_attname(e->relid, att, false)));
 		e->pk_types[j] = format_type_be_qualified(typid);
 		e->pk_eq[j] = equality_operator(typid);
@@ -922,7 +930,7 @@ queue_has_rows(Enrichment *e)
 	return SPI_processed > 0;
 }
 
-/* Queues all rows of keys (the async trigger and the backfill). */
+/* Queues all rows of keys (the async UPDATE trigger, a paused enrichment, the backfill). */
 static void
 queue_all(Enrichment *e, EnrichKeys *keys)
 {
@@ -931,6 +939,104 @@ queue_all(Enrichment *e, EnrichKeys *keys)
 	role_enter(&r, BOOTSTRAP_SUPERUSERID);
 	queue_insert(e, keys, NULL, keys->n, NULL, NULL, 0);
 	role_leave(&r);
+}
+
+/*
+ * Puts rows [first, first + n) of keys into the inbox as one row: their key
+ * columns one row after the other in one text[].
+ */
+static void
+inbox_insert(Enrichment *e, EnrichKeys *keys, int first, int n)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * (Size) Max(1, n) * keys->npk);
+	Oid			types[3] = {INT4OID, INT4OID, TEXTARRAYOID};
+	Datum		values[3];
+	EnrichRole	r;
+
+	for (int i = 0; i < n; i++)
+		for (int j = 0; j < keys->npk; j++)
+			elems[i * keys->npk + j] = keys->cols[j][first + i];
+	values[0] = Int32GetDatum(e->id);
+	values[1] = Int32GetDatum(n);
+	values[2] = PointerGetDatum(construct_array(elems, n * keys->npk, TEXTOID, -1, false, TYPALIGN_INT));
+	role_enter(&r, BOOTSTRAP_SUPERUSERID);
+	run_sql(psprintf("INSERT INTO %s.gptoss_enrich_inbox (enrichment, nrows, keys) VALUES ($1, $2, $3)",
+					 e->schema), 3, types, values, NULL);
+	role_leave(&r);
+	pfree(elems);
+}
+
+/* Moves the inbox of enrichment e into the queue; see enrich.h. */
+int64
+enrich_move_inbox(Enrichment *e)
+{
+	EnrichRole	r;
+	Oid			types[2] = {INT4OID, INT4OID};
+	Datum		values[2] = {Int32GetDatum(e->id), Int32GetDatum(e->npk)};
+	int64		n;
+
+	role_enter(&r, BOOTSTRAP_SUPERUSERID);
+	n = (int64) run_sql(psprintf("WITH moved AS (DELETE FROM %s.gptoss_enrich_inbox WHERE id IN"
+								 " (SELECT id FROM %s.gptoss_enrich_inbox WHERE enrichment = $1 ORDER BY id"
+								 " LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING nrows, keys, queued_at)"
+								 " INSERT INTO %s.gptoss_enrich_queue (enrichment, key, queued_at)"
+								 " SELECT $1, m.keys[(i - 1) * $2 + 1 : i * $2], m.queued_at"
+								 " FROM moved m, generate_series(1, m.nrows) i"
+								 " ON CONFLICT (enrichment, key) DO NOTHING",
+								 e->schema, e->schema, ENRICH_INBOX_MOVE, e->schema),
+						2, types, values, NULL);
+	role_leave(&r);
+	return n;
+}
+
+/*
+ * Keys of the rows of an INSERT statement, read from its transition table
+ * directly: a large COPY pays only for its key columns' text.
+ */
+static EnrichKeys *
+inserted_keys(Enrichment *e, TriggerData *trigdata)
+{
+	Tuplestorestate *ts = trigdata->tg_newtable;
+	TupleDesc	desc = RelationGetDescr(trigdata->tg_relation);
+	TupleTableSlot *slot = MakeSingleTupleTableSlot(desc, &TTSOpsMinimalTuple);
+	FmgrInfo   *out = palloc(sizeof(FmgrInfo) * e->npk);
+	EnrichKeys *keys;
+	int			capacity = 1024;
+	int			ptr;
+
+	for (int j = 0; j < e->npk; j++)
+	{
+		Oid			typout;
+		bool		varlena;
+
+		getTypeOutputInfo(TupleDescAttr(desc, e->pk_attnums[j] - 1)->atttypid, &typout, &varlena);
+		fmgr_info(typout, &out[j]);
+	}
+	keys = keys_new(e->npk, capacity);
+	ptr = tuplestore_alloc_read_pointer(ts, EXEC_FLAG_REWIND);
+	tuplestore_select_read_pointer(ts, ptr);
+	tuplestore_rescan(ts);
+	while (tuplestore_gettupleslot(ts, true, false, slot))
+	{
+		if (keys->n == capacity)
+		{
+			capacity *= 2;
+			for (int j = 0; j < e->npk; j++)
+				keys->cols[j] = repalloc(keys->cols[j], sizeof(Datum) * capacity);
+		}
+		for (int j = 0; j < e->npk; j++)
+		{
+			bool		isnull;
+			Datum		d = slot_getattr(slot, e->pk_attnums[j], &isnull);
+
+			if (isnull)
+				elog(ERROR, "gptoss enrichment: NULL primary key value");
+			keys->cols[j][keys->n] = CStringGetTextDatum(OutputFunctionCall(&out[j], d));
+		}
+		keys->n++;
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	return keys;
 }
 
 /* Records a batch's outcomes in the queue and the log; see enrich.h. */
@@ -1042,9 +1148,9 @@ enrich_take_batch(Enrichment *e, int limit)
  * The trigger
  */
 
-/* Keys of the rows of this statement whose prompt inputs changed (as the owner). */
+/* Keys of the rows of this UPDATE whose prompt inputs changed (as the owner). */
 static EnrichKeys *
-changed_keys(Enrichment *e, bool update)
+changed_keys(Enrichment *e)
 {
 	StringInfoData sql;
 	EnrichRole	r;
@@ -1054,20 +1160,16 @@ changed_keys(Enrichment *e, bool update)
 	appendStringInfoString(&sql, "SELECT ");
 	for (int j = 0; j < e->npk; j++)
 		appendStringInfo(&sql, "%sgptoss_n.%s::text", j ? ", " : "", e->pk_cols[j]);
-	appendStringInfoString(&sql, " FROM " ENRICH_NEW_TABLE " AS gptoss_n");
-	if (update)
-	{
-		/* a changed key counts as a new row */
-		appendStringInfoString(&sql, " LEFT JOIN " ENRICH_OLD_TABLE " AS gptoss_o ON ");
-		for (int j = 0; j < e->npk; j++)
-			appendStringInfo(&sql, "%sgptoss_n.%s %s gptoss_o.%s", j ? " AND " : "",
-							 e->pk_cols[j], e->pk_eq[j], e->pk_cols[j]);
-		appendStringInfo(&sql, " WHERE gptoss_o.%s IS NULL", e->pk_cols[0]);
-		/* the prompt is built from the inputs' text, so their text is what counts */
-		for (int j = 0; j < e->ninputs; j++)
-			appendStringInfo(&sql, " OR gptoss_n.%s::text IS DISTINCT FROM gptoss_o.%s::text",
-							 e->input_cols[j], e->input_cols[j]);
-	}
+	/* a changed key counts as a new row */
+	appendStringInfoString(&sql, " FROM " ENRICH_NEW_TABLE " AS gptoss_n LEFT JOIN " ENRICH_OLD_TABLE " AS gptoss_o ON ");
+	for (int j = 0; j < e->npk; j++)
+		appendStringInfo(&sql, "%sgptoss_n.%s %s gptoss_o.%s", j ? " AND " : "",
+						 e->pk_cols[j], e->pk_eq[j], e->pk_cols[j]);
+	appendStringInfo(&sql, " WHERE gptoss_o.%s IS NULL", e->pk_cols[0]);
+	/* the prompt is built from the inputs' text, so their text is what counts */
+	for (int j = 0; j < e->ninputs; j++)
+		appendStringInfo(&sql, " OR gptoss_n.%s::text IS DISTINCT FROM gptoss_o.%s::text",
+						 e->input_cols[j], e->input_cols[j]);
 	role_enter(&r, e->owner);
 	run_sql(sql.data, 0, NULL, NULL, NULL);
 	keys = keys_new(e->npk, (int) SPI_processed);
@@ -1113,12 +1215,20 @@ gptoss_enrich_trigger(PG_FUNCTION_ARGS)
 				 errmsg("gptoss enrichment %d does not belong to table %s",
 						id, RelationGetRelationName(trigdata->tg_relation))));
 
-	keys = changed_keys(e, TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event));
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		keys = changed_keys(e);
+	else
+		keys = inserted_keys(e, trigdata);
 	if (keys->n > 0)
 	{
 		if (e->async || e->paused)
 		{
-			queue_all(e, keys);
+			/* inserted rows are new: the inbox takes them in bulk; changed ones go to the queue */
+			if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+				queue_all(e, keys);
+			else
+				for (int first = 0; first < keys->n; first += ENRICH_INBOX_CHUNK)
+					inbox_insert(e, keys, first, Min(ENRICH_INBOX_CHUNK, keys->n - first));
 			enrich_wake_after_commit();
 		}
 		else
@@ -1298,7 +1408,7 @@ queue_backfill(Enrichment *e)
 		role_leave(&r);
 		if (keys->n == 0)
 			break;
-		queue_all(e, keys);
+		inbox_insert(e, keys, 0, keys->n);
 	}
 	SPI_cursor_close(portal);
 }
@@ -1470,13 +1580,24 @@ static void
 delete_enrichments(const char *schema, const char *where, int nargs, Oid *types, Datum *values)
 {
 	EnrichRole	r;
+	SPITupleTable *deleted;
 
 	role_enter(&r, BOOTSTRAP_SUPERUSERID);
-	run_sql(psprintf("WITH d AS (DELETE FROM %s.gptoss_enrichment WHERE %s RETURNING id),"
-					 " q AS (DELETE FROM %s.gptoss_enrich_queue WHERE enrichment IN (SELECT id FROM d))"
-					 " DELETE FROM %s.gptoss_enrich_log WHERE enrichment IN (SELECT id FROM d)",
-					 schema, where, schema, schema),
+	run_sql(psprintf("DELETE FROM %s.gptoss_enrichment WHERE %s RETURNING id", schema, where),
 			nargs, types, values, NULL);
+	deleted = SPI_tuptable;
+	for (uint64 i = 0, n = SPI_processed; i < n; i++)
+	{
+		Oid			idtype[1] = {INT4OID};
+		bool		isnull;
+		Datum		id[1];
+
+		id[0] = SPI_getbinval(deleted->vals[i], deleted->tupdesc, 1, &isnull);
+		/* the inbox before the queue, in the order the worker locks them */
+		run_sql(psprintf("DELETE FROM %s.gptoss_enrich_inbox WHERE enrichment = $1", schema), 1, idtype, id, NULL);
+		run_sql(psprintf("DELETE FROM %s.gptoss_enrich_queue WHERE enrichment = $1", schema), 1, idtype, id, NULL);
+		run_sql(psprintf("DELETE FROM %s.gptoss_enrich_log WHERE enrichment = $1", schema), 1, idtype, id, NULL);
+	}
 	role_leave(&r);
 }
 

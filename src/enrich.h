@@ -6,6 +6,9 @@
  *
  *   gptoss_enrichment    one row per enrichment (table, column, analysed prompt
  *                        expression, generation params, mode, max_attempts)
+ *   gptoss_enrich_inbox  keys of inserted rows, one row per statement (or per
+ *                        ENRICH_INBOX_CHUNK rows): cheap for a large COPY; the
+ *                        worker moves them into the queue before it takes a batch
  *   gptoss_enrich_queue  rows waiting for a generation: (enrichment, primary
  *                        key as text[]), with attempts, next try and last error
  *   gptoss_enrich_log    rows filled and tokens generated, per batch
@@ -61,6 +64,7 @@ typedef struct Enrichment
 	char	   *target;			/* target column */
 	char	   *prompt;			/* prompt expression, deparsed with qualified names */
 	int			npk;
+	AttrNumber *pk_attnums;
 	char	  **pk_cols;
 	char	  **pk_types;		/* qualified type names */
 	char	  **pk_eq;			/* OPERATOR(schema.=) of each key column's type */
@@ -96,6 +100,9 @@ extern int64 enrich_process_keys(Enrichment *e, EnrichKeys *keys, EnrichResult *
 /* Records a batch's outcomes in the queue and the log (from_queue: rows came from the queue). */
 extern void enrich_record(Enrichment *e, EnrichKeys *keys, EnrichResult *results,
 						  bool from_queue, int64 tokens);
+
+/* Moves the inbox of enrichment e into the queue; returns the keys moved. */
+extern int64 enrich_move_inbox(Enrichment *e);
 
 /* Keys of the queue's next batch of enrichment e (locked FOR UPDATE SKIP LOCKED). */
 extern EnrichKeys *enrich_take_batch(Enrichment *e, int limit);

@@ -21,6 +21,8 @@
  * (not paused, attempts left, next try due) and processes one batch of each
  * per round, one transaction per batch: take the keys (FOR UPDATE SKIP
  * LOCKED), generate and write them (enrich_process_keys), record the outcomes.
+ * Before that it moves the keys that INSERT statements left in the inbox
+ * into the queue, in a short transaction of its own.
  * It exits when its database has no enrichment left.
  */
 #include "postgres.h"
@@ -393,8 +395,10 @@ ready_enrichments(bool *any)
 	{
 		int			rc = SPI_execute(psprintf("SELECT e.id, NOT e.paused AND EXISTS (SELECT 1 FROM %s.gptoss_enrich_queue q"
 											  " WHERE q.enrichment = e.id AND q.attempts < e.max_attempts"
-											  " AND q.next_try <= now()) FROM %s.gptoss_enrichment e ORDER BY e.id",
-											  schema, schema), true, 0);
+											  " AND q.next_try <= now())"
+											  " OR EXISTS (SELECT 1 FROM %s.gptoss_enrich_inbox i WHERE i.enrichment = e.id)"
+											  " FROM %s.gptoss_enrichment e ORDER BY e.id",
+											  schema, schema, schema), true, 0);
 
 		if (rc != SPI_OK_SELECT)
 			elog(ERROR, "gptoss enrich worker: could not list enrichments");
@@ -417,6 +421,26 @@ ready_enrichments(bool *any)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	return ids;
+}
+
+/* Moves the inbox of enrichment id into its queue, in a transaction of its own; returns the keys moved. */
+static int
+move_inbox(int id)
+{
+	Enrichment *e;
+	int64		n = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	e = enrich_load(id, true);
+	if (e != NULL)
+		n = enrich_move_inbox(e);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return (int) Min(n, INT_MAX);
 }
 
 /* Runs one batch of enrichment id in its own transaction; returns the rows taken. */
@@ -612,6 +636,9 @@ gptoss_enrich_worker_main(Datum main_arg)
 			int			n = 0;
 			char	   *message = NULL;
 
+			/* rows inserted since the last round join the queue first (even when paused) */
+			if (run_guarded(move_inbox, id, &n, &message))
+				taken += n;
 			if (run_guarded(process_batch, id, &n, &message))
 				taken += n;
 			else
