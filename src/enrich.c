@@ -506,7 +506,7 @@ gen_start(void *arg)
 
 	ResourceOwner subowner = CurrentResourceOwner;
 
-	gptoss_generate_request(&req, st->params, st->prompts[st->row]);
+	gptoss_prompt_request(&req, st->params, st->prompts[st->row]);
 	/* a subtransaction's commit would detach the segment: the batch's owner keeps it */
 	CurrentResourceOwner = st->owner;
 	st->calls[st->row] = gptoss_call_start(&req);
@@ -1492,7 +1492,7 @@ gptoss_enrich(PG_FUNCTION_ARGS)
 	max_attempts = param_int(params, "max_attempts", ENRICH_DEFAULT_MAX_ATTEMPTS);
 	backfill = param_bool(params, "backfill", true);
 	gen_params = generation_params(params);
-	gptoss_generate_request(&req, gen_params, cstring_to_text(""));
+	gptoss_prompt_request(&req, gen_params, cstring_to_text(""));
 
 	prompt_expr = analyse_prompt(relid, attnum, prompt_sql);
 

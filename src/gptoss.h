@@ -374,7 +374,7 @@ extern void gptoss_execute(const GptossRequest *req, GptossResponse *resp);
  */
 
 /* A GENERATE request for prompt (server encoding) with params; 22023 for bad params. */
-extern void gptoss_generate_request(GptossRequest *req, Jsonb *params, text *prompt);
+extern void gptoss_prompt_request(GptossRequest *req, Jsonb *params, text *prompt);
 
 /* The server-encoded text of an answer the worker sent in UTF-8. */
 extern text *gptoss_answer_text(const char *s, int len);

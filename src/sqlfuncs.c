@@ -801,7 +801,7 @@ gptoss_detokenize(PG_FUNCTION_ARGS)
  * params, like gptoss_generate.
  */
 void
-gptoss_generate_request(GptossRequest *req, Jsonb *params, text *prompt)
+gptoss_prompt_request(GptossRequest *req, Jsonb *params, text *prompt)
 {
 	ParsedParams *pp = palloc(sizeof(ParsedParams));
 
