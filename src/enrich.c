@@ -1100,18 +1100,22 @@ enrich_record(Enrichment *e, EnrichKeys *keys, EnrichResult *results, bool from_
 				nargs, types, values, NULL);
 	}
 
-	/* deferred (no model worker, queue full): tried again in a few seconds, attempts unchanged */
-	m = 0;
-	for (int i = 0; i < n; i++)
-		if (results[i].outcome == ENRICH_SUPERSEDED && results[i].error != NULL)
-			idx[m++] = i;
+	/*
+	 * Superseded (changed or locked meanwhile): again after a second, so that
+	 * a row held by a long transaction is not generated over and over.
+	 * Deferred (no model worker, queue full): again after a few seconds.
+	 * Attempts unchanged in both cases.
+	 */
+	m = rows_with(results, n, ENRICH_SUPERSEDED, idx);
 	if (m > 0)
 	{
 		nargs = key_args(keys, idx, m, errors, errnull, types, values);
 		types[nargs] = INT4OID;
 		values[nargs++] = Int32GetDatum(e->id);
-		run_sql(psprintf("UPDATE %s.gptoss_enrich_queue q SET last_error = gptoss_k.gptoss_e,"
-						 " failed_at = now(), next_try = now() + interval '5 seconds'"
+		run_sql(psprintf("UPDATE %s.gptoss_enrich_queue q SET last_error = coalesce(gptoss_k.gptoss_e, q.last_error),"
+						 " failed_at = CASE WHEN gptoss_k.gptoss_e IS NULL THEN q.failed_at ELSE now() END,"
+						 " next_try = now() + CASE WHEN gptoss_k.gptoss_e IS NULL THEN interval '1 second'"
+						 " ELSE interval '5 seconds' END"
 						 " FROM %s WHERE q.enrichment = $%d AND q.key = %s",
 						 e->schema, unnest_keys(e, 1, "gptoss_k", "gptoss_e"), nargs,
 						 key_array(e, "gptoss_k")),
