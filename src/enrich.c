@@ -295,7 +295,7 @@ keys_new(int npk, int n)
 	return keys;
 }
 
-/* Appends the current SPI result's rows (npk text columns, then optionally attempts) to keys. */
+/* Appends the current SPI result's rows (npk text columns) to keys, up to capacity rows. */
 static void
 keys_append_spi(EnrichKeys *keys, int capacity)
 {
@@ -727,14 +727,14 @@ run_step(BatchState *b, void (*step) (void *), int *idx, int m, EnrichResult *re
 	}
 }
 
-/* Indices of the rows whose outcome is still undecided (ENRICH_WRITTEN as placeholder) and pass. */
+/* Rows of results with the given outcome; returns their count. */
 static int
-pending_rows(EnrichResult *results, int n, const bool *pass, int *idx)
+rows_with(EnrichResult *results, int n, EnrichOutcome outcome, int *idx)
 {
 	int			m = 0;
 
 	for (int i = 0; i < n; i++)
-		if (results[i].outcome == ENRICH_WRITTEN && (pass == NULL || pass[i]))
+		if (results[i].outcome == outcome)
 			idx[m++] = i;
 	return m;
 }
@@ -761,6 +761,7 @@ enrich_process_keys(Enrichment *e, EnrichKeys *keys, EnrichResult *results)
 	b.isnull = palloc0(sizeof(bool) * Max(1, n));
 	b.found = palloc0(sizeof(bool) * Max(1, n));
 	b.locked = palloc0(sizeof(bool) * Max(1, n));
+	/* ENRICH_WRITTEN marks the rows still on their way until the write */
 	for (int i = 0; i < n; i++)
 	{
 		results[i].outcome = ENRICH_WRITTEN;
@@ -769,7 +770,7 @@ enrich_process_keys(Enrichment *e, EnrichKeys *keys, EnrichResult *results)
 
 	/* 1. the current prompts, read as the owner */
 	role_enter(&r, e->owner);
-	m = pending_rows(results, n, NULL, idx);
+	m = rows_with(results, n, ENRICH_WRITTEN, idx);
 	run_step(&b, read_prompts, idx, m, results);
 	role_leave(&r);
 	for (int i = 0; i < n; i++)
@@ -795,7 +796,7 @@ enrich_process_keys(Enrichment *e, EnrichKeys *keys, EnrichResult *results)
 			results[i].error = errors[i];
 		}
 	}
-	m = pending_rows(results, n, NULL, idx);
+	m = rows_with(results, n, ENRICH_WRITTEN, idx);
 	run_step(&b, lock_rows, idx, m, results);
 	for (int i = 0; i < n; i++)
 	{
@@ -823,7 +824,7 @@ enrich_process_keys(Enrichment *e, EnrichKeys *keys, EnrichResult *results)
 	}
 
 	/* 4. write the answers */
-	m = pending_rows(results, n, NULL, idx);
+	m = rows_with(results, n, ENRICH_WRITTEN, idx);
 	run_step(&b, write_answers, idx, m, results);
 	role_leave(&r);
 	return tokens;
@@ -833,19 +834,7 @@ enrich_process_keys(Enrichment *e, EnrichKeys *keys, EnrichResult *results)
  * Queue bookkeeping (as the superuser: the catalog is the extension's)
  */
 
-/* Rows of results with the given outcome; returns their count. */
-static int
-rows_with(EnrichResult *results, int n, EnrichOutcome outcome, int *idx)
-{
-	int			m = 0;
-
-	for (int i = 0; i < n; i++)
-		if (results[i].outcome == outcome)
-			idx[m++] = i;
-	return m;
-}
-
-/* Error messages of rows idx[0..m) as text datums, per row of the batch. */
+/* The error message of each row of the batch as a text datum (0 where none). */
 static Datum *
 error_datums(EnrichResult *results, int n)
 {

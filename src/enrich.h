@@ -78,7 +78,6 @@ typedef struct EnrichKeys
 	int			n;
 	int			npk;
 	Datum	  **cols;			/* cols[j][i]: text of key column j of row i */
-	int		   *attempts;		/* attempts so far (queued rows), or NULL */
 } EnrichKeys;
 
 /* Per-row result of enrich_process_keys. */
