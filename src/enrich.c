@@ -46,6 +46,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -76,6 +77,9 @@ PG_FUNCTION_INFO_V1(gptoss_enrich_on_drop);
 /* Most keys in one inbox row, and inbox rows moved into the queue at once. */
 #define ENRICH_INBOX_CHUNK 65536
 #define ENRICH_INBOX_MOVE 16
+
+/* Longest statement whose plan a backend keeps (bytes, with the NUL). */
+#define ENRICH_PLAN_KEY 2048
 
 /* Names of the transition tables of the enrichment triggers. */
 #define ENRICH_NEW_TABLE "gptoss_new"
@@ -109,14 +113,56 @@ role_leave(EnrichRole *r)
 	SetUserIdAndSecContext(r->saved_user, r->saved_sec);
 }
 
-/* Runs a statement through SPI with text[]/int/jsonb/... arguments; returns SPI_processed. */
+/* A statement's saved plan, by its text (which names the enrichment, its table and schema). */
+typedef struct SavedPlan
+{
+	char		sql[ENRICH_PLAN_KEY];
+	SPIPlanPtr	plan;
+} SavedPlan;
+
+/* This backend's saved plans: a trigger runs the same few statements for every statement it follows. */
+static HTAB *saved_plans = NULL;
+
+/*
+ * Runs a statement through SPI; returns SPI_processed.  Its plan is saved
+ * for the next time (the plan cache replans it after DDL); statements longer
+ * than ENRICH_PLAN_KEY are planned each time.
+ */
 static uint64
 run_sql(const char *sql, int nargs, Oid *types, Datum *values, const char *nulls)
 {
-	int			rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
+	SavedPlan  *entry = NULL;
+	int			rc;
 
+	if (strlen(sql) < ENRICH_PLAN_KEY)
+	{
+		bool		found;
+
+		if (saved_plans == NULL)
+		{
+			HASHCTL		ctl;
+
+			ctl.keysize = ENRICH_PLAN_KEY;
+			ctl.entrysize = sizeof(SavedPlan);
+			saved_plans = hash_create("gptoss enrichment plans", 64, &ctl, HASH_ELEM | HASH_STRINGS);
+		}
+		entry = hash_search(saved_plans, sql, HASH_FIND, &found);
+		if (entry == NULL)
+		{
+			SPIPlanPtr	plan = SPI_prepare(sql, nargs, types);
+
+			if (plan == NULL)
+				elog(ERROR, "gptoss enrichment: SPI_prepare failed (%d): %s", SPI_result, sql);
+			SPI_keepplan(plan);
+			entry = hash_search(saved_plans, sql, HASH_ENTER, &found);
+			entry->plan = plan;
+		}
+		rc = SPI_execute_plan(entry->plan, values, nulls, false, 0);
+	}
+	else
+		rc = SPI_execute_with_args(sql, nargs, types, values, nulls, false, 0);
 	if (rc < 0)
-		elog(ERROR, "gptoss enrichment: SPI_execute_with_args failed (%d): %s", rc, sql);
+		elog(ERROR, "gptoss enrichment: SPI failed (%d): %s", rc, sql);
 	return SPI_processed;
 }
 
