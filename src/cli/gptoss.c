@@ -4,7 +4,8 @@
  *   gptoss tokenize --model DIR [--jsonl]
  *   gptoss logits   --model DIR --tokens 1,2,3 [--top K] [--device D]
  *   gptoss generate --model DIR --prompt TEXT [sampling options] [--raw] [--json]
- *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N]
+ *                   [--json-schema FILE] [--max-reasoning-tokens N]
+ *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--json-schema FILE]
  *   gptoss bench    --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]
  *   gptoss synth    --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]
  *
@@ -59,6 +60,7 @@ typedef struct cli_opts
 	const char *tokenizer;
 	const char *reasoning;
 	const char *instructions;
+	const char *json_schema;	/* generate, bench: file with a JSON Schema for the output */
 	const char *stop[MAX_STOP];	/* generate: repeated --stop */
 	int			n_stop;
 	long		top;
@@ -74,6 +76,7 @@ typedef struct cli_opts
 	long		prefill_chunk;
 	long		max_step_tokens;
 	long		threads;
+	long		max_reasoning_tokens;
 	double		temperature;
 	double		top_p;
 	uint64_t	seed;
@@ -127,6 +130,8 @@ static const opt_spec OPTIONS[] = {
 	OPT("reasoning", OPT_STRING, CMD_GENERATE, reasoning, 0, 0),
 	OPT("instructions", OPT_STRING, CMD_GENERATE, instructions, 0, 0),
 	OPT("stop", OPT_STRING_LIST, CMD_GENERATE, stop, 0, 0),
+	OPT("json-schema", OPT_STRING, CMD_GENERATE | CMD_BENCH, json_schema, 0, 0),
+	OPT("max-reasoning-tokens", OPT_INT, CMD_GENERATE, max_reasoning_tokens, 0, INT_MAX),
 	OPT("raw", OPT_FLAG, CMD_GENERATE, raw, 0, 0),
 	OPT("ignore-eos", OPT_FLAG, CMD_GENERATE, ignore_eos, 0, 0),
 	OPT("include-reasoning", OPT_FLAG, CMD_GENERATE, include_reasoning, 0, 0),
@@ -157,10 +162,11 @@ static const char USAGE[] =
 	"  generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]\n"
 	"           [--top-k K] [--seed S] [--reasoning low|medium|high] [--instructions TEXT]\n"
 	"           [--stop STR]... [--raw] [--ignore-eos] [--include-reasoning] [--json]\n"
-	"           [--device D] [--max-context N]\n"
-	"      prints the final channel text (--raw: the plain continuation)\n"
+	"           [--json-schema FILE] [--max-reasoning-tokens N] [--device D] [--max-context N]\n"
+	"      prints the final channel text (--raw: the plain continuation); --json-schema: the\n"
+	"      text is a JSON document valid for the schema in FILE (structured output)\n"
 	"  bench --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--device D]\n"
-	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S]\n"
+	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S] [--json-schema FILE]\n"
 	"      one JSON line per batch size (random prompts, greedy, ignore eos; a prompt\n"
 	"      is prefilled in one chunk of up to 2048 tokens unless --prefill-chunk is given)\n"
 	"  bench --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]\n"
@@ -767,6 +773,32 @@ json_set_text(json_t *obj, const char *key, const char *text, size_t len)
 	json_object_set_new(obj, key, json_stringn(text, len));
 }
 
+/*
+ * The response_format object for --json-schema FILE (the file holds a bare
+ * JSON Schema); malloc'ed, or NULL after printing the error.
+ */
+static char *
+response_format_from_file(const char *path)
+{
+	json_error_t jerr;
+	json_t	   *schema = json_load_file(path, JSON_DECODE_ANY, &jerr);
+	json_t	   *rf;
+	char	   *text;
+
+	if (schema == NULL)
+	{
+		fail("--json-schema: %s: %s", path, jerr.text);
+		return NULL;
+	}
+	rf = json_pack("{s:s, s:{s:s, s:o, s:b}}", "type", "json_schema", "json_schema", "name", "output",
+				   "schema", schema, "strict", 1);
+	text = rf ? json_dumps(rf, JSON_COMPACT) : NULL;
+	json_decref(rf);
+	if (text == NULL)
+		fail("--json-schema: out of memory");
+	return text;
+}
+
 static int
 cmd_generate(const cli_opts *o, const bool *given)
 {
@@ -779,6 +811,7 @@ cmd_generate(const cli_opts *o, const bool *given)
 	int			n_ids = 0;
 	int64_t		id = -1;
 	int			rc = 0;
+	char	   *rf = NULL;
 
 	if (o->prompt == NULL)
 		return fail("generate: --prompt is required");
@@ -804,20 +837,33 @@ cmd_generate(const cli_opts *o, const bool *given)
 	p.raw = o->raw;
 	p.ignore_eos = o->ignore_eos;
 	p.include_reasoning = o->include_reasoning || o->json;
+	if (was_given(given, "max-reasoning-tokens"))
+	{
+		p.has_max_reasoning_tokens = true;
+		p.max_reasoning_tokens = (int) o->max_reasoning_tokens;
+	}
+	if (o->json_schema && (rf = response_format_from_file(o->json_schema)) == NULL)
+		return 1;
+	p.response_format = rf;
 
 	progress_init(&ps, o->verbose);
 	eng = create_engine(o, o->max_seqs > 0 ? (int) o->max_seqs : 1, (int) o->max_context,
 						(int) o->prefill_chunk, &ps);
 	if (eng == NULL)
+	{
+		free(rf);
 		return 1;
+	}
 	if (gptoss_engine_render(eng, o->prompt, NULL, 0, &p, &ids, &n_ids, &err) < 0 ||
 		(id = gptoss_engine_submit(eng, ids, n_ids, &p, &err)) < 0)
 	{
 		free(ids);
+		free(rf);
 		gptoss_engine_free(eng);
 		return fail("generate: %s", err.msg);
 	}
 	free(ids);
+	free(rf);
 	while (gptoss_engine_active(eng) > 0)
 		if (gptoss_engine_step(eng, &err) < 0)
 			break;
@@ -867,9 +913,15 @@ parse_batches(const char *s, int32_t **out)
 	return parse_id_list(s, "--batch", 1, 4096, out);
 }
 
-/* One timed run of batch requests; prints its JSON line.  Returns 0 or 1. */
+/*
+ * One timed run of batch requests; prints its JSON line.  Returns 0 or 1.
+ * With a response_format (rf) every request is constrained from its first
+ * token (raw mode, stopping when its document is done), and the line adds
+ * the decode rate over the steps where the whole batch was still decoding
+ * (the figure to compare with an unconstrained run) and the mask time.
+ */
 static int
-bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t seed)
+bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t seed, const char *rf)
 {
 	gptoss_gen_params p;
 	gptoss_error err = {0};
@@ -892,12 +944,20 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 		free(prompt);
 		return fail("bench: out of memory");
 	}
+	double		full_s = 0,
+				full_tokens = 0;
+	int64_t		generated = 0;
+	gptoss_engine_stats st0,
+				st1;
+
 	gptoss_gen_params_default(&p);
 	p.raw = true;
-	p.ignore_eos = true;
+	p.ignore_eos = rf == NULL;
+	p.response_format = rf;
 	p.temperature = 0;
 	p.max_tokens = gen;
 
+	gptoss_engine_get_stats(eng, &st0);
 	t_submit = gptoss_now();
 	for (int b = 0; b < batch && rc == 0; b++)
 	{
@@ -913,7 +973,9 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 	}
 	while (rc == 0 && gptoss_engine_active(eng) > 0)
 	{
-		double		now;
+		double		now,
+					before = gptoss_now();
+		bool		full = n_first == batch && gptoss_engine_active(eng) == batch;
 
 		if (gptoss_engine_step(eng, &err) < 0)
 		{
@@ -921,6 +983,11 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 			break;
 		}
 		now = gptoss_now();
+		if (full)
+		{
+			full_s += now - before;
+			full_tokens += batch;
+		}
 		for (int b = 0; b < batch && n_first < batch; b++)
 		{
 			gptoss_result res;
@@ -935,20 +1002,37 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 		}
 	}
 	t_end = gptoss_now();
+	for (int b = 0; b < batch && rc == 0; b++)
+	{
+		gptoss_result res;
+
+		if (gptoss_engine_result(eng, ids[b], &res) == 0)
+			generated += res.n_tokens;
+	}
 	if (rc == 0)
 	{
 		double		prefill_s = t_prefilled - t_submit;
 		double		decode_s = t_end - t_prefilled;
-		double		decode_tokens = (double) batch * (gen - 1);
+		double		decode_tokens = (double) (generated - batch);
 
 		memset(&info, 0, sizeof(info));
 		be->get_info(be, &info);
+		gptoss_engine_get_stats(eng, &st1);
 		printf("{\"batch\":%d,\"prompt_len\":%d,\"gen\":%d,\"prefill_tok_s\":%.1f,"
-			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"device\":\"%s\"}\n",
+			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"device\":\"%s\"",
 			   batch, prompt_len, gen,
 			   prefill_s > 0 ? (double) batch * prompt_len / prefill_s : 0.0,
 			   decode_s > 0 && decode_tokens > 0 ? decode_tokens / decode_s : 0.0,
 			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes, info.device_name);
+		if (rf != NULL)
+			printf(",\"constrained\":true,\"generated\":%lld,\"full_batch_decode_steps\":%.0f,"
+				   "\"full_batch_decode_tok_s\":%.1f,\"masks\":%lld,\"mask_cpu_us_per_mask\":%.2f,"
+				   "\"mask_wall_ms_per_step\":%.3f",
+				   (long long) generated, full_tokens / batch, full_s > 0 ? full_tokens / full_s : 0.0,
+				   (long long) (st1.masks - st0.masks),
+				   st1.masks > st0.masks ? (st1.mask_seconds - st0.mask_seconds) / (st1.masks - st0.masks) * 1e6 : 0.0,
+				   st1.steps > st0.steps ? (st1.mask_wall_seconds - st0.mask_wall_seconds) / (st1.steps - st0.steps) * 1e3 : 0.0);
+		printf("}\n");
 		fflush(stdout);
 	}
 	for (int b = 0; b < batch; b++)
@@ -1033,7 +1117,10 @@ cmd_bench(const cli_opts *o, const bool *given)
 	progress_state ps;
 	gptoss_engine *eng;
 	uint64_t	seed = was_given(given, "seed") ? o->seed : 1;
+	char	   *rf = NULL;
 
+	if (was_given(given, "requests") && o->json_schema)
+		return fail("bench: --json-schema goes with --batch runs, not --requests");
 	if (was_given(given, "requests"))
 		return cmd_bench_serve(o, given);
 	if (was_given(given, "input-len") || was_given(given, "output-len") || was_given(given, "lengths") ||
@@ -1065,11 +1152,17 @@ cmd_bench(const cli_opts *o, const bool *given)
 	 */
 	if (!was_given(given, "prefill-chunk"))
 		prefill_chunk = prompt_len < 2048 ? prompt_len : 2048;
+	if (o->json_schema && (rf = response_format_from_file(o->json_schema)) == NULL)
+	{
+		free(batches);
+		return 1;
+	}
 	progress_init(&ps, o->verbose);
 	eng = create_engine(o, max_batch, context, prefill_chunk, &ps);
 	if (eng == NULL)
 	{
 		free(batches);
+		free(rf);
 		return 1;
 	}
 	/* Warm-up (lazy allocations, kernel selection) outside the timings. */
@@ -1096,9 +1189,10 @@ cmd_bench(const cli_opts *o, const bool *given)
 			gptoss_engine_release(eng, id);
 	}
 	for (int i = 0; i < n_batches && rc == 0; i++)
-		rc = bench_batch(eng, batches[i], prompt_len, gen, seed + (uint64_t) i);
+		rc = bench_batch(eng, batches[i], prompt_len, gen, seed + (uint64_t) i, rf);
 	gptoss_engine_free(eng);
 	free(batches);
+	free(rf);
 	return rc;
 }
 

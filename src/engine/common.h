@@ -105,6 +105,9 @@ void		gptoss_buffer_free(gptoss_buffer *b);
 /* Monotonic wall clock in seconds. */
 double		gptoss_now(void);
 
+/* CPU time of the calling thread in seconds. */
+double		gptoss_thread_cpu_time(void);
+
 /* Number of worker threads the CPU code uses (GPTOSS_THREADS or online cores). */
 int			gptoss_num_threads(void);
 

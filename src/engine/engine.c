@@ -58,6 +58,7 @@
 #include "constraint.h"
 #include "harmony.h"
 #include "json_schema.h"
+#include "task_pool.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -163,6 +164,10 @@ struct gptoss_engine
 	gptoss_constraint_env *cenv;	/* built with the first constrained request */
 	uint32_t   *masks;			/* [max_seqs][mask_words] token masks of the step's entries */
 	int			mask_words;
+	gptoss_task_pool *mask_pool;	/* computes the step's masks in parallel */
+	gptoss_token_trie_scratch **mask_scratch;	/* [workers of mask_pool] */
+	int		   *constrained;	/* [max_seqs] entries whose constraint is asked this step */
+	double	   *mask_cpu;		/* [workers of mask_pool] CPU seconds of each worker's masks */
 	int64_t		next_id;
 	uint64_t	seed_counter;
 	int			share_tokens;	/* prefix-cache granularity; 0: the backend's cache is not paged */
@@ -427,6 +432,15 @@ gptoss_engine_free(gptoss_engine *eng)
 	free(eng->match_pages);
 	free(eng->forced);
 	free(eng->masks);
+	free(eng->constrained);
+	if (eng->mask_pool != NULL)
+	{
+		for (int i = 0; i < gptoss_task_pool_workers(eng->mask_pool); i++)
+			gptoss_token_trie_scratch_free(eng->mask_scratch[i]);
+		gptoss_task_pool_free(eng->mask_pool);
+	}
+	free(eng->mask_scratch);
+	free(eng->mask_cpu);
 	gptoss_constraint_env_free(eng->cenv);
 	if (eng->owns_parts)
 	{
@@ -563,6 +577,40 @@ check_params(const gptoss_gen_params *p, gptoss_error *err)
 }
 
 /*
+ * What constrained decoding needs, built with the first constrained request:
+ * the token trie, mask buffers, and a pool of threads (one scratch each) that
+ * computes the step's masks in parallel.
+ */
+static int
+start_constraints(gptoss_engine *eng, gptoss_error *err)
+{
+	int			workers = gptoss_num_threads();
+
+	eng->cenv = gptoss_constraint_env_build(eng->tok, eng->model->config.vocab_size, err);
+	if (eng->cenv == NULL)
+		return -1;
+	eng->mask_words = gptoss_constraint_env_mask_words(eng->cenv);
+	eng->masks = malloc((size_t) eng->max_seqs * eng->mask_words * sizeof(uint32_t));
+	eng->constrained = malloc((size_t) eng->max_seqs * sizeof(int));
+	if (workers > eng->max_seqs)
+		workers = eng->max_seqs;
+	if (workers > 16)
+		workers = 16;
+	eng->mask_pool = gptoss_task_pool_create(workers < 1 ? 1 : workers, err);
+	if (eng->masks == NULL || eng->constrained == NULL || eng->mask_pool == NULL)
+		return gptoss_errorf(err, "out of memory for token masks");
+	workers = gptoss_task_pool_workers(eng->mask_pool);
+	eng->mask_scratch = calloc((size_t) workers, sizeof(*eng->mask_scratch));
+	eng->mask_cpu = calloc((size_t) workers, sizeof(double));
+	if (eng->mask_scratch == NULL || eng->mask_cpu == NULL)
+		return gptoss_errorf(err, "out of memory for token masks");
+	for (int i = 0; i < workers; i++)
+		if ((eng->mask_scratch[i] = gptoss_constraint_env_scratch(eng->cenv)) == NULL)
+			return gptoss_errorf(err, "out of memory for token masks");
+	return 0;
+}
+
+/*
  * The constraint of a request: its response_format grammar and its reasoning
  * budget (default: half of max_tokens with a grammar, else none); NULL in
  * *con when it has neither.
@@ -583,23 +631,10 @@ make_constraint(gptoss_engine *eng, const gptoss_gen_params *p, int max_new,
 		budget = -1;			/* no channels in raw mode */
 	if (g == NULL && budget < 0)
 		return 0;
-	if (eng->cenv == NULL)
+	if (eng->cenv == NULL && start_constraints(eng, err) < 0)
 	{
-		eng->cenv = gptoss_constraint_env_build(eng->tok, eng->model->config.vocab_size, err);
-		if (eng->cenv == NULL)
-		{
-			gptoss_json_grammar_free(g);
-			return -1;
-		}
-		eng->mask_words = gptoss_constraint_env_mask_words(eng->cenv);
-		eng->masks = malloc((size_t) eng->max_seqs * eng->mask_words * sizeof(uint32_t));
-		if (eng->masks == NULL)
-		{
-			gptoss_json_grammar_free(g);
-			gptoss_constraint_env_free(eng->cenv);
-			eng->cenv = NULL;
-			return gptoss_errorf(err, "out of memory for token masks");
-		}
+		gptoss_json_grammar_free(g);
+		return -1;
 	}
 	*con = gptoss_constraint_create(eng->cenv, g, p->raw, budget, max_new, err);
 	return *con ? 0 : -1;
@@ -1682,45 +1717,62 @@ update_rates(gptoss_engine *eng, double seconds, int prefill_tokens, int decode_
 	eng->rate_time = eng->rate_time * keep + seconds;
 }
 
+/* Asks one entry's constraint what it may pick (a pool task; entries are independent). */
+static void
+constrain_entry(void *ctx, int item, int worker)
+{
+	gptoss_engine *eng = ctx;
+	int			i = eng->constrained[item];
+	request    *r = eng->batch_reqs[i];
+	uint32_t   *buf = eng->masks + (size_t) i * eng->mask_words;
+	const uint32_t *mask = NULL;
+	gptoss_error cerr = {0};
+	int			kind;
+	double		t0 = gptoss_thread_cpu_time();
+
+	kind = gptoss_constraint_next(r->con, r->max_new - r->n_tokens, buf, &mask, &eng->forced[i],
+								  eng->mask_scratch[worker], &cerr);
+	eng->mask_cpu[worker] += gptoss_thread_cpu_time() - t0;
+	if (kind < 0)
+	{
+		free(r->con_error);
+		r->con_error = strdup(cerr.msg[0] ? cerr.msg : "constrained decoding failed");
+	}
+	else if (kind == GPTOSS_NEXT_MASK)
+		eng->batch[i].allowed = mask;
+	else if (eng->forced[i] >= 0 && eng->batch[i].logprobs)
+		eng->batch[i].forced = &eng->forced[i];	/* its log-probability is the forced token's */
+}
+
 /*
  * Asks the constraint of every sampled entry what it may pick: a mask for
- * the backend, or a forced token.  A request whose constraint fails ends
- * with the error after the step (its entry still runs: the slot stays
- * consistent with the batch).
+ * the backend, or a forced token, in parallel over the mask pool.  A request
+ * whose constraint fails ends with the error after the step (its entry
+ * still runs: the slot stays consistent with the batch).
  */
 static void
 constrain_batch(gptoss_engine *eng, int n)
 {
 	double		t0 = gptoss_now();
+	int			n_constrained = 0;
 
 	for (int i = 0; i < n; i++)
 	{
-		request    *r = eng->batch_reqs[i];
-		gptoss_step_seq *e = &eng->batch[i];
-		uint32_t   *buf = eng->masks + (size_t) i * eng->mask_words;
-		const uint32_t *mask = NULL;
-		gptoss_error cerr = {0};
-		int			kind;
-
 		eng->forced[i] = -1;
-		if (!e->sample || r->con == NULL)
-			continue;
-		kind = gptoss_constraint_next(r->con, r->max_new - r->n_tokens, buf, &mask,
-									  &eng->forced[i], &cerr);
-		if (kind < 0)
-		{
-			free(r->con_error);
-			r->con_error = strdup(cerr.msg[0] ? cerr.msg : "constrained decoding failed");
-		}
-		else if (kind == GPTOSS_NEXT_MASK)
-		{
-			e->allowed = mask;
-			eng->stats.masks++;
-		}
-		else if (eng->forced[i] >= 0 && e->logprobs)
-			e->forced = &eng->forced[i];	/* its log-probability is the forced token's */
+		if (eng->batch[i].sample && eng->batch_reqs[i]->con != NULL)
+			eng->constrained[n_constrained++] = i;
 	}
-	eng->stats.mask_seconds += gptoss_now() - t0;
+	if (n_constrained == 0)
+		return;
+	gptoss_task_pool_run(eng->mask_pool, n_constrained, constrain_entry, eng);
+	for (int k = 0; k < n_constrained; k++)
+		eng->stats.masks += eng->batch[eng->constrained[k]].allowed != NULL;
+	for (int w = 0; w < gptoss_task_pool_workers(eng->mask_pool); w++)
+	{
+		eng->stats.mask_seconds += eng->mask_cpu[w];
+		eng->mask_cpu[w] = 0;
+	}
+	eng->stats.mask_wall_seconds += gptoss_now() - t0;
 }
 
 /* The token a constrained request takes: the forced one, the sampled one, or a repair. */

@@ -206,7 +206,8 @@ typedef struct gptoss_engine_stats
 	int			active;			/* sequences in the batch */
 	int			queued;			/* waiting for a slot */
 	int64_t		masks;			/* token masks computed for constrained requests */
-	double		mask_seconds;	/* time spent deciding what constrained requests may sample */
+	double		mask_seconds;	/* CPU time (all threads) deciding what constrained requests may sample */
+	double		mask_wall_seconds;	/* wall time of that, which the step waits for */
 	int64_t		mask_violations;	/* sampled tokens a mask did not allow (replaced; 0 unless
 									 * a backend ignores masks or the logits had no finite value) */
 } gptoss_engine_stats;
