@@ -59,6 +59,7 @@
 
 #include "gptoss.h"
 #include "enrich.h"
+#include "pipeline.h"
 
 PG_FUNCTION_INFO_V1(gptoss_enrich);
 PG_FUNCTION_INFO_V1(gptoss_enrich_drop);
@@ -182,11 +183,11 @@ enrich_schema(void)
 	return schema;
 }
 
-/* Rows a batch holds: as many requests as gptoss_generate_many keeps in flight. */
+/* Rows a batch holds: gptoss.batch_window, as gptoss_generate_many keeps in flight. */
 int
 enrich_batch_size(void)
 {
-	return Max(1, Min(gptoss_max_batch_size * gptoss_worker_count(), gptoss_max_requests / 2));
+	return gptoss_batch_window > 0 ? gptoss_batch_window : gptoss_default_window();
 }
 
 /* OPERATOR(schema.=) of the default equality of type typid. */
@@ -526,120 +527,116 @@ try_subxact(void (*fn) (void *), void *arg, CaughtError *err)
 /* ---------------------------------------------------------------------------
  * Batched generation
  *
- * The adapter between enrichments and the request path: it keeps up to
- * enrich_batch_size() requests in flight, as gptoss_generate_many does, and
- * collects them in order; each start and each collection runs in its own
- * subtransaction so that a failing row leaves the others running.
+ * Through the pipeline that gptoss_generate_many and the GptossBatch node use
+ * (pipeline.h), so that enrichments share the worker's batch and its
+ * admission with every session.  With GPTOSS_PIPELINE_ROW_ERRORS a row whose
+ * generation fails for its own input (54000, XX000) comes back as a failed
+ * result; a prompt that cannot be rendered, or whose text does not convert,
+ * fails alone too.  Any other error ends the pipeline (its requests are
+ * dropped with its subtransaction) and applies to the rows not answered yet.
  */
 
 typedef struct GenState
 {
-	Jsonb	   *params;
-	ResourceOwner owner;		/* holds the request segments across the subtransactions */
+	Jsonb	   *params;			/* generation params with on_error "null" */
+	int			n;
 	text	  **prompts;		/* NULL: no request */
-	GptossCall **calls;
 	text	  **answers;
-	int			completion_tokens;
+	char	  **errors;
+	int		   *order;			/* row of each submitted job, in submission order */
+	int64		completion_tokens;
+	GptossJob	job;			/* gen_build: the job of row */
 	int			row;
+	bool		built;
+	int			sqlerrcode;
+	char	   *message;
 } GenState;
 
-/* Starts the request of row st->row. */
+/* Builds the job of row st->row (false in st->built when its prompt cannot be rendered). */
 static void
-gen_start(void *arg)
+gen_build(void *arg)
 {
 	GenState   *st = arg;
-	GptossRequest req;
 
-	ResourceOwner subowner = CurrentResourceOwner;
-
-	gptoss_prompt_request(&req, st->params, st->prompts[st->row]);
-	/* a subtransaction's commit would detach the segment: the batch's owner keeps it */
-	CurrentResourceOwner = st->owner;
-	st->calls[st->row] = gptoss_call_start(&req);
-	CurrentResourceOwner = subowner;
+	st->built = gptoss_generate_job(PointerGetDatum(st->prompts[st->row]), JsonbPGetDatum(st->params),
+									&st->job, &st->sqlerrcode, &st->message);
 }
 
-/* Collects the answer of row st->row. */
+/* Submits every prompt and collects every answer through one pipeline. */
 static void
-gen_collect(void *arg)
+gen_run(void *arg)
 {
 	GenState   *st = arg;
-	GptossResponse resp;
+	GptossPipeline *pipeline = gptoss_pipeline_create(enrich_batch_size(), GPTOSS_PIPELINE_ROW_ERRORS);
+	int			submitted = 0;
+	int			collected = 0;
+	CaughtError err;
 
-	memset(&resp, 0, sizeof(resp));
-	initStringInfo(&resp.text);
-	initStringInfo(&resp.reasoning);
-	while (gptoss_call_next(st->calls[st->row], &resp))
-		;
-	st->answers[st->row] = gptoss_answer_text(resp.text.data, resp.text.len);
-	st->completion_tokens = resp.completion_tokens;
-	pfree(resp.text.data);
-	pfree(resp.reasoning.data);
+	for (int i = 0; i <= st->n; i++)
+	{
+		/* collect in order while the window is full, and everything at the end */
+		while (gptoss_pipeline_pending(pipeline) > 0 &&
+			   (i == st->n || !gptoss_pipeline_has_room(pipeline)))
+		{
+			GptossPipelineResult r;
+			int			row = st->order[collected++];
+
+			gptoss_pipeline_next(pipeline, &r);
+			if (r.failed)
+				st->errors[row] = psprintf("%s: %s", unpack_sql_state(r.sqlerrcode), r.message);
+			else
+			{
+				st->answers[row] = DatumGetTextPP(gptoss_generate_result(&r.resp));
+				st->completion_tokens += r.resp.completion_tokens;
+			}
+			gptoss_pipeline_result_free(&r);
+		}
+		if (i == st->n || st->prompts[i] == NULL)
+			continue;
+		st->row = i;
+		if (!try_subxact(gen_build, st, &err))
+			st->errors[i] = err.message;
+		else if (!st->built)
+			st->errors[i] = psprintf("%s: %s", unpack_sql_state(st->sqlerrcode), st->message);
+		else
+		{
+			gptoss_pipeline_submit(pipeline, &st->job);
+			pfree(unconstify(int32 *, st->job.prompt));
+			st->order[submitted++] = i;
+		}
+	}
+	gptoss_pipeline_free(pipeline);
 }
 
 /*
  * Answers prompts[0..n) (NULL: skipped) with params.  Fills answers[] or
- * errors[] (with deferred[] for errors that are not the row's fault: after
- * the first of those no new request starts); returns completion tokens.
+ * errors[] (with deferred[] for errors that are not the row's fault); returns
+ * the completion tokens.
  */
 static int64
 generate_batch(Jsonb *params, int n, text **prompts, text **answers, char **errors, bool *deferred)
 {
 	GenState	st;
-	int			window = enrich_batch_size();
-	int			next = 0;
-	int64		tokens = 0;
-	char	   *stop = NULL;
 	CaughtError err;
+	Datum		row_errors = DirectFunctionCall1(jsonb_in, CStringGetDatum("{\"on_error\": \"null\"}"));
 
-	st.params = params;
-	st.owner = CurrentResourceOwner;
+	memset(&st, 0, sizeof(st));
+	st.params = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(params), row_errors));
+	st.n = n;
 	st.prompts = prompts;
 	st.answers = answers;
-	st.calls = palloc0(sizeof(GptossCall *) * Max(1, n));
-	for (int i = 0; i < n; i++)
+	st.errors = errors;
+	st.order = palloc(sizeof(int) * Max(1, n));
+	if (!try_subxact(gen_run, &st, &err))
 	{
-		for (; next < n && next < i + window; next++)
-		{
-			if (prompts[next] == NULL || stop != NULL)
-				continue;
-			st.row = next;
-			if (!try_subxact(gen_start, &st, &err))
+		for (int i = 0; i < n; i++)
+			if (prompts[i] != NULL && answers[i] == NULL && errors[i] == NULL)
 			{
-				errors[next] = err.message;
-				if (is_transient(err.sqlerrcode))
-				{
-					deferred[next] = true;
-					stop = err.message;
-				}
+				errors[i] = err.message;
+				deferred[i] = is_transient(err.sqlerrcode);
 			}
-		}
-		if (prompts[i] == NULL || errors[i] != NULL)
-			continue;
-		if (st.calls[i] == NULL)
-		{
-			/* never started: a transient error stopped the batch */
-			errors[i] = stop;
-			deferred[i] = true;
-			continue;
-		}
-		st.row = i;
-		if (try_subxact(gen_collect, &st, &err))
-			tokens += st.completion_tokens;
-		else
-		{
-			errors[i] = err.message;
-			if (is_transient(err.sqlerrcode))
-			{
-				deferred[i] = true;
-				if (stop == NULL)
-					stop = err.message;
-			}
-		}
-		gptoss_call_end(st.calls[i]);
-		st.calls[i] = NULL;
 	}
-	return tokens;
+	return st.completion_tokens;
 }
 
 /* ---------------------------------------------------------------------------
@@ -1476,7 +1473,7 @@ gptoss_enrich(PG_FUNCTION_ARGS)
 	bool		has_pk;
 	int			id;
 	Enrichment *e;
-	GptossRequest req;
+	gptoss_gen_params parsed;
 
 	for (int i = 0; i < 5; i++)
 		if (PG_ARGISNULL(i))
@@ -1531,7 +1528,7 @@ gptoss_enrich(PG_FUNCTION_ARGS)
 	max_attempts = param_int(params, "max_attempts", ENRICH_DEFAULT_MAX_ATTEMPTS);
 	backfill = param_bool(params, "backfill", true);
 	gen_params = generation_params(params);
-	gptoss_prompt_request(&req, gen_params, cstring_to_text(""));
+	gptoss_parse_params(gen_params, &parsed);
 
 	prompt_expr = analyse_prompt(relid, attnum, prompt_sql);
 
