@@ -74,7 +74,7 @@ submit(const char *prompt, const gptoss_gen_params *p, gptoss_error *err)
 	int			n = 0;
 	int64_t		id;
 
-	if (gptoss_engine_render(eng, prompt, NULL, 0, p, &ids, &n, err) < 0)
+	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, p, NULL, &ids, &n, err) < 0)
 		return -1;
 	id = gptoss_engine_submit(eng, ids, n, p, err);
 	free(ids);
@@ -293,7 +293,7 @@ test_prompt_and_params(void)
 	gptoss_gen_params_default(&p);
 	p.response_format = rf;
 	p.instructions = "Be terse.";
-	CHECK(gptoss_engine_render(eng, "hi", NULL, 0, &p, &ids, &n, &err) == 0, "render: %s", err.msg);
+	CHECK(gptoss_render_prompt(gptoss_engine_tokenizer(eng), "hi", NULL, 0, &p, NULL, &ids, &n, &err) == 0, "render: %s", err.msg);
 	text = gptoss_tokenizer_decode(gptoss_engine_tokenizer(eng), ids, n, false, NULL, &err);
 	CHECK(text && strstr(text, "<|start|>developer<|message|># Instructions\n\nBe terse.\n\n# Response Formats\n\n"
 						 "## out\n\n{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}<|end|>"),
@@ -301,7 +301,7 @@ test_prompt_and_params(void)
 	free(text);
 	free(ids);
 
-	p.stop = stops;
+	p.stop[0] = stops[0];
 	p.n_stop = 1;
 	CHECK(submit("x", &p, &err) < 0 && strstr(err.msg, "stop"), "stop with response_format: %s", err.msg);
 	p.n_stop = 0;
