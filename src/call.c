@@ -475,13 +475,14 @@ gptoss_call_end(GptossCall *call)
 	pfree(call);
 }
 
-/* Runs job to completion. */
+/* Runs job to completion (with on_error "null", a row error ends up in resp). */
 void
 gptoss_execute(const GptossJob *job, GptossResponse *resp)
 {
 	GptossCall *call;
 
 	gptoss_response_init(resp);
+	resp->keep_row_error = job->params.on_error == GPTOSS_ON_ERROR_NULL;
 	call = gptoss_call_start(job);
 	while (gptoss_call_next(call, resp))
 		;

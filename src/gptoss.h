@@ -281,7 +281,11 @@ extern void gptoss_call_end(GptossCall *call);
 /* Raises 55000 with worker w's reason for not serving (its load error). */
 extern void gptoss_raise_worker_failed(int w);
 
-/* Runs job to completion into resp (initialised here). */
+/*
+ * Runs job to completion into resp (initialised here).  With params on_error
+ * "null", an error the worker reports for this one job is left in
+ * resp->row_error_code instead of raising (protocol.h).
+ */
 extern void gptoss_execute(const GptossJob *job, GptossResponse *resp);
 
 /* ---------------------------------------------------------------------------
@@ -305,6 +309,15 @@ extern const gptoss_tokenizer *gptoss_session_tokenizer(void);
 extern int32 *gptoss_render(const char *prompt, const gptoss_chat_message *messages,
 							int n_messages, const gptoss_gen_params *params, int *n_ids);
 
+/*
+ * As gptoss_render, but a failure of this one prompt (54000 cannot fit the
+ * context, XX000 the engine could not render it) returns NULL with
+ * *sqlerrcode and *message set; bad parameters (22023) still raise.
+ */
+extern int32 *gptoss_render_or_fail(const char *prompt, const gptoss_chat_message *messages,
+									int n_messages, const gptoss_gen_params *params, int *n_ids,
+									int *sqlerrcode, char **message);
+
 /* Encodes text into malloc'ed ids (caller frees), interruptibly; returns the count. */
 extern int	gptoss_encode_text(const char *text, size_t len, int32 **ids);
 
@@ -325,5 +338,40 @@ extern void gptoss_parse_params(Jsonb *params, gptoss_gen_params *p);
  * Background worker (worker.c)
  */
 extern PGDLLEXPORT void gptoss_worker_main(Datum main_arg);
+
+/* ---------------------------------------------------------------------------
+ * Jobs and results of the per-row generation functions (sqlfuncs.c), for
+ * callers that run them outside the function call (batch_scan.c).  The
+ * builders raise 22023 for bad input, as the functions do; they return false
+ * (with the error's SQLSTATE and message) only under on_error "null", for a
+ * prompt that cannot be rendered into the context.
+ */
+extern bool gptoss_generate_job(Datum prompt, Datum params, GptossJob *job,
+								int *sqlerrcode, char **message);
+extern Datum gptoss_generate_result(const GptossResponse *resp);
+extern bool gptoss_chat_job(Datum messages, Datum params, GptossJob *job,
+							int *sqlerrcode, char **message);
+extern Datum gptoss_chat_result(const gptoss_gen_params *params, const GptossResponse *resp);
+
+/* ---------------------------------------------------------------------------
+ * The GptossBatch scan node (batch_scan.c)
+ */
+extern int	gptoss_batch_window;
+
+/* Defines gptoss.batch_window (from define_gucs, after max_batch_size and max_requests). */
+extern void gptoss_batch_define_gucs(void);
+
+/* Installs the planner hook and registers the node (from _PG_init). */
+extern void gptoss_batch_init(void);
+
+/* ---------------------------------------------------------------------------
+ * Generations that gave NULL under params on_error "null" (row_errors.c)
+ */
+
+/* Counts one generation that gave NULL; its statement ends with one WARNING. */
+extern void gptoss_row_error_note(int sqlerrcode, const char *message);
+
+/* Installs the executor hook that reports them (from gptoss_batch_init). */
+extern void gptoss_row_errors_init(void);
 
 #endif							/* GPTOSS_H */

@@ -20,6 +20,7 @@
 #include "utils/guc.h"
 
 #include "gptoss.h"
+#include "enrich.h"
 
 PG_MODULE_MAGIC;
 
@@ -370,6 +371,8 @@ define_gucs(void)
 							0,
 							NULL, NULL, NULL);
 
+	gptoss_batch_define_gucs();
+
 	MarkGUCPrefixReserved("gptoss");
 }
 
@@ -396,4 +399,6 @@ _PG_init(void)
 
 	register_workers();
 	gptoss_preload_tokenizer();
+	gptoss_batch_init();
+	enrich_init();
 }

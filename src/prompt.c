@@ -193,20 +193,28 @@ context_tokens(void)
 	return best > 0 ? best : gptoss_max_context;
 }
 
-/* Raises 54000 for a prompt of n_ids tokens that leaves no room in a context of room tokens. */
-static void
-raise_too_long(int n_ids, int room)
+/*
+ * A prompt that cannot be rendered for this row (54000 too long, XX000 the
+ * engine failed): raises, or with fail_code set fills it and *fail_message
+ * and returns NULL.
+ */
+static int32 *
+render_failed(int sqlerrcode, char *message, const char *detail, int *fail_code, char **fail_message)
 {
-	ereport(ERROR,
-			(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-			 errmsg("prompt is %d tokens but the context holds %d tokens: no room to generate",
-					n_ids, room)));
+	if (fail_code == NULL)
+		ereport(ERROR,
+				(errcode(sqlerrcode),
+				 errmsg("%s", message),
+				 detail ? errdetail("%s", detail) : 0));
+	*fail_code = sqlerrcode;
+	*fail_message = message;
+	return NULL;
 }
 
-/* Renders a prompt into palloc'ed ids (see gptoss.h). */
-int32 *
-gptoss_render(const char *prompt, const gptoss_chat_message *messages, int n_messages,
-			  const gptoss_gen_params *params, int *n_ids)
+/* gptoss_render and gptoss_render_or_fail (fail_code NULL: raise). */
+static int32 *
+render(const char *prompt, const gptoss_chat_message *messages, int n_messages,
+	   const gptoss_gen_params *params, int *n_ids, int *fail_code, char **fail_message)
 {
 	const gptoss_tokenizer *tok = gptoss_session_tokenizer();
 	int			room = context_tokens();
@@ -222,11 +230,11 @@ gptoss_render(const char *prompt, const gptoss_chat_message *messages, int n_mes
 	for (int i = 0; i < n_messages; i++)
 		bytes += strlen(messages[i].content);
 	if ((double) bytes > most_bytes)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("prompt of %zu bytes cannot fit the context of %d tokens", bytes, room),
-				 errdetail("No token is longer than %zu bytes.",
-						   gptoss_tokenizer_max_token_bytes(tok))));
+		return render_failed(ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+							 psprintf("prompt of %zu bytes cannot fit the context of %d tokens", bytes, room),
+							 psprintf("No token is longer than %zu bytes.",
+									  gptoss_tokenizer_max_token_bytes(tok)),
+							 fail_code, fail_message);
 
 	for (;;)
 	{
@@ -241,16 +249,21 @@ gptoss_render(const char *prompt, const gptoss_chat_message *messages, int n_mes
 			serve_interrupt();
 			continue;
 		}
-		ereport(ERROR,
-				(errcode(err.code == GPTOSS_ERR_INVALID ? ERRCODE_INVALID_PARAMETER_VALUE :
-						 err.code == GPTOSS_ERR_TOO_LONG ? ERRCODE_PROGRAM_LIMIT_EXCEEDED :
-						 ERRCODE_INTERNAL_ERROR),
-				 errmsg("%s", err.msg)));
+		if (err.code == GPTOSS_ERR_INVALID)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("%s", err.msg)));
+		return render_failed(err.code == GPTOSS_ERR_TOO_LONG ? ERRCODE_PROGRAM_LIMIT_EXCEEDED :
+							 ERRCODE_INTERNAL_ERROR,
+							 pstrdup(err.msg), NULL, fail_code, fail_message);
 	}
 	if (n >= room)
 	{
 		free(ids);
-		raise_too_long(n, room);
+		return render_failed(ERRCODE_PROGRAM_LIMIT_EXCEEDED,
+							 psprintf("prompt is %d tokens but the context holds %d tokens: no room to generate",
+									  n, room),
+							 NULL, fail_code, fail_message);
 	}
 	PG_TRY();
 	{
@@ -264,4 +277,20 @@ gptoss_render(const char *prompt, const gptoss_chat_message *messages, int n_mes
 	PG_END_TRY();
 	*n_ids = n;
 	return result;
+}
+
+/* Renders a prompt into palloc'ed ids (see gptoss.h). */
+int32 *
+gptoss_render(const char *prompt, const gptoss_chat_message *messages, int n_messages,
+			  const gptoss_gen_params *params, int *n_ids)
+{
+	return render(prompt, messages, n_messages, params, n_ids, NULL, NULL);
+}
+
+/* As gptoss_render; a row-level failure returns NULL (see gptoss.h). */
+int32 *
+gptoss_render_or_fail(const char *prompt, const gptoss_chat_message *messages, int n_messages,
+					  const gptoss_gen_params *params, int *n_ids, int *sqlerrcode, char **message)
+{
+	return render(prompt, messages, n_messages, params, n_ids, sqlerrcode, message);
 }

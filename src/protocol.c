@@ -321,6 +321,14 @@ gptoss_frame_apply(GptossResponse *resp, const char *data, Size nbytes, int work
 				if (nbytes < 1 + sizeof(f))
 					elog(ERROR, "gptoss: malformed error frame from worker %d", worker);
 				memcpy(&f, data + 1, sizeof(f));
+				if (resp->keep_row_error && gptoss_row_error_nullable(f.sqlerrcode))
+				{
+					resp->row_error_code = f.sqlerrcode;
+					resp->row_error_message = psprintf("%.*s", (int) (nbytes - 1 - sizeof(f)),
+													   data + 1 + sizeof(f));
+					resp->finished = true;
+					break;
+				}
 				ereport(ERROR,
 						(errcode(f.sqlerrcode),
 						 errmsg("%.*s", (int) (nbytes - 1 - sizeof(f)), data + 1 + sizeof(f)),

@@ -109,7 +109,16 @@ typedef struct GptossResponse
 	int			prompt_tokens;
 	int			completion_tokens;
 	bool		finished;
+	/* With keep_row_error, an error frame that on_error "null" may turn into
+	 * NULL (gptoss_row_error_nullable) finishes the response instead of
+	 * raising; row_error_code is then its SQLSTATE (0: none). */
+	bool		keep_row_error;
+	int			row_error_code;
+	char	   *row_error_message;
 } GptossResponse;
+
+/* True for the errors (54000, XX000) that on_error "null" turns into NULL (row_errors.c). */
+extern bool gptoss_row_error_nullable(int sqlerrcode);
 
 /* Empty response (in the current memory context). */
 extern void gptoss_response_init(GptossResponse *resp);
@@ -123,7 +132,10 @@ extern void gptoss_frame_put_finish(StringInfo outbox, int finish_reason, int pr
 									int completion_tokens);
 extern void gptoss_frame_put_error(StringInfo outbox, int sqlerrcode, const char *msg);
 
-/* Session: folds one frame into resp; raises worker's error frames (naming the worker). */
+/*
+ * Session: folds one frame into resp; raises the worker's error frames
+ * (naming the worker), but see keep_row_error.
+ */
 extern void gptoss_frame_apply(GptossResponse *resp, const char *data, Size nbytes, int worker);
 
 #endif							/* GPTOSS_PROTOCOL_H */

@@ -29,12 +29,7 @@
 #include "harmony.h"
 
 #include "gptoss.h"
-
-/*
- * gptoss_generate_many keeps at most this share of the request slots in
- * flight (1/MANY_SLOT_SHARE), so that other sessions still get in.
- */
-#define MANY_SLOT_SHARE 2
+#include "pipeline.h"
 
 PG_FUNCTION_INFO_V1(gptoss_generate);
 PG_FUNCTION_INFO_V1(gptoss_generate_many);
@@ -101,15 +96,22 @@ json_string_utf8(const JsonbValue *v)
 
 /*
  * A job over the rendered prompt (or messages) with parsed params; the
- * prompt ids are palloc'ed.
+ * prompt ids are palloc'ed.  With on_error "null", a prompt that cannot be
+ * rendered for this row returns false with its error in *sqlerrcode and
+ * *message; otherwise that raises.
  */
-static void
+static bool
 build_job(GptossJob *job, const gptoss_gen_params *params, const char *prompt,
-		  const gptoss_chat_message *messages, int n_messages)
+		  const gptoss_chat_message *messages, int n_messages, int *sqlerrcode, char **message)
 {
 	memset(job, 0, sizeof(*job));
 	job->params = *params;
-	job->prompt = gptoss_render(prompt, messages, n_messages, params, &job->n_prompt);
+	if (params->on_error == GPTOSS_ON_ERROR_NULL)
+		job->prompt = gptoss_render_or_fail(prompt, messages, n_messages, params, &job->n_prompt,
+											sqlerrcode, message);
+	else
+		job->prompt = gptoss_render(prompt, messages, n_messages, params, &job->n_prompt);
+	return job->prompt != NULL;
 }
 
 /* Text of one chat message's content: a string, null, or an array of text parts. */
@@ -219,15 +221,44 @@ parse_messages(Jsonb *messages, int *n_out)
 	return out;
 }
 
-/* Parses params and builds the job of one prompt. */
-static void
-prompt_job(GptossJob *job, text *prompt, Jsonb *params)
+/* Parses params and builds the job of one prompt (see build_job). */
+static bool
+prompt_job(GptossJob *job, text *prompt, Jsonb *params, int *sqlerrcode, char **message)
 {
 	gptoss_gen_params p;
 
 	gptoss_check_preloaded();
 	gptoss_parse_params(params, &p);
-	build_job(job, &p, to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt)), NULL, 0);
+	return build_job(job, &p, to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt)), NULL, 0,
+					 sqlerrcode, message);
+}
+
+/* Builds the job of gptoss_generate(prompt, params) (see gptoss.h). */
+bool
+gptoss_generate_job(Datum prompt, Datum params, GptossJob *job, int *sqlerrcode, char **message)
+{
+	return prompt_job(job, DatumGetTextPP(prompt), DatumGetJsonbP(params), sqlerrcode, message);
+}
+
+/* The text datum gptoss_generate returns for resp. */
+Datum
+gptoss_generate_result(const GptossResponse *resp)
+{
+	return PointerGetDatum(from_utf8(resp->text.data, resp->text.len));
+}
+
+/*
+ * Runs job into resp; false when it failed for this row under on_error
+ * "null" (counted for the statement's WARNING).
+ */
+static bool
+run_job(GptossJob *job, GptossResponse *resp)
+{
+	gptoss_execute(job, resp);
+	if (resp->row_error_code == 0)
+		return true;
+	gptoss_row_error_note(resp->row_error_code, resp->row_error_message);
+	return false;
 }
 
 /* gptoss_generate(prompt text, params jsonb) returns text */
@@ -236,22 +267,28 @@ gptoss_generate(PG_FUNCTION_ARGS)
 {
 	GptossJob	job;
 	GptossResponse resp;
+	int			code;
+	char	   *message;
 
-	prompt_job(&job, PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1));
-	gptoss_execute(&job, &resp);
-	PG_RETURN_TEXT_P(from_utf8(resp.text.data, resp.text.len));
+	if (!gptoss_generate_job(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &job, &code, &message))
+	{
+		gptoss_row_error_note(code, message);
+		PG_RETURN_NULL();
+	}
+	if (!run_job(&job, &resp))
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(gptoss_generate_result(&resp));
 }
 
 /*
  * gptoss_generate_many(prompts text[], params jsonb) returns text[]: the
- * answers of all prompts, in order (NULL for a NULL prompt).
+ * answers of all prompts, in order (NULL for a NULL prompt, and with
+ * on_error "null" for a prompt whose generation failed).
  *
- * A scalar function called once per row runs one sequence at a time, so a
- * single query never fills the worker's batch.  This one keeps a window of
- * requests in flight (up to the batch size of the workers, and at most a
- * share of the request slots so other sessions still get in) and collects
- * them in order, so one statement over many rows runs batched.  An error or
- * a cancel ends the statement; the open calls end with their segments.
+ * The prompts go through a pipeline (pipeline.h) of gptoss.batch_window
+ * requests (its boot value when the GUC is 0), so one call fills the
+ * worker's batch.  An error or a cancel ends the statement; the open calls
+ * end with their segments.
  */
 Datum
 gptoss_generate_many(PG_FUNCTION_ARGS)
@@ -262,9 +299,9 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 	bool	   *nulls;
 	int			n;
 	Datum	   *answers;
-	GptossCall **calls;
-	int			window;
-	int			next = 0;
+	bool	   *answer_nulls;
+	GptossPipeline *pipeline;
+	int			collected = 0;
 	int			dims[1];
 	int			lbs[1] = {1};
 
@@ -278,40 +315,50 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 	if (n == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
 
-	window = Max(1, Min(gptoss_max_batch_size * gptoss_worker_count(),
-						gptoss_max_requests / MANY_SLOT_SHARE));
 	answers = palloc0(sizeof(Datum) * n);
-	calls = palloc0(sizeof(GptossCall *) * n);
-	for (int i = 0; i < n; i++)
+	answer_nulls = palloc(sizeof(bool) * n);
+	memcpy(answer_nulls, nulls, sizeof(bool) * n);
+	pipeline = gptoss_pipeline_create(gptoss_batch_window > 0 ? gptoss_batch_window : gptoss_default_window(), 0);
+	for (int i = 0; i <= n; i++)
 	{
-		GptossResponse resp;
+		/* Collect in order while the window is full, and everything at the end. */
+		while (gptoss_pipeline_pending(pipeline) > 0 &&
+			   (i == n || !gptoss_pipeline_has_room(pipeline)))
+		{
+			GptossPipelineResult r;
 
-		/* Top the window up: requests i .. i + window - 1 are in flight. */
-		for (; next < n && next < i + window; next++)
+			while (nulls[collected])
+				collected++;
+			gptoss_pipeline_next(pipeline, &r);
+			if (r.failed)
+			{
+				gptoss_row_error_note(r.sqlerrcode, r.message);
+				answer_nulls[collected++] = true;
+			}
+			else
+				answers[collected++] = gptoss_generate_result(&r.resp);
+			gptoss_pipeline_result_free(&r);
+		}
+		if (i < n && !nulls[i])
 		{
 			GptossJob	job;
-			text	   *t;
+			text	   *t = DatumGetTextPP(items[i]);
+			int			code;
+			char	   *message;
 
-			if (nulls[next])
-				continue;
-			t = DatumGetTextPP(items[next]);
-			build_job(&job, &params, to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)), NULL, 0);
-			calls[next] = gptoss_call_start(&job);
-			pfree(unconstify(int32 *, job.prompt));
+			if (build_job(&job, &params, to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)), NULL, 0,
+						  &code, &message))
+			{
+				gptoss_pipeline_submit(pipeline, &job);
+				pfree(unconstify(int32 *, job.prompt));
+			}
+			else
+				gptoss_pipeline_submit_failed(pipeline, &params, code, message);
 		}
-		if (nulls[i])
-			continue;
-		gptoss_response_init(&resp);
-		while (gptoss_call_next(calls[i], &resp))
-			;
-		gptoss_call_end(calls[i]);
-		calls[i] = NULL;
-		answers[i] = PointerGetDatum(from_utf8(resp.text.data, resp.text.len));
-		pfree(resp.text.data);
-		pfree(resp.reasoning.data);
 	}
+	gptoss_pipeline_free(pipeline);
 	dims[0] = n;
-	PG_RETURN_ARRAYTYPE_P(construct_md_array(answers, nulls, 1, dims, lbs,
+	PG_RETURN_ARRAYTYPE_P(construct_md_array(answers, answer_nulls, 1, dims, lbs,
 											 TEXTOID, -1, false, TYPALIGN_INT));
 }
 
@@ -354,16 +401,25 @@ gptoss_generate_stream(PG_FUNCTION_ARGS)
 		ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 		MemoryContext old;
 		GptossJob	job;
+		int			code;
+		char	   *message;
 
 		gptoss_check_preloaded();
 		funcctx = SRF_FIRSTCALL_INIT();
 		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		prompt_job(&job, PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1));
-		job.stream = true;
 		st = palloc0(sizeof(StreamState));
-		gptoss_response_init(&st->resp);
-		st->call = gptoss_call_start(&job);
 		funcctx->user_fctx = st;
+		gptoss_response_init(&st->resp);
+		if (!prompt_job(&job, PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1), &code, &message))
+		{
+			/* on_error "null": no pieces */
+			gptoss_row_error_note(code, message);
+			MemoryContextSwitchTo(old);
+			SRF_RETURN_DONE(funcctx);
+		}
+		job.stream = true;
+		st->resp.keep_row_error = job.params.on_error == GPTOSS_ON_ERROR_NULL;
+		st->call = gptoss_call_start(&job);
 		if (rsinfo != NULL && IsA(rsinfo, ReturnSetInfo) && rsinfo->econtext != NULL)
 			RegisterExprContextCallback(rsinfo->econtext, stream_shutdown, PointerGetDatum(st));
 		MemoryContextSwitchTo(old);
@@ -385,7 +441,12 @@ gptoss_generate_stream(PG_FUNCTION_ARGS)
 			SRF_RETURN_NEXT(funcctx, PointerGetDatum(piece));
 		}
 		if (resp->finished)
+		{
+			/* on_error "null": the pieces already returned stay, nothing follows */
+			if (resp->row_error_code != 0)
+				gptoss_row_error_note(resp->row_error_code, resp->row_error_message);
 			break;
+		}
 		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
 		(void) gptoss_call_next(st->call, resp);
 		MemoryContextSwitchTo(old);
@@ -403,26 +464,28 @@ append_json_text(StringInfo buf, const char *s, int len)
 	escape_json(buf, text_to_cstring(t));
 }
 
-/* gptoss_chat(messages jsonb, params jsonb) returns jsonb (an OpenAI chat.completion) */
-Datum
-gptoss_chat(PG_FUNCTION_ARGS)
+/* Builds the job of gptoss_chat(messages, params) (see gptoss.h). */
+bool
+gptoss_chat_job(Datum messages, Datum params, GptossJob *job, int *sqlerrcode, char **message)
 {
-	Jsonb	   *messages = PG_GETARG_JSONB_P(0);
-	gptoss_gen_params params;
+	gptoss_gen_params p;
 	gptoss_chat_message *msgs;
 	int			n_msgs;
-	GptossJob	job;
-	GptossResponse resp;
-	StringInfoData buf;
-	uint8		rnd[12];
 
 	gptoss_check_preloaded();
-	gptoss_parse_params(PG_GETARG_JSONB_P(1), &params);
-	if (params.raw)
+	gptoss_parse_params(DatumGetJsonbP(params), &p);
+	if (p.raw)
 		invalid_param("raw", "gptoss_chat always uses the chat format; use gptoss_generate for raw text");
-	msgs = parse_messages(messages, &n_msgs);
-	build_job(&job, &params, NULL, msgs, n_msgs);
-	gptoss_execute(&job, &resp);
+	msgs = parse_messages(DatumGetJsonbP(messages), &n_msgs);
+	return build_job(job, &p, NULL, msgs, n_msgs, sqlerrcode, message);
+}
+
+/* The chat.completion jsonb datum gptoss_chat returns for resp (params of its job). */
+Datum
+gptoss_chat_result(const gptoss_gen_params *params, const GptossResponse *resp)
+{
+	StringInfoData buf;
+	uint8		rnd[12];
 
 	if (!pg_strong_random(rnd, sizeof(rnd)))
 		ereport(ERROR,
@@ -437,19 +500,38 @@ gptoss_chat(PG_FUNCTION_ARGS)
 					 (long long) time(NULL));
 	escape_json(&buf, gptoss_model_name());
 	appendStringInfoString(&buf, ", \"choices\": [{\"index\": 0, \"message\": {\"role\": \"assistant\", \"content\": ");
-	append_json_text(&buf, resp.text.data, resp.text.len);
-	if (params.include_reasoning)
+	append_json_text(&buf, resp->text.data, resp->text.len);
+	if (params->include_reasoning)
 	{
 		appendStringInfoString(&buf, ", \"reasoning_content\": ");
-		append_json_text(&buf, resp.reasoning.data, resp.reasoning.len);
+		append_json_text(&buf, resp->reasoning.data, resp->reasoning.len);
 	}
 	appendStringInfo(&buf, "}, \"finish_reason\": \"%s\"}], ",
-					 gptoss_finish_reason_name(resp.finish_reason));
+					 gptoss_finish_reason_name(resp->finish_reason));
 	appendStringInfo(&buf, "\"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d, \"total_tokens\": %d}}",
-					 resp.prompt_tokens, resp.completion_tokens,
-					 resp.prompt_tokens + resp.completion_tokens);
+					 resp->prompt_tokens, resp->completion_tokens,
+					 resp->prompt_tokens + resp->completion_tokens);
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
+}
 
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+/* gptoss_chat(messages jsonb, params jsonb) returns jsonb (an OpenAI chat.completion) */
+Datum
+gptoss_chat(PG_FUNCTION_ARGS)
+{
+	GptossJob	job;
+	GptossResponse resp;
+
+	int			code;
+	char	   *message;
+
+	if (!gptoss_chat_job(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &job, &code, &message))
+	{
+		gptoss_row_error_note(code, message);
+		PG_RETURN_NULL();
+	}
+	if (!run_job(&job, &resp))
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(gptoss_chat_result(&job.params, &resp));
 }
 
 /*

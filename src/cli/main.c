@@ -174,6 +174,8 @@ print_usage(FILE *out)
 		const char *value = "";
 		char		names[96] = "";
 
+		if (param->sql_only)
+			continue;
 		snprintf(name, sizeof(name), "%s", param->cli_name ? param->cli_name : param->name);
 		for (char *c = name; *c; c++)
 			if (*c == '_')

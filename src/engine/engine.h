@@ -48,6 +48,15 @@ const char *gptoss_finish_reason_name(gptoss_finish_reason r);
  * Generation parameters of one request.  Each field the caller may set has a
  * row in GPTOSS_PARAMS (params.c), which gives its range and how it is parsed.
  */
+/* params on_error: a failed generation raises its error, or gives NULL. */
+typedef enum gptoss_on_error
+{
+	GPTOSS_ON_ERROR_RAISE = 0,	/* "error" */
+	GPTOSS_ON_ERROR_NULL		/* "null" */
+} gptoss_on_error;
+
+extern const char *const gptoss_on_error_names[];
+
 typedef struct gptoss_gen_params
 {
 	int			max_tokens;		/* >= 1; clamped to what the context leaves */
@@ -70,6 +79,8 @@ typedef struct gptoss_gen_params
 	int			top_logprobs;	/* with logprobs: alternatives per token, 0 .. GPTOSS_MAX_TOP_LOGPROBS */
 	const char *response_format;	/* OpenAI response_format object as JSON text, or NULL
 									 * (borrowed; see json_schema.h) */
+	gptoss_on_error on_error;	/* how a SQL session reports a generation that fails for its
+								 * own input (the engine does not use it) */
 	bool		has_max_reasoning_tokens;
 	int			max_reasoning_tokens;	/* >= 0 when has_max_reasoning_tokens; else unlimited,
 										 * or max_tokens / 2 with a response_format */

@@ -23,6 +23,8 @@ _Static_assert(sizeof(gptoss_reasoning) == sizeof(int), "ENUM fields are ints");
 #define FIELD(f) offsetof(gptoss_gen_params, f)
 #define NO_AUX 0
 
+const char *const gptoss_on_error_names[] = {"error", "null", NULL};
+
 const gptoss_param GPTOSS_PARAMS[] = {
 	{.name = "max_tokens", .type = GPTOSS_PARAM_INT, .offset = FIELD(max_tokens),
 	 .min = 1, .max = INT_MAX, .guc_doc = "Default max_tokens of a generation."},
@@ -46,6 +48,8 @@ const gptoss_param GPTOSS_PARAMS[] = {
 	{.name = "include_reasoning", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(include_reasoning)},
 	{.name = "max_reasoning_tokens", .type = GPTOSS_PARAM_INT, .offset = FIELD(max_reasoning_tokens),
 	 .aux_offset = FIELD(has_max_reasoning_tokens), .min = 0, .max = INT_MAX},
+	{.name = "on_error", .type = GPTOSS_PARAM_ENUM, .offset = FIELD(on_error),
+	 .names = gptoss_on_error_names, .sql_only = true},
 };
 
 const int	GPTOSS_N_PARAMS = (int) (sizeof(GPTOSS_PARAMS) / sizeof(GPTOSS_PARAMS[0]));
@@ -77,7 +81,7 @@ gptoss_param_find_cli(const char *opt)
 		const char *name = param->cli_name ? param->cli_name : param->name;
 		size_t		n = strlen(name);
 
-		if (strlen(opt) != n)
+		if (param->sql_only || strlen(opt) != n)
 			continue;
 		for (size_t k = 0; k <= n; k++)
 		{

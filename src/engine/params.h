@@ -67,6 +67,7 @@ typedef struct gptoss_param
 	int			max_count;		/* STRINGS: most strings */
 	int			max_len;		/* STRINGS: most bytes per string */
 	const char *guc_doc;		/* description of GUC gptoss.<name> holding the default, or NULL */
+	bool		sql_only;		/* a SQL session's policy, not a generation setting: no CLI option */
 } gptoss_param;
 
 extern const gptoss_param GPTOSS_PARAMS[];

@@ -91,6 +91,9 @@ test_strings(void)
 	CHECK(gptoss_param_set_string(&p, row("reasoning_effort"), "Medium", 6, &err) == -1 &&
 		  strcmp(err.msg, "invalid gptoss parameter \"reasoning_effort\": must be \"low\", \"medium\" or \"high\"") == 0,
 		  "enum message: %s", err.msg);
+	CHECK(p.on_error == GPTOSS_ON_ERROR_RAISE &&
+		  gptoss_param_set_string(&p, row("on_error"), "null", 4, &err) == 0 &&
+		  p.on_error == GPTOSS_ON_ERROR_NULL, "on_error null");
 	CHECK(gptoss_param_set_string(&p, row("instructions"), "Be brief.", 9, &err) == 0 &&
 		  strcmp(p.instructions, "Be brief.") == 0, "instructions");
 
@@ -153,6 +156,8 @@ test_names(void)
 	CHECK(gptoss_param_find_cli("reasoning") == row("reasoning_effort"), "--reasoning");
 	CHECK(gptoss_param_find_cli("reasoning-effort") == NULL, "only the CLI name");
 	CHECK(gptoss_param_find_cli("max_tokens") == NULL, "CLI options use dashes");
+	CHECK(row("on_error") != NULL && gptoss_param_find_cli("on-error") == NULL,
+		  "on_error is a SQL session's policy, not a CLI option");
 	CHECK(row("max_token") == NULL, "unknown key");
 }
 
