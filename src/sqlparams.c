@@ -306,4 +306,13 @@ gptoss_parse_params(Jsonb *params, gptoss_gen_params *p)
 	/* The administrator's cap clamps (finish_reason length), it does not fail. */
 	if (gptoss_max_tokens_limit > 0 && p->max_tokens > gptoss_max_tokens_limit)
 		p->max_tokens = gptoss_max_tokens_limit;
+
+	/* The whole set, as the engine will check it (rules between parameters too). */
+	{
+		gptoss_error err;
+
+		memset(&err, 0, sizeof(err));
+		if (gptoss_gen_params_check(p, &err) < 0)
+			raise_invalid(&err);
+	}
 }
