@@ -57,6 +57,14 @@ LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
 COMMENT ON FUNCTION gptoss_classify_scores(text, text[], jsonb) IS
 'the probability of each label as the answer to input: {"label": p, ...}, summing to 1';
 
+CREATE FUNCTION gptoss_generate_json(prompt text, schema jsonb, params jsonb DEFAULT '{}')
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'gptoss_generate_json'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+
+COMMENT ON FUNCTION gptoss_generate_json(text, jsonb, jsonb) IS
+'answer a prompt with a JSON document valid for the JSON Schema (structured output)';
+
 CREATE FUNCTION gptoss_tokenize(text)
 RETURNS int[]
 AS 'MODULE_PATHNAME', 'gptoss_tokenize'
