@@ -392,7 +392,24 @@ config_from_json(const char *path, json_t *root, gptoss_config *cfg, gptoss_erro
 		return gptoss_errorf(err, "%s: rope_theta (%g) must be > 1", path, cfg->rope_theta);
 	if (config_rope_scaling(path, root, cfg, err) != 0)
 		return -1;
+	/* gptoss synth marks its checkpoints: their answers are noise, not language. */
+	cfg->random_weights = json_is_true(json_object_get(root, "gptoss_random_weights"));
 	return config_layer_types(path, root, cfg, err);
+}
+
+/* Checks that the model directory exists before any file in it is opened. */
+int
+gptoss_model_dir_check(const char *dir, gptoss_error *err)
+{
+	struct stat st;
+
+	if (!dir || !*dir)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "model directory is not set");
+	if (stat(dir, &st) != 0)
+		return gptoss_errorf(err, "model directory %s: %s", dir, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return gptoss_errorf(err, "model directory %s: not a directory", dir);
+	return 0;
 }
 
 /* Parses and validates dir/config.json into cfg. */
@@ -402,15 +419,10 @@ gptoss_config_load(const char *dir, gptoss_config *cfg, gptoss_error *err)
 	char		path[4096];
 	json_t	   *root;
 	json_error_t jerr;
-	struct stat st;
 	int			rc;
 
-	if (!dir || !*dir)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "model directory is not set");
-	if (stat(dir, &st) != 0)
-		return gptoss_errorf(err, "model directory %s: %s", dir, strerror(errno));
-	if (!S_ISDIR(st.st_mode))
-		return gptoss_errorf(err, "model directory %s: not a directory", dir);
+	if (gptoss_model_dir_check(dir, err) < 0)
+		return -1;
 	if (snprintf(path, sizeof(path), "%s/config.json", dir) >= (int) sizeof(path))
 		return gptoss_errorf(err, "model directory path too long");
 	if (access(path, R_OK) != 0)

@@ -782,7 +782,7 @@ test_errors(const test_model *tm)
 	bad[1] = v;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
 		  "token id = vocab accepted");
-	printf("  error: %s\n", err.msg);
+	printf("  expected error: %s\n", err.msg);
 	bad[1] = -1;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
 		  "negative token id accepted");
@@ -790,14 +790,14 @@ test_errors(const test_model *tm)
 	s.slot = 2;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
 		  "slot = max_seqs accepted");
-	printf("  error: %s\n", err.msg);
+	printf("  expected error: %s\n", err.msg);
 	s.slot = -1;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0, "negative slot accepted");
 	s.slot = 0;
 	s.pos = 1;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
 		  "pos beyond the cached length accepted");
-	printf("  error: %s\n", err.msg);
+	printf("  expected error: %s\n", err.msg);
 	s.pos = 0;
 	s.n_tokens = 13;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_TOO_LONG,
