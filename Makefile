@@ -90,9 +90,11 @@ $(ENGINE_LIB): $(ENGINE_LIB_OBJS)
 	rm -f $@
 	ar rcs $@ $^
 
-bin/gptoss: src/cli/gptoss.c $(ENGINE_LIB)
+CLI_SRCS = $(wildcard src/cli/*.c)
+
+bin/gptoss: $(CLI_SRCS) $(wildcard src/cli/*.h) $(ENGINE_LIB)
 	@mkdir -p bin
-	$(CC) $(ENGINE_CFLAGS) -o $@ src/cli/gptoss.c $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
+	$(CC) $(ENGINE_CFLAGS) -o $@ $(CLI_SRCS) $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
 
 # Engine unit tests: test/unit/test_X.c -> test/unit/test_X (each a main()).
 UNIT_SRCS = $(wildcard test/unit/test_*.c)

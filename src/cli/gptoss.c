@@ -5,6 +5,7 @@
  *   gptoss logits   --model DIR --tokens 1,2,3 [--top K] [--device D]
  *   gptoss generate --model DIR --prompt TEXT [sampling options] [--raw] [--json]
  *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N]
+ *   gptoss bench    --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]
  *   gptoss synth    --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]
  *
  * Every command parses its options against one table (name, kind, the
@@ -15,6 +16,7 @@
  * public interfaces: tokenize needs nothing but tokenizer.json, logits runs
  * one prefill step on a backend, generate and bench go through the engine.
  */
+#include "bench_serve.h"
 #include "engine.h"
 #include "harmony.h"
 #include "synth.h"
@@ -51,6 +53,7 @@ typedef struct cli_opts
 	const char *tokens;			/* logits: "1,2,3" */
 	const char *prompt;
 	const char *batch;			/* bench: "1,8,64" */
+	const char *lengths;		/* bench --requests: "fixed" or "lognormal" */
 	const char *preset;
 	const char *out;
 	const char *tokenizer;
@@ -63,6 +66,9 @@ typedef struct cli_opts
 	long		top_k;
 	long		prompt_len;
 	long		gen;
+	long		requests;
+	long		input_len;
+	long		output_len;
 	long		max_context;
 	long		max_seqs;
 	long		prefill_chunk;
@@ -128,7 +134,11 @@ static const opt_spec OPTIONS[] = {
 	OPT("batch", OPT_STRING, CMD_BENCH, batch, 0, 0),
 	OPT("prompt-len", OPT_INT, CMD_BENCH, prompt_len, 1, INT_MAX),
 	OPT("gen", OPT_INT, CMD_BENCH, gen, 1, INT_MAX),
-	OPT("max-seqs", OPT_INT, CMD_GENERATE, max_seqs, 1, 4096),
+	OPT("requests", OPT_INT, CMD_BENCH, requests, 1, 1000000),
+	OPT("input-len", OPT_INT, CMD_BENCH, input_len, 1, INT_MAX / 2),
+	OPT("output-len", OPT_INT, CMD_BENCH, output_len, 1, INT_MAX / 2),
+	OPT("lengths", OPT_STRING, CMD_BENCH, lengths, 0, 0),
+	OPT("max-seqs", OPT_INT, CMD_GENERATE | CMD_BENCH, max_seqs, 1, 4096),
 	OPT("preset", OPT_STRING, CMD_SYNTH, preset, 0, 0),
 	OPT("out", OPT_STRING, CMD_SYNTH, out, 0, 0),
 	OPT("tokenizer", OPT_STRING, CMD_SYNTH, tokenizer, 0, 0),
@@ -153,6 +163,13 @@ static const char USAGE[] =
 	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S]\n"
 	"      one JSON line per batch size (random prompts, greedy, ignore eos; a prompt\n"
 	"      is prefilled in one chunk of up to 2048 tokens unless --prefill-chunk is given)\n"
+	"  bench --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]\n"
+	"        [--max-seqs N] [--prefill-chunk N] [--max-step-tokens N] [--seed S] [--device D]\n"
+	"      serving run: N requests submitted at once (random prompts, greedy, ignore eos),\n"
+	"      one JSON line: total and output tok/s, TTFT and inter-token latency (mean, p50,\n"
+	"      p99), mean batch; lognormal: sigma 1, clipped to [4, 2048], means --input-len and\n"
+	"      --output-len, seed 42 unless --seed (defaults: 128 + 128 tokens, --max-seqs\n"
+	"      min(N, 1024), --prefill-chunk 2048, --max-step-tokens max-seqs + prefill-chunk)\n"
 	"  synth --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]\n"
 	"      writes a deterministic random-weight checkpoint\n"
 	"\n"
@@ -947,11 +964,11 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 		memset(&info, 0, sizeof(info));
 		be->get_info(be, &info);
 		printf("{\"batch\":%d,\"prompt_len\":%d,\"gen\":%d,\"prefill_tok_s\":%.1f,"
-			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld}\n",
+			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"device\":\"%s\"}\n",
 			   batch, prompt_len, gen,
 			   prefill_s > 0 ? (double) batch * prompt_len / prefill_s : 0.0,
 			   decode_s > 0 && decode_tokens > 0 ? decode_tokens / decode_s : 0.0,
-			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes);
+			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes, info.device_name);
 		fflush(stdout);
 	}
 	for (int b = 0; b < batch; b++)
@@ -960,6 +977,65 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 	free(ids);
 	free(first);
 	free(prompt);
+	return rc;
+}
+
+/* bench --requests: the serving-shaped run (bench_serve.c). */
+static int
+cmd_bench_serve(const cli_opts *o, const bool *given)
+{
+	serve_workload w;
+	serve_settings s;
+	gptoss_error err = {0};
+	progress_state ps;
+	gptoss_engine *eng;
+	int			n = (int) o->requests;
+	bool		lognormal;
+	int			rc = 0;
+
+	if (o->lengths == NULL || strcmp(o->lengths, "fixed") == 0)
+		lognormal = false;
+	else if (strcmp(o->lengths, "lognormal") == 0)
+		lognormal = true;
+	else
+		return fail("--lengths: expected fixed or lognormal, got \"%s\"", o->lengths);
+	if (lognormal && (o->input_len <= 4 || o->input_len >= 2048 || o->output_len <= 4 ||
+					  o->output_len >= 2048))
+		return fail("bench: log-normal mean lengths must lie between 4 and 2048 tokens");
+	if (serve_workload_draw(&w, n, (int) o->input_len, (int) o->output_len, lognormal,
+							was_given(given, "seed") ? o->seed : 42) < 0)
+		return fail("bench: out of memory");
+	s.max_seqs = was_given(given, "max-seqs") ? (int) o->max_seqs : n < 1024 ? n : 1024;
+	s.max_context = serve_workload_max_context(&w);
+	if (was_given(given, "max-context"))
+	{
+		if (o->max_context < s.max_context)
+		{
+			serve_workload_free(&w);
+			return fail("bench: --max-context %ld is shorter than the longest request (%d)",
+						o->max_context, s.max_context);
+		}
+		s.max_context = (int) o->max_context;
+	}
+	s.prefill_chunk = was_given(given, "prefill-chunk") ? (int) o->prefill_chunk : 2048;
+	s.max_step_tokens = was_given(given, "max-step-tokens") ? (int) o->max_step_tokens
+		: s.max_seqs + s.prefill_chunk;
+	progress_init(&ps, o->verbose);
+	{
+		cli_opts	eo = *o;
+
+		eo.max_step_tokens = s.max_step_tokens;
+		eng = create_engine(&eo, s.max_seqs, s.max_context, s.prefill_chunk, &ps);
+	}
+	if (eng == NULL)
+	{
+		serve_workload_free(&w);
+		return 1;
+	}
+	if (serve_run(eng, &w, &s, &err) < 0)
+		rc = fail("bench: %s", err.msg);
+	gptoss_engine_free(eng);
+	serve_workload_free(&w);
 	return rc;
 }
 
@@ -978,6 +1054,11 @@ cmd_bench(const cli_opts *o, const bool *given)
 	gptoss_engine *eng;
 	uint64_t	seed = was_given(given, "seed") ? o->seed : 1;
 
+	if (was_given(given, "requests"))
+		return cmd_bench_serve(o, given);
+	if (was_given(given, "input-len") || was_given(given, "output-len") || was_given(given, "lengths") ||
+		was_given(given, "max-seqs"))
+		return fail("bench: --input-len, --output-len, --lengths and --max-seqs go with --requests");
 	n_batches = parse_batches(o->batch, &batches);
 	if (n_batches < 0)
 		return 1;
@@ -1123,6 +1204,8 @@ main(int argc, char **argv)
 	o.batch = "1,8,64";
 	o.prompt_len = 128;
 	o.gen = 128;
+	o.input_len = 128;
+	o.output_len = 128;
 	rc = parse_options(argc, argv, 2, cmd, name, &o, given);
 	if (rc == 2)
 	{

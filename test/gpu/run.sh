@@ -15,6 +15,9 @@
 # invariance: kernel tests, test_backend on tiny, tiny-odd and 20b (these
 #          include the bitwise batch-invariance checks), then bench_backend
 #          decode (graphs) and prefill 2048 and `gptoss bench` prefill 2048.
+# serve:   build, 20b synth, the serving-shaped runs of `gptoss bench
+#          --requests` (issue 13 cases a-d), engine decode at 256-1024
+#          sequences and the per-kernel profile of batch-256 decode.
 # profile: kernel tests, tiny backend test, benchmarks, then per-kernel GPU
 #          time (Nsight Compute) of batch-1 decode, batch-64 decode and a
 #          2048-token prefill ($OUT/profile.txt).
@@ -136,6 +139,18 @@ profile() {
 	python3 test/gpu/ncu_summary.py "$bin/ncu_$name.csv" "$name" | tee -a "$OUT/profile.txt"
 }
 
+serving() {
+	local g="bin/gptoss bench --model $models/20b --device cuda"
+	section "serving runs (gptoss bench --requests)"
+	for args in "--requests 1000 --input-len 215 --output-len 194 --lengths lognormal" \
+		"--requests 500 --input-len 2000 --output-len 100" \
+		"--requests 1000 --input-len 128 --output-len 4" \
+		"--requests 500 --input-len 4000 --output-len 200" ${GPTOSS_SERVE_EXTRA:+"$GPTOSS_SERVE_EXTRA"}; do
+		echo "$g $args"
+		timeout 300 $g $args | tee -a "$OUT/serve.jsonl" || fail "serve $args"
+	done
+}
+
 case "$mode" in
 	quick)
 		tests_tiny; tests_quick_rest ;;
@@ -158,6 +173,12 @@ case "$mode" in
 		timeout 60 "$bin/bench_backend" "$models/20b" 1 2048 2 1 | tee -a "$OUT/bench.jsonl" || fail "bench_backend prefill 2048"
 		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 1 --prompt-len 2048 --gen 2"
 		echo "$cmd"; timeout 120 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench prefill 2048" ;;
+	serve)
+		synth_20b; serving
+		section "gptoss bench: 20b decode at 256-1024 sequences"
+		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 256,512,1024 --prompt-len 128 --gen 128"
+		echo "$cmd"; timeout 200 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench decode 256-1024"
+		profile decode_b256 "$bin/bench_backend" "$models/20b" 256 8 3 1 ;;
 	profile)
 		tests_tiny; synth_20b; benches
 		profile decode_b1 "$bin/bench_backend" "$models/20b" 1 16 6 1
