@@ -409,6 +409,18 @@ build_buffers(CudaBackend *be, gptoss_error *err)
 		return -1;
 	CUDA_TRY(cudaMallocHost((void **) &be->desc_host, be->desc_bytes), err, "cudaMallocHost");
 	CUDA_TRY(cudaMallocHost((void **) &be->tokens_host, (size_t) o->max_seqs * 4), err, "cudaMallocHost");
+
+	/* token masks of constrained requests: zeroed flags mean no entry is masked */
+	be->mask_words = (c->vocab_size + 31) / 32;
+	if (dev_alloc(be, (void **) &be->masks_dev, (size_t) o->max_seqs * be->mask_words * 4,
+				  &be->buffer_bytes, err, "token masks") < 0 ||
+		dev_alloc(be, (void **) &be->mask_on_dev, (size_t) o->max_seqs * 4, &be->buffer_bytes, err,
+				  "token mask flags") < 0)
+		return -1;
+	CUDA_TRY(cudaMemset(be->mask_on_dev, 0, (size_t) o->max_seqs * 4), err, "token mask flags");
+	CUDA_TRY(cudaMallocHost((void **) &be->masks_host, (size_t) o->max_seqs * be->mask_words * 4), err,
+			 "cudaMallocHost");
+	CUDA_TRY(cudaMallocHost((void **) &be->mask_on_host, (size_t) o->max_seqs * 4), err, "cudaMallocHost");
 	return 0;
 }
 
@@ -507,6 +519,10 @@ cuda_free(gptoss_backend *base)
 		cudaFreeHost(be->desc_host);
 	if (be->tokens_host)
 		cudaFreeHost(be->tokens_host);
+	if (be->masks_host)
+		cudaFreeHost(be->masks_host);
+	if (be->mask_on_host)
+		cudaFreeHost(be->mask_on_host);
 	cudaGetLastError();			/* nothing above may leave an error behind */
 	if (be->slots)
 		for (int s = 0; s < base->opts.max_seqs; s++)

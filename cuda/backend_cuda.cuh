@@ -114,6 +114,14 @@ struct CudaBackend
 	size_t		desc_bytes;
 	int32_t    *tokens_host;	/* pinned [max_seqs] */
 
+	/* token masks of constrained entries (logit_mask.cu) */
+	int			mask_words;		/* words per mask */
+	uint32_t   *masks_host;		/* pinned [max_seqs][mask_words] by step entry */
+	uint32_t   *masks_dev;		/* [max_seqs][mask_words] */
+	int32_t    *mask_on_host;	/* pinned [max_seqs] 1 where the entry's mask applies */
+	int32_t    *mask_on_dev;	/* [max_seqs] */
+	int			mask_on_dirty;	/* the device flags may hold a 1 */
+
 	/* CUDA graphs of pure-decode steps, by batch bucket */
 	int			n_buckets;
 	int			buckets[MAX_GRAPH_BUCKETS];	/* ascending batch sizes */

@@ -152,6 +152,10 @@ cudaError_t launch_moe_combine_norm(int T, int K, float *x, const float *y, MoeR
 cudaError_t launch_gather_rows(const int32_t *rows, int R, const __nv_bfloat16 *xb, int H,
 							   __nv_bfloat16 *out, cudaStream_t stream);
 
+/* logit_mask.cu: -inf at the ids a masked entry's bit mask leaves out (mask_on [entries], masks [entries][words]). */
+cudaError_t launch_logit_mask(const StepView &sv, int R, const int32_t *mask_on, const uint32_t *masks,
+							  float *logits, int V, cudaStream_t stream);
+
 /* sample.cu: per logits row, greedy or temperature/top-k/top-p sampling (logits overwritten). */
 cudaError_t launch_sample(const StepView &sv, int R, float *logits, int V, int32_t *out_tokens,
 						  cudaStream_t stream);

@@ -251,6 +251,8 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 		if (dense_gemm(be->cublas, be->lm_head, c->vocab_size, H, a->lm_in, R, a->logits, err,
 					   "lm_head product") < 0)
 			return -1;
+		CUDA_TRY(launch_logit_mask(sv, R, be->mask_on_dev, be->masks_dev, a->logits, c->vocab_size, s),
+				 err, "logit_mask");
 		CUDA_TRY(launch_sample(sv, R, a->logits, c->vocab_size, a->out_tokens, s), err, "sample");
 	}
 	return 0;
@@ -503,6 +505,40 @@ graph_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *ne
 	return finish_step(be, seqs, n_seqs, next_tokens, err);
 }
 
+/*
+ * Sends the step's token masks (entries with sample = 1 and a mask) ahead of
+ * the forward pass, on the same stream; the flags go only when some entry,
+ * in this step or the last, is masked.
+ */
+static int
+upload_masks(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, gptoss_error *err)
+{
+	int			last = -1;
+	size_t		words = (size_t) be->mask_words;
+
+	for (int i = 0; i < n_seqs; i++)
+	{
+		be->mask_on_host[i] = seqs[i].sample && seqs[i].allowed != NULL;
+		if (be->mask_on_host[i])
+		{
+			memcpy(be->masks_host + (size_t) i * words, seqs[i].allowed, words * 4);
+			last = i;
+		}
+	}
+	if (last < 0 && !be->mask_on_dirty)
+		return 0;
+	/* all flags: a later, larger step must not find an old 1 past this step's entries */
+	for (int i = n_seqs; i < be->base.opts.max_seqs; i++)
+		be->mask_on_host[i] = 0;
+	CUDA_TRY(cudaMemcpyAsync(be->mask_on_dev, be->mask_on_host, (size_t) be->base.opts.max_seqs * 4,
+							 cudaMemcpyHostToDevice, be->stream), err, "token mask flags copy");
+	if (last >= 0)
+		CUDA_TRY(cudaMemcpyAsync(be->masks_dev, be->masks_host, (size_t) (last + 1) * words * 4,
+								 cudaMemcpyHostToDevice, be->stream), err, "token mask copy");
+	be->mask_on_dirty = last >= 0;
+	return 0;
+}
+
 /* Runs one step; see backend.h. */
 int
 cuda_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs, int32_t *next_tokens,
@@ -520,6 +556,11 @@ cuda_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs, int32_t
 		return total < 0 ? -1 : 0;
 	for (int i = 0; i < n_seqs; i++)
 		decode &= seqs[i].n_tokens == 1;
+	if (upload_masks(be, seqs, n_seqs, err) < 0)
+	{
+		be->failed = 1;
+		return -1;
+	}
 	if (decode && !logits && base->opts.cuda_graphs)
 		rc = graph_step(be, seqs, n_seqs, next_tokens, err);
 	else

@@ -23,6 +23,8 @@ typedef struct gptoss_step_seq
 	const int32_t *tokens;		/* [n_tokens] */
 	int			sample;			/* 1: produce next_tokens[i] after the last token */
 	gptoss_sampling sampling;	/* used when sample = 1 */
+	const uint32_t *allowed;	/* sample = 1: bit mask of the ids that may be picked
+								 * (gptoss_mask_words(vocab) words), or NULL for all */
 } gptoss_step_seq;
 
 typedef struct gptoss_backend_opts

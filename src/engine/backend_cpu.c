@@ -485,7 +485,7 @@ typedef struct cpu_backend
 	int			cap_sampled;	/* rows allocated for out_logits */
 	float	   *out_logits;		/* [n_sampled, V] when the caller passes no logits buffer */
 	int		   *out_rows;		/* [T] token row of each output row */
-	void	  **sample_scratch; /* [n_threads] 8 * V bytes each for gptoss_sample */
+	void	  **sample_scratch; /* [n_threads] 12 * V bytes each: gptoss_sample, then a masked row */
 	int64_t		step_bytes;		/* bytes of all step buffers */
 	int64_t		peak_bytes;
 } cpu_backend;
@@ -778,10 +778,20 @@ sample_task(void *ctx, int64_t begin, int64_t end, int thread)
 	for (int64_t k = begin; k < end; k++)
 	{
 		const gptoss_step_seq *s = &job->seqs[be->sample_entry[k]];
+		const float *row = be->sample_row[k];
+		int			vocab = be->cfg->vocab_size;
 
+		if (s->allowed)
+		{
+			/* the masked copy goes after the sampler's 8 * vocab bytes */
+			float	   *masked = (float *) ((char *) be->sample_scratch[thread] + (size_t) vocab * 8);
+
+			gptoss_mask_logits(row, s->allowed, vocab, masked);
+			row = masked;
+		}
 		job->next_tokens[be->sample_entry[k]] =
-			gptoss_sample(be->sample_row[k], be->cfg->vocab_size, &s->sampling,
-						  (int64_t) s->pos + s->n_tokens, be->sample_scratch[thread]);
+			gptoss_sample(row, vocab, &s->sampling, (int64_t) s->pos + s->n_tokens,
+						  be->sample_scratch[thread]);
 	}
 }
 
@@ -1482,7 +1492,7 @@ gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *
 		goto oom;
 	for (int i = 0; i < n_threads; i++)
 		if (!(be->thread_buf[i] = malloc(be->thread_buf_len * sizeof(float))) ||
-			!(be->sample_scratch[i] = malloc((size_t) c->vocab_size * 8)))
+			!(be->sample_scratch[i] = malloc((size_t) c->vocab_size * 12)))
 			goto oom;
 
 	be->pool = pool_create(n_threads, &be->pool_args, err);

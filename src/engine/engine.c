@@ -25,10 +25,18 @@
  * grows while a request runs: the tail that could still turn into a stop
  * string is held back until it cannot.
  *
+ * Constrained requests (a response_format, a reasoning budget) carry a
+ * gptoss_constraint: before each step it says what the request may sample
+ * (anything, one forced token, or a token mask that the backend applies
+ * before sampling), and after the step it takes the token.  A forced token
+ * replaces whatever the backend sampled, so forcing costs no mask.
+ *
  * The engine is not thread-safe: one thread drives it.
  */
 #include "engine.h"
+#include "constraint.h"
 #include "harmony.h"
+#include "json_schema.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -70,6 +78,8 @@ typedef struct request
 	bool		include_reasoning;
 	gptoss_finish_reason finish;
 	char	   *error;			/* message when finish = ERROR */
+	gptoss_constraint *con;		/* response_format / reasoning budget, or NULL */
+	char	   *con_error;		/* the constraint failed in this step: the request ends after it */
 	gptoss_harmony_parser parser;	/* harmony mode: generated messages */
 	gptoss_utf8_text raw_text;	/* raw mode: the continuation */
 	int			final_serial;	/* parser.final_serial that text belongs to */
@@ -96,6 +106,10 @@ struct gptoss_engine
 	gptoss_step_seq *batch;		/* [max_seqs] entries of the step being built */
 	request   **batch_reqs;		/* [max_seqs] request of each entry */
 	int32_t    *next_tokens;	/* [max_seqs] sampled ids of the step */
+	int32_t    *forced;			/* [max_seqs] forced id of each entry, or -1 */
+	gptoss_constraint_env *cenv;	/* built with the first constrained request */
+	uint32_t   *masks;			/* [max_seqs][mask_words] token masks of the step's entries */
+	int			mask_words;
 	int64_t		next_id;
 	uint64_t	seed_counter;
 	bool		failed;			/* a backend step failed: the backend is unusable */
@@ -171,7 +185,8 @@ engine_setup(gptoss_engine *eng, const gptoss_engine_opts *opts, gptoss_error *e
 	eng->batch = calloc((size_t) eng->max_seqs, sizeof(*eng->batch));
 	eng->batch_reqs = calloc((size_t) eng->max_seqs, sizeof(*eng->batch_reqs));
 	eng->next_tokens = calloc((size_t) eng->max_seqs, sizeof(*eng->next_tokens));
-	if (!eng->slots || !eng->batch || !eng->batch_reqs || !eng->next_tokens)
+	eng->forced = calloc((size_t) eng->max_seqs, sizeof(*eng->forced));
+	if (!eng->slots || !eng->batch || !eng->batch_reqs || !eng->next_tokens || !eng->forced)
 		return gptoss_errorf(err, "out of memory for the scheduler (%d slots)", eng->max_seqs);
 	return 0;
 }
@@ -308,6 +323,8 @@ request_free(request *r)
 	free(r->stop);
 	free(r->error);
 	gptoss_buffer_free(&r->text);
+	gptoss_constraint_free(r->con);
+	free(r->con_error);
 	gptoss_harmony_parser_free(&r->parser);
 	gptoss_utf8_text_free(&r->raw_text);
 	free(r);
@@ -326,6 +343,9 @@ gptoss_engine_free(gptoss_engine *eng)
 	free(eng->batch);
 	free(eng->batch_reqs);
 	free(eng->next_tokens);
+	free(eng->forced);
+	free(eng->masks);
+	gptoss_constraint_env_free(eng->cenv);
 	if (eng->owns_parts)
 	{
 		eng->backend->free(eng->backend);
@@ -393,6 +413,23 @@ gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
 		messages = &user;
 		n_messages = 1;
 	}
+	if (p->response_format != NULL)
+	{
+		/* the schema goes into the developer message, as harmony shows response formats */
+		gptoss_json_grammar *g = NULL;
+		char	   *section = NULL;
+		int			rc;
+
+		if (gptoss_response_format_parse(p->response_format, strlen(p->response_format), &g,
+										 &section, err) < 0)
+			return -1;
+		gptoss_json_grammar_free(g);
+		rc = gptoss_harmony_render_with_format(eng->tok, messages, n_messages, p->reasoning_effort,
+											   p->instructions, p->current_date, section, ids,
+											   n_ids, err);
+		free(section);
+		return rc;
+	}
 	return gptoss_harmony_render(eng->tok, messages, n_messages, p->reasoning_effort,
 								 p->instructions, p->current_date, ids, n_ids, err);
 }
@@ -426,7 +463,59 @@ check_params(const gptoss_gen_params *p, gptoss_error *err)
 		p->reasoning_effort != GPTOSS_REASONING_MEDIUM &&
 		p->reasoning_effort != GPTOSS_REASONING_HIGH)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "reasoning_effort: invalid value");
+	if (p->has_max_reasoning_tokens && p->max_reasoning_tokens < 0)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "max_reasoning_tokens: must be >= 0 (got %d)", p->max_reasoning_tokens);
+	if (p->response_format != NULL && p->n_stop > 0)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "stop: cannot be combined with response_format (a stop string would cut the document)");
+	if (p->response_format != NULL && p->ignore_eos)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+								  "ignore_eos: cannot be combined with response_format (the document ends the answer)");
 	return 0;
+}
+
+/*
+ * The constraint of a request: its response_format grammar and its reasoning
+ * budget (default: half of max_tokens with a grammar, else none); NULL in
+ * *con when it has neither.
+ */
+static int
+make_constraint(gptoss_engine *eng, const gptoss_gen_params *p, int max_new,
+				gptoss_constraint **con, gptoss_error *err)
+{
+	gptoss_json_grammar *g = NULL;
+	int			budget;
+
+	*con = NULL;
+	if (p->response_format != NULL &&
+		gptoss_response_format_parse(p->response_format, strlen(p->response_format), &g, NULL, err) < 0)
+		return -1;
+	budget = p->has_max_reasoning_tokens ? p->max_reasoning_tokens : g != NULL ? p->max_tokens / 2 : -1;
+	if (p->raw)
+		budget = -1;			/* no channels in raw mode */
+	if (g == NULL && budget < 0)
+		return 0;
+	if (eng->cenv == NULL)
+	{
+		eng->cenv = gptoss_constraint_env_build(eng->tok, eng->model->config.vocab_size, err);
+		if (eng->cenv == NULL)
+		{
+			gptoss_json_grammar_free(g);
+			return -1;
+		}
+		eng->mask_words = gptoss_constraint_env_mask_words(eng->cenv);
+		eng->masks = malloc((size_t) eng->max_seqs * eng->mask_words * sizeof(uint32_t));
+		if (eng->masks == NULL)
+		{
+			gptoss_json_grammar_free(g);
+			gptoss_constraint_env_free(eng->cenv);
+			eng->cenv = NULL;
+			return gptoss_errorf(err, "out of memory for token masks");
+		}
+	}
+	*con = gptoss_constraint_create(eng->cenv, g, p->raw, budget, max_new, err);
+	return *con ? 0 : -1;
 }
 
 /* A seed for requests without one: /dev/urandom, else the clock mixed with a counter. */
@@ -518,6 +607,11 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 	r->ignore_eos = p->ignore_eos;
 	r->include_reasoning = p->include_reasoning;
 	gptoss_harmony_parser_init(&r->parser);
+	if (make_constraint(eng, p, r->max_new, &r->con, err) < 0)
+	{
+		request_free(r);
+		return -1;
+	}
 	r->prompt = malloc((size_t) n_ids * sizeof(int32_t));
 	r->tokens = malloc((size_t) r->max_new * sizeof(int32_t));
 	r->stop = p->n_stop > 0 ? calloc((size_t) p->n_stop, sizeof(char *)) : NULL;
@@ -894,6 +988,7 @@ build_batch(gptoss_engine *eng, int *n_prefill_tokens, int *n_decode_tokens)
 		e->tokens = &r->tokens[r->n_tokens - 1];
 		e->sample = 1;
 		e->sampling = r->sampling;
+		e->allowed = NULL;
 		eng->batch_reqs[n++] = r;
 		budget--;
 		(*n_decode_tokens)++;
@@ -925,6 +1020,7 @@ build_batch(gptoss_engine *eng, int *n_prefill_tokens, int *n_decode_tokens)
 		e->tokens = r->prompt + r->n_cached;
 		e->sample = r->n_cached + chunk == r->n_prompt;
 		e->sampling = r->sampling;
+		e->allowed = NULL;
 		eng->batch_reqs[n++] = r;
 		budget -= chunk;
 		*n_prefill_tokens += chunk;
@@ -953,6 +1049,63 @@ update_rates(gptoss_engine *eng, double seconds, int prefill_tokens, int decode_
 	eng->rate_time = eng->rate_time * keep + seconds;
 }
 
+/*
+ * Asks the constraint of every sampled entry what it may pick: a mask for
+ * the backend, or a forced token.  A request whose constraint fails ends
+ * with the error after the step (its entry still runs: the slot stays
+ * consistent with the batch).
+ */
+static void
+constrain_batch(gptoss_engine *eng, int n)
+{
+	double		t0 = gptoss_now();
+
+	for (int i = 0; i < n; i++)
+	{
+		request    *r = eng->batch_reqs[i];
+		gptoss_step_seq *e = &eng->batch[i];
+		uint32_t   *buf = eng->masks + (size_t) i * eng->mask_words;
+		const uint32_t *mask = NULL;
+		gptoss_error cerr = {0};
+		int			kind;
+
+		eng->forced[i] = -1;
+		if (!e->sample || r->con == NULL)
+			continue;
+		kind = gptoss_constraint_next(r->con, r->max_new - r->n_tokens, buf, &mask,
+									  &eng->forced[i], &cerr);
+		if (kind < 0)
+		{
+			free(r->con_error);
+			r->con_error = strdup(cerr.msg[0] ? cerr.msg : "constrained decoding failed");
+		}
+		else if (kind == GPTOSS_NEXT_MASK)
+		{
+			e->allowed = mask;
+			eng->stats.masks++;
+		}
+	}
+	eng->stats.mask_seconds += gptoss_now() - t0;
+}
+
+/* The token a constrained request takes: the forced one, the sampled one, or a repair. */
+static int32_t
+constrained_token(gptoss_engine *eng, request *r, int32_t forced, int32_t sampled, gptoss_error *err)
+{
+	int32_t		id = forced >= 0 ? forced : sampled;
+
+	if (gptoss_constraint_accept(r->con, id) == 0)
+		return id;
+	eng->stats.mask_violations++;
+	/* not allowed (only possible when the logits had no finite value): take the shortest way on */
+	id = gptoss_constraint_repair(r->con, err);
+	if (id < 0)
+		return -1;
+	if (gptoss_constraint_accept(r->con, id) < 0)
+		return gptoss_errorf(err, "internal error: constrained decoding has no allowed token");
+	return id;
+}
+
 /* Runs one batched step over all active requests. */
 int
 gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
@@ -969,6 +1122,7 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 	n = build_batch(eng, &n_prefill, &n_decode);
 	if (n == 0)
 		return gptoss_engine_active(eng);
+	constrain_batch(eng, n);
 
 	t0 = gptoss_now();
 	if (eng->backend->step(eng->backend, eng->batch, n, eng->next_tokens, NULL, err) < 0)
@@ -997,6 +1151,22 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 					 id, vocab);
 			fail_all(eng, msg);
 			return gptoss_errorf(err, "%s", msg);
+		}
+		if (r->con_error != NULL)
+		{
+			fail_request(eng, r, r->con_error);
+			continue;
+		}
+		if (r->con != NULL)
+		{
+			gptoss_error cerr = {0};
+
+			id = constrained_token(eng, r, eng->forced[i], id, &cerr);
+			if (id < 0)
+			{
+				fail_request(eng, r, cerr.msg);
+				continue;
+			}
 		}
 		if (accept_token(eng, r, id, err) < 0)
 			fail_request(eng, r, err ? err->msg : "out of memory");

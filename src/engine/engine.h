@@ -47,6 +47,11 @@ typedef struct gptoss_gen_params
 	bool		raw;			/* plain continuation of the prompt text */
 	bool		ignore_eos;		/* do not stop on stop tokens */
 	bool		include_reasoning;	/* collect the analysis channel text */
+	const char *response_format;	/* OpenAI response_format object as JSON text, or NULL
+									 * (borrowed; see json_schema.h) */
+	bool		has_max_reasoning_tokens;
+	int			max_reasoning_tokens;	/* >= 0 when has_max_reasoning_tokens; else unlimited,
+										 * or max_tokens / 2 with a response_format */
 } gptoss_gen_params;
 
 /* OpenAI defaults: max_tokens 256, temperature 1, top_p 1, top_k 0, medium. */
@@ -146,6 +151,10 @@ typedef struct gptoss_engine_stats
 	double		decode_tok_s;	/* recent rate */
 	int			active;			/* sequences in the batch */
 	int			queued;			/* waiting for a slot */
+	int64_t		masks;			/* token masks computed for constrained requests */
+	double		mask_seconds;	/* time spent deciding what constrained requests may sample */
+	int64_t		mask_violations;	/* sampled tokens a mask did not allow (replaced; 0 unless
+									 * a backend ignores masks or the logits had no finite value) */
 } gptoss_engine_stats;
 
 void		gptoss_engine_get_stats(const gptoss_engine *eng, gptoss_engine_stats *st);

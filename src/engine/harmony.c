@@ -150,17 +150,30 @@ str_append_cstr(gptoss_buffer *s, const char *text, gptoss_error *err)
 	return gptoss_buffer_append(s, text, strlen(text), err);
 }
 
-/* Appends <|start|>developer<|message|># Instructions\n\n{instructions}<|end|>. */
+/*
+ * Appends <|start|>developer<|message|># Instructions\n\n{instructions}<|end|>,
+ * with a "# Response Formats" section after them (or alone) when
+ * response_format is not NULL.
+ */
 static int
 push_developer(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *instructions,
-			   size_t len, gptoss_error *err)
+			   size_t len, const char *response_format, gptoss_error *err)
 {
 	gptoss_buffer s = {0};
-	int			rc;
+	int			rc = 0;
 
-	rc = str_append_cstr(&s, "# Instructions\n\n", err);
-	if (rc == 0)
-		rc = gptoss_buffer_append(&s, instructions, len, err);
+	if (len > 0 || response_format == NULL)
+	{
+		rc = str_append_cstr(&s, "# Instructions\n\n", err);
+		if (rc == 0 && len > 0)
+			rc = gptoss_buffer_append(&s, instructions, len, err);
+	}
+	if (rc == 0 && response_format != NULL)
+	{
+		rc = str_append_cstr(&s, len > 0 ? "\n\n# Response Formats\n\n" : "# Response Formats\n\n", err);
+		if (rc == 0)
+			rc = str_append_cstr(&s, response_format, err);
+	}
 	if (rc == 0)
 		rc = push_message(b, tok, "developer", NULL, s.data, s.len, err);
 	free(s.data);
@@ -240,6 +253,18 @@ gptoss_harmony_render(const gptoss_tokenizer *tok,
 					  const char *current_date,
 					  int32_t **ids, int *n_ids, gptoss_error *err)
 {
+	return gptoss_harmony_render_with_format(tok, messages, n_messages, effort, instructions,
+											 current_date, NULL, ids, n_ids, err);
+}
+
+/* Renders a conversation with an optional response format section (see harmony.h). */
+int
+gptoss_harmony_render_with_format(const gptoss_tokenizer *tok,
+								  const gptoss_chat_message *messages, int n_messages,
+								  gptoss_reasoning effort, const char *instructions,
+								  const char *current_date, const char *response_format,
+								  int32_t **ids, int *n_ids, gptoss_error *err)
+{
 	gptoss_buffer b = {0};
 	gptoss_buffer dev = {0};
 	int			first_turn = 0;
@@ -269,7 +294,8 @@ gptoss_harmony_render(const gptoss_tokenizer *tok,
 
 	if (push_system(&b, tok, effort, current_date, err) < 0)
 		goto fail;
-	if (dev.len > 0 && push_developer(&b, tok, dev.data, dev.len, err) < 0)
+	if ((dev.len > 0 || response_format != NULL) &&
+		push_developer(&b, tok, dev.data, dev.len, response_format, err) < 0)
 		goto fail;
 	for (int i = first_turn; i < n_messages; i++)
 	{
@@ -278,7 +304,7 @@ gptoss_harmony_render(const gptoss_tokenizer *tok,
 		int			rc;
 
 		if (is_instruction_role(role))
-			rc = push_developer(&b, tok, content, strlen(content), err);
+			rc = push_developer(&b, tok, content, strlen(content), NULL, err);
 		else if (strcmp(role, "assistant") == 0)
 			rc = push_message(&b, tok, "assistant", "final", content, strlen(content), err);
 		else

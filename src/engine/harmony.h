@@ -39,6 +39,18 @@ int			gptoss_harmony_render(const gptoss_tokenizer *tok,
 								  const char *current_date,
 								  int32_t **ids, int *n_ids, gptoss_error *err);
 
+/*
+ * The same with a response format: response_format (when not NULL) is the
+ * entry of a "# Response Formats" section at the end of the developer
+ * message ("## name\n\n// description\n{schema}", see json_schema.h), as
+ * harmony renders structured output requests.
+ */
+int			gptoss_harmony_render_with_format(const gptoss_tokenizer *tok,
+											  const gptoss_chat_message *messages, int n_messages,
+											  gptoss_reasoning effort, const char *instructions,
+											  const char *current_date, const char *response_format,
+											  int32_t **ids, int *n_ids, gptoss_error *err);
+
 /* True for the tokens that end an assistant turn: <|return|> and <|call|>. */
 bool		gptoss_harmony_is_stop_token(int32_t id);
 

@@ -428,3 +428,24 @@ gptoss_sample(const float *logits, int vocab, const gptoss_sampling *s,
 	hit = find_prefix(&state, n_keep, u * mass_keep, 1);
 	return hit.id;
 }
+
+/* Disallowed logits become -inf (a whole word at a time where all 32 agree). */
+void
+gptoss_mask_logits(const float *logits, const uint32_t *allowed, int vocab, float *out)
+{
+	for (int w = 0; w * 32 < vocab; w++)
+	{
+		uint32_t	bits = allowed[w];
+		int			base = w * 32;
+		int			n = vocab - base < 32 ? vocab - base : 32;
+
+		if (bits == 0)
+			for (int j = 0; j < n; j++)
+				out[base + j] = -INFINITY;
+		else if (bits == 0xffffffffu)
+			memcpy(out + base, logits + base, (size_t) n * sizeof(float));
+		else
+			for (int j = 0; j < n; j++)
+				out[base + j] = (bits >> j) & 1u ? logits[base + j] : -INFINITY;
+	}
+}

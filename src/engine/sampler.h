@@ -48,6 +48,13 @@ gptoss_sample_uniform(uint64_t seed, int64_t pos)
 int			gptoss_sample(const float *logits, int vocab, const gptoss_sampling *s,
 						  int64_t pos, void *scratch);
 
+/*
+ * Copies logits[vocab] to out with -inf wherever allowed (a bit per id: bit
+ * id % 32 of word id / 32) is clear, so that sampling out picks only allowed
+ * ids with the probabilities renormalised over them.
+ */
+void		gptoss_mask_logits(const float *logits, const uint32_t *allowed, int vocab, float *out);
+
 /* Index of the largest value (lowest index on ties). */
 int			gptoss_argmax(const float *v, int n);
 

@@ -32,6 +32,13 @@
  *     logits);
  *  8. bad input fails cleanly; a full KV cache reports GPTOSS_ERR_BUSY; a
  *     zeroed gptoss_sampling is accepted as greedy (the CPU backend's rule);
+ * 10. token masks (constrained decoding): decode steps on both backends
+ *     with the same fed tokens and the same random masks (one id, a few
+ *     ids, about 1% of the vocabulary) under greedy, temperature, top-k and
+ *     top-p sampling: every CUDA pick lies in its mask, one-id masks give
+ *     that id on both, greedy picks equal the CPU's (unless the two best
+ *     allowed CPU logits are a near tie), and a step that also returns
+ *     logits returns them unmasked;
  *  9. batch invariance, bitwise: the prompt's logits (every row) prefilled
  *     alone equal those of the same prompt prefilled in one step with a long
  *     and a short prompt and a decode token of another sequence (hundreds of
@@ -269,6 +276,97 @@ generate_together(gptoss_backend *be, int n, int32_t *const *prompts, const int 
 				be->release(be, i);
 		}
 	}
+}
+
+/* 10. token masks: CUDA picks lie in the mask and match the CPU's picks (see the file header). */
+static void
+check_token_masks(gptoss_backend *cpu, gptoss_backend *cuda, const int32_t *prompt, int P, int V)
+{
+	int			words = (V + 31) / 32;
+	uint32_t   *mask = calloc((size_t) words, sizeof(uint32_t));
+	float	   *lc = malloc(sizeof(float) * (size_t) V);
+	float	   *lg = malloc(sizeof(float) * (size_t) V);
+	gptoss_step_seq s = entry(6, 0, prompt, P, 0);
+	gptoss_error err = {0};
+	int32_t		nc,
+				ng;
+	int			outside = 0,
+				single_bad = 0,
+				greedy_bad = 0,
+				greedy_ties = 0,
+				logits_masked = 0,
+				trials = 48;
+	uint64_t	r = 0x9e3779b97f4a7c15ULL;
+
+	must(cpu->step(cpu, &s, 1, NULL, NULL, &err), &err, "cpu mask prefill");
+	must(cuda->step(cuda, &s, 1, NULL, NULL, &err), &err, "cuda mask prefill");
+	for (int t = 0; t < trials; t++)
+	{
+		int32_t		fed = prompt[t % P];
+		int			kind = t % 3;	/* one id, a few ids, ~1% of ids */
+		int			want_logits = t % 4 == 3;	/* the non-graph path, with logits out */
+		int32_t		only = -1;
+
+		memset(mask, 0, sizeof(uint32_t) * (size_t) words);
+		for (int k = 0; k < (kind == 0 ? 1 : kind == 1 ? 5 : V / 100); k++)
+		{
+			int32_t		id;
+
+			r = r * 6364136223846793005ULL + 1442695040888963407ULL;
+			id = (int32_t) ((r >> 33) % (uint64_t) V);
+			mask[id >> 5] |= 1u << (id & 31);
+			only = id;
+		}
+		s = entry(6, P + t, &fed, 1, 1);
+		s.allowed = mask;
+		s.sampling.seed = 1000 + t;
+		switch (t % 4)
+		{
+			case 0:
+				break;			/* greedy */
+			case 1:
+				s.sampling.temperature = 1.0f;
+				break;
+			case 2:
+				s.sampling.temperature = 0.8f;
+				s.sampling.top_k = 3;
+				break;
+			case 3:
+				s.sampling.temperature = 1.2f;
+				s.sampling.top_p = 0.7f;
+				break;
+		}
+		must(cpu->step(cpu, &s, 1, &nc, lc, &err), &err, "cpu masked step");
+		must(cuda->step(cuda, &s, 1, &ng, want_logits ? lg : NULL, &err), &err, "cuda masked step");
+		outside += !((mask[ng >> 5] >> (ng & 31)) & 1u);
+		if (kind == 0)
+			single_bad += nc != only || ng != only;
+		if (s.sampling.temperature == 0 && nc != ng)
+		{
+			/* a near tie of the two best allowed CPU logits may flip */
+			float		a = lc[nc],
+						b = lc[ng];
+
+			if (fabsf(a - b) < 1e-2f * fmaxf(1.0f, fabsf(a)))
+				greedy_ties++;
+			else
+				greedy_bad++;
+		}
+		if (want_logits)
+			for (int i = 0; i < V; i++)
+				logits_masked += !isfinite(lg[i]);
+	}
+	cpu->release(cpu, 6);
+	cuda->release(cuda, 6);
+	check(outside == 0, "masked sampling: CUDA picks outside the mask", outside, 0);
+	check(single_bad == 0, "masked sampling: one-id masks give that id (CPU and CUDA)", single_bad, 0);
+	check(greedy_bad == 0, "masked greedy: CUDA pick == CPU pick (near ties excepted)", greedy_bad, 0);
+	if (greedy_ties)
+		printf("     %d masked greedy near ties\n", greedy_ties);
+	check(logits_masked == 0, "returned logits are not masked", logits_masked, 0);
+	free(mask);
+	free(lc);
+	free(lg);
 }
 
 /* 9. batch invariance (bitwise): logits of a prompt alone vs in a big mixed step; greedy tokens alone vs with 7 others. */
@@ -692,6 +790,7 @@ main(int argc, char **argv)
 			small->free(small);
 	}
 
+	check_token_masks(cpu, cuda, prompt, P, V);
 	check_batch_invariance(cuda, prompt, P, opts.max_context, V);
 
 	cuda->get_info(cuda, &info);
