@@ -61,7 +61,7 @@ PG_CPPFLAGS = -Isrc/engine
 PG_CFLAGS = -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
 EXTRA_CLEAN = build bin $(ENGINE_OBJS) $(CUDA_OBJS) src/engine/nocuda/*.o test/unit/*.o $(UNIT_BINS) results regression.diffs regression.out tmp_check
 
-all: $(ENGINE_LIB) bin/gptoss
+all: $(ENGINE_LIB) bin/gptoss bin/bench_prefix_cache
 
 # CUDA objects never go through PGXS (no LLVM bitcode for them).  Without
 # PostgreSQL's development files only the engine, the CLI and the unit tests
@@ -95,6 +95,11 @@ CLI_SRCS = $(wildcard src/cli/*.c)
 bin/gptoss: $(CLI_SRCS) $(wildcard src/cli/*.h) $(ENGINE_LIB)
 	@mkdir -p bin
 	$(CC) $(ENGINE_CFLAGS) -o $@ $(CLI_SRCS) $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
+
+# Prefix-cache benchmark through the engine (bench/prefix_cache.c).
+bin/bench_prefix_cache: bench/prefix_cache.c $(ENGINE_LIB)
+	@mkdir -p bin
+	$(CC) $(ENGINE_CFLAGS) -o $@ bench/prefix_cache.c $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
 
 # Engine unit tests: test/unit/test_X.c -> test/unit/test_X (each a main()).
 UNIT_SRCS = $(wildcard test/unit/test_*.c)

@@ -11,7 +11,8 @@
  * Memory.  Everything is allocated here, so the peak is known at creation:
  * weights + activation buffers (t_max token rows) + logits buffer + cuBLAS
  * workspace + KV cache.  The KV cache is paged (KV_PAGE tokens per page,
- * all layers of a position in the same page slot) and its size comes from
+ * all layers of a position in the same page slot; page ids, slot tables and
+ * the prefix cache in base.kv_pages, kv_pages.h) and its size comes from
  * opts.kv_cache_tokens, or when that is 0 from max_seqs * max_context capped
  * by what gpu_memory_fraction of the device leaves.  max_seqs spare pages
  * cover partly filled last pages, so the token capacity reported to the
@@ -252,6 +253,8 @@ buffer_bytes_needed(const gptoss_config *c, const gptoss_backend_opts *o, int t_
 	bytes += (size_t) lr * (H * 2 + (size_t) c->vocab_size * 4);
 	bytes += (size_t) o->max_context * c->head_dim / 2 * 8;	/* rope table */
 	bytes += (size_t) o->max_seqs * div_up(o->max_context, KV_PAGE) * 4;	/* page table */
+	bytes += (size_t) LOGPROB_GROUP_ROWS * c->vocab_size * 4 +
+		(size_t) o->max_seqs * (sizeof(LogprobRow) + sizeof(gptoss_token_logprobs));	/* logprobs */
 	bytes += dl.total + CUBLAS_WORKSPACE_BYTES + (size_t) c->num_experts * 16 + 64 * 1024;
 	return bytes;
 }
@@ -352,15 +355,9 @@ build_buffers(CudaBackend *be, gptoss_error *err)
 	CUDA_TRY(cudaMemset(be->page_table, 0, (size_t) o->max_seqs * be->kv.max_pages * 4), err, "page table");
 	be->kv.page_table = be->page_table;
 
-	be->free_pages = (int32_t *) malloc((size_t) n_pages * sizeof(int32_t));
-	if (!be->free_pages)
-		return gptoss_errorf(err, "cuda backend: out of host memory");
-	for (int64_t i = 0; i < n_pages; i++)
-		be->free_pages[i] = (int32_t) (n_pages - 1 - i);
-	be->n_free = (int) n_pages;
-	for (int s = 0; s < o->max_seqs; s++)
-		if (!(be->slots[s].pages = (int32_t *) malloc((size_t) be->kv.max_pages * sizeof(int32_t))))
-			return gptoss_errorf(err, "cuda backend: out of host memory");
+	be->base.kv_pages = gptoss_kv_pages_create((int) n_pages, KV_PAGE, o->max_seqs, o->max_context, err);
+	if (!be->base.kv_pages)
+		return -1;
 
 	/* activations (zeroed: padding rows and columns must hold finite values) */
 #define ALLOC_ACT(field, bytes) \
@@ -421,6 +418,18 @@ build_buffers(CudaBackend *be, gptoss_error *err)
 	CUDA_TRY(cudaMallocHost((void **) &be->masks_host, (size_t) o->max_seqs * be->mask_words * 4), err,
 			 "cudaMallocHost");
 	CUDA_TRY(cudaMallocHost((void **) &be->mask_on_host, (size_t) o->max_seqs * 4), err, "cudaMallocHost");
+
+	if (dev_alloc(be, (void **) &be->lp_rows, (size_t) o->max_seqs * sizeof(LogprobRow), &be->buffer_bytes,
+				  err, "logprob rows") < 0 ||
+		dev_alloc(be, (void **) &be->lp_logits, (size_t) LOGPROB_GROUP_ROWS * c->vocab_size * 4,
+				  &be->buffer_bytes, err, "logprob logits") < 0 ||
+		dev_alloc(be, (void **) &be->lp_out, (size_t) o->max_seqs * sizeof(gptoss_token_logprobs),
+				  &be->buffer_bytes, err, "logprob outputs") < 0)
+		return -1;
+	CUDA_TRY(cudaMallocHost((void **) &be->lp_rows_host, (size_t) o->max_seqs * sizeof(LogprobRow)), err,
+			 "cudaMallocHost");
+	CUDA_TRY(cudaMallocHost((void **) &be->lp_out_host, (size_t) o->max_seqs * sizeof(gptoss_token_logprobs)),
+			 err, "cudaMallocHost");
 	return 0;
 }
 
@@ -463,21 +472,16 @@ build_buckets(CudaBackend *be)
 	be->buckets[be->n_buckets++] = max_seqs;
 }
 
-/* Forgets slot's cached tokens and returns its pages. */
+/* Forgets slot's cached tokens; its pages go back to the pool (registered ones stay cached). */
 static void
 cuda_release(gptoss_backend *base, int slot)
 {
 	CudaBackend *be = (CudaBackend *) base;
-	SlotState  *s;
 
-	if (slot < 0 || slot >= base->opts.max_seqs || !be->slots)
+	if (slot < 0 || slot >= base->opts.max_seqs || !base->kv_pages)
 		return;
-	s = &be->slots[slot];
-	for (int i = 0; i < s->n_pages; i++)
-		be->free_pages[be->n_free++] = s->pages[i];
-	be->kv_used -= s->len;
-	s->len = 0;
-	s->n_pages = 0;
+	gptoss_kv_pages_release(base->kv_pages, slot);
+	be->synced[slot] = 0;
 }
 
 /* Device, memory and cache figures. */
@@ -494,7 +498,10 @@ cuda_get_info(gptoss_backend *base, gptoss_backend_info *info)
 	info->memory_used_bytes = used;
 	info->memory_total_bytes = be->total_mem;
 	info->kv_cache_tokens = be->kv_capacity;
-	info->kv_cache_used_tokens = be->kv_used;
+	info->kv_cache_used_tokens = 0;
+	if (base->kv_pages)
+		for (int s = 0; s < base->opts.max_seqs; s++)
+			info->kv_cache_used_tokens += gptoss_kv_pages_len(base->kv_pages, s);
 	info->peak_memory_bytes = be->peak_bytes > used ? be->peak_bytes : used;
 }
 
@@ -519,17 +526,18 @@ cuda_free(gptoss_backend *base)
 		cudaFreeHost(be->desc_host);
 	if (be->tokens_host)
 		cudaFreeHost(be->tokens_host);
+	if (be->lp_rows_host)
+		cudaFreeHost(be->lp_rows_host);
+	if (be->lp_out_host)
+		cudaFreeHost(be->lp_out_host);
 	if (be->masks_host)
 		cudaFreeHost(be->masks_host);
 	if (be->mask_on_host)
 		cudaFreeHost(be->mask_on_host);
 	cudaGetLastError();			/* nothing above may leave an error behind */
-	if (be->slots)
-		for (int s = 0; s < base->opts.max_seqs; s++)
-			free(be->slots[s].pages);
-	free(be->slots);
+	gptoss_kv_pages_free(base->kv_pages);
+	free(be->synced);
 	free(be->slot_stamp);
-	free(be->free_pages);
 	free(be->layers);
 	free(be->allocs);
 	free(be);
@@ -629,9 +637,9 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 	be->cfg = c;
 	be->device = opts->device_index;
 	be->layers = (LayerWeights *) calloc(c->num_layers, sizeof(LayerWeights));
-	be->slots = (SlotState *) calloc(opts->max_seqs, sizeof(SlotState));
+	be->synced = (int *) calloc(opts->max_seqs, sizeof(int));
 	be->slot_stamp = (unsigned *) calloc(opts->max_seqs, sizeof(unsigned));
-	if (!be->layers || !be->slots || !be->slot_stamp)
+	if (!be->layers || !be->synced || !be->slot_stamp)
 	{
 		gptoss_errorf(err, "cuda backend: out of host memory");
 		goto fail;

@@ -10,6 +10,7 @@
 #include "kernels.cuh"
 
 #define MAX_GRAPH_BUCKETS 64
+#define LOGPROB_GROUP_ROWS 16	/* logits rows copied aside per round when log-probabilities are wanted */
 #define CUBLAS_WORKSPACE_BYTES (32u << 20)
 
 /* One layer's weights on the device. */
@@ -26,14 +27,6 @@ struct LayerWeights
 	float	   *router_b;		/* [E] */
 	MoeMatrix	gate_up;		/* 2I x H, gate/up regrouped per tile */
 	MoeMatrix	down;			/* H x I */
-};
-
-/* Host bookkeeping of one KV-cache slot. */
-struct SlotState
-{
-	int			len;			/* cached tokens = next position */
-	int			n_pages;		/* pages held */
-	int32_t    *pages;			/* [max_pages] page ids, in position order */
 };
 
 /* Activation buffers, sized for t_max token rows. */
@@ -96,11 +89,8 @@ struct CudaBackend
 	/* KV cache */
 	KvCacheView kv;
 	int32_t    *page_table;		/* device [max_seqs][max_pages] */
-	int32_t    *free_pages;		/* host stack [n_pages] */
-	int			n_free;
-	SlotState  *slots;			/* [max_seqs] */
+	int		   *synced;			/* [max_seqs] leading entries of a slot's device page table that are current */
 	int64_t		kv_capacity;	/* tokens promised to the scheduler */
-	int64_t		kv_used;		/* sum of slot lengths */
 	unsigned   *slot_stamp;		/* [max_seqs] duplicate-slot check */
 	unsigned	stamp;
 
@@ -113,6 +103,13 @@ struct CudaBackend
 	char	   *desc_dev;		/* [desc_bytes] */
 	size_t		desc_bytes;
 	int32_t    *tokens_host;	/* pinned [max_seqs] */
+
+	/* log-probabilities: rows wanting them, a copy of their logits the sampling cannot touch, outputs */
+	LogprobRow *lp_rows;		/* [max_seqs] */
+	LogprobRow *lp_rows_host;	/* pinned [max_seqs] */
+	float	   *lp_logits;		/* [LOGPROB_GROUP_ROWS, V] */
+	gptoss_token_logprobs *lp_out;	/* [max_seqs] by step entry */
+	gptoss_token_logprobs *lp_out_host; /* pinned [max_seqs] */
 
 	/* token masks of constrained entries (logit_mask.cu) */
 	int			mask_words;		/* words per mask */

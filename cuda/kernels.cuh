@@ -12,6 +12,7 @@
 #define GPTOSS_CUDA_KERNELS_CUH
 
 #include "common.cuh"
+#include "logprobs.h"
 #include "moe_layout.cuh"
 
 #define KV_PAGE 16				/* tokens per KV-cache page */
@@ -30,6 +31,15 @@ struct SampleRow
 	float		top_p;			/* (0, 1] */
 	int			top_k;			/* 0 = off */
 	int			entry;			/* index into out_tokens; -1: nothing to sample */
+};
+
+/* A logits row whose log-probabilities are wanted, as uploaded with the step. */
+struct LogprobRow
+{
+	int			entry;			/* step entry: index into out_tokens and the outputs */
+	int			forced;			/* the produced token when >= 0, else out_tokens[entry] */
+	int			top_k;			/* alternatives wanted, 0 .. GPTOSS_MAX_TOP_LOGPROBS */
+	int			pad;
 };
 
 /*
@@ -159,6 +169,16 @@ cudaError_t launch_logit_mask(const StepView &sv, int R, const int32_t *mask_on,
 /* sample.cu: per logits row, greedy or temperature/top-k/top-p sampling (logits overwritten). */
 cudaError_t launch_sample(const StepView &sv, int R, float *logits, int V, int32_t *out_tokens,
 						  cudaStream_t stream);
+
+/*
+ * logprobs.cu: for row r of logits [n, V], the log-softmax of the produced
+ * token and the top_k alternatives (logprobs.h semantics) into
+ * out[rows[r].entry]; reads out_tokens for sampled rows, so it runs after
+ * the sampling, on rows the sampling did not overwrite.
+ */
+cudaError_t launch_logprobs(const LogprobRow *rows, int n, const float *logits, int V,
+							const int32_t *out_tokens, gptoss_token_logprobs *out,
+							cudaStream_t stream);
 
 /* mxfp4_layout.cu: original [E][rows][cols/32][16] blocks + scales -> MoeMatrix layout. */
 cudaError_t launch_mxfp4_relayout(const uint8_t *blocks, const uint8_t *scales, int E, int rows,

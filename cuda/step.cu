@@ -24,6 +24,12 @@
  * the earlier ones from the cache, so the result is that of one big step.
  * When the caller wants all logits, each sub-step's rows go through lm_head
  * in chunks of lr rows and are copied out after the sampling.
+ *
+ * Entries with a forced token or wanting log-probabilities take the general
+ * path.  Their logits rows come first; the sampling overwrites the rows it
+ * samples, so they are copied aside LOGPROB_GROUP_ROWS at a time, sampled,
+ * and the copies go through the log-probability kernel (a forced row is not
+ * sampled: its token is given).  The outputs are read back with the tokens.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -110,29 +116,51 @@ desc_views(CudaBackend *be, const DescLayout &dl, HostDesc *h, StepView *sv)
 static int
 pages_missing(const CudaBackend *be, int slot, int end)
 {
-	int			need = div_up(end, KV_PAGE) - be->slots[slot].n_pages;
-
-	return need > 0 ? need : 0;
+	return gptoss_kv_pages_missing(be->base.kv_pages, slot, end);
 }
 
-/* Gives slot pages up to position end-1, recording the page-table updates; returns their count. */
+/*
+ * Gives slot pages up to position end-1 (validate_step made sure they
+ * exist), recording the page-table updates; returns their count.
+ */
 static int
 grow_slot(CudaBackend *be, int slot, int end, int32_t *upd_index, int32_t *upd_page)
 {
-	SlotState  *s = &be->slots[slot];
-	int			n = 0;
+	int			added = gptoss_kv_pages_grow(be->base.kv_pages, slot, end, NULL);
+	int			n_pages;
+	const int32_t *pages = gptoss_kv_pages_table(be->base.kv_pages, slot, &n_pages);
 
-	while (s->n_pages < div_up(end, KV_PAGE))
+	for (int i = 0; i < added; i++)
 	{
-		int32_t		page = be->free_pages[--be->n_free];
-
-		s->pages[s->n_pages] = page;
-		upd_index[n] = slot * be->kv.max_pages + s->n_pages;
-		upd_page[n] = page;
-		s->n_pages++;
-		n++;
+		upd_index[i] = slot * be->kv.max_pages + n_pages - added + i;
+		upd_page[i] = pages[n_pages - added + i];
 	}
-	return n;
+	be->synced[slot] = n_pages;
+	return added;
+}
+
+/*
+ * Uploads the page-table entries of pages a slot was given outside a step
+ * (a shared prefix attached by the engine) before the step's kernels read
+ * them; the copy is ordered on the stream ahead of them.
+ */
+static int
+sync_attached_pages(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, gptoss_error *err)
+{
+	for (int i = 0; i < n_seqs; i++)
+	{
+		int			slot = seqs[i].slot;
+		int			n_pages;
+		const int32_t *pages = gptoss_kv_pages_table(be->base.kv_pages, slot, &n_pages);
+
+		if (be->synced[slot] >= n_pages)
+			continue;
+		CUDA_TRY(cudaMemcpyAsync(be->page_table + (size_t) slot * be->kv.max_pages + be->synced[slot],
+								 pages + be->synced[slot], (size_t) (n_pages - be->synced[slot]) * 4,
+								 cudaMemcpyHostToDevice, be->stream), err, "page table upload");
+		be->synced[slot] = n_pages;
+	}
+	return 0;
 }
 
 /* The sampling settings of entry i. */
@@ -154,7 +182,7 @@ sample_row(const gptoss_step_seq *s, int i)
 static int
 cached_len(const gptoss_backend *base, int slot)
 {
-	return ((const CudaBackend *) base)->slots[slot].len;
+	return gptoss_kv_pages_len(base->kv_pages, slot);
 }
 
 /* Checks every entry before any state changes (backend.c), then KV tokens and pages; total tokens or -1. */
@@ -165,15 +193,19 @@ validate_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, const in
 	int64_t		total = gptoss_backend_check_step(&be->base, seqs, n_seqs, next_tokens, cached_len,
 												  be->slot_stamp, &be->stamp, err);
 	int64_t		pages = 0;
+	int64_t		used = 0;
 
 	if (total < 0)
 		return -1;
+	/* tokens the slots computed; shared prefix pages are covered by the page check */
+	for (int s = 0; s < be->base.opts.max_seqs; s++)
+		used += gptoss_kv_pages_len(be->base.kv_pages, s) - gptoss_kv_pages_shared(be->base.kv_pages, s);
 	for (int i = 0; i < n_seqs; i++)
 		pages += pages_missing(be, seqs[i].slot, seqs[i].pos + seqs[i].n_tokens);
-	if (be->kv_used + total > be->kv_capacity || pages > be->n_free)
+	if (used + total > be->kv_capacity || pages > gptoss_kv_pages_available(be->base.kv_pages))
 		return gptoss_errorf_code(err, GPTOSS_ERR_BUSY,
 								  "step: KV cache full (%lld of %lld tokens used, %lld more needed)",
-								  (long long) be->kv_used, (long long) be->kv_capacity, (long long) total);
+								  (long long) used, (long long) be->kv_capacity, (long long) total);
 	return total;
 }
 
@@ -185,7 +217,7 @@ validate_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, const in
  * alone or next to prefills, and gets the same result.
  */
 static int
-forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, int R,
+forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, int R, int R_lp,
 		gptoss_error *err)
 {
 	const gptoss_config *c = be->cfg;
@@ -251,9 +283,36 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 		if (dense_gemm(be->cublas, be->lm_head, c->vocab_size, H, a->lm_in, R, a->logits, err,
 					   "lm_head product") < 0)
 			return -1;
-		CUDA_TRY(launch_logit_mask(sv, R, be->mask_on_dev, be->masks_dev, a->logits, c->vocab_size, s),
-				 err, "logit_mask");
-		CUDA_TRY(launch_sample(sv, R, a->logits, c->vocab_size, a->out_tokens, s), err, "sample");
+		/*
+		 * Rows [0, R_lp) want log-probabilities (of the raw logits): copy
+		 * aside, mask, sample, then the logprob kernel on the copies.
+		 */
+		for (int g0 = 0; g0 < R_lp; g0 += LOGPROB_GROUP_ROWS)
+		{
+			int			g = R_lp - g0 < LOGPROB_GROUP_ROWS ? R_lp - g0 : LOGPROB_GROUP_ROWS;
+			StepView	sv_group = sv;
+			size_t		V = c->vocab_size;
+
+			sv_group.samp += g0;
+			CUDA_TRY(cudaMemcpyAsync(be->lp_logits, a->logits + g0 * V, g * V * sizeof(float),
+									 cudaMemcpyDeviceToDevice, s), err, "logprob rows copy");
+			CUDA_TRY(launch_logit_mask(sv_group, g, be->mask_on_dev, be->masks_dev, a->logits + g0 * V,
+									   c->vocab_size, s), err, "logit_mask");
+			CUDA_TRY(launch_sample(sv_group, g, a->logits + g0 * V, c->vocab_size, a->out_tokens, s),
+					 err, "sample");
+			CUDA_TRY(launch_logprobs(be->lp_rows + g0, g, be->lp_logits, c->vocab_size, a->out_tokens,
+									 be->lp_out, s), err, "logprobs");
+		}
+		if (R > R_lp)
+		{
+			StepView	sv_rest = sv;
+			float	   *rest = a->logits + (size_t) R_lp * c->vocab_size;
+
+			sv_rest.samp += R_lp;
+			CUDA_TRY(launch_logit_mask(sv_rest, R - R_lp, be->mask_on_dev, be->masks_dev, rest,
+									   c->vocab_size, s), err, "logit_mask");
+			CUDA_TRY(launch_sample(sv_rest, R - R_lp, rest, c->vocab_size, a->out_tokens, s), err, "sample");
+		}
 	}
 	return 0;
 }
@@ -302,22 +361,41 @@ copy_logits(CudaBackend *be, const Chunk *chunks, int n_chunks, int T, const int
 	return 0;
 }
 
-/* Reads the sampled tokens back (the step's one wait) and hands them out. */
+/* Whether entry s has its logits row go through the logprob kernel. */
+static int
+wants_logprobs(const gptoss_step_seq *s)
+{
+	return s->sample && (s->forced || s->logprobs);
+}
+
+/* Reads the sampled tokens (and log-probabilities) back (the step's one wait) and hands them out. */
 static int
 finish_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *next_tokens,
 			gptoss_error *err)
 {
 	int			any = 0;
+	int			any_lp = 0;
 
 	for (int i = 0; i < n_seqs; i++)
+	{
 		any |= seqs[i].sample;
+		any_lp |= wants_logprobs(&seqs[i]);
+	}
 	if (any)
 		CUDA_TRY(cudaMemcpyAsync(be->tokens_host, be->act.out_tokens, (size_t) n_seqs * 4,
 								 cudaMemcpyDeviceToHost, be->stream), err, "token copy");
+	if (any_lp)
+		CUDA_TRY(cudaMemcpyAsync(be->lp_out_host, be->lp_out, (size_t) n_seqs * sizeof(gptoss_token_logprobs),
+								 cudaMemcpyDeviceToHost, be->stream), err, "logprobs copy");
 	CUDA_TRY(cudaStreamSynchronize(be->stream), err, "step");
 	for (int i = 0; i < n_seqs; i++)
-		if (seqs[i].sample)
-			next_tokens[i] = be->tokens_host[i];
+	{
+		if (!seqs[i].sample)
+			continue;
+		next_tokens[i] = seqs[i].forced ? *seqs[i].forced : be->tokens_host[i];
+		if (seqs[i].logprobs)
+			*seqs[i].logprobs = be->lp_out_host[i];
+	}
 	return 0;
 }
 
@@ -349,6 +427,7 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 		int			NI = 0;
 		int			n_decode = 0;
 		int			R = 0;
+		int			R_lp = 0;
 		int			U = 0;
 		int			n_chunks = 0;
 		DescLayout	dl;
@@ -371,6 +450,7 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 			T += take;
 			NI += take == 1 ? 1 : div_up(take, per_item);
 			R += done[i] + take == seqs[i].n_tokens && seqs[i].sample;
+			R_lp += done[i] + take == seqs[i].n_tokens && wants_logprobs(&seqs[i]);
 			U += pages_missing(be, seqs[i].slot, seqs[i].pos + done[i] + take);
 		}
 		if (T == 0)
@@ -380,7 +460,32 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 			CUDA_TRY(cudaStreamSynchronize(be->stream), err, "step");
 		dl = desc_layout(T, NI, R, U);
 		desc_views(be, dl, &h, &sv);
-		R = U = 0;
+		/* logits rows: those wanting log-probabilities first (rows [0, R_lp)), then the others */
+		{
+			int			r_lp = 0,
+						r_other = R_lp;
+
+			for (int k = 0; k < n_chunks; k++)
+			{
+				const gptoss_step_seq *s = &seqs[chunks[k].entry];
+				int			r;
+
+				if (chunks[k].first + chunks[k].take != s->n_tokens || !s->sample)
+					continue;
+				r = wants_logprobs(s) ? r_lp++ : r_other++;
+				h.out_row[r] = chunks[k].row0 + chunks[k].take - 1;
+				h.samp[r] = sample_row(s, chunks[k].entry);
+				if (!wants_logprobs(s))
+					continue;
+				if (s->forced)
+					h.samp[r].entry = -1;	/* given, not sampled */
+				be->lp_rows_host[r].entry = chunks[k].entry;
+				be->lp_rows_host[r].forced = s->forced ? *s->forced : -1;
+				be->lp_rows_host[r].top_k = s->logprobs ? s->top_logprobs : 0;
+				be->lp_rows_host[r].pad = 0;
+			}
+		}
+		U = 0;
 		/* one-token chunks first (decode kernel), then the items of longer chunks */
 		for (int k = 0; k < n_chunks; k++)
 			if (chunks[k].take == 1)
@@ -408,17 +513,14 @@ general_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *
 				NI++;
 			}
 			U += grow_slot(be, s->slot, pos0 + chunks[k].take, h.upd_index + U, h.upd_page + U);
-			if (chunks[k].first + chunks[k].take == s->n_tokens && s->sample)
-			{
-				h.out_row[R] = chunks[k].row0 + chunks[k].take - 1;
-				h.samp[R] = sample_row(s, chunks[k].entry);
-				R++;
-			}
 		}
 		*h.n_upd = U;
 		CUDA_TRY(cudaMemcpyAsync(be->desc_dev, be->desc_host, dl.total, cudaMemcpyHostToDevice,
 								 be->stream), err, "descriptor copy");
-		if (forward(be, sv, T, n_decode, NI, R, err) < 0)
+		if (R_lp > 0)
+			CUDA_TRY(cudaMemcpyAsync(be->lp_rows, be->lp_rows_host, (size_t) R_lp * sizeof(LogprobRow),
+									 cudaMemcpyHostToDevice, be->stream), err, "logprob rows copy");
+		if (forward(be, sv, T, n_decode, NI, R, R_lp, err) < 0)
 			goto out;
 		if (logits && copy_logits(be, chunks, n_chunks, T, entry_row, logits, err) < 0)
 			goto out;
@@ -482,7 +584,7 @@ graph_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, int32_t *ne
 
 		CUDA_TRY(cudaStreamBeginCapture(be->stream, cudaStreamCaptureModeThreadLocal), err,
 				 "graph capture");
-		rc = forward(be, sv, B, B, B, B, err);
+		rc = forward(be, sv, B, B, B, B, 0, err);
 		ce = cudaStreamEndCapture(be->stream, &graph);
 		if (rc < 0 || ce != cudaSuccess)
 		{
@@ -555,8 +657,8 @@ cuda_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs, int32_t
 	if (total <= 0)
 		return total < 0 ? -1 : 0;
 	for (int i = 0; i < n_seqs; i++)
-		decode &= seqs[i].n_tokens == 1;
-	if (upload_masks(be, seqs, n_seqs, err) < 0)
+		decode &= seqs[i].n_tokens == 1 && !wants_logprobs(&seqs[i]);
+	if (upload_masks(be, seqs, n_seqs, err) < 0 || sync_attached_pages(be, seqs, n_seqs, err) < 0)
 	{
 		be->failed = 1;
 		return -1;
@@ -571,7 +673,6 @@ cuda_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs, int32_t
 		return -1;
 	}
 	for (int i = 0; i < n_seqs; i++)
-		be->slots[seqs[i].slot].len += seqs[i].n_tokens;
-	be->kv_used += total;
+		gptoss_kv_pages_advance(base->kv_pages, seqs[i].slot, seqs[i].n_tokens);
 	return 0;
 }

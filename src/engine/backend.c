@@ -160,6 +160,14 @@ gptoss_backend_check_step(const gptoss_backend *be, const gptoss_step_seq *seqs,
 			if (s->sampling.top_k < 0)
 				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 										  "step: entry %d: top_k %d must be >= 0", i, s->sampling.top_k);
+			if (s->forced && (*s->forced < 0 || *s->forced >= c->vocab_size))
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: forced token id %d is outside [0, %d)",
+										  i, (int) *s->forced, c->vocab_size);
+			if (s->logprobs && (s->top_logprobs < 0 || s->top_logprobs > GPTOSS_MAX_TOP_LOGPROBS))
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "step: entry %d: top_logprobs %d must be in [0, %d]",
+										  i, s->top_logprobs, GPTOSS_MAX_TOP_LOGPROBS);
 		}
 		total += s->n_tokens;
 	}

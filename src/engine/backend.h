@@ -8,10 +8,23 @@
  * keys and values to the sequence's KV-cache slot and, for entries with
  * sample = 1, picks the next token from the logits of the entry's last token.
  * Sequences of different lengths mix freely in one step.
+ *
+ * An entry that produces a token may instead be given it (forced: teacher
+ * forcing, as label scoring does) and may ask for the log-probability of the
+ * token produced and the most probable alternatives; both backends compute
+ * them from the raw logits (log-softmax at temperature 1), so they describe
+ * the model, not the sampling settings.
+ *
+ * The KV cache of both backends is paged, with its bookkeeping in kv_pages
+ * (kv_pages.h): the engine shares pages of identical prompt prefixes between
+ * slots through it (the prefix cache), and a slot's cached length is the
+ * length kv_pages records.
  */
 #ifndef GPTOSS_BACKEND_H
 #define GPTOSS_BACKEND_H
 
+#include "kv_pages.h"
+#include "logprobs.h"
 #include "model.h"
 #include "sampler.h"
 
@@ -23,6 +36,9 @@ typedef struct gptoss_step_seq
 	const int32_t *tokens;		/* [n_tokens] */
 	int			sample;			/* 1: produce next_tokens[i] after the last token */
 	gptoss_sampling sampling;	/* used when sample = 1 */
+	const int32_t *forced;		/* sample = 1: NULL samples; else the token produced is *forced */
+	gptoss_token_logprobs *logprobs;	/* sample = 1: NULL, or receives the produced token's log-probability */
+	int			top_logprobs;	/* with logprobs: alternatives wanted, 0 .. GPTOSS_MAX_TOP_LOGPROBS */
 	const uint32_t *allowed;	/* sample = 1: bit mask of the ids that may be picked
 								 * (gptoss_mask_words(vocab) words), or NULL for all */
 } gptoss_step_seq;
@@ -57,6 +73,13 @@ struct gptoss_backend
 	const char *name;			/* "cpu" or "cuda" */
 	const gptoss_model *model;
 	gptoss_backend_opts opts;
+	gptoss_kv_pages *kv_pages;	/* page bookkeeping of the KV cache, or NULL (no sharing) */
+	/*
+	 * 1 when a token's cached keys and values do not depend on how its prompt
+	 * was cut into chunks (CPU: bitwise); 0 when they do (CUDA), so shared
+	 * prefixes must end at multiples of the engine's prefill chunk.
+	 */
+	int			kv_chunk_invariant;
 
 	/*
 	 * Runs one step.  next_tokens[i] is written for entries with sample = 1.

@@ -21,13 +21,19 @@
  * whatever the batch, so a sequence's logits are bitwise identical alone,
  * batched with others, or prefilled in chunks.
  *
- * KV cache: per slot and layer, K and V rows of Hkv*D floats.  Full layers
- * grow their buffers (doubling, up to max_context) as the sequence grows;
- * sliding layers keep a ring of min(window, max_context) positions, position
- * p at row p % ring.  Attention for a step reads the cache before this step's
- * rows are written into it, so a prefill chunk longer than the ring is fine.
- * release() frees a slot's buffers; kv_cache_tokens caps the total number of
- * cached tokens over all slots.
+ * KV cache: paged (kv_pages.h), CPU_KV_PAGE positions per page; a page holds
+ * K and V rows of Hkv*D floats for every layer of its positions, sliding
+ * layers included (a shared prefix page must serve every layer), and is
+ * allocated the first time it is handed out.  Attention for a step reads the
+ * cache for positions before the entry and this step's fresh rows for its
+ * own.  kv_cache_tokens caps the total number of cached tokens over all
+ * slots.  Since every product is computed the same way whatever the chunking
+ * (above), cached keys and values do not depend on it: prefix pages can be
+ * shared at any page boundary.
+ *
+ * An entry may come with a forced token (scoring) and may ask for
+ * log-probabilities; both are handled next to the sampling, on the logits
+ * row the sampler would read.
  *
  * Kernels: dense bf16 products take 4 weight rows at a time against each
  * token (16 bf16 read as 8 uint32 give the even elements as u << 16 and the
@@ -44,6 +50,7 @@
  * the caller alone.
  */
 #include "backend.h"
+#include "logprobs.h"
 #include "mxfp4.h"
 #include "rope.h"
 
@@ -420,14 +427,8 @@ rmsnorm_row(const float *x, const gptoss_bf16 *w, float eps, float *y, int n)
 /* Backend state                                                            */
 /* ------------------------------------------------------------------------ */
 
-/* One sequence's cache. */
-typedef struct kv_slot
-{
-	int			len;			/* tokens cached = next position */
-	int			cap;			/* positions allocated in full layers' buffers */
-	float	  **k;				/* [L] full: [cap, Hkv*D]; sliding: [ring, Hkv*D]; NULL if unused */
-	float	  **v;				/* [L] same shapes as k */
-} kv_slot;
+/* Positions per KV page (the CUDA backend's page size too). */
+#define CPU_KV_PAGE 16
 
 typedef struct cpu_backend
 {
@@ -439,11 +440,10 @@ typedef struct cpu_backend
 	int			n_threads;
 	int			failed;			/* an internal error happened: only free() is allowed */
 
-	/* KV cache */
-	kv_slot    *slots;			/* [max_seqs] */
-	int			ring;			/* positions kept by sliding layers */
+	/* KV cache: page bookkeeping in base.kv_pages */
+	float	  **page_data;		/* [n_pages] NULL until first used, else [L][2][CPU_KV_PAGE][Hkv*D] (K then V) */
+	int			n_pages;
 	int64_t		kv_capacity;	/* max total cached tokens */
-	int64_t		kv_used;		/* sum of slot lengths */
 	int64_t		kv_bytes;		/* bytes allocated for the cache */
 	unsigned   *slot_stamp;		/* [max_seqs] duplicate-slot check per step */
 	unsigned	stamp;
@@ -566,6 +566,16 @@ run_dense(cpu_backend *be, dense_job *job)
 					  total * job->in * (int64_t) job->n_tok);
 }
 
+/* Cached K (kind 0) or V (kind 1) row of layer at position pos of a slot with page table pages. */
+KERNEL_INLINE float *
+kv_row(const cpu_backend *be, const int32_t *pages, int layer, int kind, int pos)
+{
+	size_t		kvd = (size_t) be->cfg->num_kv_heads * be->cfg->head_dim;
+
+	return be->page_data[pages[pos / CPU_KV_PAGE]] +
+		(((size_t) layer * 2 + kind) * CPU_KV_PAGE + pos % CPU_KV_PAGE) * kvd;
+}
+
 /* Attention of one layer over all (token, head) pairs of the step. */
 typedef struct attn_job
 {
@@ -599,9 +609,8 @@ attn_task(void *ctx, int64_t begin, int64_t end, int thread)
 		int			p = be->tok_pos[t];
 		int			pos0 = job->seqs[e].pos;
 		int			base = be->entry_base[e];
-		const kv_slot *slot = &be->slots[job->seqs[e].slot];
-		const float *cache_k = slot->k[job->layer];
-		const float *cache_v = slot->v[job->layer];
+		int			n_pages;
+		const int32_t *pages = gptoss_kv_pages_table(be->base.kv_pages, job->seqs[e].slot, &n_pages);
 		const float *q = be->q + (size_t) t * hq * d + (size_t) h * d;
 		float	   *out = be->att + (size_t) t * hq * d + (size_t) h * d;
 		int			lo = job->sliding ? p - c->sliding_window + 1 : 0;
@@ -618,7 +627,7 @@ attn_task(void *ctx, int64_t begin, int64_t end, int thread)
 			if (j >= pos0)
 				kj = be->k + (size_t) (base + j - pos0) * kvd;
 			else
-				kj = cache_k + (size_t) (job->sliding ? j % be->ring : j) * kvd;
+				kj = kv_row(be, pages, job->layer, 0, j);
 			scores[j - lo] = dot_f32(q, kj + (size_t) g * d, d) * job->scale;
 			if (scores[j - lo] > m)
 				m = scores[j - lo];
@@ -639,7 +648,7 @@ attn_task(void *ctx, int64_t begin, int64_t end, int thread)
 			if (j >= pos0)
 				vj = be->v + (size_t) (base + j - pos0) * kvd;
 			else
-				vj = cache_v + (size_t) (job->sliding ? j % be->ring : j) * kvd;
+				vj = kv_row(be, pages, job->layer, 1, j);
 			vj += (size_t) g * d;
 			for (int i = 0; i < d; i++)
 				out[i] += a * vj[i];
@@ -768,30 +777,42 @@ typedef struct sample_job
 	int			n_sampled;
 } sample_job;
 
-/* Samples entries [begin, end) of be->sample_entry with this thread's scratch. */
+/*
+ * Samples (or takes the forced token of) entries [begin, end) of
+ * be->sample_entry with this thread's scratch, and fills their logprobs.
+ */
 static void
 sample_task(void *ctx, int64_t begin, int64_t end, int thread)
 {
 	sample_job *job = ctx;
 	cpu_backend *be = job->be;
+	int			vocab = be->cfg->vocab_size;
 
 	for (int64_t k = begin; k < end; k++)
 	{
 		const gptoss_step_seq *s = &job->seqs[be->sample_entry[k]];
 		const float *row = be->sample_row[k];
-		int			vocab = be->cfg->vocab_size;
+		int32_t		token;
 
-		if (s->allowed)
+		if (s->forced)
+			token = *s->forced;
+		else
 		{
-			/* the masked copy goes after the sampler's 8 * vocab bytes */
-			float	   *masked = (float *) ((char *) be->sample_scratch[thread] + (size_t) vocab * 8);
+			if (s->allowed)
+			{
+				/* the masked copy goes after the sampler's 8 * vocab bytes */
+				float	   *masked = (float *) ((char *) be->sample_scratch[thread] + (size_t) vocab * 8);
 
-			gptoss_mask_logits(row, s->allowed, vocab, masked);
-			row = masked;
+				gptoss_mask_logits(row, s->allowed, vocab, masked);
+				row = masked;
+			}
+			token = gptoss_sample(row, vocab, &s->sampling, (int64_t) s->pos + s->n_tokens,
+								  be->sample_scratch[thread]);
 		}
-		job->next_tokens[be->sample_entry[k]] =
-			gptoss_sample(row, vocab, &s->sampling, (int64_t) s->pos + s->n_tokens,
-						  be->sample_scratch[thread]);
+		/* log-probabilities of the raw logits, not of the masked row */
+		if (s->logprobs)
+			gptoss_logprobs_row(be->sample_row[k], vocab, token, s->top_logprobs, s->logprobs);
+		job->next_tokens[be->sample_entry[k]] = token;
 	}
 }
 
@@ -889,78 +910,49 @@ ensure_step_buffers(cpu_backend *be, int n_tok, int n_entries, int n_out, int n_
 	return 0;
 }
 
-/* Bytes of one K (or V) row set of a layer for n positions. */
+/* Bytes of one KV page: K and V rows of every layer for CPU_KV_PAGE positions. */
 static size_t
-kv_layer_bytes(const gptoss_config *c, int n)
+kv_page_bytes(const gptoss_config *c)
 {
-	return (size_t) n * c->num_kv_heads * c->head_dim * sizeof(float);
+	return (size_t) c->num_layers * 2 * CPU_KV_PAGE * c->num_kv_heads * c->head_dim * sizeof(float);
 }
 
-/* Frees a slot's cache buffers. */
-static void
-slot_free_buffers(cpu_backend *be, kv_slot *s)
-{
-	const gptoss_config *c = be->cfg;
-
-	for (int l = 0; l < c->num_layers; l++)
-	{
-		if (s->k[l])
-			be->kv_bytes -= 2 * (int64_t) kv_layer_bytes(c, c->layer_sliding[l] ? be->ring : s->cap);
-		free(s->k[l]);
-		free(s->v[l]);
-		s->k[l] = s->v[l] = NULL;
-	}
-	s->cap = 0;
-}
-
-/* Makes slot hold `need` positions: rings allocated, full layers grown. */
+/* Gives slot the pages for positions [0, need), allocating the memory of pages used for the first time. */
 static int
-slot_reserve(cpu_backend *be, kv_slot *s, int need, gptoss_error *err)
+slot_reserve(cpu_backend *be, int slot, int need, gptoss_error *err)
 {
-	const gptoss_config *c = be->cfg;
-	int			new_cap = s->cap;
+	int			added = gptoss_kv_pages_grow(be->base.kv_pages, slot, need, err);
+	int			n_pages;
+	const int32_t *pages = gptoss_kv_pages_table(be->base.kv_pages, slot, &n_pages);
 
-	if (need > s->cap)
+	if (added < 0)
+		return -1;
+	for (int i = n_pages - added; i < n_pages; i++)
 	{
-		new_cap = s->cap * 2 > 64 ? s->cap * 2 : 64;
-		if (new_cap < need)
-			new_cap = need;
-		if (new_cap > be->base.opts.max_context)
-			new_cap = be->base.opts.max_context;
+		if (be->page_data[pages[i]])
+			continue;
+		be->page_data[pages[i]] = malloc(kv_page_bytes(be->cfg));
+		if (!be->page_data[pages[i]])
+			return gptoss_errorf(err, "cpu backend: out of memory growing the KV cache to %d positions", need);
+		be->kv_bytes += (int64_t) kv_page_bytes(be->cfg);
 	}
-	for (int l = 0; l < c->num_layers; l++)
-	{
-		if (c->layer_sliding[l])
-		{
-			if (!s->k[l])
-			{
-				s->k[l] = malloc(kv_layer_bytes(c, be->ring));
-				s->v[l] = malloc(kv_layer_bytes(c, be->ring));
-				if (!s->k[l] || !s->v[l])
-					goto oom;
-				be->kv_bytes += 2 * (int64_t) kv_layer_bytes(c, be->ring);
-			}
-		}
-		else if (new_cap > s->cap || !s->k[l])
-		{
-			float	   *nk = realloc(s->k[l], kv_layer_bytes(c, new_cap));
-			float	   *nv;
-
-			if (!nk)
-				goto oom;
-			s->k[l] = nk;
-			nv = realloc(s->v[l], kv_layer_bytes(c, new_cap));
-			if (!nv)
-				goto oom;
-			s->v[l] = nv;
-			be->kv_bytes += 2 * ((int64_t) kv_layer_bytes(c, new_cap) - (int64_t) kv_layer_bytes(c, s->cap));
-		}
-	}
-	s->cap = new_cap;
 	return 0;
+}
 
-oom:
-	return gptoss_errorf(err, "cpu backend: out of memory growing the KV cache to %d positions", need);
+/*
+ * Tokens cached over all slots; with own set, only those the slots computed
+ * (shared prefix pages are held by the engine's reservations, and the page
+ * check covers them).
+ */
+static int64_t
+kv_used_tokens(const cpu_backend *be, int own)
+{
+	int64_t		used = 0;
+
+	for (int s = 0; s < be->base.opts.max_seqs; s++)
+		used += gptoss_kv_pages_len(be->base.kv_pages, s) -
+			(own ? gptoss_kv_pages_shared(be->base.kv_pages, s) : 0);
+	return used;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -971,7 +963,7 @@ oom:
 static int
 cached_len(const gptoss_backend *base, int slot)
 {
-	return ((const cpu_backend *) base)->slots[slot].len;
+	return gptoss_kv_pages_len(base->kv_pages, slot);
 }
 
 /* Checks every entry before any state changes (backend.c), then the KV capacity; total tokens or -1. */
@@ -981,13 +973,18 @@ validate_step(cpu_backend *be, const gptoss_step_seq *seqs, int n_seqs,
 {
 	int64_t		total = gptoss_backend_check_step(&be->base, seqs, n_seqs, next_tokens, cached_len,
 												  be->slot_stamp, &be->stamp, err);
+	int64_t		used;
+	int64_t		pages = 0;
 
 	if (total < 0)
 		return -1;
-	if (be->kv_used + total > be->kv_capacity)
+	used = kv_used_tokens(be, 1);
+	for (int i = 0; i < n_seqs; i++)
+		pages += gptoss_kv_pages_missing(be->base.kv_pages, seqs[i].slot, seqs[i].pos + seqs[i].n_tokens);
+	if (used + total > be->kv_capacity || pages > gptoss_kv_pages_available(be->base.kv_pages))
 		return gptoss_errorf_code(err, GPTOSS_ERR_BUSY,
 								  "step: KV cache full (%lld of %lld tokens used, %lld more needed)",
-								  (long long) be->kv_used, (long long) be->kv_capacity, (long long) total);
+								  (long long) used, (long long) be->kv_capacity, (long long) total);
 	return total;
 }
 
@@ -1048,24 +1045,16 @@ attention_block(cpu_backend *be, const gptoss_step_seq *seqs, int n_seqs, int n_
 	/* append this step's keys and values to each slot's cache */
 	for (int i = 0; i < n_seqs; i++)
 	{
-		kv_slot    *s = &be->slots[seqs[i].slot];
+		int			n_pages;
+		const int32_t *pages = gptoss_kv_pages_table(be->base.kv_pages, seqs[i].slot, &n_pages);
 
 		for (int j = 0; j < seqs[i].n_tokens; j++)
 		{
 			int			p = seqs[i].pos + j;
-			int			row;
 			size_t		src = (size_t) (be->entry_base[i] + j) * kvd;
 
-			if (c->layer_sliding[l])
-			{
-				if (j < seqs[i].n_tokens - be->ring)
-					continue;	/* overwritten later in this same chunk */
-				row = p % be->ring;
-			}
-			else
-				row = p;
-			memcpy(s->k[l] + (size_t) row * kvd, be->k + src, kvd * sizeof(float));
-			memcpy(s->v[l] + (size_t) row * kvd, be->v + src, kvd * sizeof(float));
+			memcpy(kv_row(be, pages, l, 0, p), be->k + src, kvd * sizeof(float));
+			memcpy(kv_row(be, pages, l, 1, p), be->v + src, kvd * sizeof(float));
 		}
 	}
 
@@ -1240,7 +1229,7 @@ cpu_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs,
 	if (ensure_step_buffers(be, n_tok, n_seqs, n_out, logits ? 0 : n_out, err) < 0)
 		goto fail;
 	for (int i = 0; i < n_seqs; i++)
-		if (slot_reserve(be, &be->slots[seqs[i].slot], seqs[i].pos + seqs[i].n_tokens, err) < 0)
+		if (slot_reserve(be, seqs[i].slot, seqs[i].pos + seqs[i].n_tokens, err) < 0)
 			goto fail;
 
 	/* token rows: embedding, positions, rope cos/sin */
@@ -1300,8 +1289,6 @@ cpu_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs,
 	sj.next_tokens = next_tokens;
 	for (int i = 0; i < n_seqs; i++)
 	{
-		kv_slot    *s = &be->slots[seqs[i].slot];
-
 		if (logits)
 			n_out += seqs[i].n_tokens;
 		if (seqs[i].sample)
@@ -1310,8 +1297,7 @@ cpu_step(gptoss_backend *base, const gptoss_step_seq *seqs, int n_seqs,
 			be->sample_row[sj.n_sampled++] = out_logits +
 				(size_t) (logits ? n_out - 1 : n_out++) * vocab;
 		}
-		s->len += seqs[i].n_tokens;
-		be->kv_used += seqs[i].n_tokens;
+		gptoss_kv_pages_advance(be->base.kv_pages, seqs[i].slot, seqs[i].n_tokens);
 	}
 	pool_parallel_for(be->pool, sample_task, &sj, sj.n_sampled, 1, (int64_t) sj.n_sampled * vocab * 16);
 	{
@@ -1327,17 +1313,13 @@ fail:
 	return -1;
 }
 
-/* Forgets slot's cached tokens and frees its buffers. */
+/* Forgets slot's cached tokens; its pages go back to the pool (registered ones stay cached). */
 static void
 cpu_release(gptoss_backend *base, int slot)
 {
-	cpu_backend *be = (cpu_backend *) base;
-
 	if (slot < 0 || slot >= base->opts.max_seqs)
 		return;
-	be->kv_used -= be->slots[slot].len;
-	be->slots[slot].len = 0;
-	slot_free_buffers(be, &be->slots[slot]);
+	gptoss_kv_pages_release(base->kv_pages, slot);
 }
 
 /* Fills info: weights are the model's mapping, memory is what the backend allocated. */
@@ -1358,7 +1340,7 @@ cpu_get_info(gptoss_backend *base, gptoss_backend_info *info)
 	info->memory_used_bytes = info->weight_bytes + own;
 	info->memory_total_bytes = pages > 0 && page_size > 0 ? (int64_t) pages * page_size : 0;
 	info->kv_cache_tokens = be->kv_capacity;
-	info->kv_cache_used_tokens = be->kv_used;
+	info->kv_cache_used_tokens = kv_used_tokens(be, 0);
 	info->peak_memory_bytes = info->weight_bytes +
 		(be->peak_bytes > own ? be->peak_bytes : own);
 }
@@ -1372,17 +1354,11 @@ cpu_free(gptoss_backend *base)
 	if (!be)
 		return;
 	pool_free(be->pool, be->pool_args);
-	if (be->slots)
-	{
-		for (int i = 0; i < base->opts.max_seqs; i++)
-		{
-			if (be->slots[i].k)
-				slot_free_buffers(be, &be->slots[i]);
-			free(be->slots[i].k);
-			free(be->slots[i].v);
-		}
-		free(be->slots);
-	}
+	if (be->page_data)
+		for (int i = 0; i < be->n_pages; i++)
+			free(be->page_data[i]);
+	free(be->page_data);
+	gptoss_kv_pages_free(base->kv_pages);
 	if (be->thread_buf)
 		for (int i = 0; i < be->n_threads; i++)
 			free(be->thread_buf[i]);
@@ -1461,23 +1437,28 @@ gptoss_backend_cpu_create(const gptoss_model *model, const gptoss_backend_opts *
 	be->kv_capacity = opts->kv_cache_tokens > 0 ? opts->kv_cache_tokens
 		: (int64_t) opts->max_seqs * opts->max_context;
 	be->base.opts.kv_cache_tokens = be->kv_capacity;
-	be->ring = c->sliding_window < opts->max_context ? c->sliding_window : opts->max_context;
+	be->base.kv_chunk_invariant = 1;
 
-	be->slots = calloc(opts->max_seqs, sizeof(kv_slot));
+	/* every slot may end inside a page: one partial page each on top of the capacity */
+	if ((be->kv_capacity + CPU_KV_PAGE - 1) / CPU_KV_PAGE + opts->max_seqs > INT32_MAX)
+	{
+		gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cpu backend: kv_cache_tokens %lld is too large",
+						   (long long) be->kv_capacity);
+		goto fail;
+	}
+	be->n_pages = (int) ((be->kv_capacity + CPU_KV_PAGE - 1) / CPU_KV_PAGE + opts->max_seqs);
+	be->base.kv_pages = gptoss_kv_pages_create(be->n_pages, CPU_KV_PAGE, opts->max_seqs,
+											   opts->max_context, err);
+	if (!be->base.kv_pages)
+		goto fail;
+	be->page_data = calloc(be->n_pages, sizeof(float *));
 	be->slot_stamp = calloc(opts->max_seqs, sizeof(unsigned));
 	be->expert_count = calloc(c->num_experts, sizeof(int));
 	be->expert_start = calloc(c->num_experts, sizeof(int));
 	be->active_experts = calloc(c->num_experts, sizeof(int));
-	if (!be->slots || !be->slot_stamp || !be->expert_count || !be->expert_start ||
+	if (!be->page_data || !be->slot_stamp || !be->expert_count || !be->expert_start ||
 		!be->active_experts)
 		goto oom;
-	for (int i = 0; i < opts->max_seqs; i++)
-	{
-		be->slots[i].k = calloc(c->num_layers, sizeof(float *));
-		be->slots[i].v = calloc(c->num_layers, sizeof(float *));
-		if (!be->slots[i].k || !be->slots[i].v)
-			goto oom;
-	}
 
 	/* per-thread scratch: 4 decoded expert rows, or one row of attention scores */
 	max_in = c->hidden_size;

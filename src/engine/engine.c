@@ -25,6 +25,27 @@
  * grows while a request runs: the tail that could still turn into a stop
  * string is held back until it cannot.
  *
+ * Prefix cache (backends with a paged KV cache, backend.h): at admission a
+ * request attaches the longest chain of registered pages matching its
+ * prompt, cut to a multiple of share_tokens (the page size, or its least
+ * common multiple with prefill_chunk when the backend's cached keys depend
+ * on the chunking: then a shared prefix was computed in exactly the chunks
+ * the request would have used) and leaving at least one prompt token to
+ * compute; after each step it registers the full pages of its prompt that
+ * lie within whole share_tokens units.  Reservations still count a shared
+ * prefix once per request, so sharing saves computation, not admission
+ * room; pages nobody references stay cached until the allocator evicts them.
+ *
+ * Score requests (classification) run in two phases.  The request prefills
+ * its prompt up to the last page boundary before its last token (the
+ * shared part) in a slot of its own, pins those pages and gives the slot
+ * back; then one label sequence per continuation (an internal request,
+ * queued like any other) attaches the pinned pages, prefills the rest of the
+ * prompt and feeds the continuation one forced token per step, summing the
+ * log-probabilities the backend reports for the forced tokens.  When the
+ * last label sequence ends, the request finishes and unpins its pages.
+ * Without a paged cache every label sequence computes the whole prompt.
+ *
  * Constrained requests (a response_format, a reasoning budget) carry a
  * gptoss_constraint: before each step it says what the request may sample
  * (anything, one forced token, or a token mask that the backend applies
@@ -59,17 +80,49 @@ typedef enum request_state
 	REQ_DONE
 } request_state;
 
+typedef enum request_kind
+{
+	REQ_GENERATE,				/* a generation (the caller's) */
+	REQ_SCORE,					/* a score request (the caller's): prefix phase, then its labels */
+	REQ_LABEL					/* internal: one continuation of a score request, forced */
+} request_kind;
+
 typedef struct request
 {
 	int64_t		id;
+	request_kind kind;
 	request_state state;
 	int32_t    *prompt;			/* [n_prompt] rendered prompt ids */
 	int			n_prompt;
-	int32_t    *tokens;			/* [max_new] generated ids */
+	int			prefill_end;	/* prompt tokens computed in the slot: n_prompt, or a score request's shared part */
+	int32_t    *tokens;			/* [max_new] generated (label: forced) ids */
 	int			n_tokens;
 	int			max_new;		/* max_tokens clamped to what the context leaves */
-	int			slot;			/* KV-cache slot while RUNNING, else -1 */
+	int64_t		reserve;		/* KV tokens reserved from admission to the end */
+	bool		reserved;		/* reserve is counted in kv_reserved */
+	int			slot;			/* KV-cache slot while it holds one, else -1 */
 	int			n_cached;		/* tokens in the slot's cache = position of the next fed token */
+	bool		prefix_caching; /* attach and register shared prompt pages */
+	bool		logprobs;
+	int			top_logprobs;
+	gptoss_token_logprobs *lp;	/* [max_new] with logprobs; label: [1] the last forced token's */
+	int		   *lp_serial;		/* [max_new] with logprobs: final message serial of the token's text, or -1 */
+	int		   *text_tokens;	/* [n_text_tokens] tokens whose text is returned, set when finished */
+	int			n_text_tokens;
+	/* REQ_SCORE */
+	int			n_labels;
+	int32_t   **label_ids;		/* [n_labels][label_len[i]] continuation tokens */
+	int		   *label_len;		/* [n_labels] */
+	double	   *scores;			/* [n_labels] summed log-probabilities */
+	int			labels_done;
+	int32_t    *fork_pages;		/* [n_fork_pages] pinned pages of the shared prefix */
+	int			n_fork_pages;
+	bool		forked;			/* label sequences created */
+	int64_t		first_label_id; /* its label sequences have the n_labels ids from here */
+	/* REQ_LABEL */
+	struct request *parent;
+	int			label;
+	double		score;			/* log-probabilities of the forced tokens so far */
 	gptoss_sampling sampling;
 	char	  **stop;			/* [n_stop] owned copies of the stop strings */
 	int			n_stop;
@@ -112,6 +165,8 @@ struct gptoss_engine
 	int			mask_words;
 	int64_t		next_id;
 	uint64_t	seed_counter;
+	int			share_tokens;	/* prefix-cache granularity; 0: the backend's cache is not paged */
+	int32_t    *match_pages;	/* [max_context / page + 1] scratch of prefix lookups */
 	bool		failed;			/* a backend step failed: the backend is unusable */
 	char		failure[1024];
 	gptoss_engine_stats stats;
@@ -150,6 +205,7 @@ gptoss_gen_params_default(gptoss_gen_params *p)
 	p->top_p = 1.0f;
 	p->top_k = 0;
 	p->reasoning_effort = GPTOSS_REASONING_MEDIUM;
+	p->prefix_caching = true;
 }
 
 /* ---------------------------------------------------------------------------
@@ -188,6 +244,25 @@ engine_setup(gptoss_engine *eng, const gptoss_engine_opts *opts, gptoss_error *e
 	eng->forced = calloc((size_t) eng->max_seqs, sizeof(*eng->forced));
 	if (!eng->slots || !eng->batch || !eng->batch_reqs || !eng->next_tokens || !eng->forced)
 		return gptoss_errorf(err, "out of memory for the scheduler (%d slots)", eng->max_seqs);
+	if (eng->backend->kv_pages)
+	{
+		int			page = gptoss_kv_pages_page_tokens(eng->backend->kv_pages);
+		int			a = page,
+					b = eng->prefill_chunk;
+
+		/* least common multiple of the page and the chunk, when chunking matters */
+		while (b != 0)
+		{
+			int			t = a % b;
+
+			a = b;
+			b = t;
+		}
+		eng->share_tokens = eng->backend->kv_chunk_invariant ? page : page / a * eng->prefill_chunk;
+		eng->match_pages = malloc(((size_t) eng->max_context / page + 1) * sizeof(int32_t));
+		if (!eng->match_pages)
+			return gptoss_errorf(err, "out of memory for the prefix cache");
+	}
 	return 0;
 }
 
@@ -323,6 +398,15 @@ request_free(request *r)
 	free(r->stop);
 	free(r->error);
 	gptoss_buffer_free(&r->text);
+	free(r->lp);
+	free(r->lp_serial);
+	free(r->text_tokens);
+	for (int i = 0; i < r->n_labels; i++)
+		free(r->label_ids[i]);
+	free(r->label_ids);
+	free(r->label_len);
+	free(r->scores);
+	free(r->fork_pages);
 	gptoss_constraint_free(r->con);
 	free(r->con_error);
 	gptoss_harmony_parser_free(&r->parser);
@@ -343,6 +427,7 @@ gptoss_engine_free(gptoss_engine *eng)
 	free(eng->batch);
 	free(eng->batch_reqs);
 	free(eng->next_tokens);
+	free(eng->match_pages);
 	free(eng->forced);
 	free(eng->masks);
 	gptoss_constraint_env_free(eng->cenv);
@@ -463,6 +548,11 @@ check_params(const gptoss_gen_params *p, gptoss_error *err)
 		p->reasoning_effort != GPTOSS_REASONING_MEDIUM &&
 		p->reasoning_effort != GPTOSS_REASONING_HIGH)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "reasoning_effort: invalid value");
+	if (p->top_logprobs < 0 || p->top_logprobs > GPTOSS_MAX_TOP_LOGPROBS)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "top_logprobs: must be in [0, %d] (got %d)",
+								  GPTOSS_MAX_TOP_LOGPROBS, p->top_logprobs);
+	if (p->top_logprobs > 0 && !p->logprobs)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "top_logprobs: needs logprobs");
 	if (p->has_max_reasoning_tokens && p->max_reasoning_tokens < 0)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "max_reasoning_tokens: must be >= 0 (got %d)", p->max_reasoning_tokens);
@@ -560,19 +650,16 @@ append_request(gptoss_engine *eng, request *r, gptoss_error *err)
 	return 0;
 }
 
-/* Queues a request over rendered prompt ids. */
-int64_t
-gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
-					 const gptoss_gen_params *p, gptoss_error *err)
+/*
+ * Checks a prompt's ids and returns the room a sequence has (the context,
+ * and the whole KV cache for one sequence), or -1 with err.
+ */
+static int64_t
+check_prompt(const gptoss_engine *eng, const int32_t *ids, int n_ids, gptoss_error *err)
 {
-	request    *r;
 	int			vocab = eng->model->config.vocab_size;
 	int64_t		room;
 
-	if (eng->failed)
-		return gptoss_errorf(err, "engine stopped after a backend failure: %s", eng->failure);
-	if (check_params(p, err) < 0)
-		return -1;
 	if (n_ids < 1 || ids == NULL)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "prompt: renders to no tokens");
 	for (int i = 0; i < n_ids; i++)
@@ -580,7 +667,6 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 									  "prompt: token %d at index %d is outside the model vocabulary (%d)",
 									  ids[i], i, vocab);
-	/* Room to generate: the context, and the whole KV cache for one sequence. */
 	room = eng->max_context;
 	if (room > eng->kv_capacity)
 		room = eng->kv_capacity;
@@ -588,17 +674,77 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 		return gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG,
 								  "prompt is %d tokens but the context holds %lld tokens: no room to generate",
 								  n_ids, (long long) room);
+	return room;
+}
 
-	r = calloc(1, sizeof(*r));
+/* A new queued request of kind over a copy of ids, room for max_new tokens; NULL when out of memory. */
+static request *
+new_request(request_kind kind, const int32_t *ids, int n_ids, int max_new)
+{
+	request    *r = calloc(1, sizeof(*r));
+
 	if (r == NULL)
-		return gptoss_errorf(err, "out of memory queueing a request");
-	r->id = eng->next_id;
+		return NULL;
+	r->kind = kind;
 	r->state = REQ_QUEUED;
 	r->slot = -1;
 	r->n_prompt = n_ids;
-	r->max_new = p->max_tokens;
-	if (r->max_new > room - n_ids)
-		r->max_new = (int) (room - n_ids);
+	r->prefill_end = n_ids;
+	r->max_new = max_new;
+	r->reserve = (int64_t) n_ids + max_new;
+	gptoss_harmony_parser_init(&r->parser);
+	r->prompt = malloc((size_t) n_ids * sizeof(int32_t));
+	r->tokens = malloc((size_t) (max_new > 0 ? max_new : 1) * sizeof(int32_t));
+	if (!r->prompt || !r->tokens || gptoss_buffer_reserve(&r->text, 0, NULL) < 0)
+	{
+		request_free(r);
+		return NULL;
+	}
+	memcpy(r->prompt, ids, (size_t) n_ids * sizeof(int32_t));
+	return r;
+}
+
+/* Gives r the next id and queues it; counts it in the stats unless it is internal. */
+static int64_t
+queue_request(gptoss_engine *eng, request *r, gptoss_error *err)
+{
+	r->id = eng->next_id;
+	if (append_request(eng, r, err) < 0)
+	{
+		request_free(r);
+		return -1;
+	}
+	eng->next_id++;
+	if (r->kind != REQ_LABEL)
+	{
+		eng->stats.requests_total++;
+		eng->stats.prompt_tokens += r->n_prompt;
+	}
+	return r->id;
+}
+
+/* Queues a request over rendered prompt ids. */
+int64_t
+gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
+					 const gptoss_gen_params *p, gptoss_error *err)
+{
+	request    *r;
+	int64_t		room;
+	int			max_new;
+
+	if (eng->failed)
+		return gptoss_errorf(err, "engine stopped after a backend failure: %s", eng->failure);
+	if (check_params(p, err) < 0)
+		return -1;
+	room = check_prompt(eng, ids, n_ids, err);
+	if (room < 0)
+		return -1;
+	max_new = p->max_tokens;
+	if (max_new > room - n_ids)
+		max_new = (int) (room - n_ids);
+	r = new_request(REQ_GENERATE, ids, n_ids, max_new);
+	if (r == NULL)
+		goto oom;
 	r->sampling.temperature = p->temperature;
 	r->sampling.top_p = p->top_p;
 	r->sampling.top_k = p->top_k;
@@ -606,19 +752,24 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 	r->raw = p->raw;
 	r->ignore_eos = p->ignore_eos;
 	r->include_reasoning = p->include_reasoning;
-	gptoss_harmony_parser_init(&r->parser);
+	r->prefix_caching = p->prefix_caching;
+	r->logprobs = p->logprobs;
+	r->top_logprobs = p->top_logprobs;
+	if (r->logprobs)
+	{
+		r->lp = calloc((size_t) max_new, sizeof(*r->lp));
+		r->lp_serial = calloc((size_t) max_new, sizeof(int));
+		if (!r->lp || !r->lp_serial)
+			goto oom;
+	}
 	if (make_constraint(eng, p, r->max_new, &r->con, err) < 0)
 	{
 		request_free(r);
 		return -1;
 	}
-	r->prompt = malloc((size_t) n_ids * sizeof(int32_t));
-	r->tokens = malloc((size_t) r->max_new * sizeof(int32_t));
 	r->stop = p->n_stop > 0 ? calloc((size_t) p->n_stop, sizeof(char *)) : NULL;
-	if (!r->prompt || !r->tokens || gptoss_buffer_reserve(&r->text, 0, NULL) < 0 ||
-		(p->n_stop > 0 && !r->stop))
+	if (p->n_stop > 0 && !r->stop)
 		goto oom;
-	memcpy(r->prompt, ids, (size_t) n_ids * sizeof(int32_t));
 	for (int i = 0; i < p->n_stop; i++)
 	{
 		r->stop[i] = strdup(p->stop[i]);
@@ -626,19 +777,190 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 			goto oom;
 		r->n_stop = i + 1;
 	}
-	if (append_request(eng, r, err) < 0)
-	{
-		request_free(r);
-		return -1;
-	}
-	eng->next_id++;
-	eng->stats.requests_total++;
-	eng->stats.prompt_tokens += n_ids;
-	return r->id;
+	return queue_request(eng, r, err);
 
 oom:
 	request_free(r);
 	return gptoss_errorf(err, "out of memory queueing a request of %d prompt tokens", n_ids);
+}
+
+/* Queues a score request: a prefix phase, then one label sequence per continuation. */
+int64_t
+gptoss_engine_submit_score(gptoss_engine *eng, const int32_t *ids, int n_ids,
+						   const int32_t *const *conts, const int *cont_lens, int n_conts,
+						   const gptoss_gen_params *p, gptoss_error *err)
+{
+	request    *r;
+	int64_t		room;
+	int			vocab = eng->model->config.vocab_size;
+
+	if (eng->failed)
+		return gptoss_errorf(err, "engine stopped after a backend failure: %s", eng->failure);
+	if (check_params(p, err) < 0)
+		return -1;
+	if (p->logprobs)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "logprobs: not supported when scoring labels");
+	if (p->response_format != NULL)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "response_format: not supported when scoring labels");
+	room = check_prompt(eng, ids, n_ids, err);
+	if (room < 0)
+		return -1;
+	if (n_conts < 1 || !conts || !cont_lens)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "labels: at least one label is needed");
+	for (int i = 0; i < n_conts; i++)
+	{
+		if (cont_lens[i] < 1 || !conts[i])
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "labels: label %d has no tokens", i + 1);
+		for (int j = 0; j < cont_lens[i]; j++)
+			if (conts[i][j] < 0 || conts[i][j] >= vocab)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "labels: token %d of label %d is outside the model vocabulary (%d)",
+										  conts[i][j], i + 1, vocab);
+		/* the label sequence holds the prompt and all but the last forced token */
+		if (n_ids + cont_lens[i] - 1 >= room)
+			return gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG,
+									  "prompt and label %d are %d tokens but the context holds %lld tokens",
+									  i + 1, n_ids + cont_lens[i], (long long) room);
+	}
+	r = new_request(REQ_SCORE, ids, n_ids, 0);
+	if (r == NULL)
+		goto oom;
+	r->prefix_caching = p->prefix_caching;
+	/* the shared part: whole pages before the last prompt token, which each label feeds itself */
+	if (eng->backend->kv_pages)
+	{
+		int			page = gptoss_kv_pages_page_tokens(eng->backend->kv_pages);
+
+		r->prefill_end = (n_ids - 1) / page * page;
+	}
+	else
+		r->prefill_end = 0;
+	r->reserve = r->prefill_end;
+	r->n_labels = n_conts;
+	r->label_ids = calloc((size_t) n_conts, sizeof(int32_t *));
+	r->label_len = calloc((size_t) n_conts, sizeof(int));
+	r->scores = calloc((size_t) n_conts, sizeof(double));
+	if (!r->label_ids || !r->label_len || !r->scores)
+		goto oom;
+	for (int i = 0; i < n_conts; i++)
+	{
+		r->label_ids[i] = malloc((size_t) cont_lens[i] * sizeof(int32_t));
+		if (!r->label_ids[i])
+			goto oom;
+		memcpy(r->label_ids[i], conts[i], (size_t) cont_lens[i] * sizeof(int32_t));
+		r->label_len[i] = cont_lens[i];
+	}
+	return queue_request(eng, r, err);
+
+oom:
+	request_free(r);
+	return gptoss_errorf(err, "out of memory queueing a score request of %d labels", n_conts);
+}
+
+/* Renders, tokenizes and queues a classification (see engine.h). */
+int64_t
+gptoss_engine_submit_classify(gptoss_engine *eng, const char *input, const char *const *labels,
+							  int n_labels, const gptoss_gen_params *p, gptoss_error *err)
+{
+	static const char final_channel[] = "final";
+	int32_t    *ids = NULL;
+	int			n_ids = 0;
+	int32_t   **conts = NULL;
+	int		   *lens = NULL;
+	int32_t    *channel = NULL;
+	int64_t		id = -1;
+
+	if (n_labels < 1 || labels == NULL)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "labels: at least one label is needed");
+	for (int i = 0; i < n_labels; i++)
+	{
+		if (labels[i] == NULL || labels[i][0] == '\0')
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "labels: label %d is empty", i + 1);
+		for (int j = 0; j < i; j++)
+			if (strcmp(labels[i], labels[j]) == 0)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "labels: \"%s\" appears twice",
+										  labels[i]);
+	}
+	if (gptoss_engine_render(eng, input, NULL, 0, p, &ids, &n_ids, err) < 0)
+		return -1;
+	if (!p->raw)
+	{
+		/* the answer opens in the final channel: <|channel|>final<|message|> */
+		int			n_channel = gptoss_tokenizer_encode(eng->tok, final_channel, strlen(final_channel),
+														&channel, err);
+		int32_t    *grown;
+
+		if (n_channel < 0)
+			goto out;
+		grown = realloc(ids, (size_t) (n_ids + n_channel + 2) * sizeof(int32_t));
+		if (!grown)
+		{
+			gptoss_errorf(err, "out of memory rendering a classification");
+			goto out;
+		}
+		ids = grown;
+		ids[n_ids++] = GPTOSS_TOK_CHANNEL;
+		memcpy(ids + n_ids, channel, (size_t) n_channel * sizeof(int32_t));
+		n_ids += n_channel;
+		ids[n_ids++] = GPTOSS_TOK_MESSAGE;
+	}
+	conts = calloc((size_t) n_labels, sizeof(int32_t *));
+	lens = calloc((size_t) n_labels, sizeof(int));
+	if (!conts || !lens)
+	{
+		gptoss_errorf(err, "out of memory rendering a classification");
+		goto out;
+	}
+	for (int i = 0; i < n_labels; i++)
+	{
+		int32_t    *label;
+		int			n = gptoss_tokenizer_encode(eng->tok, labels[i], strlen(labels[i]), &label, err);
+
+		if (n < 0)
+			goto out;
+		conts[i] = realloc(label, (size_t) (n + 1) * sizeof(int32_t));
+		if (!conts[i])
+		{
+			free(label);
+			gptoss_errorf(err, "out of memory rendering a classification");
+			goto out;
+		}
+		conts[i][n] = GPTOSS_TOK_RETURN;
+		lens[i] = n + 1;
+	}
+	id = gptoss_engine_submit_score(eng, ids, n_ids, (const int32_t *const *) conts, lens, n_labels,
+									p, err);
+out:
+	if (conts)
+		for (int i = 0; i < n_labels; i++)
+			free(conts[i]);
+	free(conts);
+	free(lens);
+	free(channel);
+	free(ids);
+	return id;
+}
+
+/* Probabilities of the labels (softmax of their scores) and the index of the best, first on ties. */
+int
+gptoss_label_probs(const double *scores, int n, double *probs)
+{
+	int			best = 0;
+	double		sum = 0.0;
+
+	for (int i = 1; i < n; i++)
+		if (scores[i] > scores[best])
+			best = i;
+	if (probs == NULL)
+		return best;
+	for (int i = 0; i < n; i++)
+	{
+		probs[i] = isfinite(scores[best]) ? exp(scores[i] - scores[best]) : (i == best ? 1.0 : 0.0);
+		sum += probs[i];
+	}
+	for (int i = 0; i < n; i++)
+		probs[i] /= sum;
+	return best;
 }
 
 /* Index of request id in eng->reqs, or -1. */
@@ -762,9 +1084,46 @@ leave_slot(gptoss_engine *eng, request *r)
 	if (!eng->failed)
 		eng->backend->release(eng->backend, r->slot);
 	eng->slots[r->slot] = NULL;
-	eng->kv_reserved -= r->n_prompt + r->max_new;
 	r->slot = -1;
 }
+
+/* Gives back r's KV reservation. */
+static void
+unreserve(gptoss_engine *eng, request *r)
+{
+	if (r->reserved)
+		eng->kv_reserved -= r->reserve;
+	r->reserved = false;
+}
+
+/*
+ * Records which generated tokens make the returned text (with logprobs):
+ * the tokens of the last final message (raw: every ordinary token), up to
+ * the end of the visible text.
+ */
+static int
+collect_text_tokens(gptoss_engine *eng, request *r, gptoss_error *err)
+{
+	size_t		at = 0;
+
+	r->text_tokens = malloc((size_t) (r->n_tokens > 0 ? r->n_tokens : 1) * sizeof(int));
+	if (!r->text_tokens)
+		return gptoss_errorf(err, "out of memory collecting log-probabilities");
+	r->n_text_tokens = 0;
+	for (int i = 0; i < r->n_tokens && at < r->text.len; i++)
+	{
+		size_t		n = 0;
+
+		if (r->lp_serial[i] != r->final_serial)
+			continue;
+		gptoss_tokenizer_token_bytes(eng->tok, r->tokens[i], &n);
+		r->text_tokens[r->n_text_tokens++] = i;
+		at += n;
+	}
+	return 0;
+}
+
+static void finish_score_labels(gptoss_engine *eng, request *r, gptoss_finish_reason reason);
 
 /*
  * Marks r done with reason and frees its slot.  With complete_text the held
@@ -780,8 +1139,30 @@ finish_request(gptoss_engine *eng, request *r, gptoss_finish_reason reason,
 	if (r->state == REQ_DONE)
 		return 0;
 	leave_slot(eng, r);
+	unreserve(eng, r);
 	r->state = REQ_DONE;
 	r->finish = reason;
+	if (r->kind == REQ_SCORE)
+		finish_score_labels(eng, r, reason);
+	if (r->kind == REQ_LABEL)
+	{
+		/* a label sequence reports to its score request, and its failure is the request's */
+		request    *parent = r->parent;
+
+		if (reason == GPTOSS_FINISH_STOP)
+		{
+			parent->scores[r->label] = r->score;
+			if (++parent->labels_done == parent->n_labels)
+				return finish_request(eng, parent, GPTOSS_FINISH_STOP, false, err);
+		}
+		else if (reason == GPTOSS_FINISH_ERROR && parent->state != REQ_DONE)
+		{
+			free(parent->error);
+			parent->error = r->error ? strdup(r->error) : NULL;
+			finish_request(eng, parent, GPTOSS_FINISH_ERROR, false, NULL);
+		}
+		return 0;
+	}
 	switch (reason)
 	{
 		case GPTOSS_FINISH_STOP:
@@ -805,7 +1186,30 @@ finish_request(gptoss_engine *eng, request *r, gptoss_finish_reason reason,
 		if (rc == 0)
 			rc = update_text(r, true, err) < 0 ? -1 : 0;
 	}
+	if (rc == 0 && r->logprobs && (reason == GPTOSS_FINISH_STOP || reason == GPTOSS_FINISH_LENGTH))
+		rc = collect_text_tokens(eng, r, err);
 	return rc;
+}
+
+/* Ends a score request's label sequences still queued or running, and unpins its shared pages. */
+static void
+finish_score_labels(gptoss_engine *eng, request *r, gptoss_finish_reason reason)
+{
+	for (int i = 0; i < eng->n_reqs; i++)
+	{
+		request    *l = eng->reqs[i];
+
+		if (l->kind == REQ_LABEL && l->parent == r && l->state != REQ_DONE)
+		{
+			leave_slot(eng, l);
+			unreserve(eng, l);
+			l->state = REQ_DONE;
+			l->finish = reason == GPTOSS_FINISH_STOP ? GPTOSS_FINISH_CANCELLED : reason;
+		}
+	}
+	if (r->n_fork_pages > 0 && !eng->failed)
+		gptoss_kv_pages_unpin(eng->backend->kv_pages, r->fork_pages, r->n_fork_pages);
+	r->n_fork_pages = 0;
 }
 
 /* Ends r with an error message. */
@@ -845,9 +1249,19 @@ accept_token(gptoss_engine *eng, request *r, int32_t id, gptoss_error *err)
 			bytes = gptoss_tokenizer_token_bytes(eng->tok, id, &n);
 		if (bytes != NULL && gptoss_utf8_text_push(&r->raw_text, bytes, n, err) < 0)
 			return -1;
+		if (r->logprobs)
+			r->lp_serial[r->n_tokens - 1] = bytes != NULL ? r->final_serial : -1;
 	}
-	else if (gptoss_harmony_parser_push(&r->parser, eng->tok, id, err) < 0)
-		return -1;
+	else
+	{
+		if (gptoss_harmony_parser_push(&r->parser, eng->tok, id, err) < 0)
+			return -1;
+		/* a content token of a final message counts for the text of that message */
+		if (r->logprobs)
+			r->lp_serial[r->n_tokens - 1] =
+				r->parser.in_final && r->parser.state == GPTOSS_HARMONY_CONTENT &&
+				!gptoss_tokenizer_is_special(eng->tok, id) ? r->parser.final_serial : -1;
+	}
 
 	if (!r->ignore_eos && is_stop_token(r, id))
 		return finish_request(eng, r, GPTOSS_FINISH_STOP, true, err);
@@ -875,16 +1289,38 @@ gptoss_engine_cancel(gptoss_engine *eng, int64_t id)
 		finish_request(eng, eng->reqs[i], GPTOSS_FINISH_CANCELLED, false, NULL);
 }
 
+/* Frees the finished label sequences of parent (of every score request when parent is NULL). */
+static void
+drop_labels(gptoss_engine *eng, const request *parent)
+{
+	int			kept = 0;
+
+	for (int i = 0; i < eng->n_reqs; i++)
+	{
+		request    *r = eng->reqs[i];
+
+		if (r->kind == REQ_LABEL && r->state == REQ_DONE && (parent == NULL || r->parent == parent))
+			request_free(r);
+		else
+			eng->reqs[kept++] = r;
+	}
+	eng->n_reqs = kept;
+}
+
 /* Forgets a request, cancelling it first when it is still queued or running. */
 void
 gptoss_engine_release(gptoss_engine *eng, int64_t id)
 {
 	int			i = find_request(eng, id);
+	request    *r;
 
 	if (i < 0)
 		return;
-	finish_request(eng, eng->reqs[i], GPTOSS_FINISH_CANCELLED, false, NULL);
-	request_free(eng->reqs[i]);
+	r = eng->reqs[i];
+	finish_request(eng, r, GPTOSS_FINISH_CANCELLED, false, NULL);
+	if (r->kind == REQ_SCORE)
+		drop_labels(eng, r);
+	request_free(r);
 	memmove(eng->reqs + i, eng->reqs + i + 1, (size_t) (eng->n_reqs - i - 1) * sizeof(*eng->reqs));
 	eng->n_reqs--;
 }
@@ -918,6 +1354,17 @@ gptoss_engine_result(const gptoss_engine *eng, int64_t id, gptoss_result *res)
 	res->prompt_tokens = r->n_prompt;
 	res->completion_tokens = r->n_tokens;
 	res->error = r->error ? r->error : "";
+	if (r->logprobs)
+	{
+		res->logprobs = r->lp;
+		res->text_tokens = r->text_tokens;
+		res->n_text_tokens = r->text_tokens ? r->n_text_tokens : 0;
+	}
+	if (r->kind == REQ_SCORE && r->finish == GPTOSS_FINISH_STOP)
+	{
+		res->scores = r->scores;
+		res->n_scores = r->n_labels;
+	}
 	return 0;
 }
 
@@ -937,7 +1384,98 @@ gptoss_engine_active(const gptoss_engine *eng)
  * The step
  */
 
-/* Gives free slots to queued requests, oldest first, while the KV cache has room. */
+/*
+ * Starts r in its new slot from shared pages: a label sequence from its
+ * score request's pinned prefix, any other request from the longest cached
+ * prefix of its prompt (prefix cache), cut to a multiple of share_tokens and
+ * leaving at least one token to compute when the prompt's end samples.
+ */
+static void
+attach_prefix(gptoss_engine *eng, request *r)
+{
+	gptoss_kv_pages *kp = eng->backend->kv_pages;
+	int			page,
+				limit,
+				n;
+
+	if (kp == NULL)
+		return;
+	page = gptoss_kv_pages_page_tokens(kp);
+	if (r->kind == REQ_LABEL)
+	{
+		if (r->parent->n_fork_pages > 0)
+		{
+			gptoss_kv_pages_attach(kp, r->slot, r->parent->fork_pages, r->parent->n_fork_pages, 0);
+			r->n_cached = r->parent->n_fork_pages * page;
+		}
+		return;
+	}
+	if (!r->prefix_caching)
+		return;
+	limit = r->kind == REQ_GENERATE ? r->n_prompt - 1 : r->prefill_end;
+	limit = limit / eng->share_tokens * eng->share_tokens;
+	n = gptoss_kv_pages_match(kp, r->prompt, limit, limit / page, eng->match_pages);
+	n = n * page / eng->share_tokens * eng->share_tokens / page;
+	if (n == 0)
+		return;
+	gptoss_kv_pages_attach(kp, r->slot, eng->match_pages, n, 1);
+	r->n_cached = n * page;
+	eng->stats.prefix_cache_hit_tokens += r->n_cached;
+}
+
+/*
+ * Admits r when a slot is free (*slot: where the search for one resumes) and
+ * the KV cache has room for its reservation; false when it must wait.
+ */
+static bool
+admit_one(gptoss_engine *eng, request *r, int *slot)
+{
+	if (r->kind == REQ_SCORE && r->prefill_end == 0)
+	{
+		/* nothing to share: straight to the label sequences */
+		r->state = REQ_RUNNING;
+		return true;
+	}
+	while (*slot < eng->max_seqs && eng->slots[*slot] != NULL)
+		(*slot)++;
+	if (*slot == eng->max_seqs || eng->kv_reserved + r->reserve > eng->kv_capacity)
+		return false;
+	eng->kv_reserved += r->reserve;
+	r->reserved = true;
+	eng->slots[*slot] = r;
+	r->slot = *slot;
+	r->n_cached = 0;
+	r->state = REQ_RUNNING;
+	attach_prefix(eng, r);
+	return true;
+}
+
+/* Index of the first request whose id is >= id. */
+static int
+first_request_from(const gptoss_engine *eng, int64_t id)
+{
+	int			lo = 0,
+				hi = eng->n_reqs;
+
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (eng->reqs[mid]->id < id)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/*
+ * Gives free slots to queued requests, oldest first, while the KV cache has
+ * room.  Strict arrival order: a large request is not overtaken by later
+ * small ones.  A score request's label sequences take its place in that
+ * order, so that its pinned prefix is released before later requests pin
+ * theirs.
+ */
 static void
 admit_requests(gptoss_engine *eng)
 {
@@ -946,23 +1484,111 @@ admit_requests(gptoss_engine *eng)
 	for (int i = 0; i < eng->n_reqs; i++)
 	{
 		request    *r = eng->reqs[i];
-		int64_t		need;
 
-		if (r->state != REQ_QUEUED)
+		if (r->kind == REQ_LABEL)
 			continue;
-		while (slot < eng->max_seqs && eng->slots[slot] != NULL)
-			slot++;
-		if (slot == eng->max_seqs)
+		if (r->kind == REQ_SCORE && r->forked && r->state == REQ_RUNNING)
+		{
+			for (int j = first_request_from(eng, r->first_label_id); j < eng->n_reqs; j++)
+			{
+				request    *l = eng->reqs[j];
+
+				if (l->kind != REQ_LABEL || l->parent != r)
+					break;
+				if (l->state == REQ_QUEUED && !admit_one(eng, l, &slot))
+					return;
+			}
+			continue;
+		}
+		if (r->state == REQ_QUEUED && !admit_one(eng, r, &slot))
 			return;
-		/* Strict arrival order: a large request is not overtaken by later small ones. */
-		need = r->n_prompt + r->max_new;
-		if (eng->kv_reserved + need > eng->kv_capacity)
-			return;
-		eng->kv_reserved += need;
-		eng->slots[slot] = r;
-		r->slot = slot;
-		r->n_cached = 0;
-		r->state = REQ_RUNNING;
+	}
+}
+
+/*
+ * Score requests whose shared prefix is computed: pin its pages, give the
+ * slot back and queue one label sequence per continuation (out of memory:
+ * the request fails).
+ */
+static void
+fork_score_requests(gptoss_engine *eng)
+{
+	for (int i = 0; i < eng->n_reqs; i++)
+	{
+		request    *r = eng->reqs[i];
+
+		if (r->kind != REQ_SCORE || r->state != REQ_RUNNING || r->forked ||
+			r->n_cached < r->prefill_end)
+			continue;
+		r->forked = true;
+		if (r->slot >= 0)
+		{
+			int			n_pages;
+			const int32_t *pages = gptoss_kv_pages_table(eng->backend->kv_pages, r->slot, &n_pages);
+
+			n_pages = r->prefill_end / gptoss_kv_pages_page_tokens(eng->backend->kv_pages);
+			r->fork_pages = malloc((size_t) n_pages * sizeof(int32_t));
+			if (!r->fork_pages)
+			{
+				fail_request(eng, r, "out of memory forking a score request");
+				continue;
+			}
+			memcpy(r->fork_pages, pages, (size_t) n_pages * sizeof(int32_t));
+			gptoss_kv_pages_pin(eng->backend->kv_pages, r->fork_pages, n_pages);
+			r->n_fork_pages = n_pages;
+			leave_slot(eng, r);
+		}
+		r->first_label_id = eng->next_id;
+		for (int l = 0; l < r->n_labels; l++)
+		{
+			request    *seq = new_request(REQ_LABEL, r->prompt, r->n_prompt, r->label_len[l]);
+
+			if (seq == NULL)
+			{
+				fail_request(eng, r, "out of memory forking a score request");
+				break;
+			}
+			seq->parent = r;
+			seq->label = l;
+			/* the shared prefix is reserved by the score request itself */
+			seq->reserve = (int64_t) r->n_prompt - r->prefill_end + r->label_len[l];
+			seq->lp = calloc(1, sizeof(*seq->lp));
+			if (!seq->lp)
+			{
+				request_free(seq);
+				fail_request(eng, r, "out of memory forking a score request");
+				break;
+			}
+			if (queue_request(eng, seq, NULL) < 0)
+			{
+				fail_request(eng, r, "out of memory forking a score request");
+				break;
+			}
+		}
+	}
+}
+
+/* Sets what entry e of r produces: nothing, a sampled token, or r's next forced label token; and its logprobs. */
+static void
+set_output(request *r, gptoss_step_seq *e, int sample)
+{
+	e->sample = sample;
+	e->sampling = r->sampling;
+	e->allowed = NULL;
+	e->forced = NULL;
+	e->logprobs = NULL;
+	e->top_logprobs = 0;
+	if (!sample)
+		return;
+	if (r->kind == REQ_LABEL)
+	{
+		e->forced = &r->parent->label_ids[r->label][r->n_tokens];
+		e->logprobs = r->lp;
+	}
+	else if (r->logprobs)
+	{
+		e->logprobs = &r->lp[r->n_tokens];
+		e->top_logprobs = r->top_logprobs;
 	}
 }
 
@@ -979,16 +1605,14 @@ build_batch(gptoss_engine *eng, int *n_prefill_tokens, int *n_decode_tokens)
 		request    *r = eng->slots[s];
 		gptoss_step_seq *e;
 
-		if (r == NULL || r->n_cached < r->n_prompt)
+		if (r == NULL || r->kind == REQ_SCORE || r->n_cached < r->prefill_end)
 			continue;
 		e = &eng->batch[n];
 		e->slot = s;
 		e->pos = r->n_cached;
 		e->n_tokens = 1;
 		e->tokens = &r->tokens[r->n_tokens - 1];
-		e->sample = 1;
-		e->sampling = r->sampling;
-		e->allowed = NULL;
+		set_output(r, e, 1);
 		eng->batch_reqs[n++] = r;
 		budget--;
 		(*n_decode_tokens)++;
@@ -1000,9 +1624,9 @@ build_batch(gptoss_engine *eng, int *n_prefill_tokens, int *n_decode_tokens)
 		gptoss_step_seq *e;
 		int			chunk;
 
-		if (r->state != REQ_RUNNING || r->n_cached >= r->n_prompt)
+		if (r->state != REQ_RUNNING || r->slot < 0 || r->n_cached >= r->prefill_end)
 			continue;
-		chunk = r->n_prompt - r->n_cached;
+		chunk = r->prefill_end - r->n_cached;
 		if (chunk > eng->prefill_chunk)
 			chunk = eng->prefill_chunk;
 		/*
@@ -1018,9 +1642,7 @@ build_batch(gptoss_engine *eng, int *n_prefill_tokens, int *n_decode_tokens)
 		e->pos = r->n_cached;
 		e->n_tokens = chunk;
 		e->tokens = r->prompt + r->n_cached;
-		e->sample = r->n_cached + chunk == r->n_prompt;
-		e->sampling = r->sampling;
-		e->allowed = NULL;
+		set_output(r, e, r->kind != REQ_SCORE && r->n_cached + chunk == r->prefill_end);
 		eng->batch_reqs[n++] = r;
 		budget -= chunk;
 		*n_prefill_tokens += chunk;
@@ -1036,6 +1658,20 @@ fail_all(gptoss_engine *eng, const char *msg)
 	snprintf(eng->failure, sizeof(eng->failure), "%s", msg);
 	for (int i = 0; i < eng->n_reqs; i++)
 		fail_request(eng, eng->reqs[i], msg);
+}
+
+/*
+ * Registers r's prompt pages computed so far in the prefix cache: whole
+ * share_tokens units of the part prefilled in the slot.
+ */
+static void
+publish_prompt(gptoss_engine *eng, request *r)
+{
+	int			end = r->prefill_end / eng->share_tokens * eng->share_tokens;
+
+	if (end > r->n_cached)
+		end = r->n_cached;
+	gptoss_kv_pages_publish(eng->backend->kv_pages, r->slot, r->prompt, end);
 }
 
 /* Folds one step into the decayed rate sums. */
@@ -1084,6 +1720,8 @@ constrain_batch(gptoss_engine *eng, int n)
 			e->allowed = mask;
 			eng->stats.masks++;
 		}
+		else if (eng->forced[i] >= 0 && e->logprobs)
+			e->forced = &eng->forced[i];	/* its log-probability is the forced token's */
 	}
 	eng->stats.mask_seconds += gptoss_now() - t0;
 }
@@ -1119,6 +1757,14 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 	if (eng->failed)
 		return gptoss_errorf(err, "engine stopped after a backend failure: %s", eng->failure);
 	admit_requests(eng);
+	/*
+	 * Score requests whose prefix is ready hand over to their label
+	 * sequences, which join now; a request admitted with its whole prefix
+	 * cached hands over at once too (its labels join next step).
+	 */
+	fork_score_requests(eng);
+	admit_requests(eng);
+	fork_score_requests(eng);
 	n = build_batch(eng, &n_prefill, &n_decode);
 	if (n == 0)
 		return gptoss_engine_active(eng);
@@ -1133,6 +1779,7 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 	update_rates(eng, gptoss_now() - t0, n_prefill, n_decode);
 	eng->stats.steps++;
 	eng->stats.step_sequences += n;
+	eng->stats.prefill_tokens += n_prefill;
 
 	for (int i = 0; i < n; i++)
 	{
@@ -1141,6 +1788,8 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 		int32_t		id = eng->next_tokens[i];
 
 		r->n_cached += e->n_tokens;
+		if (r->prefix_caching && eng->share_tokens > 0 && r->n_cached - e->n_tokens < r->prefill_end)
+			publish_prompt(eng, r);
 		if (!e->sample)
 			continue;
 		if (id < 0 || id >= vocab)
@@ -1168,9 +1817,18 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 				continue;
 			}
 		}
-		if (accept_token(eng, r, id, err) < 0)
+		if (r->kind == REQ_LABEL)
+		{
+			/* a forced label token: add its log-probability; the last one ends the label */
+			r->tokens[r->n_tokens++] = id;
+			r->score += r->lp->logprob;
+			if (r->n_tokens == r->max_new)
+				finish_request(eng, r, GPTOSS_FINISH_STOP, false, NULL);
+		}
+		else if (accept_token(eng, r, id, err) < 0)
 			fail_request(eng, r, err ? err->msg : "out of memory");
 	}
+	drop_labels(eng, NULL);
 	return gptoss_engine_active(eng);
 }
 
@@ -1185,7 +1843,7 @@ gptoss_engine_get_stats(const gptoss_engine *eng, gptoss_engine_stats *st)
 	st->queued = 0;
 	for (int i = 0; i < eng->n_reqs; i++)
 	{
-		if (eng->reqs[i]->state == REQ_RUNNING)
+		if (eng->reqs[i]->slot >= 0)
 			st->active++;
 		else if (eng->reqs[i]->state == REQ_QUEUED)
 			st->queued++;

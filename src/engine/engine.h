@@ -9,6 +9,19 @@
  * finished result.  Continuous batching: a request submitted between steps
  * joins the next step; prompts are prefilled in chunks mixed with decode
  * tokens of running requests.
+ *
+ * Prefix cache: when the backend's KV cache is paged (backend.h), a request
+ * whose prompt starts with pages another request already computed (same
+ * tokens from position 0) starts from those pages instead of recomputing
+ * them; pages are shared at multiples of the page size, or of the prefill
+ * chunk when the backend's cached keys depend on the chunking, so results
+ * are the same with the cache on or off.
+ *
+ * Scoring (classification): a score request computes, for each of several
+ * continuations, the sum of the log-probabilities of its tokens after the
+ * prompt.  The prompt's pages are computed once and shared by one internal
+ * sequence per continuation, which feeds the continuation's tokens forced
+ * (teacher forcing) instead of sampling.
  */
 #ifndef GPTOSS_ENGINE_H
 #define GPTOSS_ENGINE_H
@@ -47,6 +60,9 @@ typedef struct gptoss_gen_params
 	bool		raw;			/* plain continuation of the prompt text */
 	bool		ignore_eos;		/* do not stop on stop tokens */
 	bool		include_reasoning;	/* collect the analysis channel text */
+	bool		prefix_caching; /* share KV pages of identical prompt prefixes (default on) */
+	bool		logprobs;		/* record each generated token's log-probability */
+	int			top_logprobs;	/* with logprobs: alternatives per token, 0 .. GPTOSS_MAX_TOP_LOGPROBS */
 	const char *response_format;	/* OpenAI response_format object as JSON text, or NULL
 									 * (borrowed; see json_schema.h) */
 	bool		has_max_reasoning_tokens;
@@ -54,7 +70,7 @@ typedef struct gptoss_gen_params
 										 * or max_tokens / 2 with a response_format */
 } gptoss_gen_params;
 
-/* OpenAI defaults: max_tokens 256, temperature 1, top_p 1, top_k 0, medium. */
+/* OpenAI defaults: max_tokens 256, temperature 1, top_p 1, top_k 0, medium; prefix caching on. */
 void		gptoss_gen_params_default(gptoss_gen_params *p);
 
 typedef struct gptoss_engine_opts
@@ -107,6 +123,35 @@ int			gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
 int64_t		gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 								 const gptoss_gen_params *p, gptoss_error *err);
 
+/*
+ * Queues a classification: input is rendered like a generate prompt (raw, or
+ * harmony with the params' instructions) and, in harmony mode, followed by
+ * the opening of the final answer (<|channel|>final<|message|>, no
+ * reasoning); each label's score is the log-probability of its tokens
+ * followed by <|return|> (raw: by <|return|> too).  The labels are not
+ * shown to the model: instructions should name them.  Empty or duplicate
+ * labels are GPTOSS_ERR_INVALID.  Returns a request id or -1 with err.
+ */
+int64_t		gptoss_engine_submit_classify(gptoss_engine *eng, const char *input,
+										  const char *const *labels, int n_labels,
+										  const gptoss_gen_params *p, gptoss_error *err);
+
+/*
+ * Queues a score request over rendered prompt ids: for each continuation
+ * conts[i][0, cont_lens[i]) (at least one token each), the sum of the
+ * log-probabilities of its tokens after the prompt.  Ids are copied.
+ */
+int64_t		gptoss_engine_submit_score(gptoss_engine *eng, const int32_t *ids, int n_ids,
+									   const int32_t *const *conts, const int *cont_lens,
+									   int n_conts, const gptoss_gen_params *p, gptoss_error *err);
+
+/*
+ * Turns label scores (log-probabilities) into probabilities summing to 1
+ * (probs may be NULL) and returns the index of the most probable label, the
+ * first one on ties.
+ */
+int			gptoss_label_probs(const double *scores, int n, double *probs);
+
 /* Marks a request cancelled; it leaves the batch (and frees its cache) at the next step. */
 void		gptoss_engine_cancel(gptoss_engine *eng, int64_t id);
 
@@ -129,6 +174,13 @@ typedef struct gptoss_result
 	int			prompt_tokens;
 	int			completion_tokens;
 	const char *error;			/* message when finish_reason = ERROR */
+	/* with logprobs: one entry per generated token, and which tokens make the returned text */
+	const gptoss_token_logprobs *logprobs;	/* [n_tokens], or NULL */
+	const int  *text_tokens;	/* [n_text_tokens] indexes into tokens, once finished */
+	int			n_text_tokens;
+	/* score requests: the log-probability of each continuation, once finished */
+	const double *scores;		/* [n_scores], or NULL */
+	int			n_scores;
 } gptoss_result;
 
 /* Fills res for request id; returns -1 for an unknown id. */
@@ -147,6 +199,8 @@ typedef struct gptoss_engine_stats
 	int64_t		completion_tokens;
 	int64_t		steps;
 	int64_t		step_sequences;	/* sum over steps of sequences in the step */
+	int64_t		prefill_tokens; /* prompt tokens computed (not taken from the prefix cache) */
+	int64_t		prefix_cache_hit_tokens;	/* prompt tokens taken from the prefix cache */
 	double		prefill_tok_s;	/* recent rate */
 	double		decode_tok_s;	/* recent rate */
 	int			active;			/* sequences in the batch */

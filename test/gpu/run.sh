@@ -2,7 +2,7 @@
 # test/gpu/run.sh: builds gptoss with CUDA on the GPU machine, checks the CUDA
 # backend and times it; everything it prints also goes to $OUT/run.log.
 #
-#   bash test/gpu/run.sh [quick|full|profile|bench|invariance]
+#   bash test/gpu/run.sh [quick|full|profile|bench|invariance|serve|prefix]
 #
 # quick:   build; kernel tests (test_kernels); CUDA vs CPU backend on the tiny
 #          and tiny-odd synth models (test_backend); compute-sanitizer memcheck
@@ -15,6 +15,10 @@
 # invariance: kernel tests, test_backend on tiny, tiny-odd and 20b (these
 #          include the bitwise batch-invariance checks), then bench_backend
 #          decode (graphs) and prefill 2048 and `gptoss bench` prefill 2048.
+# prefix:  the prefix-cache/logprobs/label-score checks on tiny
+#          (test_prefix_logprobs), then on the 20b synth checkpoint
+#          bench_prefix_cache: 1,000 rows sharing a 500-token instruction with
+#          50-token texts, cache off then on (generate 16 tokens; classify).
 # serve:   build, 20b synth, the serving-shaped runs of `gptoss bench
 #          --requests` (issue 13 cases a-d), engine decode at 256-1024
 #          sequences and the per-kernel profile of batch-256 decode.
@@ -55,7 +59,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 echo "commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown) (+ working tree), mode $mode"
 
 section "build"
-if ! make -j16 USE_CUDA=1 build/libgptoss_engine.a bin/gptoss >"$bin/build.log" 2>&1; then
+if ! make -j16 USE_CUDA=1 build/libgptoss_engine.a bin/gptoss bin/bench_prefix_cache >"$bin/build.log" 2>&1; then
 	tail -40 "$bin/build.log"; echo "FAILED: build"; exit 1
 fi
 nvcc -O2 -std=c++17 -Isrc/engine -Icuda -gencode=arch=compute_90a,code=sm_90a \
@@ -64,6 +68,9 @@ nvcc -O2 -std=c++17 -Isrc/engine -Icuda -gencode=arch=compute_90a,code=sm_90a \
 gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/test_backend" test/gpu/test_backend.c \
 	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
 	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: test_backend build"; exit 1; }
+gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/test_prefix_logprobs" test/gpu/test_prefix_logprobs.c \
+	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
+	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: test_prefix_logprobs build"; exit 1; }
 gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/bench_backend" test/gpu/bench_backend.c \
 	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
 	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: bench_backend build"; exit 1; }
@@ -78,6 +85,8 @@ tests_tiny() {
 	done
 	section "backend tests: tiny"
 	"$bin/test_backend" "$models/tiny" 100 24 || fail "test_backend tiny"
+	section "prefix cache, logprobs, label scores: tiny (CUDA vs CPU, cache on vs off)"
+	"$bin/test_prefix_logprobs" "$models/tiny" || fail "test_prefix_logprobs tiny"
 }
 
 tests_quick_rest() {
@@ -173,6 +182,13 @@ case "$mode" in
 		timeout 60 "$bin/bench_backend" "$models/20b" 1 2048 2 1 | tee -a "$OUT/bench.jsonl" || fail "bench_backend prefill 2048"
 		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 1 --prompt-len 2048 --gen 2"
 		echo "$cmd"; timeout 120 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench prefill 2048" ;;
+	prefix)
+		tests_tiny; synth_20b
+		for args in "--gen 16" "--classify"; do
+			section "bench_prefix_cache: 20b, 1000 rows, 500-token instruction, 50-token rows, $args"
+			cmd="bin/bench_prefix_cache --model $models/20b --device cuda --rows 1000 --instruction-tokens 500 --row-tokens 50 --batch 64 --context 2048 $args"
+			echo "$cmd"; timeout 280 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench_prefix_cache $args"
+		done ;;
 	serve)
 		synth_20b; serving
 		section "gptoss bench: 20b decode at 256-1024 sequences"
