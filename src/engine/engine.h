@@ -43,7 +43,7 @@ typedef enum gptoss_finish_reason
 /* "stop", "length", "cancelled", "error" or "" */
 const char *gptoss_finish_reason_name(gptoss_finish_reason r);
 
-/* Generation parameters of one request (design.md section 4 params). */
+/* Generation parameters of one request (the SQL params keys and CLI options). */
 typedef struct gptoss_gen_params
 {
 	int			max_tokens;		/* >= 1; clamped to what the context leaves */

@@ -1,5 +1,5 @@
 /*
- * harmony.h: the harmony chat format of gpt-oss (spec section 7).
+ * harmony.h: the harmony chat format of gpt-oss (docs/architecture.md, Harmony).
  *
  * Rendering turns a conversation into prompt token ids: special tokens are
  * inserted by id and every text piece goes through the ordinary encoder, so

@@ -4,9 +4,10 @@
  *
  * Plan: parse config.json with jansson into gptoss_config, rejecting values
  * the engine cannot run with an error that names the field.  From the config
- * build the table of every tensor the checkpoint must hold (spec section
- * 2.1).  Then find the safetensors files (the shards named by
- * model.safetensors.index.json, else one model.safetensors), mmap each one
+ * build the table of every tensor the checkpoint must hold (checkpoint.h;
+ * docs/architecture.md, Checkpoint).  Then find the safetensors files (the
+ * shards named by model.safetensors.index.json, else one
+ * model.safetensors), mmap each one
  * read-only, parse its header with the strict parser of safetensors.c, and
  * resolve every table entry to a tensor of exactly the expected dtype and
  * shape; the weight views of gptoss_model point straight into the mappings.
@@ -27,7 +28,7 @@
 #include <unistd.h>
 #include <jansson.h>
 
-/* E2M1 code -> value: bit 3 sign, bits 2..1 exponent, bit 0 mantissa (spec section 3). */
+/* E2M1 code -> value: bit 3 sign, bits 2..1 exponent, bit 0 mantissa (docs/architecture.md, MXFP4). */
 const float gptoss_fp4_values[16] = {
 	+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
 	-0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f
@@ -469,7 +470,7 @@ table_add(gptoss_tensor_spec *t, int *n, int layer, const char *suffix, gptoss_t
 		s->n_params = numel;
 }
 
-/* Builds the tensor table of spec section 2.1 for cfg. */
+/* Builds the tensor table of a gpt-oss checkpoint for cfg (docs/architecture.md, Checkpoint). */
 int
 gptoss_tensor_table(const gptoss_config *cfg, gptoss_tensor_spec **out, int *n_out,
 					gptoss_error *err)

@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # test/fuzz/run.sh SECONDS FUZZER...: runs each libFuzzer binary (built by
-# `make fuzz`) for SECONDS on a corpus in build/fuzz/corpus_NAME, seeded on
-# the first run, and prints one line per fuzzer: executions, seconds, crashes.
-# Exits non-zero when a fuzzer finds a crash (its input is kept as
-# build/fuzz/crash-*), or when there is nothing to run.
+# `make fuzz`) for SECONDS on a corpus in $FUZZ_WORK/corpus_NAME (FUZZ_WORK
+# defaults to build/fuzz), seeded on the first run, and prints one line per
+# fuzzer: executions, seconds, crashes.  Exits non-zero when a fuzzer finds a
+# crash (its input is kept as $FUZZ_WORK/crash-*), or when there is nothing
+# to run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=$1
 shift
 [ $# -gt 0 ] || { echo "fuzz/run.sh: no fuzzers given" >&2; exit 1; }
 export GPTOSS_TOKENIZER=${GPTOSS_TOKENIZER:-$PWD/build/tokenizer.json}
+work=${FUZZ_WORK:-build/fuzz}
+mkdir -p "$work"
 
 # seed_corpus NAME DIR: a few valid inputs for the fuzzer NAME to start from.
 seed_corpus() {
@@ -33,14 +36,14 @@ seed_corpus() {
 failed=0
 for bin in "$@"; do
 	name=$(basename "$bin")
-	corpus=build/fuzz/corpus_$name
+	corpus=$work/corpus_$name
 	if [ ! -d "$corpus" ]; then
 		mkdir -p "$corpus"
 		seed_corpus "$name" "$corpus"
 	fi
-	log=build/fuzz/$name.log
+	log=$work/$name.log
 	rc=0
-	"$bin" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix=build/fuzz/ \
+	"$bin" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$work/" \
 		"$corpus" > "$log" 2>&1 || rc=$?
 	runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
 	took=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$log" | tail -1)
