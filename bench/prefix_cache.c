@@ -95,7 +95,7 @@ run(gptoss_engine *eng, char **rows, int n_rows, const char *instruction, int ge
 			int			n = 0;
 
 			ids[i] = -1;
-			if (gptoss_engine_render(eng, rows[i], NULL, 0, &p, &prompt, &n, &err) == 0)
+			if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), rows[i], NULL, 0, &p, NULL, &prompt, &n, &err) == 0)
 				ids[i] = gptoss_engine_submit(eng, prompt, n, &p, &err);
 			free(prompt);
 		}

@@ -54,7 +54,8 @@ SELECT gptoss_generate('<|start|>assistant<|channel|>final<|message|>', '{"raw":
 SELECT gptoss_generate('<|end|><|start|>assistant<|channel|>final<|message|>', '{"temperature": 0, "max_tokens": 4}') IS NOT NULL AS chat_special_text;
 
 -- A prompt alone longer than the context (512 tokens here) is 54000: about
--- 100 KB of text, and exactly as many tokens as the context.
+-- 100 KB of text from its byte length alone, before it is tokenized, and
+-- exactly as many tokens as the context once tokenized.
 SELECT try_sql($$SELECT gptoss_generate(repeat('lorem ipsum ', 9000), '{"raw": true}')$$) AS too_long;
 SELECT array_length(gptoss_tokenize(repeat(' hello', 512)), 1) AS tokens,
        try_sql($$SELECT gptoss_generate(repeat(' hello', 512), '{"raw": true}')$$) AS context_sized;

@@ -4,13 +4,15 @@
 \echo Use "CREATE EXTENSION gptoss" to load this file. \quit
 
 -- Generation runs in the background worker; a call costs milliseconds to
--- seconds, hence the high COST.  The functions are PARALLEL SAFE so that
--- parallel workers can each keep a request in the worker's batch.
+-- seconds, hence the high COST.  gptoss_generate and gptoss_chat are PARALLEL
+-- RESTRICTED: their per-row calls are evaluated above any Gather, where the
+-- GptossBatch node runs many rows' calls at once; the others are PARALLEL
+-- SAFE.
 
 CREATE FUNCTION gptoss_generate(prompt text, params jsonb DEFAULT '{}')
 RETURNS text
 AS 'MODULE_PATHNAME', 'gptoss_generate'
-LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED COST 100000;
 
 COMMENT ON FUNCTION gptoss_generate(text, jsonb) IS
 'answer a prompt (harmony user message; with raw, continue the text)';
@@ -34,7 +36,7 @@ COMMENT ON FUNCTION gptoss_generate_stream(text, jsonb) IS
 CREATE FUNCTION gptoss_chat(messages jsonb, params jsonb DEFAULT '{}')
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'gptoss_chat'
-LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED COST 100000;
 
 COMMENT ON FUNCTION gptoss_chat(jsonb, jsonb) IS
 'OpenAI-style chat completion: messages in, a chat.completion object out';
@@ -82,7 +84,8 @@ CREATE FUNCTION gptoss_stats(
     OUT kv_cache_used bigint,
     OUT kv_cache_capacity bigint,
     OUT gpu_memory_used bigint,
-    OUT uptime interval)
+    OUT uptime interval,
+    OUT max_step_ms_1min double precision)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'gptoss_stats'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE ROWS 1;
@@ -91,7 +94,7 @@ CREATE VIEW gptoss_stats AS
     SELECT * FROM gptoss_stats();
 
 COMMENT ON VIEW gptoss_stats IS
-'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size over steps, KV cache, memory, uptime';
+'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size over steps, KV cache, memory, uptime, longest worker loop iteration (admit, step, deliver) of the last minute in ms';
 
 -- Monitoring is for pg_monitor; generation is for everyone.
 REVOKE ALL ON FUNCTION gptoss_status() FROM PUBLIC;

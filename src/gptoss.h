@@ -2,29 +2,32 @@
  * gptoss.h: shared declarations of the gptoss PostgreSQL extension.
  *
  * The extension is glue between SQL and the engine (src/engine, no PostgreSQL
- * headers).  One background worker per device owns an engine; backends talk
- * to it through shared memory:
+ * headers).  Sessions parse parameters and tokenize and render prompts
+ * themselves (prompt.c); one background worker per device owns an engine
+ * and runs the decode steps.  They meet in shared memory:
  *
  *   - the main segment holds a GptossShared: per-worker state (pid, latch,
  *     load progress, model details, statistics) and a fixed array of request
- *     slots (gptoss.max_requests);
- *   - each request brings its own DSM segment: a GptossRequestHeader, the
- *     payload (prompt, messages, stop strings, ids; no size cap) and a shm_mq
- *     on which the worker streams frames back to the backend (text pieces,
- *     the finish record, token ids or an error).
+ *     slots (gptoss.max_requests), one per call in flight;
+ *   - each call brings its own DSM segment (protocol.h): the job (prompt ids
+ *     and parameters, no size cap) and a shm_mq on which the worker streams
+ *     result frames back to the session.
  *
- * A slot's state is changed only under GptossShared->lock:
+ * In the extension "slot" always means a request slot; the engine's places
+ * in a batch are its KV-cache slots, which the extension never handles.  A
+ * request slot's state changes only under GptossShared->lock:
  *
- *   FREE --backend--> SUBMITTED --worker--> RUNNING --worker--> DONE --backend--> FREE
- *   SUBMITTED --backend gives up--> FREE
- *   RUNNING --backend gives up--> CANCELLED --worker drops the sequence--> FREE
+ *   FREE --session--> SUBMITTED --worker--> RUNNING --worker--> DONE --session--> FREE
+ *   SUBMITTED --session gives up--> FREE
+ *   RUNNING --session gives up--> CANCELLED --worker drops the sequence--> FREE
  *   RUNNING --worker exits--> DONE (worker_exited)
  *
  * so a slot is reused only when neither side still looks at it.  A SUBMITTED
  * request survives a worker restart: the next worker process takes it.  The
- * backend gives up from an on_dsm_detach callback of its request segment,
- * which runs on every path out of a request: normal end, ERROR (cancel,
- * statement timeout) and FATAL (client gone, terminate).
+ * session gives up from an on_dsm_detach callback of its request segment,
+ * which runs on every path out of a call: normal end, ERROR (cancel,
+ * statement timeout) and FATAL (client gone, terminate).  docs/architecture.md
+ * tells the whole request path.
  */
 #ifndef GPTOSS_H
 #define GPTOSS_H
@@ -39,19 +42,17 @@
 #include "storage/shm_mq.h"
 #include "storage/spin.h"
 #include "lib/stringinfo.h"
+#include "utils/jsonb.h"
+
+#include "engine.h"
 
 #define GPTOSS_MAX_WORKERS 16
 #define GPTOSS_ERROR_LEN 1024
-#define GPTOSS_REQUEST_MAGIC 0x67707432	/* "gpt2" */
-
-/* Size of the worker-to-backend queue in each request segment. */
-#define GPTOSS_MQ_SIZE ((Size) 65536)
-
-/* How often a waiting backend re-checks the worker (ms). */
+/* How often a waiting session re-checks the worker (ms). */
 #define GPTOSS_POLL_MS 100
 
 /* ---------------------------------------------------------------------------
- * GUCs (gptoss.c)
+ * GUCs and configuration (module.c)
  */
 typedef enum GptossDevice
 {
@@ -74,21 +75,26 @@ extern int	gptoss_prefill_chunk;
 extern int	gptoss_max_step_tokens;
 extern int	gptoss_max_requests;
 extern int	gptoss_queue_wait;
-extern int	gptoss_default_max_tokens;
-extern double gptoss_default_temperature;
-extern double gptoss_default_top_p;
-extern int	gptoss_default_top_k;
-extern int	gptoss_default_reasoning_effort;
+extern int	gptoss_max_queue_wait;
 extern int	gptoss_max_tokens_limit;
 
 /* "auto", "cuda" or "cpu" */
 extern const char *gptoss_device_name(int device);
 
-/* Device indices of gptoss.devices (empty list: device 0); returns the count. */
+/* Device indices of gptoss.devices (empty list: device 0); returns the count, -1 when malformed. */
 extern int	gptoss_parse_devices(const char *list, int *out, int max_out);
+
+/* The device index of each worker (one, index 0, on cpu); returns the worker count. */
+extern int	gptoss_worker_devices(int *devices);
 
 /* Number of workers the configuration asks for (1 on cpu). */
 extern int	gptoss_worker_count(void);
+
+/* The model's name: the basename of gptoss.model_path (palloc'ed). */
+extern char *gptoss_model_name(void);
+
+/* How long a call may wait for a request slot: gptoss.queue_wait capped by gptoss.max_queue_wait (ms). */
+extern int	gptoss_effective_queue_wait(void);
 
 /* ERROR 55000 unless the library was loaded through shared_preload_libraries. */
 extern void gptoss_check_preloaded(void);
@@ -148,15 +154,16 @@ typedef struct GptossWorkerStats
 {
 	int64		requests_total;		/* generation requests accepted */
 	int64		requests_failed;	/* ended with an error */
-	int64		requests_cancelled; /* abandoned by their backend */
+	int64		requests_cancelled; /* abandoned by their session */
 	int64		prompt_tokens;
 	int64		completion_tokens;
 	int64		steps;
 	int64		step_sequences; /* sum over steps of sequences in the step */
 	int			active;			/* sequences in the batch now */
-	int			queued;			/* accepted, waiting for a batch slot */
+	int			queued;			/* accepted, waiting for a place in the batch */
 	double		prefill_tok_s;
 	double		decode_tok_s;
+	double		max_step_ms_1min;	/* longest loop iteration (admit, step, deliver) in the last minute */
 } GptossWorkerStats;
 
 typedef struct GptossWorkerShared
@@ -174,28 +181,28 @@ typedef struct GptossWorkerShared
 	TimestampTz started_at;
 	GptossModelInfo info;		/* valid when state == READY */
 	GptossWorkerStats stats;
-	pg_atomic_uint32 events;	/* bumped by backends on submit and cancel */
+	pg_atomic_uint32 events;	/* bumped by sessions on submit and cancel */
 } GptossWorkerShared;
 
-typedef enum GptossSlotState
+typedef enum GptossRequestSlotState
 {
 	GPTOSS_SLOT_FREE = 0,
 	GPTOSS_SLOT_SUBMITTED,
 	GPTOSS_SLOT_RUNNING,
 	GPTOSS_SLOT_CANCELLED,
 	GPTOSS_SLOT_DONE
-} GptossSlotState;
+} GptossRequestSlotState;
 
-typedef struct GptossSlot
+typedef struct GptossRequestSlot
 {
-	GptossSlotState state;
+	GptossRequestSlotState state;
 	int			worker;			/* index of the worker that serves it */
 	uint64		request_id;		/* unique over the server's life */
 	uint64		generation;		/* worker generation that admitted it */
-	int			owner_pgprocno; /* backend waiting for the result */
+	int			owner_pgprocno; /* session waiting for the result */
 	dsm_handle	handle;			/* the request segment */
 	bool		worker_exited;	/* DONE because the worker went away */
-} GptossSlot;
+} GptossRequestSlot;
 
 typedef struct GptossShared
 {
@@ -205,7 +212,7 @@ typedef struct GptossShared
 	pg_atomic_uint64 next_request_id;
 	ConditionVariable slot_freed;	/* broadcast whenever a slot becomes FREE */
 	GptossWorkerShared workers[GPTOSS_MAX_WORKERS];
-	GptossSlot	slots[FLEXIBLE_ARRAY_MEMBER];
+	GptossRequestSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } GptossShared;
 
 extern GptossShared *gptoss_shared;
@@ -226,153 +233,147 @@ extern void gptoss_worker_snapshot(int w, GptossWorkerShared *out);
 extern const char *gptoss_worker_state_name(GptossWorkerState state);
 
 /* ---------------------------------------------------------------------------
- * Request segments (shmem.c): header, payload and result frames
+ * Calls (call.c): the session side of a request
+ *
+ * A call sends one GptossJob (protocol.h) to a worker through its own
+ * request segment and a request slot, then reads result frames into a
+ * GptossResponse.  Blocking entry points wait on the session's latch,
+ * interruptibly (CHECK_FOR_INTERRUPTS, postmaster death, a client that went
+ * away); the non-blocking ones let one session keep many calls in flight:
+ *
+ *   call = gptoss_call_try_start(&job);       NULL while no request slot is free
+ *   done = gptoss_call_poll(call, &resp);     folds the frames available now
+ *   gptoss_call_wait();                       sleeps until a call progressed or a
+ *                                             request slot was freed
+ *   gptoss_call_end(call);                    always; gives the slot back
+ *
+ * gptoss_call_start and gptoss_call_next are the blocking forms.  Every
+ * call of a session must end with gptoss_call_end (an ERROR ends them through
+ * the resource owner, which detaches their segments).
  */
-typedef enum GptossRequestKind
-{
-	GPTOSS_REQ_GENERATE = 1,	/* prompt text */
-	GPTOSS_REQ_CHAT,			/* chat messages */
-	GPTOSS_REQ_TOKENIZE,		/* text -> ids */
-	GPTOSS_REQ_DETOKENIZE		/* ids -> text */
-} GptossRequestKind;
-
-/* Generation parameters as they travel (a flat copy of params jsonb + GUC defaults). */
-typedef struct GptossParams
-{
-	int32		max_tokens;
-	float4		temperature;
-	float4		top_p;
-	int32		top_k;
-	bool		has_seed;
-	uint64		seed;
-	int32		reasoning_effort;	/* gptoss_reasoning */
-	bool		raw;
-	bool		ignore_eos;
-	bool		include_reasoning;
-	bool		stream;			/* send text as it is generated, not only at the end */
-} GptossParams;
-
-/*
- * Start of a request segment.  The payload is a sequence of items, each a
- * uint32 length followed by that many bytes and a NUL:
- *   GENERATE:   prompt, [instructions], stop strings...
- *   CHAT:       (role, content) x n_messages, [instructions], stop strings...
- *   TOKENIZE:   text
- *   DETOKENIZE: one item holding n_ids int32 ids
- */
-typedef struct GptossRequestHeader
-{
-	uint32		magic;
-	GptossRequestKind kind;
-	uint64		request_id;
-	int			slot;
-	GptossParams params;
-	bool		has_instructions;
-	int32		n_messages;
-	int32		n_stop;
-	int32		n_ids;
-	Size		payload_offset;
-	Size		payload_size;
-	Size		mq_offset;
-	Size		mq_size;
-} GptossRequestHeader;
-
-/*
- * Frames from the worker, one shm_mq message each; the first byte says which:
- *   'T' text bytes to append       'R' reasoning bytes to append
- *   'S' reset text and reasoning (the answer restarted)
- *   'I' int32 token ids to append  'F' GptossFinishFrame
- *   'E' GptossErrorFrame header followed by the message
- */
-#define GPTOSS_FRAME_TEXT		'T'
-#define GPTOSS_FRAME_REASONING	'R'
-#define GPTOSS_FRAME_RESET		'S'
-#define GPTOSS_FRAME_IDS		'I'
-#define GPTOSS_FRAME_FINISH		'F'
-#define GPTOSS_FRAME_ERROR		'E'
-
-typedef struct GptossFinishFrame
-{
-	int32		finish_reason;	/* gptoss_finish_reason */
-	int32		prompt_tokens;
-	int32		completion_tokens;
-} GptossFinishFrame;
-
-typedef struct GptossErrorFrame
-{
-	int32		sqlerrcode;		/* MAKE_SQLSTATE value */
-} GptossErrorFrame;
-
-/* Bytes one payload item of len bytes takes. */
-extern Size gptoss_payload_item_size(Size len);
-
-/* Writes one payload item at *dest and advances *dest past it. */
-extern void gptoss_payload_put(char **dest, const char *data, uint32 len);
-
-/* Reads the next payload item; false when the payload is exhausted or malformed. */
-extern bool gptoss_payload_get(const char **cursor, const char *end,
-							   const char **data, uint32 *len);
-
-/* ---------------------------------------------------------------------------
- * Backend side of a request (request.c)
- */
-typedef struct GptossChatMessage
-{
-	char	   *role;			/* UTF-8 */
-	char	   *content;		/* UTF-8 */
-} GptossChatMessage;
-
-/* A request as built by a SQL function; strings are UTF-8. */
-typedef struct GptossRequest
-{
-	GptossRequestKind kind;
-	GptossParams params;
-	const char *text;			/* GENERATE prompt or TOKENIZE text */
-	size_t		text_len;
-	GptossChatMessage *messages;	/* CHAT */
-	int			n_messages;
-	const char *instructions;	/* or NULL */
-	char	  **stop;
-	int			n_stop;
-	const int32 *ids;			/* DETOKENIZE */
-	int			n_ids;
-} GptossRequest;
-
-/* What came back; text and reasoning are valid UTF-8. */
-typedef struct GptossResponse
-{
-	StringInfoData text;
-	StringInfoData reasoning;
-	int32	   *ids;
-	int			n_ids;
-	int			finish_reason;
-	int			prompt_tokens;
-	int			completion_tokens;
-	int			resets;			/* RESET frames seen (the answer restarted) */
-	bool		finished;
-} GptossResponse;
+#include "protocol.h"
 
 typedef struct GptossCall GptossCall;
 
-/* Sends req to a worker; the call stays open until gptoss_call_end. */
-extern GptossCall *gptoss_call_start(const GptossRequest *req);
+/* Sends job to a worker, waiting up to gptoss.queue_wait for a free request slot. */
+extern GptossCall *gptoss_call_start(const GptossJob *job);
+
+/* Sends job when a request slot is free now; NULL otherwise (nothing allocated). */
+extern GptossCall *gptoss_call_try_start(const GptossJob *job);
 
 /*
- * Waits for the next frame and folds it into resp; returns false once the
- * response is complete.  Raises the worker's error, or 55000 when the worker
- * goes away.
+ * Folds the frames available now into resp without waiting; returns true once
+ * the response is complete.  Raises the worker's error, or 55000 when the
+ * worker went away.
  */
+extern bool gptoss_call_poll(GptossCall *call, GptossResponse *resp);
+
+/* Waits for the next frame and folds it into resp; returns false once complete. */
 extern bool gptoss_call_next(GptossCall *call, GptossResponse *resp);
 
-/* Closes the call: frees the slot (the worker drops an unfinished request). */
+/*
+ * Sleeps until one of this session's calls may have progressed or a request
+ * slot was freed (or GPTOSS_POLL_MS passed), then CHECK_FOR_INTERRUPTS.
+ */
+extern void gptoss_call_wait(void);
+
+/* Closes the call: frees the request slot (the worker drops an unfinished request). */
 extern void gptoss_call_end(GptossCall *call);
 
-/* Runs req to completion. */
-extern void gptoss_execute(const GptossRequest *req, GptossResponse *resp);
+/* Raises 55000 with worker w's reason for not serving (its load error). */
+extern void gptoss_raise_worker_failed(int w);
+
+/*
+ * Runs job to completion into resp (initialised here).  With params on_error
+ * "null", an error the worker reports for this one job is left in
+ * resp->row_error_code instead of raising (protocol.h).
+ */
+extern void gptoss_execute(const GptossJob *job, GptossResponse *resp);
+
+/* ---------------------------------------------------------------------------
+ * Prompts in the session (prompt.c): tokenizer, rendering, length checks
+ */
+
+/* Postmaster (_PG_init): loads the tokenizer every session inherits; a failure only logs. */
+extern void gptoss_preload_tokenizer(void);
+
+/* The tokenizer inherited from the postmaster, or NULL. */
+extern const gptoss_tokenizer *gptoss_inherited_tokenizer(void);
+
+/* The session's tokenizer (inherited, else loaded now); 55000 when it cannot be loaded. */
+extern const gptoss_tokenizer *gptoss_session_tokenizer(void);
+
+/*
+ * Renders a prompt (raw text, or harmony over prompt or messages) into
+ * palloc'ed ids; 54000 when it cannot fit the context (checked from its bytes
+ * before tokenizing, then from its tokens), interruptible while tokenizing.
+ */
+extern int32 *gptoss_render(const char *prompt, const gptoss_chat_message *messages,
+							int n_messages, const gptoss_gen_params *params, int *n_ids);
+
+/*
+ * As gptoss_render, but a failure of this one prompt (54000 cannot fit the
+ * context, XX000 the engine could not render it) returns NULL with
+ * *sqlerrcode and *message set; bad parameters (22023) still raise.
+ */
+extern int32 *gptoss_render_or_fail(const char *prompt, const gptoss_chat_message *messages,
+									int n_messages, const gptoss_gen_params *params, int *n_ids,
+									int *sqlerrcode, char **message);
+
+/* Encodes text into malloc'ed ids (caller frees), interruptibly; returns the count. */
+extern int	gptoss_encode_text(const char *text, size_t len, int32 **ids);
+
+/* ---------------------------------------------------------------------------
+ * Parameters in the session (sqlparams.c)
+ */
+
+/* Defines the GUC gptoss.<key> of every parameter row that has a default. */
+extern void gptoss_define_param_gucs(void);
+
+/*
+ * Parses params jsonb (NULL: defaults) over the GUC defaults into p; strings
+ * are palloc'ed UTF-8.  22023 naming the key for anything invalid.
+ */
+extern void gptoss_parse_params(Jsonb *params, gptoss_gen_params *p);
 
 /* ---------------------------------------------------------------------------
  * Background worker (worker.c)
  */
 extern PGDLLEXPORT void gptoss_worker_main(Datum main_arg);
+
+/* ---------------------------------------------------------------------------
+ * Jobs and results of the per-row generation functions (sqlfuncs.c), for
+ * callers that run them outside the function call (batch_scan.c).  The
+ * builders raise 22023 for bad input, as the functions do; they return false
+ * (with the error's SQLSTATE and message) only under on_error "null", for a
+ * prompt that cannot be rendered into the context.
+ */
+extern bool gptoss_generate_job(Datum prompt, Datum params, GptossJob *job,
+								int *sqlerrcode, char **message);
+extern Datum gptoss_generate_result(const GptossResponse *resp);
+extern bool gptoss_chat_job(Datum messages, Datum params, GptossJob *job,
+							int *sqlerrcode, char **message);
+extern Datum gptoss_chat_result(const gptoss_gen_params *params, const GptossResponse *resp);
+
+/* ---------------------------------------------------------------------------
+ * The GptossBatch scan node (batch_scan.c)
+ */
+extern int	gptoss_batch_window;
+
+/* Defines gptoss.batch_window (from define_gucs, after max_batch_size and max_requests). */
+extern void gptoss_batch_define_gucs(void);
+
+/* Installs the planner hook and registers the node (from _PG_init). */
+extern void gptoss_batch_init(void);
+
+/* ---------------------------------------------------------------------------
+ * Generations that gave NULL under params on_error "null" (row_errors.c)
+ */
+
+/* Counts one generation that gave NULL; its statement ends with one WARNING. */
+extern void gptoss_row_error_note(int sqlerrcode, const char *message);
+
+/* Installs the executor hook that reports them (from gptoss_batch_init). */
+extern void gptoss_row_errors_init(void);
 
 #endif							/* GPTOSS_H */

@@ -1,7 +1,7 @@
 /*
  * shmem.c: the shared state of gptoss: per-worker status and the request
- * slots (see gptoss.h for the slot protocol), plus the payload encoding of
- * request segments.
+ * slots (see gptoss.h for the slot protocol).  What travels in a request's
+ * own segment is in protocol.c.
  */
 #include "postgres.h"
 
@@ -20,7 +20,7 @@ Size
 gptoss_shmem_size(void)
 {
 	return add_size(offsetof(GptossShared, slots),
-					mul_size(sizeof(GptossSlot), gptoss_max_requests));
+					mul_size(sizeof(GptossRequestSlot), gptoss_max_requests));
 }
 
 /* Creates the shared state (postmaster) or finds it (EXEC_BACKEND children). */
@@ -37,14 +37,10 @@ gptoss_shmem_init(void)
 
 		memset(gptoss_shared, 0, gptoss_shmem_size());
 		gptoss_shared->lock = &(GetNamedLWLockTranche("gptoss"))->lock;
-		gptoss_shared->nworkers = gptoss_worker_count();
+		gptoss_shared->nworkers = gptoss_worker_devices(devices);
 		gptoss_shared->nslots = gptoss_max_requests;
 		pg_atomic_init_u64(&gptoss_shared->next_request_id, 1);
 		ConditionVariableInit(&gptoss_shared->slot_freed);
-		if (gptoss_device == GPTOSS_DEVICE_CPU)
-			devices[0] = 0;
-		else
-			(void) gptoss_parse_devices(gptoss_devices, devices, GPTOSS_MAX_WORKERS);
 		for (int i = 0; i < GPTOSS_MAX_WORKERS; i++)
 		{
 			GptossWorkerShared *w = &gptoss_shared->workers[i];
@@ -114,40 +110,4 @@ gptoss_worker_state_name(GptossWorkerState state)
 			break;
 	}
 	return "starting";
-}
-
-/* Bytes one payload item of len bytes takes. */
-Size
-gptoss_payload_item_size(Size len)
-{
-	return sizeof(uint32) + len + 1;
-}
-
-/* Writes one payload item (a uint32 length, the bytes, a NUL) at *dest and advances it. */
-void
-gptoss_payload_put(char **dest, const char *data, uint32 len)
-{
-	memcpy(*dest, &len, sizeof(len));
-	memcpy(*dest + sizeof(len), data, len);
-	(*dest)[sizeof(len) + len] = '\0';
-	*dest += gptoss_payload_item_size(len);
-}
-
-/* Reads the next payload item; false when exhausted or malformed. */
-bool
-gptoss_payload_get(const char **cursor, const char *end, const char **data, uint32 *len)
-{
-	const char *p = *cursor;
-	uint32		n;
-
-	if (end - p < (ptrdiff_t) sizeof(uint32))
-		return false;
-	memcpy(&n, p, sizeof(n));
-	p += sizeof(n);
-	if ((Size) (end - p) < (Size) n + 1 || p[n] != '\0')
-		return false;
-	*data = p;
-	*len = n;
-	*cursor = p + n + 1;
-	return true;
 }

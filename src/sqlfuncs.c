@@ -1,12 +1,13 @@
 /*
  * sqlfuncs.c: the generation and tokenizer SQL functions.
  *
- * Each function validates its input here, in the backend (so bad params fail
- * with 22023 before anything reaches the worker), converts text to UTF-8,
- * runs the request through the worker (request.c) and converts the answer
- * back to the server encoding.  params is a jsonb object; every key falls
- * back to the USERSET GUC of the same name (gptoss.max_tokens, ...), and a
- * JSON null means "use the default", as in the OpenAI API.
+ * Each function validates its input here, in the session (bad params fail
+ * with 22023 before anything reaches a worker), converts text to UTF-8,
+ * tokenizes and renders the prompt (prompt.c), runs the job through a
+ * worker (call.c) and converts the answer back to the server encoding.
+ * gptoss_tokenize and gptoss_detokenize never reach a worker.  params is a
+ * jsonb object parsed by the parameter table (sqlparams.c): every key falls
+ * back to its GUC default, and a JSON null means "use the default".
  */
 #include "postgres.h"
 
@@ -25,12 +26,10 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 
-#include "engine.h"
+#include "harmony.h"
 
 #include "gptoss.h"
-
-/* Longest accepted list of stop strings. */
-#define MAX_STOP_STRINGS 64
+#include "pipeline.h"
 
 PG_FUNCTION_INFO_V1(gptoss_generate);
 PG_FUNCTION_INFO_V1(gptoss_generate_many);
@@ -39,15 +38,6 @@ PG_FUNCTION_INFO_V1(gptoss_chat);
 PG_FUNCTION_INFO_V1(gptoss_tokenize);
 PG_FUNCTION_INFO_V1(gptoss_detokenize);
 
-/* Parsed params beyond the flat GptossParams: strings, in UTF-8. */
-typedef struct ParsedParams
-{
-	GptossParams p;
-	char	   *instructions;
-	char	  **stop;
-	int			n_stop;
-} ParsedParams;
-
 /* Raises 22023 naming the key. */
 static void
 invalid_param(const char *key, const char *what)
@@ -55,32 +45,6 @@ invalid_param(const char *key, const char *what)
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("invalid gptoss parameter \"%s\": %s", key, what)));
-}
-
-/* The params keys of design.md section 4. */
-static const char *const param_keys[] = {
-	"max_tokens", "temperature", "top_p", "top_k", "seed", "stop",
-	"reasoning_effort", "instructions", "raw", "ignore_eos", "include_reasoning"
-};
-
-/* True for a known params key. */
-static bool
-is_param_key(const char *key)
-{
-	for (int i = 0; i < lengthof(param_keys); i++)
-		if (strcmp(key, param_keys[i]) == 0)
-			return true;
-	return false;
-}
-
-/* Raises 22023 for a key that is not a params key. */
-static void
-unknown_param(const char *key)
-{
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("unknown gptoss parameter \"%s\"", key),
-			 errhint("Valid keys are max_tokens, temperature, top_p, top_k, seed, stop, reasoning_effort, instructions, raw, ignore_eos and include_reasoning.")));
 }
 
 /* Converts server-encoded bytes to a palloc'ed NUL-terminated UTF-8 string. */
@@ -131,222 +95,23 @@ json_string_utf8(const JsonbValue *v)
 }
 
 /*
- * Parses a JSON number that must be an integer; saturates at the int64 range
- * when saturate is set, else fails on overflow.  Returns false when it is not
- * an integer (or overflows without saturate).
+ * A job over the rendered prompt (or messages) with parsed params; the
+ * prompt ids are palloc'ed.  With on_error "null", a prompt that cannot be
+ * rendered for this row returns false with its error in *sqlerrcode and
+ * *message; otherwise that raises.
  */
 static bool
-json_integer(const JsonbValue *v, bool saturate, int64 *out)
+build_job(GptossJob *job, const gptoss_gen_params *params, const char *prompt,
+		  const gptoss_chat_message *messages, int n_messages, int *sqlerrcode, char **message)
 {
-	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-	char	   *end;
-	long long	val;
-
-	errno = 0;
-	val = strtoll(s, &end, 10);
-	if (end == s)
-		return false;
-	if (*end == '.')
-	{
-		for (char *p = end + 1; *p; p++)
-			if (*p != '0')
-				return false;
-	}
-	else if (*end != '\0')
-		return false;
-	if (errno == ERANGE && !saturate)
-		return false;
-	*out = (int64) val;
-	return true;
-}
-
-/* Parses a finite JSON number. */
-static bool
-json_double(const JsonbValue *v, double *out)
-{
-	char	   *s = DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
-	double		d = strtod(s, NULL);
-
-	if (!isfinite(d))
-		return false;
-	*out = d;
-	return true;
-}
-
-/* Adds one stop string (non-empty) to pp. */
-static void
-add_stop(ParsedParams *pp, const JsonbValue *v)
-{
-	if (v->type != jbvString)
-		invalid_param("stop", "must be a string or an array of strings");
-	if (v->val.string.len == 0)
-		invalid_param("stop", "stop strings must not be empty");
-	if (pp->n_stop >= MAX_STOP_STRINGS)
-		invalid_param("stop", psprintf("at most %d stop strings are allowed", MAX_STOP_STRINGS));
-	if (pp->stop == NULL)
-		pp->stop = palloc(sizeof(char *) * MAX_STOP_STRINGS);
-	pp->stop[pp->n_stop++] = json_string_utf8(v);
-}
-
-/* Applies one params key. */
-static void
-apply_param(ParsedParams *pp, const char *key, JsonbValue *v)
-{
-	GptossParams *p = &pp->p;
-	int64		i;
-	double		d;
-
-	if (strcmp(key, "max_tokens") == 0)
-	{
-		if (v->type != jbvNumeric || !json_integer(v, true, &i))
-			invalid_param(key, "must be an integer");
-		if (i < 1)
-			invalid_param(key, "must be at least 1");
-		p->max_tokens = (int32) Min(i, (int64) INT_MAX);
-	}
-	else if (strcmp(key, "temperature") == 0)
-	{
-		if (v->type != jbvNumeric || !json_double(v, &d))
-			invalid_param(key, "must be a number");
-		if (d < 0)
-			invalid_param(key, "must be at least 0");
-		if (d > FLT_MAX)
-			invalid_param(key, "is too large");
-		p->temperature = (float4) d;
-	}
-	else if (strcmp(key, "top_p") == 0)
-	{
-		if (v->type != jbvNumeric || !json_double(v, &d))
-			invalid_param(key, "must be a number");
-		if (!(d > 0 && d <= 1))
-			invalid_param(key, "must be greater than 0 and at most 1");
-		p->top_p = (float4) d;
-	}
-	else if (strcmp(key, "top_k") == 0)
-	{
-		if (v->type != jbvNumeric || !json_integer(v, true, &i))
-			invalid_param(key, "must be an integer");
-		if (i < 0)
-			invalid_param(key, "must be at least 0");
-		p->top_k = (int32) Min(i, (int64) INT_MAX);
-	}
-	else if (strcmp(key, "seed") == 0)
-	{
-		if (v->type != jbvNumeric || !json_integer(v, false, &i))
-			invalid_param(key, "must be an integer in the 64-bit range");
-		p->has_seed = true;
-		p->seed = (uint64) i;
-	}
-	else if (strcmp(key, "stop") == 0)
-	{
-		if (v->type == jbvString)
-			add_stop(pp, v);
-		else if (v->type == jbvBinary && JsonContainerIsArray(v->val.binary.data))
-		{
-			JsonbIterator *it = JsonbIteratorInit(v->val.binary.data);
-			JsonbValue	elem;
-			JsonbIteratorToken tok;
-
-			while ((tok = JsonbIteratorNext(&it, &elem, true)) != WJB_DONE)
-				if (tok == WJB_ELEM)
-					add_stop(pp, &elem);
-		}
-		else
-			invalid_param(key, "must be a string or an array of strings");
-	}
-	else if (strcmp(key, "reasoning_effort") == 0)
-	{
-		char	   *s;
-
-		if (v->type != jbvString)
-			invalid_param(key, "must be a string");
-		s = pnstrdup(v->val.string.val, v->val.string.len);
-		if (strcmp(s, "low") == 0)
-			p->reasoning_effort = GPTOSS_REASONING_LOW;
-		else if (strcmp(s, "medium") == 0)
-			p->reasoning_effort = GPTOSS_REASONING_MEDIUM;
-		else if (strcmp(s, "high") == 0)
-			p->reasoning_effort = GPTOSS_REASONING_HIGH;
-		else
-			invalid_param(key, "must be \"low\", \"medium\" or \"high\"");
-	}
-	else if (strcmp(key, "instructions") == 0)
-	{
-		if (v->type != jbvString)
-			invalid_param(key, "must be a string");
-		pp->instructions = json_string_utf8(v);
-	}
-	else if (strcmp(key, "raw") == 0 || strcmp(key, "ignore_eos") == 0 ||
-			 strcmp(key, "include_reasoning") == 0)
-	{
-		if (v->type != jbvBool)
-			invalid_param(key, "must be a boolean");
-		if (key[0] == 'r')
-			p->raw = v->val.boolean;
-		else if (key[0] == 'i' && key[1] == 'g')
-			p->ignore_eos = v->val.boolean;
-		else
-			p->include_reasoning = v->val.boolean;
-	}
+	memset(job, 0, sizeof(*job));
+	job->params = *params;
+	if (params->on_error == GPTOSS_ON_ERROR_NULL)
+		job->prompt = gptoss_render_or_fail(prompt, messages, n_messages, params, &job->n_prompt,
+											sqlerrcode, message);
 	else
-		unknown_param(key);
-}
-
-/* Parses params (NULL: all defaults) over the GUC defaults. */
-static void
-parse_params(Jsonb *params, ParsedParams *pp)
-{
-	memset(pp, 0, sizeof(*pp));
-	pp->p.max_tokens = gptoss_default_max_tokens;
-	pp->p.temperature = (float4) gptoss_default_temperature;
-	pp->p.top_p = (float4) gptoss_default_top_p;
-	pp->p.top_k = gptoss_default_top_k;
-	pp->p.reasoning_effort = gptoss_default_reasoning_effort;
-
-	if (params != NULL)
-	{
-		JsonbIterator *it;
-		JsonbValue	v;
-		JsonbIteratorToken tok;
-
-		if (!JB_ROOT_IS_OBJECT(params))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("gptoss params must be a JSON object")));
-		it = JsonbIteratorInit(&params->root);
-		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
-		{
-			char	   *key;
-
-			if (tok != WJB_KEY)
-				continue;
-			key = pnstrdup(v.val.string.val, v.val.string.len);
-			tok = JsonbIteratorNext(&it, &v, true);
-			Assert(tok == WJB_VALUE);
-			if (v.type == jbvNull)
-			{
-				/* null keeps the default, as in the OpenAI API; the key must still be known */
-				if (!is_param_key(key))
-					unknown_param(key);
-				continue;
-			}
-			apply_param(pp, key, &v);
-		}
-	}
-
-	/* The administrator's cap clamps (finish_reason length), it does not fail. */
-	if (gptoss_max_tokens_limit > 0 && pp->p.max_tokens > gptoss_max_tokens_limit)
-		pp->p.max_tokens = gptoss_max_tokens_limit;
-}
-
-/* Copies parsed params into a request. */
-static void
-fill_request(GptossRequest *req, const ParsedParams *pp)
-{
-	req->params = pp->p;
-	req->instructions = pp->instructions;
-	req->stop = pp->stop;
-	req->n_stop = pp->n_stop;
+		job->prompt = gptoss_render(prompt, messages, n_messages, params, &job->n_prompt);
+	return job->prompt != NULL;
 }
 
 /* Text of one chat message's content: a string, null, or an array of text parts. */
@@ -394,11 +159,11 @@ message_content(JsonbValue *v, int index)
 }
 
 /* Parses OpenAI chat messages. */
-static GptossChatMessage *
+static gptoss_chat_message *
 parse_messages(Jsonb *messages, int *n_out)
 {
 	static const char *const roles[] = {"system", "developer", "user", "assistant"};
-	GptossChatMessage *out;
+	gptoss_chat_message *out;
 	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
@@ -415,7 +180,7 @@ parse_messages(Jsonb *messages, int *n_out)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("gptoss messages must not be empty")));
 
-	out = palloc0(sizeof(GptossChatMessage) * count);
+	out = palloc0(sizeof(gptoss_chat_message) * count);
 	it = JsonbIteratorInit(&messages->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -456,69 +221,87 @@ parse_messages(Jsonb *messages, int *n_out)
 	return out;
 }
 
-/* Runs a GENERATE request for prompt with params. */
-static void
-run_generate(text *prompt, Jsonb *params, GptossResponse *resp)
+/* Parses params and builds the job of one prompt (see build_job). */
+static bool
+prompt_job(GptossJob *job, text *prompt, Jsonb *params, int *sqlerrcode, char **message)
 {
-	ParsedParams pp;
-	GptossRequest req;
+	gptoss_gen_params p;
 
 	gptoss_check_preloaded();
-	parse_params(params, &pp);
-	memset(&req, 0, sizeof(req));
-	req.kind = GPTOSS_REQ_GENERATE;
-	fill_request(&req, &pp);
-	req.text = to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt));
-	req.text_len = strlen(req.text);
-	gptoss_execute(&req, resp);
+	gptoss_parse_params(params, &p);
+	return build_job(job, &p, to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt)), NULL, 0,
+					 sqlerrcode, message);
+}
+
+/* Builds the job of gptoss_generate(prompt, params) (see gptoss.h). */
+bool
+gptoss_generate_job(Datum prompt, Datum params, GptossJob *job, int *sqlerrcode, char **message)
+{
+	return prompt_job(job, DatumGetTextPP(prompt), DatumGetJsonbP(params), sqlerrcode, message);
+}
+
+/* The text datum gptoss_generate returns for resp. */
+Datum
+gptoss_generate_result(const GptossResponse *resp)
+{
+	return PointerGetDatum(from_utf8(resp->text.data, resp->text.len));
+}
+
+/*
+ * Runs job into resp; false when it failed for this row under on_error
+ * "null" (counted for the statement's WARNING).
+ */
+static bool
+run_job(GptossJob *job, GptossResponse *resp)
+{
+	gptoss_execute(job, resp);
+	if (resp->row_error_code == 0)
+		return true;
+	gptoss_row_error_note(resp->row_error_code, resp->row_error_message);
+	return false;
 }
 
 /* gptoss_generate(prompt text, params jsonb) returns text */
 Datum
 gptoss_generate(PG_FUNCTION_ARGS)
 {
+	GptossJob	job;
 	GptossResponse resp;
+	int			code;
+	char	   *message;
 
-	run_generate(PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1), &resp);
-	PG_RETURN_TEXT_P(from_utf8(resp.text.data, resp.text.len));
-}
-
-/* Builds the GENERATE request of one prompt of gptoss_generate_many. */
-static void
-build_many_request(GptossRequest *req, const ParsedParams *pp, Datum prompt)
-{
-	text	   *t = DatumGetTextPP(prompt);
-
-	memset(req, 0, sizeof(*req));
-	req->kind = GPTOSS_REQ_GENERATE;
-	fill_request(req, pp);
-	req->text = to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-	req->text_len = strlen(req->text);
+	if (!gptoss_generate_job(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &job, &code, &message))
+	{
+		gptoss_row_error_note(code, message);
+		PG_RETURN_NULL();
+	}
+	if (!run_job(&job, &resp))
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(gptoss_generate_result(&resp));
 }
 
 /*
  * gptoss_generate_many(prompts text[], params jsonb) returns text[]: the
- * answers of all prompts, in order (NULL for a NULL prompt).
+ * answers of all prompts, in order (NULL for a NULL prompt, and with
+ * on_error "null" for a prompt whose generation failed).
  *
- * A scalar function called once per row runs one sequence at a time, so a
- * single query never fills the worker's batch.  This one keeps a window of
- * requests in flight (up to the batch size of the workers, and at most half
- * of the request slots so other sessions still get in) and collects them in
- * order, so one statement over many rows runs batched.  An error or a cancel
- * ends the statement; the open requests are dropped with their segments.
+ * The prompts go through a pipeline (pipeline.h) of gptoss.batch_window
+ * requests (its boot value when the GUC is 0), so one call fills the
+ * worker's batch.  An error or a cancel ends the statement; the open calls
+ * end with their segments.
  */
 Datum
 gptoss_generate_many(PG_FUNCTION_ARGS)
 {
 	ArrayType  *prompts = PG_GETARG_ARRAYTYPE_P(0);
-	ParsedParams pp;
+	gptoss_gen_params params;
 	Datum	   *items;
 	bool	   *nulls;
 	int			n;
 	Datum	   *answers;
-	GptossCall **calls;
-	int			window;
-	int			next = 0;
+	bool	   *answer_nulls;
+	GptossPipeline *pipeline;
+	int			collected = 0;
 	int			dims[1];
 	int			lbs[1] = {1};
 
@@ -527,43 +310,55 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("gptoss_generate_many expects a one-dimensional array of prompts")));
-	parse_params(PG_GETARG_JSONB_P(1), &pp);
+	gptoss_parse_params(PG_GETARG_JSONB_P(1), &params);
 	deconstruct_array(prompts, TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, &n);
 	if (n == 0)
 		PG_RETURN_ARRAYTYPE_P(construct_empty_array(TEXTOID));
 
-	window = Max(1, Min(gptoss_max_batch_size * gptoss_worker_count(), gptoss_max_requests / 2));
 	answers = palloc0(sizeof(Datum) * n);
-	calls = palloc0(sizeof(GptossCall *) * n);
-	for (int i = 0; i < n; i++)
+	answer_nulls = palloc(sizeof(bool) * n);
+	memcpy(answer_nulls, nulls, sizeof(bool) * n);
+	pipeline = gptoss_pipeline_create(gptoss_batch_window > 0 ? gptoss_batch_window : gptoss_default_window(), 0);
+	for (int i = 0; i <= n; i++)
 	{
-		GptossResponse resp;
-
-		/* Top the window up: requests i .. i + window - 1 are in flight. */
-		for (; next < n && next < i + window; next++)
+		/* Collect in order while the window is full, and everything at the end. */
+		while (gptoss_pipeline_pending(pipeline) > 0 &&
+			   (i == n || !gptoss_pipeline_has_room(pipeline)))
 		{
-			GptossRequest req;
+			GptossPipelineResult r;
 
-			if (nulls[next])
-				continue;
-			build_many_request(&req, &pp, items[next]);
-			calls[next] = gptoss_call_start(&req);
+			while (nulls[collected])
+				collected++;
+			gptoss_pipeline_next(pipeline, &r);
+			if (r.failed)
+			{
+				gptoss_row_error_note(r.sqlerrcode, r.message);
+				answer_nulls[collected++] = true;
+			}
+			else
+				answers[collected++] = gptoss_generate_result(&r.resp);
+			gptoss_pipeline_result_free(&r);
 		}
-		if (nulls[i])
-			continue;
-		memset(&resp, 0, sizeof(resp));
-		initStringInfo(&resp.text);
-		initStringInfo(&resp.reasoning);
-		while (gptoss_call_next(calls[i], &resp))
-			;
-		gptoss_call_end(calls[i]);
-		calls[i] = NULL;
-		answers[i] = PointerGetDatum(from_utf8(resp.text.data, resp.text.len));
-		pfree(resp.text.data);
-		pfree(resp.reasoning.data);
+		if (i < n && !nulls[i])
+		{
+			GptossJob	job;
+			text	   *t = DatumGetTextPP(items[i]);
+			int			code;
+			char	   *message;
+
+			if (build_job(&job, &params, to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t)), NULL, 0,
+						  &code, &message))
+			{
+				gptoss_pipeline_submit(pipeline, &job);
+				pfree(unconstify(int32 *, job.prompt));
+			}
+			else
+				gptoss_pipeline_submit_failed(pipeline, &params, code, message);
+		}
 	}
+	gptoss_pipeline_free(pipeline);
 	dims[0] = n;
-	PG_RETURN_ARRAYTYPE_P(construct_md_array(answers, nulls, 1, dims, lbs,
+	PG_RETURN_ARRAYTYPE_P(construct_md_array(answers, answer_nulls, 1, dims, lbs,
 											 TEXTOID, -1, false, TYPALIGN_INT));
 }
 
@@ -571,9 +366,7 @@ gptoss_generate_many(PG_FUNCTION_ARGS)
 typedef struct StreamState
 {
 	GptossCall *call;			/* NULL once closed */
-	GptossResponse resp;
-	int			emitted;		/* bytes of resp.text already returned */
-	int			resets;			/* resp.resets when emitted was counted */
+	GptossResponse resp;		/* resp.text_taken: bytes already returned */
 } StreamState;
 
 /* Closes the call of a stream that ends early (LIMIT, cursor closed). */
@@ -607,25 +400,26 @@ gptoss_generate_stream(PG_FUNCTION_ARGS)
 	{
 		ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 		MemoryContext old;
-		ParsedParams pp;
-		GptossRequest req;
-		text	   *prompt = PG_GETARG_TEXT_PP(0);
+		GptossJob	job;
+		int			code;
+		char	   *message;
 
 		gptoss_check_preloaded();
 		funcctx = SRF_FIRSTCALL_INIT();
 		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		parse_params(PG_GETARG_JSONB_P(1), &pp);
-		pp.p.stream = true;
-		memset(&req, 0, sizeof(req));
-		req.kind = GPTOSS_REQ_GENERATE;
-		fill_request(&req, &pp);
-		req.text = to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt));
-		req.text_len = strlen(req.text);
 		st = palloc0(sizeof(StreamState));
-		initStringInfo(&st->resp.text);
-		initStringInfo(&st->resp.reasoning);
-		st->call = gptoss_call_start(&req);
 		funcctx->user_fctx = st;
+		gptoss_response_init(&st->resp);
+		if (!prompt_job(&job, PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1), &code, &message))
+		{
+			/* on_error "null": no pieces */
+			gptoss_row_error_note(code, message);
+			MemoryContextSwitchTo(old);
+			SRF_RETURN_DONE(funcctx);
+		}
+		job.stream = true;
+		st->resp.keep_row_error = job.params.on_error == GPTOSS_ON_ERROR_NULL;
+		st->call = gptoss_call_start(&job);
 		if (rsinfo != NULL && IsA(rsinfo, ReturnSetInfo) && rsinfo->econtext != NULL)
 			RegisterExprContextCallback(rsinfo->econtext, stream_shutdown, PointerGetDatum(st));
 		MemoryContextSwitchTo(old);
@@ -636,28 +430,26 @@ gptoss_generate_stream(PG_FUNCTION_ARGS)
 	while (st->call != NULL)
 	{
 		MemoryContext old;
-		bool		more;
+		GptossResponse *resp = &st->resp;
 
-		if (st->resets != st->resp.resets)
+		if (resp->text.len > resp->text_taken)
 		{
-			st->resets = st->resp.resets;
-			st->emitted = 0;
-		}
-		if (st->resp.text.len > st->emitted)
-		{
-			text	   *piece = from_utf8(st->resp.text.data + st->emitted,
-										  st->resp.text.len - st->emitted);
+			text	   *piece = from_utf8(resp->text.data + resp->text_taken,
+										  resp->text.len - resp->text_taken);
 
-			st->emitted = st->resp.text.len;
+			resp->text_taken = resp->text.len;
 			SRF_RETURN_NEXT(funcctx, PointerGetDatum(piece));
 		}
-		if (st->resp.finished)
+		if (resp->finished)
+		{
+			/* on_error "null": the pieces already returned stay, nothing follows */
+			if (resp->row_error_code != 0)
+				gptoss_row_error_note(resp->row_error_code, resp->row_error_message);
 			break;
+		}
 		old = MemoryContextSwitchTo(funcctx->multi_call_memory_ctx);
-		more = gptoss_call_next(st->call, &st->resp);
+		(void) gptoss_call_next(st->call, resp);
 		MemoryContextSwitchTo(old);
-		if (!more && st->resp.text.len == st->emitted && st->resets == st->resp.resets)
-			break;
 	}
 	stream_shutdown(PointerGetDatum(st));
 	SRF_RETURN_DONE(funcctx);
@@ -672,47 +464,33 @@ append_json_text(StringInfo buf, const char *s, int len)
 	escape_json(buf, text_to_cstring(t));
 }
 
-/* Basename of gptoss.model_path: the model's name in chat completions. */
-static char *
-model_name(void)
+/* Builds the job of gptoss_chat(messages, params) (see gptoss.h). */
+bool
+gptoss_chat_job(Datum messages, Datum params, GptossJob *job, int *sqlerrcode, char **message)
 {
-	char	   *path = pstrdup(gptoss_model_path ? gptoss_model_path : "");
-	size_t		len = strlen(path);
-	char	   *slash;
-
-	while (len > 1 && path[len - 1] == '/')
-		path[--len] = '\0';
-	slash = strrchr(path, '/');
-	return slash ? slash + 1 : path;
-}
-
-/* gptoss_chat(messages jsonb, params jsonb) returns jsonb (an OpenAI chat.completion) */
-Datum
-gptoss_chat(PG_FUNCTION_ARGS)
-{
-	Jsonb	   *messages = PG_GETARG_JSONB_P(0);
-	ParsedParams pp;
-	GptossRequest req;
-	GptossResponse resp;
-	StringInfoData buf;
-	uint8		rnd[12];
-	const char *finish;
+	gptoss_gen_params p;
+	gptoss_chat_message *msgs;
+	int			n_msgs;
 
 	gptoss_check_preloaded();
-	parse_params(PG_GETARG_JSONB_P(1), &pp);
-	if (pp.p.raw)
+	gptoss_parse_params(DatumGetJsonbP(params), &p);
+	if (p.raw)
 		invalid_param("raw", "gptoss_chat always uses the chat format; use gptoss_generate for raw text");
-	memset(&req, 0, sizeof(req));
-	req.kind = GPTOSS_REQ_CHAT;
-	fill_request(&req, &pp);
-	req.messages = parse_messages(messages, &req.n_messages);
-	gptoss_execute(&req, &resp);
+	msgs = parse_messages(DatumGetJsonbP(messages), &n_msgs);
+	return build_job(job, &p, NULL, msgs, n_msgs, sqlerrcode, message);
+}
+
+/* The chat.completion jsonb datum gptoss_chat returns for resp (params of its job). */
+Datum
+gptoss_chat_result(const gptoss_gen_params *params, const GptossResponse *resp)
+{
+	StringInfoData buf;
+	uint8		rnd[12];
 
 	if (!pg_strong_random(rnd, sizeof(rnd)))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate a random completion id")));
-	finish = resp.finish_reason == GPTOSS_FINISH_LENGTH ? "length" : "stop";
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"id\": \"chatcmpl-");
@@ -720,63 +498,124 @@ gptoss_chat(PG_FUNCTION_ARGS)
 		appendStringInfo(&buf, "%02x", rnd[i]);
 	appendStringInfo(&buf, "\", \"object\": \"chat.completion\", \"created\": %lld, \"model\": ",
 					 (long long) time(NULL));
-	escape_json(&buf, model_name());
+	escape_json(&buf, gptoss_model_name());
 	appendStringInfoString(&buf, ", \"choices\": [{\"index\": 0, \"message\": {\"role\": \"assistant\", \"content\": ");
-	append_json_text(&buf, resp.text.data, resp.text.len);
-	if (pp.p.include_reasoning)
+	append_json_text(&buf, resp->text.data, resp->text.len);
+	if (params->include_reasoning)
 	{
 		appendStringInfoString(&buf, ", \"reasoning_content\": ");
-		append_json_text(&buf, resp.reasoning.data, resp.reasoning.len);
+		append_json_text(&buf, resp->reasoning.data, resp->reasoning.len);
 	}
-	appendStringInfo(&buf, "}, \"finish_reason\": \"%s\"}], ", finish);
+	appendStringInfo(&buf, "}, \"finish_reason\": \"%s\"}], ",
+					 gptoss_finish_reason_name(resp->finish_reason));
 	appendStringInfo(&buf, "\"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d, \"total_tokens\": %d}}",
-					 resp.prompt_tokens, resp.completion_tokens,
-					 resp.prompt_tokens + resp.completion_tokens);
-
-	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+					 resp->prompt_tokens, resp->completion_tokens,
+					 resp->prompt_tokens + resp->completion_tokens);
+	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
 }
 
-/* gptoss_tokenize(text) returns int[]: o200k_harmony ids, special-token text is plain text */
+/* gptoss_chat(messages jsonb, params jsonb) returns jsonb (an OpenAI chat.completion) */
+Datum
+gptoss_chat(PG_FUNCTION_ARGS)
+{
+	GptossJob	job;
+	GptossResponse resp;
+
+	int			code;
+	char	   *message;
+
+	if (!gptoss_chat_job(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &job, &code, &message))
+	{
+		gptoss_row_error_note(code, message);
+		PG_RETURN_NULL();
+	}
+	if (!run_job(&job, &resp))
+		PG_RETURN_NULL();
+	PG_RETURN_DATUM(gptoss_chat_result(&job.params, &resp));
+}
+
+/*
+ * An int4[] of n ids, built straight from the engine's buffer (a huge text
+ * gives hundreds of megabytes of ids: no Datum array in between).
+ */
+static ArrayType *
+ids_array(const int32 *ids, int n)
+{
+	Size		nbytes = ARR_OVERHEAD_NONULLS(1) + (Size) n * sizeof(int32);
+	ArrayType  *result;
+
+	if (n == 0)
+		return construct_empty_array(INT4OID);
+	if (!AllocSizeIsValid(nbytes))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("gptoss_tokenize result of %d tokens exceeds the maximum array size", n)));
+	result = palloc(nbytes);
+	SET_VARSIZE(result, nbytes);
+	result->ndim = 1;
+	result->dataoffset = 0;
+	result->elemtype = INT4OID;
+	ARR_DIMS(result)[0] = n;
+	ARR_LBOUND(result)[0] = 1;
+	memcpy(ARR_DATA_PTR(result), ids, (Size) n * sizeof(int32));
+	return result;
+}
+
+/*
+ * gptoss_tokenize(text) returns int[]: o200k_harmony ids, special-token text
+ * is plain text.  Runs in the session; a long text stays cancellable.
+ */
 Datum
 gptoss_tokenize(PG_FUNCTION_ARGS)
 {
 	text	   *t = PG_GETARG_TEXT_PP(0);
-	GptossRequest req;
-	GptossResponse resp;
-	Datum	   *elems;
-	ArrayType  *result;
+	int			len = VARSIZE_ANY_EXHDR(t);
+	const char *utf8 = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
+	int32	   *ids = NULL;
+	int			n;
+	ArrayType  *result = NULL;
 
 	gptoss_check_preloaded();
-	memset(&req, 0, sizeof(req));
-	req.kind = GPTOSS_REQ_TOKENIZE;
-	req.text = to_utf8(VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
-	req.text_len = strlen(req.text);
-	gptoss_execute(&req, &resp);
-
-	elems = palloc(sizeof(Datum) * Max(resp.n_ids, 1));
-	for (int i = 0; i < resp.n_ids; i++)
-		elems[i] = Int32GetDatum(resp.ids[i]);
-	result = construct_array(elems, resp.n_ids, INT4OID, sizeof(int32), true, TYPALIGN_INT);
+	if (utf8 != VARDATA_ANY(t))
+		len = strlen(utf8);
+	n = gptoss_encode_text(utf8, len, &ids);
+	PG_TRY();
+	{
+		result = ids_array(ids, n);
+	}
+	PG_FINALLY();
+	{
+		free(ids);
+	}
+	PG_END_TRY();
 	PG_RETURN_ARRAYTYPE_P(result);
 }
 
-/* gptoss_detokenize(int[]) returns text; 22023 for ids that are not tokens */
+/*
+ * gptoss_detokenize(int[]) returns text; 22023 for ids that are not tokens.
+ * Token bytes may split characters: the result is made valid UTF-8 (U+FFFD).
+ */
 Datum
 gptoss_detokenize(PG_FUNCTION_ARGS)
 {
 	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
-	GptossRequest req;
-	GptossResponse resp;
+	const gptoss_tokenizer *tok;
 	Datum	   *elems;
 	bool	   *nulls;
 	int			n;
 	int32	   *ids;
+	char	   *bytes;
+	size_t		nbytes;
+	gptoss_utf8_text out;
+	gptoss_error err;
+	text	   *result = NULL;
 
 	gptoss_check_preloaded();
 	if (ARR_NDIM(arr) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("gptoss token ids must be a one-dimensional array")));
+	tok = gptoss_session_tokenizer();
 	deconstruct_array(arr, INT4OID, sizeof(int32), true, TYPALIGN_INT, &elems, &nulls, &n);
 	ids = palloc(sizeof(int32) * Max(n, 1));
 	for (int i = 0; i < n; i++)
@@ -786,11 +625,30 @@ gptoss_detokenize(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("gptoss token ids must not contain nulls")));
 		ids[i] = DatumGetInt32(elems[i]);
+		if (!gptoss_tokenizer_is_valid(tok, ids[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("token id %d at position %d is not a token of the tokenizer (vocabulary of %d ids)",
+							ids[i], i + 1, gptoss_tokenizer_vocab_size(tok))));
 	}
-	memset(&req, 0, sizeof(req));
-	req.kind = GPTOSS_REQ_DETOKENIZE;
-	req.ids = ids;
-	req.n_ids = n;
-	gptoss_execute(&req, &resp);
-	PG_RETURN_TEXT_P(from_utf8(resp.text.data, resp.text.len));
+
+	memset(&err, 0, sizeof(err));
+	bytes = gptoss_tokenizer_decode(tok, ids, n, false, &nbytes, &err);
+	if (bytes == NULL)
+		ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("%s", err.msg)));
+	memset(&out, 0, sizeof(out));
+	PG_TRY();
+	{
+		if (gptoss_utf8_text_push(&out, bytes, nbytes, &err) < 0 ||
+			gptoss_utf8_text_flush(&out, &err) < 0)
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("%s", err.msg)));
+		result = from_utf8(out.text.data ? out.text.data : "", (int) out.text.len);
+	}
+	PG_FINALLY();
+	{
+		free(bytes);
+		gptoss_utf8_text_free(&out);
+	}
+	PG_END_TRY();
+	PG_RETURN_TEXT_P(result);
 }

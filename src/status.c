@@ -32,7 +32,7 @@ count_submitted(int *out)
 	LWLockAcquire(gptoss_shared->lock, LW_SHARED);
 	for (int i = 0; i < gptoss_shared->nslots; i++)
 	{
-		GptossSlot *s = &gptoss_shared->slots[i];
+		GptossRequestSlot *s = &gptoss_shared->slots[i];
 
 		if (s->state == GPTOSS_SLOT_SUBMITTED && s->worker >= 0 && s->worker < GPTOSS_MAX_WORKERS)
 			out[s->worker]++;
@@ -148,7 +148,7 @@ gptoss_status(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
-#define STATS_COLS 19
+#define STATS_COLS 20
 
 /* gptoss_stats() returns setof record: one row per worker (the gptoss_stats view) */
 Datum
@@ -217,6 +217,7 @@ gptoss_stats(PG_FUNCTION_ARGS)
 																				TimestampTzGetDatum(w.started_at))));
 		else
 			nulls[c++] = true;
+		values[c++] = Float8GetDatum(w.stats.max_step_ms_1min);
 		Assert(c == STATS_COLS);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -1,7 +1,7 @@
 /*
  * worker.c: the gptoss background worker.
  *
- * One worker owns one engine (model, tokenizer, backend, scheduler).  It
+ * One worker owns one engine (model, tokenizer, compute backend, scheduler).  It
  * starts in state `starting`, loads the model (`loading`, with the engine's
  * progress published in shared memory and the log) and then is `ready` or,
  * when the model cannot be loaded, `failed` with the reason.  A failed worker
@@ -9,30 +9,27 @@
  * the postmaster restarting a worker that can only fail again.
  *
  * The main loop, once ready:
- *   1. when a backend signalled an event: admit SUBMITTED slots (attach the
- *      request segment, render and submit the prompt) and drop CANCELLED ones
- *      (the engine frees their sequence and KV cache at once);
- *   2. push pending frames into the request queues (never blocking: a backend
+ *   1. when a session signalled an event: admit SUBMITTED request slots
+ *      (attach the request segment, submit its prompt ids) and drop
+ *      CANCELLED ones (the engine frees their sequence and KV cache at once);
+ *   2. push pending frames into the request queues (never blocking: a session
  *      that reads slowly only delays its own request);
  *   3. run one batched engine step when any request is active and deliver
  *      what it produced: streamed text, or the final answer;
  *   4. publish statistics; sleep on the latch only when there is no work.
  *
- * Prompts are tokenized and rendered here, not in the backends: the
- * tokenizer (a 27 MB vocabulary, a second to load, and the PCRE2 split
- * pattern) and the harmony renderer are loaded once, in the worker, instead
- * of once per session.  Rendering a typical prompt costs microseconds (100 KB
- * of text about 7 ms), next to milliseconds per decode step and far more for
- * the prompt's prefill.  For the same reason gptoss_tokenize and
- * gptoss_detokenize are served here (a round trip costs about 0.3 ms).
+ * Nothing on this loop costs more than a bounded amount per request: the
+ * sessions tokenize and render prompts (prompt.c) and check their length,
+ * so admitting a request copies its ids and nothing more, and results go out
+ * as the engine makes text final (no comparing of whole texts).
  *
- * Signals: the CPU backend runs threads; they must never run PostgreSQL's
+ * Signals: the CPU compute backend runs threads; they must never run PostgreSQL's
  * signal handlers, so every engine call that may start or run threads is
  * made with signals blocked (threads inherit the mask) and pending signals
  * are taken between steps.  SIGTERM (shutdown, pg_terminate_backend) ends the
  * worker with proc_exit(1) so that the postmaster restarts it after
  * bgw_restart_time; a fatal engine error does the same.  The exit callback
- * fails every request the worker held, so waiting backends get an ERROR at
+ * fails every request the worker held, so waiting sessions get an ERROR at
  * once.
  */
 #include "postgres.h"
@@ -53,44 +50,58 @@
 #include "utils/timestamp.h"
 
 #include "engine.h"
-#include "harmony.h"
 
 #include "gptoss.h"
 
-/* How often the backend's memory figures are refreshed in the stats (ms). */
+/* How often the compute backend's memory figures are refreshed in the stats (ms). */
 #define INFO_REFRESH_MS 200
 
 /* Hints of a failed load: a model directory problem, or a device that cannot be used. */
 #define HINT_MODEL_PATH "Check gptoss.model_path and the server log; after fixing the model directory, restart the worker with pg_terminate_backend() or restart the server."
 #define HINT_DEVICE "Set gptoss.device to cpu (or auto, which falls back to the CPU) and restart the server, or make a CUDA device usable to the server."
 
-/* A request held by this worker, indexed by its slot. */
-typedef struct WorkerRequest
+/* Loading progress is logged at every LOAD_LOG_STEP of the whole. */
+#define LOAD_LOG_STEP 0.1
+
+/* Latch wait of the main loop: while requests wait for cache room, and when idle (ms). */
+#define WAIT_ACTIVE_MS 10L
+#define WAIT_IDLE_MS 1000L
+
+/*
+ * The longest loop iteration (the work between two latch waits: admitting,
+ * one engine step, delivering) is kept per second for the last
+ * LOOP_WINDOW_S seconds, and their maximum published as max_step_ms_1min.
+ */
+#define LOOP_WINDOW_S 60
+
+/* A request this worker serves, indexed by its request slot. */
+typedef struct WorkerJob
 {
 	bool		in_use;
 	uint64		request_id;
 	dsm_segment *seg;
 	shm_mq_handle *mqh;
-	GptossRequestHeader *hdr;
 	int64		engine_id;		/* id in the engine, or -1 */
 	bool		stream;
 	bool		final_queued;	/* the last frame is in the outbox */
-	bool		receiver_gone;	/* the backend detached from the queue */
-	StringInfoData outbox;		/* frames not yet in the queue: (uint32 len, bytes)... */
+	bool		receiver_gone;	/* the session detached from the queue */
+	StringInfoData outbox;		/* frames not yet in the queue: (uint32 len, frame)... */
 	Size		outbox_head;	/* offset of the first unsent frame */
-	StringInfoData sent_text;	/* streamed text so far */
+	size_t		text_sent;		/* bytes of the engine's text already queued */
+	int			text_restarts;	/* the engine's text_restarts when text_sent was counted */
 	size_t		reasoning_sent;
+	GptossJobView view;			/* the job; its strings and ids stay in the segment */
 	MemoryContext cxt;
-	dlist_node	node;			/* in engine_requests while engine_id >= 0 */
-} WorkerRequest;
+	dlist_node	node;			/* in engine_jobs while engine_id >= 0 */
+} WorkerJob;
 
 static volatile sig_atomic_t got_sigterm = false;
 
 static int	worker_index;
 static GptossWorkerShared *me;
 static gptoss_engine *engine = NULL;
-static WorkerRequest *requests;	/* [nslots] */
-static dlist_head engine_requests = DLIST_STATIC_INIT(engine_requests);
+static WorkerJob *jobs;		/* [nslots], by request slot */
+static dlist_head engine_jobs = DLIST_STATIC_INIT(engine_jobs);
 static MemoryContext worker_cxt;
 static sigset_t engine_sigmask;
 static pthread_t main_thread;
@@ -98,6 +109,8 @@ static double next_progress_log;
 static int64 last_engine_steps;
 static int64 last_engine_step_sequences;
 static TimestampTz last_info_refresh;
+static double loop_ms_max[LOOP_WINDOW_S];	/* by second modulo LOOP_WINDOW_S */
+static int64 loop_ms_second[LOOP_WINDOW_S];	/* the second each entry is about */
 
 /* SIGTERM: ask the main loop to exit. */
 static void
@@ -158,6 +171,8 @@ engine_sqlstate(gptoss_errcode code)
 			return ERRCODE_PROGRAM_LIMIT_EXCEEDED;
 		case GPTOSS_ERR_BUSY:
 			return ERRCODE_INSUFFICIENT_RESOURCES;
+		case GPTOSS_ERR_INTERRUPTED:
+			return ERRCODE_QUERY_CANCELED;
 		case GPTOSS_ERR_INTERNAL:
 			break;
 	}
@@ -168,54 +183,29 @@ engine_sqlstate(gptoss_errcode code)
  * Frames and the outbox
  */
 
-/* Queues one frame (type byte + body) in r's outbox. */
+/* Queues an error frame; it ends the request. */
 static void
-queue_frame(WorkerRequest *r, char type, const void *body, Size len)
+queue_error(WorkerJob *r, int sqlerrcode, const char *msg)
 {
-	uint32		n = (uint32) (len + 1);
-
-	appendBinaryStringInfo(&r->outbox, (const char *) &n, sizeof(n));
-	appendStringInfoChar(&r->outbox, type);
-	if (len > 0)
-		appendBinaryStringInfo(&r->outbox, body, len);
-}
-
-/* Queues an error frame. */
-static void
-queue_error(WorkerRequest *r, int sqlerrcode, const char *msg)
-{
-	GptossErrorFrame f;
-	StringInfoData buf;
-
-	f.sqlerrcode = sqlerrcode;
-	initStringInfo(&buf);
-	appendBinaryStringInfo(&buf, (const char *) &f, sizeof(f));
-	appendStringInfoString(&buf, msg);
-	queue_frame(r, GPTOSS_FRAME_ERROR, buf.data, buf.len);
-	pfree(buf.data);
+	gptoss_frame_put_error(&r->outbox, sqlerrcode, msg);
 	r->final_queued = true;
 }
 
-/* Queues the finish frame. */
+/* Queues the finish frame; it ends the request. */
 static void
-queue_finish(WorkerRequest *r, int finish_reason, int prompt_tokens, int completion_tokens)
+queue_finish(WorkerJob *r, int finish_reason, int prompt_tokens, int completion_tokens)
 {
-	GptossFinishFrame f;
-
-	f.finish_reason = finish_reason;
-	f.prompt_tokens = prompt_tokens;
-	f.completion_tokens = completion_tokens;
-	queue_frame(r, GPTOSS_FRAME_FINISH, &f, sizeof(f));
+	gptoss_frame_put_finish(&r->outbox, finish_reason, prompt_tokens, completion_tokens);
 	r->final_queued = true;
 }
 
 /*
  * Moves outbox frames into the queue without blocking.  Returns true when
- * the outbox is empty.  A detached queue means the backend is gone: the
+ * the outbox is empty.  A detached queue means the session is gone: the
  * frames are dropped.
  */
 static bool
-flush_outbox(WorkerRequest *r)
+flush_outbox(WorkerJob *r)
 {
 	while (r->outbox_head < (Size) r->outbox.len)
 	{
@@ -255,7 +245,7 @@ count_tokens(const gptoss_result *res)
 
 /* Takes r's sequence out of the engine (cancelling it when unfinished). */
 static void
-drop_from_engine(WorkerRequest *r, bool count_cancel)
+drop_from_engine(WorkerJob *r, bool count_cancel)
 {
 	gptoss_result res;
 
@@ -276,12 +266,12 @@ drop_from_engine(WorkerRequest *r, bool count_cancel)
 
 /*
  * Ends the worker's part of slot s (lock held): a running request becomes
- * DONE for its backend to collect (with worker_exited when the worker is
- * going away, so that the backend raises an error) and its backend is woken;
+ * DONE for its session to collect (with worker_exited when the worker is
+ * going away, so that the session raises an error) and its session is woken;
  * a cancelled one is freed.  Returns whether the slot was freed.
  */
 static bool
-end_slot_locked(GptossSlot *s, bool worker_exited)
+end_slot_locked(GptossRequestSlot *s, bool worker_exited)
 {
 	if (s->state == GPTOSS_SLOT_RUNNING)
 	{
@@ -299,12 +289,12 @@ end_slot_locked(GptossSlot *s, bool worker_exited)
 
 /*
  * Forgets r: detaches its segment and hands its slot back (DONE for the
- * backend to collect, or FREE when the backend already gave up).
+ * session to collect, or FREE when the session already gave up).
  */
 static void
-complete_request(int slot, WorkerRequest *r)
+complete_request(int slot, WorkerJob *r)
 {
-	GptossSlot *s = &gptoss_shared->slots[slot];
+	GptossRequestSlot *s = &gptoss_shared->slots[slot];
 	bool		freed = false;
 
 	drop_from_engine(r, !r->final_queued);
@@ -322,87 +312,10 @@ complete_request(int slot, WorkerRequest *r)
 	r->engine_id = -1;
 }
 
-/* Serves a TOKENIZE request at once. */
+/* Submits an admitted job's prompt to the engine; failures end it with their error frame. */
 static void
-serve_tokenize(WorkerRequest *r, const char *text, uint32 len)
+start_job(WorkerJob *r, const GptossJobView *view)
 {
-	const gptoss_tokenizer *tok = gptoss_engine_tokenizer(engine);
-	int32_t    *ids = NULL;
-	gptoss_error err;
-	int			n;
-
-	memset(&err, 0, sizeof(err));
-	n = gptoss_tokenizer_encode(tok, text, len, &ids, &err);
-	if (n < 0)
-	{
-		queue_error(r, engine_sqlstate(err.code), err.msg);
-		return;
-	}
-	queue_frame(r, GPTOSS_FRAME_IDS, ids, (Size) n * sizeof(int32));
-	free(ids);
-	queue_finish(r, GPTOSS_FINISH_STOP, n, 0);
-}
-
-/* Serves a DETOKENIZE request at once: every id must be a token of the tokenizer. */
-static void
-serve_detokenize(WorkerRequest *r, const char *data, uint32 len)
-{
-	const gptoss_tokenizer *tok = gptoss_engine_tokenizer(engine);
-	int			n = (int) (len / sizeof(int32));
-	int32	   *ids = palloc((Size) Max(n, 1) * sizeof(int32));
-	gptoss_utf8_text out;
-	gptoss_error err;
-
-	memcpy(ids, data, (Size) n * sizeof(int32));
-	for (int i = 0; i < n; i++)
-	{
-		if (!gptoss_tokenizer_is_valid(tok, ids[i]))
-		{
-			char		msg[256];
-
-			snprintf(msg, sizeof(msg),
-					 "token id %d at position %d is not a token of the tokenizer (vocabulary of %d ids)",
-					 ids[i], i + 1, gptoss_tokenizer_vocab_size(tok));
-			queue_error(r, ERRCODE_INVALID_PARAMETER_VALUE, msg);
-			return;
-		}
-	}
-
-	/* Token bytes may split characters: the result is made valid UTF-8 (U+FFFD). */
-	memset(&out, 0, sizeof(out));
-	memset(&err, 0, sizeof(err));
-	for (int i = 0; i < n; i++)
-	{
-		size_t		nbytes;
-		const char *bytes = gptoss_tokenizer_token_bytes(tok, ids[i], &nbytes);
-
-		if (gptoss_utf8_text_push(&out, bytes, nbytes, &err) < 0)
-			break;
-	}
-	if (err.msg[0] == '\0')
-		gptoss_utf8_text_flush(&out, &err);
-	if (err.msg[0] != '\0')
-		queue_error(r, engine_sqlstate(err.code), err.msg);
-	else
-	{
-		queue_frame(r, GPTOSS_FRAME_TEXT, out.text.data, out.text.len);
-		queue_finish(r, GPTOSS_FINISH_STOP, 0, n);
-	}
-	gptoss_utf8_text_free(&out);
-}
-
-/* Renders and submits a GENERATE or CHAT request. */
-static void
-serve_generation(WorkerRequest *r, const char *cursor, const char *end)
-{
-	GptossRequestHeader *hdr = r->hdr;
-	gptoss_gen_params p;
-	gptoss_chat_message *messages = NULL;
-	const char *prompt = NULL;
-	const char *data;
-	uint32		len;
-	int32_t    *ids = NULL;
-	int			n_ids = 0;
 	gptoss_error err;
 	int64		id;
 
@@ -410,156 +323,45 @@ serve_generation(WorkerRequest *r, const char *cursor, const char *end)
 	me->stats.requests_total++;
 	SpinLockRelease(&me->mutex);
 
-	gptoss_gen_params_default(&p);
-	p.max_tokens = hdr->params.max_tokens;
-	p.temperature = hdr->params.temperature;
-	p.top_p = hdr->params.top_p;
-	p.top_k = hdr->params.top_k;
-	p.has_seed = hdr->params.has_seed;
-	p.seed = hdr->params.seed;
-	p.reasoning_effort = (gptoss_reasoning) hdr->params.reasoning_effort;
-	p.raw = hdr->params.raw;
-	p.ignore_eos = hdr->params.ignore_eos;
-	p.include_reasoning = hdr->params.include_reasoning;
-
-	/* Strings point into the segment, which stays mapped while the request lives. */
-	if (hdr->kind == GPTOSS_REQ_GENERATE)
-	{
-		if (!gptoss_payload_get(&cursor, end, &prompt, &len))
-			goto malformed;
-	}
-	else
-	{
-		/* Each message takes at least two empty items (10 bytes). */
-		if (hdr->n_messages < 1 || hdr->n_messages > (int32) ((end - cursor) / 10))
-			goto malformed;
-		messages = palloc(sizeof(gptoss_chat_message) * hdr->n_messages);
-		for (int i = 0; i < hdr->n_messages; i++)
-		{
-			if (!gptoss_payload_get(&cursor, end, &messages[i].role, &len) ||
-				!gptoss_payload_get(&cursor, end, &messages[i].content, &len))
-				goto malformed;
-		}
-	}
-	if (hdr->has_instructions)
-	{
-		if (!gptoss_payload_get(&cursor, end, &p.instructions, &len))
-			goto malformed;
-	}
-	/* Each stop string takes at least one item (5 bytes). */
-	if (hdr->n_stop < 0 || hdr->n_stop > (int32) ((end - cursor) / 5))
-		goto malformed;
-	if (hdr->n_stop > 0)
-	{
-		p.stop = palloc(sizeof(char *) * hdr->n_stop);
-		p.n_stop = hdr->n_stop;
-		for (int i = 0; i < hdr->n_stop; i++)
-		{
-			if (!gptoss_payload_get(&cursor, end, &data, &len))
-				goto malformed;
-			p.stop[i] = unconstify(char *, data);
-		}
-	}
-
 	memset(&err, 0, sizeof(err));
-	if (gptoss_engine_render(engine, prompt, messages, hdr->n_messages, &p, &ids, &n_ids, &err) < 0)
-	{
-		queue_error(r, engine_sqlstate(err.code), err.msg);
-		goto failed;
-	}
-	id = gptoss_engine_submit(engine, ids, n_ids, &p, &err);
-	free(ids);
+	id = gptoss_engine_submit(engine, view->prompt, view->n_prompt, &view->params, &err);
 	if (id < 0)
 	{
 		queue_error(r, engine_sqlstate(err.code), err.msg);
-		goto failed;
-	}
-	r->engine_id = id;
-	dlist_push_tail(&engine_requests, &r->node);
-	return;
-
-malformed:
-	queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
-failed:
-	SpinLockAcquire(&me->mutex);
-	me->stats.requests_failed++;
-	SpinLockRelease(&me->mutex);
-}
-
-/* Starts serving the request just admitted into slot. */
-static void
-start_request(WorkerRequest *r)
-{
-	GptossRequestHeader *hdr = r->hdr;
-	Size		seg_size = dsm_segment_map_length(r->seg);
-	const char *base = (const char *) hdr;
-	const char *cursor;
-	const char *end;
-	const char *data;
-	uint32		len;
-	MemoryContext old = MemoryContextSwitchTo(r->cxt);
-
-	if (hdr->magic != GPTOSS_REQUEST_MAGIC ||
-		hdr->payload_offset > seg_size || hdr->payload_size > seg_size - hdr->payload_offset)
-	{
-		queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request header");
-		MemoryContextSwitchTo(old);
+		SpinLockAcquire(&me->mutex);
+		me->stats.requests_failed++;
+		SpinLockRelease(&me->mutex);
 		return;
 	}
-	cursor = base + hdr->payload_offset;
-	end = cursor + hdr->payload_size;
-	switch (hdr->kind)
-	{
-		case GPTOSS_REQ_TOKENIZE:
-			if (gptoss_payload_get(&cursor, end, &data, &len))
-				serve_tokenize(r, data, len);
-			else
-				queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
-			break;
-		case GPTOSS_REQ_DETOKENIZE:
-			if (gptoss_payload_get(&cursor, end, &data, &len) &&
-				len == (uint32) hdr->n_ids * sizeof(int32))
-				serve_detokenize(r, data, len);
-			else
-				queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
-			break;
-		case GPTOSS_REQ_GENERATE:
-		case GPTOSS_REQ_CHAT:
-			serve_generation(r, cursor, end);
-			break;
-		default:
-			queue_error(r, ERRCODE_INTERNAL_ERROR, "malformed gptoss request payload");
-	}
-	MemoryContextSwitchTo(old);
+	r->engine_id = id;
+	dlist_push_tail(&engine_jobs, &r->node);
 }
 
 /*
- * Attaches slot's request segment and takes the slot (SUBMITTED -> RUNNING).
- * Called with the lock held, so the backend cannot drop the segment meanwhile.
+ * Attaches slot's request segment, reads its job and takes the slot
+ * (SUBMITTED -> RUNNING).  Called with the lock held, so the session cannot
+ * drop the segment meanwhile.
  */
 static bool
-admit_slot(int slot, GptossSlot *s)
+admit_slot(int slot, GptossRequestSlot *s)
 {
-	WorkerRequest *r = &requests[slot];
+	WorkerJob  *r = &jobs[slot];
 	dsm_segment *seg;
-	GptossRequestHeader *hdr;
-	shm_mq	   *mq;
+	const char *why = "could not attach the request segment";
 	MemoryContext old;
 
 	/*
-	 * The backend keeps the segment until the slot leaves SUBMITTED, so it
+	 * The session keeps the segment until the slot leaves SUBMITTED, so it
 	 * exists; a segment that cannot be mapped or read ends the request like
-	 * a worker that went away would (the backend gets an ERROR rather than waiting).
+	 * a worker that went away would (the session gets an ERROR rather than
+	 * waiting).
 	 */
+	memset(r, 0, sizeof(*r));
 	seg = dsm_attach(s->handle);
 	if (seg != NULL)
 	{
 		dsm_pin_mapping(seg);
-		hdr = (GptossRequestHeader *) dsm_segment_address(seg);
-		if (dsm_segment_map_length(seg) < sizeof(GptossRequestHeader) ||
-			hdr->request_id != s->request_id ||
-			hdr->mq_offset > dsm_segment_map_length(seg) ||
-			hdr->mq_size > dsm_segment_map_length(seg) - hdr->mq_offset)
+		if (!gptoss_job_read(seg, &r->view, &why) || r->view.request_id != s->request_id)
 		{
 			dsm_detach(seg);
 			seg = NULL;
@@ -567,28 +369,24 @@ admit_slot(int slot, GptossSlot *s)
 	}
 	if (seg == NULL)
 	{
-		ereport(LOG, (errmsg("gptoss worker %d: could not read request %llu",
-							 worker_index, (unsigned long long) s->request_id)));
+		ereport(LOG, (errmsg("gptoss worker %d: could not read request %llu: %s",
+							 worker_index, (unsigned long long) s->request_id, why)));
 		s->state = GPTOSS_SLOT_DONE;
 		s->worker_exited = true;
 		gptoss_set_proc_latch(s->owner_pgprocno);
 		return false;
 	}
 
-	memset(r, 0, sizeof(*r));
 	r->cxt = AllocSetContextCreate(worker_cxt, "gptoss request", ALLOCSET_SMALL_SIZES);
 	old = MemoryContextSwitchTo(r->cxt);
 	r->in_use = true;
 	r->request_id = s->request_id;
 	r->seg = seg;
-	r->hdr = hdr;
 	r->engine_id = -1;
-	r->stream = hdr->params.stream;
-	mq = (shm_mq *) ((char *) hdr + hdr->mq_offset);
-	shm_mq_set_sender(mq, MyProc);
-	r->mqh = shm_mq_attach(mq, seg, NULL);
+	r->stream = r->view.stream;
+	shm_mq_set_sender(r->view.queue, MyProc);
+	r->mqh = shm_mq_attach(r->view.queue, seg, NULL);
 	initStringInfo(&r->outbox);
-	initStringInfo(&r->sent_text);
 	MemoryContextSwitchTo(old);
 
 	s->state = GPTOSS_SLOT_RUNNING;
@@ -610,7 +408,7 @@ scan_slots(void)
 	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < nslots; i++)
 	{
-		GptossSlot *s = &gptoss_shared->slots[i];
+		GptossRequestSlot *s = &gptoss_shared->slots[i];
 
 		if (s->worker != worker_index)
 			continue;
@@ -621,7 +419,7 @@ scan_slots(void)
 		}
 		else if (s->state == GPTOSS_SLOT_CANCELLED)
 		{
-			if (requests[i].in_use && requests[i].request_id == s->request_id)
+			if (jobs[i].in_use && jobs[i].request_id == s->request_id)
 				cancelled[n_cancelled++] = i;
 			else
 			{
@@ -636,9 +434,9 @@ scan_slots(void)
 		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
 
 	for (int i = 0; i < n_cancelled; i++)
-		complete_request(cancelled[i], &requests[cancelled[i]]);
+		complete_request(cancelled[i], &jobs[cancelled[i]]);
 	for (int i = 0; i < n_admitted; i++)
-		start_request(&requests[admitted[i]]);
+		start_job(&jobs[admitted[i]], &jobs[admitted[i]].view);
 	pfree(admitted);
 	pfree(cancelled);
 }
@@ -648,7 +446,7 @@ scan_slots(void)
  * answer and finish record once it is done.
  */
 static void
-deliver(WorkerRequest *r)
+deliver(WorkerJob *r)
 {
 	gptoss_result res;
 
@@ -661,25 +459,23 @@ deliver(WorkerRequest *r)
 	}
 	if (r->stream || res.finish_reason != GPTOSS_FINISH_NONE)
 	{
-		/* The answer only grows, except when a new final message restarts it. */
-		if (res.text_len < (size_t) r->sent_text.len ||
-			memcmp(res.text, r->sent_text.data, r->sent_text.len) != 0)
+		/* Engine text is final as it appears; it only starts over with a new final message. */
+		if (res.text_restarts != r->text_restarts)
 		{
-			queue_frame(r, GPTOSS_FRAME_RESET, NULL, 0);
-			resetStringInfo(&r->sent_text);
-			r->reasoning_sent = 0;
+			gptoss_frame_put(&r->outbox, GPTOSS_FRAME_RESTART, NULL, 0);
+			r->text_restarts = res.text_restarts;
+			r->text_sent = 0;
 		}
-		if (res.text_len > (size_t) r->sent_text.len)
+		if (res.text_len > r->text_sent)
 		{
-			queue_frame(r, GPTOSS_FRAME_TEXT, res.text + r->sent_text.len,
-						res.text_len - r->sent_text.len);
-			appendBinaryStringInfo(&r->sent_text, res.text + r->sent_text.len,
-								   res.text_len - r->sent_text.len);
+			gptoss_frame_put(&r->outbox, GPTOSS_FRAME_TEXT, res.text + r->text_sent,
+							 res.text_len - r->text_sent);
+			r->text_sent = res.text_len;
 		}
 		if (res.reasoning_len > r->reasoning_sent)
 		{
-			queue_frame(r, GPTOSS_FRAME_REASONING, res.reasoning + r->reasoning_sent,
-						res.reasoning_len - r->reasoning_sent);
+			gptoss_frame_put(&r->outbox, GPTOSS_FRAME_REASONING, res.reasoning + r->reasoning_sent,
+							 res.reasoning_len - r->reasoning_sent);
 			r->reasoning_sent = res.reasoning_len;
 		}
 	}
@@ -720,10 +516,10 @@ run_step(void)
 	restore_signals(&old);
 	if (rc < 0)
 	{
-		/* The backend is unusable now: fail every request, then let the postmaster restart us. */
-		dlist_foreach_modify(iter, &engine_requests)
+		/* The compute backend is unusable now: fail every request, then let the postmaster restart us. */
+		dlist_foreach_modify(iter, &engine_jobs)
 		{
-			WorkerRequest *r = dlist_container(WorkerRequest, node, iter.cur);
+			WorkerJob *r = dlist_container(WorkerJob, node, iter.cur);
 
 			queue_error(r, ERRCODE_INTERNAL_ERROR, err.msg);
 			(void) flush_outbox(r);
@@ -733,9 +529,9 @@ run_step(void)
 				 errdetail("The worker exits and is restarted by the postmaster.")));
 		proc_exit(1);
 	}
-	dlist_foreach_modify(iter, &engine_requests)
+	dlist_foreach_modify(iter, &engine_jobs)
 	{
-		WorkerRequest *r = dlist_container(WorkerRequest, node, iter.cur);
+		WorkerJob *r = dlist_container(WorkerJob, node, iter.cur);
 
 		deliver(r);
 	}
@@ -749,7 +545,7 @@ flush_all(void)
 {
 	for (int i = 0; i < gptoss_shared->nslots; i++)
 	{
-		WorkerRequest *r = &requests[i];
+		WorkerJob *r = &jobs[i];
 
 		if (!r->in_use)
 			continue;
@@ -760,7 +556,37 @@ flush_all(void)
 	}
 }
 
-/* Copies engine counters and backend figures into shared memory. */
+/* Records how long one loop iteration took. */
+static void
+note_loop_time(double seconds)
+{
+	int64		second = (int64) gptoss_now();
+	int			at = (int) (second % LOOP_WINDOW_S);
+	double		ms = seconds * 1000.0;
+
+	if (loop_ms_second[at] != second)
+	{
+		loop_ms_second[at] = second;
+		loop_ms_max[at] = 0;
+	}
+	if (ms > loop_ms_max[at])
+		loop_ms_max[at] = ms;
+}
+
+/* The longest loop iteration of the last LOOP_WINDOW_S seconds (ms). */
+static double
+max_loop_ms(void)
+{
+	int64		second = (int64) gptoss_now();
+	double		m = 0;
+
+	for (int i = 0; i < LOOP_WINDOW_S; i++)
+		if (loop_ms_second[i] > second - LOOP_WINDOW_S && loop_ms_max[i] > m)
+			m = loop_ms_max[i];
+	return m;
+}
+
+/* Copies engine counters and compute backend figures into shared memory. */
 static void
 publish_stats(bool force_info)
 {
@@ -785,6 +611,7 @@ publish_stats(bool force_info)
 	me->stats.queued = es.queued;
 	me->stats.prefill_tok_s = es.prefill_tok_s;
 	me->stats.decode_tok_s = es.decode_tok_s;
+	me->stats.max_step_ms_1min = max_loop_ms();
 	if (refresh)
 	{
 		me->info.kv_cache_used_tokens = bi.kv_cache_used_tokens;
@@ -802,7 +629,7 @@ publish_stats(bool force_info)
 
 /*
  * Ends this worker's claim on the request slots: requests it was running get
- * DONE with worker_exited (their backends raise an error), cancelled ones are
+ * DONE with worker_exited (their sessions raise an error), cancelled ones are
  * freed.  Used when the worker exits and when a restarted one takes over.
  */
 static void
@@ -813,7 +640,7 @@ release_taken_slots(void)
 	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < gptoss_shared->nslots; i++)
 	{
-		GptossSlot *s = &gptoss_shared->slots[i];
+		GptossRequestSlot *s = &gptoss_shared->slots[i];
 
 		if (s->worker == worker_index && end_slot_locked(s, true))
 			freed = true;
@@ -824,9 +651,9 @@ release_taken_slots(void)
 }
 
 /*
- * Exit callback: fails every request this worker took so their backends stop
+ * Exit callback: fails every request this worker took so their sessions stop
  * waiting, and marks the worker as gone.  Requests it had not taken yet stay
- * SUBMITTED for the restarted worker (their backends wait for it at most
+ * SUBMITTED for the restarted worker (their sessions wait for it at most
  * gptoss.queue_wait).
  */
 static void
@@ -867,7 +694,7 @@ load_progress(void *arg, double fraction, const char *what)
 				(errmsg("gptoss worker %d: loading model: %.0f%% (%s)",
 						worker_index, fraction * 100.0, what ? what : "")));
 		while (next_progress_log <= fraction)
-			next_progress_log += 0.1;
+			next_progress_log += LOAD_LOG_STEP;
 	}
 	/* Take pending signals now; a shutdown need not wait for the whole load. */
 	{
@@ -890,14 +717,7 @@ publish_model_info(double load_seconds)
 	const gptoss_config *c = &model->config;
 	gptoss_backend_info bi;
 	GptossModelInfo info;
-	const char *name;
-	char	   *path = pstrdup(gptoss_model_path);
-	size_t		plen = strlen(path);
-
-	while (plen > 1 && path[plen - 1] == '/')
-		path[--plen] = '\0';
-	name = strrchr(path, '/');
-	name = name ? name + 1 : path;
+	char	   *name = gptoss_model_name();
 
 	memset(&bi, 0, sizeof(bi));
 	be->get_info(be, &bi);
@@ -940,7 +760,7 @@ publish_model_info(double load_seconds)
 	me->info = info;
 	me->progress = 1.0;
 	SpinLockRelease(&me->mutex);
-	pfree(path);
+	pfree(name);
 }
 
 /* Loads the engine; false (state failed, reason logged) when it cannot. */
@@ -971,6 +791,8 @@ load_engine(void)
 	opts.backend.threads = gptoss_threads;
 	opts.prefill_chunk = gptoss_prefill_chunk;
 	opts.max_step_tokens = gptoss_max_step_tokens;
+	/* The postmaster's tokenizer, inherited: no second copy in the worker. */
+	opts.tokenizer = gptoss_inherited_tokenizer();
 
 	/* auto means CUDA when a device answers; say so when it falls back. */
 	if (gptoss_device == GPTOSS_DEVICE_AUTO)
@@ -986,7 +808,7 @@ load_engine(void)
 			(errmsg("gptoss worker %d: loading model from \"%s\" (device %s, index %d)",
 					worker_index, gptoss_model_path, opts.device, me->device_index)));
 	memset(&err, 0, sizeof(err));
-	next_progress_log = 0.1;
+	next_progress_log = LOAD_LOG_STEP;
 	block_signals(&old);
 	engine = gptoss_engine_create(&opts, load_progress, NULL, &err);
 	restore_signals(&old);
@@ -1031,6 +853,7 @@ register_self(void)
 	me->stats.queued = 0;
 	me->stats.prefill_tok_s = 0;
 	me->stats.decode_tok_s = 0;
+	me->stats.max_step_ms_1min = 0;
 	SpinLockRelease(&me->mutex);
 
 	release_taken_slots();
@@ -1076,9 +899,9 @@ gptoss_worker_main(Datum main_arg)
 		ereport(ERROR, (errmsg("gptoss worker %d: shared state is missing", worker_index)));
 	me = &gptoss_shared->workers[worker_index];
 	worker_cxt = AllocSetContextCreate(TopMemoryContext, "gptoss worker", ALLOCSET_DEFAULT_SIZES);
-	requests = MemoryContextAllocZero(worker_cxt, sizeof(WorkerRequest) * gptoss_shared->nslots);
+	jobs = MemoryContextAllocZero(worker_cxt, sizeof(WorkerJob) * gptoss_shared->nslots);
 	for (int i = 0; i < gptoss_shared->nslots; i++)
-		requests[i].engine_id = -1;
+		jobs[i].engine_id = -1;
 
 	register_self();
 	before_shmem_exit(worker_exit, (Datum) 0);
@@ -1086,11 +909,11 @@ gptoss_worker_main(Datum main_arg)
 
 	if (!load_engine())
 	{
-		/* Stay up and idle: backends read the reason and fail fast. */
+		/* Stay up and idle: sessions read the reason and fail fast. */
 		for (;;)
 		{
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 1000L, PG_WAIT_EXTENSION);
+							 WAIT_IDLE_MS, PG_WAIT_EXTENSION);
 			ResetLatch(MyLatch);
 			handle_signals();
 		}
@@ -1116,9 +939,11 @@ gptoss_worker_main(Datum main_arg)
 		uint32		events;
 		bool		active;
 		bool		progressed = false;
+		double		loop_start;
 
 		ResetLatch(MyLatch);
 		handle_signals();
+		loop_start = gptoss_now();
 
 		events = pg_atomic_read_u32(&me->events);
 		if (events != seen_events)
@@ -1131,15 +956,16 @@ gptoss_worker_main(Datum main_arg)
 			progressed = run_step();
 
 		/*
-		 * Publish before handing results over, so that a backend that got
+		 * Publish before handing results over, so that a session that got
 		 * its answer sees statistics that include it; when the engine went
 		 * idle, also refresh the memory figures (the freed cache).
 		 */
 		publish_stats(gptoss_engine_active(engine) == 0);
 		flush_all();
+		note_loop_time(gptoss_now() - loop_start);
 
 		if (!progressed)
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 active ? 10L : 1000L, PG_WAIT_EXTENSION);
+							 active ? WAIT_ACTIVE_MS : WAIT_IDLE_MS, PG_WAIT_EXTENSION);
 	}
 }

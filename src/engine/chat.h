@@ -13,6 +13,9 @@ typedef enum gptoss_reasoning
 	GPTOSS_REASONING_HIGH
 } gptoss_reasoning;
 
+/* "low", "medium", "high", NULL: names of the gptoss_reasoning values (harmony.c). */
+extern const char *const gptoss_reasoning_names[];
+
 typedef struct gptoss_chat_message
 {
 	const char *role;			/* system, developer, user, assistant */

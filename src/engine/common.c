@@ -113,6 +113,16 @@ gptoss_now(void)
 	return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
 }
 
+/* CPU time of the calling thread in seconds. */
+double
+gptoss_thread_cpu_time(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+	return (double) ts.tv_sec + (double) ts.tv_nsec * 1e-9;
+}
+
 /* GPTOSS_THREADS when set and positive, else the number of online cores. */
 int
 gptoss_num_threads(void)

@@ -37,7 +37,8 @@ typedef enum gptoss_errcode
 	GPTOSS_ERR_INTERNAL = 1,	/* engine, I/O or device failure */
 	GPTOSS_ERR_INVALID,			/* bad argument or parameter (22023) */
 	GPTOSS_ERR_TOO_LONG,		/* prompt does not fit the context (54000) */
-	GPTOSS_ERR_BUSY				/* no capacity right now (53000) */
+	GPTOSS_ERR_BUSY,			/* no capacity right now (53000) */
+	GPTOSS_ERR_INTERRUPTED		/* a gptoss_interrupt asked to stop */
 } gptoss_errcode;
 
 /* A failure description; msg is empty when no error happened. */
@@ -54,6 +55,18 @@ int			gptoss_errorf(gptoss_error *err, const char *fmt,...)
 /* Same with an explicit code; returns -1. */
 int			gptoss_errorf_code(gptoss_error *err, gptoss_errcode code, const char *fmt,...)
 			__attribute__((format(printf, 3, 4)));
+
+/*
+ * Lets a caller stop a long computation (tokenizing a huge text) without
+ * unwinding through engine code: the engine polls should_stop every so often
+ * and, when it returns nonzero, frees what it built and fails with
+ * GPTOSS_ERR_INTERRUPTED.  The PostgreSQL session looks at InterruptPending.
+ */
+typedef struct gptoss_interrupt
+{
+	int			(*should_stop) (void *arg);
+	void	   *arg;
+} gptoss_interrupt;
 
 typedef uint16_t gptoss_bf16;
 
@@ -104,6 +117,9 @@ void		gptoss_buffer_free(gptoss_buffer *b);
 
 /* Monotonic wall clock in seconds. */
 double		gptoss_now(void);
+
+/* CPU time of the calling thread in seconds. */
+double		gptoss_thread_cpu_time(void);
 
 /* Number of worker threads the CPU code uses (GPTOSS_THREADS or online cores). */
 int			gptoss_num_threads(void);

@@ -2,16 +2,22 @@
  * constraint.c: the harmony path into the final channel, the reasoning
  * budget, and the JSON document inside it (see constraint.h).
  *
- * Token budget.  Let D be the shortest document in bytes.  Before the final
- * message the constraint keeps path(phase) + D < left, where path(phase) is
- * the number of tokens from the current phase to the final message's
- * content; a choice that would break it is masked out, and once it is tight
- * the path is forced.  Inside the document it keeps shortest(state) < left
- * after every free token, and forces a shortest completion when
- * shortest(state) >= left.  A completion of B bytes takes at most B tokens
- * (every byte is a token), so it always fits; the one exception is the start,
- * where max_new may be below D but not below the tokenized shortest
- * document, which gptoss_constraint_create checks.
+ * Token budget.  The grammar's costs are set to tokens: a completion's
+ * pieces (single bytes, whole keys and literals) cost the tokens the trie's
+ * longest-match tokenization gives them, and a forced completion is
+ * tokenized piece by piece, so it takes exactly its cost in tokens.  Let D be
+ * the cost of the cheapest document.  Before the final message the
+ * constraint keeps path(phase) + D < left, where path(phase) is the number
+ * of tokens from the current phase to the final message's content; a choice
+ * that would break it is masked out, and once it is tight the path is
+ * forced.  Inside the document it keeps shortest(state) < left after every
+ * free token, and forces a cheapest completion once shortest(state) >= left.
+ * So the document always fits, given max_new >= path + D at the start.
+ * Tokenized as one text the cheapest document may take fewer tokens than D
+ * (tokens that span pieces, such as "\":\""): a request whose max_new is
+ * below path + D but not below path + that count is forced from its first
+ * token (the path, then that tokenization); only a max_new below even that is
+ * an error.
  */
 #include "constraint.h"
 
@@ -39,7 +45,6 @@ struct gptoss_constraint_env
 {
 	const gptoss_tokenizer *tok;
 	gptoss_token_trie *trie;
-	gptoss_token_trie_scratch *scratch;
 	int			vocab;
 	int			words;
 	uint32_t   *analysis_mask;	/* [words] ordinary tokens and <|end|> */
@@ -55,13 +60,15 @@ struct gptoss_constraint
 	path_phase	phase;
 	int			budget;			/* free tokens before the final message; < 0: none */
 	int			used;			/* free tokens taken before the final message */
-	int			doc_bytes;		/* shortest document in bytes (0 without a grammar) */
+	int			doc_cost;		/* tokens of the cheapest document (0 without a grammar) */
 	gptoss_json_state js;		/* document so far */
 	int32_t    *queue;			/* [cap_queue] forced tokens of a completion */
 	int			n_queue;
 	int			q_pos;			/* next queued token; the queue is active while q_pos < n_queue */
 	int			cap_queue;
 	int32_t		last_forced;	/* token the last gptoss_constraint_next forced, or -1 */
+	int			max_text;		/* longest key or literal of the grammar */
+	bool		force_all;		/* max_new only holds the cheapest document: force everything */
 };
 
 /* Id of a word that must encode as one ordinary token. */
@@ -96,9 +103,8 @@ gptoss_constraint_env_build(const gptoss_tokenizer *tok, int vocab, gptoss_error
 	env->trie = gptoss_token_trie_build(tok, vocab, err);
 	if (env->trie == NULL)
 		goto fail;
-	env->scratch = gptoss_token_trie_scratch_new(env->trie);
 	env->analysis_mask = calloc((size_t) env->words, sizeof(uint32_t));
-	if (env->scratch == NULL || env->analysis_mask == NULL)
+	if (env->analysis_mask == NULL)
 	{
 		gptoss_errorf(err, "out of memory for constrained decoding");
 		goto fail;
@@ -122,7 +128,6 @@ gptoss_constraint_env_free(gptoss_constraint_env *env)
 {
 	if (env == NULL)
 		return;
-	gptoss_token_trie_scratch_free(env->scratch);
 	gptoss_token_trie_free(env->trie);
 	free(env->analysis_mask);
 	free(env);
@@ -135,40 +140,76 @@ gptoss_constraint_env_mask_words(const gptoss_constraint_env *env)
 	return env->words;
 }
 
-/* Fills the queue with a shortest completion of the document, tokenized; returns its length or -1. */
+/* Scratch space for one calling thread. */
+gptoss_token_trie_scratch *
+gptoss_constraint_env_scratch(const gptoss_constraint_env *env)
+{
+	return gptoss_token_trie_scratch_new(env->trie);
+}
+
+/* A piece's cost: the tokens of its longest-match tokenization. */
 static int
-queue_completion(gptoss_constraint *c, gptoss_error *err)
+token_cost(const char *text, int len, void *ctx)
+{
+	return gptoss_token_trie_count(ctx, text, len);
+}
+
+/*
+ * Fills the queue with a cheapest completion of the document, tokenized
+ * piece by piece (so it takes exactly its cost), or as one text when whole;
+ * returns its length or -1.
+ */
+static int
+queue_completion(gptoss_constraint *c, bool whole, gptoss_error *err)
 {
 	int			rest = gptoss_json_state_shortest(c->g, &c->js);
-	char	   *bytes;
+	/* a piece is at most one key or literal: cost <= bytes <= cost * max_text */
+	int			cap = rest * (c->max_text > 1 ? c->max_text : 1) + 1;
+	char	   *bytes = malloc((size_t) cap);
+	int		   *ends = malloc((size_t) (rest + 1) * sizeof(int));
 	int			len,
-				n;
+				n_pieces,
+				n = 0;
 
-	bytes = malloc((size_t) rest + 1);
-	if (bytes == NULL)
-		return gptoss_errorf(err, "out of memory completing a JSON document (%d bytes)", rest);
-	len = gptoss_json_state_completion(c->g, &c->js, bytes, rest + 1);
-	if (len < 0)
+	if (bytes == NULL || ends == NULL)
 	{
 		free(bytes);
-		return gptoss_errorf(err, "internal error: no completion of the JSON document");
+		free(ends);
+		return gptoss_errorf(err, "out of memory completing a JSON document (%d tokens)", rest);
 	}
-	if (len > c->cap_queue)
+	len = gptoss_json_state_completion(c->g, &c->js, bytes, cap, ends, rest + 1, &n_pieces);
+	if (len >= 0 && rest > c->cap_queue)
 	{
-		int32_t    *q = realloc(c->queue, (size_t) (len > 0 ? len : 1) * sizeof(int32_t));
+		int32_t    *q = realloc(c->queue, (size_t) (rest > 0 ? rest : 1) * sizeof(int32_t));
 
-		if (q == NULL)
+		if (q != NULL)
 		{
-			free(bytes);
-			return gptoss_errorf(err, "out of memory completing a JSON document (%d bytes)", rest);
+			c->queue = q;
+			c->cap_queue = rest;
 		}
-		c->queue = q;
-		c->cap_queue = len;
 	}
-	n = gptoss_token_trie_tokenize(c->env->trie, bytes, len, c->queue, c->cap_queue);
+	if (whole && len >= 0)
+	{
+		/* one piece: the whole text */
+		ends[0] = len;
+		n_pieces = len > 0 ? 1 : 0;
+	}
+	for (int k = 0, start = 0; len >= 0 && k < n_pieces; start = ends[k++])
+	{
+		int			got = c->cap_queue >= rest ?
+			gptoss_token_trie_tokenize(c->env->trie, bytes + start, ends[k] - start, c->queue + n,
+									   c->cap_queue - n) : -1;
+
+		if (got < 0)
+			len = -1;
+		else
+			n += got;
+	}
 	free(bytes);
-	if (n < 0)
-		return gptoss_errorf(err, "internal error: tokenizing a JSON completion");
+	free(ends);
+	if (len < 0 || (whole ? n > rest : n != rest))
+		return gptoss_errorf(err, "internal error: no completion of the JSON document (%d tokens for a cost of %d)",
+							 n, rest);
 	c->n_queue = n;
 	c->q_pos = 0;
 	return n;
@@ -197,13 +238,17 @@ gptoss_constraint_create(gptoss_constraint_env *env, gptoss_json_grammar *gramma
 		int			doc_tokens;
 		int			need;
 
-		c->doc_bytes = gptoss_json_grammar_min_length(grammar);
+		if (gptoss_json_grammar_set_piece_cost(grammar, token_cost, env->trie, err) < 0)
+			goto fail;
+		c->doc_cost = gptoss_json_grammar_min_length(grammar);
+		c->max_text = gptoss_json_grammar_max_text(grammar);
 		gptoss_json_state_init(grammar, &c->js);
-		doc_tokens = queue_completion(c, err);
+		doc_tokens = queue_completion(c, true, err);
 		if (doc_tokens < 0)
 			goto fail;
 		c->n_queue = 0;			/* only measured: nothing is forced yet */
 		need = doc_tokens + PATH_LEN[c->phase];
+		c->force_all = max_new < c->doc_cost + PATH_LEN[c->phase];
 		if (max_new < need)
 		{
 			if (raw)
@@ -271,7 +316,8 @@ force(gptoss_constraint *c, int32_t id, int32_t *forced)
 /* What may come next (see constraint.h). */
 int
 gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
-					   const uint32_t **mask, int32_t *forced, gptoss_error *err)
+					   const uint32_t **mask, int32_t *forced, gptoss_token_trie_scratch *scratch,
+					   gptoss_error *err)
 {
 	gptoss_constraint_env *env = c->env;
 	bool		close_now;
@@ -286,15 +332,15 @@ gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
 		return GPTOSS_NEXT_FREE;
 	if (c->phase != PATH_FINAL)
 	{
-		close_now = (c->budget >= 0 && c->used >= c->budget) ||
-			(c->g != NULL && PATH_LEN[c->phase] + c->doc_bytes >= left);
+		close_now = c->force_all || (c->budget >= 0 && c->used >= c->budget) ||
+			(c->g != NULL && PATH_LEN[c->phase] + c->doc_cost >= left);
 		if (c->phase == PATH_ANALYSIS && !close_now)
 		{
 			*mask = env->analysis_mask;
 			return GPTOSS_NEXT_MASK;
 		}
 		if (c->phase == PATH_CHANNEL && !close_now &&
-			(c->g == NULL || PATH_LEN[PATH_ANALYSIS_OPEN] + c->doc_bytes < left))
+			(c->g == NULL || PATH_LEN[PATH_ANALYSIS_OPEN] + c->doc_cost < left))
 		{
 			memset(mask_buf, 0, (size_t) env->words * sizeof(uint32_t));
 			gptoss_mask_set(mask_buf, env->tok_analysis);
@@ -308,9 +354,16 @@ gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
 		return GPTOSS_NEXT_FREE;
 	if (gptoss_json_state_closed(&c->js))
 		return force(c, GPTOSS_TOK_RETURN, forced);
+	if (c->force_all)
+	{
+		/* the document as one text: its tokenization is the shortest there is */
+		if (queue_completion(c, true, err) < 1)
+			return -1;
+		return force(c, c->queue[c->q_pos], forced);
+	}
 	rest = gptoss_json_state_shortest(c->g, &c->js);
 	if (rest < left &&
-		gptoss_token_trie_json_mask(env->trie, c->g, &c->js, left - 1, mask_buf, env->scratch) > 0)
+		gptoss_token_trie_json_mask(env->trie, c->g, &c->js, left - 1, mask_buf, scratch) > 0)
 	{
 		if (gptoss_json_state_accepting(c->g, &c->js))
 			gptoss_mask_set(mask_buf, GPTOSS_TOK_RETURN);
@@ -320,7 +373,7 @@ gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
 	/* no room for anything but a shortest completion (or nothing else fits) */
 	if (rest == 0)
 		return force(c, GPTOSS_TOK_RETURN, forced);
-	if (queue_completion(c, err) < 1)
+	if (queue_completion(c, false, err) < 1)
 		return -1;
 	return force(c, c->queue[c->q_pos], forced);
 }
@@ -428,18 +481,10 @@ gptoss_constraint_repair(gptoss_constraint *c, gptoss_error *err)
 		id = GPTOSS_TOK_RETURN;
 	else
 	{
-		if (queue_completion(c, err) < 1)
+		if (queue_completion(c, false, err) < 1)
 			return -1;
 		id = c->queue[0];
 	}
 	c->last_forced = id;
 	return id;
-}
-
-/* The document is whole (or there is none to make). */
-bool
-gptoss_constraint_document_complete(const gptoss_constraint *c)
-{
-	return c->g == NULL || (c->phase == PATH_FINAL || c->phase == PATH_DONE ?
-							gptoss_json_state_accepting(c->g, &c->js) : false);
 }

@@ -35,6 +35,9 @@ void		gptoss_constraint_env_free(gptoss_constraint_env *env);
 /* Words of a mask. */
 int			gptoss_constraint_env_mask_words(const gptoss_constraint_env *env);
 
+/* Scratch space for one thread calling gptoss_constraint_next (free with gptoss_token_trie_scratch_free). */
+gptoss_token_trie_scratch *gptoss_constraint_env_scratch(const gptoss_constraint_env *env);
+
 typedef struct gptoss_constraint gptoss_constraint;
 
 /*
@@ -59,10 +62,13 @@ typedef enum gptoss_next_kind
 /*
  * What may come next with left >= 1 tokens still allowed.  For MASK, *mask
  * points into mask_buf (the caller's, gptoss_constraint_env_mask_words
- * words) or at a shared constant mask.  Returns -1 with err on failure.
+ * words) or at a shared constant mask.  scratch is the calling thread's:
+ * different constraints may be asked at once from different threads.
+ * Returns -1 with err on failure.
  */
 int			gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
-								   const uint32_t **mask, int32_t *forced, gptoss_error *err);
+								   const uint32_t **mask, int32_t *forced,
+								   gptoss_token_trie_scratch *scratch, gptoss_error *err);
 
 /* Takes the token that was sampled (or forced).  Returns -1, state unchanged, when it is not allowed. */
 int			gptoss_constraint_accept(gptoss_constraint *c, int32_t id);
@@ -73,8 +79,5 @@ int			gptoss_constraint_accept(gptoss_constraint *c, int32_t id);
  * Returns -1 with err on failure.
  */
 int32_t		gptoss_constraint_repair(gptoss_constraint *c, gptoss_error *err);
-
-/* True once the document is whole (final message or raw text), or when there is no grammar. */
-bool		gptoss_constraint_document_complete(const gptoss_constraint *c);
 
 #endif							/* GPTOSS_CONSTRAINT_H */

@@ -58,6 +58,7 @@
 #include "constraint.h"
 #include "harmony.h"
 #include "json_schema.h"
+#include "task_pool.h"
 
 #include <fcntl.h>
 #include <math.h>
@@ -128,6 +129,7 @@ typedef struct request
 	int			n_stop;
 	bool		raw;
 	bool		ignore_eos;
+	int			min_tokens;		/* stop tokens count only from this many tokens on */
 	bool		include_reasoning;
 	gptoss_finish_reason finish;
 	char	   *error;			/* message when finish = ERROR */
@@ -136,8 +138,10 @@ typedef struct request
 	gptoss_harmony_parser parser;	/* harmony mode: generated messages */
 	gptoss_utf8_text raw_text;	/* raw mode: the continuation */
 	int			final_serial;	/* parser.final_serial that text belongs to */
+	int			text_restarts;	/* times text started over (a new final message) */
 	gptoss_buffer text;			/* visible text, NUL-terminated */
 	size_t		scanned;		/* source text bytes already searched for stop strings */
+	int64_t		stop_checks;	/* stop string comparisons made (work counter) */
 } request;
 
 struct gptoss_engine
@@ -145,7 +149,8 @@ struct gptoss_engine
 	gptoss_model *model;
 	gptoss_tokenizer *tok;
 	gptoss_backend *backend;
-	bool		owns_parts;		/* free model, tokenizer and backend with the engine */
+	bool		owns_parts;		/* free model and backend with the engine */
+	bool		owns_tokenizer;	/* and the tokenizer (not one borrowed through opts) */
 	int			max_seqs;
 	int			max_context;
 	int64_t		kv_capacity;	/* cache tokens over all slots */
@@ -163,6 +168,10 @@ struct gptoss_engine
 	gptoss_constraint_env *cenv;	/* built with the first constrained request */
 	uint32_t   *masks;			/* [max_seqs][mask_words] token masks of the step's entries */
 	int			mask_words;
+	gptoss_task_pool *mask_pool;	/* computes the step's masks in parallel */
+	gptoss_token_trie_scratch **mask_scratch;	/* [workers of mask_pool] */
+	int		   *constrained;	/* [max_seqs] entries whose constraint is asked this step */
+	double	   *mask_cpu;		/* [workers of mask_pool] CPU seconds of each worker's masks */
 	int64_t		next_id;
 	uint64_t	seed_counter;
 	int			share_tokens;	/* prefix-cache granularity; 0: the backend's cache is not paged */
@@ -336,22 +345,28 @@ gptoss_engine_create(const gptoss_engine_opts *opts, gptoss_progress_fn progress
 	/* A missing directory is reported as such, not as a missing tokenizer.json. */
 	if (gptoss_model_dir_check(opts->model_path, err) < 0)
 		return NULL;
-	path_len = strlen(opts->model_path) + sizeof("/tokenizer.json");
-	tok_path = malloc(path_len);
-	if (tok_path == NULL)
+	if (opts->tokenizer != NULL)
+		tok = (gptoss_tokenizer *) opts->tokenizer;
+	else
 	{
-		gptoss_errorf(err, "out of memory");
-		return NULL;
+		path_len = strlen(opts->model_path) + sizeof("/tokenizer.json");
+		tok_path = malloc(path_len);
+		if (tok_path == NULL)
+		{
+			gptoss_errorf(err, "out of memory");
+			return NULL;
+		}
+		snprintf(tok_path, path_len, "%s/tokenizer.json", opts->model_path);
+		tok = gptoss_tokenizer_load(tok_path, err);
+		free(tok_path);
+		if (tok == NULL)
+			return NULL;
 	}
-	snprintf(tok_path, path_len, "%s/tokenizer.json", opts->model_path);
-	tok = gptoss_tokenizer_load(tok_path, err);
-	free(tok_path);
-	if (tok == NULL)
-		return NULL;
 
 	if (gptoss_model_load(opts->model_path, &model, progress, progress_arg, err) < 0)
 	{
-		gptoss_tokenizer_free(tok);
+		if (opts->tokenizer == NULL)
+			gptoss_tokenizer_free(tok);
 		return NULL;
 	}
 
@@ -370,7 +385,8 @@ gptoss_engine_create(const gptoss_engine_opts *opts, gptoss_progress_fn progress
 	if (backend == NULL)
 	{
 		gptoss_model_free(model);
-		gptoss_tokenizer_free(tok);
+		if (opts->tokenizer == NULL)
+			gptoss_tokenizer_free(tok);
 		return NULL;
 	}
 	eng = gptoss_engine_create_from(model, tok, backend, opts, err);
@@ -378,10 +394,12 @@ gptoss_engine_create(const gptoss_engine_opts *opts, gptoss_progress_fn progress
 	{
 		backend->free(backend);
 		gptoss_model_free(model);
-		gptoss_tokenizer_free(tok);
+		if (opts->tokenizer == NULL)
+			gptoss_tokenizer_free(tok);
 		return NULL;
 	}
 	eng->owns_parts = true;
+	eng->owns_tokenizer = opts->tokenizer == NULL;
 	return eng;
 }
 
@@ -430,13 +448,23 @@ gptoss_engine_free(gptoss_engine *eng)
 	free(eng->match_pages);
 	free(eng->forced);
 	free(eng->masks);
+	free(eng->constrained);
+	if (eng->mask_pool != NULL)
+	{
+		for (int i = 0; i < gptoss_task_pool_workers(eng->mask_pool); i++)
+			gptoss_token_trie_scratch_free(eng->mask_scratch[i]);
+		gptoss_task_pool_free(eng->mask_pool);
+	}
+	free(eng->mask_scratch);
+	free(eng->mask_cpu);
 	gptoss_constraint_env_free(eng->cenv);
 	if (eng->owns_parts)
 	{
 		eng->backend->free(eng->backend);
 		gptoss_model_free(eng->model);
-		gptoss_tokenizer_free(eng->tok);
 	}
+	if (eng->owns_tokenizer)
+		gptoss_tokenizer_free(eng->tok);
 	free(eng);
 }
 
@@ -464,10 +492,10 @@ gptoss_engine_backend(gptoss_engine *eng)
 
 /* Renders a prompt in raw or harmony form (see engine.h). */
 int
-gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
+gptoss_render_prompt(const gptoss_tokenizer *tok, const char *prompt,
 					 const gptoss_chat_message *messages, int n_messages,
-					 const gptoss_gen_params *p, int32_t **ids, int *n_ids,
-					 gptoss_error *err)
+					 const gptoss_gen_params *p, const gptoss_interrupt *intr,
+					 int32_t **ids, int *n_ids, gptoss_error *err)
 {
 	gptoss_chat_message user;
 	int			n;
@@ -483,7 +511,7 @@ gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
 									  "raw: raw mode continues a prompt text, not chat messages");
 		if (prompt == NULL)
 			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "prompt: missing");
-		n = gptoss_tokenizer_encode(eng->tok, prompt, strlen(prompt), ids, err);
+		n = gptoss_tokenizer_encode_interruptible(tok, prompt, strlen(prompt), intr, ids, err);
 		if (n < 0)
 			return -1;
 		*n_ids = n;
@@ -509,59 +537,47 @@ gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
 										 &section, err) < 0)
 			return -1;
 		gptoss_json_grammar_free(g);
-		rc = gptoss_harmony_render_with_format(eng->tok, messages, n_messages, p->reasoning_effort,
-											   p->instructions, p->current_date, section, ids,
-											   n_ids, err);
+		rc = gptoss_harmony_render_with_format(tok, messages, n_messages, p->reasoning_effort,
+											   p->instructions, p->current_date, section, intr,
+											   ids, n_ids, err);
 		free(section);
 		return rc;
 	}
-	return gptoss_harmony_render(eng->tok, messages, n_messages, p->reasoning_effort,
-								 p->instructions, p->current_date, ids, n_ids, err);
+	return gptoss_harmony_render(tok, messages, n_messages, p->reasoning_effort,
+								 p->instructions, p->current_date, intr, ids, n_ids, err);
 }
 
-/* Checks generation parameters, naming the offending key. */
+/*
+ * What constrained decoding needs, built with the first constrained request:
+ * the token trie, mask buffers, and a pool of threads (one scratch each) that
+ * computes the step's masks in parallel.
+ */
 static int
-check_params(const gptoss_gen_params *p, gptoss_error *err)
+start_constraints(gptoss_engine *eng, gptoss_error *err)
 {
-	if (p == NULL)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "no generation parameters");
-	if (p->max_tokens < 1)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "max_tokens: must be >= 1 (got %d)", p->max_tokens);
-	if (!(p->temperature >= 0.0f) || isinf(p->temperature))
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "temperature: must be a finite number >= 0 (got %g)",
-								  (double) p->temperature);
-	if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "top_p: must be in (0, 1] (got %g)", (double) p->top_p);
-	if (p->top_k < 0)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "top_k: must be >= 0 (got %d)", p->top_k);
-	if (p->n_stop < 0 || (p->n_stop > 0 && p->stop == NULL))
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "stop: invalid stop string array");
-	for (int i = 0; i < p->n_stop; i++)
-		if (p->stop[i] == NULL || p->stop[i][0] == '\0')
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "stop: stop strings must be non-empty (entry %d)", i);
-	if (p->reasoning_effort != GPTOSS_REASONING_LOW &&
-		p->reasoning_effort != GPTOSS_REASONING_MEDIUM &&
-		p->reasoning_effort != GPTOSS_REASONING_HIGH)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "reasoning_effort: invalid value");
-	if (p->top_logprobs < 0 || p->top_logprobs > GPTOSS_MAX_TOP_LOGPROBS)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "top_logprobs: must be in [0, %d] (got %d)",
-								  GPTOSS_MAX_TOP_LOGPROBS, p->top_logprobs);
-	if (p->top_logprobs > 0 && !p->logprobs)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "top_logprobs: needs logprobs");
-	if (p->has_max_reasoning_tokens && p->max_reasoning_tokens < 0)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "max_reasoning_tokens: must be >= 0 (got %d)", p->max_reasoning_tokens);
-	if (p->response_format != NULL && p->n_stop > 0)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "stop: cannot be combined with response_format (a stop string would cut the document)");
-	if (p->response_format != NULL && p->ignore_eos)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "ignore_eos: cannot be combined with response_format (the document ends the answer)");
+	int			workers = gptoss_num_threads();
+
+	eng->cenv = gptoss_constraint_env_build(eng->tok, eng->model->config.vocab_size, err);
+	if (eng->cenv == NULL)
+		return -1;
+	eng->mask_words = gptoss_constraint_env_mask_words(eng->cenv);
+	eng->masks = malloc((size_t) eng->max_seqs * eng->mask_words * sizeof(uint32_t));
+	eng->constrained = malloc((size_t) eng->max_seqs * sizeof(int));
+	if (workers > eng->max_seqs)
+		workers = eng->max_seqs;
+	if (workers > 16)
+		workers = 16;
+	eng->mask_pool = gptoss_task_pool_create(workers < 1 ? 1 : workers, err);
+	if (eng->masks == NULL || eng->constrained == NULL || eng->mask_pool == NULL)
+		return gptoss_errorf(err, "out of memory for token masks");
+	workers = gptoss_task_pool_workers(eng->mask_pool);
+	eng->mask_scratch = calloc((size_t) workers, sizeof(*eng->mask_scratch));
+	eng->mask_cpu = calloc((size_t) workers, sizeof(double));
+	if (eng->mask_scratch == NULL || eng->mask_cpu == NULL)
+		return gptoss_errorf(err, "out of memory for token masks");
+	for (int i = 0; i < workers; i++)
+		if ((eng->mask_scratch[i] = gptoss_constraint_env_scratch(eng->cenv)) == NULL)
+			return gptoss_errorf(err, "out of memory for token masks");
 	return 0;
 }
 
@@ -586,23 +602,10 @@ make_constraint(gptoss_engine *eng, const gptoss_gen_params *p, int max_new,
 		budget = -1;			/* no channels in raw mode */
 	if (g == NULL && budget < 0)
 		return 0;
-	if (eng->cenv == NULL)
+	if (eng->cenv == NULL && start_constraints(eng, err) < 0)
 	{
-		eng->cenv = gptoss_constraint_env_build(eng->tok, eng->model->config.vocab_size, err);
-		if (eng->cenv == NULL)
-		{
-			gptoss_json_grammar_free(g);
-			return -1;
-		}
-		eng->mask_words = gptoss_constraint_env_mask_words(eng->cenv);
-		eng->masks = malloc((size_t) eng->max_seqs * eng->mask_words * sizeof(uint32_t));
-		if (eng->masks == NULL)
-		{
-			gptoss_json_grammar_free(g);
-			gptoss_constraint_env_free(eng->cenv);
-			eng->cenv = NULL;
-			return gptoss_errorf(err, "out of memory for token masks");
-		}
+		gptoss_json_grammar_free(g);
+		return -1;
 	}
 	*con = gptoss_constraint_create(eng->cenv, g, p->raw, budget, max_new, err);
 	return *con ? 0 : -1;
@@ -734,7 +737,7 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 
 	if (eng->failed)
 		return gptoss_errorf(err, "engine stopped after a backend failure: %s", eng->failure);
-	if (check_params(p, err) < 0)
+	if (gptoss_gen_params_check(p, err) < 0)
 		return -1;
 	room = check_prompt(eng, ids, n_ids, err);
 	if (room < 0)
@@ -751,6 +754,7 @@ gptoss_engine_submit(gptoss_engine *eng, const int32_t *ids, int n_ids,
 	r->sampling.seed = p->has_seed ? p->seed : fresh_seed(eng);
 	r->raw = p->raw;
 	r->ignore_eos = p->ignore_eos;
+	r->min_tokens = p->min_tokens;
 	r->include_reasoning = p->include_reasoning;
 	r->prefix_caching = p->prefix_caching;
 	r->logprobs = p->logprobs;
@@ -796,7 +800,7 @@ gptoss_engine_submit_score(gptoss_engine *eng, const int32_t *ids, int n_ids,
 
 	if (eng->failed)
 		return gptoss_errorf(err, "engine stopped after a backend failure: %s", eng->failure);
-	if (check_params(p, err) < 0)
+	if (gptoss_gen_params_check(p, err) < 0)
 		return -1;
 	if (p->logprobs)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "logprobs: not supported when scoring labels");
@@ -881,7 +885,7 @@ gptoss_engine_submit_classify(gptoss_engine *eng, const char *input, const char 
 				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "labels: \"%s\" appears twice",
 										  labels[i]);
 	}
-	if (gptoss_engine_render(eng, input, NULL, 0, p, &ids, &n_ids, err) < 0)
+	if (gptoss_render_prompt(eng->tok, input, NULL, 0, p, NULL, &ids, &n_ids, err) < 0)
 		return -1;
 	if (!p->raw)
 	{
@@ -1007,7 +1011,7 @@ max_stop_len(const request *r)
 
 /* Length of the longest suffix of s[0, len) that is a proper prefix of a stop string. */
 static size_t
-stop_holdback(const request *r, const char *s, size_t len)
+stop_holdback(request *r, const char *s, size_t len)
 {
 	size_t		hold = 0;
 
@@ -1016,7 +1020,7 @@ stop_holdback(const request *r, const char *s, size_t len)
 		size_t		n = strlen(r->stop[i]);
 		size_t		k = n - 1 < len ? n - 1 : len;
 
-		for (; k > hold; k--)
+		for (; k > hold; k--, r->stop_checks++)
 			if (memcmp(s + len - k, r->stop[i], k) == 0)
 			{
 				hold = k;
@@ -1031,6 +1035,12 @@ stop_holdback(const request *r, const char *s, size_t len)
  * raw continuation).  Returns 1 when a stop string was found (the visible
  * text then ends right before it), 0 otherwise, -1 on failure.  With
  * complete set nothing is held back.
+ *
+ * Only a tail window is ever compared: the bytes added since the last call
+ * plus the longest stop string less one (a match may straddle them), and
+ * for the hold-back the last longest - 1 bytes.  A token's matching work is
+ * therefore bounded by the stop strings (at most GPTOSS_MAX_STOP of
+ * GPTOSS_MAX_STOP_LEN bytes), whatever the length of the text so far.
  */
 static int
 update_text(request *r, bool complete, gptoss_error *err)
@@ -1047,6 +1057,8 @@ update_text(request *r, bool complete, gptoss_error *err)
 	{
 		/* A new final message began: the answer is now its content. */
 		r->final_serial = r->parser.final_serial;
+		if (r->text.len > 0)
+			r->text_restarts++;
 		gptoss_buffer_reset(&r->text);
 		r->scanned = 0;
 	}
@@ -1057,7 +1069,7 @@ update_text(request *r, bool complete, gptoss_error *err)
 		{
 			size_t		n = strlen(r->stop[i]);
 
-			for (size_t at = from; at + n <= len && at < visible; at++)
+			for (size_t at = from; at + n <= len && at < visible; at++, r->stop_checks++)
 				if (memcmp(s + at, r->stop[i], n) == 0)
 				{
 					visible = at;
@@ -1263,7 +1275,7 @@ accept_token(gptoss_engine *eng, request *r, int32_t id, gptoss_error *err)
 				!gptoss_tokenizer_is_special(eng->tok, id) ? r->parser.final_serial : -1;
 	}
 
-	if (!r->ignore_eos && is_stop_token(r, id))
+	if (!r->ignore_eos && r->n_tokens >= r->min_tokens && is_stop_token(r, id))
 		return finish_request(eng, r, GPTOSS_FINISH_STOP, true, err);
 	stopped = update_text(r, false, err);
 	if (stopped < 0)
@@ -1278,16 +1290,6 @@ accept_token(gptoss_engine *eng, request *r, int32_t id, gptoss_error *err)
 /* ---------------------------------------------------------------------------
  * Cancel, release, results
  */
-
-/* Cancels a request: a queued one ends now, a running one also frees its slot now. */
-void
-gptoss_engine_cancel(gptoss_engine *eng, int64_t id)
-{
-	int			i = find_request(eng, id);
-
-	if (i >= 0)
-		finish_request(eng, eng->reqs[i], GPTOSS_FINISH_CANCELLED, false, NULL);
-}
 
 /* Frees the finished label sequences of parent (of every score request when parent is NULL). */
 static void
@@ -1339,6 +1341,8 @@ gptoss_engine_result(const gptoss_engine *eng, int64_t id, gptoss_result *res)
 	res->finish_reason = r->finish;
 	res->text = r->text.data;
 	res->text_len = r->text.len;
+	res->text_restarts = r->text_restarts;
+	res->stop_checks = r->stop_checks;
 	if (r->include_reasoning && r->parser.analysis.text.data != NULL)
 	{
 		res->reasoning = r->parser.analysis.text.data;
@@ -1685,45 +1689,62 @@ update_rates(gptoss_engine *eng, double seconds, int prefill_tokens, int decode_
 	eng->rate_time = eng->rate_time * keep + seconds;
 }
 
+/* Asks one entry's constraint what it may pick (a pool task; entries are independent). */
+static void
+constrain_entry(void *ctx, int item, int worker)
+{
+	gptoss_engine *eng = ctx;
+	int			i = eng->constrained[item];
+	request    *r = eng->batch_reqs[i];
+	uint32_t   *buf = eng->masks + (size_t) i * eng->mask_words;
+	const uint32_t *mask = NULL;
+	gptoss_error cerr = {0};
+	int			kind;
+	double		t0 = gptoss_thread_cpu_time();
+
+	kind = gptoss_constraint_next(r->con, r->max_new - r->n_tokens, buf, &mask, &eng->forced[i],
+								  eng->mask_scratch[worker], &cerr);
+	eng->mask_cpu[worker] += gptoss_thread_cpu_time() - t0;
+	if (kind < 0)
+	{
+		free(r->con_error);
+		r->con_error = strdup(cerr.msg[0] ? cerr.msg : "constrained decoding failed");
+	}
+	else if (kind == GPTOSS_NEXT_MASK)
+		eng->batch[i].allowed = mask;
+	else if (eng->forced[i] >= 0 && eng->batch[i].logprobs)
+		eng->batch[i].forced = &eng->forced[i];	/* its log-probability is the forced token's */
+}
+
 /*
  * Asks the constraint of every sampled entry what it may pick: a mask for
- * the backend, or a forced token.  A request whose constraint fails ends
- * with the error after the step (its entry still runs: the slot stays
- * consistent with the batch).
+ * the backend, or a forced token, in parallel over the mask pool.  A request
+ * whose constraint fails ends with the error after the step (its entry
+ * still runs: the slot stays consistent with the batch).
  */
 static void
 constrain_batch(gptoss_engine *eng, int n)
 {
 	double		t0 = gptoss_now();
+	int			n_constrained = 0;
 
 	for (int i = 0; i < n; i++)
 	{
-		request    *r = eng->batch_reqs[i];
-		gptoss_step_seq *e = &eng->batch[i];
-		uint32_t   *buf = eng->masks + (size_t) i * eng->mask_words;
-		const uint32_t *mask = NULL;
-		gptoss_error cerr = {0};
-		int			kind;
-
 		eng->forced[i] = -1;
-		if (!e->sample || r->con == NULL)
-			continue;
-		kind = gptoss_constraint_next(r->con, r->max_new - r->n_tokens, buf, &mask,
-									  &eng->forced[i], &cerr);
-		if (kind < 0)
-		{
-			free(r->con_error);
-			r->con_error = strdup(cerr.msg[0] ? cerr.msg : "constrained decoding failed");
-		}
-		else if (kind == GPTOSS_NEXT_MASK)
-		{
-			e->allowed = mask;
-			eng->stats.masks++;
-		}
-		else if (eng->forced[i] >= 0 && e->logprobs)
-			e->forced = &eng->forced[i];	/* its log-probability is the forced token's */
+		if (eng->batch[i].sample && eng->batch_reqs[i]->con != NULL)
+			eng->constrained[n_constrained++] = i;
 	}
-	eng->stats.mask_seconds += gptoss_now() - t0;
+	if (n_constrained == 0)
+		return;
+	gptoss_task_pool_run(eng->mask_pool, n_constrained, constrain_entry, eng);
+	for (int k = 0; k < n_constrained; k++)
+		eng->stats.masks += eng->batch[eng->constrained[k]].allowed != NULL;
+	for (int w = 0; w < gptoss_task_pool_workers(eng->mask_pool); w++)
+	{
+		eng->stats.mask_seconds += eng->mask_cpu[w];
+		eng->mask_cpu[w] = 0;
+	}
+	eng->stats.mask_wall_seconds += gptoss_now() - t0;
 }
 
 /* The token a constrained request takes: the forced one, the sampled one, or a repair. */

@@ -29,6 +29,7 @@
 #include <stdbool.h>
 #include "backend.h"
 #include "chat.h"
+#include "params.h"
 #include "tokenizer.h"
 
 typedef enum gptoss_finish_reason
@@ -43,16 +44,29 @@ typedef enum gptoss_finish_reason
 /* "stop", "length", "cancelled", "error" or "" */
 const char *gptoss_finish_reason_name(gptoss_finish_reason r);
 
-/* Generation parameters of one request (the SQL params keys and CLI options). */
+/*
+ * Generation parameters of one request.  Each field the caller may set has a
+ * row in GPTOSS_PARAMS (params.c), which gives its range and how it is parsed.
+ */
+/* params on_error: a failed generation raises its error, or gives NULL. */
+typedef enum gptoss_on_error
+{
+	GPTOSS_ON_ERROR_RAISE = 0,	/* "error" */
+	GPTOSS_ON_ERROR_NULL		/* "null" */
+} gptoss_on_error;
+
+extern const char *const gptoss_on_error_names[];
+
 typedef struct gptoss_gen_params
 {
 	int			max_tokens;		/* >= 1; clamped to what the context leaves */
+	int			min_tokens;		/* >= 0; a stop token ends generation only from this many tokens on */
 	float		temperature;	/* >= 0; 0 = greedy */
 	float		top_p;			/* (0, 1] */
 	int			top_k;			/* >= 0; 0 = off */
 	bool		has_seed;
 	uint64_t	seed;			/* used when has_seed; else a fresh random seed */
-	char	  **stop;			/* stop strings (borrowed) */
+	const char *stop[GPTOSS_MAX_STOP];	/* [n_stop] stop strings (borrowed) */
 	int			n_stop;
 	gptoss_reasoning reasoning_effort;
 	const char *instructions;	/* developer message, or NULL (borrowed) */
@@ -65,6 +79,8 @@ typedef struct gptoss_gen_params
 	int			top_logprobs;	/* with logprobs: alternatives per token, 0 .. GPTOSS_MAX_TOP_LOGPROBS */
 	const char *response_format;	/* OpenAI response_format object as JSON text, or NULL
 									 * (borrowed; see json_schema.h) */
+	gptoss_on_error on_error;	/* how a SQL session reports a generation that fails for its
+								 * own input (the engine does not use it) */
 	bool		has_max_reasoning_tokens;
 	int			max_reasoning_tokens;	/* >= 0 when has_max_reasoning_tokens; else unlimited,
 										 * or max_tokens / 2 with a response_format */
@@ -80,6 +96,7 @@ typedef struct gptoss_engine_opts
 	gptoss_backend_opts backend;	/* max_seqs, max_context, ... */
 	int			prefill_chunk;	/* max prompt tokens per sequence per step; 0 = default */
 	int			max_step_tokens;	/* max tokens per step over all sequences; 0 = default */
+	const gptoss_tokenizer *tokenizer;	/* borrowed instead of loading model_path's, or NULL */
 } gptoss_engine_opts;
 
 typedef struct gptoss_engine gptoss_engine;
@@ -105,15 +122,18 @@ const gptoss_tokenizer *gptoss_engine_tokenizer(const gptoss_engine *eng);
 gptoss_backend *gptoss_engine_backend(gptoss_engine *eng);
 
 /*
- * Renders a request's prompt: raw mode encodes prompt as-is; otherwise the
- * harmony system message, optional developer instructions and either one user
- * message (prompt) or the chat messages (when messages != NULL), ending with
- * <|start|>assistant.  *ids is malloc'ed.
+ * Renders a request's prompt with tok: raw mode encodes prompt as-is;
+ * otherwise the harmony system message, optional developer instructions and
+ * either one user message (prompt) or the chat messages (when messages !=
+ * NULL), ending with <|start|>assistant.  *ids is malloc'ed.  A long
+ * rendering polls intr (may be NULL) and stops with GPTOSS_ERR_INTERRUPTED
+ * when it asks to.  Needs no engine: the PostgreSQL extension renders in the
+ * calling session.
  */
-int			gptoss_engine_render(const gptoss_engine *eng, const char *prompt,
+int			gptoss_render_prompt(const gptoss_tokenizer *tok, const char *prompt,
 								 const gptoss_chat_message *messages, int n_messages,
-								 const gptoss_gen_params *p, int32_t **ids, int *n_ids,
-								 gptoss_error *err);
+								 const gptoss_gen_params *p, const gptoss_interrupt *intr,
+								 int32_t **ids, int *n_ids, gptoss_error *err);
 
 /*
  * Queues a request over rendered prompt ids (copied).  Returns a request id
@@ -152,27 +172,34 @@ int64_t		gptoss_engine_submit_score(gptoss_engine *eng, const int32_t *ids, int 
  */
 int			gptoss_label_probs(const double *scores, int n, double *probs);
 
-/* Marks a request cancelled; it leaves the batch (and frees its cache) at the next step. */
-void		gptoss_engine_cancel(gptoss_engine *eng, int64_t id);
-
 /* Runs one batched step over all active requests; returns the number still active, or -1. */
 int			gptoss_engine_step(gptoss_engine *eng, gptoss_error *err);
 
 /* Requests queued or running. */
 int			gptoss_engine_active(const gptoss_engine *eng);
 
-/* Progress and result of one request (valid until gptoss_engine_release). */
+/*
+ * Progress and result of one request (valid until gptoss_engine_release).
+ * Text is final as it appears: text[0, text_len) never changes while
+ * text_restarts stays the same (the tail that could still become a stop
+ * string is held back); when the model starts a new final message,
+ * text_restarts grows and text holds only the new message.  Reasoning only
+ * ever grows.  A caller streaming the text keeps how many bytes it sent and
+ * the restart count it saw; nothing needs comparing.
+ */
 typedef struct gptoss_result
 {
 	gptoss_finish_reason finish_reason;		/* NONE while running */
 	const char *text;			/* final channel text (raw: the continuation), NUL-terminated */
-	size_t		text_len;
+	size_t		text_len;		/* bytes of text, all final */
+	int			text_restarts;	/* times text started over with a new final message */
 	const char *reasoning;		/* analysis text when include_reasoning, else "" */
 	size_t		reasoning_len;
 	const int32_t *tokens;		/* generated ids */
 	int			n_tokens;
 	int			prompt_tokens;
 	int			completion_tokens;
+	int64_t		stop_checks;	/* stop string comparisons so far (bounded per token) */
 	const char *error;			/* message when finish_reason = ERROR */
 	/* with logprobs: one entry per generated token, and which tokens make the returned text */
 	const gptoss_token_logprobs *logprobs;	/* [n_tokens], or NULL */
@@ -206,7 +233,8 @@ typedef struct gptoss_engine_stats
 	int			active;			/* sequences in the batch */
 	int			queued;			/* waiting for a slot */
 	int64_t		masks;			/* token masks computed for constrained requests */
-	double		mask_seconds;	/* time spent deciding what constrained requests may sample */
+	double		mask_seconds;	/* CPU time (all threads) deciding what constrained requests may sample */
+	double		mask_wall_seconds;	/* wall time of that, which the step waits for */
 	int64_t		mask_violations;	/* sampled tokens a mask did not allow (replaced; 0 unless
 									 * a backend ignores masks or the logits had no finite value) */
 } gptoss_engine_stats;

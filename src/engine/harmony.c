@@ -31,37 +31,15 @@ static const char *const KNOWLEDGE_CUTOFF = "Knowledge cutoff: 2024-06";
 static const char *const CHANNELS_LINE =
 	"# Valid channels: analysis, commentary, final. Channel must be included for every message.";
 
+const char *const gptoss_reasoning_names[] = {"low", "medium", "high", NULL};
+
 /* "low", "medium", "high" */
 const char *
 gptoss_reasoning_name(gptoss_reasoning r)
 {
-	switch (r)
-	{
-		case GPTOSS_REASONING_LOW:
-			return "low";
-		case GPTOSS_REASONING_MEDIUM:
-			return "medium";
-		case GPTOSS_REASONING_HIGH:
-			return "high";
-	}
-	return "medium";
-}
-
-/* Parses a reasoning effort name. */
-int
-gptoss_reasoning_from_name(const char *name, gptoss_reasoning *out)
-{
-	if (name == NULL)
-		return -1;
-	if (strcmp(name, "low") == 0)
-		*out = GPTOSS_REASONING_LOW;
-	else if (strcmp(name, "medium") == 0)
-		*out = GPTOSS_REASONING_MEDIUM;
-	else if (strcmp(name, "high") == 0)
-		*out = GPTOSS_REASONING_HIGH;
-	else
-		return -1;
-	return 0;
+	if (r < GPTOSS_REASONING_LOW || r > GPTOSS_REASONING_HIGH)
+		return gptoss_reasoning_names[GPTOSS_REASONING_MEDIUM];
+	return gptoss_reasoning_names[r];
 }
 
 /* <|return|> ends the answer, <|call|> a tool call; <|end|> only closes a message. */
@@ -80,6 +58,13 @@ gptoss_harmony_is_stop_token(int32_t id)
  * at PROMPT_MAX_IDS ids so that its length fits an int.
  */
 #define PROMPT_MAX_IDS 0x3fffffff
+
+/* The ordinary encoder of a rendering, and what it polls while encoding. */
+typedef struct text_encoder
+{
+	const gptoss_tokenizer *tok;
+	const gptoss_interrupt *intr;	/* or NULL */
+} text_encoder;
 
 /* Number of ids in an id buffer. */
 static inline int
@@ -106,7 +91,7 @@ push_special(gptoss_buffer *b, int32_t id, gptoss_error *err)
 
 /* Encodes len bytes of text with the ordinary encoder and appends the ids. */
 static int
-push_text(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *text, size_t len,
+push_text(gptoss_buffer *b, const text_encoder *enc, const char *text, size_t len,
 		  gptoss_error *err)
 {
 	int32_t    *ids = NULL;
@@ -115,7 +100,7 @@ push_text(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *text, size_
 
 	if (len == 0)
 		return 0;
-	n = gptoss_tokenizer_encode(tok, text, len, &ids, err);
+	n = gptoss_tokenizer_encode_interruptible(enc->tok, text, len, enc->intr, &ids, err);
 	if (n < 0)
 		return -1;
 	rc = push_ids(b, ids, n, err);
@@ -125,19 +110,19 @@ push_text(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *text, size_
 
 /* Appends <|start|>{role}[<|channel|>{channel}]<|message|>{content}<|end|>. */
 static int
-push_message(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *role,
+push_message(gptoss_buffer *b, const text_encoder *enc, const char *role,
 			 const char *channel, const char *content, size_t content_len,
 			 gptoss_error *err)
 {
 	if (push_special(b, GPTOSS_TOK_START, err) < 0 ||
-		push_text(b, tok, role, strlen(role), err) < 0)
+		push_text(b, enc, role, strlen(role), err) < 0)
 		return -1;
 	if (channel != NULL &&
 		(push_special(b, GPTOSS_TOK_CHANNEL, err) < 0 ||
-		 push_text(b, tok, channel, strlen(channel), err) < 0))
+		 push_text(b, enc, channel, strlen(channel), err) < 0))
 		return -1;
 	if (push_special(b, GPTOSS_TOK_MESSAGE, err) < 0 ||
-		push_text(b, tok, content, content_len, err) < 0 ||
+		push_text(b, enc, content, content_len, err) < 0 ||
 		push_special(b, GPTOSS_TOK_END, err) < 0)
 		return -1;
 	return 0;
@@ -156,7 +141,7 @@ str_append_cstr(gptoss_buffer *s, const char *text, gptoss_error *err)
  * response_format is not NULL.
  */
 static int
-push_developer(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *instructions,
+push_developer(gptoss_buffer *b, const text_encoder *enc, const char *instructions,
 			   size_t len, const char *response_format, gptoss_error *err)
 {
 	gptoss_buffer s = {0};
@@ -175,14 +160,14 @@ push_developer(gptoss_buffer *b, const gptoss_tokenizer *tok, const char *instru
 			rc = str_append_cstr(&s, response_format, err);
 	}
 	if (rc == 0)
-		rc = push_message(b, tok, "developer", NULL, s.data, s.len, err);
+		rc = push_message(b, enc, "developer", NULL, s.data, s.len, err);
 	free(s.data);
 	return rc;
 }
 
 /* Appends the system message with the model identity, dates, effort and channels. */
 static int
-push_system(gptoss_buffer *b, const gptoss_tokenizer *tok, gptoss_reasoning effort,
+push_system(gptoss_buffer *b, const text_encoder *enc, gptoss_reasoning effort,
 			const char *current_date, gptoss_error *err)
 {
 	gptoss_buffer s = {0};
@@ -208,7 +193,7 @@ push_system(gptoss_buffer *b, const gptoss_tokenizer *tok, gptoss_reasoning effo
 	if (rc == 0)
 		rc = str_append_cstr(&s, CHANNELS_LINE, err);
 	if (rc == 0)
-		rc = push_message(b, tok, "system", NULL, s.data, s.len, err);
+		rc = push_message(b, enc, "system", NULL, s.data, s.len, err);
 	free(s.data);
 	return rc;
 }
@@ -250,11 +235,11 @@ int
 gptoss_harmony_render(const gptoss_tokenizer *tok,
 					  const gptoss_chat_message *messages, int n_messages,
 					  gptoss_reasoning effort, const char *instructions,
-					  const char *current_date,
+					  const char *current_date, const gptoss_interrupt *intr,
 					  int32_t **ids, int *n_ids, gptoss_error *err)
 {
 	return gptoss_harmony_render_with_format(tok, messages, n_messages, effort, instructions,
-											 current_date, NULL, ids, n_ids, err);
+											 current_date, NULL, intr, ids, n_ids, err);
 }
 
 /* Renders a conversation with an optional response format section (see harmony.h). */
@@ -263,10 +248,12 @@ gptoss_harmony_render_with_format(const gptoss_tokenizer *tok,
 								  const gptoss_chat_message *messages, int n_messages,
 								  gptoss_reasoning effort, const char *instructions,
 								  const char *current_date, const char *response_format,
+								  const gptoss_interrupt *intr,
 								  int32_t **ids, int *n_ids, gptoss_error *err)
 {
 	gptoss_buffer b = {0};
 	gptoss_buffer dev = {0};
+	text_encoder enc = {tok, intr};
 	int			first_turn = 0;
 
 	*ids = NULL;
@@ -292,10 +279,10 @@ gptoss_harmony_render_with_format(const gptoss_tokenizer *tok,
 			goto fail;
 	}
 
-	if (push_system(&b, tok, effort, current_date, err) < 0)
+	if (push_system(&b, &enc, effort, current_date, err) < 0)
 		goto fail;
 	if ((dev.len > 0 || response_format != NULL) &&
-		push_developer(&b, tok, dev.data, dev.len, response_format, err) < 0)
+		push_developer(&b, &enc, dev.data, dev.len, response_format, err) < 0)
 		goto fail;
 	for (int i = first_turn; i < n_messages; i++)
 	{
@@ -304,16 +291,16 @@ gptoss_harmony_render_with_format(const gptoss_tokenizer *tok,
 		int			rc;
 
 		if (is_instruction_role(role))
-			rc = push_developer(&b, tok, content, strlen(content), NULL, err);
+			rc = push_developer(&b, &enc, content, strlen(content), NULL, err);
 		else if (strcmp(role, "assistant") == 0)
-			rc = push_message(&b, tok, "assistant", "final", content, strlen(content), err);
+			rc = push_message(&b, &enc, "assistant", "final", content, strlen(content), err);
 		else
-			rc = push_message(&b, tok, "user", NULL, content, strlen(content), err);
+			rc = push_message(&b, &enc, "user", NULL, content, strlen(content), err);
 		if (rc < 0)
 			goto fail;
 	}
 	if (push_special(&b, GPTOSS_TOK_START, err) < 0 ||
-		push_text(&b, tok, "assistant", strlen("assistant"), err) < 0)
+		push_text(&b, &enc, "assistant", strlen("assistant"), err) < 0)
 		goto fail;
 
 	free(dev.data);

@@ -1,5 +1,5 @@
 /*
- * harmony.h: the harmony chat format of gpt-oss (docs/architecture.md, Harmony).
+ * harmony.h: the harmony chat format of gpt-oss (as openai/harmony renders it).
  *
  * Rendering turns a conversation into prompt token ids: special tokens are
  * inserted by id and every text piece goes through the ordinary encoder, so
@@ -19,9 +19,6 @@
 /* "low", "medium", "high" */
 const char *gptoss_reasoning_name(gptoss_reasoning r);
 
-/* Parses "low"/"medium"/"high" into *out; returns -1 for anything else. */
-int			gptoss_reasoning_from_name(const char *name, gptoss_reasoning *out);
-
 /*
  * Renders a harmony prompt: the system message (identity, knowledge cutoff,
  * current_date when not NULL, reasoning effort, channels), a developer message
@@ -31,12 +28,13 @@ int			gptoss_reasoning_from_name(const char *name, gptoss_reasoning *out);
  * "system" or "developer" at the start of the conversation join the
  * instructions (separated by a blank line); later ones become developer
  * messages of their own.  *ids is malloc'ed.  Returns 0, or -1 with err set
- * (GPTOSS_ERR_INVALID for an unknown role or a missing content).
+ * (GPTOSS_ERR_INVALID for an unknown role or a missing content,
+ * GPTOSS_ERR_INTERRUPTED when intr, polled while encoding, asked to stop).
  */
 int			gptoss_harmony_render(const gptoss_tokenizer *tok,
 								  const gptoss_chat_message *messages, int n_messages,
 								  gptoss_reasoning effort, const char *instructions,
-								  const char *current_date,
+								  const char *current_date, const gptoss_interrupt *intr,
 								  int32_t **ids, int *n_ids, gptoss_error *err);
 
 /*
@@ -49,6 +47,7 @@ int			gptoss_harmony_render_with_format(const gptoss_tokenizer *tok,
 											  const gptoss_chat_message *messages, int n_messages,
 											  gptoss_reasoning effort, const char *instructions,
 											  const char *current_date, const char *response_format,
+											  const gptoss_interrupt *intr,
 											  int32_t **ids, int *n_ids, gptoss_error *err);
 
 /* True for the tokens that end an assistant turn: <|return|> and <|call|>. */

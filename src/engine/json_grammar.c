@@ -12,6 +12,10 @@
  * from each node's shortest value length, computed once in
  * gptoss_json_grammar_finish.
  *
+ * Costs count pieces (json_grammar.h): a key or a literal costs what the
+ * piece-cost function says for its text (or for the rest of it inside a
+ * partly matched key or literal), every other byte 1.
+ *
  * Numbers and literals end without a closing byte: their frame stays open
  * while it may still grow and is popped when a byte arrives that does not
  * continue it, and that byte then goes to the enclosing value.  JSON never
@@ -78,6 +82,7 @@ typedef struct json_property
 {
 	char	   *key;			/* JSON text of the key, quotes included */
 	int			key_len;
+	int		   *key_rest;		/* [key_len + 1] cost of key[d..] */
 	int			value;
 	bool		required;
 } json_property;
@@ -89,7 +94,7 @@ typedef struct trie_node
 	int			next_sibling;
 	int			depth;			/* bytes from the root */
 	int			prop;			/* key tries: property whose key ends here, else -1 */
-	int			min_rest;		/* bytes to the nearest end of a text below */
+	int			min_rest;		/* cost to the cheapest end of a text below */
 	uint64_t	props;			/* key tries: properties whose key passes here */
 	uint8_t		byte;
 	bool		terminal;		/* a whole text ends here */
@@ -110,6 +115,10 @@ typedef struct json_node
 	uint64_t   *allowed;		/* [n_props + 1] properties that may come next from p */
 	/* OBJECT keys, LITERALS texts */
 	int			trie;
+	char	  **texts;			/* LITERALS: [n_texts] the texts */
+	int		   *text_len;
+	int			n_texts;
+	int			cap_texts;
 	/* MAP value, ARRAY items */
 	int			child;
 	int			min_items;
@@ -132,6 +141,9 @@ struct gptoss_json_grammar
 	int			cap_tries;
 	int			root;
 	int			any_value;		/* shared generic value node, or -1 */
+	int			max_text;		/* longest key or literal text */
+	gptoss_json_piece_cost_fn piece_cost;	/* NULL: bytes */
+	void	   *piece_ctx;
 };
 
 /* ---------------------------------------------------------------------------
@@ -163,8 +175,15 @@ gptoss_json_grammar_free(gptoss_json_grammar *g)
 		json_node  *n = &g->nodes[i];
 
 		for (int j = 0; j < n->n_props; j++)
+		{
 			free(n->props[j].key);
+			free(n->props[j].key_rest);
+		}
 		free(n->props);
+		for (int j = 0; j < n->n_texts; j++)
+			free(n->texts[j]);
+		free(n->texts);
+		free(n->text_len);
 		free(n->req_cost);
 		free(n->comma_cost);
 		free(n->first_req);
@@ -364,11 +383,41 @@ int
 gptoss_json_literals_add(gptoss_json_grammar *g, int literals, const char *text, size_t len,
 						 gptoss_error *err)
 {
+	json_node  *n;
 	int			t = trie_insert(g, g->nodes[literals].trie, text, len, err);
+	char	   *copy;
 
 	if (t < 0)
 		return -1;
+	if (g->tries[t].terminal)
+		return 0;
 	g->tries[t].terminal = true;
+	n = &g->nodes[literals];
+	if (n->n_texts == n->cap_texts)
+	{
+		int			cap = n->cap_texts ? n->cap_texts * 2 : 4;
+		char	  **texts = realloc(n->texts, (size_t) cap * sizeof(char *));
+		int		   *lens;
+
+		if (texts == NULL)
+			return gptoss_errorf(err, "out of memory building a JSON grammar");
+		n->texts = texts;
+		lens = realloc(n->text_len, (size_t) cap * sizeof(int));
+		if (lens == NULL)
+			return gptoss_errorf(err, "out of memory building a JSON grammar");
+		n->text_len = lens;
+		n->cap_texts = cap;
+	}
+	copy = malloc(len + 1);
+	if (copy == NULL)
+		return gptoss_errorf(err, "out of memory building a JSON grammar");
+	memcpy(copy, text, len);
+	copy[len] = '\0';
+	n->texts[n->n_texts] = copy;
+	n->text_len[n->n_texts] = (int) len;
+	n->n_texts++;
+	if ((int) len > g->max_text)
+		g->max_text = (int) len;
 	return 0;
 }
 
@@ -401,11 +450,14 @@ gptoss_json_object_add(gptoss_json_grammar *g, int object, const char *key, size
 	memcpy(p->key, key, key_len);
 	p->key[key_len] = '\0';
 	p->key_len = (int) key_len;
+	p->key_rest = NULL;
 	p->value = value;
 	p->required = required;
 	g->tries[t].terminal = true;
 	g->tries[t].prop = n->n_props;
 	n->n_props++;
+	if ((int) key_len > g->max_text)
+		g->max_text = (int) key_len;
 	return 0;
 }
 
@@ -477,23 +529,64 @@ cost_mul(int a, int b)
 	return a >= COST_INF / b ? COST_INF : a * b;
 }
 
-/* Trie bottom-up: min_rest and key masks (children have higher indices than parents). */
-static void
-finish_tries(gptoss_json_grammar *g)
+/* Cost of a piece of text. */
+static int
+piece_cost(const gptoss_json_grammar *g, const char *text, int len)
+{
+	if (len <= 0)
+		return 0;
+	return g->piece_cost ? g->piece_cost(text, len, g->piece_ctx) : len;
+}
+
+/*
+ * Trie tables: key masks bottom-up (children have higher indices than
+ * parents); min_rest of literal tries and the key rest costs from the texts.
+ */
+static int
+finish_tries(gptoss_json_grammar *g, gptoss_error *err)
 {
 	for (int t = g->n_tries - 1; t >= 0; t--)
 	{
 		trie_node  *n = &g->tries[t];
 
-		n->min_rest = n->terminal ? 0 : COST_INF;
+		n->min_rest = COST_INF;
 		n->props = n->prop >= 0 ? (uint64_t) 1 << n->prop : 0;
 		for (int k = n->first_child; k >= 0; k = g->tries[k].next_sibling)
-		{
 			n->props |= g->tries[k].props;
-			if (cost_add(g->tries[k].min_rest, 1) < n->min_rest)
-				n->min_rest = cost_add(g->tries[k].min_rest, 1);
+	}
+	for (int i = 0; i < g->n_nodes; i++)
+	{
+		json_node  *n = &g->nodes[i];
+
+		for (int j = 0; j < n->n_texts; j++)
+		{
+			int			t = n->trie;
+
+			for (int d = 0; d <= n->text_len[j] && t >= 0; d++)
+			{
+				int			c = piece_cost(g, n->texts[j] + d, n->text_len[j] - d);
+
+				if (c < g->tries[t].min_rest)
+					g->tries[t].min_rest = c;
+				if (d < n->text_len[j])
+					t = trie_child(g, t, (uint8_t) n->texts[j][d]);
+			}
+		}
+		for (int j = 0; j < n->n_props; j++)
+		{
+			json_property *p = &n->props[j];
+
+			if (p->key_rest == NULL)
+			{
+				p->key_rest = malloc((size_t) (p->key_len + 1) * sizeof(int));
+				if (p->key_rest == NULL)
+					return gptoss_errorf(err, "out of memory building a JSON grammar");
+			}
+			for (int d = 0; d <= p->key_len; d++)
+				p->key_rest[d] = piece_cost(g, p->key + d, p->key_len - d);
 		}
 	}
+	return 0;
 }
 
 /* OBJECT tables from the current min_len of the values. */
@@ -522,7 +615,7 @@ object_tables(gptoss_json_grammar *g, json_node *n, gptoss_error *err)
 		if (pr->required)
 		{
 			n->req_cost[p] = cost_add(n->req_cost[p],
-									  cost_add(pr->key_len + 2, g->nodes[pr->value].min_len));
+									  cost_add(pr->key_rest[0] + 2, g->nodes[pr->value].min_len));
 			n->first_req[p] = p;
 		}
 	}
@@ -534,7 +627,7 @@ object_tables(gptoss_json_grammar *g, json_node *n, gptoss_error *err)
 		n->allowed[p] = 0;
 		for (int j = p; j <= last; j++)
 		{
-			int			c = cost_add(cost_add(n->props[j].key_len + 1, g->nodes[n->props[j].value].min_len),
+			int			c = cost_add(cost_add(n->props[j].key_rest[0] + 1, g->nodes[n->props[j].value].min_len),
 									 n->req_cost[j + 1]);
 
 			n->allowed[p] |= (uint64_t) 1 << j;
@@ -619,26 +712,16 @@ nesting(const gptoss_json_grammar *g, int node, int depth)
 	return need;
 }
 
-/* Fixes the root and computes every node's shortest length. */
-int
-gptoss_json_grammar_finish(gptoss_json_grammar *g, int root, gptoss_error *err)
+/* Every cost: tries, then shortest lengths relaxed to a fixed point (generic nodes form a cycle). */
+static int
+compute_costs(gptoss_json_grammar *g, gptoss_error *err)
 {
 	bool		changed = true;
 
-	if (root < 0 || root >= g->n_nodes)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "schema: no root value");
+	if (finish_tries(g, err) < 0)
+		return -1;
 	for (int i = 0; i < g->n_nodes; i++)
-	{
-		json_node  *n = &g->nodes[i];
-
-		if (n->kind == GPTOSS_JSON_ANY_OF && n->n_alts == 0)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "anyOf: no alternatives");
-		if (n->kind == GPTOSS_JSON_ARRAY && n->max_items >= 0 && n->min_items > n->max_items)
-			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-									  "minItems: %d is above maxItems %d", n->min_items, n->max_items);
-	}
-	finish_tries(g);
-	/* shortest lengths: relax until nothing changes (generic nodes form a cycle) */
+		g->nodes[i].min_len = COST_INF;
 	for (int round = 0; changed && round <= g->n_nodes + 1; round++)
 	{
 		changed = false;
@@ -665,6 +748,27 @@ gptoss_json_grammar_finish(gptoss_json_grammar *g, int root, gptoss_error *err)
 			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 									  "schema: a value admits no JSON document (an empty enum?)");
 	}
+	return 0;
+}
+
+/* Fixes the root and computes every node's shortest length. */
+int
+gptoss_json_grammar_finish(gptoss_json_grammar *g, int root, gptoss_error *err)
+{
+	if (root < 0 || root >= g->n_nodes)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "schema: no root value");
+	for (int i = 0; i < g->n_nodes; i++)
+	{
+		json_node  *n = &g->nodes[i];
+
+		if (n->kind == GPTOSS_JSON_ANY_OF && n->n_alts == 0)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "anyOf: no alternatives");
+		if (n->kind == GPTOSS_JSON_ARRAY && n->max_items >= 0 && n->min_items > n->max_items)
+			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+									  "minItems: %d is above maxItems %d", n->min_items, n->max_items);
+	}
+	if (compute_costs(g, err) < 0)
+		return -1;
 	if (nesting(g, root, 1) > GPTOSS_JSON_MAX_DEPTH)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "schema: nests deeper than %d levels", GPTOSS_JSON_MAX_DEPTH);
@@ -672,11 +776,28 @@ gptoss_json_grammar_finish(gptoss_json_grammar *g, int root, gptoss_error *err)
 	return 0;
 }
 
-/* Bytes of the shortest document. */
+/* Recomputes the costs with a piece-cost function. */
+int
+gptoss_json_grammar_set_piece_cost(gptoss_json_grammar *g, gptoss_json_piece_cost_fn fn, void *ctx,
+								   gptoss_error *err)
+{
+	g->piece_cost = fn;
+	g->piece_ctx = ctx;
+	return compute_costs(g, err);
+}
+
+/* Cost of the cheapest document. */
 int
 gptoss_json_grammar_min_length(const gptoss_json_grammar *g)
 {
 	return g->nodes[g->root].min_len;
+}
+
+/* Longest key or literal text. */
+int
+gptoss_json_grammar_max_text(const gptoss_json_grammar *g)
+{
+	return g->max_text;
 }
 
 /* ---------------------------------------------------------------------------
@@ -1199,7 +1320,7 @@ frame_rest(const gptoss_json_grammar *g, const gptoss_json_frame *f)
 				while (cand)
 				{
 					int			j = __builtin_ctzll(cand);
-					int			c = cost_add(cost_add(n->props[j].key_len - depth + 1,
+					int			c = cost_add(cost_add(n->props[j].key_rest[depth] + 1,
 													  g->nodes[n->props[j].value].min_len),
 											 cost_add(n->req_cost[j + 1], 1));
 
@@ -1314,38 +1435,161 @@ gptoss_json_state_closed(const gptoss_json_state *s)
 	return false;
 }
 
+/* Feeds a piece to cur; true when its cost lowers the cheapest completion by exactly that cost. */
+static bool
+try_piece(const gptoss_json_grammar *g, const gptoss_json_state *cur, int rest, const char *text,
+		  int len, gptoss_json_state *next)
+{
+	gptoss_json_state_copy(next, cur);
+	return gptoss_json_state_feed_bytes(g, next, text, (size_t) len) &&
+		gptoss_json_state_shortest(g, next) == rest - piece_cost(g, text, len);
+}
+
+/* Tries the literal texts a value of node may start with (anyOf: its alternatives'). */
+static bool
+try_start_units(const gptoss_json_grammar *g, const gptoss_json_state *cur, int rest, int node,
+				int nesting, gptoss_json_state *next, const char **piece, int *piece_len)
+{
+	const json_node *n = &g->nodes[node];
+
+	if (n->kind == GPTOSS_JSON_LITERALS)
+		for (int j = 0; j < n->n_texts; j++)
+			if (try_piece(g, cur, rest, n->texts[j], n->text_len[j], next))
+			{
+				*piece = n->texts[j];
+				*piece_len = n->text_len[j];
+				return true;
+			}
+	if (n->kind == GPTOSS_JSON_ANY_OF && nesting < GPTOSS_JSON_MAX_DEPTH)
+		for (int a = 0; a < n->n_alts; a++)
+			if (try_start_units(g, cur, rest, n->alts[a], nesting + 1, next, piece, piece_len))
+				return true;
+	return false;
+}
+
 /*
- * A shortest completion, byte by byte: from each state some byte lowers the
- * shortest length by exactly one (that is what makes it the shortest); take
- * the lowest such byte.
+ * The whole-text pieces (keys, literals, or their rests) that may come next
+ * in cur: the first whose cost is an exact step down goes to next.
+ */
+static bool
+try_units(const gptoss_json_grammar *g, const gptoss_json_state *cur, int rest,
+		  gptoss_json_state *next, const char **piece, int *piece_len)
+{
+	for (int i = 0; i < cur->n; i++)
+	{
+		const gptoss_json_thread *t = &cur->t[i];
+		const gptoss_json_frame *f;
+		const json_node *n;
+		uint64_t	keys = 0;
+		int			from = 0;
+
+		if (t->depth == 0)
+			continue;
+		f = &t->f[t->depth - 1];
+		n = &g->nodes[f->node];
+		switch (f->phase)
+		{
+			case PH_START:
+				if (try_start_units(g, cur, rest, f->node, 0, next, piece, piece_len))
+					return true;
+				break;
+			case PH_ARR_FIRST:
+			case PH_ARR_ITEM:
+			case PH_OBJ_VALUE:
+				/* the value is opened by its first byte: its literals may come next */
+				{
+					int			child = f->phase != PH_OBJ_VALUE || n->kind == GPTOSS_JSON_MAP ? n->child
+						: n->props[f->count].value;
+
+					if (try_start_units(g, cur, rest, child, 0, next, piece, piece_len))
+						return true;
+				}
+				break;
+			case PH_OBJ_FIRST:
+			case PH_OBJ_COMMA:
+				if (n->kind == GPTOSS_JSON_OBJECT && (f->phase == PH_OBJ_FIRST || f->count < n->n_props))
+					keys = n->allowed[f->phase == PH_OBJ_FIRST ? 0 : f->count];
+				break;
+			case PH_OBJ_KEY:
+				keys = g->tries[f->aux].props & n->allowed[f->count];
+				from = g->tries[f->aux].depth;
+				break;
+			case PH_LIT:
+				for (int j = 0; j < n->n_texts; j++)
+				{
+					int			d = g->tries[f->aux].depth;
+
+					if (n->text_len[j] > d &&
+						try_piece(g, cur, rest, n->texts[j] + d, n->text_len[j] - d, next))
+					{
+						*piece = n->texts[j] + d;
+						*piece_len = n->text_len[j] - d;
+						return true;
+					}
+				}
+				break;
+		}
+		while (keys)
+		{
+			const json_property *p = &n->props[__builtin_ctzll(keys)];
+
+			keys &= keys - 1;
+			if (try_piece(g, cur, rest, p->key + from, p->key_len - from, next))
+			{
+				*piece = p->key + from;
+				*piece_len = p->key_len - from;
+				return true;
+			}
+		}
+	}
+	return false;
+}
+
+/*
+ * A cheapest completion, piece by piece: from each state some single byte
+ * (cost 1) or some key or literal piece lowers the cheapest cost by exactly
+ * its own cost (that is what makes the cost the cheapest); take the lowest
+ * such byte, else the first such piece.
  */
 int
 gptoss_json_state_completion(const gptoss_json_grammar *g, const gptoss_json_state *s,
-							 char *buf, int cap)
+							 char *buf, int cap, int *piece_end, int max_pieces, int *n_pieces)
 {
 	gptoss_json_state cur,
 				next;
 	int			len = 0;
 	int			rest = gptoss_json_state_shortest(g, s);
 
+	*n_pieces = 0;
 	if (s->n == 0 || rest >= COST_INF)
 		return -1;
 	gptoss_json_state_copy(&cur, s);
 	while (rest > 0 || !gptoss_json_state_accepting(g, &cur))
 	{
+		const char *piece = NULL;
+		int			piece_len = 0;
+		uint8_t		byte;
 		int			c;
 
-		if (len >= cap)
-			return -1;
 		for (c = 0; c < 256; c++)
 			if (gptoss_json_state_feed(g, &cur, (uint8_t) c, &next) &&
 				gptoss_json_state_shortest(g, &next) == rest - 1)
 				break;
-		if (c == 256)
+		if (c < 256)
+		{
+			byte = (uint8_t) c;
+			piece = (const char *) &byte;
+			piece_len = 1;
+		}
+		else if (!try_units(g, &cur, rest, &next, &piece, &piece_len))
 			return -1;
-		buf[len++] = (char) c;
+		if (len + piece_len > cap || *n_pieces >= max_pieces)
+			return -1;
+		memcpy(buf + len, piece, (size_t) piece_len);
+		len += piece_len;
+		piece_end[(*n_pieces)++] = len;
 		gptoss_json_state_copy(&cur, &next);
-		rest--;
+		rest = gptoss_json_state_shortest(g, &cur);
 	}
 	return len;
 }

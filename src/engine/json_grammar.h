@@ -9,9 +9,16 @@
  * after each ':' and ',', objects list their properties in schema order,
  * strings use no \u escapes, and numbers have at most
  * GPTOSS_JSON_MAX_DIGITS digits and no exponent: every byte sequence the
- * matcher accepts can be finished, and from any state the shortest finishing
- * byte string is known (gptoss_json_state_shortest), which is what lets a
+ * matcher accepts can be finished, and from any state the cheapest finishing
+ * text is known (gptoss_json_state_shortest), which is what lets a
  * generation always end with a valid document.
+ *
+ * Costs.  A finishing text is made of pieces: single bytes (cost 1) and
+ * whole key or literal texts (or their rest after a partial match), which
+ * cost what a piece-cost function says; without one a piece costs its
+ * length, so costs are bytes.  Constrained decoding sets the number of
+ * tokens the tokenizer needs for the piece, so a cost is the number of
+ * tokens that writing the finishing text piece by piece takes.
  *
  * The matcher state is a small set of threads (more than one only while
  * anyOf alternatives are still ambiguous), each a stack of frames, one per
@@ -83,8 +90,18 @@ int			gptoss_json_any_of_add(gptoss_json_grammar *g, int any_of, int alternative
  */
 int			gptoss_json_grammar_finish(gptoss_json_grammar *g, int root, gptoss_error *err);
 
-/* Bytes of the shortest valid document. */
+/* Cost of a piece of text (>= 1 for len >= 1, at most len). */
+typedef int (*gptoss_json_piece_cost_fn) (const char *text, int len, void *ctx);
+
+/* Recomputes every cost with fn (NULL: bytes). */
+int			gptoss_json_grammar_set_piece_cost(gptoss_json_grammar *g, gptoss_json_piece_cost_fn fn,
+											   void *ctx, gptoss_error *err);
+
+/* Cost of the cheapest valid document. */
 int			gptoss_json_grammar_min_length(const gptoss_json_grammar *g);
+
+/* Bytes of the longest key or literal text (a completion piece is at most that long). */
+int			gptoss_json_grammar_max_text(const gptoss_json_grammar *g);
 
 /* One open value of a thread. */
 typedef struct gptoss_json_frame
@@ -122,7 +139,7 @@ bool		gptoss_json_state_feed(const gptoss_json_grammar *g, const gptoss_json_sta
 bool		gptoss_json_state_feed_bytes(const gptoss_json_grammar *g, gptoss_json_state *s,
 										 const char *bytes, size_t n);
 
-/* Bytes of the shortest continuation that ends a valid document. */
+/* Cost of the cheapest continuation that ends a valid document. */
 int			gptoss_json_state_shortest(const gptoss_json_grammar *g, const gptoss_json_state *s);
 
 /* True when the bytes so far are a whole valid document. */
@@ -132,11 +149,13 @@ bool		gptoss_json_state_accepting(const gptoss_json_grammar *g, const gptoss_jso
 bool		gptoss_json_state_closed(const gptoss_json_state *s);
 
 /*
- * Writes a shortest completion (gptoss_json_state_shortest bytes) into buf
- * (cap bytes); returns its length, or -1 when it does not fit.
+ * Writes a cheapest completion (of cost gptoss_json_state_shortest) into buf
+ * (cap bytes) as pieces: piece k ends at piece_end[k] (at most max_pieces).
+ * Returns its length in bytes with *n_pieces set, or -1 when it does not fit.
  */
 int			gptoss_json_state_completion(const gptoss_json_grammar *g, const gptoss_json_state *s,
-										 char *buf, int cap);
+										 char *buf, int cap, int *piece_end, int max_pieces,
+										 int *n_pieces);
 
 /*
  * The string lexer of the innermost frame when every thread is inside string

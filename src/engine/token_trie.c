@@ -517,6 +517,53 @@ gptoss_token_trie_json_mask(const gptoss_token_trie *tt, const gptoss_json_gramm
 	return walk_trie(tt, g, s, max_rest, mask, sc);
 }
 
+/* The longest token at bytes[0 .. n) (n >= 1): its id, and its length in *len. */
+static int32_t
+longest_token(const gptoss_token_trie *tt, const char *bytes, int n, int *len)
+{
+	int			node = tt->root_child[(uint8_t) bytes[0]];
+	int32_t		best = tt->nodes[node].token;
+	int			depth = 1;
+
+	*len = 1;
+	while (depth < n)
+	{
+		int			end = node + (int) tt->nodes[node].skip;
+		int			child = -1;
+
+		for (int c = node + 1; c < end; c += (int) tt->nodes[c].skip)
+			if (tt->nodes[c].byte == (uint8_t) bytes[depth])
+			{
+				child = c;
+				break;
+			}
+		if (child < 0)
+			break;
+		node = child;
+		depth++;
+		if (tt->nodes[node].token >= 0)
+		{
+			best = tt->nodes[node].token;
+			*len = depth;
+		}
+	}
+	return best;
+}
+
+/* Tokens of the longest-match tokenization. */
+int
+gptoss_token_trie_count(const gptoss_token_trie *tt, const char *bytes, int n)
+{
+	int			count = 0;
+
+	for (int pos = 0, len; pos < n; pos += len)
+	{
+		longest_token(tt, bytes + pos, n - pos, &len);
+		count++;
+	}
+	return count;
+}
+
 /* Longest-match tokenization over the trie. */
 int
 gptoss_token_trie_tokenize(const gptoss_token_trie *tt, const char *bytes, int n,
@@ -527,36 +574,13 @@ gptoss_token_trie_tokenize(const gptoss_token_trie *tt, const char *bytes, int n
 
 	while (pos < n)
 	{
-		int			node = tt->root_child[(uint8_t) bytes[pos]];
-		int			best_len = 1;
-		int32_t		best = tt->nodes[node].token;
-		int			len = 1;
+		int			len;
+		int32_t		id = longest_token(tt, bytes + pos, n - pos, &len);
 
-		while (pos + len < n)
-		{
-			int			end = node + (int) tt->nodes[node].skip;
-			int			child = -1;
-
-			for (int c = node + 1; c < end; c += (int) tt->nodes[c].skip)
-				if (tt->nodes[c].byte == (uint8_t) bytes[pos + len])
-				{
-					child = c;
-					break;
-				}
-			if (child < 0)
-				break;
-			node = child;
-			len++;
-			if (tt->nodes[node].token >= 0)
-			{
-				best = tt->nodes[node].token;
-				best_len = len;
-			}
-		}
 		if (count >= cap)
 			return -1;
-		out[count++] = best;
-		pos += best_len;
+		out[count++] = id;
+		pos += len;
 	}
 	return count;
 }

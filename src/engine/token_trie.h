@@ -74,4 +74,7 @@ int			gptoss_token_trie_json_mask(const gptoss_token_trie *tt, const gptoss_json
 int			gptoss_token_trie_tokenize(const gptoss_token_trie *tt, const char *bytes, int n,
 									   int32_t *out, int cap);
 
+/* Tokens gptoss_token_trie_tokenize makes of bytes. */
+int			gptoss_token_trie_count(const gptoss_token_trie *tt, const char *bytes, int n);
+
 #endif							/* GPTOSS_TOKEN_TRIE_H */

@@ -36,7 +36,6 @@
  * buffers).
  */
 #include "tokenizer.h"
-#include "utf8.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <errno.h>
@@ -54,7 +53,7 @@
 /* Unicode White_Space, spelled out for use inside a PCRE2 character class. */
 #define WS "\\x{09}-\\x{0d}\\x{20}\\x{85}\\x{a0}\\x{1680}\\x{2000}-\\x{200a}\\x{2028}\\x{2029}\\x{202f}\\x{205f}\\x{3000}"
 
-/* The o200k split pattern (docs/architecture.md, Tokenizer) with \s and \S written as explicit classes. */
+/* The o200k split pattern (tokenizer.json's pre_tokenizer) with \s and \S written as explicit classes. */
 static const char o200k_pattern[] =
 	"[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
 	"|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
@@ -90,8 +89,7 @@ struct gptoss_tokenizer
 	rank_slot  *table;			/* [table_mask + 1] ordinary tokens by their bytes */
 	uint32_t	table_mask;
 	int32_t		byte_id[256];	/* id of each single-byte token */
-	int32_t    *special_ids;	/* [n_special] ids of the added (special) tokens */
-	int			n_special;
+	size_t		max_token_bytes;	/* longest ordinary token */
 	pcre2_code *split_re;		/* compiled o200k pattern (JIT when available) */
 };
 
@@ -452,12 +450,10 @@ load_vocab(gptoss_tokenizer *tok, json_t *vocab, json_t *added, const char *path
 	tok->id_offset = calloc((size_t) tok->n_ids, sizeof(uint32_t));
 	tok->id_len = calloc((size_t) tok->n_ids, sizeof(uint32_t));
 	tok->blob = malloc(blob_cap + 1);
-	tok->special_ids = malloc((json_array_size(added) + 1) * sizeof(int32_t));
 	while (table_size < 2 * n_vocab)
 		table_size *= 2;
 	tok->table = malloc(table_size * sizeof(rank_slot));
-	if (!tok->id_kind || !tok->id_offset || !tok->id_len || !tok->blob || !tok->table ||
-		!tok->special_ids)
+	if (!tok->id_kind || !tok->id_offset || !tok->id_len || !tok->blob || !tok->table)
 		return gptoss_errorf(err, "out of memory loading tokenizer %s", path);
 	tok->table_mask = (uint32_t) (table_size - 1);
 	for (i = 0; i < table_size; i++)
@@ -480,6 +476,8 @@ load_vocab(gptoss_tokenizer *tok, json_t *vocab, json_t *added, const char *path
 		tok->id_offset[id] = (uint32_t) tok->blob_len;
 		tok->id_len[id] = (uint32_t) n;
 		tok->blob_len += (size_t) n;
+		if ((size_t) n > tok->max_token_bytes)
+			tok->max_token_bytes = (size_t) n;
 		if (lookup_rank(tok, (const unsigned char *) tok->blob + tok->id_offset[id], (size_t) n) >= 0)
 			return gptoss_errorf(err, "tokenizer %s: model.vocab key \"%s\" duplicates another token's bytes",
 								 path, key);
@@ -498,7 +496,6 @@ load_vocab(gptoss_tokenizer *tok, json_t *vocab, json_t *added, const char *path
 		if (tok->id_kind[id] == KIND_SPECIAL)
 			return gptoss_errorf(err, "tokenizer %s: id %d appears twice in added_tokens", path, id);
 		tok->id_kind[id] = KIND_SPECIAL;
-		tok->special_ids[tok->n_special++] = id;
 		tok->id_offset[id] = (uint32_t) tok->blob_len;
 		tok->id_len[id] = (uint32_t) n;
 		memcpy(tok->blob + tok->blob_len, json_string_value(jtext), n);
@@ -648,7 +645,6 @@ gptoss_tokenizer_free(gptoss_tokenizer *tok)
 	free(tok->id_len);
 	free(tok->blob);
 	free(tok->table);
-	free(tok->special_ids);
 	free(tok);
 }
 
@@ -673,23 +669,11 @@ gptoss_tokenizer_is_special(const gptoss_tokenizer *tok, int32_t id)
 	return id >= 0 && id < tok->n_ids && tok->id_kind[id] == KIND_SPECIAL;
 }
 
-/* Id of a special token by its text, or -1 (a few dozen specials: a scan is enough). */
-int32_t
-gptoss_tokenizer_special_id(const gptoss_tokenizer *tok, const char *text)
+/* Byte length of the longest ordinary token. */
+size_t
+gptoss_tokenizer_max_token_bytes(const gptoss_tokenizer *tok)
 {
-	size_t		n;
-
-	if (!text)
-		return -1;
-	n = strlen(text);
-	for (int i = 0; i < tok->n_special; i++)
-	{
-		int32_t		id = tok->special_ids[i];
-
-		if (tok->id_len[id] == n && memcmp(tok->blob + tok->id_offset[id], text, n) == 0)
-			return id;
-	}
-	return -1;
+	return tok->max_token_bytes;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -879,6 +863,17 @@ int
 gptoss_tokenizer_encode(const gptoss_tokenizer *tok, const char *text, size_t len,
 						int32_t **ids, gptoss_error *err)
 {
+	return gptoss_tokenizer_encode_interruptible(tok, text, len, NULL, ids, err);
+}
+
+/* Encodes text, polling intr every GPTOSS_ENCODE_POLL_PIECES pieces. */
+int
+gptoss_tokenizer_encode_interruptible(const gptoss_tokenizer *tok, const char *text, size_t len,
+									  const gptoss_interrupt *intr, int32_t **ids,
+									  gptoss_error *err)
+{
+	unsigned	pieces = 0;
+
 	const unsigned char *subject = (const unsigned char *) text;
 	encode_work w = {0};
 	pcre2_match_data *md;
@@ -930,6 +925,11 @@ gptoss_tokenizer_encode(const gptoss_tokenizer *tok, const char *text, size_t le
 			goto done;
 		}
 		pos = me;
+		if (intr != NULL && ++pieces % GPTOSS_ENCODE_POLL_PIECES == 0 && intr->should_stop(intr->arg))
+		{
+			gptoss_errorf_code(err, GPTOSS_ERR_INTERRUPTED, "encode: interrupted at byte %zu", pos);
+			goto done;
+		}
 	}
 	if (gptoss_buffer_reserve(&w.ids, 0, NULL) < 0)
 		goto oom;
@@ -1006,55 +1006,4 @@ gptoss_tokenizer_decode(const gptoss_tokenizer *tok, const int32_t *ids, int n,
 	if (len)
 		*len = at;
 	return out;
-}
-
-/*
- * Number of bytes at the end of s[0..n) that form an incomplete (but so far
- * well-formed) UTF-8 sequence, which a later push may complete.
- */
-static size_t
-incomplete_tail(const unsigned char *s, size_t n)
-{
-	for (size_t back = 1; back <= 3 && back <= n; back++)
-	{
-		unsigned char c = s[n - back];
-		int			need;
-
-		if (gptoss_utf8_is_continuation(c))
-			continue;			/* look further back for the lead byte */
-		need = gptoss_utf8_lead_length(c);
-		if (need <= 1 || (size_t) need <= back)
-			return 0;
-		if (back >= 2 && !gptoss_utf8_second_byte_ok(c, s[n - back + 1]))
-			return 0;
-		return back;
-	}
-	return 0;
-}
-
-/* Appends the complete characters of (pending + bytes) to out; holds back an incomplete tail. */
-size_t
-gptoss_stream_decoder_push(gptoss_stream_decoder *d, const char *bytes, size_t len, char *out)
-{
-	size_t		total = (size_t) d->n_pending + len,
-				keep;
-
-	memcpy(out, d->pending, (size_t) d->n_pending);
-	if (len > 0)
-		memcpy(out + d->n_pending, bytes, len);
-	keep = incomplete_tail((const unsigned char *) out, total);
-	memcpy(d->pending, out + total - keep, keep);
-	d->n_pending = (int) keep;
-	return total - keep;
-}
-
-/* Writes the held-back bytes to out and returns their count. */
-size_t
-gptoss_stream_decoder_flush(gptoss_stream_decoder *d, char *out)
-{
-	size_t		n = (size_t) d->n_pending;
-
-	memcpy(out, d->pending, n);
-	d->n_pending = 0;
-	return n;
 }

@@ -39,8 +39,8 @@ bool		gptoss_tokenizer_is_valid(const gptoss_tokenizer *tok, int32_t id);
 /* True when id is a special (added) token. */
 bool		gptoss_tokenizer_is_special(const gptoss_tokenizer *tok, int32_t id);
 
-/* Id of a special token by its text ("<|start|>"), or -1. */
-int32_t		gptoss_tokenizer_special_id(const gptoss_tokenizer *tok, const char *text);
+/* Byte length of the longest token (bounds the bytes a token count can cover). */
+size_t		gptoss_tokenizer_max_token_bytes(const gptoss_tokenizer *tok);
 
 /*
  * Encodes len bytes of UTF-8 text as ordinary tokens (special-token text is
@@ -49,6 +49,15 @@ int32_t		gptoss_tokenizer_special_id(const gptoss_tokenizer *tok, const char *te
  */
 int			gptoss_tokenizer_encode(const gptoss_tokenizer *tok, const char *text, size_t len,
 									int32_t **ids, gptoss_error *err);
+
+/*
+ * The same, polling intr (may be NULL) every GPTOSS_ENCODE_POLL_PIECES pieces;
+ * fails with GPTOSS_ERR_INTERRUPTED (nothing left allocated) when it asks to stop.
+ */
+#define GPTOSS_ENCODE_POLL_PIECES 4096
+int			gptoss_tokenizer_encode_interruptible(const gptoss_tokenizer *tok, const char *text,
+												  size_t len, const gptoss_interrupt *intr,
+												  int32_t **ids, gptoss_error *err);
 
 /*
  * Bytes of one token: ordinary tokens give their bytes, special tokens their
@@ -64,25 +73,5 @@ const char *gptoss_tokenizer_token_bytes(const gptoss_tokenizer *tok, int32_t id
  */
 char	   *gptoss_tokenizer_decode(const gptoss_tokenizer *tok, const int32_t *ids, int n,
 									bool skip_special, size_t *len, gptoss_error *err);
-
-/*
- * Incremental decoding for streaming: push token bytes, take out only whole
- * UTF-8 characters; an incomplete trailing sequence is held back until the
- * next push (or flushed as-is by gptoss_stream_decoder_flush).
- */
-typedef struct gptoss_stream_decoder
-{
-	unsigned char pending[8];
-	int			n_pending;
-} gptoss_stream_decoder;
-
-/*
- * Appends the complete characters of (pending + bytes) to out (which must have
- * room for len + 8 bytes) and returns the number written.
- */
-size_t		gptoss_stream_decoder_push(gptoss_stream_decoder *d, const char *bytes, size_t len,
-									   char *out);
-/* Writes the held-back bytes to out (room for 8) and returns their count. */
-size_t		gptoss_stream_decoder_flush(gptoss_stream_decoder *d, char *out);
 
 #endif							/* GPTOSS_TOKENIZER_H */

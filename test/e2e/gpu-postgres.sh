@@ -19,15 +19,18 @@
 #   load    test/loadgen/gptoss_loadgen: 1 and 64 sessions (~128-token prompts, 128
 #           generated tokens, greedy, ignore_eos, raw), each on a freshly restarted
 #           server, then a --check run (texts under batching equal texts alone)
+#   batch   with BATCH_BENCH=1: bench/batch-bench.sh --server (one SELECT over ROWS rows with
+#           the GptossBatch node, without it, and through gptoss_generate_many)
 #
 # Usage (on the GPU machine, from the repository root, as root):
 #   bash test/e2e/gpu-postgres.sh [MODEL_DIR]
 # Results go to $OUT (the device tool's folder) or build/e2e-out: results.jsonl,
 # summary.md, status.json, stats.txt, server-log-tail.txt, e2e.log.
-# Environment: SESSIONS ("1 64"), REQUESTS (4 per session), PROMPT_LEN (128), GEN (128),
+# Environment: SESSIONS ("1 64"; empty: no load runs), REQUESTS (4 per session), PROMPT_LEN (128), GEN (128),
 #   MIXED_GEN ("64 192": also run each multi-session count with request lengths spread over
 #   64..192, so that sessions drift apart and prompts arrive while others decode),
 #   CHECK_SESSIONS (16; 0 skips the check), MAX_BATCH (64), MAX_CONTEXT (4096),
+#   BATCH_BENCH (0; 1 runs the batch phase, with ROWS and OFF_ROWS of bench/batch-bench.sh),
 #   DEVICE (cuda), USE_CUDA (1), PGROOT (/tmp/pg), MODEL_OUT (/tmp/m20b), RESTART (1),
 #   TIME_LIMIT (570 s: the long steps run under timeout so that a run stays inside the
 #   device tool's 600 s and still leaves its logs behind).
@@ -35,7 +38,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 
-SESSIONS=${SESSIONS:-"1 64"}
+SESSIONS=${SESSIONS-"1 64"}
 REQUESTS=${REQUESTS:-4}
 PROMPT_LEN=${PROMPT_LEN:-128}
 GEN=${GEN:-128}
@@ -234,6 +237,12 @@ if [ "$CHECK_SESSIONS" -gt 0 ]; then
 		*) fail "check run failed (status $CHECK_RC)" ;;
 	esac
 fi
+if [ "${BATCH_BENCH:-0}" = 1 ]; then
+	phase batch
+	[ "$RESTART" != 1 ] || restart_server
+	limited env DSN="$DSN" LOADGEN="$ROOT/$LOADGEN" OUTDIR="$RESULTS_DIR/batch-bench" bash bench/batch-bench.sh --server \
+		|| fail "bench/batch-bench.sh failed"
+fi
 sql --exec "SELECT row_to_json(s) FROM gptoss_stats s" > "$RESULTS_DIR/stats.txt" || fail "reading gptoss_stats"
 phase summary
 
@@ -261,6 +270,12 @@ for line in open(sys.argv[1]):
     print(f"| {r['label']} | {r['sessions']} | {r['requests']} | {r['completion_tokens']} | {r['wall_s']:.2f} | "
           f"{r['tok_s']:.1f} | {r['latency_ms_p50']:.0f} | {r['latency_ms_p95']:.0f} | {mb} | {act} | {mm} |")
 PY
+	if [ -f "$RESULTS_DIR/batch-bench/table.md" ]; then
+		echo
+		echo "One statement over many rows (bench/batch-bench.sh):"
+		echo
+		cat "$RESULTS_DIR/batch-bench/table.md"
+	fi
 } > "$RESULTS_DIR/summary.md"
 cat "$RESULTS_DIR/summary.md"
 log "results in $RESULTS_DIR"

@@ -22,6 +22,10 @@
 # serve:   build, 20b synth, the serving-shaped runs of `gptoss bench
 #          --requests` (issue 13 cases a-d), engine decode at 256-1024
 #          sequences and the per-kernel profile of batch-256 decode.
+# json:    kernel tests, tiny backend test (masked sampling, CUDA vs CPU, included),
+#          a structured-output generate on tiny, then on 20b decode at batch 64
+#          (128-token prompts, 256 generated), every sequence constrained by
+#          test/fixtures/invoice.schema.json vs none (target: <= 10% slower).
 # profile: kernel tests, tiny backend test, benchmarks, then per-kernel GPU
 #          time (Nsight Compute) of batch-1 decode, batch-64 decode and a
 #          2048-token prefill ($OUT/profile.txt).
@@ -160,7 +164,22 @@ serving() {
 	done
 }
 
+structured_output() {
+	section "structured output on tiny (CUDA)"
+	bin/gptoss generate --model "$models/tiny" --device cuda --prompt "Extract the invoice" \
+		--json-schema test/fixtures/invoice.schema.json --max-tokens 200 --seed 3 --temperature 1 |
+		tee "$bin/json_tiny.txt" || fail "generate --json-schema"
+	python3 -c 'import json,sys; json.load(open(sys.argv[1]))' "$bin/json_tiny.txt" || fail "output is not JSON"
+	section "gptoss bench: 20b decode at batch 64, constrained vs not"
+	for schema in "" "--json-schema test/fixtures/invoice.schema.json"; do
+		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 64 --prompt-len 128 --gen 256 $schema"
+		echo "$cmd"; timeout 200 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench $schema"
+	done
+}
+
 case "$mode" in
+	json)
+		tests_tiny; synth_20b; structured_output ;;
 	quick)
 		tests_tiny; tests_quick_rest ;;
 	full)

@@ -75,7 +75,7 @@ submit(gptoss_engine *eng, const char *prompt, const gptoss_gen_params *p)
 	int			n = 0;
 	int64_t		id = -1;
 
-	if (gptoss_engine_render(eng, prompt, NULL, 0, p, &ids, &n, &err) == 0)
+	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, p, NULL, &ids, &n, &err) == 0)
 		id = gptoss_engine_submit(eng, ids, n, p, &err);
 	free(ids);
 	if (id < 0)
@@ -252,7 +252,7 @@ main(int argc, char **argv)
 		p.ignore_eos = true;
 		p.logprobs = true;
 		p.top_logprobs = 5;
-		gptoss_engine_render(gpu, "The quick brown fox jumps over the lazy dog and", NULL, 0, &p, &prompt,
+		gptoss_render_prompt(gptoss_engine_tokenizer(gpu), "The quick brown fox jumps over the lazy dog and", NULL, 0, &p, NULL, &prompt,
 							 &n_prompt, &err);
 		id = gptoss_engine_submit(gpu, prompt, n_prompt, &p, &err);
 		run_to_end(gpu);

@@ -142,7 +142,7 @@ submit_text(gptoss_engine *eng, const char *prompt, const gptoss_gen_params *p)
 	int			n = 0;
 	int64_t		id;
 
-	if (gptoss_engine_render(eng, prompt, NULL, 0, p, &ids, &n, &err) < 0)
+	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, p, NULL, &ids, &n, &err) < 0)
 	{
 		CHECK(0, "render: %s", err.msg);
 		return -1;
@@ -321,7 +321,7 @@ test_logprobs(gptoss_engine *eng)
 	p.seed = 5;
 	p.logprobs = true;
 	p.top_logprobs = 5;
-	gptoss_engine_render(eng, "The capital of France is", NULL, 0, &p, &prompt, &n_prompt, &err);
+	gptoss_render_prompt(gptoss_engine_tokenizer(eng), "The capital of France is", NULL, 0, &p, NULL, &prompt, &n_prompt, &err);
 	id = gptoss_engine_submit(eng, prompt, n_prompt, &p, &err);
 	run_to_end(eng);
 	gptoss_engine_result(eng, id, &res);
@@ -401,7 +401,7 @@ reference_scores(gptoss_engine *eng, const char *input, const char *const *label
 	int			n = 0,
 				n_fin;
 
-	gptoss_engine_render(eng, input, NULL, 0, p, &ids, &n, &err);
+	gptoss_render_prompt(gptoss_engine_tokenizer(eng), input, NULL, 0, p, NULL, &ids, &n, &err);
 	n_fin = gptoss_tokenizer_encode(tok, "final", 5, &fin, &err);
 	ids = realloc(ids, (size_t) (n + n_fin + 2 + 64) * sizeof(int32_t));
 	if (!p->raw)

@@ -438,12 +438,13 @@ test_fake_cancel(void)
 	gptoss_engine_get_stats(eng, &st);
 	CHECK(st.active == 2 && st.queued == 1, "active %d queued %d", st.active, st.queued);
 
-	gptoss_engine_cancel(eng, a);
-	CHECK(f.releases == 1, "cancel releases the slot (releases %d)", f.releases);
 	gptoss_engine_result(eng, a, &res);
 	/* 30-token prompts in chunks of 16: two steps of prefill, then one decode step. */
-	CHECK(res.finish_reason == GPTOSS_FINISH_CANCELLED && res.n_tokens == 2,
-		  "cancelled result: finish %d, %d tokens", res.finish_reason, res.n_tokens);
+	CHECK(res.finish_reason == GPTOSS_FINISH_NONE && res.n_tokens == 2,
+		  "running result: finish %d, %d tokens", res.finish_reason, res.n_tokens);
+	gptoss_engine_release(eng, a);
+	CHECK(f.releases == 1, "releasing a running request frees its slot (releases %d)", f.releases);
+	CHECK(gptoss_engine_result(eng, a, &res) == -1, "released request is forgotten");
 	gptoss_engine_step(eng, &err);
 	gptoss_engine_get_stats(eng, &st);
 	CHECK(st.active == 2 && st.queued == 0 && st.requests_cancelled == 1,
@@ -458,7 +459,6 @@ test_fake_cancel(void)
 	gptoss_engine_release(eng, b);
 	CHECK(gptoss_engine_result(eng, b, &res) == -1, "released request is forgotten");
 	CHECK(f.releases == 2, "release frees the slot (releases %d)", f.releases);
-	gptoss_engine_cancel(eng, 12345);
 	gptoss_engine_release(eng, 12345);
 	run_to_end(eng);
 	gptoss_engine_result(eng, c, &res);
@@ -530,7 +530,7 @@ test_fake_params(void)
 				p.top_k = -1;
 				break;
 			case 5:
-				p.stop = empty_stop;
+				memcpy(p.stop, empty_stop, 1 * sizeof(p.stop[0]));
 				p.n_stop = 1;
 				break;
 			case 6:
@@ -582,7 +582,7 @@ test_fake_stop_strings(void)
 	cut = (size_t) (strstr(full.text, stop) - full.text);
 	stops[0] = "never appears \x01";
 	stops[1] = stop;
-	p.stop = stops;
+	memcpy(p.stop, stops, 2 * sizeof(p.stop[0]));
 	p.n_stop = 2;
 	id = gptoss_engine_submit(eng, prompt, 12, &p, &err);
 	while (gptoss_engine_active(eng) > 0)
@@ -607,6 +607,64 @@ test_fake_stop_strings(void)
 	gptoss_engine_free(eng);
 }
 
+/*
+ * The most and longest stop strings cost the same per token at the start
+ * and at the end of a long generation: matching looks at a tail window only.
+ */
+static void
+test_fake_stop_cost(void)
+{
+	fake_backend f;
+	gptoss_engine *eng = fake_engine(&f, 1, FAKE_CTX, 256, 512);
+	int32_t    *prompt = make_prompt(12, 33);
+	int			n_gen = FAKE_CTX - 20;
+	gptoss_gen_params p = raw_params(n_gen);
+	gptoss_error err = {0};
+	char		stops[GPTOSS_MAX_STOP][GPTOSS_MAX_STOP_LEN + 1];
+	int64_t		checks_at[4] = {0};
+	int			marks[4] = {100, 200, n_gen - 100, n_gen};
+	int			next_mark = 0;
+	gptoss_result res;
+	int64_t		id;
+
+	/* Never matching, but sharing long prefixes with each other. */
+	for (int i = 0; i < GPTOSS_MAX_STOP; i++)
+	{
+		memset(stops[i], '\x01', GPTOSS_MAX_STOP_LEN);
+		stops[i][GPTOSS_MAX_STOP_LEN - 1] = (char) (2 + i);
+		stops[i][GPTOSS_MAX_STOP_LEN] = '\0';
+		p.stop[i] = stops[i];
+	}
+	p.n_stop = GPTOSS_MAX_STOP;
+	p.ignore_eos = true;
+	id = gptoss_engine_submit(eng, prompt, 12, &p, &err);
+	CHECK(id >= 0, "submit: %s", err.msg);
+	while (gptoss_engine_active(eng) > 0 && next_mark < 4)
+	{
+		gptoss_engine_step(eng, &err);
+		gptoss_engine_result(eng, id, &res);
+		if (res.n_tokens >= marks[next_mark])
+			checks_at[next_mark++] = res.stop_checks;
+	}
+	CHECK(next_mark == 4 && res.n_tokens == n_gen, "ran %d tokens", res.n_tokens);
+	{
+		int64_t		early = checks_at[1] - checks_at[0];
+		int64_t		late = checks_at[3] - checks_at[2];
+
+		printf("stop matching: %lld comparisons over tokens 100..200, %lld over the last 100 (text %zu bytes)\n",
+			   (long long) early, (long long) late, res.text_len);
+		CHECK(early > 0 && late > 0, "stop strings were compared");
+		CHECK(late <= early + early / 10, "cost per token does not grow with the text: %lld then %lld",
+			  (long long) early, (long long) late);
+		/* per token: the new bytes and a window per stop string, and the hold-back per stop string */
+		CHECK(late <= 100LL * GPTOSS_MAX_STOP * 3 * GPTOSS_MAX_STOP_LEN,
+			  "bounded by the caps: %lld", (long long) late);
+	}
+	gptoss_engine_release(eng, id);
+	free(prompt);
+	gptoss_engine_free(eng);
+}
+
 /* Stop tokens: harmony stops on <|return|>/<|call|> not <|end|>; raw on eos; ignore_eos runs on. */
 static void
 test_fake_stop_tokens(void)
@@ -615,16 +673,21 @@ test_fake_stop_tokens(void)
 	{
 		bool		raw;
 		bool		ignore_eos;
+		int			min_tokens;
 		int32_t		token;
 		bool		stops;
 	}			cases[] = {
-		{false, false, GPTOSS_TOK_RETURN, true},
-		{false, false, GPTOSS_TOK_CALL, true},
-		{false, false, GPTOSS_TOK_END, false},
-		{false, true, GPTOSS_TOK_RETURN, false},
-		{true, false, GPTOSS_TOK_RETURN, true},
-		{true, false, GPTOSS_TOK_ENDOFTEXT, true},
-		{true, true, GPTOSS_TOK_ENDOFTEXT, false},
+		{false, false, 0, GPTOSS_TOK_RETURN, true},
+		{false, false, 0, GPTOSS_TOK_CALL, true},
+		{false, false, 0, GPTOSS_TOK_END, false},
+		{false, true, 0, GPTOSS_TOK_RETURN, false},
+		{true, false, 0, GPTOSS_TOK_RETURN, true},
+		{true, false, 0, GPTOSS_TOK_ENDOFTEXT, true},
+		{true, true, 0, GPTOSS_TOK_ENDOFTEXT, false},
+		/* the stop token is the 4th token: it counts from min_tokens 4 on */
+		{true, false, 4, GPTOSS_TOK_ENDOFTEXT, true},
+		{true, false, 5, GPTOSS_TOK_ENDOFTEXT, false},
+		{false, false, 5, GPTOSS_TOK_RETURN, false},
 	};
 
 	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
@@ -639,6 +702,7 @@ test_fake_stop_tokens(void)
 
 		p.raw = cases[c].raw;
 		p.ignore_eos = cases[c].ignore_eos;
+		p.min_tokens = cases[c].min_tokens;
 		f.stop_at_token = cases[c].token;
 		f.stop_after = 4;
 		id = gptoss_engine_submit(eng, prompt, 7, &p, &err);
@@ -709,7 +773,7 @@ test_fake_harmony(void)
 	f.n_script = n;
 	gptoss_gen_params_default(&p);
 	p.include_reasoning = true;
-	CHECK(gptoss_engine_render(eng, "What is the capital of France?", NULL, 0, &p, &ids, &n_ids,
+	CHECK(gptoss_render_prompt(gptoss_engine_tokenizer(eng), "What is the capital of France?", NULL, 0, &p, NULL, &ids, &n_ids,
 							   &err) == 0, "render: %s", err.msg);
 	id = gptoss_engine_submit(eng, ids, n_ids, &p, &err);
 	run_to_end(eng);
@@ -724,7 +788,7 @@ test_fake_harmony(void)
 
 	/* Without include_reasoning no analysis; a stop string cuts the final text only. */
 	p.include_reasoning = false;
-	p.stop = stops;
+	memcpy(p.stop, stops, 1 * sizeof(p.stop[0]));
 	p.n_stop = 1;
 	id = gptoss_engine_submit(eng, ids, n_ids, &p, &err);
 	run_to_end(eng);
@@ -750,7 +814,7 @@ test_fake_harmony(void)
 		int32_t    *none = NULL;
 		int			n_none = 0;
 
-		CHECK(gptoss_engine_render(eng, NULL, &m, 1, &p, &none, &n_none, &err) == -1 &&
+		CHECK(gptoss_render_prompt(gptoss_engine_tokenizer(eng), NULL, &m, 1, &p, NULL, &none, &n_none, &err) == -1 &&
 			  err.code == GPTOSS_ERR_INVALID, "raw with messages: %s", err.msg);
 	}
 	free(ids);
@@ -825,7 +889,7 @@ submit_text(gptoss_engine *eng, const char *prompt, const gptoss_gen_params *p)
 	int			n = 0;
 	int64_t		id;
 
-	if (gptoss_engine_render(eng, prompt, NULL, 0, p, &ids, &n, &err) < 0)
+	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, p, NULL, &ids, &n, &err) < 0)
 	{
 		CHECK(0, "render: %s", err.msg);
 		return -1;
@@ -854,7 +918,7 @@ reference_greedy(gptoss_engine *eng, const char *prompt, int n_gen)
 	int			n = 0;
 	float	   *logits;
 
-	gptoss_engine_render(eng, prompt, NULL, 0, &p, &ids, &n, &err);
+	gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, &p, NULL, &ids, &n, &err);
 	seq = malloc((size_t) (n + n_gen) * sizeof(int32_t));
 	memcpy(seq, ids, (size_t) n * sizeof(int32_t));
 	logits = malloc((size_t) (n + n_gen) * (size_t) vocab * sizeof(float));
@@ -986,7 +1050,7 @@ test_tiny(gptoss_engine *eng)
 		{
 			memcpy(stop, again.text + len / 2, 3);
 			stop[3] = '\0';
-			p.stop = stops;
+			memcpy(p.stop, stops, 1 * sizeof(p.stop[0]));
 			p.n_stop = 1;
 			cut = run_alone(eng, prompts[0], &p);
 			CHECK(cut.finish == GPTOSS_FINISH_STOP &&
@@ -1025,9 +1089,8 @@ test_tiny(gptoss_engine *eng)
 
 		gptoss_engine_step(eng, &err);
 		gptoss_engine_step(eng, &err);
-		gptoss_engine_cancel(eng, id);
-		gptoss_engine_result(eng, id, &res);
-		CHECK(res.finish_reason == GPTOSS_FINISH_CANCELLED, "cancelled");
+		gptoss_engine_release(eng, id);
+		CHECK(gptoss_engine_result(eng, id, &res) == -1, "released");
 		CHECK(gptoss_engine_active(eng) == 0, "no active request after cancel");
 		memset(&info, 0, sizeof(info));
 		gptoss_engine_backend(eng)->get_info(gptoss_engine_backend(eng), &info);
@@ -1121,6 +1184,7 @@ main(void)
 	test_fake_limits();
 	test_fake_params();
 	test_fake_stop_strings();
+	test_fake_stop_cost();
 	test_fake_stop_tokens();
 	test_fake_harmony();
 	test_fake_failure();

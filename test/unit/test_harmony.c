@@ -56,7 +56,7 @@ check_render(const gptoss_tokenizer *tok, const char *name,
 	int			n_ids = 0;
 	char	   *got;
 
-	if (gptoss_harmony_render(tok, msgs, n, effort, instructions, date, &ids, &n_ids, &err) < 0)
+	if (gptoss_harmony_render(tok, msgs, n, effort, instructions, date, NULL, &ids, &n_ids, &err) < 0)
 	{
 		CHECK(0, "%s: render failed: %s", name, err.msg);
 		return;
@@ -137,7 +137,7 @@ test_special_text_stays_text(const gptoss_tokenizer *tok)
 				n_special = 0,
 				at = -1;
 
-	CHECK(gptoss_harmony_render(tok, msg, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, &ids, &n_ids,
+	CHECK(gptoss_harmony_render(tok, msg, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, NULL, &ids, &n_ids,
 								&err) == 0, "render: %s", err.msg);
 	n_plain = gptoss_tokenizer_encode(tok, text, strlen(text), &plain, &err);
 	CHECK(n_plain > 10, "encode: %s", err.msg);
@@ -166,17 +166,17 @@ test_render_errors(const gptoss_tokenizer *tok)
 	int32_t    *ids = NULL;
 	int			n_ids = 0;
 
-	CHECK(gptoss_harmony_render(tok, bad_role, 2, GPTOSS_REASONING_MEDIUM, NULL, NULL, &ids, &n_ids,
+	CHECK(gptoss_harmony_render(tok, bad_role, 2, GPTOSS_REASONING_MEDIUM, NULL, NULL, NULL, &ids, &n_ids,
 								&err) == -1 && err.code == GPTOSS_ERR_INVALID &&
 		  strstr(err.msg, "tool") != NULL, "bad role: %s", err.msg);
 	CHECK(ids == NULL, "no ids on failure");
-	CHECK(gptoss_harmony_render(tok, no_content, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, &ids,
+	CHECK(gptoss_harmony_render(tok, no_content, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, NULL, &ids,
 								&n_ids, &err) == -1 && err.code == GPTOSS_ERR_INVALID &&
 		  strstr(err.msg, "content") != NULL, "no content: %s", err.msg);
-	CHECK(gptoss_harmony_render(tok, no_role, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, &ids,
+	CHECK(gptoss_harmony_render(tok, no_role, 1, GPTOSS_REASONING_MEDIUM, NULL, NULL, NULL, &ids,
 								&n_ids, &err) == -1 && err.code == GPTOSS_ERR_INVALID,
 		  "no role: %s", err.msg);
-	CHECK(gptoss_harmony_render(tok, bad_role, 1, (gptoss_reasoning) 7, NULL, NULL, &ids,
+	CHECK(gptoss_harmony_render(tok, bad_role, 1, (gptoss_reasoning) 7, NULL, NULL, NULL, &ids,
 								&n_ids, &err) == -1 && err.code == GPTOSS_ERR_INVALID,
 		  "bad effort: %s", err.msg);
 }
@@ -565,16 +565,14 @@ test_parser_random(const gptoss_tokenizer *tok)
 	}
 }
 
-/* reasoning names round-trip. */
+/* reasoning names are the table's, by value. */
 static void
 test_reasoning_names(void)
 {
-	gptoss_reasoning r;
-
-	CHECK(gptoss_reasoning_from_name("high", &r) == 0 && r == GPTOSS_REASONING_HIGH, "high");
-	CHECK(gptoss_reasoning_from_name("low", &r) == 0 && r == GPTOSS_REASONING_LOW, "low");
-	CHECK(gptoss_reasoning_from_name("Medium", &r) == -1, "names are case-sensitive");
+	CHECK(strcmp(gptoss_reasoning_name(GPTOSS_REASONING_HIGH), "high") == 0, "high");
 	CHECK(strcmp(gptoss_reasoning_name(GPTOSS_REASONING_MEDIUM), "medium") == 0, "medium");
+	CHECK(strcmp(gptoss_reasoning_names[GPTOSS_REASONING_LOW], "low") == 0 &&
+		  gptoss_reasoning_names[GPTOSS_REASONING_HIGH + 1] == NULL, "names table");
 }
 
 int

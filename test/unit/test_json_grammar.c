@@ -125,16 +125,28 @@ matches(const gptoss_json_grammar *g, const char *text)
 	return gptoss_json_state_feed_bytes(g, &s, text, strlen(text)) && gptoss_json_state_accepting(g, &s);
 }
 
-/* Checks that completion(s) has shortest(s) bytes and ends in an accepting state; returns its length. */
+/* Cost of a piece under the current cost model (NULL: bytes). */
+static int	(*g_cost) (const char *text, int len, void *ctx);
+
+/*
+ * Checks that completion(s) costs shortest(s) (its pieces' costs add up to
+ * it) and ends in an accepting state; returns its length.
+ */
 static int
 check_completion(const gptoss_json_grammar *g, const gptoss_json_state *s, char *out, int cap,
 				 const char *ctx)
 {
 	int			rest = gptoss_json_state_shortest(g, s);
-	int			len = gptoss_json_state_completion(g, s, out, cap);
+	int			ends[4096];
+	int			n_pieces = 0;
+	int			len = gptoss_json_state_completion(g, s, out, cap, ends, 4096, &n_pieces);
+	int			cost = 0;
 	gptoss_json_state t;
 
-	CHECK(len == rest, "%s: completion has %d bytes, shortest says %d", ctx, len, rest);
+	for (int k = 0, start = 0; len >= 0 && k < n_pieces; start = ends[k++])
+		cost += g_cost ? g_cost(out + start, ends[k] - start, (void *) g_trie) : ends[k] - start;
+	CHECK(len >= 0 && cost == rest, "%s: completion costs %d (%d bytes), shortest says %d", ctx, cost,
+		  len, rest);
 	if (len < 0)
 		return -1;
 	gptoss_json_state_copy(&t, s);
@@ -263,7 +275,14 @@ walk_case(const schema_case *sc_case, const gptoss_json_grammar *g, int walks, i
 	}
 }
 
-/* Every case: compile, fixed documents, walks. */
+/* Token cost of a piece: its longest-match tokens. */
+static int
+token_cost(const char *text, int len, void *ctx)
+{
+	return gptoss_token_trie_count(ctx, text, len);
+}
+
+/* Every case: compile, fixed documents, walks; in bytes, then in tokens. */
 static void
 test_cases(void)
 {
@@ -287,7 +306,12 @@ test_cases(void)
 		}
 		for (int k = 0; k < 8 && c->invalid[k]; k++)
 			CHECK(!matches(g, c->invalid[k]), "%s: %s accepted", c->name, c->invalid[k]);
+		g_cost = NULL;
 		walk_case(c, g, 150, 3, sc);
+		CHECK(gptoss_json_grammar_set_piece_cost(g, token_cost, (void *) g_trie, &err) == 0,
+			  "%s: token costs: %s", c->name, err.msg);
+		g_cost = token_cost;
+		walk_case(c, g, 100, 2, sc);
 		gptoss_json_grammar_free(g);
 	}
 	gptoss_token_trie_scratch_free(sc);

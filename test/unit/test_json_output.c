@@ -12,6 +12,8 @@
  */
 #include "engine.h"
 #include "harmony.h"
+
+#include <jansson.h>
 #include "schema_check.h"
 #include "synth.h"
 #include "testutil.h"
@@ -23,7 +25,7 @@
 #define SEEDS_PER_SCHEMA 24
 #define BATCH 8
 
-static const char *const SCHEMAS[][2] = {
+static const char *SCHEMAS[][2] = {
 	{"object", "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":12},"
 		"\"age\":{\"type\":\"integer\"},\"score\":{\"type\":\"number\"},\"ok\":{\"type\":\"boolean\"},"
 		"\"none\":{\"type\":\"null\"}},\"required\":[\"name\",\"age\",\"ok\"],\"additionalProperties\":false}"},
@@ -43,17 +45,11 @@ static const char *const SCHEMAS[][2] = {
 	{"const", "{\"type\":\"object\",\"properties\":{\"v\":{\"const\":\"x1\"},\"w\":{\"const\":[1,{\"k\":null}]}},"
 		"\"required\":[\"v\",\"w\"]}"},
 	{"json_object", NULL},
-	{"invoice", "{\"type\":\"object\",\"properties\":{\"invoice_number\":{\"type\":\"string\",\"maxLength\":16},"
-		"\"date\":{\"type\":\"string\",\"maxLength\":10},\"vendor\":{\"type\":\"string\",\"maxLength\":40},"
-		"\"currency\":{\"type\":\"string\",\"enum\":[\"USD\",\"EUR\",\"GBP\"]},\"total\":{\"type\":\"number\"},"
-		"\"paid\":{\"type\":\"boolean\"},\"lines\":{\"type\":\"array\",\"items\":{\"type\":\"object\",\"properties\":"
-		"{\"description\":{\"type\":\"string\",\"maxLength\":30},\"quantity\":{\"type\":\"integer\"},"
-		"\"unit_price\":{\"type\":\"number\"}},\"required\":[\"description\",\"quantity\",\"unit_price\"],"
-		"\"additionalProperties\":false},\"minItems\":1,\"maxItems\":4}},\"required\":[\"invoice_number\",\"date\","
-		"\"vendor\",\"currency\",\"total\",\"paid\",\"lines\"],\"additionalProperties\":false}"},
+	{"invoice", NULL},		/* test/fixtures/invoice.schema.json, read by main */
 };
 
 static gptoss_engine *eng;
+static char *invoice_text;		/* the invoice schema, compact */
 
 /* A response_format for a schema (NULL: json_object). */
 static char *
@@ -78,7 +74,7 @@ submit(const char *prompt, const gptoss_gen_params *p, gptoss_error *err)
 	int			n = 0;
 	int64_t		id;
 
-	if (gptoss_engine_render(eng, prompt, NULL, 0, p, &ids, &n, err) < 0)
+	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, p, NULL, &ids, &n, err) < 0)
 		return -1;
 	id = gptoss_engine_submit(eng, ids, n, p, err);
 	free(ids);
@@ -173,7 +169,7 @@ test_schemas(void)
 	}
 	gptoss_engine_get_stats(eng, &st);
 	printf("structured output: %d of %d documents valid (%zu schemas x %d seeds, temperature 1); "
-		   "%lld masks in %.3f s (%.1f us each), %lld violations\n",
+		   "%lld masks in %.3f s of CPU (%.1f us each), %lld violations\n",
 		   valid, total, sizeof(SCHEMAS) / sizeof(SCHEMAS[0]), SEEDS_PER_SCHEMA, (long long) st.masks,
 		   st.mask_seconds, st.masks ? st.mask_seconds / st.masks * 1e6 : 0.0,
 		   (long long) st.mask_violations);
@@ -297,7 +293,7 @@ test_prompt_and_params(void)
 	gptoss_gen_params_default(&p);
 	p.response_format = rf;
 	p.instructions = "Be terse.";
-	CHECK(gptoss_engine_render(eng, "hi", NULL, 0, &p, &ids, &n, &err) == 0, "render: %s", err.msg);
+	CHECK(gptoss_render_prompt(gptoss_engine_tokenizer(eng), "hi", NULL, 0, &p, NULL, &ids, &n, &err) == 0, "render: %s", err.msg);
 	text = gptoss_tokenizer_decode(gptoss_engine_tokenizer(eng), ids, n, false, NULL, &err);
 	CHECK(text && strstr(text, "<|start|>developer<|message|># Instructions\n\nBe terse.\n\n# Response Formats\n\n"
 						 "## out\n\n{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}}}<|end|>"),
@@ -305,7 +301,7 @@ test_prompt_and_params(void)
 	free(text);
 	free(ids);
 
-	p.stop = stops;
+	p.stop[0] = stops[0];
 	p.n_stop = 1;
 	CHECK(submit("x", &p, &err) < 0 && strstr(err.msg, "stop"), "stop with response_format: %s", err.msg);
 	p.n_stop = 0;
@@ -349,7 +345,7 @@ int
 main(void)
 {
 	const char *tok_path = getenv("GPTOSS_TOKENIZER");
-	char		dir[] = "/tmp/gptoss_test_json.XXXXXX";
+	char		dir[] = "/tmp/gptoss_test_json.______";
 	char		path[512];
 	char		cmd[600];
 	gptoss_config cfg;
@@ -359,6 +355,7 @@ main(void)
 
 	if (tok_path == NULL || tok_path[0] == '\0')
 		tok_path = "build/tokenizer.json";
+	memset(dir + strlen(dir) - 6, 'X', 6);	/* mkdtemp's template suffix */
 	if (mkdtemp(dir) == NULL)
 	{
 		fprintf(stderr, "mkdtemp failed\n");
@@ -394,11 +391,25 @@ main(void)
 		tok_analysis = ids ? ids[0] : -1;
 		free(ids);
 	}
+	{
+		json_error_t jerr;
+		json_t	   *inv = json_load_file("test/fixtures/invoice.schema.json", 0, &jerr);
+
+		invoice_text = inv ? json_dumps(inv, JSON_COMPACT) : NULL;
+		json_decref(inv);
+		if (invoice_text == NULL)
+		{
+			fprintf(stderr, "test_json_output: test/fixtures/invoice.schema.json: %s\n", jerr.text);
+			return 1;
+		}
+		SCHEMAS[8][1] = invoice_text;
+	}
 	test_prompt_and_params();
 	test_shortest();
 	test_budget();
 	test_schemas();
 	gptoss_engine_free(eng);
+	free(invoice_text);
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd) != 0)
 		fprintf(stderr, "could not remove %s\n", dir);

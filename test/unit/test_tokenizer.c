@@ -201,7 +201,7 @@ test_load_errors(void)
 			int			n = encode(tok, "hi", 2, &ids);
 
 			CHECK(gptoss_tokenizer_vocab_size(tok) == 301, "vocab size %d", gptoss_tokenizer_vocab_size(tok));
-			CHECK(gptoss_tokenizer_special_id(tok, "<|x|>") == 300, "special id");
+			CHECK(gptoss_tokenizer_is_special(tok, 300), "special id");
 			CHECK(!gptoss_tokenizer_is_valid(tok, 299), "299 unassigned");
 			CHECK(n == 2 && ids[0] == 'h' && ids[1] == 'i', "byte-only encode");
 			free(ids);
@@ -257,15 +257,12 @@ test_ids(const gptoss_tokenizer *tok)
 		  "special boundary");
 	for (size_t i = 0; i < sizeof(specials) / sizeof(specials[0]); i++)
 	{
-		CHECK(gptoss_tokenizer_special_id(tok, specials[i].text) == specials[i].id,
-			  "special_id(%s)", specials[i].text);
+		CHECK(gptoss_tokenizer_is_special(tok, specials[i].id), "is_special(%s)", specials[i].text);
 		b = gptoss_tokenizer_token_bytes(tok, specials[i].id, &len);
 		CHECK(b && len == strlen(specials[i].text) && memcmp(b, specials[i].text, len) == 0,
 			  "token_bytes(%d)", specials[i].id);
 	}
-	CHECK(gptoss_tokenizer_special_id(tok, "<|reserved_200500|>") == -1, "unregistered special");
-	CHECK(gptoss_tokenizer_special_id(tok, "hello") == -1, "non-special");
-	CHECK(gptoss_tokenizer_special_id(tok, NULL) == -1, "NULL special");
+	CHECK(!gptoss_tokenizer_is_special(tok, 200500), "unregistered special");
 	CHECK(gptoss_tokenizer_token_bytes(tok, 200500, &len) == NULL, "token_bytes unassigned");
 	CHECK(gptoss_tokenizer_token_bytes(tok, -1, &len) == NULL, "token_bytes negative");
 	CHECK(gptoss_tokenizer_token_bytes(tok, 201088, &len) == NULL, "token_bytes past the end");
@@ -646,94 +643,6 @@ test_decode(const gptoss_tokenizer *tok)
 	free(hello);
 }
 
-/* Pushes each token's bytes; every chunk must be whole UTF-8 characters. */
-static bool
-stream_decodes(const gptoss_tokenizer *tok, const char *text, int *n_split)
-{
-	int32_t    *ids;
-	int			n = encode(tok, text, strlen(text), &ids);
-	gptoss_stream_decoder d = {0};
-	char		out[4096];
-	size_t		at = 0;
-	bool		ok = true;
-
-	*n_split = 0;
-	for (int i = 0; i < n; i++)
-	{
-		size_t		len;
-		const char *b = gptoss_tokenizer_token_bytes(tok, ids[i], &len);
-		size_t		before = at;
-
-		at += gptoss_stream_decoder_push(&d, b, len, out + at);
-		*n_split += d.n_pending > 0;
-		/* A chunk ends on a character boundary: the next byte of text is not a continuation. */
-		if (at > before && ((unsigned char) text[at] & 0xc0) == 0x80)
-			ok = false;
-	}
-	at += gptoss_stream_decoder_flush(&d, out + at);
-	free(ids);
-	return ok && at == strlen(text) && memcmp(out, text, at) == 0;
-}
-
-/* Holds back incomplete UTF-8 across pushes, passes invalid bytes through, flushes the rest. */
-static void
-test_stream_decoder(const gptoss_tokenizer *tok)
-{
-	static const char emoji[] = "\xf0\x9f\xab\xa0";	/* U+1FAE0 melting face */
-	gptoss_stream_decoder d = {0};
-	char		out[64];
-	size_t		n;
-	int			n_split = 0;
-
-	/* One byte at a time: nothing until the fourth byte. */
-	for (int i = 0; i < 3; i++)
-		CHECK(gptoss_stream_decoder_push(&d, emoji + i, 1, out) == 0 && d.n_pending == i + 1,
-			  "emoji byte %d held back", i);
-	n = gptoss_stream_decoder_push(&d, emoji + 3, 1, out);
-	CHECK(n == 4 && memcmp(out, emoji, 4) == 0 && d.n_pending == 0, "emoji completed");
-
-	/* "é" split after its lead byte, with ASCII before it. */
-	n = gptoss_stream_decoder_push(&d, "ab\xc3", 3, out);
-	CHECK(n == 2 && memcmp(out, "ab", 2) == 0 && d.n_pending == 1, "lead byte held");
-	n = gptoss_stream_decoder_push(&d, "\xa9!", 2, out);
-	CHECK(n == 3 && memcmp(out, "\xc3\xa9!", 3) == 0, "completed with the next push");
-
-	/* Invalid bytes are not held: a stray continuation, a bad lead, a surrogate prefix. */
-	n = gptoss_stream_decoder_push(&d, "x\x80", 2, out);
-	CHECK(n == 2 && d.n_pending == 0, "stray continuation passes");
-	n = gptoss_stream_decoder_push(&d, "\xff", 1, out);
-	CHECK(n == 1 && d.n_pending == 0, "0xff passes");
-	n = gptoss_stream_decoder_push(&d, "\xed\xa0", 2, out);
-	CHECK(n == 2 && d.n_pending == 0, "surrogate prefix passes");
-	/* A lead byte interrupted by another character: the broken lead passes, the new one waits. */
-	n = gptoss_stream_decoder_push(&d, "\xe4", 1, out);
-	CHECK(n == 0 && d.n_pending == 1, "3-byte lead held");
-	n = gptoss_stream_decoder_push(&d, "\xf0\x9f", 2, out);
-	CHECK(n == 1 && out[0] == '\xe4' && d.n_pending == 2, "interrupted lead released");
-	n = gptoss_stream_decoder_flush(&d, out);
-	CHECK(n == 2 && memcmp(out, "\xf0\x9f", 2) == 0 && d.n_pending == 0, "flush returns held bytes");
-	CHECK(gptoss_stream_decoder_flush(&d, out) == 0, "second flush empty");
-
-	/* Real token streams that split characters across tokens. */
-	{
-		static const char *texts[] = {
-			"\xf0\x9f\xab\xa0\xf0\x9f\xab\xa1\xf0\x9f\xa5\xb9 melting",
-			"family \xf0\x9f\x91\xa8\xe2\x80\x8d\xf0\x9f\x91\xa9\xe2\x80\x8d\xf0\x9f\x91\xa7 flag \xf0\x9f\x87\xaf\xf0\x9f\x87\xb5",
-			"\xea\xb0\x80\xea\xb9\x8c \xe1\x84\x80\xe1\x85\xa1 \xe0\xb8\xaa\xe0\xb8\xa7\xe0\xb8\xb1\xe0\xb8\xaa\xe0\xb8\x94\xe0\xb8\xb5 \xf0\x93\x80\x80\xf0\x93\x80\x81",
-		};
-		int			total_split = 0;
-
-		for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++)
-		{
-			CHECK(stream_decodes(tok, texts[i], &n_split), "stream decode of text %zu", i);
-			total_split += n_split;
-		}
-		/* The test means something only if some token boundary fell inside a character. */
-		CHECK(total_split > 0, "no token boundary split a character");
-		printf("stream decoder: %d pushes held back a partial character\n", total_split);
-	}
-}
-
 /* ------------------------------------------------------------------------ */
 /* Speed (printed, never asserted) */
 
@@ -832,6 +741,44 @@ bench_encode(const gptoss_tokenizer *tok)
 	free(text);
 }
 
+/* should_stop callback: asks to stop once it has been polled *arg times. */
+static int
+stop_after(void *arg)
+{
+	int		   *polls_left = arg;
+
+	return --*polls_left <= 0;
+}
+
+/* A long encoding polls its interrupt and stops cleanly; a NULL interrupt never stops it. */
+static void
+test_interruptible(const gptoss_tokenizer *tok)
+{
+	size_t		len = (size_t) GPTOSS_ENCODE_POLL_PIECES * 12 * 3;
+	char	   *text = malloc(len + 1);
+	int			polls_left = 2;
+	gptoss_interrupt intr = {stop_after, &polls_left};
+	gptoss_error err = {0};
+	int32_t    *ids = NULL;
+	int			n;
+
+	for (size_t i = 0; i < len; i += 12)
+		memcpy(text + i, "lorem ipsum ", 12);
+	text[len] = '\0';
+	n = gptoss_tokenizer_encode_interruptible(tok, text, len, &intr, &ids, &err);
+	CHECK(n == -1 && err.code == GPTOSS_ERR_INTERRUPTED && ids == NULL,
+		  "interrupted at the second poll: n %d code %d", n, (int) err.code);
+	CHECK(polls_left == 0, "polled twice (%d left)", polls_left);
+	polls_left = 1000;
+	n = gptoss_tokenizer_encode_interruptible(tok, text, len, &intr, &ids, &err);
+	/* "lorem ipsum " splits into two pieces ("lorem", " ipsum"). */
+	CHECK(n > 0 && 1000 - polls_left == (int) (len / 12 * 2 / GPTOSS_ENCODE_POLL_PIECES),
+		  "a patient interrupt sees one poll per %d pieces (%d tokens, %d polls)",
+		  GPTOSS_ENCODE_POLL_PIECES, n, 1000 - polls_left);
+	free(ids);
+	free(text);
+}
+
 int
 main(void)
 {
@@ -856,7 +803,7 @@ main(void)
 	test_unicode_whitespace(tok);
 	test_invalid_utf8(tok);
 	test_decode(tok);
-	test_stream_decoder(tok);
+	test_interruptible(tok);
 	bench_encode(tok);
 	gptoss_tokenizer_free(tok);
 	printf("%s: %d checks, %d failed\n", n_failed ? "FAIL" : "PASS", n_checked, n_failed);

@@ -1,10 +1,12 @@
 /*
- * gptoss.c: module entry point: GUCs, shared memory hooks and the
- * registration of the background workers.
+ * module.c: module entry point: GUCs, shared memory hooks, the registration
+ * of the background workers and the tokenizer every session inherits.
  *
  * Everything here runs in the postmaster (through shared_preload_libraries)
- * or in a backend loading the library; neither touches the model or CUDA.
- * Only the workers, once forked, create an engine (worker.c).
+ * or in a session loading the library; neither touches the model weights or
+ * CUDA.  Only the workers, once forked, create an engine (worker.c).  The
+ * postmaster loads the tokenizer (prompt.c) so that sessions tokenize
+ * prompts themselves without loading it each (docs/architecture.md).
  */
 #include "postgres.h"
 
@@ -37,25 +39,13 @@ int			gptoss_prefill_chunk = 0;
 int			gptoss_max_step_tokens = 0;
 int			gptoss_max_requests = 256;
 int			gptoss_queue_wait = 10000;
-int			gptoss_default_max_tokens = 256;
-double		gptoss_default_temperature = 1.0;
-double		gptoss_default_top_p = 1.0;
-int			gptoss_default_top_k = 0;
-int			gptoss_default_reasoning_effort = 1;	/* medium */
+int			gptoss_max_queue_wait = 60000;
 int			gptoss_max_tokens_limit = 0;
 
 static const struct config_enum_entry device_options[] = {
 	{"auto", GPTOSS_DEVICE_AUTO, false},
 	{"cuda", GPTOSS_DEVICE_CUDA, false},
 	{"cpu", GPTOSS_DEVICE_CPU, false},
-	{NULL, 0, false}
-};
-
-/* Values match gptoss_reasoning in engine.h. */
-static const struct config_enum_entry reasoning_options[] = {
-	{"low", 0, false},
-	{"medium", 1, false},
-	{"high", 2, false},
 	{NULL, 0, false}
 };
 
@@ -121,17 +111,47 @@ gptoss_parse_devices(const char *list, int *out, int max_out)
 	}
 }
 
-/* One worker per listed GPU; a single one for the CPU. */
+/* One worker per listed GPU; a single one, device 0, for the CPU. */
 int
-gptoss_worker_count(void)
+gptoss_worker_devices(int *devices)
 {
-	int			devices[GPTOSS_MAX_WORKERS];
 	int			n;
 
+	devices[0] = 0;
 	if (gptoss_device == GPTOSS_DEVICE_CPU)
 		return 1;
 	n = gptoss_parse_devices(gptoss_devices, devices, GPTOSS_MAX_WORKERS);
 	return n > 0 ? n : 1;
+}
+
+/* Number of workers: one per device. */
+int
+gptoss_worker_count(void)
+{
+	int			devices[GPTOSS_MAX_WORKERS];
+
+	return gptoss_worker_devices(devices);
+}
+
+/* Basename of gptoss.model_path, trailing slashes ignored. */
+char *
+gptoss_model_name(void)
+{
+	char	   *path = pstrdup(gptoss_model_path ? gptoss_model_path : "");
+	size_t		len = strlen(path);
+	char	   *slash;
+
+	while (len > 1 && path[len - 1] == '/')
+		path[--len] = '\0';
+	slash = strrchr(path, '/');
+	return slash ? pstrdup(slash + 1) : path;
+}
+
+/* gptoss.queue_wait, at most gptoss.max_queue_wait. */
+int
+gptoss_effective_queue_wait(void)
+{
+	return Min(gptoss_queue_wait, gptoss_max_queue_wait);
 }
 
 /* GUC check hook: gptoss.devices must be a list of distinct indices. */
@@ -144,18 +164,6 @@ check_devices(char **newval, void **extra, GucSource source)
 	{
 		GUC_check_errdetail("gptoss.devices must be a comma-separated list of at most %d distinct device indices.",
 							GPTOSS_MAX_WORKERS);
-		return false;
-	}
-	return true;
-}
-
-/* GUC check hook: top_p is in (0, 1]. */
-static bool
-check_top_p(double *newval, void **extra, GucSource source)
-{
-	if (*newval <= 0.0)
-	{
-		GUC_check_errdetail("gptoss.top_p must be greater than 0.");
 		return false;
 	}
 	return true;
@@ -196,12 +204,7 @@ static void
 register_workers(void)
 {
 	int			devices[GPTOSS_MAX_WORKERS];
-	int			n = gptoss_worker_count();
-
-	if (gptoss_device == GPTOSS_DEVICE_CPU)
-		devices[0] = 0;
-	else
-		(void) gptoss_parse_devices(gptoss_devices, devices, GPTOSS_MAX_WORKERS);
+	int			n = gptoss_worker_devices(devices);
 
 	for (int i = 0; i < n; i++)
 	{
@@ -347,51 +350,16 @@ define_gucs(void)
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomIntVariable("gptoss.max_tokens",
-							"Default max_tokens of a generation.",
-							NULL,
-							&gptoss_default_max_tokens,
-							256, 1, INT_MAX,
-							PGC_USERSET,
-							0,
+	DefineCustomIntVariable("gptoss.max_queue_wait",
+							"Upper bound on gptoss.queue_wait, for every user.",
+							"A session whose gptoss.queue_wait is longer waits this long at most.",
+							&gptoss_max_queue_wait,
+							60000, 0, INT_MAX,
+							PGC_SUSET,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
-	DefineCustomRealVariable("gptoss.temperature",
-							 "Default sampling temperature (0: greedy).",
-							 NULL,
-							 &gptoss_default_temperature,
-							 1.0, 0.0, 1000.0,
-							 PGC_USERSET,
-							 0,
-							 NULL, NULL, NULL);
-
-	DefineCustomRealVariable("gptoss.top_p",
-							 "Default nucleus sampling mass, in (0, 1].",
-							 NULL,
-							 &gptoss_default_top_p,
-							 1.0, 0.0, 1.0,
-							 PGC_USERSET,
-							 0,
-							 check_top_p, NULL, NULL);
-
-	DefineCustomIntVariable("gptoss.top_k",
-							"Default top-k cut of sampling (0: off).",
-							NULL,
-							&gptoss_default_top_k,
-							0, 0, INT_MAX,
-							PGC_USERSET,
-							0,
-							NULL, NULL, NULL);
-
-	DefineCustomEnumVariable("gptoss.reasoning_effort",
-							 "Default reasoning effort of the system message: low, medium or high.",
-							 NULL,
-							 &gptoss_default_reasoning_effort,
-							 1,
-							 reasoning_options,
-							 PGC_USERSET,
-							 0,
-							 NULL, NULL, NULL);
+	gptoss_define_param_gucs();
 
 	DefineCustomIntVariable("gptoss.max_tokens_limit",
 							"Cap on max_tokens for every request (0: only the context limits it).",
@@ -401,6 +369,8 @@ define_gucs(void)
 							PGC_SUSET,
 							0,
 							NULL, NULL, NULL);
+
+	gptoss_batch_define_gucs();
 
 	MarkGUCPrefixReserved("gptoss");
 }
@@ -427,4 +397,6 @@ _PG_init(void)
 	shmem_startup_hook = gptoss_shmem_startup;
 
 	register_workers();
+	gptoss_preload_tokenizer();
+	gptoss_batch_init();
 }

@@ -1,16 +1,20 @@
 /*
- * gptoss.c: the bin/gptoss command line (design.md section 5).
+ * main.c: the bin/gptoss command line (the CLI contract, see README.md).
  *
  *   gptoss tokenize --model DIR [--jsonl]
  *   gptoss logits   --model DIR --tokens 1,2,3 [--top K] [--device D]
  *   gptoss generate --model DIR --prompt TEXT [sampling options] [--raw] [--json]
- *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N]
+ *                   [--json-schema FILE] [--max-reasoning-tokens N]
+ *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--json-schema FILE]
  *   gptoss bench    --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]
  *   gptoss synth    --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]
  *
  * Every command parses its options against one table (name, kind, the
  * commands that accept it, numeric range), so a misspelt option, a bad number
  * or a missing argument is a one-line error on stderr with exit status 1.
+ * The generation options of generate come from the engine's parameter table
+ * (params.h) and go through its setters: the same names, ranges, caps and
+ * messages as SQL's params.
  * Results go to stdout; progress (model loading, synthesis) to stderr when it
  * is a terminal or with --verbose.  The commands only drive the engine's
  * public interfaces: tokenize needs nothing but tokenizer.json, logits runs
@@ -43,8 +47,6 @@ enum
 	CMD_MODEL = CMD_TOKENIZE | CMD_COMPUTE
 };
 
-#define MAX_STOP 16
-
 /* Every option of every command; a command only reads those it accepts. */
 typedef struct cli_opts
 {
@@ -57,13 +59,8 @@ typedef struct cli_opts
 	const char *preset;
 	const char *out;
 	const char *tokenizer;
-	const char *reasoning;
-	const char *instructions;
-	const char *stop[MAX_STOP];	/* generate: repeated --stop */
-	int			n_stop;
+	const char *json_schema;	/* generate, bench: file with a JSON Schema for the output */
 	long		top;
-	long		max_tokens;
-	long		top_k;
 	long		prompt_len;
 	long		gen;
 	long		requests;
@@ -74,24 +71,18 @@ typedef struct cli_opts
 	long		prefill_chunk;
 	long		max_step_tokens;
 	long		threads;
-	double		temperature;
-	double		top_p;
-	uint64_t	seed;
+	uint64_t	seed;			/* bench, synth */
 	bool		jsonl;
-	bool		raw;
-	bool		ignore_eos;
 	bool		json;
-	bool		include_reasoning;
 	bool		verbose;
+	gptoss_gen_params params;	/* generate: the parameter table's options */
 } cli_opts;
 
 typedef enum opt_kind
 {
 	OPT_FLAG,
 	OPT_STRING,
-	OPT_STRING_LIST,
 	OPT_INT,
-	OPT_FLOAT,
 	OPT_U64
 } opt_kind;
 
@@ -119,17 +110,8 @@ static const opt_spec OPTIONS[] = {
 	OPT("tokens", OPT_STRING, CMD_LOGITS, tokens, 0, 0),
 	OPT("top", OPT_INT, CMD_LOGITS, top, 0, INT_MAX),
 	OPT("prompt", OPT_STRING, CMD_GENERATE, prompt, 0, 0),
-	OPT("max-tokens", OPT_INT, CMD_GENERATE, max_tokens, 1, INT_MAX),
-	OPT("temperature", OPT_FLOAT, CMD_GENERATE, temperature, 0, 0),
-	OPT("top-p", OPT_FLOAT, CMD_GENERATE, top_p, 0, 0),
-	OPT("top-k", OPT_INT, CMD_GENERATE, top_k, 0, INT_MAX),
-	OPT("seed", OPT_U64, CMD_GENERATE | CMD_BENCH | CMD_SYNTH, seed, 0, 0),
-	OPT("reasoning", OPT_STRING, CMD_GENERATE, reasoning, 0, 0),
-	OPT("instructions", OPT_STRING, CMD_GENERATE, instructions, 0, 0),
-	OPT("stop", OPT_STRING_LIST, CMD_GENERATE, stop, 0, 0),
-	OPT("raw", OPT_FLAG, CMD_GENERATE, raw, 0, 0),
-	OPT("ignore-eos", OPT_FLAG, CMD_GENERATE, ignore_eos, 0, 0),
-	OPT("include-reasoning", OPT_FLAG, CMD_GENERATE, include_reasoning, 0, 0),
+	OPT("seed", OPT_U64, CMD_BENCH | CMD_SYNTH, seed, 0, 0),
+	OPT("json-schema", OPT_STRING, CMD_GENERATE | CMD_BENCH, json_schema, 0, 0),
 	OPT("json", OPT_FLAG, CMD_GENERATE, json, 0, 0),
 	OPT("batch", OPT_STRING, CMD_BENCH, batch, 0, 0),
 	OPT("prompt-len", OPT_INT, CMD_BENCH, prompt_len, 1, INT_MAX),
@@ -146,7 +128,7 @@ static const opt_spec OPTIONS[] = {
 
 #define N_OPTIONS ((int) (sizeof(OPTIONS) / sizeof(OPTIONS[0])))
 
-static const char USAGE[] =
+static const char USAGE_FORMAT[] =
 	"usage: gptoss COMMAND [OPTIONS]\n"
 	"\n"
 	"commands:\n"
@@ -154,13 +136,12 @@ static const char USAGE[] =
 	"      stdin (byte for byte) -> JSON array of token ids; --jsonl: one JSON string per line\n"
 	"  logits --model DIR --tokens 1,2,3 [--top K] [--device auto|cpu|cuda]\n"
 	"      one prefill step: {\"argmax\": [...], \"top\": [[id, logit], ...], \"logsumexp\": x}\n"
-	"  generate --model DIR --prompt TEXT [--max-tokens N] [--temperature T] [--top-p P]\n"
-	"           [--top-k K] [--seed S] [--reasoning low|medium|high] [--instructions TEXT]\n"
-	"           [--stop STR]... [--raw] [--ignore-eos] [--include-reasoning] [--json]\n"
-	"           [--device D] [--max-context N]\n"
-	"      prints the final channel text (--raw: the plain continuation)\n"
+	"  generate --model DIR --prompt TEXT [--json] [--json-schema FILE] [--device D]\n"
+	"           [--max-context N] %s"
+	"      prints the final channel text (--raw: the plain continuation); --json-schema: the\n"
+	"      text is a JSON document valid for the schema in FILE (structured output)\n"
 	"  bench --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--device D]\n"
-	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S]\n"
+	"        [--prefill-chunk N] [--max-step-tokens N] [--seed S] [--json-schema FILE]\n"
 	"      one JSON line per batch size (random prompts, greedy, ignore eos; a prompt\n"
 	"      is prefilled in one chunk of up to 2048 tokens unless --prefill-chunk is given)\n"
 	"  bench --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]\n"
@@ -176,6 +157,75 @@ static const char USAGE[] =
 	"common: --threads N (CPU), --verbose (progress on stderr), --help\n"
 	"defaults: --device auto (cuda when built with it and a GPU is present), --max-context\n"
 	"          min(4096, max_position_embeddings), --max-tokens 256, --temperature 1, --top-p 1\n";
+
+/* Prints the usage, with generate's options taken from the parameter table. */
+static void
+print_usage(FILE *out)
+{
+	char		opts[2048] = "";
+	size_t		at = 0;
+	size_t		line = 29;	/* after "           [--max-context N] " */
+
+	for (int i = 0; i < GPTOSS_N_PARAMS && at < sizeof(opts); i++)
+	{
+		const gptoss_param *param = &GPTOSS_PARAMS[i];
+		char		name[64];
+		char		item[160];
+		const char *value = "";
+		char		names[96] = "";
+
+		if (param->sql_only)
+			continue;
+		snprintf(name, sizeof(name), "%s", param->cli_name ? param->cli_name : param->name);
+		for (char *c = name; *c; c++)
+			if (*c == '_')
+				*c = '-';
+		switch (param->type)
+		{
+			case GPTOSS_PARAM_INT:
+				value = " N";
+				break;
+			case GPTOSS_PARAM_FLOAT:
+				value = " X";
+				break;
+			case GPTOSS_PARAM_SEED:
+				value = " S";
+				break;
+			case GPTOSS_PARAM_BOOL:
+				break;
+			case GPTOSS_PARAM_ENUM:
+				names[0] = ' ';
+				for (int k = 0; param->names[k] != NULL; k++)
+					snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+							 k ? "|" : "", param->names[k]);
+				value = names;
+				break;
+			case GPTOSS_PARAM_STRING:
+				value = " TEXT";
+				break;
+			case GPTOSS_PARAM_STRINGS:
+				value = " STR";
+				break;
+		}
+		snprintf(item, sizeof(item), "[--%s%s]%s", name, value,
+				 param->type == GPTOSS_PARAM_STRINGS ? "..." : "");
+		if (line + strlen(item) + 1 > 90)
+		{
+			at += (size_t) snprintf(opts + at, sizeof(opts) - at, "\n           ");
+			line = 11;
+		}
+		else if (i > 0)
+		{
+			at += (size_t) snprintf(opts + at, sizeof(opts) - at, " ");
+			line++;
+		}
+		at += (size_t) snprintf(opts + at, sizeof(opts) - at, "%s", item);
+		line += strlen(item);
+	}
+	if (at < sizeof(opts) - 1)
+		opts[at++] = '\n', opts[at] = '\0';
+	fprintf(out, USAGE_FORMAT, opts);
+}
 
 /* Prints an error line and returns the exit status 1. */
 static int
@@ -233,21 +283,6 @@ parse_u64(const char *s, uint64_t *out)
 	return 0;
 }
 
-/* Strict finite floating-point number. */
-static int
-parse_double(const char *s, double *out)
-{
-	char	   *end;
-	double		v;
-
-	errno = 0;
-	v = strtod(s, &end);
-	if (s[0] == '\0' || *end != '\0' || errno != 0 || !isfinite(v))
-		return -1;
-	*out = v;
-	return 0;
-}
-
 /* Stores one option's value; returns 0 or the exit status 1 after an error line. */
 static int
 set_option(cli_opts *o, const opt_spec *spec, const char *value)
@@ -262,25 +297,63 @@ set_option(cli_opts *o, const opt_spec *spec, const char *value)
 		case OPT_STRING:
 			*(const char **) field = value;
 			return 0;
-		case OPT_STRING_LIST:
-			if (o->n_stop == MAX_STOP)
-				return fail("--%s: at most %d values", spec->name, MAX_STOP);
-			o->stop[o->n_stop++] = value;
-			return 0;
 		case OPT_INT:
 			if (parse_long(value, spec->min, spec->max, (long *) field) < 0)
 				return fail("--%s: expected an integer in [%ld, %ld], got \"%s\"", spec->name,
 							spec->min, spec->max, value);
-			return 0;
-		case OPT_FLOAT:
-			if (parse_double(value, (double *) field) < 0)
-				return fail("--%s: expected a number, got \"%s\"", spec->name, value);
 			return 0;
 		case OPT_U64:
 			if (parse_u64(value, (uint64_t *) field) < 0)
 				return fail("--%s: expected a 64-bit integer, got \"%s\"", spec->name, value);
 			return 0;
 	}
+	return 0;
+}
+
+/*
+ * Applies a generation option of the parameter table (--max-tokens, --stop,
+ * ...; flags for BOOL rows, a value otherwise) to o->params.  Returns -1 when
+ * arg names no row, 0 when applied, 1 after an error line.
+ */
+static int
+set_gen_param(cli_opts *o, int argc, char **argv, int *i, const char *arg, size_t name_len,
+			  const char *eq)
+{
+	char		name[64];
+	const gptoss_param *param;
+	const char *value;
+	gptoss_error err = {0};
+	int			rc;
+
+	if (name_len >= sizeof(name))
+		return -1;
+	memcpy(name, arg, name_len);
+	name[name_len] = '\0';
+	param = gptoss_param_find_cli(name);
+	if (param == NULL)
+		return -1;
+	if (param->type == GPTOSS_PARAM_BOOL)
+	{
+		if (eq)
+			return fail("--%s takes no value", name);
+		rc = gptoss_param_set_bool(&o->params, param, true, &err);
+	}
+	else
+	{
+		if (eq)
+			value = eq + 1;
+		else if (*i + 1 < argc)
+			value = argv[++*i];
+		else
+			return fail("--%s: missing value", name);
+		if (param->type == GPTOSS_PARAM_INT || param->type == GPTOSS_PARAM_FLOAT ||
+			param->type == GPTOSS_PARAM_SEED)
+			rc = gptoss_param_set_number(&o->params, param, value, &err);
+		else
+			rc = gptoss_param_set_string(&o->params, param, value, strlen(value), &err);
+	}
+	if (rc < 0)
+		return fail("--%s: %s", name, err.msg);
 	return 0;
 }
 
@@ -308,6 +381,17 @@ parse_options(int argc, char **argv, int first, int cmd, const char *cmd_name,
 		arg += 2;
 		eq = strchr(arg, '=');
 		name_len = eq ? (size_t) (eq - arg) : strlen(arg);
+		if (cmd == CMD_GENERATE)
+		{
+			int			rc = set_gen_param(o, argc, argv, &i, arg, name_len, eq);
+
+			if (rc >= 0)
+			{
+				if (rc > 0)
+					return 1;
+				continue;
+			}
+		}
 		for (k = 0; k < N_OPTIONS; k++)
 			if (strlen(OPTIONS[k].name) == name_len && strncmp(OPTIONS[k].name, arg, name_len) == 0)
 				break;
@@ -785,8 +869,34 @@ json_set_text(json_t *obj, const char *key, const char *text, size_t len)
 	json_object_set_new(obj, key, json_stringn(text, len));
 }
 
+/*
+ * The response_format object for --json-schema FILE (the file holds a bare
+ * JSON Schema); malloc'ed, or NULL after printing the error.
+ */
+static char *
+response_format_from_file(const char *path)
+{
+	json_error_t jerr;
+	json_t	   *schema = json_load_file(path, JSON_DECODE_ANY, &jerr);
+	json_t	   *rf;
+	char	   *text;
+
+	if (schema == NULL)
+	{
+		fail("--json-schema: %s: %s", path, jerr.text);
+		return NULL;
+	}
+	rf = json_pack("{s:s, s:{s:s, s:o, s:b}}", "type", "json_schema", "json_schema", "name", "output",
+				   "schema", schema, "strict", 1);
+	text = rf ? json_dumps(rf, JSON_COMPACT) : NULL;
+	json_decref(rf);
+	if (text == NULL)
+		fail("--json-schema: out of memory");
+	return text;
+}
+
 static int
-cmd_generate(const cli_opts *o, const bool *given)
+cmd_generate(const cli_opts *o)
 {
 	gptoss_gen_params p;
 	gptoss_error err = {0};
@@ -797,45 +907,35 @@ cmd_generate(const cli_opts *o, const bool *given)
 	int			n_ids = 0;
 	int64_t		id = -1;
 	int			rc = 0;
+	char	   *rf = NULL;
 
 	if (o->prompt == NULL)
 		return fail("generate: --prompt is required");
-	gptoss_gen_params_default(&p);
-	if (was_given(given, "max-tokens"))
-		p.max_tokens = (int) o->max_tokens;
-	if (was_given(given, "temperature"))
-		p.temperature = (float) o->temperature;
-	if (was_given(given, "top-p"))
-		p.top_p = (float) o->top_p;
-	if (was_given(given, "top-k"))
-		p.top_k = (int) o->top_k;
-	if (was_given(given, "seed"))
-	{
-		p.has_seed = true;
-		p.seed = o->seed;
-	}
-	if (o->reasoning && gptoss_reasoning_from_name(o->reasoning, &p.reasoning_effort) < 0)
-		return fail("--reasoning: expected low, medium or high, got \"%s\"", o->reasoning);
-	p.instructions = o->instructions;
-	p.stop = (char **) o->stop;
-	p.n_stop = o->n_stop;
-	p.raw = o->raw;
-	p.ignore_eos = o->ignore_eos;
-	p.include_reasoning = o->include_reasoning || o->json;
+	p = o->params;
+	p.include_reasoning = p.include_reasoning || o->json;
+	if (o->json_schema && (rf = response_format_from_file(o->json_schema)) == NULL)
+		return 1;
+	p.response_format = rf;
 
 	progress_init(&ps, o->verbose);
 	eng = create_engine(o, o->max_seqs > 0 ? (int) o->max_seqs : 1, (int) o->max_context,
 						(int) o->prefill_chunk, &ps);
 	if (eng == NULL)
+	{
+		free(rf);
 		return 1;
-	if (gptoss_engine_render(eng, o->prompt, NULL, 0, &p, &ids, &n_ids, &err) < 0 ||
+	}
+	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), o->prompt, NULL, 0, &p, NULL,
+							 &ids, &n_ids, &err) < 0 ||
 		(id = gptoss_engine_submit(eng, ids, n_ids, &p, &err)) < 0)
 	{
 		free(ids);
+		free(rf);
 		gptoss_engine_free(eng);
 		return fail("generate: %s", err.msg);
 	}
 	free(ids);
+	free(rf);
 	while (gptoss_engine_active(eng) > 0)
 		if (gptoss_engine_step(eng, &err) < 0)
 			break;
@@ -887,9 +987,15 @@ parse_batches(const char *s, int32_t **out)
 	return parse_id_list(s, "--batch", 1, 4096, out);
 }
 
-/* One timed run of batch requests; prints its JSON line.  Returns 0 or 1. */
+/*
+ * One timed run of batch requests; prints its JSON line.  Returns 0 or 1.
+ * With a response_format (rf) every request is constrained from its first
+ * token (raw mode, stopping when its document is done), and the line adds
+ * the decode rate over the steps where the whole batch was still decoding
+ * (the figure to compare with an unconstrained run) and the mask time.
+ */
 static int
-bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t seed)
+bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t seed, const char *rf)
 {
 	gptoss_gen_params p;
 	gptoss_error err = {0};
@@ -912,12 +1018,20 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 		free(prompt);
 		return fail("bench: out of memory");
 	}
+	double		full_s = 0,
+				full_tokens = 0;
+	int64_t		generated = 0;
+	gptoss_engine_stats st0,
+				st1;
+
 	gptoss_gen_params_default(&p);
 	p.raw = true;
-	p.ignore_eos = true;
+	p.ignore_eos = rf == NULL;
+	p.response_format = rf;
 	p.temperature = 0;
 	p.max_tokens = gen;
 
+	gptoss_engine_get_stats(eng, &st0);
 	t_submit = gptoss_now();
 	for (int b = 0; b < batch && rc == 0; b++)
 	{
@@ -933,7 +1047,9 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 	}
 	while (rc == 0 && gptoss_engine_active(eng) > 0)
 	{
-		double		now;
+		double		now,
+					before = gptoss_now();
+		bool		full = n_first == batch && gptoss_engine_active(eng) == batch;
 
 		if (gptoss_engine_step(eng, &err) < 0)
 		{
@@ -941,6 +1057,11 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 			break;
 		}
 		now = gptoss_now();
+		if (full)
+		{
+			full_s += now - before;
+			full_tokens += batch;
+		}
 		for (int b = 0; b < batch && n_first < batch; b++)
 		{
 			gptoss_result res;
@@ -955,20 +1076,37 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 		}
 	}
 	t_end = gptoss_now();
+	for (int b = 0; b < batch && rc == 0; b++)
+	{
+		gptoss_result res;
+
+		if (gptoss_engine_result(eng, ids[b], &res) == 0)
+			generated += res.n_tokens;
+	}
 	if (rc == 0)
 	{
 		double		prefill_s = t_prefilled - t_submit;
 		double		decode_s = t_end - t_prefilled;
-		double		decode_tokens = (double) batch * (gen - 1);
+		double		decode_tokens = (double) (generated - batch);
 
 		memset(&info, 0, sizeof(info));
 		be->get_info(be, &info);
+		gptoss_engine_get_stats(eng, &st1);
 		printf("{\"batch\":%d,\"prompt_len\":%d,\"gen\":%d,\"prefill_tok_s\":%.1f,"
-			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"device\":\"%s\"}\n",
+			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"device\":\"%s\"",
 			   batch, prompt_len, gen,
 			   prefill_s > 0 ? (double) batch * prompt_len / prefill_s : 0.0,
 			   decode_s > 0 && decode_tokens > 0 ? decode_tokens / decode_s : 0.0,
 			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes, info.device_name);
+		if (rf != NULL)
+			printf(",\"constrained\":true,\"generated\":%lld,\"full_batch_decode_steps\":%.0f,"
+				   "\"full_batch_decode_tok_s\":%.1f,\"masks\":%lld,\"mask_cpu_us_per_mask\":%.2f,"
+				   "\"mask_wall_ms_per_step\":%.3f",
+				   (long long) generated, full_tokens / batch, full_s > 0 ? full_tokens / full_s : 0.0,
+				   (long long) (st1.masks - st0.masks),
+				   st1.masks > st0.masks ? (st1.mask_seconds - st0.mask_seconds) / (st1.masks - st0.masks) * 1e6 : 0.0,
+				   st1.steps > st0.steps ? (st1.mask_wall_seconds - st0.mask_wall_seconds) / (st1.steps - st0.steps) * 1e3 : 0.0);
+		printf("}\n");
 		fflush(stdout);
 	}
 	for (int b = 0; b < batch; b++)
@@ -1053,7 +1191,10 @@ cmd_bench(const cli_opts *o, const bool *given)
 	progress_state ps;
 	gptoss_engine *eng;
 	uint64_t	seed = was_given(given, "seed") ? o->seed : 1;
+	char	   *rf = NULL;
 
+	if (was_given(given, "requests") && o->json_schema)
+		return fail("bench: --json-schema goes with --batch runs, not --requests");
 	if (was_given(given, "requests"))
 		return cmd_bench_serve(o, given);
 	if (was_given(given, "input-len") || was_given(given, "output-len") || was_given(given, "lengths") ||
@@ -1085,11 +1226,17 @@ cmd_bench(const cli_opts *o, const bool *given)
 	 */
 	if (!was_given(given, "prefill-chunk"))
 		prefill_chunk = prompt_len < 2048 ? prompt_len : 2048;
+	if (o->json_schema && (rf = response_format_from_file(o->json_schema)) == NULL)
+	{
+		free(batches);
+		return 1;
+	}
 	progress_init(&ps, o->verbose);
 	eng = create_engine(o, max_batch, context, prefill_chunk, &ps);
 	if (eng == NULL)
 	{
 		free(batches);
+		free(rf);
 		return 1;
 	}
 	/* Warm-up (lazy allocations, kernel selection) outside the timings. */
@@ -1116,9 +1263,10 @@ cmd_bench(const cli_opts *o, const bool *given)
 			gptoss_engine_release(eng, id);
 	}
 	for (int i = 0; i < n_batches && rc == 0; i++)
-		rc = bench_batch(eng, batches[i], prompt_len, gen, seed + (uint64_t) i);
+		rc = bench_batch(eng, batches[i], prompt_len, gen, seed + (uint64_t) i, rf);
 	gptoss_engine_free(eng);
 	free(batches);
+	free(rf);
 	return rc;
 }
 
@@ -1182,13 +1330,13 @@ main(int argc, char **argv)
 
 	if (argc < 2)
 	{
-		fputs(USAGE, stderr);
+		print_usage(stderr);
 		return 1;
 	}
 	name = argv[1];
 	if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0 || strcmp(name, "help") == 0)
 	{
-		fputs(USAGE, stdout);
+		print_usage(stdout);
 		return 0;
 	}
 	for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++)
@@ -1199,6 +1347,7 @@ main(int argc, char **argv)
 					name);
 
 	memset(&o, 0, sizeof(o));
+	gptoss_gen_params_default(&o.params);
 	o.device = "auto";
 	o.top = 10;
 	o.batch = "1,8,64";
@@ -1209,7 +1358,7 @@ main(int argc, char **argv)
 	rc = parse_options(argc, argv, 2, cmd, name, &o, given);
 	if (rc == 2)
 	{
-		fputs(USAGE, stdout);
+		print_usage(stdout);
 		return 0;
 	}
 	if (rc != 0)
@@ -1226,7 +1375,7 @@ main(int argc, char **argv)
 		case CMD_LOGITS:
 			return cmd_logits(&o);
 		case CMD_GENERATE:
-			return cmd_generate(&o, given);
+			return cmd_generate(&o);
 		case CMD_BENCH:
 			return cmd_bench(&o, given);
 		case CMD_SYNTH:

@@ -1,0 +1,490 @@
+/*
+ * call.c: the session side of a request (the call API of gptoss.h).
+ *
+ * A call writes its job into a new DSM segment (protocol.c), takes a free
+ * request slot in shared memory (waiting up to gptoss.queue_wait, capped by
+ * gptoss.max_queue_wait, for one), wakes the worker and then reads result
+ * frames from the segment's queue.  Every wait is interruptible and on one
+ * wait event set: the latch (set by the worker's queue writes, by the
+ * broadcast of a freed request slot, and by signals), postmaster death, and
+ * WL_SOCKET_CLOSED on the client socket to notice a disconnected client;
+ * CHECK_FOR_INTERRUPTS after each wakeup (cancel, statement_timeout,
+ * terminate).  Each wakeup (at least every GPTOSS_POLL_MS) also checks that
+ * the worker that took the request is still the one running, so a worker
+ * that exits fails its waiting sessions within a fraction of a second.
+ *
+ * Whatever way the call ends, the segment is detached (explicitly, or by the
+ * resource owner on ERROR, or at process exit on FATAL) and its on_dsm_detach
+ * callback gives the slot up: a request the worker has not taken is simply
+ * dropped, a running one is marked CANCELLED and the worker frees its
+ * sequence (and KV cache) at its next iteration.
+ */
+#include "postgres.h"
+
+/*
+ * libpq-be.h includes <gssapi/gssapi.h> when the server was built with
+ * GSSAPI, and Debian's postgresql-server-dev-15 does not depend on
+ * libkrb5-dev.  We only need Port.sock, and Port keeps its layout without
+ * ENABLE_GSS (its gss member becomes a void pointer), so GSSAPI is switched
+ * off for this file when its header is missing.
+ */
+#if defined(ENABLE_GSS) && defined(__has_include)
+#if !__has_include(<gssapi/gssapi.h>) && !__has_include(<gssapi.h>)
+#undef ENABLE_GSS
+#endif
+#endif
+#include "libpq/libpq-be.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "gptoss.h"
+
+struct GptossCall
+{
+	dsm_segment *seg;
+	shm_mq_handle *mqh;
+	int			slot;			/* request slot, -1 until one is taken */
+	int			worker;
+	uint64		request_id;
+	TimestampTz started;
+	bool		done_seen;		/* the slot was DONE at the last check */
+};
+
+/* Latch, postmaster death and (for client sessions) the client socket; built once. */
+static WaitEventSet *call_wait_set = NULL;
+
+/* Builds the wait event set of this session on first use. */
+static WaitEventSet *
+get_wait_set(void)
+{
+	if (call_wait_set == NULL)
+	{
+		bool		watch_socket = MyProcPort != NULL && MyProcPort->sock != PGINVALID_SOCKET &&
+			WaitEventSetCanReportClosed();
+		WaitEventSet *set = CreateWaitEventSet(TopMemoryContext, watch_socket ? 3 : 2);
+
+		AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+		AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+		if (watch_socket)
+			AddWaitEventToSet(set, WL_SOCKET_CLOSED, MyProcPort->sock, NULL, NULL);
+		call_wait_set = set;
+	}
+	return call_wait_set;
+}
+
+/*
+ * Waits up to timeout_ms for the latch, then serves interrupts.  A closed
+ * client socket ends the session as PostgreSQL does for a lost connection.
+ */
+static void
+wait_latch(long timeout_ms)
+{
+	WaitEvent	event;
+
+	if (WaitEventSetWait(get_wait_set(), timeout_ms, &event, 1, PG_WAIT_EXTENSION) == 1 &&
+		(event.events & WL_SOCKET_CLOSED))
+	{
+		ClientConnectionLost = true;
+		InterruptPending = true;
+	}
+	ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/* Raises 55000 with worker w's reason for not serving. */
+void
+gptoss_raise_worker_failed(int w)
+{
+	GptossWorkerShared snap;
+
+	gptoss_worker_snapshot(w, &snap);
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("gptoss model is not available: %s", snap.error),
+			 errhint("%s", snap.error_hint),
+			 errcontext("gptoss worker %d", w)));
+}
+
+/* Raised when worker w, which held the request, is gone. */
+static void
+raise_worker_exited(int w)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("gptoss worker exited while processing the request"),
+			 errhint("The worker restarts by itself; retry once gptoss_status() reports ready."),
+			 errcontext("gptoss worker %d", w)));
+}
+
+/*
+ * Picks the worker for a new request: the one with the fewest request slots
+ * among those that have not failed.  Returns -1 when every worker failed.
+ * Caller holds the lock.
+ */
+static int
+choose_worker(void)
+{
+	int			load[GPTOSS_MAX_WORKERS];
+	int			best = -1;
+
+	for (int w = 0; w < gptoss_shared->nworkers; w++)
+		load[w] = 0;
+	for (int i = 0; i < gptoss_shared->nslots; i++)
+	{
+		GptossRequestSlot *s = &gptoss_shared->slots[i];
+
+		if (s->state != GPTOSS_SLOT_FREE && s->worker >= 0 && s->worker < gptoss_shared->nworkers)
+			load[s->worker]++;
+	}
+	for (int w = 0; w < gptoss_shared->nworkers; w++)
+	{
+		GptossWorkerShared *ws = &gptoss_shared->workers[w];
+		GptossWorkerState state;
+
+		SpinLockAcquire(&ws->mutex);
+		state = ws->state;
+		SpinLockRelease(&ws->mutex);
+		if (state == GPTOSS_WORKER_FAILED)
+			continue;
+		if (best < 0 || load[w] < load[best])
+			best = w;
+	}
+	return best;
+}
+
+/* True when some request slot is free now (lock not held; a hint only). */
+static bool
+any_slot_free(void)
+{
+	bool		found = false;
+
+	LWLockAcquire(gptoss_shared->lock, LW_SHARED);
+	for (int i = 0; i < gptoss_shared->nslots && !found; i++)
+		found = gptoss_shared->slots[i].state == GPTOSS_SLOT_FREE;
+	LWLockRelease(gptoss_shared->lock);
+	return found;
+}
+
+/* Raises worker 0's reason when every worker failed (nothing can serve). */
+static void
+check_some_worker_serves(void)
+{
+	int			worker;
+
+	LWLockAcquire(gptoss_shared->lock, LW_SHARED);
+	worker = choose_worker();
+	LWLockRelease(gptoss_shared->lock);
+	if (worker < 0)
+		gptoss_raise_worker_failed(0);
+}
+
+/*
+ * on_dsm_detach callback of a request segment: gives the slot up.  Runs on
+ * every way out of a call, so the worker always learns that nobody waits.
+ * It reads the request id from the segment: the GptossCall may be gone.
+ */
+static void
+release_slot(dsm_segment *seg, Datum arg)
+{
+	GptossRequestSlot *s = &gptoss_shared->slots[DatumGetInt32(arg)];
+	uint64		request_id = gptoss_job_request_id(seg);
+	bool		freed = false;
+	int			wake = -1;
+
+	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
+	if (s->request_id == request_id)
+	{
+		switch (s->state)
+		{
+			case GPTOSS_SLOT_SUBMITTED:
+			case GPTOSS_SLOT_DONE:
+				s->state = GPTOSS_SLOT_FREE;
+				s->owner_pgprocno = -1;
+				freed = true;
+				break;
+			case GPTOSS_SLOT_RUNNING:
+				s->state = GPTOSS_SLOT_CANCELLED;
+				s->owner_pgprocno = -1;
+				wake = s->worker;
+				break;
+			case GPTOSS_SLOT_FREE:
+			case GPTOSS_SLOT_CANCELLED:
+				break;
+		}
+	}
+	LWLockRelease(gptoss_shared->lock);
+	if (freed)
+		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
+	if (wake >= 0)
+		gptoss_wake_worker(wake);
+}
+
+/* Writes job into a new request segment and attaches its queue as receiver. */
+static GptossCall *
+create_call(const GptossJob *job)
+{
+	GptossCall *call = palloc0(sizeof(GptossCall));
+	shm_mq	   *mq;
+
+	call->slot = -1;
+	call->request_id = pg_atomic_fetch_add_u64(&gptoss_shared->next_request_id, 1);
+	call->seg = gptoss_job_write(job, call->request_id, &mq);
+	shm_mq_set_receiver(mq, MyProc);
+	call->mqh = shm_mq_attach(mq, call->seg, NULL);
+	call->started = GetCurrentTimestamp();
+	return call;
+}
+
+/*
+ * Takes a free request slot for call and hands it to the least loaded
+ * worker; false when no slot is free.  Raises when every worker failed.
+ */
+static bool
+claim_slot(GptossCall *call)
+{
+	int			worker;
+	int			slot = -1;
+
+	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
+	worker = choose_worker();
+	for (int i = 0; worker >= 0 && i < gptoss_shared->nslots; i++)
+	{
+		GptossRequestSlot *s = &gptoss_shared->slots[i];
+
+		if (s->state != GPTOSS_SLOT_FREE)
+			continue;
+		s->state = GPTOSS_SLOT_SUBMITTED;
+		s->worker = worker;
+		s->request_id = call->request_id;
+		s->generation = 0;
+		s->owner_pgprocno = MyProc->pgprocno;
+		s->handle = dsm_segment_handle(call->seg);
+		s->worker_exited = false;
+		slot = i;
+		break;
+	}
+	LWLockRelease(gptoss_shared->lock);
+	if (worker < 0)
+		gptoss_raise_worker_failed(0);
+	if (slot < 0)
+		return false;
+
+	/* From here on, detaching the segment gives the slot back. */
+	call->slot = slot;
+	call->worker = worker;
+	on_dsm_detach(call->seg, release_slot, Int32GetDatum(slot));
+	gptoss_wake_worker(worker);
+	return true;
+}
+
+/* Raises 53000: no request slot freed within the queue wait. */
+static void
+raise_queue_full(int waited_ms)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+			 errmsg("gptoss request queue is full"),
+			 errdetail("All %d request slots stayed busy for %d ms (gptoss.queue_wait, at most gptoss.max_queue_wait).",
+					   gptoss_shared->nslots, waited_ms),
+			 errhint("Raise gptoss.max_requests or gptoss.queue_wait.")));
+}
+
+/* Sends job, waiting for a free request slot (see gptoss.h). */
+GptossCall *
+gptoss_call_start(const GptossJob *job)
+{
+	GptossCall *call;
+	int			queue_wait = gptoss_effective_queue_wait();
+	TimestampTz deadline;
+
+	gptoss_check_preloaded();
+	/* Fail fast, before any allocation, when no worker can serve. */
+	check_some_worker_serves();
+
+	call = create_call(job);
+	deadline = TimestampTzPlusMilliseconds(call->started, queue_wait);
+	for (;;)
+	{
+		long		remaining;
+
+		/* Registered before looking, so that a slot freed meanwhile sets the latch. */
+		ConditionVariablePrepareToSleep(&gptoss_shared->slot_freed);
+		if (claim_slot(call))
+			break;
+		remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (remaining <= 0)
+		{
+			ConditionVariableCancelSleep();
+			raise_queue_full(queue_wait);
+		}
+		wait_latch(Min(remaining, GPTOSS_POLL_MS));
+	}
+	ConditionVariableCancelSleep();
+	return call;
+}
+
+/* Sends job when a request slot is free now; NULL otherwise. */
+GptossCall *
+gptoss_call_try_start(const GptossJob *job)
+{
+	GptossCall *call;
+
+	gptoss_check_preloaded();
+	check_some_worker_serves();
+	if (!any_slot_free())
+		return NULL;
+	call = create_call(job);
+	if (!claim_slot(call))
+	{
+		/* Another session took the last slot meanwhile. */
+		dsm_detach(call->seg);
+		pfree(call);
+		return NULL;
+	}
+	return call;
+}
+
+/*
+ * Looks at the slot and the worker when no frame is waiting: raises when the
+ * worker failed or exited, or when the request waited too long to be taken.
+ */
+static void
+check_call(GptossCall *call)
+{
+	GptossRequestSlot s;
+	GptossWorkerShared snap;
+
+	LWLockAcquire(gptoss_shared->lock, LW_SHARED);
+	s = gptoss_shared->slots[call->slot];
+	LWLockRelease(gptoss_shared->lock);
+	if (s.request_id != call->request_id)
+		elog(ERROR, "gptoss: request slot %d was taken over", call->slot);
+
+	switch (s.state)
+	{
+		case GPTOSS_SLOT_SUBMITTED:
+			/* A ready worker takes it at its next iteration; otherwise wait for the worker. */
+			gptoss_worker_snapshot(call->worker, &snap);
+			if (snap.state == GPTOSS_WORKER_FAILED)
+				gptoss_raise_worker_failed(call->worker);
+			if (snap.state != GPTOSS_WORKER_READY &&
+				TimestampDifferenceExceeds(call->started, GetCurrentTimestamp(),
+										   gptoss_effective_queue_wait()))
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("gptoss worker is not ready (state %s, %.0f%% loaded)",
+								gptoss_worker_state_name(snap.state), snap.progress * 100.0),
+						 errhint("Wait until gptoss_status() reports ready, or raise gptoss.queue_wait."),
+						 errcontext("gptoss worker %d", call->worker)));
+			break;
+		case GPTOSS_SLOT_RUNNING:
+			gptoss_worker_snapshot(call->worker, &snap);
+			if (snap.pid == 0 || snap.generation != s.generation)
+				raise_worker_exited(call->worker);
+			break;
+		case GPTOSS_SLOT_DONE:
+			/* The worker flushed its frames before marking DONE: read once more, then give up. */
+			if (call->done_seen)
+				raise_worker_exited(call->worker);
+			call->done_seen = true;
+			break;
+		case GPTOSS_SLOT_FREE:
+		case GPTOSS_SLOT_CANCELLED:
+			elog(ERROR, "gptoss: request slot %d is in state %d while waiting", call->slot, (int) s.state);
+	}
+}
+
+/*
+ * Folds the frames waiting in the queue into resp.  Returns how many; when
+ * none waits, checks the worker (which raises when it is gone).
+ */
+static int
+fold_frames(GptossCall *call, GptossResponse *resp)
+{
+	int			n = 0;
+
+	while (!resp->finished)
+	{
+		Size		nbytes;
+		void	   *data;
+		shm_mq_result res = shm_mq_receive(call->mqh, &nbytes, &data, true);
+
+		if (res == SHM_MQ_SUCCESS)
+		{
+			gptoss_frame_apply(resp, data, nbytes, call->worker);
+			n++;
+			continue;
+		}
+		if (res == SHM_MQ_DETACHED)
+			raise_worker_exited(call->worker);
+		if (n > 0)
+			break;
+		if (call->done_seen)
+		{
+			check_call(call);	/* raises: DONE and nothing more came */
+			break;
+		}
+		check_call(call);
+		if (!call->done_seen)
+			break;
+		/* DONE: the last frames are in the queue; read them */
+	}
+	return n;
+}
+
+/* Folds the frames available now; true once the response is complete. */
+bool
+gptoss_call_poll(GptossCall *call, GptossResponse *resp)
+{
+	if (!resp->finished)
+		(void) fold_frames(call, resp);
+	return resp->finished;
+}
+
+/* Waits for the next frames and folds them into resp; false once complete. */
+bool
+gptoss_call_next(GptossCall *call, GptossResponse *resp)
+{
+	while (!resp->finished)
+	{
+		if (fold_frames(call, resp) > 0)
+			return !resp->finished;
+		wait_latch(GPTOSS_POLL_MS);
+	}
+	return false;
+}
+
+/* Sleeps until a call progressed or a request slot was freed, then serves interrupts. */
+void
+gptoss_call_wait(void)
+{
+	ConditionVariablePrepareToSleep(&gptoss_shared->slot_freed);
+	wait_latch(GPTOSS_POLL_MS);
+	ConditionVariableCancelSleep();
+}
+
+/* Detaches the segment; release_slot gives the slot back. */
+void
+gptoss_call_end(GptossCall *call)
+{
+	dsm_detach(call->seg);
+	pfree(call);
+}
+
+/* Runs job to completion (with on_error "null", a row error ends up in resp). */
+void
+gptoss_execute(const GptossJob *job, GptossResponse *resp)
+{
+	GptossCall *call;
+
+	gptoss_response_init(resp);
+	resp->keep_row_error = job->params.on_error == GPTOSS_ON_ERROR_NULL;
+	call = gptoss_call_start(job);
+	while (gptoss_call_next(call, resp))
+		;
+	gptoss_call_end(call);
+}
