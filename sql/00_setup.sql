@@ -36,4 +36,4 @@ END
 $$;
 
 -- The worker is a background process that pg_stat_activity lists.
-SELECT backend_type FROM pg_stat_activity WHERE backend_type LIKE 'gptoss%';
+SELECT backend_type FROM pg_stat_activity WHERE backend_type = 'gptoss worker';

@@ -103,3 +103,126 @@ REVOKE ALL ON gptoss_stats FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION gptoss_status() TO pg_monitor;
 GRANT EXECUTE ON FUNCTION gptoss_stats() TO pg_monitor;
 GRANT SELECT ON gptoss_stats TO pg_monitor;
+
+-- Enrichments: columns that fill themselves (src/enrich.c, src/enrich_worker.c).
+-- The catalog belongs to the extension; users see and manage enrichments of
+-- the tables they own through the view and the functions below.
+
+CREATE TABLE gptoss_enrichment (
+    id serial PRIMARY KEY,
+    relid oid NOT NULL,
+    attnum smallint NOT NULL,
+    prompt_sql text NOT NULL,
+    prompt_expr text NOT NULL,
+    params jsonb NOT NULL,
+    mode text NOT NULL CHECK (mode IN ('sync', 'async')),
+    max_attempts int NOT NULL CHECK (max_attempts >= 1),
+    paused boolean NOT NULL DEFAULT false,
+    created timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (relid, attnum)
+);
+
+COMMENT ON TABLE gptoss_enrichment IS
+'enrichments: the table and column they fill, the analysed prompt expression (prompt_expr) and the generation params';
+
+CREATE TABLE gptoss_enrich_queue (
+    enrichment int NOT NULL,
+    key text[] NOT NULL,
+    queued_at timestamptz NOT NULL DEFAULT now(),
+    attempts int NOT NULL DEFAULT 0,
+    next_try timestamptz NOT NULL DEFAULT now(),
+    last_error text,
+    failed_at timestamptz,
+    PRIMARY KEY (enrichment, key)
+);
+
+COMMENT ON TABLE gptoss_enrich_queue IS
+'rows waiting for a generation, by primary key (as text); failed ones keep their error and attempts';
+
+CREATE TABLE gptoss_enrich_inbox (
+    id bigserial PRIMARY KEY,
+    enrichment int NOT NULL,
+    nrows int NOT NULL,
+    keys text[] NOT NULL,
+    queued_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE gptoss_enrich_inbox IS
+'keys of inserted rows, one row per statement (the key columns of each row in turn); the worker moves them into the queue';
+
+CREATE TABLE gptoss_enrich_log (
+    enrichment int NOT NULL,
+    at timestamptz NOT NULL DEFAULT now(),
+    rows bigint NOT NULL,
+    tokens bigint NOT NULL
+);
+
+CREATE INDEX ON gptoss_enrich_log (enrichment, at);
+
+COMMENT ON TABLE gptoss_enrich_log IS
+'rows filled and completion tokens per batch (older rows folded into one per enrichment)';
+
+REVOKE ALL ON gptoss_enrichment, gptoss_enrich_queue, gptoss_enrich_inbox, gptoss_enrich_log FROM PUBLIC;
+REVOKE ALL ON SEQUENCE gptoss_enrichment_id_seq, gptoss_enrich_inbox_id_seq FROM PUBLIC;
+
+CREATE FUNCTION gptoss_enrich(tbl regclass, target_column name, prompt_sql text,
+                              params jsonb DEFAULT '{}', mode text DEFAULT 'async')
+RETURNS int
+AS 'MODULE_PATHNAME', 'gptoss_enrich'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION gptoss_enrich(regclass, name, text, jsonb, text) IS
+'fill target_column of tbl with the answer to prompt_sql (an expression over the row): sync (before the statement returns) or async (queued, filled by a background worker); returns the enrichment id';
+
+CREATE FUNCTION gptoss_enrich_drop(id int) RETURNS void
+AS 'MODULE_PATHNAME', 'gptoss_enrich_drop' LANGUAGE C STRICT VOLATILE;
+
+CREATE FUNCTION gptoss_enrich_pause(id int) RETURNS void
+AS 'MODULE_PATHNAME', 'gptoss_enrich_pause' LANGUAGE C STRICT VOLATILE;
+
+CREATE FUNCTION gptoss_enrich_resume(id int) RETURNS void
+AS 'MODULE_PATHNAME', 'gptoss_enrich_resume' LANGUAGE C STRICT VOLATILE;
+
+CREATE FUNCTION gptoss_enrich_retry_failed(id int) RETURNS bigint
+AS 'MODULE_PATHNAME', 'gptoss_enrich_retry_failed' LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION gptoss_enrich_retry_failed(int) IS
+'queue the rows that used up their attempts again; returns how many';
+
+CREATE FUNCTION gptoss_enrich_trigger() RETURNS trigger
+AS 'MODULE_PATHNAME', 'gptoss_enrich_trigger' LANGUAGE C;
+
+CREATE FUNCTION gptoss_enrich_on_drop() RETURNS event_trigger
+AS 'MODULE_PATHNAME', 'gptoss_enrich_on_drop' LANGUAGE C;
+
+CREATE EVENT TRIGGER gptoss_enrich_on_drop ON sql_drop
+    EXECUTE FUNCTION gptoss_enrich_on_drop();
+
+CREATE VIEW gptoss_enrichments AS
+    SELECT e.id,
+           e.relid::regclass AS table_name,
+           a.attname AS column_name,
+           e.mode,
+           e.paused,
+           (SELECT count(*) FROM gptoss_enrich_queue q
+             WHERE q.enrichment = e.id AND q.attempts < e.max_attempts)
+           + (SELECT coalesce(sum(i.nrows), 0) FROM gptoss_enrich_inbox i
+             WHERE i.enrichment = e.id)::bigint AS pending,
+           (SELECT coalesce(sum(l.rows), 0) FROM gptoss_enrich_log l
+             WHERE l.enrichment = e.id)::bigint AS done,
+           (SELECT count(*) FROM gptoss_enrich_queue q
+             WHERE q.enrichment = e.id AND q.attempts >= e.max_attempts) AS failed,
+           (SELECT q.last_error FROM gptoss_enrich_queue q
+             WHERE q.enrichment = e.id AND q.last_error IS NOT NULL
+             ORDER BY q.failed_at DESC LIMIT 1) AS last_error,
+           (SELECT coalesce(sum(l.tokens), 0) FROM gptoss_enrich_log l
+             WHERE l.enrichment = e.id AND l.at > now() - interval '1 minute')::double precision / 60 AS tok_s
+      FROM gptoss_enrichment e
+      JOIN pg_catalog.pg_attribute a ON a.attrelid = e.relid AND a.attnum = e.attnum
+      JOIN pg_catalog.pg_class c ON c.oid = e.relid
+     WHERE pg_catalog.pg_has_role(c.relowner, 'USAGE');
+
+COMMENT ON VIEW gptoss_enrichments IS
+'enrichments of the tables you own: rows pending, done and failed, the last error, completion tokens/s over the last minute';
+
+GRANT SELECT ON gptoss_enrichments TO PUBLIC;

@@ -20,6 +20,7 @@
 #include "utils/guc.h"
 
 #include "gptoss.h"
+#include "enrich.h"
 
 PG_MODULE_MAGIC;
 
@@ -399,4 +400,5 @@ _PG_init(void)
 	register_workers();
 	gptoss_preload_tokenizer();
 	gptoss_batch_init();
+	enrich_init();
 }

@@ -16,6 +16,10 @@
 #           given or a complete one is already there)
 #   server  postgresql.conf (shared_preload_libraries, gptoss.*), start, CREATE EXTENSION,
 #           wait for gptoss_status() state 'ready'
+#   enrich  only with ENRICH_BENCH=1, instead of load: bench/enrich_bench.c (enrichment
+#           rows/s, sync and async, against the naive row trigger and gptoss_generate_many;
+#           COPY of 10,000 rows into an enriched vs a plain table); ENRICH_ARGS overrides its
+#           options; results in enrich.md / enrich.jsonl
 #   load    test/loadgen/gptoss_loadgen: 1 and 64 sessions (~128-token prompts, 128
 #           generated tokens, greedy, ignore_eos, raw), each on a freshly restarted
 #           server, then a --check run (texts under batching equal texts alone)
@@ -202,6 +206,24 @@ restart_server() {
 	as_pg "$PG_BIN/pg_ctl -D $PGROOT/data -l $PGROOT/log -m fast -w restart" >/dev/null || fail "restart failed"
 	sql --wait-ready --exec "SELECT 1" >/dev/null || fail "the gptoss worker did not become ready after a restart"
 }
+
+if [ "${ENRICH_BENCH:-0}" = 1 ]; then
+	# Enrichment benchmark instead of the load runs (bench/enrich_bench.c; bench/RESULTS.md).
+	phase enrich
+	# shellcheck disable=SC2086  # the flag variables hold several words
+	gcc -std=gnu11 -O2 -Wall -o build/enrich_bench bench/enrich_bench.c $LIBPQ_CFLAGS $LIBPQ_LIBS \
+		|| fail "building bench/enrich_bench.c"
+	# shellcheck disable=SC2086
+	limited build/enrich_bench --dsn "$DSN" ${ENRICH_ARGS:---rows 1000 --naive-rows 200 --words 128 --max-tokens 128 --copy-rows 10000 --copy-runs 3} \
+		> "$RESULTS_DIR/enrich.md" 2> "$RESULTS_DIR/enrich.jsonl" || { cat "$RESULTS_DIR/enrich.jsonl"; fail "enrich_bench failed"; }
+	sql --exec "SELECT row_to_json(s) FROM gptoss_stats s" > "$RESULTS_DIR/stats.txt" || fail "reading gptoss_stats"
+	phase summary
+	{ echo "# enrichment on the GPU machine ($(date -u +%F)), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+	  echo "- model: $MODEL; max_batch_size $MAX_BATCH; max_context $MAX_CONTEXT; phases (s): ${TIMINGS[*]}"; echo
+	  cat "$RESULTS_DIR/enrich.md"; } > "$RESULTS_DIR/summary.md"
+	cat "$RESULTS_DIR/summary.md"
+	exit 0
+fi
 
 phase load
 RESULTS=$RESULTS_DIR/results.jsonl
