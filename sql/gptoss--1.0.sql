@@ -41,6 +41,14 @@ LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED COST 100000;
 COMMENT ON FUNCTION gptoss_chat(jsonb, jsonb) IS
 'OpenAI-style chat completion: messages in, a chat.completion object out';
 
+CREATE FUNCTION gptoss_generate_json(prompt text, schema jsonb, params jsonb DEFAULT '{}')
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'gptoss_generate_json'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+
+COMMENT ON FUNCTION gptoss_generate_json(text, jsonb, jsonb) IS
+'answer a prompt with a JSON document valid for the JSON Schema (structured output)';
+
 CREATE FUNCTION gptoss_tokenize(text)
 RETURNS int[]
 AS 'MODULE_PATHNAME', 'gptoss_tokenize'

@@ -70,7 +70,7 @@ put_strings(const gptoss_gen_params *p, char *dest)
 		const gptoss_param *param = &GPTOSS_PARAMS[i];
 		const char *field = (const char *) p + param->offset;
 
-		if (param->type == GPTOSS_PARAM_STRING)
+		if (param->type == GPTOSS_PARAM_STRING || param->type == GPTOSS_PARAM_JSON)
 		{
 			const char *s = *(const char *const *) field;
 
@@ -101,7 +101,7 @@ get_strings(gptoss_gen_params *p, const char *cursor, const char *end)
 		const gptoss_param *param = &GPTOSS_PARAMS[i];
 		char	   *field = (char *) p + param->offset;
 
-		if (param->type == GPTOSS_PARAM_STRING)
+		if (param->type == GPTOSS_PARAM_STRING || param->type == GPTOSS_PARAM_JSON)
 		{
 			bool		present;
 

@@ -140,6 +140,7 @@ gptoss_define_param_gucs(void)
 			case GPTOSS_PARAM_SEED:
 			case GPTOSS_PARAM_STRING:
 			case GPTOSS_PARAM_STRINGS:
+			case GPTOSS_PARAM_JSON:
 				elog(ERROR, "gptoss: parameter \"%s\" cannot have a GUC default", param->name);
 		}
 	}
@@ -218,6 +219,14 @@ apply_value(gptoss_gen_params *p, const gptoss_param *param, JsonbValue *v, gpto
 			*rc = gptoss_param_set_string(p, param, s, len, err);
 			return true;
 		case jbvBinary:
+			if (param->type == GPTOSS_PARAM_JSON && JsonContainerIsObject(v->val.binary.data))
+			{
+				/* the object's JSON text, in UTF-8 for the engine */
+				s = JsonbToCString(NULL, v->val.binary.data, v->val.binary.len);
+				s = pg_server_to_any(s, strlen(s), PG_UTF8);
+				*rc = gptoss_param_set_json(p, param, s, strlen(s), err);
+				return true;
+			}
 			if (param->type != GPTOSS_PARAM_STRINGS || !JsonContainerIsArray(v->val.binary.data))
 				return false;
 			{
@@ -297,4 +306,13 @@ gptoss_parse_params(Jsonb *params, gptoss_gen_params *p)
 	/* The administrator's cap clamps (finish_reason length), it does not fail. */
 	if (gptoss_max_tokens_limit > 0 && p->max_tokens > gptoss_max_tokens_limit)
 		p->max_tokens = gptoss_max_tokens_limit;
+
+	/* The whole set, as the engine will check it (rules between parameters too). */
+	{
+		gptoss_error err;
+
+		memset(&err, 0, sizeof(err));
+		if (gptoss_gen_params_check(p, &err) < 0)
+			raise_invalid(&err);
+	}
 }

@@ -206,6 +206,9 @@ print_usage(FILE *out)
 			case GPTOSS_PARAM_STRINGS:
 				value = " STR";
 				break;
+			case GPTOSS_PARAM_JSON:
+				value = " JSON";
+				break;
 		}
 		snprintf(item, sizeof(item), "[--%s%s]%s", name, value,
 				 param->type == GPTOSS_PARAM_STRINGS ? "..." : "");
@@ -349,6 +352,8 @@ set_gen_param(cli_opts *o, int argc, char **argv, int *i, const char *arg, size_
 		if (param->type == GPTOSS_PARAM_INT || param->type == GPTOSS_PARAM_FLOAT ||
 			param->type == GPTOSS_PARAM_SEED)
 			rc = gptoss_param_set_number(&o->params, param, value, &err);
+		else if (param->type == GPTOSS_PARAM_JSON)
+			rc = gptoss_param_set_json(&o->params, param, value, strlen(value), &err);
 		else
 			rc = gptoss_param_set_string(&o->params, param, value, strlen(value), &err);
 	}

@@ -363,7 +363,7 @@ gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
 	}
 	rest = gptoss_json_state_shortest(c->g, &c->js);
 	if (rest < left &&
-		gptoss_token_trie_json_mask(env->trie, c->g, &c->js, left - 1, mask_buf, scratch) > 0)
+		gptoss_token_trie_json_mask(env->trie, c->g, &c->js, left - 1, mask_buf, scratch))
 	{
 		if (gptoss_json_state_accepting(c->g, &c->js))
 			gptoss_mask_set(mask_buf, GPTOSS_TOK_RETURN);

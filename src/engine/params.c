@@ -9,6 +9,7 @@
  */
 #include "params.h"
 #include "engine.h"
+#include "json_schema.h"
 
 #include <errno.h>
 #include <float.h>
@@ -22,6 +23,8 @@ _Static_assert(sizeof(gptoss_reasoning) == sizeof(int), "ENUM fields are ints");
 
 #define FIELD(f) offsetof(gptoss_gen_params, f)
 #define NO_AUX 0
+
+static int	check_response_format(const char *text, size_t len, gptoss_error *err);
 
 const char *const gptoss_on_error_names[] = {"error", "null", NULL};
 
@@ -48,11 +51,33 @@ const gptoss_param GPTOSS_PARAMS[] = {
 	{.name = "include_reasoning", .type = GPTOSS_PARAM_BOOL, .offset = FIELD(include_reasoning)},
 	{.name = "max_reasoning_tokens", .type = GPTOSS_PARAM_INT, .offset = FIELD(max_reasoning_tokens),
 	 .aux_offset = FIELD(has_max_reasoning_tokens), .min = 0, .max = INT_MAX},
+	{.name = "response_format", .type = GPTOSS_PARAM_JSON, .offset = FIELD(response_format),
+	 .check_json = check_response_format},
 	{.name = "on_error", .type = GPTOSS_PARAM_ENUM, .offset = FIELD(on_error),
 	 .names = gptoss_on_error_names, .sql_only = true},
 };
 
 const int	GPTOSS_N_PARAMS = (int) (sizeof(GPTOSS_PARAMS) / sizeof(GPTOSS_PARAMS[0]));
+
+/*
+ * A response_format object: its shape and its schema must compile
+ * (json_schema.h); messages name the key as every parameter's do.
+ */
+static int
+check_response_format(const char *text, size_t len, gptoss_error *err)
+{
+	gptoss_json_grammar *g = NULL;
+	gptoss_error inner = {0};
+	const char *msg;
+
+	if (gptoss_response_format_parse(text, len, &g, NULL, &inner) == 0)
+	{
+		gptoss_json_grammar_free(g);
+		return 0;
+	}
+	msg = strncmp(inner.msg, "response_format: ", 17) == 0 ? inner.msg + 17 : inner.msg;
+	return gptoss_errorf_code(err, inner.code, "invalid gptoss parameter \"response_format\": %s", msg);
+}
 
 /* The field of param in p. */
 static void *
@@ -142,6 +167,8 @@ gptoss_param_type_error(const gptoss_param *param, gptoss_error *err)
 			return invalid(param, err, "must be a string");
 		case GPTOSS_PARAM_STRINGS:
 			return invalid(param, err, "must be a string or an array of strings");
+		case GPTOSS_PARAM_JSON:
+			return invalid(param, err, "must be a JSON object");
 	}
 	return invalid(param, err, "has an unknown type");
 }
@@ -372,6 +399,14 @@ check_field(const struct gptoss_gen_params *p, const gptoss_param *param, gptoss
 						return -1;
 				return 0;
 			}
+		case GPTOSS_PARAM_JSON:
+			{
+				const char *text = *(const char *const *) field;
+
+				if (text == NULL || param->check_json == NULL)
+					return 0;
+				return param->check_json(text, strlen(text), err);
+			}
 		case GPTOSS_PARAM_SEED:
 		case GPTOSS_PARAM_BOOL:
 		case GPTOSS_PARAM_STRING:
@@ -380,9 +415,22 @@ check_field(const struct gptoss_gen_params *p, const gptoss_param *param, gptoss
 	return 0;
 }
 
+/* Sets a JSON parameter from the object's JSON text, after the row's check. */
+int
+gptoss_param_set_json(struct gptoss_gen_params *p, const gptoss_param *param, const char *text,
+					  size_t len, gptoss_error *err)
+{
+	if (param->type != GPTOSS_PARAM_JSON)
+		return gptoss_param_type_error(param, err);
+	if (param->check_json && param->check_json(text, len, err) < 0)
+		return -1;
+	*(const char **) field_of(p, param->offset) = text;
+	return 0;
+}
+
 /*
- * Rules between fields, and for the fields that have no row yet (logprobs,
- * response_format: SQL and the CLI set them their own way so far).
+ * Rules between fields, and for the fields that have no row yet (logprobs:
+ * SQL and the CLI set them their own way so far).
  */
 static int
 check_combinations(const struct gptoss_gen_params *p, gptoss_error *err)

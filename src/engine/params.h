@@ -50,7 +50,9 @@ typedef enum gptoss_param_type
 	GPTOSS_PARAM_BOOL,			/* bool field */
 	GPTOSS_PARAM_ENUM,			/* int field; the index of one of names */
 	GPTOSS_PARAM_STRING,		/* const char * field (borrowed, NUL-terminated) */
-	GPTOSS_PARAM_STRINGS		/* const char *[max_count] field + int count (borrowed) */
+	GPTOSS_PARAM_STRINGS,		/* const char *[max_count] field + int count (borrowed) */
+	GPTOSS_PARAM_JSON			/* const char * field: a JSON object's text (borrowed), checked
+								 * by the row's check_json */
 } gptoss_param_type;
 
 typedef struct gptoss_param
@@ -68,6 +70,7 @@ typedef struct gptoss_param
 	int			max_len;		/* STRINGS: most bytes per string */
 	const char *guc_doc;		/* description of GUC gptoss.<name> holding the default, or NULL */
 	bool		sql_only;		/* a SQL session's policy, not a generation setting: no CLI option */
+	int			(*check_json) (const char *text, size_t len, gptoss_error *err);	/* JSON */
 } gptoss_param;
 
 extern const gptoss_param GPTOSS_PARAMS[];
@@ -98,6 +101,9 @@ int			gptoss_param_set_bool(struct gptoss_gen_params *p, const gptoss_param *par
 								  bool value, gptoss_error *err);
 int			gptoss_param_set_string(struct gptoss_gen_params *p, const gptoss_param *param,
 									const char *s, size_t len, gptoss_error *err);
+/* JSON: the object's JSON text (s's lifetime rule applies). */
+int			gptoss_param_set_json(struct gptoss_gen_params *p, const gptoss_param *param,
+								  const char *text, size_t len, gptoss_error *err);
 
 /* The error for a value of the wrong type ("must be an integer", ...); returns -1. */
 int			gptoss_param_type_error(const gptoss_param *param, gptoss_error *err);

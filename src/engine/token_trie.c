@@ -407,13 +407,13 @@ gptoss_token_trie_scratch_free(gptoss_token_trie_scratch *sc)
 	free(sc);
 }
 
-/* The whole trie against s. */
-static int
+/* The whole trie against s; true when a token is allowed. */
+static bool
 walk_trie(const gptoss_token_trie *tt, const gptoss_json_grammar *g, const gptoss_json_state *s,
 		  int max_rest, uint32_t *mask, gptoss_token_trie_scratch *sc)
 {
 	gptoss_json_state *st = sc->states;
-	int			allowed = 0;
+	bool		allowed = false;
 
 	gptoss_json_state_copy(&st[0], s);
 	for (int i = 0; i < tt->n_nodes;)
@@ -428,7 +428,7 @@ walk_trie(const gptoss_token_trie *tt, const gptoss_json_grammar *g, const gptos
 		if (e->token >= 0 && gptoss_json_state_shortest(g, &st[e->depth]) <= max_rest)
 		{
 			gptoss_mask_set(mask, e->token);
-			allowed++;
+			allowed = true;
 		}
 		i++;
 	}
@@ -496,23 +496,23 @@ string_mask(const gptoss_token_trie *tt, const gptoss_json_grammar *g, const gpt
 }
 
 /* Allowed ordinary tokens after s (see token_trie.h). */
-int
+bool
 gptoss_token_trie_json_mask(const gptoss_token_trie *tt, const gptoss_json_grammar *g,
 							const gptoss_json_state *s, int max_rest, uint32_t *mask,
 							gptoss_token_trie_scratch *sc)
 {
 	int32_t		room[GPTOSS_JSON_MAX_THREADS];
-	int			allowed = 0;
+	uint32_t	any = 0;
 
 	memset(mask, 0, (size_t) tt->words * sizeof(uint32_t));
 	if (s->n == 0)
-		return 0;
+		return false;
 	if (gptoss_json_state_in_plain_string(g, s, room))
 	{
 		string_mask(tt, g, s, room, max_rest, mask, sc);
 		for (int w = 0; w < tt->words; w++)
-			allowed += __builtin_popcount(mask[w]);
-		return allowed;
+			any |= mask[w];
+		return any != 0;
 	}
 	return walk_trie(tt, g, s, max_rest, mask, sc);
 }

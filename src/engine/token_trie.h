@@ -59,10 +59,10 @@ void		gptoss_token_trie_scratch_free(gptoss_token_trie_scratch *sc);
 
 /*
  * Sets in mask (cleared first) the ordinary tokens whose bytes s accepts and
- * after which the shortest completion is at most max_rest bytes.  Returns the
- * number of tokens allowed.
+ * after which the cheapest completion costs at most max_rest.  Returns true
+ * when it allows any token.
  */
-int			gptoss_token_trie_json_mask(const gptoss_token_trie *tt, const gptoss_json_grammar *g,
+bool		gptoss_token_trie_json_mask(const gptoss_token_trie *tt, const gptoss_json_grammar *g,
 										const gptoss_json_state *s, int max_rest, uint32_t *mask,
 										gptoss_token_trie_scratch *sc);
 

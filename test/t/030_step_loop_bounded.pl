@@ -50,7 +50,7 @@ sub gap_summary
 
 my ($alone, $alone_gaps) = run_stream();
 cmp_ok(length $alone, '>', 100, 'the stream alone produces text');
-note('stream alone: ' . gap_summary($alone_gaps));
+diag('stream alone: ' . gap_summary($alone_gaps));
 
 # The loads, each in its own session.
 my $t0 = time;
@@ -71,7 +71,7 @@ ok(defined poll_until(60, sub {
 	'the 400 MB tokenize runs');
 my ($loaded, $loaded_gaps) = run_stream();
 is($loaded, $alone, 'the stream under load is identical to the stream alone');
-note('stream under load: ' . gap_summary($loaded_gaps));
+diag('stream under load: ' . gap_summary($loaded_gaps));
 
 ok(defined wait_async($huge_prompt, 300), '100 MB prompt finished');
 like($huge_prompt->{err}, qr/ERROR:  prompt of \d+ bytes cannot fit the context of \d+ tokens/,
@@ -80,10 +80,10 @@ ok(defined wait_async($max_stops, 600), 'generation with 64 stop strings of 256 
 like($max_stops->{out}, qr/^\d+$/, 'it produced an answer');
 ok(defined wait_async($huge_tokenize, 900), '400 MB tokenize finished');
 cmp_ok($huge_tokenize->{out}, '>', 50_000_000, "400 MB tokenized in its session ($huge_tokenize->{out} tokens)");
-note(sprintf('loads took %.1f s', time - $t0));
+diag(sprintf('loads took %.1f s', time - $t0));
 
 my $max_step = $node->safe_psql('postgres', 'SELECT max_step_ms_1min FROM gptoss_stats WHERE worker = 0');
-note("worker's longest loop iteration of the last minute: $max_step ms");
+diag("worker's longest loop iteration of the last minute: $max_step ms");
 cmp_ok($max_step, '>', 0, 'the worker measured its steps');
 cmp_ok($max_step, '<', 100, 'no worker step took 100 ms or more');
 

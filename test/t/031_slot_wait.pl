@@ -33,7 +33,7 @@ $waiter->{run}->kill_kill;
 my $gone = poll_until(30, sub {
 	$node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE pid = $pid") == 0 });
 ok(defined $gone, 'the waiting session ended when its client went away');
-note(sprintf('session ended %.2f s after its client', time - $t0));
+diag(sprintf('session ended %.2f s after its client', time - $t0));
 cmp_ok(time - $t0, '<', 10, 'long before gptoss.queue_wait (60 s)');
 
 # gptoss.max_queue_wait caps what a user asks for.
@@ -61,7 +61,7 @@ $t0 = time;
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($tok_pid)");
 ok(defined wait_async($tok, 30), 'cancelled tokenize ended');
 like($tok->{err}, qr/canceling statement due to user request/, 'tokenize cancelled: 57014');
-note(sprintf('tokenize ended %.2f s after the cancel', time - $t0));
+diag(sprintf('tokenize ended %.2f s after the cancel', time - $t0));
 cmp_ok(time - $t0, '<', 5, 'the cancel took effect while tokenizing');
 $node->stop;
 done_testing();
