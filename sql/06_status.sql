@@ -66,3 +66,6 @@ SELECT gptoss_status()->>'state' AS state;
 SELECT count(*) AS workers FROM gptoss_stats;
 RESET ROLE;
 DROP ROLE regress_gptoss_user;
+
+-- The regression model comes from gptoss synth, and the status says its weights are random.
+SELECT gptoss_status()->'random_weights' AS random_weights;

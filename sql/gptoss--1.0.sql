@@ -1,4 +1,4 @@
-/* sql/gptoss--1.0.sql: the SQL API of gptoss (design.md section 4) */
+/* sql/gptoss--1.0.sql: the SQL API of gptoss (README.md, SQL API) */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION gptoss" to load this file. \quit

@@ -105,7 +105,7 @@ gptoss_raise_worker_failed(int w)
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("gptoss model is not available: %s", snap.error),
-			 errhint("Check gptoss.model_path and the server log; after fixing the model directory, restart the worker with pg_terminate_backend() or restart the server."),
+			 errhint("%s", snap.error_hint),
 			 errcontext("gptoss worker %d", w)));
 }
 

@@ -146,6 +146,7 @@ typedef struct GptossModelInfo
 	double		rope_factor;
 	double		swiglu_limit;
 	double		load_seconds;
+	bool		random_weights; /* a gptoss synth checkpoint: no real answers */
 } GptossModelInfo;
 
 /* Counters of one worker; cumulative ones survive worker restarts. */
@@ -177,6 +178,7 @@ typedef struct GptossWorkerShared
 	double		progress;		/* loading: fraction in [0, 1] */
 	char		progress_what[64];
 	char		error[GPTOSS_ERROR_LEN];	/* failed: why */
+	char		error_hint[256];	/* failed: which setting to look at */
 	TimestampTz started_at;
 	GptossModelInfo info;		/* valid when state == READY */
 	GptossWorkerStats stats;

@@ -39,6 +39,8 @@ load_tokenizer(gptoss_error *err)
 		gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "gptoss.model_path is not set");
 		return NULL;
 	}
+	if (gptoss_model_dir_check(gptoss_model_path, err) < 0)
+		return NULL;
 	snprintf(path, sizeof(path), "%s/tokenizer.json", gptoss_model_path);
 	return gptoss_tokenizer_load(path, err);
 }

@@ -75,6 +75,7 @@ append_worker_json(StringInfo buf, const GptossWorkerShared *w, int index)
 
 	appendStringInfoString(buf, ", \"model\": ");
 	escape_json(buf, m->model_name);
+	appendStringInfo(buf, ", \"random_weights\": %s", m->random_weights ? "true" : "false");
 	appendStringInfoString(buf, ", \"backend\": ");
 	escape_json(buf, m->backend);
 	appendStringInfoString(buf, ", \"device\": {\"name\": ");

@@ -56,6 +56,10 @@
 /* How often the compute backend's memory figures are refreshed in the stats (ms). */
 #define INFO_REFRESH_MS 200
 
+/* Hints of a failed load: a model directory problem, or a device that cannot be used. */
+#define HINT_MODEL_PATH "Check gptoss.model_path and the server log; after fixing the model directory, restart the worker with pg_terminate_backend() or restart the server."
+#define HINT_DEVICE "Set gptoss.device to cpu (or auto, which falls back to the CPU) and restart the server, or make a CUDA device usable to the server."
+
 /* Loading progress is logged at every LOAD_LOG_STEP of the whole. */
 #define LOAD_LOG_STEP 0.1
 
@@ -143,6 +147,16 @@ set_state(GptossWorkerState state, const char *error)
 		strlcpy(me->error, error, sizeof(me->error));
 	SpinLockRelease(&me->mutex);
 	pgstat_report_activity(STATE_RUNNING, gptoss_worker_state_name(state));
+}
+
+/* Enters the failed state with why and what to change (the hint callers get). */
+static void
+set_failed(const char *error, const char *hint)
+{
+	SpinLockAcquire(&me->mutex);
+	strlcpy(me->error_hint, hint, sizeof(me->error_hint));
+	SpinLockRelease(&me->mutex);
+	set_state(GPTOSS_WORKER_FAILED, error);
 }
 
 /* Maps an engine error code to a SQLSTATE. */
@@ -749,6 +763,7 @@ publish_model_info(double load_seconds)
 	info.kv_cache_bytes = bi.kv_cache_bytes;
 	info.kv_cache_tokens = bi.kv_cache_tokens;
 	info.kv_cache_used_tokens = bi.kv_cache_used_tokens;
+	info.random_weights = c->random_weights;
 	info.n_params = model->n_params;
 	info.n_active_params = model->n_active_params;
 	info.tensor_bytes = model->tensor_bytes;
@@ -790,7 +805,7 @@ load_engine(void)
 
 	if (gptoss_model_path == NULL || gptoss_model_path[0] == '\0')
 	{
-		set_state(GPTOSS_WORKER_FAILED, "gptoss.model_path is not set");
+		set_failed("gptoss.model_path is not set", HINT_MODEL_PATH);
 		ereport(LOG, (errmsg("gptoss worker %d: gptoss.model_path is not set", worker_index)));
 		return false;
 	}
@@ -832,9 +847,18 @@ load_engine(void)
 	{
 		char		msg[GPTOSS_ERROR_LEN];
 
-		snprintf(msg, sizeof(msg), "could not load model from \"%s\": %s",
-				 gptoss_model_path, err.msg);
-		set_state(GPTOSS_WORKER_FAILED, msg);
+		/* gptoss.device = cuda on a machine where no device answers: the model is fine */
+		if (strcmp(opts.device, "cuda") == 0 && !gptoss_cuda_available())
+		{
+			strlcpy(msg, err.msg, sizeof(msg));
+			set_failed(msg, HINT_DEVICE);
+		}
+		else
+		{
+			snprintf(msg, sizeof(msg), "could not load model from \"%s\": %s",
+					 gptoss_model_path, err.msg);
+			set_failed(msg, HINT_MODEL_PATH);
+		}
 		ereport(LOG, (errmsg("gptoss worker %d: %s", worker_index, msg)));
 		return false;
 	}

@@ -849,6 +849,24 @@ create_engine(const cli_opts *o, int max_seqs, int max_context, int prefill_chun
 	return eng;
 }
 
+/*
+ * Says on stderr why generate printed an empty answer: the model wrote no
+ * harmony final message, which a random-weight checkpoint never does.
+ */
+static void
+explain_no_answer(const gptoss_config *cfg, const gptoss_result *res)
+{
+	fprintf(stderr, "gptoss: generate: no final answer: the model wrote no harmony \"final\" message "
+			"in %d tokens (finish_reason %s)\n",
+			res->completion_tokens, gptoss_finish_reason_name(res->finish_reason));
+	if (cfg->random_weights)
+		fputs("gptoss: this checkpoint has random weights (gptoss synth), so it never writes one; "
+			  "--raw prints the plain continuation\n", stderr);
+	else if (res->finish_reason == GPTOSS_FINISH_LENGTH)
+		fputs("gptoss: it ran out of tokens while reasoning; raise --max-tokens, or see the "
+			  "reasoning with --include-reasoning\n", stderr);
+}
+
 /* Adds a string member to obj (jansson needs valid UTF-8, which engine text always is). */
 static void
 json_set_text(json_t *obj, const char *key, const char *text, size_t len)
@@ -927,6 +945,8 @@ cmd_generate(const cli_opts *o)
 		if (gptoss_engine_step(eng, &err) < 0)
 			break;
 	gptoss_engine_result(eng, id, &res);
+	if (res.finish_reason != GPTOSS_FINISH_ERROR && !p.raw && res.text_len == 0)
+		explain_no_answer(&gptoss_engine_model(eng)->config, &res);
 	if (res.finish_reason == GPTOSS_FINISH_ERROR)
 		rc = fail("generate: %s", res.error);
 	else if (o->json)
@@ -1304,6 +1324,11 @@ cmd_synth(const cli_opts *o, const bool *given)
 		return fail("synth: %s", err.msg);
 	}
 	progress_done(&ps);
+	if (o->tokenizer == NULL)
+		fprintf(stderr, "gptoss: synth: %s has no tokenizer.json yet and cannot be loaded until it has "
+				"one: copy the gpt-oss tokenizer.json into it (test/fetch-tokenizer.sh in the "
+				"source tree fetches it to build/tokenizer.json), or run synth again with "
+				"--tokenizer FILE\n", o->out);
 	return 0;
 }
 

@@ -11,7 +11,24 @@
 #include "backend.h"
 
 #include <math.h>
+#include <string.h>
 #include <strings.h>
+
+/*
+ * Rewrites err, the CUDA backend's failure on a machine where no device
+ * answers, so that it says that first; CUDA's own words (a driver too old for
+ * the runtime, no device) follow as the detail.
+ */
+static void
+no_usable_cuda_device(gptoss_error *err)
+{
+	char		reason[sizeof(err->msg)];
+
+	if (err == NULL)
+		return;
+	memcpy(reason, err->msg, sizeof(reason));
+	gptoss_errorf(err, "no usable CUDA device found (%.900s)", reason);
+}
 
 /* Creates the backend named by device: "cpu", "cuda" or "auto". */
 gptoss_backend *
@@ -25,7 +42,13 @@ gptoss_backend_create(const char *device, const gptoss_model *model,
 	if (strcasecmp(device, "cpu") == 0)
 		return gptoss_backend_cpu_create(model, opts, err);
 	if (strcasecmp(device, "cuda") == 0)
-		return gptoss_backend_cuda_create(model, opts, progress, progress_arg, err);
+	{
+		gptoss_backend *be = gptoss_backend_cuda_create(model, opts, progress, progress_arg, err);
+
+		if (be == NULL && !gptoss_cuda_available())
+			no_usable_cuda_device(err);
+		return be;
+	}
 	gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 					   "unknown device \"%s\" (expected cpu, cuda or auto)", device);
 	return NULL;

@@ -1,5 +1,6 @@
 /*
- * backend_cpu.c: the reference CPU backend (spec section 4, all in fp32).
+ * backend_cpu.c: the reference CPU backend (the forward pass of
+ * docs/architecture.md, all in fp32).
  *
  * Plan of a step.  The entries' tokens are laid out as one matrix of T rows
  * (entry after entry), so that every weight row is read once per step and

@@ -342,6 +342,9 @@ gptoss_engine_create(const gptoss_engine_opts *opts, gptoss_progress_fn progress
 		return NULL;
 	}
 
+	/* A missing directory is reported as such, not as a missing tokenizer.json. */
+	if (gptoss_model_dir_check(opts->model_path, err) < 0)
+		return NULL;
 	if (opts->tokenizer != NULL)
 		tok = (gptoss_tokenizer *) opts->tokenizer;
 	else

@@ -4,9 +4,10 @@
  *
  * Plan: parse config.json with jansson into gptoss_config, rejecting values
  * the engine cannot run with an error that names the field.  From the config
- * build the table of every tensor the checkpoint must hold (spec section
- * 2.1).  Then find the safetensors files (the shards named by
- * model.safetensors.index.json, else one model.safetensors), mmap each one
+ * build the table of every tensor the checkpoint must hold (checkpoint.h;
+ * docs/architecture.md, Checkpoint).  Then find the safetensors files (the
+ * shards named by model.safetensors.index.json, else one
+ * model.safetensors), mmap each one
  * read-only, parse its header with the strict parser of safetensors.c, and
  * resolve every table entry to a tensor of exactly the expected dtype and
  * shape; the weight views of gptoss_model point straight into the mappings.
@@ -27,7 +28,7 @@
 #include <unistd.h>
 #include <jansson.h>
 
-/* E2M1 code -> value: bit 3 sign, bits 2..1 exponent, bit 0 mantissa (spec section 3). */
+/* E2M1 code -> value: bit 3 sign, bits 2..1 exponent, bit 0 mantissa (docs/architecture.md, MXFP4). */
 const float gptoss_fp4_values[16] = {
 	+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
 	-0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f
@@ -392,7 +393,24 @@ config_from_json(const char *path, json_t *root, gptoss_config *cfg, gptoss_erro
 		return gptoss_errorf(err, "%s: rope_theta (%g) must be > 1", path, cfg->rope_theta);
 	if (config_rope_scaling(path, root, cfg, err) != 0)
 		return -1;
+	/* gptoss synth marks its checkpoints: their answers are noise, not language. */
+	cfg->random_weights = json_is_true(json_object_get(root, "gptoss_random_weights"));
 	return config_layer_types(path, root, cfg, err);
+}
+
+/* Checks that the model directory exists before any file in it is opened. */
+int
+gptoss_model_dir_check(const char *dir, gptoss_error *err)
+{
+	struct stat st;
+
+	if (!dir || !*dir)
+		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "model directory is not set");
+	if (stat(dir, &st) != 0)
+		return gptoss_errorf(err, "model directory %s: %s", dir, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return gptoss_errorf(err, "model directory %s: not a directory", dir);
+	return 0;
 }
 
 /* Parses and validates dir/config.json into cfg. */
@@ -402,15 +420,10 @@ gptoss_config_load(const char *dir, gptoss_config *cfg, gptoss_error *err)
 	char		path[4096];
 	json_t	   *root;
 	json_error_t jerr;
-	struct stat st;
 	int			rc;
 
-	if (!dir || !*dir)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "model directory is not set");
-	if (stat(dir, &st) != 0)
-		return gptoss_errorf(err, "model directory %s: %s", dir, strerror(errno));
-	if (!S_ISDIR(st.st_mode))
-		return gptoss_errorf(err, "model directory %s: not a directory", dir);
+	if (gptoss_model_dir_check(dir, err) < 0)
+		return -1;
 	if (snprintf(path, sizeof(path), "%s/config.json", dir) >= (int) sizeof(path))
 		return gptoss_errorf(err, "model directory path too long");
 	if (access(path, R_OK) != 0)
@@ -457,7 +470,7 @@ table_add(gptoss_tensor_spec *t, int *n, int layer, const char *suffix, gptoss_t
 		s->n_params = numel;
 }
 
-/* Builds the tensor table of spec section 2.1 for cfg. */
+/* Builds the tensor table of a gpt-oss checkpoint for cfg (docs/architecture.md, Checkpoint). */
 int
 gptoss_tensor_table(const gptoss_config *cfg, gptoss_tensor_spec **out, int *n_out,
 					gptoss_error *err)

@@ -41,6 +41,7 @@ typedef struct gptoss_config
 	bool		layer_sliding[GPTOSS_MAX_LAYERS];	/* per layer: sliding window? */
 	int			eos_token_id;		/* 200002 */
 	int			pad_token_id;		/* 199999 */
+	bool		random_weights;		/* config.json says gptoss_random_weights (gptoss synth) */
 } gptoss_config;
 
 /* Per-layer weight views into the mapped checkpoint. */
@@ -90,6 +91,9 @@ typedef struct gptoss_model
 
 /* Called during long work; fraction in [0,1]. */
 typedef void (*gptoss_progress_fn) (void *arg, double fraction, const char *what);
+
+/* Checks that dir names an existing directory; returns 0, or -1 with err naming it. */
+int			gptoss_model_dir_check(const char *dir, gptoss_error *err);
 
 /* Parses and validates dir/config.json into cfg. */
 int			gptoss_config_load(const char *dir, gptoss_config *cfg, gptoss_error *err);

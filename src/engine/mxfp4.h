@@ -1,6 +1,6 @@
 /*
  * mxfp4.h: decoding of MXFP4 weight rows (OCP MX: FP4 E2M1 values in blocks
- * of 32 sharing one E8M0 power-of-two scale), spec section 3.
+ * of 32 sharing one E8M0 power-of-two scale); docs/architecture.md, MXFP4.
  *
  * A row of an [E, out, in/32, 16] tensor is in/32 blocks of 16 bytes; byte j
  * of a block holds element 2j in its low nibble and 2j+1 in its high nibble.

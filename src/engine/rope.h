@@ -2,7 +2,7 @@
  * rope.h: rotary position embedding of gpt-oss (YaRN "ntk-by-parts").
  *
  * gptoss_rope_init derives, from the config alone, the D/2 inverse
- * frequencies f_i and the concentration m (spec section 4.3.5).  Everything
+ * frequencies f_i and the concentration m (docs/architecture.md, RoPE and YaRN).  Everything
  * is computed in double; the CPU backend turns one position into cos/sin on
  * the fly, the CUDA backend builds a table on the host with gptoss_rope_table
  * and uploads it.  Both apply the rotation the same way:

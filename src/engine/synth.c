@@ -222,6 +222,8 @@ config_json(const gptoss_config *cfg)
 	json_object_set_new(root, "attention_dropout", json_real(0.0));
 	json_object_set_new(root, "eos_token_id", json_integer(cfg->eos_token_id));
 	json_object_set_new(root, "experts_per_token", json_integer(cfg->experts_per_token));
+	/* not an HF key: tells loaders (and gptoss_status()) that the weights are random */
+	json_object_set_new(root, "gptoss_random_weights", json_true());
 	json_object_set_new(root, "head_dim", json_integer(cfg->head_dim));
 	json_object_set_new(root, "hidden_act", json_string("silu"));
 	json_object_set_new(root, "hidden_size", json_integer(cfg->hidden_size));

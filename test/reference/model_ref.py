@@ -22,8 +22,8 @@ What it does, defensively, printing what it finds at every step:
      the file's tensor (dense bf16 widened; MXFP4 experts dequantized here
      independently, expert by expert, in either orientation transformers may
      store them), so a silently skipped or mis-mapped tensor cannot go unnoticed;
-  3. runs a second, self-contained float64 forward pass written from the spec
-     (gpt-oss-model.md section 4) on the raw file tensors and requires HF to
+  3. runs a second, self-contained float64 forward pass written from the model
+     description (docs/architecture.md, Forward pass) on the raw file tensors and requires HF to
      agree with it (exit 3 otherwise, unless --allow-mismatch); skipped for
      models of 300M parameters or more and with --skip-float64-check;
   4. for each prompt (fixed pseudo-random ids, lengths 5, 17, 40: longer than
@@ -212,7 +212,7 @@ class FileTensors:
 
 
 def dequant_mxfp4(blocks, scales, torch):
-    """[E, R, B, 16] uint8 + [E, R, B] uint8 -> float64 [E, R, B*32] (spec section 3)."""
+    """[E, R, B, 16] uint8 + [E, R, B] uint8 -> float64 [E, R, B*32] (docs/architecture.md, MXFP4)."""
     lut = torch.tensor(FP4_VALUES, dtype=torch.float64, device=blocks.device)
     b = blocks.to(torch.int64)
     lo = lut[b & 15]
@@ -407,7 +407,7 @@ def check_weights(model, tensors, torch):
 
 
 def yarn(cfg, torch):
-    """inv_freq [D/2] (float64) and concentration, spec 4.3.5 with HF's clamp and truncate rule."""
+    """inv_freq [D/2] (float64) and concentration, docs/architecture.md (RoPE and YaRN) with HF's clamp and truncate rule."""
     d = cfg["head_dim"]
     theta = float(cfg["rope_theta"])
     rs = cfg.get("rope_scaling") or {}
@@ -431,7 +431,7 @@ def yarn(cfg, torch):
 
 
 def spec_forward(tensors, cfg, ids, torch):
-    """float64 logits [n, V] from the file tensors, written from the spec."""
+    """float64 logits [n, V] from the file tensors, written from docs/architecture.md."""
     f64 = lambda name: tensors[name].to(torch.float64)
     H, D = cfg["hidden_size"], cfg["head_dim"]
     Hq, Hkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]

@@ -35,12 +35,15 @@ ok(defined poll_until(60, sub {
 my $state = $node->safe_psql('postgres', "SELECT gptoss_status()->>'state'");
 SKIP:
 {
-	skip 'a CUDA device is present: cuda loaded', 3 if $state eq 'ready';
+	skip 'a CUDA device is present: cuda loaded', 5 if $state eq 'ready';
 	is($state, 'failed', 'cuda without a GPU: state failed');
-	like($node->safe_psql('postgres', "SELECT gptoss_status()->>'error'"), qr/cuda/i,
-		'cuda without a GPU: the reason names CUDA');
+	like($node->safe_psql('postgres', "SELECT gptoss_status()->>'error'"),
+		qr/^no usable CUDA device found \(.+\)$/,
+		'cuda without a GPU: the error says no device was found, with the CUDA reason');
 	my ($ret, $out, $err) = $node->psql('postgres', "\\set VERBOSITY verbose\nSELECT gptoss_generate('hi')");
 	like($err, qr/ERROR:  55000:/, 'cuda without a GPU: generate raises 55000');
+	like($err, qr/HINT:  .*gptoss\.device/, 'cuda without a GPU: the hint is about gptoss.device');
+	unlike($err, qr/gptoss\.model_path/, 'cuda without a GPU: no hint about gptoss.model_path');
 }
 $node->stop;
 

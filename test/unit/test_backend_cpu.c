@@ -1,7 +1,8 @@
 /*
  * test_backend_cpu.c: the CPU backend against an independent reference.
  *
- * The reference below is written from spec section 4 alone, in double
+ * The reference below is written from the forward pass of
+ * docs/architecture.md alone, in double
  * precision, with naive loops: it recomputes attention over the whole prefix
  * for every position (no cache, no ring), decodes MXFP4 with its own table
  * and derives the YaRN frequencies itself.  The model is random and lives in
@@ -17,7 +18,7 @@
  * tokens gives bitwise the logits of each sequence run alone; chunked prefill
  * equals one-shot prefill; sequences longer than the sliding window (and a
  * negative control showing the window matters); thread counts agree; the YaRN
- * constants of spec 4.3.5; input errors are reported and leave the backend
+ * constants of docs/architecture.md, RoPE and YaRN; input errors are reported and leave the backend
  * usable; the KV-cache bookkeeping.
  */
 #include "backend.h"
@@ -186,7 +187,7 @@ bf(gptoss_bf16 v)
 	return (double) gptoss_bf16_to_f32(v);
 }
 
-/* W[e][r][col] of an MXFP4 tensor with n_in inputs, straight from spec section 3. */
+/* W[e][r][col] of an MXFP4 tensor with n_in inputs, straight from docs/architecture.md, MXFP4. */
 static double
 ref_mxfp4(const uint8_t *blocks, const uint8_t *scales, int e, int rows, int r, int n_in, int col)
 {
@@ -782,7 +783,7 @@ test_errors(const test_model *tm)
 	bad[1] = v;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
 		  "token id = vocab accepted");
-	printf("  error: %s\n", err.msg);
+	printf("  expected error: %s\n", err.msg);
 	bad[1] = -1;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
 		  "negative token id accepted");
@@ -790,14 +791,14 @@ test_errors(const test_model *tm)
 	s.slot = 2;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
 		  "slot = max_seqs accepted");
-	printf("  error: %s\n", err.msg);
+	printf("  expected error: %s\n", err.msg);
 	s.slot = -1;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0, "negative slot accepted");
 	s.slot = 0;
 	s.pos = 1;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_INVALID,
 		  "pos beyond the cached length accepted");
-	printf("  error: %s\n", err.msg);
+	printf("  expected error: %s\n", err.msg);
 	s.pos = 0;
 	s.n_tokens = 13;
 	CHECK(be->step(be, &s, 1, NULL, NULL, &err) < 0 && err.code == GPTOSS_ERR_TOO_LONG,
@@ -893,7 +894,7 @@ test_errors(const test_model *tm)
 	free(got);
 }
 
-/* Spec 4.3.5 constants for gpt-oss-20b, and the clamp of HF for a tiny config. */
+/* The YaRN constants of gpt-oss-20b, and the clamp of HF for a tiny config. */
 static void
 test_yarn(void)
 {

@@ -150,7 +150,7 @@ expect_load_error(const char *what, const char *dir, const char *sub1, const cha
 
 /* ------------------------------------------------------------ sizes */
 
-/* Parameter totals from the closed-form per-part formulas of spec section 9. */
+/* Parameter totals from closed-form per-part formulas (docs/architecture.md, Sizes). */
 static void
 formula_sizes(const gptoss_config *c, int64_t *total, int64_t *active, int64_t *bytes)
 {
@@ -173,7 +173,7 @@ formula_sizes(const gptoss_config *c, int64_t *total, int64_t *active, int64_t *
 	*bytes = 2 * bf16 + L * (E * (2 * I * H + H * I) / 2 + scale_bytes);
 }
 
-/* Exact spec section 9 numbers for the real shapes, and the formula for the tiny ones. */
+/* The published totals for the real shapes, and the formula for the tiny ones. */
 static void
 test_sizes(void)
 {
@@ -238,10 +238,10 @@ test_presets(void)
 		  !c.rope_truncate && c.rope_theta == 150000.0f && c.swiglu_limit == 7.0f &&
 		  c.rms_norm_eps == 1e-5f && c.eos_token_id == 200002 && c.pad_token_id == 199999 &&
 		  c.layer_sliding[0] && !c.layer_sliding[1] && c.layer_sliding[22] && !c.layer_sliding[23],
-		  "20b preset differs from spec section 1.1");
+		  "20b preset differs from the released config.json");
 	gptoss_synth_config(GPTOSS_SYNTH_120B, &c, &err);
 	CHECK(c.num_layers == 36 && c.num_experts == 128 && c.layer_sliding[34] &&
-		  !c.layer_sliding[35], "120b preset differs from spec section 1.3");
+		  !c.layer_sliding[35], "120b preset differs from the released config.json");
 	gptoss_synth_config(GPTOSS_SYNTH_TINY_ODD, &c, &err);
 	CHECK(c.hidden_size == 96 && c.num_layers == 3 && c.num_heads == 6 && c.num_kv_heads == 2 &&
 		  c.head_dim == 16 && c.num_experts == 6 && c.experts_per_token == 2 &&
@@ -287,7 +287,7 @@ log_progress(void *arg, double fraction, const char *what)
 	p->calls++;
 }
 
-/* Dequantizes W[e][r][c] of an MXFP4 tensor exactly as spec section 3 writes it. */
+/* Dequantizes W[e][r][c] of an MXFP4 tensor exactly as docs/architecture.md, MXFP4, writes it. */
 static float
 spec_mxfp4(const uint8_t *blocks, const uint8_t *scales, int rows, int cols, int e, int r, int c)
 {
@@ -385,7 +385,7 @@ check_experts(const char *what, const gptoss_config *c, const gptoss_layer_weigh
 			if (engine != spec_mxfp4(m[k].blocks, m[k].scales, m[k].rows, m[k].cols, e, r, col))
 				mismatches++;
 		}
-		CHECK(mismatches == 0, "%s[%d]: %d LUT mismatches against spec section 3", what, k, mismatches);
+		CHECK(mismatches == 0, "%s[%d]: %d LUT mismatches against the E2M1 table", what, k, mismatches);
 		for (size_t i = 0; i < n / 2; i++)
 		{
 			counts[m[k].blocks[i] & 15]++;
@@ -874,7 +874,7 @@ test_bad_configs(void)
 		  "rope_scaling.type: %s", err.msg);
 }
 
-/* The released 20b and 120b config.json files (spec sections 1.1 and 1.3) load. */
+/* The released 20b and 120b config.json files load. */
 static void
 test_release_configs(void)
 {

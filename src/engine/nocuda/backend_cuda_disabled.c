@@ -21,6 +21,6 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 	(void) opts;
 	(void) progress;
 	(void) progress_arg;
-	gptoss_errorf(err, "gptoss was built without CUDA (USE_CUDA=0 or no nvcc)");
+	gptoss_errorf(err, "this build has no CUDA support: built with USE_CUDA=0 or without nvcc");
 	return NULL;
 }
