@@ -550,8 +550,6 @@ gptoss_chat_job(Datum messages, Datum params, GptossJob *job, int *sqlerrcode, c
 	gptoss_parse_params(DatumGetJsonbP(params), &p);
 	if (p.raw)
 		invalid_param("raw", "gptoss_chat always uses the chat format; use gptoss_generate for raw text");
-	if (p.top_logprobs > 0 && !p.logprobs)
-		invalid_param("top_logprobs", "needs \"logprobs\": true");
 	msgs = parse_messages(DatumGetJsonbP(messages), &n_msgs);
 	return build_job(job, &p, NULL, msgs, n_msgs, sqlerrcode, message);
 }

@@ -433,20 +433,10 @@ gptoss_param_set_json(struct gptoss_gen_params *p, const gptoss_param *param, co
 	return 0;
 }
 
-/*
- * Rules between fields, and for the fields that have no row yet (logprobs:
- * SQL and the CLI set them their own way so far).
- */
+/* Rules between fields. */
 static int
 check_combinations(const struct gptoss_gen_params *p, gptoss_error *err)
 {
-	if (p->top_logprobs < 0 || p->top_logprobs > GPTOSS_MAX_TOP_LOGPROBS)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "invalid gptoss parameter \"top_logprobs\": must be at least 0 and at most %d",
-								  GPTOSS_MAX_TOP_LOGPROBS);
-	if (p->top_logprobs > 0 && !p->logprobs)
-		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "invalid gptoss parameter \"top_logprobs\": needs logprobs");
 	if (p->response_format != NULL && p->n_stop > 0)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "invalid gptoss parameter \"stop\": cannot be combined with response_format (a stop string would cut the document)");
