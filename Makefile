@@ -72,8 +72,8 @@ include $(PGXS)
 endif
 
 $(OBJS): $(ENGINE_LIB)
-# PGXS tracks no header dependencies: every extension object sees the shared-memory layout.
-$(OBJS): src/gptoss.h
+# PGXS tracks no header dependencies: every extension object depends on every extension header.
+$(OBJS): $(wildcard src/*.h)
 $(shlib): $(ENGINE_LIB)
 
 src/engine/%.o: src/engine/%.c $(wildcard src/engine/*.h)
