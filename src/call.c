@@ -253,7 +253,7 @@ cmp_oid(const void *a, const void *b)
  * True when role may take a free request slot (lock held): any of them
  * while two or more are free; the last one only while the role holds fewer
  * than nslots / (other roles holding slots + 2), the share it would have if
- * one more role came.  A role over its share therefore never takes the last
+ * one more role came (at least one: a role holding none may take it).  A role over its share therefore never takes the last
  * free slot: it stays for a role under its share, and the hog is the one
  * that waits (and gets 53000 after gptoss.queue_wait).
  */
@@ -287,7 +287,7 @@ may_take_slot(Oid role)
 	for (int i = 0; i < nothers; i++)
 		others += i == 0 || roles[i] != roles[i - 1];
 	pfree(roles);
-	return held < nslots / (others + 2);
+	return held < Max(1, nslots / (others + 2));
 }
 
 /*
