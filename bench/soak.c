@@ -991,6 +991,7 @@ main(int argc, char **argv)
 				next_kill,
 				kill_due = -1;
 	int			sigkill_done = 0;
+	int			closed = 0;		/* the last interval is closed already */
 	const char *pending_kill = NULL;
 
 	parse_options(argc, argv);
@@ -1049,6 +1050,11 @@ main(int argc, char **argv)
 
 			/* cut here: drain, read the counters, go on, kill under load 1 to 3 s later */
 			close_interval(&next_sample);
+			if (now_s() >= opt.duration)
+			{
+				closed = 1;
+				break;
+			}
 			pending_kill = is_sigkill ? "SIGKILL" : "SIGTERM";
 			if (is_sigkill)
 				sigkill_done = 1;
@@ -1063,7 +1069,8 @@ main(int argc, char **argv)
 			next_sample += opt.sample;
 		}
 	}
-	close_interval(&next_sample);
+	if (!closed)
+		close_interval(&next_sample);
 	sample("end", read_stats());
 	fclose(csv);
 	for (int i = 0; i < opt.clients; i++)
