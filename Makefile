@@ -1,6 +1,7 @@
 # gptoss: PostgreSQL extension (PGXS) + engine library + bin/gptoss CLI.
 #
-#   make                 build gptoss.so and bin/gptoss (CUDA objects when nvcc is found)
+#   make                 build gptoss.so and bin/gptoss (CUDA objects when nvcc is found), the
+#                        benchmark programs in bin/ (bin/gptoss_soak: bench/soak.sh)
 #   make USE_CUDA=0      CPU-only build
 #   make unit            engine unit tests (fetches build/tokenizer.json when missing)
 #   make unit-asan       the same tests built with ASan/UBSan in build/asan

@@ -2,7 +2,8 @@
 """bench/plot_soak.py: draws the soak run's time series (bench/soak.sh writes
 soak.csv): resident memory of the postmaster and of the gptoss worker over
 time, the kills marked (SIGTERM grey, SIGKILL red), and below it the calls
-ended per sample period.  Plain SVG, no plotting library needed:
+ended per second over the trailing 30 s; on stdout a table of each process's
+RSS (first, largest and last sample).  Plain SVG, no plotting library needed:
     python3 bench/plot_soak.py SOAK_CSV OUT_SVG"""
 import csv
 import sys
@@ -20,7 +21,13 @@ def main():
     kills = [(float(r["t_s"]), r["event"]) for r in rows if r["event"] in ("SIGTERM", "SIGKILL")]
     t_max = max(t[-1], 1.0)
     rss_top = max([v for v in pm + wk if v is not None] + [1.0]) * 1.15
-    rate = [0.0] + [max(0, ended[i] - ended[i - 1]) / max(t[i] - t[i - 1], 1e-9) for i in range(1, len(t))]
+    # calls ended per second over the trailing 30 s (a kill ends a batch of calls at once)
+    rate = []
+    j = 0
+    for i in range(len(t)):
+        while t[i] - t[j] > 30:
+            j += 1
+        rate.append((ended[i] - ended[j]) / (t[i] - t[j]) if t[i] > t[j] else 0.0)
     rate_top = max(rate + [1.0]) * 1.1
 
     def x(v):
@@ -47,7 +54,7 @@ def main():
     for v, label in ((0, "0"), (rate_top / 1.1, "%.0f" % (rate_top / 1.1))):
         out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (L, y_rate(v), W - R, y_rate(v)))
         out.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (L - 6, y_rate(v) + 4, label))
-    out.append('<text x="18" y="%d" transform="rotate(-90 18 %d)" text-anchor="middle">calls/s</text>'
+    out.append('<text x="18" y="%d" transform="rotate(-90 18 %d)" text-anchor="middle">calls/s (30 s)</text>'
                % (T + TOP_H + GAP + BOT_H // 2, T + TOP_H + GAP + BOT_H // 2))
     minute = 60 if t_max <= 900 else 300
     m = 0
@@ -78,8 +85,8 @@ def main():
     polylines(wk, y_rss, "#ff7f0e")
     polylines(rate, y_rate, "#2ca02c")
     for i, (name, colour) in enumerate((("postmaster", "#1f77b4"), ("gptoss worker (a new process after each kill)", "#ff7f0e"))):
-        out.append('<rect x="%d" y="%d" width="14" height="4" fill="%s"/>' % (L + 20, T + 12 + 18 * i, colour))
-        out.append('<text x="%d" y="%d">%s</text>' % (L + 40, T + 18 + 18 * i, name))
+        out.append('<rect x="%d" y="%d" width="14" height="4" fill="%s"/>' % (L + 20, T + TOP_H - 40 + 18 * i, colour))
+        out.append('<text x="%d" y="%d">%s</text>' % (L + 40, T + TOP_H - 34 + 18 * i, name))
     out.append('</svg>')
     with open(sys.argv[2], "w") as f:
         f.write("\n".join(out) + "\n")
