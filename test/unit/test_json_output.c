@@ -318,54 +318,17 @@ test_prompt_and_params(void)
 	free(rf);
 }
 
-/* Copies a file. */
-static int
-copy_file(const char *from, const char *to)
-{
-	FILE	   *in = fopen(from, "rb"),
-			   *out;
-	char		buf[65536];
-	size_t		n;
-
-	if (in == NULL)
-		return -1;
-	out = fopen(to, "wb");
-	if (out == NULL)
-	{
-		fclose(in);
-		return -1;
-	}
-	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-		fwrite(buf, 1, n, out);
-	fclose(in);
-	return fclose(out);
-}
-
 int
 main(void)
 {
-	const char *tok_path = getenv("GPTOSS_TOKENIZER");
-	char		dir[] = "/tmp/gptoss_test_json.______";
-	char		path[512];
-	char		cmd[600];
-	gptoss_config cfg;
+	char		dir[512];
 	gptoss_error err = {0};
 	gptoss_engine_opts opts;
 	double		t0 = gptoss_now();
 
-	if (tok_path == NULL || tok_path[0] == '\0')
-		tok_path = "build/tokenizer.json";
-	memset(dir + strlen(dir) - 6, 'X', 6);	/* mkdtemp's template suffix */
-	if (mkdtemp(dir) == NULL)
+	if (make_tiny_model(dir, sizeof(dir), "gptoss_test_json") < 0)
 	{
-		fprintf(stderr, "mkdtemp failed\n");
-		return 1;
-	}
-	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	if (gptoss_synth_config(GPTOSS_SYNTH_TINY, &cfg, &err) < 0 ||
-		gptoss_synth_write(&cfg, dir, 1, NULL, NULL, NULL, &err) < 0 || copy_file(tok_path, path) < 0)
-	{
-		fprintf(stderr, "test_json_output: cannot make the tiny model: %s\n", err.msg);
+		fprintf(stderr, "test_json_output: cannot make the tiny model\n");
 		return 1;
 	}
 	memset(&opts, 0, sizeof(opts));
@@ -410,9 +373,7 @@ main(void)
 	test_schemas();
 	gptoss_engine_free(eng);
 	free(invoice_text);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", dir);
+	remove_test_dir(dir);
 	printf("test_json_output: %d passed, %d failed (%.1f s)\n", n_pass, n_fail, gptoss_now() - t0);
 	return n_fail ? 1 : 0;
 }
