@@ -854,8 +854,9 @@ report_interval(int i, FILE *ivcsv)
 			   dt, in->req_ok + in->req_other, bad ? "**FAIL**" : "ok");
 	else
 		printf(" (reset) | clients only | %s |\n", bad ? "**FAIL**" : "ok");
-	fprintf(ivcsv, "%d,%.1f,%.1f,%s,%lld,%lld,%lld,%lld,%lld,%lld,%d,%lld,%lld,%lld,%lld,%d", i,
-			in->start_s, in->end_s, in->kill[0] ? in->kill : "none", sent, ended, in->req_ok, in->req_other,
+	fprintf(ivcsv, "%d,%.1f,%.1f,%s,%d,%lld,%lld,%lld,%lld,%lld,%lld,%d,%lld,%lld,%lld,%lld,%d", i,
+			in->start_s, in->end_s, in->kill[0] ? in->kill : "none", in->killed_pid, sent, ended,
+			in->req_ok, in->req_other,
 			in->cancels_sent, dt, stats_ok, df, dc, finished, (long long) (duplicated + dropped), bad);
 	for (int o = 0; o < N_OUTCOMES; o++)
 		fprintf(ivcsv, ",%lld", outcome_sum(in, (Outcome) o));
@@ -877,7 +878,7 @@ report(void)
 
 	if (ivcsv == NULL || js == NULL)
 		die("cannot write %s or %s", opt.intervals, opt.json);
-	fprintf(ivcsv, "interval,start_s,end_s,kill,calls_sent,calls_ended,req_ok,req_other_max,cancels_sent,"
+	fprintf(ivcsv, "interval,start_s,end_s,kill,killed_pid,calls_sent,calls_ended,req_ok,req_other_max,cancels_sent,"
 			"stats_total_delta,stats_reconciled,stats_failed_delta,stats_cancelled_delta,stats_finished_delta,"
 			"duplicated_or_dropped,bad");
 	for (int o = 0; o < N_OUTCOMES; o++)
