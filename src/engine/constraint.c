@@ -215,7 +215,7 @@ queue_head(const gptoss_constraint *c)
 /* A constraint for one request. */
 gptoss_constraint *
 gptoss_constraint_create(gptoss_constraint_env *env, gptoss_json_grammar *grammar, bool raw,
-						 int reasoning_budget, int max_new, gptoss_error *err)
+						 int reasoning_budget, int max_tokens, int max_new, gptoss_error *err)
 {
 	gptoss_constraint *c = calloc(1, sizeof(*c));
 
@@ -246,16 +246,23 @@ gptoss_constraint_create(gptoss_constraint_env *env, gptoss_json_grammar *gramma
 		c->n_queue = 0;			/* only measured: nothing is forced yet */
 		need = doc_tokens + PATH_LEN[c->phase];
 		c->force_all = max_new < c->doc_cost + PATH_LEN[c->phase];
+		if (max_new < need && max_tokens >= need)
+		{
+			gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG,
+							   "prompt leaves %d tokens of the context, below the shortest valid document (%d tokens needed)",
+							   max_new, need);
+			goto fail;
+		}
 		if (max_new < need)
 		{
 			if (raw)
 				gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								   "max_tokens is below the shortest valid document (%d tokens needed, %d allowed)",
-								   need, max_new);
+								   need, max_tokens);
 			else
 				gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								   "max_tokens is below the shortest valid document (%d tokens needed: %d for the document, %d to open the final channel; %d allowed)",
-								   need, doc_tokens, PATH_LEN[c->phase], max_new);
+								   need, doc_tokens, PATH_LEN[c->phase], max_tokens);
 			goto fail;
 		}
 	}

@@ -24,6 +24,7 @@
 
 #define SEEDS_PER_SCHEMA 24
 #define BATCH 8
+#define CONTEXT 512
 
 static const char *SCHEMAS[][2] = {
 	{"object", "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":12},"
@@ -220,6 +221,54 @@ test_shortest(void)
 	free(rf);
 }
 
+/*
+ * A prompt that leaves less of the context than the shortest document fails
+ * with TOO_LONG (the prompt's failure: on_error "null" covers it), whatever
+ * max_tokens says; leaving just enough gives a document.  A max_tokens below
+ * the document stays a parameter error.
+ */
+static void
+test_context_left(void)
+{
+	char	   *rf = response_format_of(SCHEMAS[8][1]);
+	int32_t    *ids = malloc(sizeof(int32_t) * CONTEXT);
+	gptoss_gen_params p;
+	gptoss_error err = {0};
+	int			need = -1;
+
+	gptoss_gen_params_default(&p);
+	p.response_format = rf;
+	p.raw = true;
+	p.has_seed = true;
+	p.seed = 7;
+	p.max_tokens = 200;
+	for (int i = 0; i < CONTEXT; i++)
+		ids[i] = tok_final;
+	for (int left = 1; left < 200 && need < 0; left++)
+	{
+		int64_t		id;
+
+		memset(&err, 0, sizeof(err));
+		id = gptoss_engine_submit(eng, ids, CONTEXT - left, &p, &err);
+		if (id >= 0)
+		{
+			need = left;
+			drain();
+			gptoss_engine_release(eng, id);
+		}
+		else
+			CHECK(err.code == GPTOSS_ERR_TOO_LONG && strstr(err.msg, "prompt leaves"),
+				  "%d tokens left: %s", left, err.msg);
+	}
+	CHECK(need > 1, "no prompt length worked");
+	p.max_tokens = need - 1;
+	memset(&err, 0, sizeof(err));
+	CHECK(gptoss_engine_submit(eng, ids, CONTEXT - need, &p, &err) < 0 && err.code == GPTOSS_ERR_INVALID &&
+		  strstr(err.msg, "max_tokens is below the shortest valid document"), "max_tokens %d: %s", need - 1, err.msg);
+	free(ids);
+	free(rf);
+}
+
 /* The budget closes the analysis channel and opens the final one; 0 skips reasoning. */
 static void
 test_budget(void)
@@ -335,7 +384,7 @@ main(void)
 	opts.model_path = dir;
 	opts.device = "cpu";
 	opts.backend.max_seqs = BATCH;
-	opts.backend.max_context = 512;
+	opts.backend.max_context = CONTEXT;
 	eng = gptoss_engine_create(&opts, NULL, NULL, &err);
 	if (eng == NULL)
 	{
@@ -369,6 +418,7 @@ main(void)
 	}
 	test_prompt_and_params();
 	test_shortest();
+	test_context_left();
 	test_budget();
 	test_schemas();
 	gptoss_engine_free(eng);
