@@ -105,7 +105,7 @@ bin/bench_prefix_cache: bench/prefix_cache.c $(ENGINE_LIB)
 
 # Soak and chaos driver (bench/soak.c, run by bench/soak.sh), a libpq client: built with `all`
 # where PostgreSQL's development files are (libpq-fe.h comes with them).
-bin/gptoss_soak: bench/soak.c
+bin/gptoss_soak: bench/soak.c bench/bench_util.h
 	@mkdir -p bin
 	$(CC) -std=gnu11 -O2 -Wall -Wextra -I$(shell $(PG_CONFIG) --includedir) -o $@ bench/soak.c \
 		-L$(shell $(PG_CONFIG) --libdir) -lpq

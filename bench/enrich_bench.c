@@ -30,31 +30,10 @@
 
 #include "libpq-fe.h"
 
+#define BENCH_PROGRAM "enrich_bench"
+#include "bench_util.h"
+
 static PGconn *conn;
-
-/* Prints an error and exits. */
-static void
-die(const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	fprintf(stderr, "enrich_bench: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	exit(1);
-}
-
-/* Wall-clock seconds. */
-static double
-now_s(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Runs sql; returns its result (tuples or command), or exits with the error. */
 static PGresult *
@@ -163,7 +142,7 @@ copy_in(const char *t, const char *data, size_t len)
 {
 	char		sql[256];
 	PGresult   *res;
-	double		t0 = now_s();
+	double		t0 = monotonic_s();
 
 	snprintf(sql, sizeof(sql), "COPY %s (id, body) FROM STDIN", t);
 	res = PQexec(conn, sql);
@@ -177,7 +156,7 @@ copy_in(const char *t, const char *data, size_t len)
 		die("COPY: %s", PQerrorMessage(conn));
 	PQclear(res);
 	PQclear(PQgetResult(conn));
-	return now_s() - t0;
+	return monotonic_s() - t0;
 }
 
 /* Middle value of three or more (sorts v). */
@@ -257,9 +236,9 @@ main(int argc, char **argv)
 					" $f$BEGIN NEW.summary := gptoss_generate(NEW.body, '%s'); RETURN NEW; END$f$", params));
 		PQclear(run("CREATE TRIGGER fill BEFORE INSERT ON bench_naive FOR EACH ROW EXECUTE FUNCTION bench_naive_fill()"));
 		a = stats();
-		t0 = now_s();
+		t0 = monotonic_s();
 		PQclear(run("INSERT INTO bench_naive (id, body) SELECT id, body FROM bench_src WHERE id <= %d", naive_rows));
-		secs = now_s() - t0;
+		secs = monotonic_s() - t0;
 		b = stats();
 		report("naive row trigger", naive_rows, secs, a, b);
 	}
@@ -268,9 +247,9 @@ main(int argc, char **argv)
 	fresh_table("bench_sync");
 	PQclear(run("SELECT gptoss_enrich('bench_sync', 'summary', 'body', '%s', 'sync')", params));
 	a = stats();
-	t0 = now_s();
+	t0 = monotonic_s();
 	PQclear(run("INSERT INTO bench_sync (id, body) SELECT id, body FROM bench_src WHERE id <= %d", rows));
-	secs = now_s() - t0;
+	secs = monotonic_s() - t0;
 	b = stats();
 	report("enrichment, sync", rows, secs, a, b);
 
@@ -278,7 +257,7 @@ main(int argc, char **argv)
 	fresh_table("bench_async");
 	PQclear(run("SELECT gptoss_enrich('bench_async', 'summary', 'body', '%s', 'async')", params));
 	a = stats();
-	t0 = now_s();
+	t0 = monotonic_s();
 	PQclear(run("INSERT INTO bench_async (id, body) SELECT id, body FROM bench_src WHERE id <= %d", rows));
 	for (;;)
 	{
@@ -294,7 +273,7 @@ main(int argc, char **argv)
 			nanosleep(&ts, NULL);
 		}
 	}
-	secs = now_s() - t0;
+	secs = monotonic_s() - t0;
 	b = stats();
 	report("enrichment, async", rows, secs, a, b);
 	if (value("SELECT count(*) FROM bench_async WHERE summary IS NULL OR summary <> (SELECT summary FROM bench_sync s WHERE s.id = bench_async.id)%s", "") != 0)
@@ -302,9 +281,9 @@ main(int argc, char **argv)
 
 	/* the batched reference */
 	a = stats();
-	t0 = now_s();
+	t0 = monotonic_s();
 	PQclear(run("SELECT gptoss_generate_many(array_agg(body ORDER BY id), '%s') FROM bench_src WHERE id <= %d", params, rows));
-	secs = now_s() - t0;
+	secs = monotonic_s() - t0;
 	b = stats();
 	report("gptoss_generate_many", rows, secs, a, b);
 

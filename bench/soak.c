@@ -60,6 +60,9 @@
 
 #include <libpq-fe.h>
 
+#define BENCH_PROGRAM "gptoss_soak"
+#include "bench_util.h"
+
 #define N_PROMPTS		16
 #define MANY_PROMPTS	4
 #define MAX_INTERVALS	64
@@ -183,28 +186,11 @@ static FILE *csv;
 static char other_errors[5][256];
 static int	n_other_errors;
 
-/* Prints an error and exits. */
-static void
-die(const char *fmt,...)
-{
-	va_list		ap;
-
-	va_start(ap, fmt);
-	fprintf(stderr, "gptoss_soak: ");
-	vfprintf(stderr, fmt, ap);
-	fprintf(stderr, "\n");
-	va_end(ap);
-	exit(1);
-}
-
-/* Monotonic seconds since the start. */
+/* Seconds since the start of the run. */
 static double
 now_s(void)
 {
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9 - t0;
+	return monotonic_s() - t0;
 }
 
 /* xorshift64*: uniform 64-bit numbers. */
@@ -996,8 +982,7 @@ main(int argc, char **argv)
 	const char *pending_kill = NULL;
 
 	parse_options(argc, argv);
-	t0 = 0;
-	t0 = now_s();
+	t0 = monotonic_s();
 	rng_state = 0x9E3779B97F4A7C15ULL ^ opt.seed;
 	signal(SIGPIPE, SIG_IGN);
 	csv = fopen(opt.csv, "w");
