@@ -3,6 +3,21 @@
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION gptoss" to load this file. \quit
 
+-- The model reads and writes UTF-8; in a database of another encoding an
+-- answer could hold characters the database cannot store (or, in SQL_ASCII,
+-- bytes nobody can interpret), so such a database is refused up front.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'gptoss requires a database whose encoding is UTF8, not %',
+            pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The model reads and writes UTF-8 text; answers in a database of another encoding could not always be stored.',
+                  HINT = 'Create the database with ENCODING ''UTF8'' (from TEMPLATE template0 when template1 has another encoding).';
+    END IF;
+END
+$$;
+
 -- Generation runs in the background worker; a call costs milliseconds to
 -- seconds, hence the high COST.  gptoss_generate and gptoss_chat are PARALLEL
 -- RESTRICTED: their per-row calls are evaluated above any Gather, where the
