@@ -19,6 +19,23 @@ ranks_before(float v, int i, float w, int j)
 	return v > w || (v == w && i < j);
 }
 
+/* The best (value, id) of a warp, by ranks_before, in every lane. */
+static __device__ __forceinline__ void
+warp_best(float *v, int *id)
+{
+	for (int off = 16; off > 0; off >>= 1)
+	{
+		float		ov = __shfl_xor_sync(0xffffffffu, *v, off);
+		int			oi = __shfl_xor_sync(0xffffffffu, *id, off);
+
+		if (ranks_before(ov, oi, *v, *id))
+		{
+			*v = ov;
+			*id = oi;
+		}
+	}
+}
+
 /* Maximum over the block; every thread gets it. */
 static __device__ float
 lp_block_max(float v, float *scratch)
@@ -122,17 +139,7 @@ logprobs_kernel(const LogprobRow *__restrict__ rows, const float *__restrict__ l
 		float		v = head < n ? top_v[head] : -INFINITY;
 		int			id = head < n ? top_i[head] : INT_MAX;
 
-		for (int off = 16; off > 0; off >>= 1)
-		{
-			float		ov = __shfl_xor_sync(0xffffffffu, v, off);
-			int			oi = __shfl_xor_sync(0xffffffffu, id, off);
-
-			if (ranks_before(ov, oi, v, id))
-			{
-				v = ov;
-				id = oi;
-			}
-		}
+		warp_best(&v, &id);
 		__syncthreads();
 		if (lane == 0)
 		{
@@ -142,17 +149,7 @@ logprobs_kernel(const LogprobRow *__restrict__ rows, const float *__restrict__ l
 		__syncthreads();
 		v = lane < (int) (blockDim.x >> 5) ? win_v[lane] : -INFINITY;
 		id = lane < (int) (blockDim.x >> 5) ? win_i[lane] : INT_MAX;
-		for (int off = 16; off > 0; off >>= 1)
-		{
-			float		ov = __shfl_xor_sync(0xffffffffu, v, off);
-			int			oi = __shfl_xor_sync(0xffffffffu, id, off);
-
-			if (ranks_before(ov, oi, v, id))
-			{
-				v = ov;
-				id = oi;
-			}
-		}
+		warp_best(&v, &id);
 		if (id == INT_MAX)
 		{
 			k = r;				/* fewer non-NaN entries than asked */

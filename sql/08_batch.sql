@@ -151,7 +151,7 @@ EXPLAIN (COSTS OFF) SELECT id, gptoss_generate(body, params) FROM docs;
 RESET gptoss.batch_window;
 
 -- The generation functions are evaluated above any Gather.
-SELECT proname, proparallel FROM pg_proc WHERE proname IN ('gptoss_generate', 'gptoss_chat') ORDER BY 1;
+SELECT proname, proparallel FROM pg_proc WHERE proname IN ('gptoss_generate', 'gptoss_chat', 'gptoss_generate_json') ORDER BY 1;
 
 -- on_error "null": a generation that fails for its own row (here prompts too
 -- long for the context, 54000) gives NULL and the statement goes on, with one

@@ -87,3 +87,52 @@ SELECT try_sql($$SELECT gptoss_generate('x', '{"response_format": {"type": "json
 SELECT try_sql($$SELECT gptoss_generate('x', '{"max_reasoning_tokens": -1}')$$);
 SELECT try_sql($$SELECT gptoss_generate('x', '{"max_reasoning_tokens": "many"}')$$);
 SELECT gptoss_generate_json('x', NULL) IS NULL AS strict_null;
+
+-- Per-row calls run in the GptossBatch node like gptoss_generate's, with the
+-- same documents as one row at a time.
+EXPLAIN (COSTS OFF)
+SELECT id, gptoss_generate_json(body, '{"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}',
+                                jsonb_build_object('seed', id, 'max_tokens', 40)) FROM invoices;
+SET gptoss.batch_window = 0;
+EXPLAIN (COSTS OFF)
+SELECT id, gptoss_generate_json(body, '{"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}',
+                                jsonb_build_object('seed', id, 'max_tokens', 40)) FROM invoices;
+CREATE TEMP TABLE docs_off AS
+SELECT id, gptoss_generate_json(body, '{"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}',
+                                jsonb_build_object('seed', id, 'max_tokens', 40, 'temperature', 0)) AS doc FROM invoices;
+RESET gptoss.batch_window;
+CREATE TEMP TABLE docs_on AS
+SELECT id, gptoss_generate_json(body, '{"type": "object", "properties": {"total": {"type": "number"}}, "required": ["total"]}',
+                                jsonb_build_object('seed', id, 'max_tokens', 40, 'temperature', 0)) AS doc FROM invoices;
+SELECT (SELECT array_agg(id ORDER BY ctid) FROM docs_off) = (SELECT array_agg(id ORDER BY ctid) FROM docs_on) AS same_order,
+       count(*) AS docs, count(*) FILTER (WHERE docs_off.doc = docs_on.doc) AS same_docs
+FROM docs_off JOIN docs_on USING (id);
+
+-- A prompt that leaves less of the context (512 tokens here) than the
+-- shortest document fails in the worker, which alone knows the document's
+-- tokens: 54000 for that row, an ERROR by default and NULL with on_error
+-- "null" (one WARNING), batched and row by row alike.  Row 3's prompt is 505
+-- tokens; the constant below takes more than the 7 left.
+CREATE TEMP TABLE near_full AS
+SELECT i AS id,
+       CASE WHEN i = 3 THEN (SELECT rtrim(repeat('word ', k)) FROM generate_series(400, 600) k
+                             WHERE cardinality(gptoss_tokenize(rtrim(repeat('word ', k)))) >= 505 ORDER BY k LIMIT 1)
+            ELSE 'Row ' || i END AS body
+FROM generate_series(1, 5) i;
+SELECT id, cardinality(gptoss_tokenize(body)) AS tokens FROM near_full WHERE id = 3;
+SELECT try_sql($$SELECT id, gptoss_generate_json(body, '{"const": "the quick brown fox jumps over the lazy dog again"}',
+                                                 '{"raw": true, "max_tokens": 40}') FROM near_full$$);
+SELECT id, gptoss_generate_json(body, '{"const": "the quick brown fox jumps over the lazy dog again"}',
+                                '{"raw": true, "max_tokens": 40, "on_error": "null"}') AS doc
+FROM near_full;
+SET gptoss.batch_window = 0;
+SELECT try_sql($$SELECT id, gptoss_generate_json(body, '{"const": "the quick brown fox jumps over the lazy dog again"}',
+                                                 '{"raw": true, "max_tokens": 40}') FROM near_full$$);
+SELECT id, gptoss_generate_json(body, '{"const": "the quick brown fox jumps over the lazy dog again"}',
+                                '{"raw": true, "max_tokens": 40, "on_error": "null"}') AS doc
+FROM near_full;
+RESET gptoss.batch_window;
+-- A max_tokens below the document stays a parameter error, on_error or not.
+SELECT try_sql($$SELECT gptoss_generate_json(body, '{"const": "the quick brown fox jumps over the lazy dog again"}',
+                                             '{"raw": true, "max_tokens": 3, "on_error": "null"}') FROM near_full$$);
+SELECT try_sql($$SELECT gptoss_generate_json('x', '{}', '{"logprobs": true}')$$);

@@ -33,8 +33,34 @@ SELECT gptoss_classify('x', ARRAY['a', '']);
 SELECT gptoss_classify('x', ARRAY['yes', 'no', 'yes']);
 SELECT gptoss_classify('x', ARRAY['a', NULL]);
 SELECT gptoss_classify_scores('x', ARRAY[]::text[]);
-SELECT gptoss_classify('x', ARRAY['a', 'b'], '{"logprobs": true}');
-SELECT gptoss_classify('x', ARRAY['a', 'b'], '{"max_tokens": 5}');
+
+-- Keys that only steer generation are 22023 naming the key and why; the keys
+-- that shape the prompt (instructions, reasoning_effort, raw), prefix_caching
+-- and on_error are taken.
+SELECT k, try_sql(format($$SELECT gptoss_classify('x', ARRAY['a', 'b'], '{"%s": %s}')$$, k, v)) AS classify
+FROM (VALUES ('max_tokens', '5'), ('min_tokens', '1'), ('stop', '["."]'), ('ignore_eos', 'true'),
+             ('max_reasoning_tokens', '0'), ('include_reasoning', 'true'), ('temperature', '0'),
+             ('top_p', '0.5'), ('top_k', '3'), ('seed', '1'), ('response_format', '{"type": "json_object"}'),
+             ('logprobs', 'true'), ('top_logprobs', '2')) AS t(k, v);
+SELECT try_sql($$SELECT gptoss_classify_scores('x', ARRAY['a', 'b'], '{"seed": 1}')$$) AS scores;
+SELECT try_sql($$SELECT gptoss_classify('x', ARRAY['a', 'b'], '{"instructions": "Answer a or b.", "reasoning_effort": "high",
+                  "raw": false, "prefix_caching": false, "on_error": "error"}')$$) AS taken;
+-- reasoning_effort is part of the system message, so it can change the scores
+SELECT count(DISTINCT gptoss_classify_scores('The weather today is', ARRAY['sunny', 'cold'],
+                                             jsonb_build_object('reasoning_effort', e))::text) AS distinct_scores
+FROM unnest(ARRAY['low', 'medium', 'high']) e;
+
+-- on_error "null": an input that cannot be scored gives NULL (one WARNING)
+-- instead of an ERROR.  Too long for the context: seen in the session; the
+-- prompt fits but the prompt and a label do not: seen by the worker.
+CREATE TEMP TABLE near_full AS
+SELECT (SELECT rtrim(repeat('word ', k)) FROM generate_series(400, 600) k
+        WHERE cardinality(gptoss_tokenize(rtrim(repeat('word ', k)))) >= 505 ORDER BY k LIMIT 1) AS body;
+SELECT try_sql($$SELECT gptoss_classify(body, ARRAY['yes', repeat('very long label ', 5)], '{"raw": true}') FROM near_full$$);
+SELECT gptoss_classify(body, ARRAY['yes', repeat('very long label ', 5)], '{"raw": true, "on_error": "null"}') IS NULL AS worker_null
+FROM near_full;
+SELECT gptoss_classify_scores(repeat('word ', 3000), ARRAY['a', 'b'], '{"on_error": "null"}') IS NULL AS session_null;
+SELECT try_sql($$SELECT gptoss_classify_scores(repeat('word ', 3000), ARRAY['a', 'b'])$$);
 
 -- logprobs: only gptoss_chat, top_logprobs needs logprobs and is at most 20
 SELECT gptoss_generate('x', '{"logprobs": true}');

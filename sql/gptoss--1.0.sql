@@ -19,10 +19,10 @@ END
 $$;
 
 -- Generation runs in the background worker; a call costs milliseconds to
--- seconds, hence the high COST.  gptoss_generate and gptoss_chat are PARALLEL
--- RESTRICTED: their per-row calls are evaluated above any Gather, where the
--- GptossBatch node runs many rows' calls at once; the others are PARALLEL
--- SAFE.
+-- seconds, hence the high COST.  gptoss_generate, gptoss_chat and
+-- gptoss_generate_json are PARALLEL RESTRICTED: their per-row calls are
+-- evaluated above any Gather, where the GptossBatch node runs many rows' calls
+-- at once; the others are PARALLEL SAFE.
 
 CREATE FUNCTION gptoss_generate(prompt text, params jsonb DEFAULT '{}')
 RETURNS text
@@ -75,7 +75,7 @@ COMMENT ON FUNCTION gptoss_classify_scores(text, text[], jsonb) IS
 CREATE FUNCTION gptoss_generate_json(prompt text, schema jsonb, params jsonb DEFAULT '{}')
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'gptoss_generate_json'
-LANGUAGE C STRICT VOLATILE PARALLEL SAFE COST 100000;
+LANGUAGE C STRICT VOLATILE PARALLEL RESTRICTED COST 100000;
 
 COMMENT ON FUNCTION gptoss_generate_json(text, jsonb, jsonb) IS
 'answer a prompt with a JSON document valid for the JSON Schema (structured output)';

@@ -1,6 +1,7 @@
 /*
  * batch_scan.c: the GptossBatch custom scan node, which runs the per-row
- * gptoss_generate / gptoss_chat calls of a query many rows at a time.
+ * gptoss_generate / gptoss_chat / gptoss_generate_json calls of a query many
+ * rows at a time.
  *
  * A scalar function in a target list is called row after row, so
  * SELECT gptoss_generate(body) FROM docs would keep one sequence in the
@@ -69,8 +70,15 @@ typedef enum BatchCallKind
 {
 	CALL_NONE = 0,
 	CALL_GENERATE,
-	CALL_CHAT
+	CALL_CHAT,
+	CALL_JSON
 } BatchCallKind;
+
+/* Most arguments of a batched function (gptoss_generate_json's prompt, schema, params). */
+#define MAX_CALL_ARGS 3
+
+/* Arguments of each kind of call. */
+static const int call_nargs[] = {0, 2, 2, 3};
 
 int			gptoss_batch_window = 1;
 
@@ -85,7 +93,7 @@ typedef struct SplitCall
 {
 	BatchCallKind kind;
 	FuncExpr   *call;			/* the original call */
-	AttrNumber	args[2];		/* child output columns of prompt/messages and params */
+	AttrNumber	args[MAX_CALL_ARGS];	/* child output columns of the arguments */
 	Var		   *result;			/* its replacement in the node's target list */
 } SplitCall;
 
@@ -136,7 +144,7 @@ call_kind(Oid funcid)
 	if (!HeapTupleIsValid(tup))
 		return CALL_NONE;
 	proc = (Form_pg_proc) GETSTRUCT(tup);
-	if (proc->prolang == ClanguageId && proc->pronargs == 2 && !proc->proretset)
+	if (proc->prolang == ClanguageId && !proc->proretset)
 	{
 		bool		src_null;
 		bool		bin_null;
@@ -151,6 +159,10 @@ call_kind(Oid funcid)
 				kind = CALL_GENERATE;
 			else if (strcmp(name, "gptoss_chat") == 0)
 				kind = CALL_CHAT;
+			else if (strcmp(name, "gptoss_generate_json") == 0)
+				kind = CALL_JSON;
+			if (proc->pronargs != call_nargs[kind])
+				kind = CALL_NONE;
 		}
 	}
 	ReleaseSysCache(tup);
@@ -182,7 +194,7 @@ contains_call_walker(Node *node, void *context)
 	return expression_tree_walker(node, contains_call_walker, context);
 }
 
-/* True when node calls gptoss_generate or gptoss_chat anywhere. */
+/* True when node calls a batched function anywhere. */
 static bool
 contains_call(Node *node)
 {
@@ -256,7 +268,7 @@ split_call(FuncExpr *call, BatchCallKind kind, SplitContext *cx)
 	int			i = 0;
 	ListCell   *lc;
 
-	if (list_length(call->args) != 2)
+	if (list_length(call->args) != call_nargs[kind])
 	{
 		cx->ok = false;
 		return (Node *) call;
@@ -383,16 +395,21 @@ make_batch_scan(Plan *plan, List *tlist, SplitContext *cx, Limit *limit, int pla
 	{
 		SplitCall  *sc = lfirst(lc);
 		FuncExpr   *shown = copyObject(sc->call);
-		TargetEntry *arg0 = list_nth(cx->child_tlist, sc->args[0] - 1);
-		TargetEntry *arg1 = list_nth(cx->child_tlist, sc->args[1] - 1);
+		List	   *spec = list_make1_int(sc->kind);
 
 		/* What EXPLAIN VERBOSE shows for the result column. */
-		shown->args = list_make2(scan_var(OUTER_VAR, sc->args[0], (Node *) arg0->expr),
-								 scan_var(OUTER_VAR, sc->args[1], (Node *) arg1->expr));
+		shown->args = NIL;
+		for (int a = 0; a < call_nargs[sc->kind]; a++)
+		{
+			TargetEntry *arg = list_nth(cx->child_tlist, sc->args[a] - 1);
+
+			shown->args = lappend(shown->args, scan_var(OUTER_VAR, sc->args[a], (Node *) arg->expr));
+			spec = lappend_int(spec, sc->args[a]);
+		}
 		k++;
 		sc->result->varattno = nchild + k;
 		scan_tlist = lappend(scan_tlist, makeTargetEntry((Expr *) shown, nchild + k, NULL, false));
-		calls = lappend(calls, list_make3_int(sc->kind, sc->args[0], sc->args[1]));
+		calls = lappend(calls, spec);
 	}
 
 	cs->scan.plan.startup_cost = plan->startup_cost;
@@ -578,7 +595,7 @@ batch_planner(Query *parse, const char *query_string, int cursorOptions,
 typedef struct BatchCallSpec
 {
 	BatchCallKind kind;
-	AttrNumber	args[2];		/* child output columns of its arguments */
+	AttrNumber	args[MAX_CALL_ARGS];	/* child output columns of its arguments */
 } BatchCallSpec;
 
 /* A row read from the child and not yet returned. */
@@ -645,8 +662,8 @@ batch_begin(CustomScanState *node, EState *estate, int eflags)
 		List	   *c = lfirst(lc);
 
 		st->calls[i].kind = (BatchCallKind) linitial_int(c);
-		st->calls[i].args[0] = (AttrNumber) lsecond_int(c);
-		st->calls[i].args[1] = (AttrNumber) lthird_int(c);
+		for (int a = 0; a < call_nargs[st->calls[i].kind]; a++)
+			st->calls[i].args[a] = (AttrNumber) list_nth_int(c, a + 1);
 		i++;
 	}
 	if (cs->custom_exprs != NIL)
@@ -714,7 +731,7 @@ call_is_null(BatchScanState *st, TupleTableSlot *slot, int c)
 {
 	bool		isnull;
 
-	for (int a = 0; a < 2; a++)
+	for (int a = 0; a < call_nargs[st->calls[c].kind]; a++)
 	{
 		(void) slot_getattr(slot, st->calls[c].args[a], &isnull);
 		if (isnull)
@@ -732,21 +749,30 @@ submit_row(BatchScanState *st, TupleTableSlot *slot)
 		GptossJob	job;
 		MemoryContext old;
 		bool		isnull;
-		Datum		a0;
-		Datum		a1;
-		bool		built;
+		Datum		a[MAX_CALL_ARGS];
+		bool		built = false;
 		int			code;
 		char	   *message;
 
 		if (call_is_null(st, slot, c))
 			continue;
-		a0 = slot_getattr(slot, st->calls[c].args[0], &isnull);
-		a1 = slot_getattr(slot, st->calls[c].args[1], &isnull);
+		for (int i = 0; i < call_nargs[st->calls[c].kind]; i++)
+			a[i] = slot_getattr(slot, st->calls[c].args[i], &isnull);
 		old = MemoryContextSwitchTo(st->request_cxt);
-		if (st->calls[c].kind == CALL_GENERATE)
-			built = gptoss_generate_job(a0, a1, &job, &code, &message);
-		else
-			built = gptoss_chat_job(a0, a1, &job, &code, &message);
+		switch (st->calls[c].kind)
+		{
+			case CALL_GENERATE:
+				built = gptoss_generate_job(a[0], a[1], &job, &code, &message);
+				break;
+			case CALL_CHAT:
+				built = gptoss_chat_job(a[0], a[1], &job, &code, &message);
+				break;
+			case CALL_JSON:
+				built = gptoss_generate_json_job(a[0], a[1], a[2], &job, &code, &message);
+				break;
+			case CALL_NONE:
+				elog(ERROR, "gptoss batch node without a call");
+		}
 		if (built)
 			gptoss_pipeline_submit(st->pipeline, &job);
 		else
@@ -813,8 +839,10 @@ collect_call(BatchScanState *st, TupleTableSlot *slot, int c, bool *isnull)
 	}
 	else if (st->calls[c].kind == CALL_GENERATE)
 		result = gptoss_generate_result(&r.resp);
-	else
+	else if (st->calls[c].kind == CALL_CHAT)
 		result = gptoss_chat_result(&r.params, &r.resp);
+	else
+		result = gptoss_generate_json_result(&r.resp);
 	gptoss_pipeline_result_free(&r);
 	return result;
 }

@@ -656,15 +656,24 @@ typedef struct BatchState
 	Datum		jsonb_text;		/* jsonb check: the answer */
 } BatchState;
 
+/* Runs sql with the keys of rows idx[0..m) of b, and their values[] as the extra column when with_values. */
+static void
+run_batch_sql(BatchState *b, const char *sql, bool with_values)
+{
+	Oid			types[FUNC_MAX_ARGS];
+	Datum		values[FUNC_MAX_ARGS];
+	int			nargs = key_args(b->keys, b->idx, b->m, with_values ? b->values : NULL,
+								 with_values ? b->isnull : NULL, types, values);
+
+	run_sql(sql, nargs, types, values, NULL);
+}
+
 /* Reads the current prompt of rows idx[0..m) into values/isnull/found. */
 static void
 read_prompts(void *arg)
 {
 	BatchState *b = arg;
 	Enrichment *e = b->e;
-	Oid			types[FUNC_MAX_ARGS];
-	Datum		values[FUNC_MAX_ARGS];
-	int			nargs = key_args(b->keys, b->idx, b->m, NULL, NULL, types, values);
 	char	   *sql;
 
 	sql = psprintf("SELECT gptoss_r.gptoss_prompt, gptoss_r.gptoss_found IS NOT NULL FROM %s"
@@ -672,7 +681,7 @@ read_prompts(void *arg)
 				   " FROM ONLY %s AS %s WHERE %s) AS gptoss_r ON true ORDER BY gptoss_k.gptoss_i",
 				   unnest_keys(e, 1, "gptoss_k", NULL), e->prompt, e->rel, e->alias,
 				   key_match(e, "gptoss_k"));
-	run_sql(sql, nargs, types, values, NULL);
+	run_batch_sql(b, sql, false);
 	if (SPI_processed != (uint64) b->m)
 		elog(ERROR, "gptoss enrichment: read %llu prompts for %d keys",
 			 (unsigned long long) SPI_processed, b->m);
@@ -696,9 +705,6 @@ lock_rows(void *arg)
 {
 	BatchState *b = arg;
 	Enrichment *e = b->e;
-	Oid			types[FUNC_MAX_ARGS];
-	Datum		values[FUNC_MAX_ARGS];
-	int			nargs = key_args(b->keys, b->idx, b->m, b->values, b->isnull, types, values);
 	char	   *sql;
 
 	sql = psprintf("SELECT gptoss_k.gptoss_i FROM %s JOIN ONLY %s AS %s ON %s"
@@ -706,7 +712,7 @@ lock_rows(void *arg)
 				   " FOR UPDATE OF %s SKIP LOCKED",
 				   unnest_keys(e, 1, "gptoss_k", "gptoss_p"), e->rel, e->alias,
 				   key_match(e, "gptoss_k"), e->prompt, e->alias);
-	run_sql(sql, nargs, types, values, NULL);
+	run_batch_sql(b, sql, true);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
@@ -722,16 +728,13 @@ write_answers(void *arg)
 {
 	BatchState *b = arg;
 	Enrichment *e = b->e;
-	Oid			types[FUNC_MAX_ARGS];
-	Datum		values[FUNC_MAX_ARGS];
-	int			nargs = key_args(b->keys, b->idx, b->m, b->values, b->isnull, types, values);
 	char	   *sql;
 
 	sql = psprintf("UPDATE ONLY %s AS %s SET %s = gptoss_v.gptoss_a%s FROM %s WHERE %s",
 				   e->rel, e->alias, e->target,
 				   e->target_type == JSONBOID ? "::jsonb" : "",
 				   unnest_keys(e, 1, "gptoss_v", "gptoss_a"), key_match(e, "gptoss_v"));
-	run_sql(sql, nargs, types, values, NULL);
+	run_batch_sql(b, sql, true);
 }
 
 /* Parses b->jsonb_text as jsonb (raises when it is not valid JSON). */
@@ -930,9 +933,14 @@ queue_insert(Enrichment *e, EnrichKeys *keys, int *idx, int m, Datum *errors, bo
 	run_sql(sql, nargs, types, values, NULL);
 }
 
-/* Removes rows idx[0..m) of keys from the queue. */
+/*
+ * Runs head, a DELETE ... USING or an UPDATE ... FROM of e's queue as q,
+ * joined to rows idx[0..m) of keys as gptoss_k; with errors, gptoss_k.gptoss_e
+ * is the row's error (or NULL).
+ */
 static void
-queue_delete(Enrichment *e, EnrichKeys *keys, int *idx, int m)
+queue_apply(Enrichment *e, EnrichKeys *keys, int *idx, int m, Datum *errors, bool *errnull,
+			const char *head)
 {
 	Oid			types[FUNC_MAX_ARGS];
 	Datum		values[FUNC_MAX_ARGS];
@@ -940,14 +948,30 @@ queue_delete(Enrichment *e, EnrichKeys *keys, int *idx, int m)
 
 	if (m == 0)
 		return;
-	nargs = key_args(keys, idx, m, NULL, NULL, types, values);
+	nargs = key_args(keys, idx, m, errors, errnull, types, values);
 	types[nargs] = INT4OID;
 	values[nargs++] = Int32GetDatum(e->id);
-	run_sql(psprintf("DELETE FROM %s.gptoss_enrich_queue q USING %s"
-					 " WHERE q.enrichment = $%d AND q.key = %s",
-					 e->schema, unnest_keys(e, 1, "gptoss_k", NULL), nargs,
+	run_sql(psprintf("%s %s WHERE q.enrichment = $%d AND q.key = %s",
+					 head, unnest_keys(e, 1, "gptoss_k", errors ? "gptoss_e" : NULL), nargs,
 					 key_array(e, "gptoss_k")),
 			nargs, types, values, NULL);
+}
+
+/* Removes rows idx[0..m) of keys from the queue. */
+static void
+queue_delete(Enrichment *e, EnrichKeys *keys, int *idx, int m)
+{
+	queue_apply(e, keys, idx, m, NULL, NULL,
+				psprintf("DELETE FROM %s.gptoss_enrich_queue q USING", e->schema));
+}
+
+/* Updates the queue entries of rows idx[0..m) of keys with the SET list set (see queue_apply). */
+static void
+queue_update(Enrichment *e, EnrichKeys *keys, int *idx, int m, Datum *errors, bool *errnull,
+			 const char *set)
+{
+	queue_apply(e, keys, idx, m, errors, errnull,
+				psprintf("UPDATE %s.gptoss_enrich_queue q SET %s FROM", e->schema, set));
 }
 
 /* True when e has rows in the queue. */
@@ -1079,9 +1103,6 @@ enrich_record(Enrichment *e, EnrichKeys *keys, EnrichResult *results, bool from_
 	int		   *idx = palloc(sizeof(int) * Max(1, n));
 	Datum	   *errors = error_datums(results, n);
 	bool	   *errnull = error_nulls(results, n);
-	Oid			types[FUNC_MAX_ARGS];
-	Datum		values[FUNC_MAX_ARGS];
-	int			nargs;
 	int			m;
 	int			written = rows_with(results, n, ENRICH_WRITTEN, idx);
 	EnrichRole	r;
@@ -1118,19 +1139,9 @@ enrich_record(Enrichment *e, EnrichKeys *keys, EnrichResult *results, bool from_
 
 	/* failed: one more attempt counted, retried after 2^attempts seconds (at most 5 minutes) */
 	m = rows_with(results, n, ENRICH_FAILED, idx);
-	if (m > 0)
-	{
-		nargs = key_args(keys, idx, m, errors, errnull, types, values);
-		types[nargs] = INT4OID;
-		values[nargs++] = Int32GetDatum(e->id);
-		run_sql(psprintf("UPDATE %s.gptoss_enrich_queue q SET attempts = q.attempts + 1,"
-						 " last_error = gptoss_k.gptoss_e, failed_at = now(),"
-						 " next_try = now() + make_interval(secs => least(300, 2 ^ q.attempts))"
-						 " FROM %s WHERE q.enrichment = $%d AND q.key = %s",
-						 e->schema, unnest_keys(e, 1, "gptoss_k", "gptoss_e"), nargs,
-						 key_array(e, "gptoss_k")),
-				nargs, types, values, NULL);
-	}
+	queue_update(e, keys, idx, m, errors, errnull,
+				 "attempts = q.attempts + 1, last_error = gptoss_k.gptoss_e, failed_at = now(),"
+				 " next_try = now() + make_interval(secs => least(300, 2 ^ q.attempts))");
 
 	/*
 	 * Superseded (changed or locked meanwhile): again after a second, so that
@@ -1139,20 +1150,11 @@ enrich_record(Enrichment *e, EnrichKeys *keys, EnrichResult *results, bool from_
 	 * Attempts unchanged in both cases.
 	 */
 	m = rows_with(results, n, ENRICH_SUPERSEDED, idx);
-	if (m > 0)
-	{
-		nargs = key_args(keys, idx, m, errors, errnull, types, values);
-		types[nargs] = INT4OID;
-		values[nargs++] = Int32GetDatum(e->id);
-		run_sql(psprintf("UPDATE %s.gptoss_enrich_queue q SET last_error = coalesce(gptoss_k.gptoss_e, q.last_error),"
-						 " failed_at = CASE WHEN gptoss_k.gptoss_e IS NULL THEN q.failed_at ELSE now() END,"
-						 " next_try = now() + CASE WHEN gptoss_k.gptoss_e IS NULL THEN interval '1 second'"
-						 " ELSE interval '5 seconds' END"
-						 " FROM %s WHERE q.enrichment = $%d AND q.key = %s",
-						 e->schema, unnest_keys(e, 1, "gptoss_k", "gptoss_e"), nargs,
-						 key_array(e, "gptoss_k")),
-				nargs, types, values, NULL);
-	}
+	queue_update(e, keys, idx, m, errors, errnull,
+				 "last_error = coalesce(gptoss_k.gptoss_e, q.last_error),"
+				 " failed_at = CASE WHEN gptoss_k.gptoss_e IS NULL THEN q.failed_at ELSE now() END,"
+				 " next_try = now() + CASE WHEN gptoss_k.gptoss_e IS NULL THEN interval '1 second'"
+				 " ELSE interval '5 seconds' END");
 	role_leave(&r);
 }
 

@@ -378,6 +378,25 @@ gptoss_enrich_launcher_main(Datum main_arg)
  * Per-database worker
  */
 
+/* Starts a transaction with a snapshot and SPI for one unit of the worker's work. */
+static void
+begin_work(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+}
+
+/* Commits what begin_work started. */
+static void
+end_work(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
 /* Enrichment ids with rows ready; *any is false when the database has no enrichment at all. */
 static List *
 ready_enrichments(bool *any)
@@ -385,10 +404,7 @@ ready_enrichments(bool *any)
 	List	   *ids = NIL;
 	char	   *schema;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	begin_work();
 	schema = enrich_schema();
 	*any = false;
 	if (schema != NULL)
@@ -417,9 +433,7 @@ ready_enrichments(bool *any)
 			}
 		}
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	end_work();
 	return ids;
 }
 
@@ -430,16 +444,11 @@ move_inbox(int id)
 	Enrichment *e;
 	int64		n = 0;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	begin_work();
 	e = enrich_load(id, true);
 	if (e != NULL)
 		n = enrich_move_inbox(e);
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	end_work();
 	return (int) Min(n, INT_MAX);
 }
 
@@ -453,10 +462,7 @@ process_batch(int id)
 	int64		tokens;
 	int			n;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	begin_work();
 	pgstat_report_activity(STATE_RUNNING, psprintf("enrichment %d", id));
 	e = enrich_load(id, true);
 	if (e == NULL || e->paused)
@@ -472,9 +478,7 @@ process_batch(int id)
 			enrich_record(e, keys, results, true, tokens);
 		}
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	end_work();
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return n;
 }
@@ -488,10 +492,7 @@ record_batch_failure(int id, const char *message)
 {
 	char	   *schema;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	begin_work();
 	schema = enrich_schema();
 	if (schema != NULL)
 	{
@@ -507,9 +508,7 @@ record_batch_failure(int id, const char *message)
 									   " FOR UPDATE SKIP LOCKED)", schema, schema),
 							  3, types, values, NULL, false, 0);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	end_work();
 }
 
 /* Folds log rows older than two minutes into one row per enrichment (they only count for done). */
@@ -518,19 +517,14 @@ fold_log(void)
 {
 	char	   *schema;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
-	SPI_connect();
-	PushActiveSnapshot(GetTransactionSnapshot());
+	begin_work();
 	schema = enrich_schema();
 	if (schema != NULL)
 		SPI_execute(psprintf("WITH old AS (DELETE FROM %s.gptoss_enrich_log WHERE at < now() - interval '2 minutes'"
 							 " RETURNING *) INSERT INTO %s.gptoss_enrich_log (enrichment, at, rows, tokens)"
 							 " SELECT enrichment, max(at), sum(rows), sum(tokens) FROM old GROUP BY enrichment",
 							 schema, schema), false, 0);
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	end_work();
 }
 
 /* Runs fn(id) catching its ERROR: logged, transaction aborted; returns false on error, with the message. */

@@ -355,6 +355,19 @@ extern Datum gptoss_generate_result(const GptossResponse *resp);
 extern bool gptoss_chat_job(Datum messages, Datum params, GptossJob *job,
 							int *sqlerrcode, char **message);
 extern Datum gptoss_chat_result(const gptoss_gen_params *params, const GptossResponse *resp);
+extern bool gptoss_generate_json_job(Datum prompt, Datum schema, Datum params, GptossJob *job,
+									 int *sqlerrcode, char **message);
+extern Datum gptoss_generate_json_result(const GptossResponse *resp);
+
+/* The job of one prompt (server encoding) with parsed params, as gptoss_generate builds it. */
+extern bool gptoss_prompt_job(GptossJob *job, const gptoss_gen_params *params, text *prompt,
+							  int *sqlerrcode, char **message);
+
+/*
+ * Runs job into resp; false when it failed for this row under on_error
+ * "null" (counted for the statement's WARNING).
+ */
+extern bool gptoss_run_job(GptossJob *job, GptossResponse *resp);
 
 /* ---------------------------------------------------------------------------
  * The GptossBatch scan node (batch_scan.c)

@@ -234,16 +234,13 @@ reject_logprobs(const gptoss_gen_params *p)
 					  "only gptoss_chat returns log-probabilities");
 }
 
-/* Parses params and builds the job of one prompt (see build_job). */
-static bool
-prompt_job(GptossJob *job, text *prompt, Jsonb *params, int *sqlerrcode, char **message)
+/* Builds the job of one prompt with parsed params (see gptoss.h). */
+bool
+gptoss_prompt_job(GptossJob *job, const gptoss_gen_params *params, text *prompt,
+				  int *sqlerrcode, char **message)
 {
-	gptoss_gen_params p;
-
-	gptoss_check_preloaded();
-	gptoss_parse_params(params, &p);
-	reject_logprobs(&p);
-	return build_job(job, &p, to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt)), NULL, 0,
+	reject_logprobs(params);
+	return build_job(job, params, to_utf8(VARDATA_ANY(prompt), VARSIZE_ANY_EXHDR(prompt)), NULL, 0,
 					 sqlerrcode, message);
 }
 
@@ -251,7 +248,11 @@ prompt_job(GptossJob *job, text *prompt, Jsonb *params, int *sqlerrcode, char **
 bool
 gptoss_generate_job(Datum prompt, Datum params, GptossJob *job, int *sqlerrcode, char **message)
 {
-	return prompt_job(job, DatumGetTextPP(prompt), DatumGetJsonbP(params), sqlerrcode, message);
+	gptoss_gen_params p;
+
+	gptoss_check_preloaded();
+	gptoss_parse_params(DatumGetJsonbP(params), &p);
+	return gptoss_prompt_job(job, &p, DatumGetTextPP(prompt), sqlerrcode, message);
 }
 
 /* The text datum gptoss_generate returns for resp. */
@@ -261,12 +262,9 @@ gptoss_generate_result(const GptossResponse *resp)
 	return PointerGetDatum(from_utf8(resp->text.data, resp->text.len));
 }
 
-/*
- * Runs job into resp; false when it failed for this row under on_error
- * "null" (counted for the statement's WARNING).
- */
-static bool
-run_job(GptossJob *job, GptossResponse *resp)
+/* Runs job into resp; false when it failed for this row (see gptoss.h). */
+bool
+gptoss_run_job(GptossJob *job, GptossResponse *resp)
 {
 	gptoss_execute(job, resp);
 	if (resp->row_error_code == 0)
@@ -289,7 +287,7 @@ gptoss_generate(PG_FUNCTION_ARGS)
 		gptoss_row_error_note(code, message);
 		PG_RETURN_NULL();
 	}
-	if (!run_job(&job, &resp))
+	if (!gptoss_run_job(&job, &resp))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(gptoss_generate_result(&resp));
 }
@@ -425,7 +423,7 @@ gptoss_generate_stream(PG_FUNCTION_ARGS)
 		st = palloc0(sizeof(StreamState));
 		funcctx->user_fctx = st;
 		gptoss_response_init(&st->resp);
-		if (!prompt_job(&job, PG_GETARG_TEXT_PP(0), PG_GETARG_JSONB_P(1), &code, &message))
+		if (!gptoss_generate_job(PG_GETARG_DATUM(0), PG_GETARG_DATUM(1), &job, &code, &message))
 		{
 			/* on_error "null": no pieces */
 			gptoss_row_error_note(code, message);
@@ -609,17 +607,38 @@ gptoss_chat(PG_FUNCTION_ARGS)
 		gptoss_row_error_note(code, message);
 		PG_RETURN_NULL();
 	}
-	if (!run_job(&job, &resp))
+	if (!gptoss_run_job(&job, &resp))
 		PG_RETURN_NULL();
 	PG_RETURN_DATUM(gptoss_chat_result(&job.params, &resp));
 }
 
-/* Keys gptoss_classify takes: what shapes the prompt, and the prefix cache. */
-static const char *const classify_keys[] = {"instructions", "reasoning_effort", "raw", "prefix_caching"};
+/* Keys gptoss_classify takes: what shapes the prompt, the prefix cache, and on_error. */
+static const char *const classify_keys[] = {"instructions", "reasoning_effort", "raw", "prefix_caching", "on_error"};
 
-/* Raises 22023 for params keys that only make sense when generating. */
+/* Why gptoss_classify takes no other key (a key not listed: not used when scoring labels). */
+static const struct
+{
+	const char *key;
+	const char *why;
+}			classify_unused[] = {
+	{"max_tokens", "nothing is generated, each label is scored as the whole answer"},
+	{"min_tokens", "nothing is generated, each label is scored as the whole answer"},
+	{"stop", "nothing is generated, each label is scored as the whole answer"},
+	{"ignore_eos", "nothing is generated, each label is scored as the whole answer"},
+	{"max_reasoning_tokens", "the answer starts at once, without reasoning"},
+	{"include_reasoning", "the answer starts at once, without reasoning"},
+	{"temperature", "labels are ranked by their probability, not sampled"},
+	{"top_p", "labels are ranked by their probability, not sampled"},
+	{"top_k", "labels are ranked by their probability, not sampled"},
+	{"seed", "labels are ranked by their probability, not sampled"},
+	{"response_format", "the labels are the only answers (gptoss_generate_json answers with a document)"},
+	{"logprobs", "gptoss_classify_scores returns the labels' probabilities"},
+	{"top_logprobs", "gptoss_classify_scores returns the labels' probabilities"},
+};
+
+/* Raises 22023 for params keys that only make sense when generating, saying why. */
 static void
-check_classify_keys(Jsonb *params)
+check_classify_keys(Jsonb *params, const char *function)
 {
 	JsonbIterator *it;
 	JsonbValue	v;
@@ -639,7 +658,14 @@ check_classify_keys(Jsonb *params)
 		for (int i = 0; i < lengthof(classify_keys); i++)
 			taken |= strcmp(key, classify_keys[i]) == 0;
 		if (!taken && gptoss_param_find(v.val.string.val, v.val.string.len) != NULL)
-			invalid_param(key, "not used by gptoss_classify (labels are scored, not generated)");
+		{
+			const char *why = "not used when scoring labels";
+
+			for (int i = 0; i < lengthof(classify_unused); i++)
+				if (strcmp(key, classify_unused[i].key) == 0)
+					why = classify_unused[i].why;
+			invalid_param(key, psprintf("not used by %s: %s", function, why));
+		}
 	}
 }
 
@@ -649,10 +675,12 @@ check_classify_keys(Jsonb *params)
  * <|channel|>final<|message|> (the start of the answer, after
  * <|start|>assistant); each label's tokens followed by <|return|>.  Fills the
  * labels (server encoding) and their probabilities; returns the index of the
- * most probable label (the first on ties).
+ * most probable label (the first on ties), or -1 when the input failed for
+ * this row under on_error "null" (counted for the statement's WARNING).
  */
 static int
-run_classify(FunctionCallInfo fcinfo, Datum **labels_out, double **probs_out, int *n_out)
+run_classify(FunctionCallInfo fcinfo, const char *function, Datum **labels_out, double **probs_out,
+			 int *n_out)
 {
 	text	   *input = PG_GETARG_TEXT_PP(0);
 	ArrayType  *labels = PG_GETARG_ARRAYTYPE_P(1);
@@ -669,13 +697,15 @@ run_classify(FunctionCallInfo fcinfo, Datum **labels_out, double **probs_out, in
 	int32	   *prompt;
 	int			n_prompt;
 	double	   *probs;
+	int			code;
+	char	   *message;
 
 	gptoss_check_preloaded();
 	if (ARR_NDIM(labels) > 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-				 errmsg("gptoss_classify expects a one-dimensional array of labels")));
-	check_classify_keys(params);
+				 errmsg("%s expects a one-dimensional array of labels", function)));
+	check_classify_keys(params, function);
 	gptoss_parse_params(params, &p);
 	deconstruct_array(labels, TEXTOID, -1, false, TYPALIGN_INT, &items, &nulls, &n);
 	if (n == 0)
@@ -712,7 +742,13 @@ run_classify(FunctionCallInfo fcinfo, Datum **labels_out, double **probs_out, in
 		lens[i] = m + 1;
 	}
 
-	prompt = gptoss_render(to_utf8(VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input)), NULL, 0, &p, &n_prompt);
+	if (!build_job(&job, &p, to_utf8(VARDATA_ANY(input), VARSIZE_ANY_EXHDR(input)), NULL, 0, &code, &message))
+	{
+		gptoss_row_error_note(code, message);
+		return -1;
+	}
+	prompt = (int32 *) job.prompt;	/* palloc'ed by build_job: grown below */
+	n_prompt = job.n_prompt;
 	if (!p.raw)
 	{
 		int32	   *channel = NULL;
@@ -725,14 +761,13 @@ run_classify(FunctionCallInfo fcinfo, Datum **labels_out, double **probs_out, in
 		prompt[n_prompt++] = GPTOSS_TOK_MESSAGE;
 		free(channel);
 	}
-	memset(&job, 0, sizeof(job));
-	job.params = p;
 	job.prompt = prompt;
 	job.n_prompt = n_prompt;
 	job.n_labels = n;
 	job.label_lens = lens;
 	job.label_ids = (const int32 *) ids.data;
-	gptoss_execute(&job, &resp);
+	if (!gptoss_run_job(&job, &resp))
+		return -1;
 	if (resp.n_scores != n)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
@@ -751,8 +786,10 @@ gptoss_classify(PG_FUNCTION_ARGS)
 	Datum	   *labels;
 	double	   *probs;
 	int			n;
-	int			best = run_classify(fcinfo, &labels, &probs, &n);
+	int			best = run_classify(fcinfo, "gptoss_classify", &labels, &probs, &n);
 
+	if (best < 0)
+		PG_RETURN_NULL();
 	PG_RETURN_DATUM(labels[best]);
 }
 
@@ -765,7 +802,8 @@ gptoss_classify_scores(PG_FUNCTION_ARGS)
 	int			n;
 	StringInfoData buf;
 
-	(void) run_classify(fcinfo, &labels, &probs, &n);
+	if (run_classify(fcinfo, "gptoss_classify_scores", &labels, &probs, &n) < 0)
+		PG_RETURN_NULL();
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
 	for (int i = 0; i < n; i++)

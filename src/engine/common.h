@@ -103,6 +103,10 @@ typedef struct gptoss_buffer
 	size_t		cap;			/* bytes allocated */
 } gptoss_buffer;
 
+/* A buffer that holds an array of type: its item count, and a pointer to item i. */
+#define GPTOSS_BUFFER_COUNT(b, type)	((int) ((b)->len / sizeof(type)))
+#define GPTOSS_BUFFER_AT(b, type, i)	((type *) (b)->data + (i))
+
 /* Makes room for extra more bytes (plus the terminating 0); returns 0, or -1 with err set. */
 int			gptoss_buffer_reserve(gptoss_buffer *b, size_t extra, gptoss_error *err);
 

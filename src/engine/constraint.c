@@ -62,10 +62,9 @@ struct gptoss_constraint
 	int			used;			/* free tokens taken before the final message */
 	int			doc_cost;		/* tokens of the cheapest document (0 without a grammar) */
 	gptoss_json_state js;		/* document so far */
-	int32_t    *queue;			/* [cap_queue] forced tokens of a completion */
+	gptoss_buffer queue;		/* int32_t: forced tokens of a completion, [n_queue] in use */
 	int			n_queue;
 	int			q_pos;			/* next queued token; the queue is active while q_pos < n_queue */
-	int			cap_queue;
 	int32_t		last_forced;	/* token the last gptoss_constraint_next forced, or -1 */
 	int			max_text;		/* longest key or literal of the grammar */
 	bool		force_all;		/* max_new only holds the cheapest document: force everything */
@@ -178,16 +177,8 @@ queue_completion(gptoss_constraint *c, bool whole, gptoss_error *err)
 		return gptoss_errorf(err, "out of memory completing a JSON document (%d tokens)", rest);
 	}
 	len = gptoss_json_state_completion(c->g, &c->js, bytes, cap, ends, rest + 1, &n_pieces);
-	if (len >= 0 && rest > c->cap_queue)
-	{
-		int32_t    *q = realloc(c->queue, (size_t) (rest > 0 ? rest : 1) * sizeof(int32_t));
-
-		if (q != NULL)
-		{
-			c->queue = q;
-			c->cap_queue = rest;
-		}
-	}
+	if (len >= 0 && gptoss_buffer_reserve(&c->queue, (size_t) rest * sizeof(int32_t), NULL) < 0)
+		len = -1;
 	if (whole && len >= 0)
 	{
 		/* one piece: the whole text */
@@ -196,9 +187,8 @@ queue_completion(gptoss_constraint *c, bool whole, gptoss_error *err)
 	}
 	for (int k = 0, start = 0; len >= 0 && k < n_pieces; start = ends[k++])
 	{
-		int			got = c->cap_queue >= rest ?
-			gptoss_token_trie_tokenize(c->env->trie, bytes + start, ends[k] - start, c->queue + n,
-									   c->cap_queue - n) : -1;
+		int			got = gptoss_token_trie_tokenize(c->env->trie, bytes + start, ends[k] - start,
+													 GPTOSS_BUFFER_AT(&c->queue, int32_t, n), rest - n);
 
 		if (got < 0)
 			len = -1;
@@ -215,10 +205,17 @@ queue_completion(gptoss_constraint *c, bool whole, gptoss_error *err)
 	return n;
 }
 
+/* The next queued token. */
+static inline int32_t
+queue_head(const gptoss_constraint *c)
+{
+	return *GPTOSS_BUFFER_AT(&c->queue, int32_t, c->q_pos);
+}
+
 /* A constraint for one request. */
 gptoss_constraint *
 gptoss_constraint_create(gptoss_constraint_env *env, gptoss_json_grammar *grammar, bool raw,
-						 int reasoning_budget, int max_new, gptoss_error *err)
+						 int reasoning_budget, int max_tokens, int max_new, gptoss_error *err)
 {
 	gptoss_constraint *c = calloc(1, sizeof(*c));
 
@@ -249,16 +246,23 @@ gptoss_constraint_create(gptoss_constraint_env *env, gptoss_json_grammar *gramma
 		c->n_queue = 0;			/* only measured: nothing is forced yet */
 		need = doc_tokens + PATH_LEN[c->phase];
 		c->force_all = max_new < c->doc_cost + PATH_LEN[c->phase];
+		if (max_new < need && max_tokens >= need)
+		{
+			gptoss_errorf_code(err, GPTOSS_ERR_TOO_LONG,
+							   "prompt leaves %d tokens of the context, below the shortest valid document (%d tokens needed)",
+							   max_new, need);
+			goto fail;
+		}
 		if (max_new < need)
 		{
 			if (raw)
 				gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								   "max_tokens is below the shortest valid document (%d tokens needed, %d allowed)",
-								   need, max_new);
+								   need, max_tokens);
 			else
 				gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								   "max_tokens is below the shortest valid document (%d tokens needed: %d for the document, %d to open the final channel; %d allowed)",
-								   need, doc_tokens, PATH_LEN[c->phase], max_new);
+								   need, doc_tokens, PATH_LEN[c->phase], max_tokens);
 			goto fail;
 		}
 	}
@@ -274,7 +278,7 @@ gptoss_constraint_free(gptoss_constraint *c)
 	if (c == NULL)
 		return;
 	gptoss_json_grammar_free(c->g);
-	free(c->queue);
+	gptoss_buffer_free(&c->queue);
 	free(c);
 }
 
@@ -327,7 +331,7 @@ gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
 	*forced = -1;
 	c->last_forced = -1;
 	if (c->q_pos < c->n_queue)
-		return force(c, c->queue[c->q_pos], forced);
+		return force(c, queue_head(c), forced);
 	if (c->phase == PATH_DONE)
 		return GPTOSS_NEXT_FREE;
 	if (c->phase != PATH_FINAL)
@@ -359,7 +363,7 @@ gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
 		/* the document as one text: its tokenization is the shortest there is */
 		if (queue_completion(c, true, err) < 1)
 			return -1;
-		return force(c, c->queue[c->q_pos], forced);
+		return force(c, queue_head(c), forced);
 	}
 	rest = gptoss_json_state_shortest(c->g, &c->js);
 	if (rest < left &&
@@ -375,7 +379,7 @@ gptoss_constraint_next(gptoss_constraint *c, int left, uint32_t *mask_buf,
 		return force(c, GPTOSS_TOK_RETURN, forced);
 	if (queue_completion(c, false, err) < 1)
 		return -1;
-	return force(c, c->queue[c->q_pos], forced);
+	return force(c, queue_head(c), forced);
 }
 
 /* Takes the sampled token (see constraint.h). */
@@ -455,7 +459,7 @@ gptoss_constraint_accept(gptoss_constraint *c, int32_t id)
 	}
 	if (c->q_pos < c->n_queue)
 	{
-		if (c->queue[c->q_pos] == id)
+		if (queue_head(c) == id)
 			c->q_pos++;
 		else
 			c->n_queue = c->q_pos = 0;
@@ -474,7 +478,7 @@ gptoss_constraint_repair(gptoss_constraint *c, gptoss_error *err)
 
 	c->last_forced = -1;
 	if (c->q_pos < c->n_queue)
-		id = c->queue[c->q_pos];
+		id = queue_head(c);
 	else if (c->phase != PATH_FINAL && c->phase != PATH_DONE)
 		id = path_token(c);
 	else if (c->g == NULL || c->phase == PATH_DONE || gptoss_json_state_shortest(c->g, &c->js) == 0)
@@ -483,7 +487,7 @@ gptoss_constraint_repair(gptoss_constraint *c, gptoss_error *err)
 	{
 		if (queue_completion(c, false, err) < 1)
 			return -1;
-		id = c->queue[0];
+		id = queue_head(c);
 	}
 	c->last_forced = id;
 	return id;

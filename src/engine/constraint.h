@@ -41,15 +41,18 @@ gptoss_token_trie_scratch *gptoss_constraint_env_scratch(const gptoss_constraint
 typedef struct gptoss_constraint gptoss_constraint;
 
 /*
- * A constraint for one request that may generate max_new tokens.  grammar
+ * A constraint for one request that may generate max_new tokens: its
+ * max_tokens, or less when the context leaves less after the prompt.  grammar
  * (may be NULL) becomes the constraint's and is freed with it, also on
- * failure.  reasoning_budget < 0: no budget.  Fails with GPTOSS_ERR_INVALID
- * when max_new cannot hold the shortest valid document (plus the three
- * tokens that open the final channel in harmony mode).
+ * failure.  reasoning_budget < 0: no budget.  When max_new cannot hold the
+ * shortest valid document (plus the three tokens that open the final channel
+ * in harmony mode), fails with GPTOSS_ERR_INVALID if max_tokens is what is
+ * too small, else with GPTOSS_ERR_TOO_LONG (the prompt left too little of the
+ * context: a failure of this prompt, not of the parameters).
  */
 gptoss_constraint *gptoss_constraint_create(gptoss_constraint_env *env, gptoss_json_grammar *grammar,
-											bool raw, int reasoning_budget, int max_new,
-											gptoss_error *err);
+											bool raw, int reasoning_budget, int max_tokens,
+											int max_new, gptoss_error *err);
 void		gptoss_constraint_free(gptoss_constraint *c);
 
 typedef enum gptoss_next_kind

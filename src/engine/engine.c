@@ -607,7 +607,7 @@ make_constraint(gptoss_engine *eng, const gptoss_gen_params *p, int max_new,
 		gptoss_json_grammar_free(g);
 		return -1;
 	}
-	*con = gptoss_constraint_create(eng->cenv, g, p->raw, budget, max_new, err);
+	*con = gptoss_constraint_create(eng->cenv, g, p->raw, budget, p->max_tokens, max_new, err);
 	return *con ? 0 : -1;
 }
 

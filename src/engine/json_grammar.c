@@ -100,25 +100,27 @@ typedef struct trie_node
 	bool		terminal;		/* a whole text ends here */
 } trie_node;
 
+/* A text of a LITERALS node. */
+typedef struct literal_text
+{
+	char	   *text;
+	int			len;
+} literal_text;
+
 typedef struct json_node
 {
 	gptoss_json_kind kind;
 	int			min_len;		/* bytes of the shortest value */
 	bool		generic;		/* part of the shared "any value" graph */
 	/* OBJECT */
-	json_property *props;		/* [n_props] in schema order */
-	int			n_props;
-	int			cap_props;
+	gptoss_buffer props;		/* json_property, in schema order */
 	int		   *req_cost;		/* [n_props + 1] bytes of the required properties from p on, commas included */
 	int		   *comma_cost;		/* [n_props + 1] shortest rest after ',' with candidates from p */
 	int		   *first_req;		/* [n_props + 1] first required property >= p, or n_props */
 	uint64_t   *allowed;		/* [n_props + 1] properties that may come next from p */
 	/* OBJECT keys, LITERALS texts */
 	int			trie;
-	char	  **texts;			/* LITERALS: [n_texts] the texts */
-	int		   *text_len;
-	int			n_texts;
-	int			cap_texts;
+	gptoss_buffer texts;		/* LITERALS: literal_text */
 	/* MAP value, ARRAY items */
 	int			child;
 	int			min_items;
@@ -126,25 +128,31 @@ typedef struct json_node
 	/* STRING */
 	int			max_length;		/* -1: unbounded */
 	/* ANY_OF */
-	int		   *alts;
-	int			n_alts;
-	int			cap_alts;
+	gptoss_buffer alts;			/* int: the alternatives' nodes */
 } json_node;
 
 struct gptoss_json_grammar
 {
-	json_node  *nodes;
-	int			n_nodes;
-	int			cap_nodes;
-	trie_node  *tries;
-	int			n_tries;
-	int			cap_tries;
+	gptoss_buffer nodes;		/* json_node */
+	gptoss_buffer tries;		/* trie_node */
 	int			root;
 	int			any_value;		/* shared generic value node, or -1 */
 	int			max_text;		/* longest key or literal text */
 	gptoss_json_piece_cost_fn piece_cost;	/* NULL: bytes */
 	void	   *piece_ctx;
 };
+
+/* Counts and items of the arrays above, which grow in gptoss_buffers. */
+#define n_nodes(g)		GPTOSS_BUFFER_COUNT(&(g)->nodes, json_node)
+#define node_at(g, i)	GPTOSS_BUFFER_AT(&(g)->nodes, json_node, i)
+#define n_tries(g)		GPTOSS_BUFFER_COUNT(&(g)->tries, trie_node)
+#define trie_at(g, i)	GPTOSS_BUFFER_AT(&(g)->tries, trie_node, i)
+#define n_props(n)		GPTOSS_BUFFER_COUNT(&(n)->props, json_property)
+#define prop_at(n, i)	GPTOSS_BUFFER_AT(&(n)->props, json_property, i)
+#define n_lits(n)		GPTOSS_BUFFER_COUNT(&(n)->texts, literal_text)
+#define lit_at(n, i)	GPTOSS_BUFFER_AT(&(n)->texts, literal_text, i)
+#define n_alts(n)		GPTOSS_BUFFER_COUNT(&(n)->alts, int)
+#define alt_at(n, i)	(*GPTOSS_BUFFER_AT(&(n)->alts, int, i))
 
 /* ---------------------------------------------------------------------------
  * Building
@@ -170,74 +178,52 @@ gptoss_json_grammar_free(gptoss_json_grammar *g)
 {
 	if (g == NULL)
 		return;
-	for (int i = 0; i < g->n_nodes; i++)
+	for (int i = 0; i < n_nodes(g); i++)
 	{
-		json_node  *n = &g->nodes[i];
+		json_node  *n = node_at(g, i);
 
-		for (int j = 0; j < n->n_props; j++)
+		for (int j = 0; j < n_props(n); j++)
 		{
-			free(n->props[j].key);
-			free(n->props[j].key_rest);
+			free(prop_at(n, j)->key);
+			free(prop_at(n, j)->key_rest);
 		}
-		free(n->props);
-		for (int j = 0; j < n->n_texts; j++)
-			free(n->texts[j]);
-		free(n->texts);
-		free(n->text_len);
+		gptoss_buffer_free(&n->props);
+		for (int j = 0; j < n_lits(n); j++)
+			free(lit_at(n, j)->text);
+		gptoss_buffer_free(&n->texts);
 		free(n->req_cost);
 		free(n->comma_cost);
 		free(n->first_req);
 		free(n->allowed);
-		free(n->alts);
+		gptoss_buffer_free(&n->alts);
 	}
-	free(g->nodes);
-	free(g->tries);
+	gptoss_buffer_free(&g->nodes);
+	gptoss_buffer_free(&g->tries);
 	free(g);
-}
-
-/* Grows *arr (of elem-byte items, *cap of them) to hold need. */
-static int
-grow(void **arr, int *cap, int need, size_t elem, gptoss_error *err)
-{
-	int			c = *cap ? *cap : 8;
-	void	   *p;
-
-	if (need <= *cap)
-		return 0;
-	while (c < need)
-		c *= 2;
-	p = realloc(*arr, (size_t) c * elem);
-	if (p == NULL)
-		return gptoss_errorf(err, "out of memory building a JSON grammar");
-	*arr = p;
-	*cap = c;
-	return 0;
 }
 
 /* A new trie root. */
 static int
 new_trie_node(gptoss_json_grammar *g, uint8_t byte, int depth, gptoss_error *err)
 {
-	trie_node  *t;
+	trie_node	t = {0};
 
-	if (grow((void **) &g->tries, &g->cap_tries, g->n_tries + 1, sizeof(trie_node), err) < 0)
+	t.first_child = -1;
+	t.next_sibling = -1;
+	t.prop = -1;
+	t.depth = depth;
+	t.byte = byte;
+	if (gptoss_buffer_append(&g->tries, &t, sizeof(t), err) < 0)
 		return -1;
-	t = &g->tries[g->n_tries];
-	memset(t, 0, sizeof(*t));
-	t->first_child = -1;
-	t->next_sibling = -1;
-	t->prop = -1;
-	t->depth = depth;
-	t->byte = byte;
-	return g->n_tries++;
+	return n_tries(g) - 1;
 }
 
 /* Child of trie node t for byte c, or -1. */
 static inline int
 trie_child(const gptoss_json_grammar *g, int t, uint8_t c)
 {
-	for (int k = g->tries[t].first_child; k >= 0; k = g->tries[k].next_sibling)
-		if (g->tries[k].byte == c)
+	for (int k = trie_at(g, t)->first_child; k >= 0; k = trie_at(g, k)->next_sibling)
+		if (trie_at(g, k)->byte == c)
 			return k;
 	return -1;
 }
@@ -254,11 +240,11 @@ trie_insert(gptoss_json_grammar *g, int root, const char *text, size_t len, gpto
 
 		if (k < 0)
 		{
-			k = new_trie_node(g, (uint8_t) text[i], g->tries[t].depth + 1, err);
+			k = new_trie_node(g, (uint8_t) text[i], trie_at(g, t)->depth + 1, err);
 			if (k < 0)
 				return -1;
-			g->tries[k].next_sibling = g->tries[t].first_child;
-			g->tries[t].first_child = k;
+			trie_at(g, k)->next_sibling = trie_at(g, t)->first_child;
+			trie_at(g, t)->first_child = k;
 		}
 		t = k;
 	}
@@ -269,28 +255,26 @@ trie_insert(gptoss_json_grammar *g, int root, const char *text, size_t len, gpto
 static int
 add_node(gptoss_json_grammar *g, gptoss_json_kind kind, gptoss_error *err)
 {
-	json_node  *n;
+	json_node	n = {0};
 
-	if (g->n_nodes >= 65535)
+	if (n_nodes(g) >= 65535)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "schema: too many values (at most 65535)");
-	if (grow((void **) &g->nodes, &g->cap_nodes, g->n_nodes + 1, sizeof(json_node), err) < 0)
+	n.kind = kind;
+	n.trie = -1;
+	n.child = -1;
+	n.max_items = -1;
+	n.max_length = -1;
+	n.min_len = COST_INF;
+	if (gptoss_buffer_append(&g->nodes, &n, sizeof(n), err) < 0)
 		return -1;
-	n = &g->nodes[g->n_nodes];
-	memset(n, 0, sizeof(*n));
-	n->kind = kind;
-	n->trie = -1;
-	n->child = -1;
-	n->max_items = -1;
-	n->max_length = -1;
-	n->min_len = COST_INF;
-	return g->n_nodes++;
+	return n_nodes(g) - 1;
 }
 
-/* OBJECT with no properties yet. */
-int
-gptoss_json_add_object(gptoss_json_grammar *g, gptoss_error *err)
+/* A new node with its own trie (OBJECT keys, LITERALS texts). */
+static int
+add_trie_owner(gptoss_json_grammar *g, gptoss_json_kind kind, gptoss_error *err)
 {
-	int			n = add_node(g, GPTOSS_JSON_OBJECT, err);
+	int			n = add_node(g, kind, err);
 	int			root;
 
 	if (n < 0)
@@ -298,8 +282,15 @@ gptoss_json_add_object(gptoss_json_grammar *g, gptoss_error *err)
 	root = new_trie_node(g, 0, 0, err);
 	if (root < 0)
 		return -1;
-	g->nodes[n].trie = root;
+	node_at(g, n)->trie = root;
 	return n;
+}
+
+/* OBJECT with no properties yet. */
+int
+gptoss_json_add_object(gptoss_json_grammar *g, gptoss_error *err)
+{
+	return add_trie_owner(g, GPTOSS_JSON_OBJECT, err);
 }
 
 /* MAP: any keys, values of node value. */
@@ -309,7 +300,7 @@ gptoss_json_add_map(gptoss_json_grammar *g, int value, gptoss_error *err)
 	int			n = add_node(g, GPTOSS_JSON_MAP, err);
 
 	if (n >= 0)
-		g->nodes[n].child = value;
+		node_at(g, n)->child = value;
 	return n;
 }
 
@@ -326,9 +317,9 @@ gptoss_json_add_array(gptoss_json_grammar *g, int items, int min_items, int max_
 	n = add_node(g, GPTOSS_JSON_ARRAY, err);
 	if (n >= 0)
 	{
-		g->nodes[n].child = items;
-		g->nodes[n].min_items = min_items;
-		g->nodes[n].max_items = max_items;
+		node_at(g, n)->child = items;
+		node_at(g, n)->min_items = min_items;
+		node_at(g, n)->max_items = max_items;
 	}
 	return n;
 }
@@ -344,7 +335,7 @@ gptoss_json_add_string(gptoss_json_grammar *g, int max_length, gptoss_error *err
 								  "maxLength: at most 65535 is supported (got %d)", max_length);
 	n = add_node(g, GPTOSS_JSON_STRING, err);
 	if (n >= 0)
-		g->nodes[n].max_length = max_length;
+		node_at(g, n)->max_length = max_length;
 	return n;
 }
 
@@ -359,16 +350,7 @@ gptoss_json_add_number(gptoss_json_grammar *g, bool integer, gptoss_error *err)
 int
 gptoss_json_add_literals(gptoss_json_grammar *g, gptoss_error *err)
 {
-	int			n = add_node(g, GPTOSS_JSON_LITERALS, err);
-	int			root;
-
-	if (n < 0)
-		return -1;
-	root = new_trie_node(g, 0, 0, err);
-	if (root < 0)
-		return -1;
-	g->nodes[n].trie = root;
-	return n;
+	return add_trie_owner(g, GPTOSS_JSON_LITERALS, err);
 }
 
 /* ANY_OF with no alternatives yet. */
@@ -383,39 +365,25 @@ int
 gptoss_json_literals_add(gptoss_json_grammar *g, int literals, const char *text, size_t len,
 						 gptoss_error *err)
 {
-	json_node  *n;
-	int			t = trie_insert(g, g->nodes[literals].trie, text, len, err);
-	char	   *copy;
+	int			t = trie_insert(g, node_at(g, literals)->trie, text, len, err);
+	literal_text lit;
 
 	if (t < 0)
 		return -1;
-	if (g->tries[t].terminal)
+	if (trie_at(g, t)->terminal)
 		return 0;
-	g->tries[t].terminal = true;
-	n = &g->nodes[literals];
-	if (n->n_texts == n->cap_texts)
-	{
-		int			cap = n->cap_texts ? n->cap_texts * 2 : 4;
-		char	  **texts = realloc(n->texts, (size_t) cap * sizeof(char *));
-		int		   *lens;
-
-		if (texts == NULL)
-			return gptoss_errorf(err, "out of memory building a JSON grammar");
-		n->texts = texts;
-		lens = realloc(n->text_len, (size_t) cap * sizeof(int));
-		if (lens == NULL)
-			return gptoss_errorf(err, "out of memory building a JSON grammar");
-		n->text_len = lens;
-		n->cap_texts = cap;
-	}
-	copy = malloc(len + 1);
-	if (copy == NULL)
+	lit.text = malloc(len + 1);
+	if (lit.text == NULL)
 		return gptoss_errorf(err, "out of memory building a JSON grammar");
-	memcpy(copy, text, len);
-	copy[len] = '\0';
-	n->texts[n->n_texts] = copy;
-	n->text_len[n->n_texts] = (int) len;
-	n->n_texts++;
+	memcpy(lit.text, text, len);
+	lit.text[len] = '\0';
+	lit.len = (int) len;
+	if (gptoss_buffer_append(&node_at(g, literals)->texts, &lit, sizeof(lit), err) < 0)
+	{
+		free(lit.text);
+		return -1;
+	}
+	trie_at(g, t)->terminal = true;
 	if ((int) len > g->max_text)
 		g->max_text = (int) len;
 	return 0;
@@ -426,36 +394,36 @@ int
 gptoss_json_object_add(gptoss_json_grammar *g, int object, const char *key, size_t key_len,
 					   int value, bool required, gptoss_error *err)
 {
-	json_node  *n = &g->nodes[object];
-	json_property *p;
+	json_node  *n = node_at(g, object);
+	json_property p;
 	int			t;
 
-	if (n->n_props >= GPTOSS_JSON_MAX_PROPS)
+	if (n_props(n) >= GPTOSS_JSON_MAX_PROPS)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "properties: at most %d properties per object are supported",
 								  GPTOSS_JSON_MAX_PROPS);
-	if (grow((void **) &n->props, &n->cap_props, n->n_props + 1, sizeof(json_property), err) < 0)
-		return -1;
 	t = trie_insert(g, n->trie, key, key_len, err);
 	if (t < 0)
 		return -1;
-	n = &g->nodes[object];		/* unchanged by trie growth, but keep it obvious */
-	if (g->tries[t].terminal)
+	if (trie_at(g, t)->terminal)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "properties: duplicate key %.*s",
 								  (int) key_len, key);
-	p = &n->props[n->n_props];
-	p->key = malloc(key_len + 1);
-	if (p->key == NULL)
+	p.key = malloc(key_len + 1);
+	if (p.key == NULL)
 		return gptoss_errorf(err, "out of memory building a JSON grammar");
-	memcpy(p->key, key, key_len);
-	p->key[key_len] = '\0';
-	p->key_len = (int) key_len;
-	p->key_rest = NULL;
-	p->value = value;
-	p->required = required;
-	g->tries[t].terminal = true;
-	g->tries[t].prop = n->n_props;
-	n->n_props++;
+	memcpy(p.key, key, key_len);
+	p.key[key_len] = '\0';
+	p.key_len = (int) key_len;
+	p.key_rest = NULL;
+	p.value = value;
+	p.required = required;
+	if (gptoss_buffer_append(&n->props, &p, sizeof(p), err) < 0)
+	{
+		free(p.key);
+		return -1;
+	}
+	trie_at(g, t)->terminal = true;
+	trie_at(g, t)->prop = n_props(n) - 1;
 	if ((int) key_len > g->max_text)
 		g->max_text = (int) key_len;
 	return 0;
@@ -465,12 +433,7 @@ gptoss_json_object_add(gptoss_json_grammar *g, int object, const char *key, size
 int
 gptoss_json_any_of_add(gptoss_json_grammar *g, int any_of, int alternative, gptoss_error *err)
 {
-	json_node  *n = &g->nodes[any_of];
-
-	if (grow((void **) &n->alts, &n->cap_alts, n->n_alts + 1, sizeof(int), err) < 0)
-		return -1;
-	n->alts[n->n_alts++] = alternative;
-	return 0;
+	return gptoss_buffer_append(&node_at(g, any_of)->alts, &alternative, sizeof(alternative), err);
 }
 
 /* The shared "any JSON value" node: anyOf of a map of it, an array of it, string, number, literals. */
@@ -504,7 +467,7 @@ gptoss_json_add_any_value(gptoss_json_grammar *g, gptoss_error *err)
 		gptoss_json_any_of_add(g, any, lit, err) < 0)
 		return -1;
 	for (int n = any; n <= lit; n++)
-		g->nodes[n].generic = true;
+		node_at(g, n)->generic = true;
 	g->any_value = any;
 	return any;
 }
@@ -545,36 +508,36 @@ piece_cost(const gptoss_json_grammar *g, const char *text, int len)
 static int
 finish_tries(gptoss_json_grammar *g, gptoss_error *err)
 {
-	for (int t = g->n_tries - 1; t >= 0; t--)
+	for (int t = n_tries(g) - 1; t >= 0; t--)
 	{
-		trie_node  *n = &g->tries[t];
+		trie_node  *n = trie_at(g, t);
 
 		n->min_rest = COST_INF;
 		n->props = n->prop >= 0 ? (uint64_t) 1 << n->prop : 0;
-		for (int k = n->first_child; k >= 0; k = g->tries[k].next_sibling)
-			n->props |= g->tries[k].props;
+		for (int k = n->first_child; k >= 0; k = trie_at(g, k)->next_sibling)
+			n->props |= trie_at(g, k)->props;
 	}
-	for (int i = 0; i < g->n_nodes; i++)
+	for (int i = 0; i < n_nodes(g); i++)
 	{
-		json_node  *n = &g->nodes[i];
+		json_node  *n = node_at(g, i);
 
-		for (int j = 0; j < n->n_texts; j++)
+		for (int j = 0; j < n_lits(n); j++)
 		{
 			int			t = n->trie;
 
-			for (int d = 0; d <= n->text_len[j] && t >= 0; d++)
+			for (int d = 0; d <= lit_at(n, j)->len && t >= 0; d++)
 			{
-				int			c = piece_cost(g, n->texts[j] + d, n->text_len[j] - d);
+				int			c = piece_cost(g, lit_at(n, j)->text + d, lit_at(n, j)->len - d);
 
-				if (c < g->tries[t].min_rest)
-					g->tries[t].min_rest = c;
-				if (d < n->text_len[j])
-					t = trie_child(g, t, (uint8_t) n->texts[j][d]);
+				if (c < trie_at(g, t)->min_rest)
+					trie_at(g, t)->min_rest = c;
+				if (d < lit_at(n, j)->len)
+					t = trie_child(g, t, (uint8_t) lit_at(n, j)->text[d]);
 			}
 		}
-		for (int j = 0; j < n->n_props; j++)
+		for (int j = 0; j < n_props(n); j++)
 		{
-			json_property *p = &n->props[j];
+			json_property *p = prop_at(n, j);
 
 			if (p->key_rest == NULL)
 			{
@@ -593,7 +556,7 @@ finish_tries(gptoss_json_grammar *g, gptoss_error *err)
 static int
 object_tables(gptoss_json_grammar *g, json_node *n, gptoss_error *err)
 {
-	int			np = n->n_props;
+	int			np = n_props(n);
 
 	if (n->req_cost == NULL)
 	{
@@ -608,14 +571,14 @@ object_tables(gptoss_json_grammar *g, json_node *n, gptoss_error *err)
 	n->first_req[np] = np;
 	for (int p = np - 1; p >= 0; p--)
 	{
-		const json_property *pr = &n->props[p];
+		const json_property *pr = prop_at(n, p);
 
 		n->req_cost[p] = n->req_cost[p + 1];
 		n->first_req[p] = n->first_req[p + 1];
 		if (pr->required)
 		{
 			n->req_cost[p] = cost_add(n->req_cost[p],
-									  cost_add(pr->key_rest[0] + 2, g->nodes[pr->value].min_len));
+									  cost_add(pr->key_rest[0] + 2, node_at(g, pr->value)->min_len));
 			n->first_req[p] = p;
 		}
 	}
@@ -627,7 +590,7 @@ object_tables(gptoss_json_grammar *g, json_node *n, gptoss_error *err)
 		n->allowed[p] = 0;
 		for (int j = p; j <= last; j++)
 		{
-			int			c = cost_add(cost_add(n->props[j].key_rest[0] + 1, g->nodes[n->props[j].value].min_len),
+			int			c = cost_add(cost_add(prop_at(n, j)->key_rest[0] + 1, node_at(g, prop_at(n, j)->value)->min_len),
 									 n->req_cost[j + 1]);
 
 			n->allowed[p] |= (uint64_t) 1 << j;
@@ -653,7 +616,7 @@ node_min_len(const gptoss_json_grammar *g, const json_node *n)
 		case GPTOSS_JSON_MAP:
 			return 2;
 		case GPTOSS_JSON_ARRAY:
-			m = g->nodes[n->child].min_len;
+			m = node_at(g, n->child)->min_len;
 			return n->min_items == 0 ? 2 : cost_add(1, cost_mul(n->min_items, cost_add(m, 1)));
 		case GPTOSS_JSON_STRING:
 			return 2;
@@ -661,12 +624,12 @@ node_min_len(const gptoss_json_grammar *g, const json_node *n)
 		case GPTOSS_JSON_NUMBER:
 			return 1;
 		case GPTOSS_JSON_LITERALS:
-			return g->tries[n->trie].min_rest;
+			return trie_at(g, n->trie)->min_rest;
 		case GPTOSS_JSON_ANY_OF:
 			m = COST_INF;
-			for (int a = 0; a < n->n_alts; a++)
-				if (g->nodes[n->alts[a]].min_len < m)
-					m = g->nodes[n->alts[a]].min_len;
+			for (int a = 0; a < n_alts(n); a++)
+				if (node_at(g, alt_at(n, a))->min_len < m)
+					m = node_at(g, alt_at(n, a))->min_len;
 			return m;
 	}
 	return COST_INF;
@@ -676,7 +639,7 @@ node_min_len(const gptoss_json_grammar *g, const json_node *n)
 static int
 nesting(const gptoss_json_grammar *g, int node, int depth)
 {
-	const json_node *n = &g->nodes[node];
+	const json_node *n = node_at(g, node);
 	int			need = 1;
 
 	if (n->generic || depth > GPTOSS_JSON_MAX_DEPTH)
@@ -684,9 +647,9 @@ nesting(const gptoss_json_grammar *g, int node, int depth)
 	switch (n->kind)
 	{
 		case GPTOSS_JSON_OBJECT:
-			for (int j = 0; j < n->n_props; j++)
+			for (int j = 0; j < n_props(n); j++)
 			{
-				int			d = 1 + nesting(g, n->props[j].value, depth + 1);
+				int			d = 1 + nesting(g, prop_at(n, j)->value, depth + 1);
 
 				if (d > need)
 					need = d;
@@ -698,9 +661,9 @@ nesting(const gptoss_json_grammar *g, int node, int depth)
 			break;
 		case GPTOSS_JSON_ANY_OF:
 			need = 0;
-			for (int a = 0; a < n->n_alts; a++)
+			for (int a = 0; a < n_alts(n); a++)
 			{
-				int			d = nesting(g, n->alts[a], depth);
+				int			d = nesting(g, alt_at(n, a), depth);
 
 				if (d > need)
 					need = d;
@@ -720,14 +683,14 @@ compute_costs(gptoss_json_grammar *g, gptoss_error *err)
 
 	if (finish_tries(g, err) < 0)
 		return -1;
-	for (int i = 0; i < g->n_nodes; i++)
-		g->nodes[i].min_len = COST_INF;
-	for (int round = 0; changed && round <= g->n_nodes + 1; round++)
+	for (int i = 0; i < n_nodes(g); i++)
+		node_at(g, i)->min_len = COST_INF;
+	for (int round = 0; changed && round <= n_nodes(g) + 1; round++)
 	{
 		changed = false;
-		for (int i = 0; i < g->n_nodes; i++)
+		for (int i = 0; i < n_nodes(g); i++)
 		{
-			json_node  *n = &g->nodes[i];
+			json_node  *n = node_at(g, i);
 			int			m;
 
 			if (n->kind == GPTOSS_JSON_OBJECT && object_tables(g, n, err) < 0)
@@ -740,11 +703,11 @@ compute_costs(gptoss_json_grammar *g, gptoss_error *err)
 			}
 		}
 	}
-	for (int i = 0; i < g->n_nodes; i++)
+	for (int i = 0; i < n_nodes(g); i++)
 	{
-		if (g->nodes[i].kind == GPTOSS_JSON_OBJECT && object_tables(g, &g->nodes[i], err) < 0)
+		if (node_at(g, i)->kind == GPTOSS_JSON_OBJECT && object_tables(g, node_at(g, i), err) < 0)
 			return -1;
-		if (g->nodes[i].min_len >= COST_INF)
+		if (node_at(g, i)->min_len >= COST_INF)
 			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 									  "schema: a value admits no JSON document (an empty enum?)");
 	}
@@ -755,13 +718,13 @@ compute_costs(gptoss_json_grammar *g, gptoss_error *err)
 int
 gptoss_json_grammar_finish(gptoss_json_grammar *g, int root, gptoss_error *err)
 {
-	if (root < 0 || root >= g->n_nodes)
+	if (root < 0 || root >= n_nodes(g))
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "schema: no root value");
-	for (int i = 0; i < g->n_nodes; i++)
+	for (int i = 0; i < n_nodes(g); i++)
 	{
-		json_node  *n = &g->nodes[i];
+		json_node  *n = node_at(g, i);
 
-		if (n->kind == GPTOSS_JSON_ANY_OF && n->n_alts == 0)
+		if (n->kind == GPTOSS_JSON_ANY_OF && n_alts(n) == 0)
 			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "anyOf: no alternatives");
 		if (n->kind == GPTOSS_JSON_ARRAY && n->max_items >= 0 && n->min_items > n->max_items)
 			return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
@@ -790,7 +753,7 @@ gptoss_json_grammar_set_piece_cost(gptoss_json_grammar *g, gptoss_json_piece_cos
 int
 gptoss_json_grammar_min_length(const gptoss_json_grammar *g)
 {
-	return g->nodes[g->root].min_len;
+	return node_at(g, g->root)->min_len;
 }
 
 /* Longest key or literal text. */
@@ -906,17 +869,56 @@ push(gptoss_json_thread *w, int node)
 	return true;
 }
 
-/* Starts a listed key (the opening quote) with candidates from property p. */
-static inline bool
-start_key(const gptoss_json_grammar *g, const json_node *n, gptoss_json_frame *f, int p)
+/* Byte c where a key may open: a free key of a MAP, or a listed one with candidates from property p. */
+static inline int
+open_key(const gptoss_json_grammar *g, const json_node *n, gptoss_json_frame *f, uint8_t c, int p)
 {
-	int			k = trie_child(g, n->trie, '"');
+	int			k;
 
-	if (k < 0 || (g->tries[k].props & n->allowed[p]) == 0)
-		return false;
+	if (c != '"')
+		return 0;
+	if (n->kind == GPTOSS_JSON_MAP)
+	{
+		f->phase = PH_MAP_KEY;
+		f->lex = LX_PLAIN;
+		return 1;
+	}
+	k = trie_child(g, n->trie, '"');
+	if (k < 0 || (trie_at(g, k)->props & n->allowed[p]) == 0)
+		return 0;
 	f->phase = PH_OBJ_KEY;
 	f->aux = (uint16_t) k;
 	f->count = (uint16_t) p;
+	return 1;
+}
+
+/* '}' after property p - 1 (or the '{'): closes the object when nothing required is left. */
+static inline int
+close_object(const json_node *n, gptoss_json_thread *w, int p)
+{
+	if (n->kind == GPTOSS_JSON_OBJECT && n->first_req[p] < n_props(n))
+		return 0;
+	w->depth--;
+	return 1;
+}
+
+/* ']' after items items: closes the array when there are enough. */
+static inline int
+close_array(const json_node *n, gptoss_json_thread *w, int items)
+{
+	if (items < n->min_items)
+		return 0;
+	w->depth--;
+	return 1;
+}
+
+/* The one space allowed after ',' or ':' (lex = space used); true when c is it. */
+static inline bool
+take_space(gptoss_json_frame *f, uint8_t c)
+{
+	if (c != ' ' || f->lex)
+		return false;
+	f->lex = 1;
 	return true;
 }
 
@@ -945,7 +947,7 @@ feed_thread(const gptoss_json_grammar *g, const gptoss_json_thread *in, uint8_t 
 		if (w->depth == 0)
 			return 0;
 		f = &w->f[w->depth - 1];
-		n = &g->nodes[f->node];
+		n = node_at(g, f->node);
 		switch (f->phase)
 		{
 			case PH_START:
@@ -957,9 +959,9 @@ feed_thread(const gptoss_json_grammar *g, const gptoss_json_thread *in, uint8_t 
 							int			produced = 0;
 
 							copy_thread(&base, w);
-							for (int a = 0; a < n->n_alts && produced < cap; a++)
+							for (int a = 0; a < n_alts(n) && produced < cap; a++)
 							{
-								base.f[base.depth - 1].node = (uint16_t) n->alts[a];
+								base.f[base.depth - 1].node = (uint16_t) alt_at(n, a);
 								produced += feed_thread(g, &base, c, out + produced, cap - produced);
 							}
 							return produced;
@@ -1005,30 +1007,17 @@ feed_thread(const gptoss_json_grammar *g, const gptoss_json_thread *in, uint8_t 
 
 			case PH_OBJ_FIRST:
 				if (c == '}')
-				{
-					if (n->kind == GPTOSS_JSON_OBJECT && n->first_req[0] < n->n_props)
-						return 0;
-					w->depth--;
-					return 1;
-				}
-				if (c != '"')
-					return 0;
-				if (n->kind == GPTOSS_JSON_MAP)
-				{
-					f->phase = PH_MAP_KEY;
-					f->lex = LX_PLAIN;
-					return 1;
-				}
-				return n->n_props > 0 && start_key(g, n, f, 0) ? 1 : 0;
+					return close_object(n, w, 0);
+				return open_key(g, n, f, c, 0);
 
 			case PH_OBJ_KEY:
 				k = trie_child(g, f->aux, c);
-				if (k < 0 || (g->tries[k].props & n->allowed[f->count]) == 0)
+				if (k < 0 || (trie_at(g, k)->props & n->allowed[f->count]) == 0)
 					return 0;
-				if (g->tries[k].terminal)
+				if (trie_at(g, k)->terminal)
 				{
 					f->phase = PH_OBJ_COLON;
-					f->count = (uint16_t) g->tries[k].prop;
+					f->count = (uint16_t) trie_at(g, k)->prop;
 				}
 				else
 					f->aux = (uint16_t) k;
@@ -1052,15 +1041,12 @@ feed_thread(const gptoss_json_grammar *g, const gptoss_json_thread *in, uint8_t 
 				return 1;
 
 			case PH_OBJ_VALUE:
-				if (c == ' ' && !f->lex)
-				{
-					f->lex = 1;
+				if (take_space(f, c))
 					return 1;
-				}
 				f->phase = PH_OBJ_NEXT;
 				if (n->kind == GPTOSS_JSON_OBJECT)
 				{
-					int			value = n->props[f->count].value;
+					int			value = prop_at(n, f->count)->value;
 
 					f->count++;
 					if (!push(w, value))
@@ -1073,45 +1059,24 @@ feed_thread(const gptoss_json_grammar *g, const gptoss_json_thread *in, uint8_t 
 			case PH_OBJ_NEXT:
 				if (c == ',')
 				{
-					if (n->kind == GPTOSS_JSON_OBJECT && f->count >= n->n_props)
+					if (n->kind == GPTOSS_JSON_OBJECT && f->count >= n_props(n))
 						return 0;
 					f->phase = PH_OBJ_COMMA;
 					f->lex = 0;
 					return 1;
 				}
 				if (c == '}')
-				{
-					if (n->kind == GPTOSS_JSON_OBJECT && n->first_req[f->count] < n->n_props)
-						return 0;
-					w->depth--;
-					return 1;
-				}
+					return close_object(n, w, f->count);
 				return 0;
 
 			case PH_OBJ_COMMA:
-				if (c == ' ' && !f->lex)
-				{
-					f->lex = 1;
+				if (take_space(f, c))
 					return 1;
-				}
-				if (c != '"')
-					return 0;
-				if (n->kind == GPTOSS_JSON_MAP)
-				{
-					f->phase = PH_MAP_KEY;
-					f->lex = LX_PLAIN;
-					return 1;
-				}
-				return start_key(g, n, f, f->count) ? 1 : 0;
+				return open_key(g, n, f, c, f->count);
 
 			case PH_ARR_FIRST:
 				if (c == ']')
-				{
-					if (n->min_items > 0)
-						return 0;
-					w->depth--;
-					return 1;
-				}
+					return close_array(n, w, 0);
 				if (n->max_items == 0)
 					return 0;
 				f->phase = PH_ARR_NEXT;
@@ -1130,20 +1095,12 @@ feed_thread(const gptoss_json_grammar *g, const gptoss_json_thread *in, uint8_t 
 					return 1;
 				}
 				if (c == ']')
-				{
-					if (f->count < n->min_items)
-						return 0;
-					w->depth--;
-					return 1;
-				}
+					return close_array(n, w, f->count);
 				return 0;
 
 			case PH_ARR_ITEM:
-				if (c == ' ' && !f->lex)
-				{
-					f->lex = 1;
+				if (take_space(f, c))
 					return 1;
-				}
 				f->phase = PH_ARR_NEXT;
 				f->count++;
 				if (!push(w, n->child))
@@ -1212,7 +1169,7 @@ feed_thread(const gptoss_json_grammar *g, const gptoss_json_thread *in, uint8_t 
 					f->aux = (uint16_t) k;
 					return 1;
 				}
-				if (!g->tries[f->aux].terminal)
+				if (!trie_at(g, f->aux)->terminal)
 					return 0;
 				w->depth--;		/* the literal ended */
 				continue;
@@ -1302,7 +1259,7 @@ gptoss_json_state_feed_bytes(const gptoss_json_grammar *g, gptoss_json_state *s,
 static int
 frame_rest(const gptoss_json_grammar *g, const gptoss_json_frame *f)
 {
-	const json_node *n = &g->nodes[f->node];
+	const json_node *n = node_at(g, f->node);
 	int			m;
 
 	switch (f->phase)
@@ -1313,15 +1270,15 @@ frame_rest(const gptoss_json_grammar *g, const gptoss_json_frame *f)
 			return n->kind == GPTOSS_JSON_MAP ? 1 : n->min_len - 1;
 		case PH_OBJ_KEY:
 			{
-				uint64_t	cand = g->tries[f->aux].props & n->allowed[f->count];
+				uint64_t	cand = trie_at(g, f->aux)->props & n->allowed[f->count];
 				int			best = COST_INF;
-				int			depth = g->tries[f->aux].depth;
+				int			depth = trie_at(g, f->aux)->depth;
 
 				while (cand)
 				{
 					int			j = __builtin_ctzll(cand);
-					int			c = cost_add(cost_add(n->props[j].key_rest[depth] + 1,
-													  g->nodes[n->props[j].value].min_len),
+					int			c = cost_add(cost_add(prop_at(n, j)->key_rest[depth] + 1,
+													  node_at(g, prop_at(n, j)->value)->min_len),
 											 cost_add(n->req_cost[j + 1], 1));
 
 					if (c < best)
@@ -1331,26 +1288,26 @@ frame_rest(const gptoss_json_grammar *g, const gptoss_json_frame *f)
 				return best;
 			}
 		case PH_MAP_KEY:
-			return cost_add(3 + lex_pending(f->lex), g->nodes[n->child].min_len);
+			return cost_add(3 + lex_pending(f->lex), node_at(g, n->child)->min_len);
 		case PH_OBJ_COLON:
 		case PH_OBJ_VALUE:
 			m = f->phase == PH_OBJ_COLON ? 1 : 0;
 			if (n->kind == GPTOSS_JSON_MAP)
-				return cost_add(m + 1, g->nodes[n->child].min_len);
-			return cost_add(cost_add(m + 1, g->nodes[n->props[f->count].value].min_len),
+				return cost_add(m + 1, node_at(g, n->child)->min_len);
+			return cost_add(cost_add(m + 1, node_at(g, prop_at(n, f->count)->value)->min_len),
 							n->req_cost[f->count + 1]);
 		case PH_OBJ_NEXT:
 			return n->kind == GPTOSS_JSON_MAP ? 1 : cost_add(n->req_cost[f->count], 1);
 		case PH_OBJ_COMMA:
 			if (n->kind == GPTOSS_JSON_MAP)
-				return cost_add(4, g->nodes[n->child].min_len);
+				return cost_add(4, node_at(g, n->child)->min_len);
 			return n->comma_cost[f->count];
 		case PH_ARR_FIRST:
 			return n->min_len - 1;
 		case PH_ARR_NEXT:
 		case PH_ARR_ITEM:
 			{
-				int			item = g->nodes[n->child].min_len;
+				int			item = node_at(g, n->child)->min_len;
 				int			done = f->count + (f->phase == PH_ARR_ITEM ? 1 : 0);
 				int			more = done >= n->min_items ? 0 : n->min_items - done;
 				int			rest = cost_add(cost_mul(more, cost_add(item, 1)), 1);
@@ -1368,7 +1325,7 @@ frame_rest(const gptoss_json_grammar *g, const gptoss_json_frame *f)
 		case PH_NUM_FRAC:
 			return 0;
 		case PH_LIT:
-			return g->tries[f->aux].min_rest;
+			return trie_at(g, f->aux)->min_rest;
 	}
 	return COST_INF;
 }
@@ -1412,7 +1369,7 @@ thread_accepting(const gptoss_json_grammar *g, const gptoss_json_thread *t)
 		return false;
 	f = &t->f[0];
 	return f->phase == PH_NUM_ZERO || f->phase == PH_NUM_INT || f->phase == PH_NUM_FRAC ||
-		(f->phase == PH_LIT && g->tries[f->aux].terminal);
+		(f->phase == PH_LIT && trie_at(g, f->aux)->terminal);
 }
 
 /* True when some thread is a whole document. */
@@ -1450,19 +1407,19 @@ static bool
 try_start_units(const gptoss_json_grammar *g, const gptoss_json_state *cur, int rest, int node,
 				int nesting, gptoss_json_state *next, const char **piece, int *piece_len)
 {
-	const json_node *n = &g->nodes[node];
+	const json_node *n = node_at(g, node);
 
 	if (n->kind == GPTOSS_JSON_LITERALS)
-		for (int j = 0; j < n->n_texts; j++)
-			if (try_piece(g, cur, rest, n->texts[j], n->text_len[j], next))
+		for (int j = 0; j < n_lits(n); j++)
+			if (try_piece(g, cur, rest, lit_at(n, j)->text, lit_at(n, j)->len, next))
 			{
-				*piece = n->texts[j];
-				*piece_len = n->text_len[j];
+				*piece = lit_at(n, j)->text;
+				*piece_len = lit_at(n, j)->len;
 				return true;
 			}
 	if (n->kind == GPTOSS_JSON_ANY_OF && nesting < GPTOSS_JSON_MAX_DEPTH)
-		for (int a = 0; a < n->n_alts; a++)
-			if (try_start_units(g, cur, rest, n->alts[a], nesting + 1, next, piece, piece_len))
+		for (int a = 0; a < n_alts(n); a++)
+			if (try_start_units(g, cur, rest, alt_at(n, a), nesting + 1, next, piece, piece_len))
 				return true;
 	return false;
 }
@@ -1486,7 +1443,7 @@ try_units(const gptoss_json_grammar *g, const gptoss_json_state *cur, int rest,
 		if (t->depth == 0)
 			continue;
 		f = &t->f[t->depth - 1];
-		n = &g->nodes[f->node];
+		n = node_at(g, f->node);
 		switch (f->phase)
 		{
 			case PH_START:
@@ -1499,7 +1456,7 @@ try_units(const gptoss_json_grammar *g, const gptoss_json_state *cur, int rest,
 				/* the value is opened by its first byte: its literals may come next */
 				{
 					int			child = f->phase != PH_OBJ_VALUE || n->kind == GPTOSS_JSON_MAP ? n->child
-						: n->props[f->count].value;
+						: prop_at(n, f->count)->value;
 
 					if (try_start_units(g, cur, rest, child, 0, next, piece, piece_len))
 						return true;
@@ -1507,23 +1464,23 @@ try_units(const gptoss_json_grammar *g, const gptoss_json_state *cur, int rest,
 				break;
 			case PH_OBJ_FIRST:
 			case PH_OBJ_COMMA:
-				if (n->kind == GPTOSS_JSON_OBJECT && (f->phase == PH_OBJ_FIRST || f->count < n->n_props))
+				if (n->kind == GPTOSS_JSON_OBJECT && (f->phase == PH_OBJ_FIRST || f->count < n_props(n)))
 					keys = n->allowed[f->phase == PH_OBJ_FIRST ? 0 : f->count];
 				break;
 			case PH_OBJ_KEY:
-				keys = g->tries[f->aux].props & n->allowed[f->count];
-				from = g->tries[f->aux].depth;
+				keys = trie_at(g, f->aux)->props & n->allowed[f->count];
+				from = trie_at(g, f->aux)->depth;
 				break;
 			case PH_LIT:
-				for (int j = 0; j < n->n_texts; j++)
+				for (int j = 0; j < n_lits(n); j++)
 				{
-					int			d = g->tries[f->aux].depth;
+					int			d = trie_at(g, f->aux)->depth;
 
-					if (n->text_len[j] > d &&
-						try_piece(g, cur, rest, n->texts[j] + d, n->text_len[j] - d, next))
+					if (lit_at(n, j)->len > d &&
+						try_piece(g, cur, rest, lit_at(n, j)->text + d, lit_at(n, j)->len - d, next))
 					{
-						*piece = n->texts[j] + d;
-						*piece_len = n->text_len[j] - d;
+						*piece = lit_at(n, j)->text + d;
+						*piece_len = lit_at(n, j)->len - d;
 						return true;
 					}
 				}
@@ -1531,7 +1488,7 @@ try_units(const gptoss_json_grammar *g, const gptoss_json_state *cur, int rest,
 		}
 		while (keys)
 		{
-			const json_property *p = &n->props[__builtin_ctzll(keys)];
+			const json_property *p = prop_at(n, __builtin_ctzll(keys));
 
 			keys &= keys - 1;
 			if (try_piece(g, cur, rest, p->key + from, p->key_len - from, next))
@@ -1610,7 +1567,7 @@ gptoss_json_state_in_plain_string(const gptoss_json_grammar *g, const gptoss_jso
 		if (t->depth == 0)
 			return false;
 		f = &t->f[t->depth - 1];
-		n = &g->nodes[f->node];
+		n = node_at(g, f->node);
 		if (f->phase == PH_MAP_KEY && f->lex == LX_PLAIN)
 			room[i] = INT32_MAX;
 		else if (f->phase == PH_STR && f->lex == LX_PLAIN)

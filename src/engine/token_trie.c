@@ -76,20 +76,27 @@ typedef struct token_bytes
 	int32_t		id;
 } token_bytes;
 
+/* Byte-wise order of (x, xlen) and (y, ylen), a prefix first, then of the ids. */
+static int
+cmp_bytes_id(const char *x, int xlen, int32_t xid, const char *y, int ylen, int32_t yid)
+{
+	int			c = memcmp(x, y, (size_t) (xlen < ylen ? xlen : ylen));
+
+	if (c != 0)
+		return c;
+	if (xlen != ylen)
+		return xlen < ylen ? -1 : 1;
+	return xid < yid ? -1 : xid > yid;
+}
+
 /* Byte-wise order, a prefix first. */
 static int
 cmp_token_bytes(const void *a, const void *b)
 {
 	const token_bytes *x = a;
 	const token_bytes *y = b;
-	int			n = x->len < y->len ? x->len : y->len;
-	int			c = memcmp(x->bytes, y->bytes, (size_t) n);
 
-	if (c != 0)
-		return c;
-	if (x->len != y->len)
-		return x->len < y->len ? -1 : 1;
-	return x->id < y->id ? -1 : x->id > y->id;
+	return cmp_bytes_id(x->bytes, x->len, x->id, y->bytes, y->len, y->id);
 }
 
 /* A closing token with its tail, for grouping by tail. */
@@ -107,27 +114,22 @@ cmp_exit_work(const void *a, const void *b)
 {
 	const exit_work *x = a;
 	const exit_work *y = b;
-	int			n = x->tail_len < y->tail_len ? x->tail_len : y->tail_len;
-	int			c = memcmp(x->tail, y->tail, (size_t) n);
 
-	if (c != 0)
-		return c;
-	if (x->tail_len != y->tail_len)
-		return x->tail_len < y->tail_len ? -1 : 1;
-	return x->token < y->token ? -1 : x->token > y->token;
+	return cmp_bytes_id(x->tail, x->tail_len, x->token, y->tail, y->tail_len, y->token);
 }
 
 /* The preorder entries from tokens sorted by bytes. */
 static int
 build_nodes(gptoss_token_trie *tt, const token_bytes *toks, int n_toks, gptoss_error *err)
 {
-	int			cap = n_toks * 2 + 256;
+	gptoss_buffer nodes = {0};	/* trie_entry */
 	int32_t    *open;			/* [max_len + 1] entry at each depth of the current path */
 	const token_bytes *prev = NULL;
+	int			n = 0;
 
-	tt->nodes = malloc((size_t) cap * sizeof(trie_entry));
 	open = malloc((size_t) (tt->max_len + 1) * sizeof(int32_t));
-	if (tt->nodes == NULL || open == NULL)
+	if (open == NULL ||
+		gptoss_buffer_reserve(&nodes, ((size_t) n_toks * 2 + 256) * sizeof(trie_entry), NULL) < 0)
 	{
 		free(open);
 		return gptoss_errorf(err, "out of memory building the token trie");
@@ -145,40 +147,30 @@ build_nodes(gptoss_token_trie *tt, const token_bytes *toks, int n_toks, gptoss_e
 		/* close the entries of the previous path below the common prefix */
 		if (prev != NULL)
 			for (int d = prev->len; d > common; d--)
-				tt->nodes[open[d]].skip = (uint32_t) (tt->n_nodes - open[d]);
+				GPTOSS_BUFFER_AT(&nodes, trie_entry, open[d])->skip = (uint32_t) (n - open[d]);
 		for (int d = common + 1; d <= t->len; d++)
 		{
-			trie_entry *e;
+			trie_entry	e = {.token = -1, .depth = (uint16_t) d, .byte = (uint8_t) t->bytes[d - 1]};
 
-			if (tt->n_nodes == cap)
+			if (gptoss_buffer_append(&nodes, &e, sizeof(e), NULL) < 0)
 			{
-				trie_entry *grown;
-
-				cap *= 2;
-				grown = realloc(tt->nodes, (size_t) cap * sizeof(trie_entry));
-				if (grown == NULL)
-				{
-					free(open);
-					return gptoss_errorf(err, "out of memory building the token trie");
-				}
-				tt->nodes = grown;
+				free(open);
+				gptoss_buffer_free(&nodes);
+				return gptoss_errorf(err, "out of memory building the token trie");
 			}
-			e = &tt->nodes[tt->n_nodes];
-			e->token = -1;
-			e->skip = 0;
-			e->depth = (uint16_t) d;
-			e->byte = (uint8_t) t->bytes[d - 1];
-			open[d] = tt->n_nodes++;
+			open[d] = n++;
 			if (d == 1)
-				tt->root_child[e->byte] = open[d];
+				tt->root_child[e.byte] = open[d];
 		}
-		tt->nodes[open[t->len]].token = t->id;
+		GPTOSS_BUFFER_AT(&nodes, trie_entry, open[t->len])->token = t->id;
 		prev = t;
 	}
 	if (prev != NULL)
 		for (int d = prev->len; d >= 1; d--)
-			tt->nodes[open[d]].skip = (uint32_t) (tt->n_nodes - open[d]);
+			GPTOSS_BUFFER_AT(&nodes, trie_entry, open[d])->skip = (uint32_t) (n - open[d]);
 	free(open);
+	tt->nodes = (trie_entry *) nodes.data;
+	tt->n_nodes = n;
 	return 0;
 }
 
@@ -188,13 +180,12 @@ build_string_tables(gptoss_token_trie *tt, const token_bytes *toks, int n_toks, 
 {
 	int32_t    *stay_chars = malloc((size_t) n_toks * sizeof(int32_t));
 	exit_work  *work = malloc((size_t) n_toks * sizeof(exit_work));
-	int			cap_open = 1024;
+	gptoss_buffer open_end = {0};	/* int32_t, then tt->open_end */
+	gptoss_buffer open_end_bytes = {0};	/* uint8_t, then tt->open_end_bytes */
 	int			n_work = 0;
 	int			rc = -1;
 
-	tt->open_end = malloc((size_t) cap_open * sizeof(int32_t));
-	tt->open_end_bytes = malloc((size_t) cap_open);
-	if (stay_chars == NULL || work == NULL || tt->open_end == NULL || tt->open_end_bytes == NULL)
+	if (stay_chars == NULL || work == NULL)
 		goto oom;
 	tt->max_chars = 0;
 	for (int i = 0; i < n_toks; i++)
@@ -211,23 +202,12 @@ build_string_tables(gptoss_token_trie *tt, const token_bytes *toks, int n_toks, 
 				tt->max_chars = chars;
 			if (pending > 0)
 			{
-				if (tt->n_open_end == cap_open)
-				{
-					int32_t    *ids;
-					uint8_t    *bytes;
+				uint8_t		need = (uint8_t) pending;
 
-					cap_open *= 2;
-					ids = realloc(tt->open_end, (size_t) cap_open * sizeof(int32_t));
-					if (ids != NULL)
-						tt->open_end = ids;
-					bytes = realloc(tt->open_end_bytes, (size_t) cap_open);
-					if (bytes != NULL)
-						tt->open_end_bytes = bytes;
-					if (ids == NULL || bytes == NULL)
-						goto oom;
-				}
-				tt->open_end[tt->n_open_end] = toks[i].id;
-				tt->open_end_bytes[tt->n_open_end++] = (uint8_t) pending;
+				if (gptoss_buffer_append(&open_end, &toks[i].id, sizeof(int32_t), NULL) < 0 ||
+					gptoss_buffer_append(&open_end_bytes, &need, 1, NULL) < 0)
+					goto oom;
+				tt->n_open_end++;
 			}
 		}
 		else if (r >= 0)
@@ -284,6 +264,8 @@ build_string_tables(gptoss_token_trie *tt, const token_bytes *toks, int n_toks, 
 oom:
 	gptoss_errorf(err, "out of memory building the token trie");
 out:
+	tt->open_end = (int32_t *) open_end.data;
+	tt->open_end_bytes = (uint8_t *) open_end_bytes.data;
 	free(stay_chars);
 	free(work);
 	return rc;

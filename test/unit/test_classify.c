@@ -119,40 +119,6 @@ test_kv_pages(void)
  * The tiny model
  */
 
-/* Steps until nothing is active (bounded). */
-static void
-run_to_end(gptoss_engine *eng)
-{
-	gptoss_error err = {0};
-
-	for (int i = 0; i < 100000 && gptoss_engine_active(eng) > 0; i++)
-		if (gptoss_engine_step(eng, &err) < 0)
-		{
-			CHECK(0, "step failed: %s", err.msg);
-			return;
-		}
-}
-
-/* Renders (harmony or raw) and submits; returns the id. */
-static int64_t
-submit_text(gptoss_engine *eng, const char *prompt, const gptoss_gen_params *p)
-{
-	gptoss_error err = {0};
-	int32_t    *ids = NULL;
-	int			n = 0;
-	int64_t		id;
-
-	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, p, NULL, &ids, &n, &err) < 0)
-	{
-		CHECK(0, "render: %s", err.msg);
-		return -1;
-	}
-	id = gptoss_engine_submit(eng, ids, n, p, &err);
-	CHECK(id >= 0, "submit: %s", err.msg);
-	free(ids);
-	return id;
-}
-
 /* A finished generation: generated ids and text (malloc'ed copies). */
 typedef struct outcome
 {
@@ -654,42 +620,15 @@ test_classify(gptoss_engine *eng)
 
 /* Synthesises the tiny model and runs the engine tests on it. */
 static void
-run_tiny(const char *tok_path)
+run_tiny(void)
 {
 	char		dir[512];
-	char		path[600];
-	char		cmd[700];
-	gptoss_config cfg;
 	gptoss_error err = {0};
 	gptoss_engine_opts opts;
 	gptoss_engine *eng;
-	FILE	   *in,
-			   *out;
-	char		buf[65536];
-	size_t		n;
 
-	if (tmp_make_dir(dir, sizeof(dir), "gptoss_test_classify") < 0)
-	{
-		CHECK(0, "temporary directory");
+	if (make_tiny_model(dir, sizeof(dir), "gptoss_test_classify") < 0)
 		return;
-	}
-	if (gptoss_synth_config(GPTOSS_SYNTH_TINY, &cfg, &err) < 0 ||
-		gptoss_synth_write(&cfg, dir, 1, NULL, NULL, NULL, &err) < 0)
-	{
-		CHECK(0, "synth: %s", err.msg);
-		return;
-	}
-	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	in = fopen(tok_path, "rb");
-	out = fopen(path, "wb");
-	CHECK(in && out, "copy tokenizer");
-	while (in && out && (n = fread(buf, 1, sizeof(buf), in)) > 0)
-		fwrite(buf, 1, n, out);
-	if (in)
-		fclose(in);
-	if (out)
-		fclose(out);
-
 	memset(&opts, 0, sizeof(opts));
 	opts.model_path = dir;
 	opts.device = "cpu";
@@ -705,20 +644,14 @@ run_tiny(const char *tok_path)
 		test_classify(eng);
 		gptoss_engine_free(eng);
 	}
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", dir);
+	remove_test_dir(dir);
 }
 
 int
 main(void)
 {
-	const char *path = getenv("GPTOSS_TOKENIZER");
-
-	if (path == NULL || path[0] == '\0')
-		path = "build/tokenizer.json";
 	test_kv_pages();
-	run_tiny(path);
+	run_tiny();
 	printf("test_classify: %d passed, %d failed\n", n_pass, n_fail);
 	return n_fail ? 1 : 0;
 }

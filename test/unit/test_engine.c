@@ -17,24 +17,12 @@
 #include "engine.h"
 #include "harmony.h"
 #include "synth.h"
+#include "testutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static int	failures = 0;
-
-#define CHECK(cond, ...) \
-	do { \
-		if (!(cond)) \
-		{ \
-			failures++; \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, __VA_ARGS__); \
-			fprintf(stderr, "\n"); \
-		} \
-	} while (0)
 
 static const gptoss_tokenizer *g_tok;
 
@@ -226,20 +214,6 @@ make_prompt(int n, uint64_t seed)
 		ids[i] = (int32_t) (seed % 199998);
 	}
 	return ids;
-}
-
-/* Steps until nothing is active (bounded). */
-static void
-run_to_end(gptoss_engine *eng)
-{
-	gptoss_error err = {0};
-
-	for (int i = 0; i < 100000 && gptoss_engine_active(eng) > 0; i++)
-		if (gptoss_engine_step(eng, &err) < 0)
-		{
-			CHECK(0, "step failed: %s", err.msg);
-			return;
-		}
 }
 
 /* A finished request's tokens (malloc'ed copy) and count. */
@@ -857,49 +831,6 @@ test_fake_failure(void)
  * The real tiny model
  */
 
-/* Copies a file (the tokenizer into the model directory). */
-static int
-copy_file(const char *from, const char *to)
-{
-	FILE	   *in = fopen(from, "rb"),
-			   *out;
-	char		buf[65536];
-	size_t		n;
-
-	if (in == NULL)
-		return -1;
-	out = fopen(to, "wb");
-	if (out == NULL)
-	{
-		fclose(in);
-		return -1;
-	}
-	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-		fwrite(buf, 1, n, out);
-	fclose(in);
-	return fclose(out);
-}
-
-/* Renders (harmony or raw) and submits; returns the id. */
-static int64_t
-submit_text(gptoss_engine *eng, const char *prompt, const gptoss_gen_params *p)
-{
-	gptoss_error err = {0};
-	int32_t    *ids = NULL;
-	int			n = 0;
-	int64_t		id;
-
-	if (gptoss_render_prompt(gptoss_engine_tokenizer(eng), prompt, NULL, 0, p, NULL, &ids, &n, &err) < 0)
-	{
-		CHECK(0, "render: %s", err.msg);
-		return -1;
-	}
-	id = gptoss_engine_submit(eng, ids, n, p, &err);
-	CHECK(id >= 0, "submit: %s", err.msg);
-	free(ids);
-	return id;
-}
-
 /*
  * Greedy continuation computed without the scheduler: every token is the
  * argmax of the last row of a full prefill of prompt + tokens so far, run
@@ -1108,31 +1039,16 @@ test_tiny(gptoss_engine *eng)
 
 /* Synthesises the tiny model into a temporary directory and runs test_tiny on it. */
 static void
-run_tiny(const char *tok_path)
+run_tiny(void)
 {
-	char		dir[] = "/tmp/gptoss_test_engine.______";
-	char		path[512];
-	gptoss_config cfg;
+	char		dir[512];
 	gptoss_error err = {0};
 	gptoss_engine_opts opts;
 	gptoss_engine *eng;
 	double		t0 = gptoss_now();
 
-	memset(dir + strlen(dir) - 6, 'X', 6);	/* mkdtemp's template suffix */
-	if (mkdtemp(dir) == NULL)
-	{
-		CHECK(0, "mkdtemp failed");
+	if (make_tiny_model(dir, sizeof(dir), "gptoss_test_engine") < 0)
 		return;
-	}
-	if (gptoss_synth_config(GPTOSS_SYNTH_TINY, &cfg, &err) < 0 ||
-		gptoss_synth_write(&cfg, dir, 1, NULL, NULL, NULL, &err) < 0)
-	{
-		CHECK(0, "synth: %s", err.msg);
-		return;
-	}
-	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	CHECK(copy_file(tok_path, path) == 0, "copy tokenizer");
-
 	memset(&opts, 0, sizeof(opts));
 	opts.model_path = dir;
 	opts.device = "cpu";
@@ -1151,32 +1067,18 @@ run_tiny(const char *tok_path)
 	CHECK(gptoss_engine_create(&opts, NULL, NULL, &err) == NULL && err.msg[0] != '\0',
 		  "missing model dir");
 
-	{
-		char		cmd[600];
-
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-		if (system(cmd) != 0)
-			fprintf(stderr, "could not remove %s\n", dir);
-	}
+	remove_test_dir(dir);
 	printf("test_engine: tiny model part took %.1f s\n", gptoss_now() - t0);
 }
 
 int
 main(void)
 {
-	const char *path = getenv("GPTOSS_TOKENIZER");
-	gptoss_error err = {0};
 	gptoss_tokenizer *tok;
 
-	if (path == NULL || path[0] == '\0')
-		path = "build/tokenizer.json";
-	tok = gptoss_tokenizer_load(path, &err);
+	tok = load_test_tokenizer("test_engine");
 	if (tok == NULL)
-	{
-		fprintf(stderr, "test_engine: cannot load the tokenizer (%s): %s\n"
-				"set GPTOSS_TOKENIZER or run test/setup.sh\n", path, err.msg);
 		return 1;
-	}
 	g_tok = tok;
 	test_fake_batching();
 	test_fake_seeds();
@@ -1188,13 +1090,8 @@ main(void)
 	test_fake_stop_tokens();
 	test_fake_harmony();
 	test_fake_failure();
-	run_tiny(path);
+	run_tiny();
 	gptoss_tokenizer_free(tok);
-	if (failures)
-	{
-		fprintf(stderr, "test_engine: %d failure(s)\n", failures);
-		return 1;
-	}
-	printf("test_engine: ok\n");
-	return 0;
+	printf("test_engine: %d passed, %d failed\n", n_pass, n_fail);
+	return n_fail ? 1 : 0;
 }

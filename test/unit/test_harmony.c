@@ -7,23 +7,11 @@
  */
 #include "harmony.h"
 #include "sampler.h"
+#include "testutil.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int	failures = 0;
-
-#define CHECK(cond, ...) \
-	do { \
-		if (!(cond)) \
-		{ \
-			failures++; \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, __VA_ARGS__); \
-			fprintf(stderr, "\n"); \
-		} \
-	} while (0)
 
 static const char SYSTEM_MEDIUM[] =
 	"<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
@@ -578,19 +566,11 @@ test_reasoning_names(void)
 int
 main(void)
 {
-	const char *path = getenv("GPTOSS_TOKENIZER");
-	gptoss_error err = {0};
 	gptoss_tokenizer *tok;
 
-	if (path == NULL || path[0] == '\0')
-		path = "build/tokenizer.json";
-	tok = gptoss_tokenizer_load(path, &err);
+	tok = load_test_tokenizer("test_harmony");
 	if (tok == NULL)
-	{
-		fprintf(stderr, "test_harmony: cannot load the tokenizer (%s): %s\n"
-				"set GPTOSS_TOKENIZER or run test/setup.sh\n", path, err.msg);
 		return 1;
-	}
 	test_render(tok);
 	test_special_text_stays_text(tok);
 	test_render_errors(tok);
@@ -603,11 +583,6 @@ main(void)
 	test_parser_random(tok);
 	test_reasoning_names();
 	gptoss_tokenizer_free(tok);
-	if (failures)
-	{
-		fprintf(stderr, "test_harmony: %d failure(s)\n", failures);
-		return 1;
-	}
-	printf("test_harmony: ok\n");
-	return 0;
+	printf("test_harmony: %d passed, %d failed\n", n_pass, n_fail);
+	return n_fail ? 1 : 0;
 }

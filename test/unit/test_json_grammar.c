@@ -406,20 +406,14 @@ test_tokenize(void)
 int
 main(void)
 {
-	const char *path = getenv("GPTOSS_TOKENIZER");
 	gptoss_error err = {0};
 	gptoss_tokenizer *tok;
 	gptoss_token_trie *trie;
 	double		t0;
 
-	if (path == NULL || path[0] == '\0')
-		path = "build/tokenizer.json";
-	tok = gptoss_tokenizer_load(path, &err);
+	tok = load_test_tokenizer("test_json_grammar");
 	if (tok == NULL)
-	{
-		fprintf(stderr, "test_json_grammar: cannot load the tokenizer (%s): %s\n", path, err.msg);
 		return 1;
-	}
 	rng_state = 0x5eed1234abcdULL;
 	t0 = gptoss_now();
 	trie = gptoss_token_trie_build(tok, 201088, &err);

@@ -24,6 +24,7 @@
 
 #define SEEDS_PER_SCHEMA 24
 #define BATCH 8
+#define CONTEXT 512
 
 static const char *SCHEMAS[][2] = {
 	{"object", "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":12},"
@@ -220,6 +221,54 @@ test_shortest(void)
 	free(rf);
 }
 
+/*
+ * A prompt that leaves less of the context than the shortest document fails
+ * with TOO_LONG (the prompt's failure: on_error "null" covers it), whatever
+ * max_tokens says; leaving just enough gives a document.  A max_tokens below
+ * the document stays a parameter error.
+ */
+static void
+test_context_left(void)
+{
+	char	   *rf = response_format_of(SCHEMAS[8][1]);
+	int32_t    *ids = malloc(sizeof(int32_t) * CONTEXT);
+	gptoss_gen_params p;
+	gptoss_error err = {0};
+	int			need = -1;
+
+	gptoss_gen_params_default(&p);
+	p.response_format = rf;
+	p.raw = true;
+	p.has_seed = true;
+	p.seed = 7;
+	p.max_tokens = 200;
+	for (int i = 0; i < CONTEXT; i++)
+		ids[i] = tok_final;
+	for (int left = 1; left < 200 && need < 0; left++)
+	{
+		int64_t		id;
+
+		memset(&err, 0, sizeof(err));
+		id = gptoss_engine_submit(eng, ids, CONTEXT - left, &p, &err);
+		if (id >= 0)
+		{
+			need = left;
+			drain();
+			gptoss_engine_release(eng, id);
+		}
+		else
+			CHECK(err.code == GPTOSS_ERR_TOO_LONG && strstr(err.msg, "prompt leaves"),
+				  "%d tokens left: %s", left, err.msg);
+	}
+	CHECK(need > 1, "no prompt length worked");
+	p.max_tokens = need - 1;
+	memset(&err, 0, sizeof(err));
+	CHECK(gptoss_engine_submit(eng, ids, CONTEXT - need, &p, &err) < 0 && err.code == GPTOSS_ERR_INVALID &&
+		  strstr(err.msg, "max_tokens is below the shortest valid document"), "max_tokens %d: %s", need - 1, err.msg);
+	free(ids);
+	free(rf);
+}
+
 /* The budget closes the analysis channel and opens the final one; 0 skips reasoning. */
 static void
 test_budget(void)
@@ -318,61 +367,24 @@ test_prompt_and_params(void)
 	free(rf);
 }
 
-/* Copies a file. */
-static int
-copy_file(const char *from, const char *to)
-{
-	FILE	   *in = fopen(from, "rb"),
-			   *out;
-	char		buf[65536];
-	size_t		n;
-
-	if (in == NULL)
-		return -1;
-	out = fopen(to, "wb");
-	if (out == NULL)
-	{
-		fclose(in);
-		return -1;
-	}
-	while ((n = fread(buf, 1, sizeof(buf), in)) > 0)
-		fwrite(buf, 1, n, out);
-	fclose(in);
-	return fclose(out);
-}
-
 int
 main(void)
 {
-	const char *tok_path = getenv("GPTOSS_TOKENIZER");
-	char		dir[] = "/tmp/gptoss_test_json.______";
-	char		path[512];
-	char		cmd[600];
-	gptoss_config cfg;
+	char		dir[512];
 	gptoss_error err = {0};
 	gptoss_engine_opts opts;
 	double		t0 = gptoss_now();
 
-	if (tok_path == NULL || tok_path[0] == '\0')
-		tok_path = "build/tokenizer.json";
-	memset(dir + strlen(dir) - 6, 'X', 6);	/* mkdtemp's template suffix */
-	if (mkdtemp(dir) == NULL)
+	if (make_tiny_model(dir, sizeof(dir), "gptoss_test_json") < 0)
 	{
-		fprintf(stderr, "mkdtemp failed\n");
-		return 1;
-	}
-	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	if (gptoss_synth_config(GPTOSS_SYNTH_TINY, &cfg, &err) < 0 ||
-		gptoss_synth_write(&cfg, dir, 1, NULL, NULL, NULL, &err) < 0 || copy_file(tok_path, path) < 0)
-	{
-		fprintf(stderr, "test_json_output: cannot make the tiny model: %s\n", err.msg);
+		fprintf(stderr, "test_json_output: cannot make the tiny model\n");
 		return 1;
 	}
 	memset(&opts, 0, sizeof(opts));
 	opts.model_path = dir;
 	opts.device = "cpu";
 	opts.backend.max_seqs = BATCH;
-	opts.backend.max_context = 512;
+	opts.backend.max_context = CONTEXT;
 	eng = gptoss_engine_create(&opts, NULL, NULL, &err);
 	if (eng == NULL)
 	{
@@ -406,13 +418,12 @@ main(void)
 	}
 	test_prompt_and_params();
 	test_shortest();
+	test_context_left();
 	test_budget();
 	test_schemas();
 	gptoss_engine_free(eng);
 	free(invoice_text);
-	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", dir);
+	remove_test_dir(dir);
 	printf("test_json_output: %d passed, %d failed (%.1f s)\n", n_pass, n_fail, gptoss_now() - t0);
 	return n_fail ? 1 : 0;
 }

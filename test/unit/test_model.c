@@ -18,6 +18,7 @@
 #include "model.h"
 #include "checkpoint.h"
 #include "synth.h"
+#include "testutil.h"
 
 #include <ftw.h>
 #include <math.h>
@@ -28,21 +29,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <jansson.h>
-
-static int	n_checks,
-			n_failed;
-
-#define CHECK(cond, ...) \
-	do { \
-		n_checks++; \
-		if (!(cond)) \
-		{ \
-			n_failed++; \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-			fprintf(stderr, __VA_ARGS__); \
-			fprintf(stderr, "\n"); \
-		} \
-	} while (0)
 
 static char tmp_root[256];
 
@@ -115,21 +101,6 @@ write_file(const char *path, const void *data, size_t size)
 		return -1;
 	ok = fwrite(data, 1, size, f) == size;
 	return fclose(f) == 0 && ok ? 0 : -1;
-}
-
-/* Copies a file. */
-static int
-copy_file(const char *src, const char *dst)
-{
-	size_t		n;
-	uint8_t    *buf = read_file(src, &n);
-	int			rc;
-
-	if (!buf)
-		return -1;
-	rc = write_file(dst, buf, n);
-	free(buf);
-	return rc;
 }
 
 /* Loads dir and expects failure with a message containing every given substring. */
@@ -1229,6 +1200,6 @@ main(void)
 	test_bad_index();
 
 	remove_tree(tmp_root);
-	printf("test_model: %d checks, %d failed\n", n_checks, n_failed);
-	return n_failed ? 1 : 0;
+	printf("test_model: %d passed, %d failed\n", n_pass, n_fail);
+	return n_fail ? 1 : 0;
 }
