@@ -281,7 +281,10 @@ extern void gptoss_call_wait(void);
 /* Closes the call: frees the request slot (the worker drops an unfinished request). */
 extern void gptoss_call_end(GptossCall *call);
 
-/* Raises 55000 with worker w's reason for not serving (its load error). */
+/* Whether the current user may read load errors, which name the model directory (pg_monitor). */
+extern bool gptoss_may_see_load_errors(void);
+
+/* Raises 55000 with worker w's reason for not serving (its load error, to pg_monitor members). */
 extern void gptoss_raise_worker_failed(int w);
 
 /*
