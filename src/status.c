@@ -106,9 +106,10 @@ append_worker_json(StringInfo buf, const GptossWorkerShared *w, int index)
 	appendStringInfo(buf, ", \"kv_cache\": {\"capacity_tokens\": " INT64_FORMAT
 					 ", \"used_tokens\": " INT64_FORMAT ", \"bytes\": " INT64_FORMAT "}",
 					 m->kv_cache_tokens, m->kv_cache_used_tokens, m->kv_cache_bytes);
+	/* max_context is what the worker uses: the setting, clamped to the model's positions */
 	appendStringInfo(buf, ", \"limits\": {\"max_batch_size\": %d, \"max_context\": %d, "
-					 "\"max_requests\": %d}",
-					 m->max_batch_size, m->max_context, gptoss_shared->nslots);
+					 "\"max_context_setting\": %d, \"max_requests\": %d}",
+					 m->max_batch_size, m->max_context, gptoss_max_context, gptoss_shared->nslots);
 	appendStringInfo(buf, ", \"tokenizer\": {\"vocab_size\": %d}", m->vocab_size);
 	appendStringInfo(buf, ", \"load_seconds\": %.3f", m->load_seconds);
 }

@@ -963,6 +963,12 @@ gptoss_worker_main(Datum main_arg)
 						snap.info.load_seconds, (long long) snap.info.n_params,
 						snap.info.max_context, snap.info.max_batch_size,
 						(long long) snap.info.kv_cache_tokens)));
+		if (snap.info.max_context != gptoss_max_context)
+			ereport(LOG,
+					(errmsg("gptoss worker %d: effective max_context is %d tokens, not gptoss.max_context = %d",
+							worker_index, snap.info.max_context, gptoss_max_context),
+					 errdetail("The model has %d positions (max_position_embeddings).",
+							   snap.info.max_position_embeddings)));
 	}
 	set_state(GPTOSS_WORKER_READY, NULL);
 	publish_stats(true);

@@ -106,9 +106,17 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE bac
 	0, 'no worker without preloading');
 $node->stop;
 
-# 5. A full queue: one request slot, held by a long generation.
+# 5. A full queue: one request slot, held by a long generation.  Its
+# gptoss.max_context of 8192 is past the tiny model's 4096 positions: the
+# worker uses 4096, logs it, and gptoss_status() shows both.
 $node = gptoss_node('queue_full',
-	conf => { 'gptoss.max_requests' => 1, 'gptoss.max_context' => 4096 });
+	conf => { 'gptoss.max_requests' => 1, 'gptoss.max_context' => 8192 });
+is($node->safe_psql('postgres',
+	"SELECT s->'limits'->>'max_context', s->'limits'->>'max_context_setting', current_setting('gptoss.max_context') FROM gptoss_status() s"),
+	'4096|8192|8192', 'gptoss_status(): effective max_context next to the setting');
+like(slurp_file($node->logfile),
+	qr/LOG:  gptoss worker 0: effective max_context is 4096 tokens, not gptoss.max_context = 8192/,
+	'the effective max_context is logged at load');
 my $long = start_async($node, 'holder',
 	q{SELECT gptoss_generate('Tell me a long story', '{"raw": true, "max_tokens": 100000, "ignore_eos": true}')});
 ok(defined poll_until(30, sub { stats($node)->{requests_active} == 1 }), 'the only slot is busy');
