@@ -105,9 +105,8 @@ raise_no_tokenizer(const gptoss_error *err)
 		if (!gptoss_may_see_load_errors())
 		{
 			/* the reason names the model directory: the log has it, the client not */
-			ereport(LOG,
-					(errmsg("gptoss tokenizer is not available: %s", err->msg),
-					 errhidefromclient(true)));
+			ereport(LOG_SERVER_ONLY,
+					(errmsg("gptoss tokenizer is not available: %s", err->msg)));
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("gptoss tokenizer is not available"),
