@@ -1,6 +1,7 @@
 # gptoss: PostgreSQL extension (PGXS) + engine library + bin/gptoss CLI.
 #
-#   make                 build gptoss.so and bin/gptoss (CUDA objects when nvcc is found)
+#   make                 build gptoss.so and bin/gptoss (CUDA objects when nvcc is found), the
+#                        benchmark programs in bin/ (bin/gptoss_soak: bench/soak.sh)
 #   make USE_CUDA=0      CPU-only build
 #   make unit            engine unit tests (fetches build/tokenizer.json when missing)
 #   make unit-asan       the same tests built with ASan/UBSan in build/asan
@@ -69,6 +70,7 @@ all: $(ENGINE_LIB) bin/gptoss bin/bench_prefix_cache
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 ifneq ($(PGXS),)
 include $(PGXS)
+all: bin/gptoss_soak
 endif
 
 $(OBJS): $(ENGINE_LIB)
@@ -100,6 +102,13 @@ bin/gptoss: $(CLI_SRCS) $(wildcard src/cli/*.h) $(ENGINE_LIB)
 bin/bench_prefix_cache: bench/prefix_cache.c $(ENGINE_LIB)
 	@mkdir -p bin
 	$(CC) $(ENGINE_CFLAGS) -o $@ bench/prefix_cache.c $(ENGINE_LIB) $(ENGINE_LIBS) $(CUDA_LIBS)
+
+# Soak and chaos driver (bench/soak.c, run by bench/soak.sh), a libpq client: built with `all`
+# where PostgreSQL's development files are (libpq-fe.h comes with them).
+bin/gptoss_soak: bench/soak.c
+	@mkdir -p bin
+	$(CC) -std=gnu11 -O2 -Wall -Wextra -I$(shell $(PG_CONFIG) --includedir) -o $@ bench/soak.c \
+		-L$(shell $(PG_CONFIG) --libdir) -lpq
 
 # Engine unit tests: test/unit/test_X.c -> test/unit/test_X (each a main()).
 UNIT_SRCS = $(wildcard test/unit/test_*.c)
