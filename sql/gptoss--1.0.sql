@@ -125,7 +125,8 @@ CREATE FUNCTION gptoss_stats(
     OUT gpu_memory_used bigint,
     OUT uptime interval,
     OUT max_step_ms_1min double precision,
-    OUT prefix_cache_hit_tokens bigint)
+    OUT prefix_cache_hit_tokens bigint,
+    OUT mean_batch_size_1min double precision)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'gptoss_stats'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE ROWS 1;
@@ -134,7 +135,7 @@ CREATE VIEW gptoss_stats AS
     SELECT * FROM gptoss_stats();
 
 COMMENT ON VIEW gptoss_stats IS
-'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size over steps, KV cache, memory, uptime, longest worker loop iteration (admit, step, deliver) of the last minute in ms';
+'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates (tokens per second of the steps that did that work, last 10 s), mean batch size over steps (since start, and of the last minute), KV cache, memory, uptime, longest worker loop iteration (admit, step, deliver) of the last minute in ms';
 
 -- Monitoring is for pg_monitor; generation is for everyone.
 REVOKE ALL ON FUNCTION gptoss_status() FROM PUBLIC;

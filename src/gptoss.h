@@ -163,6 +163,7 @@ typedef struct GptossWorkerStats
 	int			queued;			/* accepted, waiting for a place in the batch */
 	double		prefill_tok_s;
 	double		decode_tok_s;
+	double		mean_batch_size_1min;	/* sequences per step over the last minute */
 	double		max_step_ms_1min;	/* longest loop iteration (admit, step, deliver) in the last minute */
 	int64		prefix_cache_hit_tokens;	/* prompt tokens taken from the prefix cache */
 } GptossWorkerStats;

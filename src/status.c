@@ -149,7 +149,7 @@ gptoss_status(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
-#define STATS_COLS 21
+#define STATS_COLS 22
 
 /* gptoss_stats() returns setof record: one row per worker (the gptoss_stats view) */
 Datum
@@ -220,6 +220,7 @@ gptoss_stats(PG_FUNCTION_ARGS)
 			nulls[c++] = true;
 		values[c++] = Float8GetDatum(w.stats.max_step_ms_1min);
 		values[c++] = Int64GetDatum(w.stats.prefix_cache_hit_tokens);
+		values[c++] = Float8GetDatum(w.stats.mean_batch_size_1min);
 		Assert(c == STATS_COLS);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -644,6 +644,7 @@ publish_stats(bool force_info)
 	me->stats.queued = es.queued;
 	me->stats.prefill_tok_s = es.prefill_tok_s;
 	me->stats.decode_tok_s = es.decode_tok_s;
+	me->stats.mean_batch_size_1min = es.mean_batch_size_1min;
 	me->stats.max_step_ms_1min = max_loop_ms();
 	me->stats.prefix_cache_hit_tokens = es.prefix_cache_hit_tokens;
 	if (refresh)
@@ -887,6 +888,7 @@ register_self(void)
 	me->stats.queued = 0;
 	me->stats.prefill_tok_s = 0;
 	me->stats.decode_tok_s = 0;
+	me->stats.mean_batch_size_1min = 0;
 	me->stats.max_step_ms_1min = 0;
 	SpinLockRelease(&me->mutex);
 
