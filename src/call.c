@@ -258,19 +258,83 @@ create_call(const GptossJob *job)
 	return call;
 }
 
+/* qsort order of role oids. */
+static int
+cmp_oid(const void *a, const void *b)
+{
+	Oid			x = *(const Oid *) a;
+	Oid			y = *(const Oid *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * True when role may take a free request slot (lock held): any of them
+ * while two or more are free; the last one only while the role holds fewer
+ * than nslots / (other roles holding slots + 2), the share it would have if
+ * one more role came (at least one: a role holding none may take it).  A role over its share therefore never takes the last
+ * free slot: it stays for a role under its share, and the hog is the one
+ * that waits (and gets 53000 after gptoss.queue_wait).
+ */
+static bool
+may_take_slot(Oid role)
+{
+	int			nslots = gptoss_shared->nslots;
+	int			nfree = 0,
+				held = 0,
+				nothers = 0,
+				others = 0;
+	Oid		   *roles;
+
+	for (int i = 0; i < nslots; i++)
+		nfree += gptoss_shared->slots[i].state == GPTOSS_SLOT_FREE;
+	if (nfree != 1)
+		return nfree > 1;
+	roles = palloc(sizeof(Oid) * nslots);
+	for (int i = 0; i < nslots; i++)
+	{
+		GptossRequestSlot *s = &gptoss_shared->slots[i];
+
+		if (s->state == GPTOSS_SLOT_FREE)
+			continue;
+		if (s->role == role)
+			held++;
+		else
+			roles[nothers++] = s->role;
+	}
+	qsort(roles, nothers, sizeof(Oid), cmp_oid);
+	for (int i = 0; i < nothers; i++)
+		others += i == 0 || roles[i] != roles[i - 1];
+	pfree(roles);
+	return held < Max(1, nslots / (others + 2));
+}
+
 /*
  * Takes a free request slot for call and hands it to the least loaded
- * worker; false when no slot is free.  Raises when every worker failed.
+ * worker; false when no slot is free (or only the last one, which a role
+ * over its share leaves to others).  Raises when every worker failed.
  */
 static bool
 claim_slot(GptossCall *call)
 {
 	int			worker;
 	int			slot = -1;
+	Oid			role = GetUserId();
+	int64		steps = 0;
+	bool		allowed;
 
 	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
 	worker = choose_worker();
-	for (int i = 0; worker >= 0 && i < gptoss_shared->nslots; i++)
+	if (worker >= 0)
+	{
+		GptossWorkerShared *ws = &gptoss_shared->workers[worker];
+
+		SpinLockAcquire(&ws->mutex);
+		steps = ws->stats.steps;
+		SpinLockRelease(&ws->mutex);
+	}
+	allowed = worker >= 0 && may_take_slot(role);
+	for (int i = 0; allowed && i < gptoss_shared->nslots; i++)
 	{
 		GptossRequestSlot *s = &gptoss_shared->slots[i];
 
@@ -281,6 +345,9 @@ claim_slot(GptossCall *call)
 		s->request_id = call->request_id;
 		s->generation = 0;
 		s->owner_pgprocno = MyProc->pgprocno;
+		s->role = role;
+		s->session = MyProcPid;
+		s->submit_step = steps;
 		s->handle = dsm_segment_handle(call->seg);
 		s->worker_exited = false;
 		slot = i;

@@ -76,6 +76,7 @@ extern int	gptoss_max_step_tokens;
 extern int	gptoss_max_requests;
 extern int	gptoss_queue_wait;
 extern int	gptoss_max_queue_wait;
+extern int	gptoss_max_sequences_per_role;
 extern int	gptoss_max_tokens_limit;
 
 /* "auto", "cuda" or "cpu" */
@@ -202,6 +203,9 @@ typedef struct GptossRequestSlot
 	uint64		request_id;		/* unique over the server's life */
 	uint64		generation;		/* worker generation that admitted it */
 	int			owner_pgprocno; /* session waiting for the result */
+	Oid			role;			/* GetUserId() of the submitting session */
+	int			session;		/* its pid: fair admission goes round-robin over roles, then sessions */
+	int64		submit_step;	/* the worker's engine steps when the request was submitted */
 	dsm_handle	handle;			/* the request segment */
 	bool		worker_exited;	/* DONE because the worker went away */
 } GptossRequestSlot;

@@ -41,6 +41,7 @@ int			gptoss_max_step_tokens = 0;
 int			gptoss_max_requests = 256;
 int			gptoss_queue_wait = 10000;
 int			gptoss_max_queue_wait = 60000;
+int			gptoss_max_sequences_per_role = 0;
 int			gptoss_max_tokens_limit = 0;
 
 static const struct config_enum_entry device_options[] = {
@@ -349,6 +350,15 @@ define_gucs(void)
 							10000, 0, INT_MAX,
 							PGC_USERSET,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("gptoss.max_sequences_per_role",
+							"Batch seats one role may hold in a worker (0: max_batch_size - 1).",
+							"A role never holds more than max_batch_size - 1 seats, so another role always finds one; this caps it lower.",
+							&gptoss_max_sequences_per_role,
+							0, 0, INT_MAX,
+							PGC_SUSET,
+							0,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("gptoss.max_queue_wait",

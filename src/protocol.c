@@ -300,13 +300,14 @@ gptoss_frame_put(StringInfo outbox, char type, const void *body, Size len)
 /* Queues the finish frame. */
 void
 gptoss_frame_put_finish(StringInfo outbox, int finish_reason, int prompt_tokens,
-						int completion_tokens)
+						int completion_tokens, int queue_steps)
 {
 	GptossFinishFrame f;
 
 	f.finish_reason = finish_reason;
 	f.prompt_tokens = prompt_tokens;
 	f.completion_tokens = completion_tokens;
+	f.queue_steps = queue_steps;
 	gptoss_frame_put(outbox, GPTOSS_FRAME_FINISH, &f, sizeof(f));
 }
 
@@ -353,6 +354,7 @@ gptoss_frame_apply(GptossResponse *resp, const char *data, Size nbytes, int work
 				resp->finish_reason = f.finish_reason;
 				resp->prompt_tokens = f.prompt_tokens;
 				resp->completion_tokens = f.completion_tokens;
+				resp->queue_steps = f.queue_steps;
 				resp->finished = true;
 				break;
 			}

@@ -108,6 +108,7 @@ typedef struct GptossFinishFrame
 	int32		finish_reason;	/* gptoss_finish_reason */
 	int32		prompt_tokens;
 	int32		completion_tokens;
+	int32		queue_steps;	/* engine steps between submission and admission into the batch */
 } GptossFinishFrame;
 
 /* One token of the returned text with its log-probabilities. */
@@ -131,6 +132,7 @@ typedef struct GptossResponse
 	int			finish_reason;	/* gptoss_finish_reason */
 	int			prompt_tokens;
 	int			completion_tokens;
+	int			queue_steps;	/* engine steps it waited for a place in the batch */
 	bool		finished;
 	double	   *scores;			/* score jobs: [n_scores] label log-probabilities */
 	int			n_scores;
@@ -156,7 +158,7 @@ extern void gptoss_response_init(GptossResponse *resp);
  */
 extern void gptoss_frame_put(StringInfo outbox, char type, const void *body, Size len);
 extern void gptoss_frame_put_finish(StringInfo outbox, int finish_reason, int prompt_tokens,
-									int completion_tokens);
+									int completion_tokens, int queue_steps);
 extern void gptoss_frame_put_error(StringInfo outbox, int sqlerrcode, const char *msg);
 
 /*

@@ -586,9 +586,9 @@ gptoss_chat_result(const gptoss_gen_params *params, const GptossResponse *resp)
 		append_logprobs_json(&buf, resp);
 	}
 	appendStringInfoString(&buf, "}], ");
-	appendStringInfo(&buf, "\"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d, \"total_tokens\": %d}}",
+	appendStringInfo(&buf, "\"usage\": {\"prompt_tokens\": %d, \"completion_tokens\": %d, \"total_tokens\": %d, \"queue_steps\": %d}}",
 					 resp->prompt_tokens, resp->completion_tokens,
-					 resp->prompt_tokens + resp->completion_tokens);
+					 resp->prompt_tokens + resp->completion_tokens, resp->queue_steps);
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data));
 }
 

@@ -85,6 +85,9 @@ typedef struct WorkerJob
 	dsm_segment *seg;
 	shm_mq_handle *mqh;
 	int64		engine_id;		/* id in the engine, or -1 */
+	Oid			role;			/* fair admission keys (the request slot's) */
+	int			session;
+	int64		submit_step;	/* the worker's steps when the session submitted it */
 	bool		stream;
 	bool		final_queued;	/* the last frame is in the outbox */
 	bool		receiver_gone;	/* the session detached from the queue */
@@ -110,6 +113,7 @@ static sigset_t engine_sigmask;
 static pthread_t main_thread;
 static double next_progress_log;
 static int64 last_engine_steps;
+static int64 steps_base;		/* stats.steps when this process's engine started */
 static int64 last_engine_step_sequences;
 static TimestampTz last_info_refresh;
 static double loop_ms_max[LOOP_WINDOW_S];	/* by second modulo LOOP_WINDOW_S */
@@ -196,9 +200,11 @@ queue_error(WorkerJob *r, int sqlerrcode, const char *msg)
 
 /* Queues the finish frame; it ends the request. */
 static void
-queue_finish(WorkerJob *r, int finish_reason, int prompt_tokens, int completion_tokens)
+queue_finish(WorkerJob *r, int finish_reason, int prompt_tokens, int completion_tokens,
+			 int queue_steps)
 {
-	gptoss_frame_put_finish(&r->outbox, finish_reason, prompt_tokens, completion_tokens);
+	gptoss_frame_put_finish(&r->outbox, finish_reason, prompt_tokens, completion_tokens,
+							queue_steps);
 	r->final_queued = true;
 }
 
@@ -353,6 +359,7 @@ start_job(WorkerJob *r, const GptossJobView *view)
 		return;
 	}
 	r->engine_id = id;
+	(void) gptoss_engine_set_owner(engine, id, r->role, (uint64) r->session);
 	dlist_push_tail(&engine_jobs, &r->node);
 }
 
@@ -400,6 +407,9 @@ admit_slot(int slot, GptossRequestSlot *s)
 	old = MemoryContextSwitchTo(r->cxt);
 	r->in_use = true;
 	r->request_id = s->request_id;
+	r->role = s->role;
+	r->session = s->session;
+	r->submit_step = s->submit_step;
 	r->seg = seg;
 	r->engine_id = -1;
 	r->stream = r->view.stream;
@@ -522,7 +532,9 @@ deliver(WorkerJob *r)
 			f.lp = res.logprobs[res.text_tokens[i]];
 			gptoss_frame_put(&r->outbox, GPTOSS_FRAME_LOGPROB, &f, sizeof(f));
 		}
-		queue_finish(r, res.finish_reason, res.prompt_tokens, res.completion_tokens);
+		/* steps the worker ran from the session's submission to the step the request joined */
+		queue_finish(r, res.finish_reason, res.prompt_tokens, res.completion_tokens,
+					 (int) Max(0, steps_base + res.admit_step - r->submit_step));
 	}
 	drop_from_engine(r, false);
 }
@@ -895,6 +907,22 @@ register_self(void)
 	release_taken_slots();
 }
 
+/*
+ * Caps the batch seats of one role: max_batch_size - 1, so that a role with
+ * nothing running always finds a seat, or gptoss.max_sequences_per_role
+ * when lower.
+ */
+static void
+apply_role_cap(void)
+{
+	int			seats = gptoss_engine_backend(engine)->opts.max_seqs;
+	int			cap = seats > 1 ? seats - 1 : 1;
+
+	if (gptoss_max_sequences_per_role > 0 && gptoss_max_sequences_per_role < cap)
+		cap = gptoss_max_sequences_per_role;
+	gptoss_engine_set_max_seqs_per_owner(engine, cap);
+}
+
 /* Handles SIGTERM and SIGHUP between iterations. */
 static void
 handle_signals(void)
@@ -909,6 +937,8 @@ handle_signals(void)
 	{
 		ConfigReloadPending = false;
 		ProcessConfigFile(PGC_SIGHUP);
+		if (engine != NULL)
+			apply_role_cap();
 	}
 }
 
@@ -972,6 +1002,10 @@ gptoss_worker_main(Datum main_arg)
 					 errdetail("The model has %d positions (max_position_embeddings).",
 							   snap.info.max_position_embeddings)));
 	}
+	apply_role_cap();
+	SpinLockAcquire(&me->mutex);
+	steps_base = me->stats.steps;
+	SpinLockRelease(&me->mutex);
 	set_state(GPTOSS_WORKER_READY, NULL);
 	publish_stats(true);
 

@@ -62,6 +62,7 @@
 #include "task_pool.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -144,7 +145,24 @@ typedef struct request
 	gptoss_buffer text;			/* visible text, NUL-terminated */
 	size_t		scanned;		/* source text bytes already searched for stop strings */
 	int64_t		stop_checks;	/* stop string comparisons made (work counter) */
+	/* fair admission (label sequences take their score request's keys) */
+	uint64_t	owner;			/* gptoss_engine_set_owner; 0 by default */
+	uint64_t	session;
+	int64_t		submit_step;	/* stats.steps when it was queued */
+	int64_t		admit_step;		/* stats.steps when it was admitted, -1 before */
+	int64_t		admit_tick;		/* admission order (eng->admit_ticks), 0 before */
 } request;
+
+/* A group of queued requests in admit_requests: one session, or one owner's sessions. */
+typedef struct admit_group
+{
+	uint64_t	key;
+	int			running;		/* slots its requests hold */
+	int64_t		last;			/* admit_tick of its latest admitted request (0: none) */
+	int			first,
+				end;			/* owner: its sessions; session: its candidates */
+	int			next;			/* session: its next candidate */
+} admit_group;
 
 struct gptoss_engine
 {
@@ -176,6 +194,13 @@ struct gptoss_engine
 	double	   *mask_cpu;		/* [workers of mask_pool] CPU seconds of each worker's masks */
 	int64_t		next_id;
 	uint64_t	seed_counter;
+	int			max_seqs_per_owner;	/* slots one owner may hold; 0 = max_seqs */
+	int64_t		admit_ticks;	/* admissions so far */
+	request   **admit_cands;	/* admit_requests scratch: queued requests, [cap_admit] */
+	int		   *admit_pos;		/* their arrival positions */
+	admit_group *admit_owners;
+	admit_group *admit_sessions;
+	int			cap_admit;
 	int			share_tokens;	/* prefix-cache granularity; 0: the backend's cache is not paged */
 	int32_t    *match_pages;	/* [max_context / page + 1] scratch of prefix lookups */
 	bool		failed;			/* a backend step failed: the backend is unusable */
@@ -442,6 +467,10 @@ gptoss_engine_free(gptoss_engine *eng)
 	for (int i = 0; i < eng->n_reqs; i++)
 		request_free(eng->reqs[i]);
 	free(eng->reqs);
+	free(eng->admit_cands);
+	free(eng->admit_pos);
+	free(eng->admit_owners);
+	free(eng->admit_sessions);
 	free(eng->slots);
 	free(eng->batch);
 	free(eng->batch_reqs);
@@ -692,6 +721,7 @@ new_request(request_kind kind, const int32_t *ids, int n_ids, int max_new)
 	r->kind = kind;
 	r->state = REQ_QUEUED;
 	r->slot = -1;
+	r->admit_step = -1;
 	r->n_prompt = n_ids;
 	r->prefill_end = n_ids;
 	r->max_new = max_new;
@@ -713,6 +743,7 @@ static int64_t
 queue_request(gptoss_engine *eng, request *r, gptoss_error *err)
 {
 	r->id = eng->next_id;
+	r->submit_step = eng->stats.steps;
 	if (append_request(eng, r, err) < 0)
 	{
 		request_free(r);
@@ -1344,6 +1375,8 @@ gptoss_engine_result(const gptoss_engine *eng, int64_t id, gptoss_result *res)
 	res->text_len = r->text.len;
 	res->text_restarts = r->text_restarts;
 	res->stop_checks = r->stop_checks;
+	res->submit_step = r->submit_step;
+	res->admit_step = r->admit_step;
 	if (r->include_reasoning && r->parser.analysis.text.data != NULL)
 	{
 		res->reasoning = r->parser.analysis.text.data;
@@ -1371,6 +1404,26 @@ gptoss_engine_result(const gptoss_engine *eng, int64_t id, gptoss_result *res)
 		res->n_scores = r->n_labels;
 	}
 	return 0;
+}
+
+/* Sets the fairness keys of a request that waits for admission. */
+int
+gptoss_engine_set_owner(gptoss_engine *eng, int64_t id, uint64_t owner, uint64_t session)
+{
+	int			i = find_request(eng, id);
+
+	if (i < 0 || eng->reqs[i]->state != REQ_QUEUED)
+		return -1;
+	eng->reqs[i]->owner = owner;
+	eng->reqs[i]->session = session;
+	return 0;
+}
+
+/* Caps the slots one owner holds (0: no cap). */
+void
+gptoss_engine_set_max_seqs_per_owner(gptoss_engine *eng, int max_seqs_per_owner)
+{
+	eng->max_seqs_per_owner = max_seqs_per_owner > 0 ? max_seqs_per_owner : 0;
 }
 
 /* Requests queued or running. */
@@ -1475,17 +1528,95 @@ first_request_from(const gptoss_engine *eng, int64_t id)
 }
 
 /*
- * Gives free slots to queued requests, oldest first, while the KV cache has
- * room.  Strict arrival order: a large request is not overtaken by later
- * small ones.  A score request's label sequences take its place in that
- * order, so that its pinned prefix is released before later requests pin
- * theirs.
+ * Grows the admission scratch arrays to hold n requests; false when out of
+ * memory (nothing is admitted then, and the next step tries again).
  */
-static void
-admit_requests(gptoss_engine *eng)
+static bool
+admit_scratch(gptoss_engine *eng, int n)
 {
-	int			slot = 0;
+	int			cap = eng->cap_admit ? eng->cap_admit : 64;
+	void	   *p;
 
+	if (n <= eng->cap_admit)
+		return true;
+	while (cap < n)
+		cap *= 2;
+	if ((p = realloc(eng->admit_cands, (size_t) cap * sizeof(*eng->admit_cands))) == NULL)
+		return false;
+	eng->admit_cands = p;
+	if ((p = realloc(eng->admit_pos, (size_t) cap * sizeof(*eng->admit_pos))) == NULL)
+		return false;
+	eng->admit_pos = p;
+	if ((p = realloc(eng->admit_owners, (size_t) cap * sizeof(*eng->admit_owners))) == NULL)
+		return false;
+	eng->admit_owners = p;
+	if ((p = realloc(eng->admit_sessions, (size_t) cap * sizeof(*eng->admit_sessions))) == NULL)
+		return false;
+	eng->admit_sessions = p;
+	eng->cap_admit = cap;
+	return true;
+}
+
+/* qsort order of candidates: owner, session, then arrival. */
+static int
+cmp_cand(const void *a, const void *b)
+{
+	const request *x = *(request *const *) a;
+	const request *y = *(request *const *) b;
+
+	if (x->owner != y->owner)
+		return x->owner < y->owner ? -1 : 1;
+	if (x->session != y->session)
+		return x->session < y->session ? -1 : 1;
+	/* admit_tick holds the arrival position while a request is a candidate */
+	return x->admit_tick < y->admit_tick ? -1 : x->admit_tick > y->admit_tick;
+}
+
+/* Index of the group with key in groups[lo, hi) (ascending keys), or -1. */
+static int
+find_group(const admit_group *groups, int lo, int hi, uint64_t key)
+{
+	while (lo < hi)
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (groups[mid].key == key)
+			return mid;
+		if (groups[mid].key < key)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return -1;
+}
+
+/*
+ * True when group a goes before b: fewer slots held, then admitted longest
+ * ago, then the earlier next candidate (arrival position head_a, head_b).
+ */
+static bool
+group_before(const admit_group *a, int head_a, const admit_group *b, int head_b)
+{
+	if (a->running != b->running)
+		return a->running < b->running;
+	if (a->last != b->last)
+		return a->last < b->last;
+	return head_a < head_b;
+}
+
+/*
+ * Lists the queued requests in arrival order (a score request's label
+ * sequences take its place, so that its pinned prefix is released before
+ * later requests pin theirs), their arrival position in admit_tick.
+ * Returns the count, or -1 when out of memory.
+ */
+static int
+admit_candidates(gptoss_engine *eng)
+{
+	int			n = 0;
+
+	if (!admit_scratch(eng, eng->n_reqs))
+		return -1;
 	for (int i = 0; i < eng->n_reqs; i++)
 	{
 		request    *r = eng->reqs[i];
@@ -1500,13 +1631,154 @@ admit_requests(gptoss_engine *eng)
 
 				if (l->kind != REQ_LABEL || l->parent != r)
 					break;
-				if (l->state == REQ_QUEUED && !admit_one(eng, l, &slot))
-					return;
+				if (l->state == REQ_QUEUED)
+				{
+					l->admit_tick = n;
+					eng->admit_cands[n++] = l;
+				}
 			}
 			continue;
 		}
-		if (r->state == REQ_QUEUED && !admit_one(eng, r, &slot))
+		if (r->state == REQ_QUEUED)
+		{
+			r->admit_tick = n;
+			eng->admit_cands[n++] = r;
+		}
+	}
+	return n;
+}
+
+/*
+ * Groups the n candidates (sorted) by owner and session, and counts the
+ * slots each group holds and when it was last admitted to.  Returns the
+ * number of owners.
+ */
+static int
+admit_groups(gptoss_engine *eng, int n)
+{
+	admit_group *owners = eng->admit_owners;
+	admit_group *sessions = eng->admit_sessions;
+	int			n_owners = 0,
+				n_sessions = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		const request *r = eng->admit_cands[i];
+
+		bool		new_owner = n_owners == 0 || owners[n_owners - 1].key != r->owner;
+
+		eng->admit_pos[i] = (int) r->admit_tick;
+		if (new_owner)
+		{
+			memset(&owners[n_owners], 0, sizeof(admit_group));
+			owners[n_owners].key = r->owner;
+			owners[n_owners].first = n_sessions;
+			n_owners++;
+		}
+		if (new_owner || sessions[n_sessions - 1].key != r->session)
+		{
+			memset(&sessions[n_sessions], 0, sizeof(admit_group));
+			sessions[n_sessions].key = r->session;
+			sessions[n_sessions].first = sessions[n_sessions].next = i;
+			n_sessions++;
+			owners[n_owners - 1].end = n_sessions;
+		}
+		sessions[n_sessions - 1].end = i + 1;
+		owners[n_owners - 1].next++;	/* an owner's next: how many of its candidates wait */
+		eng->admit_cands[i]->admit_tick = 0;
+	}
+	for (int i = 0; i < eng->n_reqs; i++)
+	{
+		const request *r = eng->reqs[i];
+		int			o,
+					s;
+
+		if (r->admit_tick == 0 || (o = find_group(owners, 0, n_owners, r->owner)) < 0)
+			continue;
+		owners[o].running += r->slot >= 0;
+		if (r->admit_tick > owners[o].last)
+			owners[o].last = r->admit_tick;
+		if ((s = find_group(sessions, owners[o].first, owners[o].end, r->session)) < 0)
+			continue;
+		sessions[s].running += r->slot >= 0;
+		if (r->admit_tick > sessions[s].last)
+			sessions[s].last = r->admit_tick;
+	}
+	return n_owners;
+}
+
+/*
+ * Gives free slots to queued requests, fairly among owners and, within an
+ * owner, among its sessions: the next admission goes to the owner holding
+ * the fewest slots (then the one admitted to longest ago, then the one whose
+ * request came first), below max_seqs_per_owner; within it to the session
+ * chosen the same way; within the session to its oldest request.  With one
+ * owner and one session this is plain arrival order.  Admission stops at
+ * the first chosen request that does not fit (no free slot, or no KV room
+ * for its reservation): a large request is not overtaken by later small
+ * ones.
+ */
+static void
+admit_requests(gptoss_engine *eng)
+{
+	int			slot = 0;
+	int			cap = eng->max_seqs_per_owner > 0 ? eng->max_seqs_per_owner : eng->max_seqs;
+	int			n,
+				n_owners;
+
+	n = admit_candidates(eng);
+	if (n <= 0)
+		return;
+	qsort(eng->admit_cands, (size_t) n, sizeof(*eng->admit_cands), cmp_cand);
+	n_owners = admit_groups(eng, n);
+	for (;;)
+	{
+		admit_group *o = NULL;
+		admit_group *s = NULL;
+		int			o_head = 0,
+					s_head = 0;
+		request    *r;
+
+		for (int i = 0; i < n_owners; i++)
+		{
+			admit_group *g = &eng->admit_owners[i];
+			int			head = INT_MAX;
+
+			if (g->next == 0 || g->running >= cap)
+				continue;
+			for (int j = g->first; j < g->end; j++)
+				if (eng->admit_sessions[j].next < eng->admit_sessions[j].end &&
+					eng->admit_pos[eng->admit_sessions[j].next] < head)
+					head = eng->admit_pos[eng->admit_sessions[j].next];
+			if (o == NULL || group_before(g, head, o, o_head))
+			{
+				o = g;
+				o_head = head;
+			}
+		}
+		if (o == NULL)
 			return;
+		for (int j = o->first; j < o->end; j++)
+		{
+			admit_group *g = &eng->admit_sessions[j];
+
+			if (g->next < g->end &&
+				(s == NULL || group_before(g, eng->admit_pos[g->next], s, s_head)))
+			{
+				s = g;
+				s_head = eng->admit_pos[g->next];
+			}
+		}
+		r = eng->admit_cands[s->next];
+		if (!admit_one(eng, r, &slot))
+			return;
+		s->next++;
+		o->next--;
+		r->admit_tick = ++eng->admit_ticks;
+		r->admit_step = eng->stats.steps;
+		s->last = o->last = r->admit_tick;
+		s->running += r->slot >= 0;
+		o->running += r->slot >= 0;
 	}
 }
 
@@ -1555,6 +1827,8 @@ fork_score_requests(gptoss_engine *eng)
 			}
 			seq->parent = r;
 			seq->label = l;
+			seq->owner = r->owner;
+			seq->session = r->session;
 			/* the shared prefix is reserved by the score request itself */
 			seq->reserve = (int64_t) r->n_prompt - r->prefill_end + r->label_len[l];
 			seq->lp = calloc(1, sizeof(*seq->lp));

@@ -172,6 +172,21 @@ int64_t		gptoss_engine_submit_score(gptoss_engine *eng, const int32_t *ids, int 
  */
 int			gptoss_label_probs(const double *scores, int n, double *probs);
 
+/*
+ * Fair admission.  Each request has an owner key and a session key, both
+ * opaque and 0 unless set here before the next step (the PostgreSQL worker
+ * passes the role and the session that submitted it).  When requests wait
+ * for a slot, the next free slot goes to the owner holding the fewest slots
+ * (ties: the one admitted to longest ago), within it to the session chosen
+ * the same way, and within the session to its oldest request; an owner
+ * never holds more than max_seqs_per_owner slots (0: no cap, the default).
+ * With one owner and one session, requests are admitted in arrival order.
+ * Returns -1 for an unknown or already admitted request.
+ */
+int			gptoss_engine_set_owner(gptoss_engine *eng, int64_t id, uint64_t owner,
+									uint64_t session);
+void		gptoss_engine_set_max_seqs_per_owner(gptoss_engine *eng, int max_seqs_per_owner);
+
 /* Runs one batched step over all active requests; returns the number still active, or -1. */
 int			gptoss_engine_step(gptoss_engine *eng, gptoss_error *err);
 
@@ -200,6 +215,9 @@ typedef struct gptoss_result
 	int			prompt_tokens;
 	int			completion_tokens;
 	int64_t		stop_checks;	/* stop string comparisons so far (bounded per token) */
+	int64_t		submit_step;	/* engine steps run before the request was queued */
+	int64_t		admit_step;		/* engine steps run before it took its place in the batch
+								 * (it joined step admit_step + 1); -1 while it waits */
 	const char *error;			/* message when finish_reason = ERROR */
 	/* with logprobs: one entry per generated token, and which tokens make the returned text */
 	const gptoss_token_logprobs *logprobs;	/* [n_tokens], or NULL */

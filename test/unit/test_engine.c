@@ -429,6 +429,99 @@ test_step_rates(void)
 		  s.mean_batch_size);
 }
 
+/* Steps of the engine's queue a request spent waiting for its slot, or -1 while it waits. */
+static int64_t
+queue_steps(gptoss_engine *eng, int64_t id)
+{
+	gptoss_result res;
+
+	if (gptoss_engine_result(eng, id, &res) < 0 || res.admit_step < 0)
+		return -1;
+	return res.admit_step - res.submit_step;
+}
+
+/*
+ * Fair admission: free slots go round-robin over owners (fewest slots held
+ * first), within an owner over its sessions; max_seqs_per_owner keeps a slot
+ * for another owner, which is then admitted at the next step while the first
+ * owner's long requests run; without the cap it waits for one of them.
+ */
+static void
+test_fake_fairness(void)
+{
+	fake_backend f;
+	gptoss_engine *eng = fake_engine(&f, FAKE_SLOTS, FAKE_CTX, 256, 512);
+	int32_t    *prompt = make_prompt(12, 21);
+	gptoss_gen_params p = raw_params(6);
+	gptoss_error err = {0};
+	int64_t		a[8],
+				b[2],
+				late;
+	gptoss_engine_stats st;
+
+	/* owner 1: six requests of session 10, then two of session 11; owner 2: two of session 20 */
+	for (int i = 0; i < 8; i++)
+	{
+		a[i] = gptoss_engine_submit(eng, prompt, 12, &p, &err);
+		CHECK(gptoss_engine_set_owner(eng, a[i], 1, i < 6 ? 10 : 11) == 0, "set_owner a%d", i);
+	}
+	for (int i = 0; i < 2; i++)
+	{
+		b[i] = gptoss_engine_submit(eng, prompt, 12, &p, &err);
+		CHECK(gptoss_engine_set_owner(eng, b[i], 2, 20) == 0, "set_owner b%d", i);
+	}
+	CHECK(gptoss_engine_step(eng, &err) >= 0, "step: %s", err.msg);
+	/* a0 (first come), b0 (owner 2 holds none), a6 (session 11 holds none), b1 */
+	CHECK(queue_steps(eng, a[0]) == 0 && queue_steps(eng, b[0]) == 0 &&
+		  queue_steps(eng, a[6]) == 0 && queue_steps(eng, b[1]) == 0,
+		  "admitted first: a0 %lld b0 %lld a6 %lld b1 %lld", (long long) queue_steps(eng, a[0]),
+		  (long long) queue_steps(eng, b[0]), (long long) queue_steps(eng, a[6]),
+		  (long long) queue_steps(eng, b[1]));
+	CHECK(queue_steps(eng, a[1]) == -1 && queue_steps(eng, a[7]) == -1, "the rest waits");
+	CHECK(gptoss_engine_set_owner(eng, a[0], 3, 3) == -1, "an admitted request keeps its keys");
+	run_to_end(eng);
+	CHECK(f.violations == 0, "violations");
+	for (int i = 0; i < 8; i++)
+		gptoss_engine_release(eng, a[i]);
+	for (int i = 0; i < 2; i++)
+		gptoss_engine_release(eng, b[i]);
+
+	/* one owner's long requests fill the batch; another owner's short one comes later */
+	for (int cap = 0; cap <= FAKE_SLOTS - 1; cap += FAKE_SLOTS - 1)
+	{
+		gptoss_gen_params lp = raw_params(40);
+		int64_t		hog[8];
+
+		gptoss_engine_set_max_seqs_per_owner(eng, cap);
+		for (int i = 0; i < 8; i++)
+		{
+			hog[i] = gptoss_engine_submit(eng, prompt, 12, &lp, &err);
+			gptoss_engine_set_owner(eng, hog[i], 1, 10 + (uint64_t) i % 2);
+		}
+		for (int s = 0; s < 3; s++)
+			gptoss_engine_step(eng, &err);
+		gptoss_engine_get_stats(eng, &st);
+		CHECK(st.active == (cap ? cap : FAKE_SLOTS), "cap %d: %d running", cap, st.active);
+		late = gptoss_engine_submit(eng, prompt, 12, &p, &err);
+		gptoss_engine_set_owner(eng, late, 2, 20);
+		gptoss_engine_step(eng, &err);
+		if (cap)
+			CHECK(queue_steps(eng, late) == 0, "with the cap the late owner joins the next step (%lld)",
+				  (long long) queue_steps(eng, late));
+		else
+			CHECK(queue_steps(eng, late) == -1, "without it, it waits for a slot");
+		run_to_end(eng);
+		if (!cap)
+			CHECK(queue_steps(eng, late) >= 30, "waited %lld steps", (long long) queue_steps(eng, late));
+		for (int i = 0; i < 8; i++)
+			gptoss_engine_release(eng, hog[i]);
+		gptoss_engine_release(eng, late);
+	}
+	CHECK(f.violations == 0, "violations");
+	free(prompt);
+	gptoss_engine_free(eng);
+}
+
 /* Unseeded sampling differs between requests; the same seed repeats. */
 static void
 test_fake_seeds(void)
@@ -1153,6 +1246,7 @@ main(void)
 	test_step_rates();
 	test_fake_batching();
 	test_fake_seeds();
+	test_fake_fairness();
 	test_fake_cancel();
 	test_fake_limits();
 	test_fake_params();
