@@ -19,6 +19,8 @@
 #          (test_prefix_logprobs), then on the 20b synth checkpoint
 #          bench_prefix_cache: 1,000 rows sharing a 500-token instruction with
 #          50-token texts, cache off then on (generate 16 tokens; classify).
+#          PREFIX_ROWS changes the row count; GPTOSS_SKIP_TINY=1 skips the tiny
+#          checks in this mode and in json (test/gpu/session.sh ran them).
 # serve:   build, 20b synth, the serving-shaped runs of `gptoss bench
 #          --requests` (issue 13 cases a-d), engine decode at 256-1024
 #          sequences and the per-kernel profile of batch-256 decode.
@@ -35,6 +37,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/gptoss-gpu-out}
 mode=${1:-quick}
+prefix_rows=${PREFIX_ROWS:-1000}
 models=/tmp/gptoss-models
 bin=build/gpu
 mkdir -p "$OUT" "$models" "$bin"
@@ -179,7 +182,8 @@ structured_output() {
 
 case "$mode" in
 	json)
-		tests_tiny; synth_20b; structured_output ;;
+		[ -n "${GPTOSS_SKIP_TINY:-}" ] || tests_tiny
+		synth_20b; structured_output ;;
 	quick)
 		tests_tiny; tests_quick_rest ;;
 	full)
@@ -202,10 +206,11 @@ case "$mode" in
 		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 1 --prompt-len 2048 --gen 2"
 		echo "$cmd"; timeout 120 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench prefill 2048" ;;
 	prefix)
-		tests_tiny; synth_20b
+		[ -n "${GPTOSS_SKIP_TINY:-}" ] || tests_tiny
+		synth_20b
 		for args in "--gen 16" "--classify"; do
-			section "bench_prefix_cache: 20b, 1000 rows, 500-token instruction, 50-token rows, $args"
-			cmd="bin/bench_prefix_cache --model $models/20b --device cuda --rows 1000 --instruction-tokens 500 --row-tokens 50 --batch 64 --context 2048 $args"
+			section "bench_prefix_cache: 20b, $prefix_rows rows, 500-token instruction, 50-token rows, $args"
+			cmd="bin/bench_prefix_cache --model $models/20b --device cuda --rows $prefix_rows --instruction-tokens 500 --row-tokens 50 --batch 64 --context 2048 $args"
 			echo "$cmd"; timeout 280 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench_prefix_cache $args"
 		done ;;
 	serve)

@@ -9,7 +9,8 @@
  *   equal, and the cache is hit;
  * - CUDA logprobs vs CPU: for the tokens CUDA generated, its logprob and
  *   top-5 equal the CPU backend's log-softmax of the same sequence (within
- *   the bf16 KV cache's tolerance), top-1 equals a greedy token;
+ *   the bf16 KV cache's tolerance; where the ids differ, the CPU gives CUDA's
+ *   id the same log-probability to that tolerance), top-1 equals a greedy token;
  * - CUDA label scores vs CPU label scores within the same tolerance, same pick.
  */
 #include "engine.h"
@@ -278,15 +279,25 @@ main(int argc, char **argv)
 				const float *row = lg + (size_t) (n_prompt - 1 + k) * V;
 				gptoss_token_logprobs want;
 				const gptoss_token_logprobs *got = &res.logprobs[k];
+				double		lse;
 
 				gptoss_logprobs_row(row, V, res.tokens[k], 5, &want);
+				lse = (double) row[res.tokens[k]] - want.logprob;
 				if (fabs(got->logprob - want.logprob) > worst)
 					worst = fabs(got->logprob - want.logprob);
 				for (int j = 0; j < 5; j++)
 				{
+					/* another id ranks j-th only if the CPU gives it the j-th value, to the tolerance */
+					int			gid = got->top_ids[j];
+					double		cpu_lp = gid >= 0 && gid < V ? (double) row[gid] - lse : INFINITY;
+
 					if (fabs(got->top_logprobs[j] - want.top_logprobs[j]) > worst)
 						worst = fabs(got->top_logprobs[j] - want.top_logprobs[j]);
-					top_ok += got->top_ids[j] == want.top_ids[j];
+					if (got->top_ids[j] != want.top_ids[j])
+						printf("      token %d rank %d: cuda id %d (cpu logprob %.4f), cpu id %d (%.4f)\n",
+							   k, j, gid, cpu_lp, want.top_ids[j], want.top_logprobs[j]);
+					top_ok += got->top_ids[j] == want.top_ids[j] ||
+						fabs(cpu_lp - want.top_logprobs[j]) <= 5e-2;
 					top_n++;
 				}
 				if (got->top_ids[0] != res.tokens[k] || got->top_logprobs[0] != got->logprob)
@@ -296,7 +307,7 @@ main(int argc, char **argv)
 			free(lg);
 		}
 		check(worst <= 5e-2, "cuda vs cpu logprobs (16 tokens, top-5): max abs difference", worst, 5e-2);
-		check(top_ok >= top_n - 2, "cuda vs cpu top-5 ids equal (up to 2 near-tie swaps); top-1 = greedy",
+		check(top_ok == top_n, "cuda vs cpu top-5 ids equal or tied within 5e-2 on the cpu; top-1 = greedy",
 			  top_ok, top_n);
 		gptoss_engine_release(gpu, id);
 		free(prompt);
