@@ -77,6 +77,7 @@ SELECT try_sql($$SELECT gptoss_generate(repeat(' hello', 505), '{"max_tokens": 1
 
 -- GUC defaults are validated too.
 SELECT try_sql('SET gptoss.top_p = 0');
+SELECT try_sql('SET gptoss.top_p = 1e-50');
 SELECT try_sql('SET gptoss.temperature = -1');
 SELECT try_sql('SET gptoss.max_tokens = 0');
 SELECT try_sql('SET gptoss.reasoning_effort = extreme');

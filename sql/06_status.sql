@@ -16,6 +16,7 @@ SELECT s->>'state' AS state,
        s->'weights'->'formats'->>'experts' AS experts_format,
        (s->'kv_cache'->>'capacity_tokens')::bigint > 0 AS kv_capacity,
        s->'limits'->>'max_context' AS max_context,
+       s->'limits'->>'max_context_setting' AS max_context_setting,
        s->'tokenizer'->>'vocab_size' AS tokenizer_vocab,
        s->'versions' ? 'gptoss' AS gptoss_version,
        s->'versions' ? 'postgresql' AS pg_version

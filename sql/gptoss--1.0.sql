@@ -3,6 +3,21 @@
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION gptoss" to load this file. \quit
 
+-- The model reads and writes UTF-8; in a database of another encoding an
+-- answer could hold characters the database cannot store (or, in SQL_ASCII,
+-- bytes nobody can interpret), so such a database is refused up front.
+DO $$
+BEGIN
+    IF pg_catalog.getdatabaseencoding() <> 'UTF8' THEN
+        RAISE EXCEPTION 'gptoss requires a database whose encoding is UTF8, not %',
+            pg_catalog.getdatabaseencoding()
+            USING ERRCODE = 'feature_not_supported',
+                  DETAIL = 'The model reads and writes UTF-8 text; answers in a database of another encoding could not always be stored.',
+                  HINT = 'Create the database with ENCODING ''UTF8'' (from TEMPLATE template0 when template1 has another encoding).';
+    END IF;
+END
+$$;
+
 -- Generation runs in the background worker; a call costs milliseconds to
 -- seconds, hence the high COST.  gptoss_generate, gptoss_chat and
 -- gptoss_generate_json are PARALLEL RESTRICTED: their per-row calls are
@@ -110,7 +125,8 @@ CREATE FUNCTION gptoss_stats(
     OUT gpu_memory_used bigint,
     OUT uptime interval,
     OUT max_step_ms_1min double precision,
-    OUT prefix_cache_hit_tokens bigint)
+    OUT prefix_cache_hit_tokens bigint,
+    OUT mean_batch_size_1min double precision)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'gptoss_stats'
 LANGUAGE C STRICT VOLATILE PARALLEL SAFE ROWS 1;
@@ -119,7 +135,7 @@ CREATE VIEW gptoss_stats AS
     SELECT * FROM gptoss_stats();
 
 COMMENT ON VIEW gptoss_stats IS
-'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates, mean batch size over steps, KV cache, memory, uptime, longest worker loop iteration (admit, step, deliver) of the last minute in ms';
+'per worker: requests (total, active = sequences in flight, queued, failed, cancelled), tokens, recent rates (tokens per second of the steps that did that work, last 10 s), mean batch size over steps (since start, and of the last minute), KV cache, memory, uptime, longest worker loop iteration (admit, step, deliver) of the last minute in ms';
 
 -- Monitoring is for pg_monitor; generation is for everyone.
 REVOKE ALL ON FUNCTION gptoss_status() FROM PUBLIC;

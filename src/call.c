@@ -33,11 +33,13 @@
 #undef ENABLE_GSS
 #endif
 #endif
+#include "catalog/pg_authid.h"
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
+#include "utils/acl.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -95,12 +97,29 @@ wait_latch(long timeout_ms)
 	CHECK_FOR_INTERRUPTS();
 }
 
-/* Raises 55000 with worker w's reason for not serving. */
+/*
+ * Whether the current user may read why the model or tokenizer failed to
+ * load: those reasons name the model directory, which only the readers of
+ * gptoss_status() (pg_monitor, as gptoss.model_path is superuser-only) see.
+ */
+bool
+gptoss_may_see_load_errors(void)
+{
+	return has_privs_of_role(GetUserId(), ROLE_PG_MONITOR);
+}
+
+/* Raises 55000 with worker w's reason for not serving (to pg_monitor members). */
 void
 gptoss_raise_worker_failed(int w)
 {
 	GptossWorkerShared snap;
 
+	if (!gptoss_may_see_load_errors())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("gptoss model is not available"),
+				 errdetail("The model failed to load; the reason is in gptoss_status(), for members of pg_monitor, and in the server log."),
+				 errcontext("gptoss worker %d", w)));
 	gptoss_worker_snapshot(w, &snap);
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

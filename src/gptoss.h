@@ -164,6 +164,7 @@ typedef struct GptossWorkerStats
 	int			queued;			/* accepted, waiting for a place in the batch */
 	double		prefill_tok_s;
 	double		decode_tok_s;
+	double		mean_batch_size_1min;	/* sequences per step over the last minute */
 	double		max_step_ms_1min;	/* longest loop iteration (admit, step, deliver) in the last minute */
 	int64		prefix_cache_hit_tokens;	/* prompt tokens taken from the prefix cache */
 } GptossWorkerStats;
@@ -285,7 +286,10 @@ extern void gptoss_call_wait(void);
 /* Closes the call: frees the request slot (the worker drops an unfinished request). */
 extern void gptoss_call_end(GptossCall *call);
 
-/* Raises 55000 with worker w's reason for not serving (its load error). */
+/* Whether the current user may read load errors, which name the model directory (pg_monitor). */
+extern bool gptoss_may_see_load_errors(void);
+
+/* Raises 55000 with worker w's reason for not serving (its load error, to pg_monitor members). */
 extern void gptoss_raise_worker_failed(int w);
 
 /*

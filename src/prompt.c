@@ -91,7 +91,7 @@ gptoss_inherited_tokenizer(void)
 	return session_tokenizer;
 }
 
-/* Raises 55000: the workers' reason when they all failed, else the tokenizer's. */
+/* Raises 55000: the workers' reason when they all failed, else the tokenizer's (to pg_monitor members). */
 static void
 raise_no_tokenizer(const gptoss_error *err)
 {
@@ -100,11 +100,22 @@ raise_no_tokenizer(const gptoss_error *err)
 		GptossWorkerShared snap;
 
 		gptoss_worker_snapshot(w, &snap);
-		if (snap.state != GPTOSS_WORKER_FAILED)
+		if (snap.state == GPTOSS_WORKER_FAILED)
+			continue;
+		if (!gptoss_may_see_load_errors())
+		{
+			/* the reason names the model directory: the log has it, the client not */
+			ereport(LOG_SERVER_ONLY,
+					(errmsg("gptoss tokenizer is not available: %s", err->msg)));
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("gptoss tokenizer is not available: %s", err->msg),
-					 errhint("Check gptoss.model_path and its tokenizer.json.")));
+					 errmsg("gptoss tokenizer is not available"),
+					 errdetail("The tokenizer failed to load; the reason is in the server log, and shown to members of pg_monitor.")));
+		}
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("gptoss tokenizer is not available: %s", err->msg),
+				 errhint("Check gptoss.model_path and its tokenizer.json.")));
 	}
 	gptoss_raise_worker_failed(0);
 }

@@ -106,9 +106,10 @@ append_worker_json(StringInfo buf, const GptossWorkerShared *w, int index)
 	appendStringInfo(buf, ", \"kv_cache\": {\"capacity_tokens\": " INT64_FORMAT
 					 ", \"used_tokens\": " INT64_FORMAT ", \"bytes\": " INT64_FORMAT "}",
 					 m->kv_cache_tokens, m->kv_cache_used_tokens, m->kv_cache_bytes);
+	/* max_context is what the worker uses: the setting, clamped to the model's positions */
 	appendStringInfo(buf, ", \"limits\": {\"max_batch_size\": %d, \"max_context\": %d, "
-					 "\"max_requests\": %d}",
-					 m->max_batch_size, m->max_context, gptoss_shared->nslots);
+					 "\"max_context_setting\": %d, \"max_requests\": %d}",
+					 m->max_batch_size, m->max_context, gptoss_max_context, gptoss_shared->nslots);
 	appendStringInfo(buf, ", \"tokenizer\": {\"vocab_size\": %d}", m->vocab_size);
 	appendStringInfo(buf, ", \"load_seconds\": %.3f", m->load_seconds);
 }
@@ -148,7 +149,7 @@ gptoss_status(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
 }
 
-#define STATS_COLS 21
+#define STATS_COLS 22
 
 /* gptoss_stats() returns setof record: one row per worker (the gptoss_stats view) */
 Datum
@@ -219,6 +220,7 @@ gptoss_stats(PG_FUNCTION_ARGS)
 			nulls[c++] = true;
 		values[c++] = Float8GetDatum(w.stats.max_step_ms_1min);
 		values[c++] = Int64GetDatum(w.stats.prefix_cache_hit_tokens);
+		values[c++] = Float8GetDatum(w.stats.mean_batch_size_1min);
 		Assert(c == STATS_COLS);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -656,6 +656,7 @@ publish_stats(bool force_info)
 	me->stats.queued = es.queued;
 	me->stats.prefill_tok_s = es.prefill_tok_s;
 	me->stats.decode_tok_s = es.decode_tok_s;
+	me->stats.mean_batch_size_1min = es.mean_batch_size_1min;
 	me->stats.max_step_ms_1min = max_loop_ms();
 	me->stats.prefix_cache_hit_tokens = es.prefix_cache_hit_tokens;
 	if (refresh)
@@ -899,6 +900,7 @@ register_self(void)
 	me->stats.queued = 0;
 	me->stats.prefill_tok_s = 0;
 	me->stats.decode_tok_s = 0;
+	me->stats.mean_batch_size_1min = 0;
 	me->stats.max_step_ms_1min = 0;
 	SpinLockRelease(&me->mutex);
 
@@ -993,6 +995,12 @@ gptoss_worker_main(Datum main_arg)
 						snap.info.load_seconds, (long long) snap.info.n_params,
 						snap.info.max_context, snap.info.max_batch_size,
 						(long long) snap.info.kv_cache_tokens)));
+		if (snap.info.max_context != gptoss_max_context)
+			ereport(LOG,
+					(errmsg("gptoss worker %d: effective max_context is %d tokens, not gptoss.max_context = %d",
+							worker_index, snap.info.max_context, gptoss_max_context),
+					 errdetail("The model has %d positions (max_position_embeddings).",
+							   snap.info.max_position_embeddings)));
 	}
 	apply_role_cap();
 	SpinLockAcquire(&me->mutex);

@@ -58,6 +58,7 @@
 #include "constraint.h"
 #include "harmony.h"
 #include "json_schema.h"
+#include "step_rates.h"
 #include "task_pool.h"
 
 #include <fcntl.h>
@@ -72,8 +73,9 @@
 #define DEFAULT_MAX_CONTEXT 4096
 #define DEFAULT_PREFILL_CHUNK 256
 #define DEFAULT_MAX_STEP_TOKENS 2048
-/* Time constant (seconds of stepping) of the recent token rates in the stats. */
-#define RATE_WINDOW_S 10.0
+/* Windows (wall-clock seconds) of the stats' recent token rates and recent mean batch size. */
+#define RATE_WINDOW_S 10
+#define BATCH_WINDOW_S 60
 
 typedef enum request_state
 {
@@ -204,9 +206,7 @@ struct gptoss_engine
 	bool		failed;			/* a backend step failed: the backend is unusable */
 	char		failure[1024];
 	gptoss_engine_stats stats;
-	double		rate_prefill_tokens;	/* decayed token and time sums for the rates */
-	double		rate_decode_tokens;
-	double		rate_time;
+	gptoss_step_rates rates;	/* recent steps' work, for the rates (step_rates.h) */
 };
 
 /* "stop", "length", "cancelled", "error" or "" */
@@ -254,6 +254,7 @@ engine_setup(gptoss_engine *eng, const gptoss_engine_opts *opts, gptoss_error *e
 
 	eng->max_seqs = eng->backend->opts.max_seqs;
 	eng->max_context = eng->backend->opts.max_context;
+	gptoss_step_rates_init(&eng->rates);
 	if (eng->max_seqs < 1 || eng->max_context < 2)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "backend has %d slots of %d tokens; need at least 1 slot of 2 tokens",
@@ -1952,17 +1953,6 @@ publish_prompt(gptoss_engine *eng, request *r)
 	gptoss_kv_pages_publish(eng->backend->kv_pages, r->slot, r->prompt, end);
 }
 
-/* Folds one step into the decayed rate sums. */
-static void
-update_rates(gptoss_engine *eng, double seconds, int prefill_tokens, int decode_tokens)
-{
-	double		keep = exp(-seconds / RATE_WINDOW_S);
-
-	eng->rate_prefill_tokens = eng->rate_prefill_tokens * keep + prefill_tokens;
-	eng->rate_decode_tokens = eng->rate_decode_tokens * keep + decode_tokens;
-	eng->rate_time = eng->rate_time * keep + seconds;
-}
-
 /* Asks one entry's constraint what it may pick (a pool task; entries are independent). */
 static void
 constrain_entry(void *ctx, int item, int worker)
@@ -2047,7 +2037,8 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 				n_prefill,
 				n_decode;
 	int			vocab = eng->model->config.vocab_size;
-	double		t0;
+	double		t0,
+				t1;
 
 	if (eng->failed)
 		return gptoss_errorf(err, "engine stopped after a backend failure: %s", eng->failure);
@@ -2071,7 +2062,8 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 		fail_all(eng, err ? err->msg : "backend step failed");
 		return -1;
 	}
-	update_rates(eng, gptoss_now() - t0, n_prefill, n_decode);
+	t1 = gptoss_now();
+	gptoss_step_rates_add(&eng->rates, t1, t1 - t0, n_prefill, n_decode, n);
 	eng->stats.steps++;
 	eng->stats.step_sequences += n;
 	eng->stats.prefill_tokens += n_prefill;
@@ -2131,9 +2123,15 @@ gptoss_engine_step(gptoss_engine *eng, gptoss_error *err)
 void
 gptoss_engine_get_stats(const gptoss_engine *eng, gptoss_engine_stats *st)
 {
+	double		now = gptoss_now();
+	gptoss_rate_summary recent;
+
 	*st = eng->stats;
-	st->prefill_tok_s = eng->rate_time > 0 ? eng->rate_prefill_tokens / eng->rate_time : 0.0;
-	st->decode_tok_s = eng->rate_time > 0 ? eng->rate_decode_tokens / eng->rate_time : 0.0;
+	gptoss_step_rates_read(&eng->rates, now, RATE_WINDOW_S, &recent);
+	st->prefill_tok_s = recent.prefill_tok_s;
+	st->decode_tok_s = recent.decode_tok_s;
+	gptoss_step_rates_read(&eng->rates, now, BATCH_WINDOW_S, &recent);
+	st->mean_batch_size_1min = recent.mean_batch_size;
 	st->active = 0;
 	st->queued = 0;
 	for (int i = 0; i < eng->n_reqs; i++)

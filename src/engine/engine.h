@@ -246,8 +246,9 @@ typedef struct gptoss_engine_stats
 	int64_t		step_sequences;	/* sum over steps of sequences in the step */
 	int64_t		prefill_tokens; /* prompt tokens computed (not taken from the prefix cache) */
 	int64_t		prefix_cache_hit_tokens;	/* prompt tokens taken from the prefix cache */
-	double		prefill_tok_s;	/* recent rate */
-	double		decode_tok_s;	/* recent rate */
+	double		prefill_tok_s;	/* prefill tokens per second of steps that prefilled, last 10 s */
+	double		decode_tok_s;	/* decode tokens per second of steps that decoded, last 10 s */
+	double		mean_batch_size_1min;	/* sequences per step over the last 60 s */
 	int			active;			/* sequences in the batch */
 	int			queued;			/* waiting for a slot */
 	int64_t		masks;			/* token masks computed for constrained requests */

@@ -32,6 +32,9 @@ $node->pgbench(
 
 my $s = stats($node);
 cmp_ok($s->{mean_batch_size}, '>', 8, "mean batch size $s->{mean_batch_size} well above 1");
+# the run took well under a minute: the last minute's mean is the same batching
+cmp_ok($s->{mean_batch_size_1min}, '>', 8, "mean batch size of the last minute $s->{mean_batch_size_1min} too");
+cmp_ok($s->{decode_tok_s}, '>', 0, "decode rate $s->{decode_tok_s} tok/s over the decode steps");
 is($s->{requests_failed}, 0, 'no request failed');
 is($s->{requests_active}, 0, 'batch empty afterwards');
 is($node->safe_psql('postgres', 'SELECT count(*), count(DISTINCT client) FROM answers WHERE answer IS NOT NULL'),

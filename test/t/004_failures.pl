@@ -39,6 +39,27 @@ cmp_ok($secs, '<', 2, 'generate fails at once');
 like($err, qr/ERROR:  55000:/, 'tokenize: SQLSTATE 55000');
 ($err) = fails($node, q{SELECT gptoss_chat('[{"role": "user", "content": "hi"}]')});
 like($err, qr/gptoss model is not available/, 'chat: 55000');
+# The reason names the model directory: a role outside pg_monitor gets the
+# error without it (generation and the session's tokenizer alike), a
+# pg_monitor member and the superuser get it whole.
+$node->safe_psql('postgres', 'CREATE ROLE plain; CREATE ROLE monitor IN ROLE pg_monitor');
+for my $sql ("SELECT gptoss_generate('hi')", "SELECT gptoss_tokenize('hi')",
+	q{SELECT gptoss_chat('[{"role": "user", "content": "hi"}]')})
+{
+	($err) = fails($node, "SET ROLE plain;\n\\set VERBOSITY verbose\n$sql");
+	like($err, qr/ERROR:  55000: gptoss model is not available\n/, "plain role: 55000 ($sql)");
+	like($err, qr/DETAIL:  .*gptoss_status\(\), for members of pg_monitor/, "plain role: where the reason is ($sql)");
+	unlike($err, qr/no_such_model|\Q$missing\E|could not load/, "plain role: no model directory ($sql)");
+	($err) = fails($node, "SET ROLE monitor;\n$sql");
+	like($err, qr/ERROR:  gptoss model is not available: could not load model from "\Q$missing\E"/,
+		"pg_monitor member: the reason ($sql)");
+}
+($err) = fails($node, "SET ROLE plain;\n\\set VERBOSITY verbose\nSELECT gptoss_status()");
+like($err, qr/ERROR:  42501:/, 'plain role: gptoss_status() is refused');
+like($node->safe_psql('postgres', "SET ROLE monitor; SELECT gptoss_status()->>'error'"),
+	qr/could not load model from "\Q$missing\E"/, 'pg_monitor member: gptoss_status() has the reason');
+like(PostgreSQL::Test::Utils::slurp_file($node->logfile),
+	qr/could not load model from "\Q$missing\E"/, 'the server log has the reason');
 is($node->safe_psql('postgres', 'SELECT state, pid > 0 FROM gptoss_stats'), 'failed|t',
 	'failed worker stays up (no crash loop)');
 my $pid = stats($node)->{pid};
@@ -85,9 +106,17 @@ is($node->safe_psql('postgres', "SELECT count(*) FROM pg_stat_activity WHERE bac
 	0, 'no worker without preloading');
 $node->stop;
 
-# 5. A full queue: one request slot, held by a long generation.
+# 5. A full queue: one request slot, held by a long generation.  Its
+# gptoss.max_context of 8192 is past the tiny model's 4096 positions: the
+# worker uses 4096, logs it, and gptoss_status() shows both.
 $node = gptoss_node('queue_full',
-	conf => { 'gptoss.max_requests' => 1, 'gptoss.max_context' => 4096 });
+	conf => { 'gptoss.max_requests' => 1, 'gptoss.max_context' => 8192 });
+is($node->safe_psql('postgres',
+	"SELECT s->'limits'->>'max_context', s->'limits'->>'max_context_setting', current_setting('gptoss.max_context') FROM gptoss_status() s"),
+	'4096|8192|8192', 'gptoss_status(): effective max_context next to the setting');
+like(slurp_file($node->logfile),
+	qr/LOG:  gptoss worker 0: effective max_context is 4096 tokens, not gptoss.max_context = 8192/,
+	'the effective max_context is logged at load');
 my $long = start_async($node, 'holder',
 	q{SELECT gptoss_generate('Tell me a long story', '{"raw": true, "max_tokens": 100000, "ignore_eos": true}')});
 ok(defined poll_until(30, sub { stats($node)->{requests_active} == 1 }), 'the only slot is busy');

@@ -64,7 +64,8 @@ sub stats
 {
 	my ($node) = @_;
 	my @cols = qw(pid state requests_total requests_active requests_queued
-	  requests_failed requests_cancelled completion_tokens mean_batch_size);
+	  requests_failed requests_cancelled completion_tokens mean_batch_size
+	  mean_batch_size_1min decode_tok_s);
 	my $row = $node->safe_psql('postgres',
 		'SELECT ' . join(', ', @cols) . ' FROM gptoss_stats WHERE worker = 0');
 	my %h;

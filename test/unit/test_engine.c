@@ -16,9 +16,11 @@
  */
 #include "engine.h"
 #include "harmony.h"
+#include "step_rates.h"
 #include "synth.h"
 #include "testutil.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -355,8 +357,76 @@ test_fake_batching(void)
 			  (long long) st.requests_finished, (long long) st.steps, f.steps);
 		CHECK(st.prompt_tokens == 600 + 10 + 300 + 5 + 1000 + 257, "prompt tokens %lld",
 			  (long long) st.prompt_tokens);
+		/* every step ran within the last minute (a fake backend is fast) */
+		CHECK(fabs(st.mean_batch_size_1min - (double) st.step_sequences / (double) st.steps) < 1e-9,
+			  "mean_batch_size_1min %.3f is the mean since start %.3f", st.mean_batch_size_1min,
+			  (double) st.step_sequences / (double) st.steps);
 	}
 	gptoss_engine_free(eng);
+}
+
+/* Returns whether a and b agree to 1e-9. */
+static int
+near(double a, double b)
+{
+	return fabs(a - b) < 1e-9;
+}
+
+/*
+ * Recent rates are over the steps that did the work, in a window of
+ * wall-clock seconds: decode-only time leaves prefill at 0 (not old prefill
+ * tokens over decode time), idle time counts for nothing, and the ring
+ * forgets what is older than its minute.
+ */
+static void
+test_step_rates(void)
+{
+	gptoss_step_rates r;
+	gptoss_rate_summary s;
+
+	gptoss_step_rates_init(&r);
+	gptoss_step_rates_read(&r, 100.0, 10, &s);
+	CHECK(s.prefill_tok_s == 0 && s.decode_tok_s == 0 && s.mean_batch_size == 0, "empty ring");
+
+	/* second 100: one prefill step of 1000 tokens in 0.5 s */
+	gptoss_step_rates_add(&r, 100.5, 0.5, 1000, 0, 1);
+	/* second 101: twenty decode steps of 4 sequences, 0.05 s each */
+	for (int i = 0; i < 20; i++)
+		gptoss_step_rates_add(&r, 101.0 + 0.05 * i, 0.05, 0, 4, 4);
+	gptoss_step_rates_read(&r, 101.99, 10, &s);
+	CHECK(near(s.prefill_tok_s, 2000.0), "prefill over prefill time: %.3f", s.prefill_tok_s);
+	CHECK(near(s.decode_tok_s, 80.0), "decode over decode time: %.3f", s.decode_tok_s);
+	CHECK(near(s.mean_batch_size, 81.0 / 21.0), "mean batch %.3f", s.mean_batch_size);
+
+	/* seconds 105 to 109: decode only; the prefill of second 100 leaves the 10 s window at 110 */
+	for (int i = 0; i < 50; i++)
+		gptoss_step_rates_add(&r, 105.0 + 0.1 * i, 0.1, 0, 8, 8);
+	gptoss_step_rates_read(&r, 109.99, 10, &s);
+	CHECK(near(s.prefill_tok_s, 2000.0), "prefill still in the window: %.3f", s.prefill_tok_s);
+	gptoss_step_rates_read(&r, 110.0, 10, &s);
+	CHECK(s.prefill_tok_s == 0, "no prefill in the last 10 s reads 0, not %.3f", s.prefill_tok_s);
+	CHECK(near(s.decode_tok_s, (80.0 + 400.0) / (1.0 + 5.0)), "decode rate of seconds 101 to 110: %.3f",
+		  s.decode_tok_s);
+
+	/* a step that did both counts its time for both */
+	gptoss_step_rates_add(&r, 110.5, 0.25, 100, 4, 5);
+	gptoss_step_rates_read(&r, 110.9, 1, &s);
+	CHECK(near(s.prefill_tok_s, 400.0) && near(s.decode_tok_s, 16.0) && near(s.mean_batch_size, 5.0),
+		  "mixed step: prefill %.3f decode %.3f batch %.3f", s.prefill_tok_s, s.decode_tok_s,
+		  s.mean_batch_size);
+
+	/* idle time does not dilute: the minute's batch size counts steps, not seconds */
+	gptoss_step_rates_read(&r, 150.0, 60, &s);
+	CHECK(near(s.mean_batch_size, (1.0 + 80.0 + 400.0 + 5.0) / (1 + 20 + 50 + 1)),
+		  "mean batch of the minute %.3f", s.mean_batch_size);
+	CHECK(near(s.prefill_tok_s, 1100.0 / 0.75), "prefill of the minute %.3f", s.prefill_tok_s);
+
+	/* a minute later the ring has forgotten it all; second 160 reuses second 100's bucket */
+	gptoss_step_rates_add(&r, 160.5, 0.5, 10, 0, 2);
+	gptoss_step_rates_read(&r, 171.0, 60, &s);
+	CHECK(near(s.prefill_tok_s, 20.0) && near(s.mean_batch_size, 2.0),
+		  "after a minute only second 160 counts: prefill %.3f batch %.3f", s.prefill_tok_s,
+		  s.mean_batch_size);
 }
 
 /* Steps of the engine's queue a request spent waiting for its slot, or -1 while it waits. */
@@ -1173,6 +1243,7 @@ main(void)
 	if (tok == NULL)
 		return 1;
 	g_tok = tok;
+	test_step_rates();
 	test_fake_batching();
 	test_fake_seeds();
 	test_fake_fairness();
