@@ -71,15 +71,16 @@ launch_chained(void (*kernel) (Params...), dim3 grid, dim3 block, size_t smem,
 }
 
 /* Sum over the 32 lanes of a warp (every lane gets the total, fixed order). */
-static __device__ __forceinline__ float
-warp_sum(float v)
+template <typename T>
+static __device__ __forceinline__ T
+warp_sum(T v)
 {
 	for (int o = 16; o > 0; o >>= 1)
 		v += __shfl_xor_sync(0xffffffffu, v, o);
 	return v;
 }
 
-/* Maximum over the 32 lanes of a warp. */
+/* Maximum over the 32 lanes of a warp (NaN ignored, as fmaxf does). */
 static __device__ __forceinline__ float
 warp_max(float v)
 {
@@ -90,11 +91,12 @@ warp_max(float v)
 
 /*
  * Sum over a whole block of blockDim.x threads (a multiple of 32, at most
- * 1024); every thread gets the total.  scratch holds 32 floats.  The order
+ * 1024); every thread gets the total.  scratch holds 32 values.  The order
  * of additions depends only on blockDim, never on the data or the batch.
  */
-static __device__ __forceinline__ float
-block_sum(float v, float *scratch)
+template <typename T>
+static __device__ __forceinline__ T
+block_sum(T v, T *scratch)
 {
 	int			lane = threadIdx.x & 31;
 	int			warp = threadIdx.x >> 5;
@@ -105,8 +107,74 @@ block_sum(float v, float *scratch)
 	if (lane == 0)
 		scratch[warp] = v;
 	__syncthreads();
-	v = lane < n_warps ? scratch[lane] : 0.0f;
+	v = lane < n_warps ? scratch[lane] : (T) 0;
 	return warp_sum(v);
+}
+
+/* Maximum over a whole block (as block_sum; NaN ignored). */
+static __device__ __forceinline__ float
+block_max(float v, float *scratch)
+{
+	int			lane = threadIdx.x & 31;
+	int			warp = threadIdx.x >> 5;
+	int			n_warps = blockDim.x >> 5;
+
+	v = warp_max(v);
+	__syncthreads();
+	if (lane == 0)
+		scratch[warp] = v;
+	__syncthreads();
+	v = lane < n_warps ? scratch[lane] : -INFINITY;
+	return warp_max(v);
+}
+
+/* Whether (v, i) ranks before (w, j): larger value first, lower id on ties. */
+static __device__ __forceinline__ bool
+ranks_before(float v, int i, float w, int j)
+{
+	return v > w || (v == w && i < j);
+}
+
+/*
+ * Argmax over the 32 lanes of a warp: the (value, id) that ranks first, in
+ * every lane.  id < 0 marks a lane that holds nothing (its value is
+ * ignored); the result has id < 0 only when no lane held anything.
+ */
+static __device__ __forceinline__ void
+warp_best(float *v, int *id)
+{
+	for (int off = 16; off > 0; off >>= 1)
+	{
+		float		ov = __shfl_xor_sync(0xffffffffu, *v, off);
+		int			oi = __shfl_xor_sync(0xffffffffu, *id, off);
+
+		if (oi >= 0 && (*id < 0 || ranks_before(ov, oi, *v, *id)))
+		{
+			*v = ov;
+			*id = oi;
+		}
+	}
+}
+
+/* Argmax over a whole block (as warp_best); scratch_v and scratch_id hold 32 each. */
+static __device__ __forceinline__ void
+block_best(float *v, int *id, float *scratch_v, int *scratch_id)
+{
+	int			lane = threadIdx.x & 31;
+	int			warp = threadIdx.x >> 5;
+	int			n_warps = blockDim.x >> 5;
+
+	warp_best(v, id);
+	__syncthreads();			/* scratch may still be read by a previous call */
+	if (lane == 0)
+	{
+		scratch_v[warp] = *v;
+		scratch_id[warp] = *id;
+	}
+	__syncthreads();
+	*v = lane < n_warps ? scratch_v[lane] : -INFINITY;
+	*id = lane < n_warps ? scratch_id[lane] : -1;
+	warp_best(v, id);
 }
 
 /* 2^(s - 127) for an E8M0 scale byte (s = 0 is the subnormal 2^-127, 255 gives inf). */
@@ -114,6 +182,17 @@ static __device__ __forceinline__ float
 e8m0_to_f32(uint32_t s)
 {
 	return s ? __uint_as_float(s << 23) : __uint_as_float(0x00400000u);
+}
+
+/*
+ * 1 / sqrt(mean(x^2) + eps) of a row of H values spread over the block, from
+ * each thread's share ss of the sum of squares; every thread gets it.  The
+ * CPU backend's RMSNorm is w * (x * rms_inverse).
+ */
+static __device__ __forceinline__ float
+rms_inverse(float ss, int H, float eps, float *scratch)
+{
+	return 1.0f / sqrtf(block_sum(ss, scratch) / (float) H + eps);
 }
 
 /*
@@ -137,10 +216,8 @@ store_row_and_norm(const float (&v)[ROW_PER_THREAD], float ss, const float *__re
 				   int H, float eps, size_t base, float *__restrict__ x,
 				   __nv_bfloat16 *__restrict__ xb, float *scratch)
 {
-	float		inv;
+	float		inv = rms_inverse(ss, H, eps, scratch);
 
-	ss = block_sum(ss, scratch);
-	inv = 1.0f / sqrtf(ss / (float) H + eps);
 #pragma unroll
 	for (int j = 0; j < ROW_PER_THREAD; j++)
 	{

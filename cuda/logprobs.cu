@@ -12,65 +12,6 @@
 
 #define LOGPROB_THREADS 512
 
-/* Whether (v, i) ranks before (w, j): larger value first, lower id on ties. */
-static __device__ __forceinline__ bool
-ranks_before(float v, int i, float w, int j)
-{
-	return v > w || (v == w && i < j);
-}
-
-/* The best (value, id) of a warp, by ranks_before, in every lane. */
-static __device__ __forceinline__ void
-warp_best(float *v, int *id)
-{
-	for (int off = 16; off > 0; off >>= 1)
-	{
-		float		ov = __shfl_xor_sync(0xffffffffu, *v, off);
-		int			oi = __shfl_xor_sync(0xffffffffu, *id, off);
-
-		if (ranks_before(ov, oi, *v, *id))
-		{
-			*v = ov;
-			*id = oi;
-		}
-	}
-}
-
-/* Maximum over the block; every thread gets it. */
-static __device__ float
-lp_block_max(float v, float *scratch)
-{
-	int			lane = threadIdx.x & 31;
-	int			warp = threadIdx.x >> 5;
-
-	v = warp_max(v);
-	__syncthreads();
-	if (lane == 0)
-		scratch[warp] = v;
-	__syncthreads();
-	v = lane < (int) (blockDim.x >> 5) ? scratch[lane] : -INFINITY;
-	return warp_max(v);
-}
-
-/* Sum over the block in double; every thread gets it. */
-static __device__ double
-lp_block_sum(double v, double *scratch)
-{
-	int			lane = threadIdx.x & 31;
-	int			warp = threadIdx.x >> 5;
-
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	__syncthreads();
-	if (lane == 0)
-		scratch[warp] = v;
-	__syncthreads();
-	v = lane < (int) (blockDim.x >> 5) ? scratch[lane] : 0.0;
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	return v;
-}
-
 /* Log-probabilities of row blockIdx.x of logits into out[rows[blockIdx.x].entry]. */
 __global__ void __launch_bounds__(LOGPROB_THREADS)
 logprobs_kernel(const LogprobRow *__restrict__ rows, const float *__restrict__ logits, int V,
@@ -91,8 +32,6 @@ logprobs_kernel(const LogprobRow *__restrict__ rows, const float *__restrict__ l
 	float		m = -INFINITY;
 	double		sum = 0.0;
 	double		lse;
-	int			lane = threadIdx.x & 31;
-	int			warp = threadIdx.x >> 5;
 
 	if (k > V)
 		k = V;
@@ -117,7 +56,7 @@ logprobs_kernel(const LogprobRow *__restrict__ rows, const float *__restrict__ l
 			top_i[j] = i;
 		}
 	}
-	m = lp_block_max(m, fscratch);
+	m = block_max(m, fscratch);
 	if (isfinite(m))
 	{
 		for (int i = threadIdx.x; i < V; i += blockDim.x)
@@ -127,7 +66,7 @@ logprobs_kernel(const LogprobRow *__restrict__ rows, const float *__restrict__ l
 			if (v == v)
 				sum += exp((double) v - (double) m);
 		}
-		sum = lp_block_sum(sum, dscratch);
+		sum = block_sum(sum, dscratch);
 		lse = (double) m + log(sum);
 	}
 	else
@@ -137,20 +76,10 @@ logprobs_kernel(const LogprobRow *__restrict__ rows, const float *__restrict__ l
 	for (int r = 0; r < k; r++)
 	{
 		float		v = head < n ? top_v[head] : -INFINITY;
-		int			id = head < n ? top_i[head] : INT_MAX;
+		int			id = head < n ? top_i[head] : -1;
 
-		warp_best(&v, &id);
-		__syncthreads();
-		if (lane == 0)
-		{
-			win_v[warp] = v;
-			win_i[warp] = id;
-		}
-		__syncthreads();
-		v = lane < (int) (blockDim.x >> 5) ? win_v[lane] : -INFINITY;
-		id = lane < (int) (blockDim.x >> 5) ? win_i[lane] : INT_MAX;
-		warp_best(&v, &id);
-		if (id == INT_MAX)
+		block_best(&v, &id, win_v, win_i);
+		if (id < 0)
 		{
 			k = r;				/* fewer non-NaN entries than asked */
 			break;

@@ -55,8 +55,7 @@ norm_router_kernel(const int32_t *__restrict__ tok_slot, float *__restrict__ x,
 		v[j] = i < H ? x[base + i] + (proj[base + i] + bias[i]) : 0.0f;
 		ss += v[j] * v[j];
 	}
-	ss = block_sum(ss, scratch);
-	inv = 1.0f / sqrtf(ss / (float) H + eps);
+	inv = rms_inverse(ss, H, eps, scratch);
 #pragma unroll
 	for (int j = 0; j < ROUTER_PER_THREAD; j++)
 	{
@@ -137,17 +136,7 @@ norm_router_kernel(const int32_t *__restrict__ tok_slot, float *__restrict__ x,
 					best_v = logits[e];
 				}
 			}
-			for (int off = 16; off > 0; off >>= 1)
-			{
-				float		ov = __shfl_xor_sync(0xffffffffu, best_v, off);
-				int			oi = __shfl_xor_sync(0xffffffffu, best, off);
-
-				if (oi >= 0 && (best < 0 || ov > best_v || (ov == best_v && oi < best)))
-				{
-					best = oi;
-					best_v = ov;
-				}
-			}
+			warp_best(&best_v, &best);
 			if (lane == 0)
 				sel[k] = best;
 			__syncwarp();

@@ -68,8 +68,6 @@ block_argmax(const float *v, int n, SampleShared &sh)
 {
 	float		best_v = 0.0f;
 	int			best_i = -1;
-	int			lane = threadIdx.x & 31;
-	int			warp = threadIdx.x >> 5;
 
 	/* 16-byte loads, four in flight per thread: the row is 800 KB at V = 201088 */
 	if (n % 4 == 0 && ((uintptr_t) v & 15) == 0)
@@ -104,65 +102,8 @@ block_argmax(const float *v, int n, SampleShared &sh)
 				best_i = i;
 			}
 		}
-	for (int round = 0; round < 2; round++)
-	{
-		for (int off = 16; off > 0; off >>= 1)
-		{
-			float		ov = __shfl_xor_sync(0xffffffffu, best_v, off);
-			int			oi = __shfl_xor_sync(0xffffffffu, best_i, off);
-
-			if (oi >= 0 && (best_i < 0 || ov > best_v || (ov == best_v && oi < best_i)))
-			{
-				best_v = ov;
-				best_i = oi;
-			}
-		}
-		if (round == 1)
-			break;
-		__syncthreads();
-		if (lane == 0)
-		{
-			sh.fred[warp] = best_v;
-			sh.ired[warp] = best_i;
-		}
-		__syncthreads();
-		best_v = lane < (int) (blockDim.x >> 5) ? sh.fred[lane] : 0.0f;
-		best_i = lane < (int) (blockDim.x >> 5) ? sh.ired[lane] : -1;
-	}
+	block_best(&best_v, &best_i, sh.fred, sh.ired);
 	return best_i < 0 ? 0 : best_i;
-}
-
-/* Maximum over the block (NaN ignored). */
-static __device__ float
-block_max(float v, SampleShared &sh)
-{
-	int			lane = threadIdx.x & 31;
-
-	v = warp_max(v);
-	__syncthreads();
-	if (lane == 0)
-		sh.fred[threadIdx.x >> 5] = v;
-	__syncthreads();
-	v = lane < (int) (blockDim.x >> 5) ? sh.fred[lane] : -INFINITY;
-	return warp_max(v);
-}
-
-/* Exact 64-bit sum over the block. */
-static __device__ unsigned long long
-block_sum_u64(unsigned long long v, SampleShared &sh)
-{
-	int			lane = threadIdx.x & 31;
-
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	__syncthreads();
-	if (lane == 0)
-		sh.ured[threadIdx.x >> 5] = v;
-	__syncthreads();
-	v = lane < (int) (blockDim.x >> 5) ? sh.ured[lane] : 0ull;
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	return v;
 }
 
 /*
@@ -354,7 +295,7 @@ sample_kernel(const SampleRow *__restrict__ samp, float *__restrict__ logits, in
 
 		for (int i = threadIdx.x; i < V; i += blockDim.x)
 			max_z = fmaxf(max_z, row[i] / temp);
-		max_z = block_max(max_z, sh);
+		max_z = block_max(max_z, sh.fred);
 		if (!isfinite(max_z))
 			token = block_argmax(row, V, sh);
 		else
@@ -374,7 +315,7 @@ sample_kernel(const SampleRow *__restrict__ samp, float *__restrict__ logits, in
 				row[i] = wi;
 				total += mass_of(wi);
 			}
-			mass_keep = block_sum_u64(total, sh);
+			mass_keep = block_sum(total, sh.ured);
 			__syncthreads();
 			if (sr.top_k > 0 && sr.top_k < V)
 			{
