@@ -31,6 +31,8 @@ extern "C" {
 
 #define T_MAX_DEFAULT 2048		/* token rows of one forward pass (longer steps are split) */
 #define GIB (1024.0 * 1024.0 * 1024.0)
+/* Device memory left out of the budget (of what is free at creation), for allocations the sizing does not count. */
+#define FREE_MEM_RESERVE_BYTES (256ll << 20)
 
 /* Allocates device memory, remembers it for free() and counts it in *counter. */
 static int
@@ -88,14 +90,22 @@ upload_f32(CudaBackend *be, float **dst, const gptoss_bf16 *src, size_t n, float
 	return 0;
 }
 
+/* 16-row tiles of an expert matrix: gate_up tiles hold 8 features (gate and up rows), down tiles 16 rows. */
+static int
+moe_row_tiles(int rows, int gate_up)
+{
+	return gate_up ? div_up(rows / 2, 8) : div_up(rows, 16);
+}
+
 /* Bytes of one expert matrix in the device layout (blocks + scales + fp32 bias). */
 static size_t
 moe_matrix_bytes(int E, int rows, int cols, int gate_up)
 {
-	size_t		rtiles = gate_up ? div_up(rows / 2, 8) : div_up(rows, 16);
+	size_t		rtiles = moe_row_tiles(rows, gate_up);
 	size_t		kc = div_up(cols, 64);
 
-	return (size_t) E * rtiles * kc * (32 * 16 + 8 * 4) + (size_t) E * rows * 4;
+	return (size_t) E * rtiles * kc * (MOE_PIECE_BLOCK_BYTES + MOE_PIECE_SCALE_BYTES) +
+		(size_t) E * rows * sizeof(float);
 }
 
 /* Uploads one expert matrix: raw bytes to staging, re-layout kernel into place. */
@@ -112,14 +122,14 @@ upload_moe(CudaBackend *be, MoeMatrix *m, const uint8_t *blocks, const uint8_t *
 
 	m->rows = rows;
 	m->cols = cols;
-	m->rtiles = gate_up ? div_up(rows / 2, 8) : div_up(rows, 16);
+	m->rtiles = moe_row_tiles(rows, gate_up);
 	m->kc = div_up(cols, 64);
-	if (dev_alloc(be, &p, (size_t) E * m->rtiles * m->kc * 32 * 16, &be->weight_bytes, err,
-				  "expert blocks") < 0)
+	if (dev_alloc(be, &p, (size_t) E * m->rtiles * m->kc * MOE_PIECE_BLOCK_BYTES, &be->weight_bytes,
+				  err, "expert blocks") < 0)
 		return -1;
 	m->blocks = (const uint4 *) p;
-	if (dev_alloc(be, &p, (size_t) E * m->rtiles * m->kc * 8 * 4, &be->weight_bytes, err,
-				  "expert scales") < 0)
+	if (dev_alloc(be, &p, (size_t) E * m->rtiles * m->kc * MOE_PIECE_SCALE_BYTES, &be->weight_bytes,
+				  err, "expert scales") < 0)
 		return -1;
 	m->scales = (const uint32_t *) p;
 	CUDA_TRY(cudaMemcpyAsync(staging, blocks, block_bytes, cudaMemcpyHostToDevice, be->stream),
@@ -563,10 +573,11 @@ check_model(const gptoss_model *model, const gptoss_backend_opts *opts, gptoss_e
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
 								  "cuda backend: head_dim %d must be a multiple of 8 and at most %d",
 								  c->head_dim, ATTN_MAX_HEAD_DIM);
-	if (c->num_experts > 1024 || c->experts_per_token > 32)
+	if (c->num_experts > ROUTER_MAX_EXPERTS || c->experts_per_token > ROUTER_MAX_K)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-								  "cuda backend: unsupported expert counts (%d experts, %d per token; at most 1024 and 32)",
-								  c->num_experts, c->experts_per_token);
+								  "cuda backend: unsupported expert counts (%d experts, %d per token; at most %d and %d)",
+								  c->num_experts, c->experts_per_token, ROUTER_MAX_EXPERTS,
+								  ROUTER_MAX_K);
 	if (opts->max_seqs > 65536)
 		return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cuda backend: max_seqs %d is too large",
 								  opts->max_seqs);
@@ -677,8 +688,8 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 	fraction = opts->gpu_memory_fraction > 0 && opts->gpu_memory_fraction <= 1 ? opts->gpu_memory_fraction : 0.9;
 	be->base.opts.gpu_memory_fraction = fraction;
 	budget = (int64_t) (fraction * (double) total_mem);
-	if (budget > (int64_t) free_mem - (256ll << 20))
-		budget = (int64_t) free_mem - (256ll << 20);
+	if (budget > (int64_t) free_mem - FREE_MEM_RESERVE_BYTES)
+		budget = (int64_t) free_mem - FREE_MEM_RESERVE_BYTES;
 	need_weights = (int64_t) weight_bytes_needed(c);
 	need_buffers = (int64_t) buffer_bytes_needed(c, opts, be->t_max, be->lr);
 	if (need_weights + need_buffers > budget)

@@ -21,6 +21,8 @@
 #define ATTN_ROWS_PER_WARP 4	/* (token, head) rows per warp in the prefill kernel */
 #define ATTN_MAX_HEAD_DIM 128
 #define MAX_HIDDEN 3072			/* hidden sizes the row kernels hold in registers/shared memory */
+#define ROUTER_MAX_EXPERTS 1024	/* experts per layer (router and moe_route keep per-expert arrays in shared memory) */
+#define ROUTER_MAX_K 32			/* experts per token: the router's warp 0 picks them, one lane each */
 
 /* Sampling settings of one logits row, as uploaded with the step. */
 struct SampleRow

@@ -41,6 +41,10 @@
 #define MOE_HD
 #endif
 
+/* Device bytes of one 16-row x 64-column piece: a uint4 of fp4 codes per lane, an E8M0 word per row group. */
+#define MOE_PIECE_BLOCK_BYTES (32 * 16)
+#define MOE_PIECE_SCALE_BYTES (8 * 4)
+
 /* Bit positions of register j's magnitude (3 bits) and sign in a packed word (low half). */
 #define FP4_MAG_SHIFT(j)  ((j) == 0 ? 0 : (j) == 1 ? 3 : (j) == 2 ? 6 : 9)
 #define FP4_SIGN_SHIFT(j) ((j) == 0 ? 13 : (j) == 1 ? 14 : (j) == 2 ? 12 : 15)

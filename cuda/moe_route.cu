@@ -17,16 +17,15 @@
 #include "kernels.cuh"
 
 #define ROUTE_THREADS 1024
-#define ROUTE_MAX_EXPERTS 1024
 
 /* Counts, offsets, active list and rows of all assignments. */
 __global__ void __launch_bounds__(ROUTE_THREADS)
 moe_route_kernel(int n_assign, int E, const int32_t *__restrict__ topk_idx, MoeRoute route)
 {
 	chain_begin();
-	__shared__ int count[ROUTE_MAX_EXPERTS];
-	__shared__ int offset[ROUTE_MAX_EXPERTS];
-	__shared__ int fill[ROUTE_MAX_EXPERTS];
+	__shared__ int count[ROUTER_MAX_EXPERTS];
+	__shared__ int offset[ROUTER_MAX_EXPERTS];
+	__shared__ int fill[ROUTER_MAX_EXPERTS];
 
 	for (int e = threadIdx.x; e < E; e += blockDim.x)
 	{
@@ -75,7 +74,7 @@ cudaError_t
 launch_moe_route(int T, int K, int E, const int32_t *topk_idx, MoeRoute route,
 				 cudaStream_t stream)
 {
-	if (E > ROUTE_MAX_EXPERTS)
+	if (E > ROUTER_MAX_EXPERTS)
 		return cudaErrorInvalidValue;
 	return launch_chained(moe_route_kernel, 1, ROUTE_THREADS, 0, stream, T * K, E, topk_idx, route);
 }

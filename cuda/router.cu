@@ -18,8 +18,6 @@
 #include "kernels.cuh"
 
 #define ROUTER_THREADS 1024
-#define ROUTER_MAX_EXPERTS 1024
-#define ROUTER_MAX_K 32
 #define ROUTER_VEC (MAX_HIDDEN / 256)	/* 16-byte vectors per lane per row */
 #define ROUTER_MAX_H (32 * 8 * ROUTER_VEC)
 #define ROUTER_PER_THREAD (ROUTER_MAX_H / ROUTER_THREADS)

@@ -37,6 +37,9 @@
 #include "backend_cuda.cuh"
 #include "dense.cuh"
 
+/* The descriptor's size is a whole number of these (the alignment cudaMalloc gives). */
+#define DESC_SIZE_UNIT 256
+
 /* Offsets of the descriptor arrays for the given counts (samples first: 8-byte aligned). */
 DescLayout
 desc_layout(int T, int NI, int R, int U)
@@ -47,24 +50,24 @@ desc_layout(int T, int NI, int R, int U)
 	dl.samp = off;
 	off += (size_t) R * sizeof(SampleRow);
 	dl.tok_id = off;
-	off += (size_t) T * 4;
+	off += (size_t) T * sizeof(int32_t);
 	dl.tok_pos = off;
-	off += (size_t) T * 4;
+	off += (size_t) T * sizeof(int32_t);
 	dl.tok_slot = off;
-	off += (size_t) T * 4;
+	off += (size_t) T * sizeof(int32_t);
 	dl.item_tok0 = off;
-	off += (size_t) NI * 4;
+	off += (size_t) NI * sizeof(int32_t);
 	dl.item_ntok = off;
-	off += (size_t) NI * 4;
+	off += (size_t) NI * sizeof(int32_t);
 	dl.out_row = off;
-	off += (size_t) R * 4;
+	off += (size_t) R * sizeof(int32_t);
 	dl.n_upd = off;
-	off += 4;
+	off += sizeof(int32_t);
 	dl.upd_index = off;
-	off += (size_t) U * 4;
+	off += (size_t) U * sizeof(int32_t);
 	dl.upd_page = off;
-	off += (size_t) U * 4;
-	dl.total = (off + 255) & ~(size_t) 255;
+	off += (size_t) U * sizeof(int32_t);
+	dl.total = (off + DESC_SIZE_UNIT - 1) / DESC_SIZE_UNIT * DESC_SIZE_UNIT;
 	return dl;
 }
 
