@@ -10,6 +10,10 @@
  *   attention: paged cache with shuffled pages, GQA, sinks, sliding window,
  *              decode rows and multi-token prefill items
  *   router:    residual + norm, fp32 logits, top-k and softmax
+ *   rope_kv:   q/k/v bias, RoPE, KV append into shuffled pages, padding row
+ *   embed_norm, moe_combine_norm: the row kernels (residual stream + norm),
+ *              page-table updates, padding tokens, a token alone vs batched
+ *   gather_rows: the logits rows, 16-byte and element copies
  *   dense:     dense_gemm (cuBLAS, bf16 in, fp32 out) at decode and prefill T
  *   sample:    greedy and temperature/top-k/top-p against gptoss_sample on
  *              the same logits, plus ties and NaN
@@ -390,6 +394,374 @@ test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, uint64_t 
 	check(num <= 5e-3, name, num, 5e-3);
 }
 
+/* Raw bits of a bf16, for bitwise comparisons. */
+static uint16_t
+bf16_bits(__nv_bfloat16 v)
+{
+	uint16_t	u;
+
+	memcpy(&u, &v, sizeof(u));
+	return u;
+}
+
+/* Norm-wise relative error ||got - ref|| / ||ref|| (infinite if got holds NaN). */
+static double
+rel_err(const std::vector<double> &got, const std::vector<double> &ref)
+{
+	double		num = 0, den = 0;
+
+	for (size_t i = 0; i < ref.size(); i++)
+	{
+		num += (got[i] - ref[i]) * (got[i] - ref[i]);
+		den += ref[i] * ref[i];
+	}
+	num = sqrt(num / den);
+	return num != num ? INFINITY : num;
+}
+
+/*
+ * Bias + RoPE + KV append vs host: two sequences (one crossing a page
+ * boundary) and a padding row, shuffled pages; q to 1e-6, k to bf16
+ * rounding, v bit for bit, and no cache element written outside the
+ * new tokens' (layer, page, head, offset) rows.
+ */
+static void
+test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
+{
+	Rng			rng = {seed};
+	const int	L = 2, layer = 1, n_seqs = 2, max_pages = 4;
+	const int	half = D / 2;
+	const int	n_cols = (Hq + 2 * Hkv) * D;
+	const int	n_pages = n_seqs * max_pages + 2;
+	/* slot 0: positions 13..21 (pages 0 and 1), slot 1: position 40, then a padding row */
+	std::vector<int32_t> tok_pos = {13, 14, 15, 16, 17, 18, 19, 20, 21, 40, 0};
+	std::vector<int32_t> tok_slot = {0, 0, 0, 0, 0, 0, 0, 0, 0, 1, -1};
+	const int	T = (int) tok_pos.size();
+	const int	n_pos = 41;
+	std::vector<float> qkv((size_t) T * n_cols), bias(n_cols);
+	std::vector<float2> rope((size_t) n_pos * half);
+	std::vector<int32_t> table(n_seqs * max_pages), perm(n_pages);
+	size_t		cache_elems = (size_t) L * n_pages * Hkv * KV_PAGE * D;
+	std::vector<__nv_bfloat16> sentinel(cache_elems, __float2bfloat16(1000.0f));
+	std::vector<double> q_ref((size_t) T * Hq * D), k_ref, k_got;
+	std::vector<char> written(cache_elems, 0);
+	int			v_bad = 0, stray = 0;
+	char		name[128];
+
+	for (auto &v : qkv) v = (float) rng.normal();
+	for (auto &v : bias) v = (float) (0.1 * rng.normal());
+	for (auto &v : rope) v = make_float2((float) rng.normal(), (float) rng.normal());
+	for (int i = 0; i < n_pages; i++)
+		perm[i] = i;
+	for (int i = n_pages - 1; i > 0; i--)
+	{
+		int			j = (int) (rng.next() % (i + 1));
+		int			t = perm[i];
+
+		perm[i] = perm[j], perm[j] = t;
+	}
+	for (int i = 0; i < n_seqs * max_pages; i++)
+		table[i] = perm[i];
+
+	StepView	sv = {};
+	KvCacheView kv = {};
+	float	   *d_q;
+
+	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
+	kv.k = to_device(sentinel), kv.v = to_device(sentinel), kv.page_table = to_device(table);
+	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
+	CK(cudaMalloc(&d_q, (size_t) T * Hq * D * 4));
+	CK(cudaMemset(d_q, 0xFF, (size_t) T * Hq * D * 4));	/* poison: NaN */
+	CK(launch_rope_kv(sv, T, layer, to_device(qkv), to_device(bias), to_device(rope), Hq, Hkv, D,
+					  d_q, kv, 0));
+	CK(cudaDeviceSynchronize());
+	std::vector<float> q = to_host(d_q, (size_t) T * Hq * D);
+	std::vector<__nv_bfloat16> kc = to_host(kv.k, cache_elems), vc = to_host(kv.v, cache_elems);
+
+	for (int t = 0; t < T; t++)
+	{
+		const float *row = &qkv[(size_t) t * n_cols];
+		const float2 *cs = &rope[(size_t) tok_pos[t] * half];
+		int			page = tok_slot[t] >= 0 ? table[tok_slot[t] * max_pages + tok_pos[t] / KV_PAGE] : -1;
+
+		for (int h = 0; h < Hq + Hkv; h++)
+			for (int i = 0; i < half; i++)
+			{
+				int			c0 = h * D + i;
+				double		a = (float) (row[c0] + bias[c0]);	/* the kernel adds in fp32 */
+				double		b = (float) (row[c0 + half] + bias[c0 + half]);
+				double		out_a = a * cs[i].x - b * cs[i].y;
+				double		out_b = b * cs[i].x + a * cs[i].y;
+
+				if (h < Hq)
+				{
+					q_ref[((size_t) t * Hq) * D + c0] = out_a;
+					q_ref[((size_t) t * Hq) * D + c0 + half] = out_b;
+				}
+				else if (page >= 0)
+				{
+					size_t		k0 = ((((size_t) layer * n_pages + page) * Hkv + h - Hq) * KV_PAGE +
+									  tok_pos[t] % KV_PAGE) * D;
+
+					k_ref.push_back(out_a), k_ref.push_back(out_b);
+					k_got.push_back(__bfloat162float(kc[k0 + i]));
+					k_got.push_back(__bfloat162float(kc[k0 + i + half]));
+					written[k0 + i] = written[k0 + i + half] = 1;
+				}
+			}
+		if (page < 0)
+			continue;
+		for (int p = 0; p < Hkv * D; p++)
+		{
+			int			c = (Hq + Hkv) * D + p;
+			size_t		at = ((((size_t) layer * n_pages + page) * Hkv + p / D) * KV_PAGE +
+							  tok_pos[t] % KV_PAGE) * D + p % D;
+
+			v_bad += bf16_bits(vc[at]) != bf16_bits(__float2bfloat16_rn(row[c] + bias[c]));
+		}
+	}
+	/* every cache element outside the new rows keeps its sentinel (v rows: same places as k) */
+	for (size_t i = 0; i < cache_elems; i++)
+	{
+		stray += !written[i] && bf16_bits(kc[i]) != bf16_bits(sentinel[i]);
+		stray += !written[i] && bf16_bits(vc[i]) != bf16_bits(sentinel[i]);
+	}
+
+	std::vector<double> q_got(q.begin(), q.end());
+	double		qe = rel_err(q_got, q_ref), ke = rel_err(k_got, k_ref);
+
+	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: q rel err", Hq, Hkv, D);
+	check(qe <= 1e-6, name, qe, 1e-6);
+	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: cached k rel err", Hq, Hkv, D);
+	check(ke <= 3e-3, name, ke, 3e-3);
+	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: cached v not bf16(qkv + bias)", Hq, Hkv, D);
+	check(v_bad == 0, name, v_bad, 0);
+	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: cache elements written elsewhere", Hq, Hkv, D);
+	check(stray == 0, name, stray, 0);
+}
+
+/*
+ * Host RMSNorm reference of one row: norm_w * x / sqrt(mean(x^2) + eps),
+ * appended to out.
+ */
+static void
+rmsnorm_ref(const double *x, const std::vector<float> &nw, int H, double eps, std::vector<double> &out)
+{
+	double		ss = 0;
+
+	for (int i = 0; i < H; i++)
+		ss += x[i] * x[i];
+	for (int i = 0; i < H; i++)
+		out.push_back(nw[i] * (x[i] / sqrt(ss / H + eps)));
+}
+
+/*
+ * Embedding + first norm vs host: x is the bf16 row exactly, xb its norm to
+ * bf16 rounding; block 0's page-table updates land at their indices and
+ * nowhere else (more updates than threads in a block).
+ */
+static void
+test_embed_norm(int T, int H, uint64_t seed)
+{
+	Rng			rng = {seed};
+	const int	V = 50, n_table = 4096, n_upd = 700;
+	const float eps = 1e-5f;
+	std::vector<__nv_bfloat16> emb((size_t) V * H);
+	std::vector<float> nw(H);
+	std::vector<int32_t> tok(T), table(n_table), upd_index, upd_page, perm(n_table);
+	std::vector<double> xb_ref, xb_got;
+	int			x_bad = 0, table_bad = 0;
+	char		name[128];
+
+	for (auto &v : emb) v = __float2bfloat16((float) rng.normal());
+	for (auto &v : nw) v = (float) (1.0 + 0.1 * rng.normal());
+	for (auto &v : tok) v = (int32_t) (rng.next() % V);
+	tok[T - 1] = tok[0];		/* a repeated token */
+	for (int i = 0; i < n_table; i++)
+		table[i] = -7, perm[i] = i;
+	for (int i = 0; i < n_upd; i++)
+	{
+		int			j = i + (int) (rng.next() % (n_table - i));
+		int			t = perm[i];
+
+		perm[i] = perm[j], perm[j] = t;
+		upd_index.push_back(perm[i]);
+		upd_page.push_back((int32_t) (rng.next() % 100000));
+	}
+
+	StepView	sv = {};
+	std::vector<int32_t> n_upd_v = {n_upd};
+	float	   *d_x;
+	__nv_bfloat16 *d_xb;
+	int32_t    *d_table = to_device(table);
+
+	sv.tok_id = to_device(tok);
+	sv.n_upd = to_device(n_upd_v), sv.upd_index = to_device(upd_index), sv.upd_page = to_device(upd_page);
+	CK(cudaMalloc(&d_x, (size_t) T * H * 4));
+	CK(cudaMalloc(&d_xb, (size_t) T * H * 2));
+	CK(cudaMemset(d_x, 0xFF, (size_t) T * H * 4));
+	CK(cudaMemset(d_xb, 0xFF, (size_t) T * H * 2));
+	CK(launch_embed_norm(sv, T, to_device(emb), to_device(nw), H, eps, d_x, d_xb, d_table, 0));
+	CK(cudaDeviceSynchronize());
+	std::vector<float> x = to_host(d_x, (size_t) T * H);
+	std::vector<__nv_bfloat16> xb = to_host(d_xb, (size_t) T * H);
+	std::vector<int32_t> got_table = to_host(d_table, n_table);
+
+	for (int t = 0; t < T; t++)
+	{
+		std::vector<double> row(H);
+
+		for (int i = 0; i < H; i++)
+		{
+			row[i] = __bfloat162float(emb[(size_t) tok[t] * H + i]);
+			x_bad += x[(size_t) t * H + i] != (float) row[i];
+			xb_got.push_back(__bfloat162float(xb[(size_t) t * H + i]));
+		}
+		rmsnorm_ref(row.data(), nw, H, eps, xb_ref);
+	}
+	for (int i = 0; i < n_upd; i++)
+		table[upd_index[i]] = upd_page[i];
+	for (int i = 0; i < n_table; i++)
+		table_bad += got_table[i] != table[i];
+
+	double		e = rel_err(xb_got, xb_ref);
+
+	snprintf(name, sizeof(name), "embed_norm T=%d H=%d: x differs from the embedding row", T, H);
+	check(x_bad == 0, name, x_bad, 0);
+	snprintf(name, sizeof(name), "embed_norm T=%d H=%d: xb rel err", T, H);
+	check(e <= 3e-3, name, e, 3e-3);
+	snprintf(name, sizeof(name), "embed_norm: wrong page-table entries (%d updates)", n_upd);
+	check(table_bad == 0, name, table_bad, 0);
+}
+
+/*
+ * MoE combine + norm vs host: x += sum_k w_k y[row(t,k)] to 1e-6, xb to
+ * bf16 rounding; a padding token (rows -1) keeps x bit for bit; a token
+ * launched alone gives the same bits as in the batch.
+ */
+static void
+test_moe_combine_norm(int T, int K, int H, uint64_t seed)
+{
+	Rng			rng = {seed};
+	const int	n_rows = T * K + 8;
+	const float eps = 1e-5f;
+	std::vector<float> x((size_t) T * H), y((size_t) n_rows * H), w((size_t) T * K), nw(H);
+	std::vector<int32_t> rows((size_t) T * K), perm(n_rows);
+	std::vector<double> x_ref, x_got, xb_ref, xb_got;
+	int			pad_bad = 0, alone_bad = 0;
+	int			pad = T / 2;
+	char		name[128];
+
+	for (auto &v : x) v = (float) rng.normal();
+	for (auto &v : y) v = (float) rng.normal();
+	for (auto &v : w) v = (float) rng.uniform();
+	for (auto &v : nw) v = (float) (1.0 + 0.1 * rng.normal());
+	for (int i = 0; i < n_rows; i++)
+		perm[i] = i;
+	for (int i = n_rows - 1; i > 0; i--)
+	{
+		int			j = (int) (rng.next() % (i + 1));
+		int			t = perm[i];
+
+		perm[i] = perm[j], perm[j] = t;
+	}
+	for (int a = 0; a < T * K; a++)
+		rows[a] = a / K == pad ? -1 : perm[a];
+
+	MoeRoute	route = {};
+	float	   *d_x = to_device(x), *d_y = to_device(y), *d_w = to_device(w), *d_nw = to_device(nw);
+	__nv_bfloat16 *d_xb;
+
+	route.assign_row = to_device(rows);
+	CK(cudaMalloc(&d_xb, (size_t) T * H * 2));
+	CK(cudaMemset(d_xb, 0xFF, (size_t) T * H * 2));
+	CK(launch_moe_combine_norm(T, K, d_x, d_y, route, d_w, d_nw, H, eps, d_xb, 0));
+	CK(cudaDeviceSynchronize());
+	std::vector<float> gx = to_host(d_x, (size_t) T * H);
+	std::vector<__nv_bfloat16> gxb = to_host(d_xb, (size_t) T * H);
+
+	for (int t = 0; t < T; t++)
+	{
+		std::vector<double> v(H);
+
+		for (int i = 0; i < H; i++)
+		{
+			double		s = 0;
+
+			for (int k = 0; k < K; k++)
+				if (rows[(size_t) t * K + k] >= 0)
+					s += (double) w[(size_t) t * K + k] * y[(size_t) rows[(size_t) t * K + k] * H + i];
+			v[i] = x[(size_t) t * H + i] + s;
+			x_ref.push_back(v[i]);
+			x_got.push_back(gx[(size_t) t * H + i]);
+			xb_got.push_back(__bfloat162float(gxb[(size_t) t * H + i]));
+			if (t == pad)
+				pad_bad += gx[(size_t) t * H + i] != x[(size_t) t * H + i];
+		}
+		rmsnorm_ref(v.data(), nw, H, eps, xb_ref);
+	}
+
+	/* the last token alone (T = 1, its own x restored): same bits as in the batch */
+	int			t = T - 1;
+	float	   *d_x1 = to_device(std::vector<float>(x.begin() + (size_t) t * H, x.begin() + (size_t) (t + 1) * H));
+	__nv_bfloat16 *d_xb1;
+
+	route.assign_row = to_device(std::vector<int32_t>(rows.begin() + (size_t) t * K, rows.begin() + (size_t) (t + 1) * K));
+	CK(cudaMalloc(&d_xb1, (size_t) H * 2));
+	CK(launch_moe_combine_norm(1, K, d_x1, d_y, route, d_w + (size_t) t * K, d_nw, H, eps, d_xb1, 0));
+	CK(cudaDeviceSynchronize());
+	std::vector<float> gx1 = to_host(d_x1, H);
+	std::vector<__nv_bfloat16> gxb1 = to_host(d_xb1, H);
+
+	for (int i = 0; i < H; i++)
+	{
+		alone_bad += memcmp(&gx1[i], &gx[(size_t) t * H + i], 4) != 0;
+		alone_bad += bf16_bits(gxb1[i]) != bf16_bits(gxb[(size_t) t * H + i]);
+	}
+
+	double		xe = rel_err(x_got, x_ref), be = rel_err(xb_got, xb_ref);
+
+	snprintf(name, sizeof(name), "moe_combine_norm T=%d K=%d H=%d: x rel err", T, K, H);
+	check(xe <= 1e-6, name, xe, 1e-6);
+	snprintf(name, sizeof(name), "moe_combine_norm T=%d K=%d H=%d: xb rel err", T, K, H);
+	check(be <= 3e-3, name, be, 3e-3);
+	snprintf(name, sizeof(name), "moe_combine_norm H=%d: padding token's x changed", H);
+	check(pad_bad == 0, name, pad_bad, 0);
+	snprintf(name, sizeof(name), "moe_combine_norm H=%d: token alone differs from batch (bits)", H);
+	check(alone_bad == 0, name, alone_bad, 0);
+}
+
+/* gather_rows: out[r] is xb[rows[r]] bit for bit (rows repeat), and nothing past R rows is written. */
+static void
+test_gather_rows(int T, int R, int H, uint64_t seed)
+{
+	Rng			rng = {seed};
+	std::vector<__nv_bfloat16> xb((size_t) T * H);
+	std::vector<int32_t> rows(R);
+	int			bad = 0, past = 0;
+	__nv_bfloat16 *d_out;
+	char		name[128];
+
+	for (auto &v : xb) v = __float2bfloat16((float) rng.normal());
+	for (auto &v : rows) v = (int32_t) (rng.next() % T);
+	rows[R - 1] = rows[0];
+	CK(cudaMalloc(&d_out, (size_t) (R + 1) * H * 2));
+	CK(cudaMemset(d_out, 0xFF, (size_t) (R + 1) * H * 2));
+	CK(launch_gather_rows(to_device(rows), R, to_device(xb), H, d_out, 0));
+	CK(cudaDeviceSynchronize());
+	std::vector<__nv_bfloat16> out = to_host(d_out, (size_t) (R + 1) * H);
+
+	for (int r = 0; r < R; r++)
+		for (int i = 0; i < H; i++)
+			bad += bf16_bits(out[(size_t) r * H + i]) != bf16_bits(xb[(size_t) rows[r] * H + i]);
+	for (int i = 0; i < H; i++)
+		past += bf16_bits(out[(size_t) R * H + i]) != 0xFFFF;
+	snprintf(name, sizeof(name), "gather_rows R=%d H=%d: elements differing from xb[rows[r]]", R, H);
+	check(bad == 0, name, bad, 0);
+	snprintf(name, sizeof(name), "gather_rows R=%d H=%d: elements written past R rows", R, H);
+	check(past == 0, name, past, 0);
+}
+
 /* Residual + norm + router top-k vs host. */
 static void
 test_router(int T, int H, int E, int K, uint64_t seed)
@@ -639,6 +1011,16 @@ main(void)
 	test_attention(64, 8, 64, 700, 300, 128, 21);
 	test_router(9, 2880, 32, 4, 12);
 	test_router(5, 96, 6, 2, 13);
+	test_rope_kv(4, 2, 16, 27);			/* tiny */
+	test_rope_kv(6, 2, 16, 28);
+	test_rope_kv(64, 8, 64, 29);		/* 20b */
+	test_rope_kv(64, 4, 128, 30);
+	test_embed_norm(7, 2880, 31);		/* 20b: 6 values per thread, the last partly past H */
+	test_embed_norm(3, 96, 32);			/* tiny-odd */
+	test_moe_combine_norm(9, 4, 2880, 33);
+	test_moe_combine_norm(5, 2, 96, 34);
+	test_gather_rows(40, 9, 2880, 35);	/* 16-byte copies */
+	test_gather_rows(12, 5, 90, 36);	/* H % 8 != 0: element copies */
 	{
 		cublasHandle_t handle;
 
