@@ -70,21 +70,13 @@ attn_item(const int32_t *__restrict__ item_tok0, const int32_t *__restrict__ ite
 	return it;
 }
 
-/* Cache index of (layer, page, kv head, offset, dim 0). */
-static __device__ __forceinline__ size_t
-attn_kv_index(const KvCacheView &kv, int layer, int page, int head, int off)
-{
-	return ((((size_t) layer * kv.n_pages + page) * kv.n_kv_heads + head) * KV_PAGE + off) *
-		kv.head_dim;
-}
-
 /* Cache index of dim 0 of key position `key` of a slot, through the page table. */
 static __device__ __forceinline__ size_t
 attn_key_index(const KvCacheView &kv, int layer, int slot, int head, int key)
 {
 	int			page = kv.page_table[(size_t) slot * kv.max_pages + key / KV_PAGE];
 
-	return attn_kv_index(kv, layer, page, head, key % KV_PAGE);
+	return kv_index(kv, layer, page, head, key % KV_PAGE);
 }
 
 /*

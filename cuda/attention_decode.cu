@@ -13,6 +13,52 @@
 #include "attention.cuh"
 
 /*
+ * Merges row r of a decode block from the partial states its tile workers
+ * left in part ([ATTN_WARPS][ATTN_WARPS][D + 2]: o, then m and l, by warp
+ * and row), joins the sink and writes the row as bf16 to out.  Run by one
+ * warp.  The warps that held row r are those of row group r % row_groups,
+ * one per tile offset.
+ */
+template <int D>
+static __device__ __forceinline__ void
+decode_merge_row(const float *part, int r, int tile_workers, int row_groups, float sink,
+				 __nv_bfloat16 *out)
+{
+	constexpr int DPL = (D + 31) / 32;	/* head dims per lane */
+	const int	lane = threadIdx.x & 31;
+	float		big = sink;
+	float		den;
+
+	for (int t = 0; t < tile_workers; t++)
+		big = fmaxf(big, part[((size_t) (r % row_groups + t * row_groups) * ATTN_WARPS + r) * (D + 2) + D]);
+	den = expf(sink - big);
+	for (int t = 0; t < tile_workers; t++)
+	{
+		const float *pr = part + ((size_t) (r % row_groups + t * row_groups) * ATTN_WARPS + r) * (D + 2);
+
+		if (pr[D] != -INFINITY)
+			den += pr[D + 1] * expf(pr[D] - big);
+	}
+#pragma unroll
+	for (int dd = 0; dd < DPL; dd++)
+	{
+		int			d = lane + 32 * dd;
+		float		acc = 0.0f;
+
+		if (d >= D)
+			continue;
+		for (int t = 0; t < tile_workers; t++)
+		{
+			const float *pr = part + ((size_t) (r % row_groups + t * row_groups) * ATTN_WARPS + r) * (D + 2);
+
+			if (pr[D] != -INFINITY)
+				acc += pr[d] * expf(pr[D] - big);
+		}
+		out[d] = __float2bfloat16_rn(acc / den);
+	}
+}
+
+/*
  * Decode rows of item blockIdx.x (one token) and KV head blockIdx.y: query
  * heads [blockIdx.z * GB, (blockIdx.z + 1) * GB) of the group, GB = G /
  * gridDim.z (small batches split a group over several blocks so that more
@@ -199,42 +245,8 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 	}
 	__syncthreads();
 	if (warp < GB)
-	{
-		int			h = h0 + warp;
-		float		sink = sinks[h];
-		float		big = sink;
-		float		den;
-		__nv_bfloat16 *out = att + ((size_t) it.tok0 * Hq + h) * D;
-
-		/* the warps that held row `warp`: row group warp % row_groups, every tile offset */
-		for (int t = 0; t < tile_workers; t++)
-			big = fmaxf(big, part[((size_t) (warp % row_groups + t * row_groups) * ATTN_WARPS + warp) * (D + 2) + D]);
-		den = expf(sink - big);
-		for (int t = 0; t < tile_workers; t++)
-		{
-			const float *pr = part + ((size_t) (warp % row_groups + t * row_groups) * ATTN_WARPS + warp) * (D + 2);
-
-			if (pr[D] != -INFINITY)
-				den += pr[D + 1] * expf(pr[D] - big);
-		}
-#pragma unroll
-		for (int dd = 0; dd < DPL; dd++)
-		{
-			int			d = lane + 32 * dd;
-			float		acc = 0.0f;
-
-			if (d >= D)
-				continue;
-			for (int t = 0; t < tile_workers; t++)
-			{
-				const float *pr = part + ((size_t) (warp % row_groups + t * row_groups) * ATTN_WARPS + warp) * (D + 2);
-
-				if (pr[D] != -INFINITY)
-					acc += pr[d] * expf(pr[D] - big);
-			}
-			out[d] = __float2bfloat16_rn(acc / den);
-		}
-	}
+		decode_merge_row<D>(part, warp, tile_workers, row_groups, sinks[h0 + warp],
+							att + ((size_t) it.tok0 * Hq + (h0 + warp)) * D);
 }
 
 /* The decode kernel for head dim D, or NULL (other head dims use attention_kernel). */

@@ -75,6 +75,14 @@ struct KvCacheView
 	int			head_dim;		/* D */
 };
 
+/* Cache index of (layer, page, kv head, offset in page, dim 0) in kv.k / kv.v. */
+static __device__ __forceinline__ size_t
+kv_index(const KvCacheView &kv, int layer, int page, int head, int off)
+{
+	return ((((size_t) layer * kv.n_pages + page) * kv.n_kv_heads + head) * KV_PAGE + off) *
+		kv.head_dim;
+}
+
 /* One MXFP4 expert matrix of a layer in the device layout of moe_layout.cuh. */
 struct MoeMatrix
 {

@@ -10,14 +10,6 @@
 
 #define ROPE_THREADS 512
 
-/* Index of (layer, page, kv head, offset in page, dim 0) in the cache. */
-static __device__ __forceinline__ size_t
-kv_index(const KvCacheView &kv, int layer, int page, int head, int off)
-{
-	return ((((size_t) layer * kv.n_pages + page) * kv.n_kv_heads + head) * KV_PAGE + off) *
-		kv.head_dim;
-}
-
 /* Bias + RoPE for token blockIdx.x, q out, k/v into the cache. */
 __global__ void __launch_bounds__(ROPE_THREADS)
 rope_kv_kernel(const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_slot,

@@ -107,19 +107,20 @@ block_argmax(const float *v, int n, SampleShared &sh)
 }
 
 /*
- * First token of the order at which the cumulative count reaches limit or
- * the cumulative mass reaches target (exceeds it when strict).
+ * Radix select over the float bits of w, 8 bits per pass, largest digit
+ * first: the weight of the first token of the order at which the
+ * cumulative count reaches limit or the cumulative mass reaches target
+ * (exceeds it when strict).  Leaves in sh the count and mass of the tokens
+ * of larger weight (rank_before, cum_before) and how many tokens have
+ * exactly that weight (bucket_count).
  */
-static __device__ PrefixHit
-find_prefix(const float *w, int V, long long limit, unsigned long long target, int strict,
-			SampleShared &sh)
+static __device__ uint32_t
+select_weight(const float *w, int V, long long limit, unsigned long long target, int strict,
+			  SampleShared &sh)
 {
 	uint32_t	prefix = 0;
 	uint32_t	pmask = 0;
 	int			copy = (threadIdx.x >> 5) % HIST_COPIES;
-	PrefixHit	hit;
-	unsigned long long m;
-	int			id_bits = 1;
 
 	if (threadIdx.x == 0)
 	{
@@ -195,9 +196,77 @@ find_prefix(const float *w, int V, long long limit, unsigned long long target, i
 		prefix |= (uint32_t) sh.chosen << shift;
 		pmask |= 255u << shift;
 	}
+	return prefix;
+}
 
-	/* the tokens of weight exactly `prefix` (mass m each) are ordered by id */
-	m = mass_of(__uint_as_float(prefix));
+/*
+ * Id of the sh.need-th token (1-based, by id) among the tokens of weight
+ * bits `bits`, into sh.id: a radix select over the id bits (one scan when
+ * the weight is unique).
+ */
+static __device__ void
+select_tied_id(const float *w, int V, uint32_t bits, SampleShared &sh)
+{
+	int			id_bits = 1;
+
+	while ((1 << id_bits) < V)
+		id_bits++;
+	if (sh.bucket_count == 1)
+	{
+		for (int i = threadIdx.x; i < V; i += blockDim.x)
+			if (__float_as_uint(w[i]) == bits)
+				sh.id = i;
+	}
+	else
+	{
+		uint32_t	id_prefix = 0;
+		uint32_t	id_mask = 0;
+
+		for (int shift = ((id_bits - 1) / 8) * 8; shift >= 0; shift -= 8)
+		{
+			for (int i = threadIdx.x; i < 256; i += blockDim.x)
+				sh.count[0][i] = 0;
+			__syncthreads();
+			for (int i = threadIdx.x; i < V; i += blockDim.x)
+				if (__float_as_uint(w[i]) == bits && ((uint32_t) i & id_mask) == id_prefix)
+					atomicAdd(&sh.count[0][(i >> shift) & 255], 1u);
+			__syncthreads();
+			if (threadIdx.x == 0)
+			{
+				long long	need = sh.need;
+				int			d = 0;
+
+				for (; d < 255; d++)
+				{
+					if (need <= (long long) sh.count[0][d])
+						break;
+					need -= sh.count[0][d];
+				}
+				sh.need = need;
+				sh.chosen = d;
+			}
+			__syncthreads();
+			id_prefix |= (uint32_t) sh.chosen << shift;
+			id_mask |= 255u << shift;
+		}
+		if (threadIdx.x == 0)
+			sh.id = (int) id_prefix;
+	}
+}
+
+/*
+ * First token of the order at which the cumulative count reaches limit or
+ * the cumulative mass reaches target (exceeds it when strict).
+ */
+static __device__ PrefixHit
+find_prefix(const float *w, int V, long long limit, unsigned long long target, int strict,
+			SampleShared &sh)
+{
+	uint32_t	bits = select_weight(w, V, limit, target, strict, sh);
+	unsigned long long m = mass_of(__uint_as_float(bits));
+	PrefixHit	hit;
+
+	/* the tokens of weight exactly `bits` (mass m each) are ordered by id: how many are taken */
 	if (threadIdx.x == 0)
 	{
 		long long	j = limit - sh.rank_before;
@@ -222,49 +291,7 @@ find_prefix(const float *w, int V, long long limit, unsigned long long target, i
 		sh.id = -1;
 	}
 	__syncthreads();
-	while ((1 << id_bits) < V)
-		id_bits++;
-	if (sh.bucket_count == 1)
-	{
-		for (int i = threadIdx.x; i < V; i += blockDim.x)
-			if (__float_as_uint(w[i]) == prefix)
-				sh.id = i;
-	}
-	else
-	{
-		uint32_t	id_prefix = 0;
-		uint32_t	id_mask = 0;
-
-		for (int shift = ((id_bits - 1) / 8) * 8; shift >= 0; shift -= 8)
-		{
-			for (int i = threadIdx.x; i < 256; i += blockDim.x)
-				sh.count[0][i] = 0;
-			__syncthreads();
-			for (int i = threadIdx.x; i < V; i += blockDim.x)
-				if (__float_as_uint(w[i]) == prefix && ((uint32_t) i & id_mask) == id_prefix)
-					atomicAdd(&sh.count[0][(i >> shift) & 255], 1u);
-			__syncthreads();
-			if (threadIdx.x == 0)
-			{
-				long long	need = sh.need;
-				int			d = 0;
-
-				for (; d < 255; d++)
-				{
-					if (need <= (long long) sh.count[0][d])
-						break;
-					need -= sh.count[0][d];
-				}
-				sh.need = need;
-				sh.chosen = d;
-			}
-			__syncthreads();
-			id_prefix |= (uint32_t) sh.chosen << shift;
-			id_mask |= 255u << shift;
-		}
-		if (threadIdx.x == 0)
-			sh.id = (int) id_prefix;
-	}
+	select_tied_id(w, V, bits, sh);
 	__syncthreads();
 	hit.id = sh.id;
 	hit.rank = sh.rank_before + sh.need;
