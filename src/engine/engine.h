@@ -91,13 +91,14 @@ void		gptoss_gen_params_default(gptoss_gen_params *p);
 
 /*
  * Chunked prefill defaults.  A step carries every running sequence's decode
- * token plus prompt chunks of at most GPTOSS_DEFAULT_PREFILL_CHUNK tokens:
- * on the H200 a 20b decode step at batch 64 takes ~9 ms and prefill runs at
- * ~19,000 tok/s, so a 256-token chunk adds ~13 ms to the steps it joins
- * (~2.5x a decode step instead of ~13x for a whole 2048-token prompt), while
- * the prompt pays one extra decode step per chunk in time to first token
- * (8 for 2048 tokens).  The CUDA prefix cache shares whole chunks, so a
- * smaller chunk also shares finer.
+ * token plus prompt chunks of at most GPTOSS_DEFAULT_PREFILL_CHUNK tokens.
+ * On the H200 (bench/RESULTS.md) a 20b decode step at batch 64 takes ~9 ms
+ * and prefill runs at ~19,000 tok/s, so a 256-token chunk adds ~13 ms to the
+ * steps it joins (~2.5x a decode step, against ~13x for a whole 2048-token
+ * prompt), and a 2048-token prompt pays ~8 decode steps more before its
+ * first token; 512 would halve that cost but double the stall.  The CUDA
+ * prefix cache shares whole chunks, so a smaller chunk also shares finer.
+ * `gptoss bench --arrivals` measures the trade.
  */
 #define GPTOSS_DEFAULT_PREFILL_CHUNK 256
 #define GPTOSS_DEFAULT_MAX_STEP_TOKENS 2048
