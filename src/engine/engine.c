@@ -2027,6 +2027,7 @@ constrained_token(gptoss_engine *eng, request *r, int32_t forced, int32_t sample
 	return id;
 }
 
+/* Reports the prefill chunk and the step's token budget in force. */
 void
 gptoss_engine_step_limits(const gptoss_engine *eng, int *prefill_chunk, int *max_step_tokens)
 {
