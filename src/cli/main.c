@@ -7,6 +7,7 @@
  *                   [--json-schema FILE] [--max-reasoning-tokens N]
  *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--json-schema FILE]
  *   gptoss bench    --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]
+ *   gptoss bench    --model DIR --arrivals K [--running M] [--arrival-len N] [--arrive-every S]
  *   gptoss synth    --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]
  *
  * Every command parses its options against one table (name, kind, the
@@ -70,6 +71,10 @@ typedef struct cli_opts
 	long		max_seqs;
 	long		prefill_chunk;
 	long		max_step_tokens;
+	long		arrivals;		/* bench --arrivals: long prompts arriving while others decode */
+	long		running;
+	long		arrival_len;
+	long		arrive_every;
 	long		threads;
 	uint64_t	seed;			/* bench, synth */
 	bool		jsonl;
@@ -121,6 +126,10 @@ static const opt_spec OPTIONS[] = {
 	OPT("output-len", OPT_INT, CMD_BENCH, output_len, 1, INT_MAX / 2),
 	OPT("lengths", OPT_STRING, CMD_BENCH, lengths, 0, 0),
 	OPT("max-seqs", OPT_INT, CMD_GENERATE | CMD_BENCH, max_seqs, 1, 4096),
+	OPT("arrivals", OPT_INT, CMD_BENCH, arrivals, 1, 10000),
+	OPT("running", OPT_INT, CMD_BENCH, running, 1, 4096),
+	OPT("arrival-len", OPT_INT, CMD_BENCH, arrival_len, 1, 1000000),
+	OPT("arrive-every", OPT_INT, CMD_BENCH, arrive_every, 1, 10000),
 	OPT("preset", OPT_STRING, CMD_SYNTH, preset, 0, 0),
 	OPT("out", OPT_STRING, CMD_SYNTH, out, 0, 0),
 	OPT("tokenizer", OPT_STRING, CMD_SYNTH, tokenizer, 0, 0),
@@ -151,6 +160,15 @@ static const char USAGE_FORMAT[] =
 	"      p99), mean batch; lognormal: sigma 1, clipped to [4, 2048], means --input-len and\n"
 	"      --output-len, seed 42 unless --seed (defaults: 128 + 128 tokens, --max-seqs\n"
 	"      min(N, 1024), --prefill-chunk 2048, --max-step-tokens max-seqs + prefill-chunk)\n"
+	"  bench --model DIR --arrivals K [--running M] [--prompt-len N] [--arrival-len N]\n"
+	"        [--arrive-every S] [--prefill-chunk N] [--max-step-tokens N] [--seed S] [--device D]\n"
+	"      inter-token latency while long prompts arrive: M sequences decode (N-token prompts)\n"
+	"      and before every S-th step a random --arrival-len-token prompt arrives (K in all,\n"
+	"      one token each); one JSON line: the running sequences' inter-token latency (mean,\n"
+	"      p50, p99, max), step times with and without prompt tokens, the arrivals' TTFT\n"
+	"      (defaults: M 64, N 128, 2048-token arrivals every 16 steps, the engine's chunked\n"
+	"      prefill: --prefill-chunk 256, --max-step-tokens 2048; --prefill-chunk 2048 takes\n"
+	"      each arrival in one step)\n"
 	"  synth --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]\n"
 	"      writes a deterministic random-weight checkpoint\n"
 	"\n"
@@ -1143,6 +1161,45 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 	return rc;
 }
 
+/* bench --arrivals: the inter-token latency run (bench_serve.c). */
+static int
+cmd_bench_itl(const cli_opts *o, const bool *given)
+{
+	itl_workload w;
+	gptoss_error err = {0};
+	progress_state ps;
+	gptoss_engine *eng;
+	int			chunk = was_given(given, "prefill-chunk") ? (int) o->prefill_chunk
+		: GPTOSS_DEFAULT_PREFILL_CHUNK;
+	int			max_context;
+	int			rc = 0;
+
+	w.running = (int) o->running;
+	w.prompt_len = (int) o->prompt_len;
+	w.arrivals = (int) o->arrivals;
+	w.arrival_len = (int) o->arrival_len;
+	w.arrive_every = (int) o->arrive_every;
+	w.seed = was_given(given, "seed") ? o->seed : 42;
+	max_context = itl_workload_max_context(&w, chunk);
+	if (was_given(given, "max-context"))
+	{
+		if (o->max_context < max_context)
+			return fail("bench: --max-context %ld is shorter than the run needs (%d)",
+						o->max_context, max_context);
+		max_context = (int) o->max_context;
+	}
+	progress_init(&ps, o->verbose);
+	/* a slot for every arrival: none waits for one, so TTFT is prefill alone */
+	eng = create_engine(o, w.running + w.arrivals, max_context,
+						was_given(given, "prefill-chunk") ? chunk : 0, &ps);
+	if (eng == NULL)
+		return 1;
+	if (itl_run(eng, &w, &err) < 0)
+		rc = fail("bench: %s", err.msg);
+	gptoss_engine_free(eng);
+	return rc;
+}
+
 /* bench --requests: the serving-shaped run (bench_serve.c). */
 static int
 cmd_bench_serve(const cli_opts *o, const bool *given)
@@ -1220,6 +1277,18 @@ cmd_bench(const cli_opts *o, const bool *given)
 
 	if (was_given(given, "requests") && o->json_schema)
 		return fail("bench: --json-schema goes with --batch runs, not --requests");
+	if (was_given(given, "arrivals") &&
+		(was_given(given, "requests") || was_given(given, "batch") || was_given(given, "gen") ||
+		 was_given(given, "json-schema") || was_given(given, "input-len") ||
+		 was_given(given, "output-len") || was_given(given, "lengths") || was_given(given, "max-seqs")))
+		return fail("bench: --arrivals takes --running, --prompt-len, --arrival-len and --arrive-every, "
+					"not the options of --batch or --requests runs");
+	if (!was_given(given, "arrivals") &&
+		(was_given(given, "running") || was_given(given, "arrival-len") ||
+		 was_given(given, "arrive-every")))
+		return fail("bench: --running, --arrival-len and --arrive-every go with --arrivals");
+	if (was_given(given, "arrivals"))
+		return cmd_bench_itl(o, given);
 	if (was_given(given, "requests"))
 		return cmd_bench_serve(o, given);
 	if (was_given(given, "input-len") || was_given(given, "output-len") || was_given(given, "lengths") ||
@@ -1380,6 +1449,9 @@ main(int argc, char **argv)
 	o.gen = 128;
 	o.input_len = 128;
 	o.output_len = 128;
+	o.running = 64;
+	o.arrival_len = 2048;
+	o.arrive_every = 16;
 	rc = parse_options(argc, argv, 2, cmd, name, &o, given);
 	if (rc == 2)
 	{

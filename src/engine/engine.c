@@ -71,8 +71,6 @@
 
 #define DEFAULT_MAX_SEQS 8
 #define DEFAULT_MAX_CONTEXT 4096
-#define DEFAULT_PREFILL_CHUNK 256
-#define DEFAULT_MAX_STEP_TOKENS 2048
 /* Windows (wall-clock seconds) of the stats' recent token rates and recent mean batch size. */
 #define RATE_WINDOW_S 10
 #define BATCH_WINDOW_S 60
@@ -263,8 +261,8 @@ engine_setup(gptoss_engine *eng, const gptoss_engine_opts *opts, gptoss_error *e
 	eng->backend->get_info(eng->backend, &info);
 	eng->kv_capacity = info.kv_cache_tokens > 0 ? info.kv_cache_tokens
 		: (int64_t) eng->max_seqs * eng->max_context;
-	eng->prefill_chunk = opts->prefill_chunk > 0 ? opts->prefill_chunk : DEFAULT_PREFILL_CHUNK;
-	eng->max_step_tokens = opts->max_step_tokens > 0 ? opts->max_step_tokens : DEFAULT_MAX_STEP_TOKENS;
+	eng->prefill_chunk = opts->prefill_chunk > 0 ? opts->prefill_chunk : GPTOSS_DEFAULT_PREFILL_CHUNK;
+	eng->max_step_tokens = opts->max_step_tokens > 0 ? opts->max_step_tokens : GPTOSS_DEFAULT_MAX_STEP_TOKENS;
 	/*
 	 * Room for every decode token plus at least one whole prefill chunk:
 	 * prompts are only ever cut at multiples of prefill_chunk (see
@@ -2027,6 +2025,14 @@ constrained_token(gptoss_engine *eng, request *r, int32_t forced, int32_t sample
 	if (gptoss_constraint_accept(r->con, id) < 0)
 		return gptoss_errorf(err, "internal error: constrained decoding has no allowed token");
 	return id;
+}
+
+/* Reports the prefill chunk and the step's token budget in force. */
+void
+gptoss_engine_step_limits(const gptoss_engine *eng, int *prefill_chunk, int *max_step_tokens)
+{
+	*prefill_chunk = eng->prefill_chunk;
+	*max_step_tokens = eng->max_step_tokens;
 }
 
 /* Runs one batched step over all active requests. */

@@ -89,6 +89,20 @@ typedef struct gptoss_gen_params
 /* OpenAI defaults: max_tokens 256, temperature 1, top_p 1, top_k 0, medium; prefix caching on. */
 void		gptoss_gen_params_default(gptoss_gen_params *p);
 
+/*
+ * Chunked prefill defaults.  A step carries every running sequence's decode
+ * token plus prompt chunks of at most GPTOSS_DEFAULT_PREFILL_CHUNK tokens.
+ * On the H200 (bench/RESULTS.md) a 20b decode step at batch 64 takes ~9 ms
+ * and prefill runs at ~19,000 tok/s, so a 256-token chunk adds ~13 ms to the
+ * steps it joins (~2.5x a decode step, against ~13x for a whole 2048-token
+ * prompt), and a 2048-token prompt pays ~8 decode steps more before its
+ * first token; 512 would halve that cost but double the stall.  The CUDA
+ * prefix cache shares whole chunks, so a smaller chunk also shares finer.
+ * `gptoss bench --arrivals` measures the trade.
+ */
+#define GPTOSS_DEFAULT_PREFILL_CHUNK 256
+#define GPTOSS_DEFAULT_MAX_STEP_TOKENS 2048
+
 typedef struct gptoss_engine_opts
 {
 	const char *model_path;
@@ -186,6 +200,14 @@ int			gptoss_label_probs(const double *scores, int n, double *probs);
 int			gptoss_engine_set_owner(gptoss_engine *eng, int64_t id, uint64_t owner,
 									uint64_t session);
 void		gptoss_engine_set_max_seqs_per_owner(gptoss_engine *eng, int max_seqs_per_owner);
+
+/*
+ * The step limits in force: the prefill chunk and the step's token budget
+ * after defaults and the budget's floor (room for every slot's decode token
+ * plus one chunk).
+ */
+void		gptoss_engine_step_limits(const gptoss_engine *eng, int *prefill_chunk,
+									  int *max_step_tokens);
 
 /* Runs one batched step over all active requests; returns the number still active, or -1. */
 int			gptoss_engine_step(gptoss_engine *eng, gptoss_error *err);

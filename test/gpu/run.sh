@@ -2,7 +2,7 @@
 # test/gpu/run.sh: builds gptoss with CUDA on the GPU machine, checks the CUDA
 # backend and times it; everything it prints also goes to $OUT/run.log.
 #
-#   bash test/gpu/run.sh [quick|full|profile|bench|invariance|serve|prefix]
+#   bash test/gpu/run.sh [quick|full|profile|bench|invariance|serve|prefix|json|itl]
 #
 # quick:   build; kernel tests (test_kernels); CUDA vs CPU backend on the tiny
 #          and tiny-odd synth models (test_backend); compute-sanitizer memcheck
@@ -24,6 +24,13 @@
 # serve:   build, 20b synth, the serving-shaped runs of `gptoss bench
 #          --requests` (issue 13 cases a-d), engine decode at 256-1024
 #          sequences and the per-kernel profile of batch-256 decode.
+# itl:     build, 20b synth, then issue 13's chunked-prefill check: 64 sequences
+#          decode while 8 prompts of 2,048 tokens arrive 16 steps apart (`gptoss
+#          bench --arrivals 8`), prefilled whole (--prefill-chunk 2048: before), in
+#          512-, 256- (the engine default: after) and 128-token chunks, and at the
+#          default with arrivals 4 steps apart (two prompts share steps); the
+#          running sequences' inter-token latency and the arrivals' TTFT go to
+#          $OUT/bench.jsonl (~15 s a run).
 # json:    kernel tests, tiny backend test (masked sampling, CUDA vs CPU, included),
 #          a structured-output generate on tiny, then on 20b decode at batch 64
 #          (128-token prompts, 256 generated), every sequence constrained by
@@ -167,6 +174,16 @@ serving() {
 	done
 }
 
+itl_runs() {
+	local g="bin/gptoss bench --model $models/20b --device cuda --arrivals 8 --running 64 --arrival-len 2048"
+	section "inter-token latency while 2048-token prompts arrive (gptoss bench --arrivals)"
+	for args in "--prefill-chunk 2048" "--prefill-chunk 512" "--prefill-chunk 256" "--prefill-chunk 128" \
+		"--prefill-chunk 256 --arrive-every 4"; do
+		echo "$g $args"
+		timeout 60 $g $args | tee -a "$OUT/bench.jsonl" || fail "itl $args"
+	done
+}
+
 structured_output() {
 	section "structured output on tiny (CUDA)"
 	bin/gptoss generate --model "$models/tiny" --device cuda --prompt "Extract the invoice" \
@@ -219,6 +236,8 @@ case "$mode" in
 		cmd="bin/gptoss bench --model $models/20b --device cuda --batch 256,512,1024 --prompt-len 128 --gen 128"
 		echo "$cmd"; timeout 200 $cmd | tee -a "$OUT/bench.jsonl" || fail "bench decode 256-1024"
 		profile decode_b256 "$bin/bench_backend" "$models/20b" 256 8 3 1 ;;
+	itl)
+		synth_20b; itl_runs ;;
 	profile)
 		tests_tiny; synth_20b; benches
 		profile decode_b1 "$bin/bench_backend" "$models/20b" 1 16 6 1
