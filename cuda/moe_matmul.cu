@@ -45,14 +45,28 @@
 
 #define MOE_KSPLIT 4			/* warps per block, each a quarter of the input pieces */
 #define MOE_UNROLL 4			/* 64-column pieces whose weights are loaded ahead */
-/* Prefill variant: warps per block, and a warp's row tiles x token tiles. */
-#define MOE_PF_WARPS 8
-#define MOE_PF_ROW_WARPS 2		/* warps side by side along the rows; the rest along the tokens */
-#define MOE_PF_WARP_ROWS 4		/* row tiles per warp */
-#define MOE_PF_WARP_TOKENS 4	/* token tiles per warp */
-#define MOE_PF_ROW_TILES (MOE_PF_ROW_WARPS * MOE_PF_WARP_ROWS)	/* 8: 128 rows per block */
-#define MOE_PF_TOKEN_TILES (MOE_PF_WARPS / MOE_PF_ROW_WARPS * MOE_PF_WARP_TOKENS)	/* 16: 128 tokens per pass */
-#define MOE_PF_STAGES 4			/* pieces in flight: 3 loading while one is multiplied */
+/*
+ * Prefill variant: warps per block (side by side along the rows, so no two
+ * warps decode the same weights), row tiles per warp, token tiles per pass,
+ * pieces in flight and resident blocks per SM (which caps the registers at
+ * 65536 / (32 * MOE_PF_WARPS * MOE_PF_BLOCKS)).
+ */
+#ifndef MOE_PF_WARPS
+#define MOE_PF_WARPS 4
+#endif
+#ifndef MOE_PF_WARP_ROWS
+#define MOE_PF_WARP_ROWS 2
+#endif
+#ifndef MOE_PF_TOKEN_TILES
+#define MOE_PF_TOKEN_TILES 8
+#endif
+#ifndef MOE_PF_STAGES
+#define MOE_PF_STAGES 3
+#endif
+#ifndef MOE_PF_BLOCKS
+#define MOE_PF_BLOCKS 3
+#endif
+#define MOE_PF_ROW_TILES (MOE_PF_WARPS * MOE_PF_WARP_ROWS)	/* row tiles per block */
 
 enum
 {
@@ -340,12 +354,17 @@ moe_decode_body(const MoeMatmulArgs &args)
 /* One piece (64 input columns) of a prefill block's operands, staged in shared memory. */
 struct MoePrefillStage
 {
-	uint4		x[MOE_PF_TOKEN_TILES][64];	/* activation fragments: [token tile][lane * 2 + half] */
+	uint4		x[MOE_PF_TOKEN_TILES][2][32];	/* activation fragments: [token tile][half][lane] */
 	uint4		w[MOE_PF_ROW_TILES][32];	/* packed fp4 codes: [row tile][lane] */
 	uint32_t	s[MOE_PF_ROW_TILES][8];	/* E8M0 scale words: [row tile][row group] */
 };
 
-#define MOE_PF_SMEM (MOE_PF_STAGES * sizeof(MoePrefillStage))	/* 82,944 bytes */
+/* A prefill block's shared memory: the pipeline's stages, then each warp's range totals. */
+struct MoePrefillSmem
+{
+	MoePrefillStage stage[MOE_PF_STAGES];
+	float		total[MOE_PF_WARPS][MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4][32];	/* [warp][r][j][c][lane] */
+};
 
 /* Copies 16 bytes from global to shared memory, bypassing registers and L1 (cp.async, sm_80+). */
 static __device__ __forceinline__ void
@@ -373,8 +392,9 @@ cp_async_wait(void)
 /*
  * Issues the copies of piece c into stage st: rt_valid row tiles of weights
  * and scales (w, s: the block's first row tile), tt_valid token tiles of
- * activations (x: the pass's first token tile).  Tiles past the data are not
- * copied, and no warp reads them.
+ * activations (x: the pass's first token tile; a lane's two 16-byte halves
+ * are stored 512 bytes apart, so that a warp's reads of one half are
+ * conflict-free).  Tiles past the data are not copied, and no warp reads them.
  */
 static __device__ __forceinline__ void
 moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc,
@@ -384,18 +404,23 @@ moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const 
 
 	for (int i = t; i < MOE_PF_TOKEN_TILES * 64; i += MOE_PF_WARPS * 32)
 		if ((i >> 6) < tt_valid)
-			cp_async16(&st->x[i >> 6][i & 63], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
+			cp_async16(&st->x[i >> 6][i & 1][(i >> 1) & 31], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
 	for (int i = t; i < MOE_PF_ROW_TILES * 32; i += MOE_PF_WARPS * 32)
 		if ((i >> 5) < rt_valid)
 			cp_async16(&st->w[i >> 5][i & 31], w + ((size_t) (i >> 5) * kc + c) * 32 + (i & 31));
-	if (t < MOE_PF_ROW_TILES * 2 && (t >> 1) < rt_valid)
-		cp_async16(&st->s[t >> 1][(t & 1) * 4], s + ((size_t) (t >> 1) * kc + c) * 8 + (t & 1) * 4);
+	for (int i = t; i < MOE_PF_ROW_TILES * 2; i += MOE_PF_WARPS * 32)
+		if ((i >> 1) < rt_valid)
+			cp_async16(&st->s[i >> 1][(i & 1) * 4], s + ((size_t) (i >> 1) * kc + c) * 8 + (i & 1) * 4);
 }
 
-/* sum[r][j] += the staged piece for the warp's row tiles r < nr and token tiles j < nt. */
+/*
+ * sum[r][j] += the staged piece for the warp's row tiles r < nr (from wr0)
+ * and the pass's token tiles j < nt.  Each A fragment is decoded once and
+ * used for all token tiles.
+ */
 static __device__ __forceinline__ void
-moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_WARP_TOKENS][4], const MoePrefillStage *st,
-				  int wr0, int wt0, int nr, int nt, int lane)
+moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const MoePrefillStage *st,
+				  int wr0, int nr, int nt, int lane)
 {
 	uint4		wv[MOE_PF_WARP_ROWS];
 	uint32_t	sv[MOE_PF_WARP_ROWS];
@@ -410,50 +435,51 @@ moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_WARP_TOKENS][4], const M
 #pragma unroll
 	for (int h = 0; h < 2; h++)
 	{
-		uint4		bv[MOE_PF_WARP_TOKENS];
+		uint32_t	a0[MOE_PF_WARP_ROWS][4];
+		uint32_t	a1[MOE_PF_WARP_ROWS][4];
+		float		s_lo[MOE_PF_WARP_ROWS];
+		float		s_hi[MOE_PF_WARP_ROWS];
 
-#pragma unroll
-		for (int j = 0; j < MOE_PF_WARP_TOKENS; j++)
-			if (j < nt)
-				bv[j] = st->x[wt0 + j][lane * 2 + h];
 #pragma unroll
 		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-		{
-			uint32_t	a0[4];
-			uint32_t	a1[4];
-			float		s_lo;
-			float		s_hi;
-
-			if (r >= nr)
-				continue;
-			mx_block_decode(wv[r], sv[r], h, a0, a1, &s_lo, &s_hi);
+			if (r < nr)
+				mx_block_decode(wv[r], sv[r], h, a0[r], a1[r], &s_lo[r], &s_hi[r]);
 #pragma unroll
-			for (int j = 0; j < MOE_PF_WARP_TOKENS; j++)
-				if (j < nt)
-					mx_block_mma(sum[r][j], a0, a1, bv[j], s_lo, s_hi);
-		}
+		for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+			if (j < nt)
+			{
+				uint4		b = st->x[j][h][lane];
+
+#pragma unroll
+				for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+					if (r < nr)
+						mx_block_mma(sum[r][j], a0[r], a1[r], b, s_lo[r], s_hi[r]);
+			}
 	}
 }
 
 /*
- * Adds every input range that ends at or before piece `done` to acc, in
- * range order (acc = range 0, then += ranges 1, 2, 3: the decode variant's
- * sum), and restarts the range sum.
+ * Adds every input range that ends at or before piece `done` to the warp's
+ * totals, in range order (total = range 0, then += ranges 1, 2, 3: the
+ * decode variant's sum), and restarts the range sum.
  */
 static __device__ __forceinline__ void
-moe_fold_ranges(float (&acc)[MOE_PF_WARP_ROWS][MOE_PF_WARP_TOKENS][4],
-				float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_WARP_TOKENS][4], int *range, int done, int kc)
+moe_fold_ranges(float (*total)[MOE_PF_TOKEN_TILES][4][32],
+				float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], int *range, int done, int kc,
+				int lane)
 {
 	while (*range < MOE_KSPLIT && (*range + 1) * kc / MOE_KSPLIT <= done)
 	{
 #pragma unroll
 		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 #pragma unroll
-			for (int j = 0; j < MOE_PF_WARP_TOKENS; j++)
+			for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
 #pragma unroll
 				for (int c = 0; c < 4; c++)
 				{
-					acc[r][j][c] = *range == 0 ? sum[r][j][c] : acc[r][j][c] + sum[r][j][c];
+					float	   *t = &total[r][j][c][lane];
+
+					*t = *range == 0 ? sum[r][j][c] : *t + sum[r][j][c];
 					sum[r][j][c] = 0.0f;
 				}
 		(*range)++;
@@ -461,22 +487,22 @@ moe_fold_ranges(float (&acc)[MOE_PF_WARP_ROWS][MOE_PF_WARP_TOKENS][4],
 }
 
 /*
- * Prefill variant: block x takes row tiles [8x, 8x + 8) of expert
- * blockIdx.y and walks its tokens in passes of 16 token tiles; warp
- * (wr, wt) owns row tiles wr0 .. wr0 + 3 and token tiles wt0 .. wt0 + 3 of
- * the pass.  Every piece of the pass goes through the shared-memory pipeline
- * (the stage of piece c + 3 is loading while piece c is multiplied).
+ * Prefill variant: block x takes row tiles [MOE_PF_ROW_TILES x, ...) of
+ * expert blockIdx.y, warp w of them MOE_PF_WARP_ROWS from wr0, and walks the
+ * expert's tokens in passes of MOE_PF_TOKEN_TILES token tiles.  Every piece
+ * of a pass goes through the shared-memory pipeline (the stages of the next
+ * MOE_PF_STAGES - 1 pieces load while one is multiplied); the range totals
+ * wait in shared memory, which keeps the registers within the cap.
  */
 template <int MODE>
-__global__ void __launch_bounds__(MOE_PF_WARPS * 32, 1)
+__global__ void __launch_bounds__(MOE_PF_WARPS * 32, MOE_PF_BLOCKS)
 moe_prefill_kernel(MoeMatmulArgs args)
 {
 	extern __shared__ uint4 moe_smem[];
-	MoePrefillStage *stages = (MoePrefillStage *) moe_smem;
+	MoePrefillSmem *sm = (MoePrefillSmem *) moe_smem;
 	const int	lane = threadIdx.x & 31;
 	const int	warp = threadIdx.x >> 5;
-	const int	wr0 = warp / (MOE_PF_WARPS / MOE_PF_ROW_WARPS) * MOE_PF_WARP_ROWS;
-	const int	wt0 = warp % (MOE_PF_WARPS / MOE_PF_ROW_WARPS) * MOE_PF_WARP_TOKENS;
+	const int	wr0 = warp * MOE_PF_WARP_ROWS;
 	const int	tile0 = blockIdx.x * MOE_PF_ROW_TILES;
 	const int	kc = args.w.kc;
 	const int	rt_valid = min(MOE_PF_ROW_TILES, args.w.rtiles - tile0);
@@ -500,44 +526,51 @@ moe_prefill_kernel(MoeMatmulArgs args)
 	for (int tt0 = 0; tt0 < n_tiles; tt0 += MOE_PF_TOKEN_TILES)
 	{
 		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
-		const int	tt_valid = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
-		const int	nt = min(MOE_PF_WARP_TOKENS, tt_valid - wt0);
-		float		acc[MOE_PF_WARP_ROWS][MOE_PF_WARP_TOKENS][4];
-		float		sum[MOE_PF_WARP_ROWS][MOE_PF_WARP_TOKENS][4];
+		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
+		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
 		int			range = 0;
 
 #pragma unroll
 		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 #pragma unroll
-			for (int j = 0; j < MOE_PF_WARP_TOKENS; j++)
+			for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
 #pragma unroll
 				for (int c = 0; c < 4; c++)
-					acc[r][j][c] = sum[r][j][c] = 0.0f;
+					sum[r][j][c] = 0.0f;
 		__syncthreads();		/* every warp is done with the previous pass's stages */
 		for (int c = 0; c < MOE_PF_STAGES - 1; c++)
 		{
 			if (c < kc)
-				moe_prefill_stage(&stages[c], w, s, x, kc, c, rt_valid, tt_valid);
+				moe_prefill_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
 			cp_async_commit();
 		}
-		moe_fold_ranges(acc, sum, &range, 0, kc);
+		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
 		for (int c = 0; c < kc; c++)
 		{
 			cp_async_wait<MOE_PF_STAGES - 2>();		/* piece c has landed (this thread's part) */
 			__syncthreads();	/* everyone's part, and piece c - 1's stage is free */
 			if (c + MOE_PF_STAGES - 1 < kc)
-				moe_prefill_stage(&stages[(c + MOE_PF_STAGES - 1) % MOE_PF_STAGES], w, s, x, kc,
-								  c + MOE_PF_STAGES - 1, rt_valid, tt_valid);
+				moe_prefill_stage(&sm->stage[(c + MOE_PF_STAGES - 1) % MOE_PF_STAGES], w, s, x, kc,
+								  c + MOE_PF_STAGES - 1, rt_valid, nt);
 			cp_async_commit();
-			if (nr > 0 && nt > 0)
-				moe_prefill_piece(sum, &stages[c % MOE_PF_STAGES], wr0, wt0, nr, nt, lane);
-			moe_fold_ranges(acc, sum, &range, c + 1, kc);
+			if (nr > 0)
+				moe_prefill_piece(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
+			moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
 		}
 #pragma unroll
 		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 			if (r < nr)
-				moe_epilogue<MODE, MOE_PF_WARP_TOKENS>(args, acc[r], e, tile0 + wr0 + r, row0, n_e,
-													   n_tiles, tt0 + wt0, lane >> 2, lane & 3);
+			{
+				float		acc[MOE_PF_TOKEN_TILES][4];
+
+#pragma unroll
+				for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+#pragma unroll
+					for (int c = 0; c < 4; c++)
+						acc[j][c] = sm->total[warp][r][j][c][lane];
+				moe_epilogue<MODE, MOE_PF_TOKEN_TILES>(args, acc, e, tile0 + wr0 + r, row0, n_e,
+													   n_tiles, tt0, lane >> 2, lane & 3);
+			}
 	}
 }
 
@@ -577,7 +610,7 @@ launch_decode_rt(int max_active, int rt, const MoeMatmulArgs &args, cudaStream_t
 	}
 }
 
-/* Launches the prefill variant (allowing it its MOE_PF_SMEM bytes of shared memory first). */
+/* Launches the prefill variant (allowing it its shared memory first). */
 template <int MODE>
 static cudaError_t
 launch_prefill(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
@@ -588,14 +621,14 @@ launch_prefill(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
 	if (!smem_allowed)
 	{
 		rc = cudaFuncSetAttribute(moe_prefill_kernel<MODE>,
-								  cudaFuncAttributeMaxDynamicSharedMemorySize, (int) MOE_PF_SMEM);
+								  cudaFuncAttributeMaxDynamicSharedMemorySize, (int) sizeof(MoePrefillSmem));
 		if (rc != cudaSuccess)
 			return rc;
 		smem_allowed = true;
 	}
 	return launch_chained(moe_prefill_kernel<MODE>,
 						  dim3(div_up(args.w.rtiles, MOE_PF_ROW_TILES), max_active),
-						  MOE_PF_WARPS * 32, MOE_PF_SMEM, stream, args);
+						  MOE_PF_WARPS * 32, sizeof(MoePrefillSmem), stream, args);
 }
 
 /* Picks the variant for tiles_per_pass (the prefill variant at 8) and row_tiles, and launches it. */
