@@ -101,6 +101,11 @@ gptoss_synth_config(gptoss_synth_preset preset, gptoss_config *cfg, gptoss_error
 		case GPTOSS_SYNTH_TINY_ODD:
 			preset_small(cfg, 96, 3, 6, 2, 6, 160, 6);
 			break;
+		case GPTOSS_SYNTH_TINY_MOE:
+			/* every E- and K-sized buffer and launch of the 120b, at tiny cost */
+			preset_small(cfg, 64, 4, 4, 2, 128, 64, 8);
+			cfg->experts_per_token = 4;
+			break;
 		case GPTOSS_SYNTH_20B:
 		case GPTOSS_SYNTH_120B:
 			preset_common(cfg);
@@ -136,7 +141,7 @@ gptoss_synth_preset_from_name(const char *name, gptoss_synth_preset *out)
 		gptoss_synth_preset preset;
 	}			names[] = {
 		{"tiny", GPTOSS_SYNTH_TINY}, {"tiny-odd", GPTOSS_SYNTH_TINY_ODD},
-		{"20b", GPTOSS_SYNTH_20B}, {"120b", GPTOSS_SYNTH_120B}
+		{"tiny-moe", GPTOSS_SYNTH_TINY_MOE}, {"20b", GPTOSS_SYNTH_20B}, {"120b", GPTOSS_SYNTH_120B}
 	};
 
 	for (size_t i = 0; name && i < sizeof(names) / sizeof(names[0]); i++)
