@@ -215,6 +215,7 @@ big_120b() {
 		mount -o remount,size=100g /dev/shm || { fail "/dev/shm too small ($avail bytes)"; return; }
 	fi
 	df -h /dev/shm; free -g | head -2; echo "cores: $(nproc)"
+	mkdir -p "$shm"
 	t0=$SECONDS
 	if ! timeout "$(big_lim 180)" bin/gptoss synth --preset 120b --out "$m" --tokenizer "$tok" >/dev/null; then
 		fail "synth 120b"; return
