@@ -288,7 +288,7 @@ serve_report(gptoss_engine *eng, const serve_workload *w, const serve_settings *
 		   "\"ttft_ms_mean\":%.2f,\"ttft_ms_p50\":%.2f,\"ttft_ms_p99\":%.2f,"
 		   "\"itl_ms_mean\":%.3f,\"itl_ms_p50\":%.3f,\"itl_ms_p99\":%.3f,"
 		   "\"mean_batch\":%.1f,\"steps\":%lld,\"max_seqs\":%d,\"max_context\":%d,"
-		   "\"prefill_chunk\":%d,\"max_step_tokens\":%d,\"peak_mem_bytes\":%lld}\n",
+		   "\"prefill_chunk\":%d,\"max_step_tokens\":%d,\"peak_mem_bytes\":%lld,\"weight_bytes\":%lld}\n",
 		   info.device_name, w->n_requests, w->lengths,
 		   (long long) st->input_tokens, (long long) st->output_tokens, wall,
 		   wall > 0 ? (double) (st->input_tokens + st->output_tokens) / wall : 0.0,
@@ -299,7 +299,7 @@ serve_report(gptoss_engine *eng, const serve_workload *w, const serve_settings *
 		   mean_of(st->itl, st->n_itl) * 1e3, percentile(st->itl, st->n_itl, 50) * 1e3,
 		   percentile(st->itl, st->n_itl, 99) * 1e3,
 		   mean_batch, (long long) steps, s->max_seqs, s->max_context, s->prefill_chunk,
-		   s->max_step_tokens, (long long) info.peak_memory_bytes);
+		   s->max_step_tokens, (long long) info.peak_memory_bytes, (long long) info.weight_bytes);
 	fflush(stdout);
 }
 

@@ -8,7 +8,7 @@
  *   gptoss bench    --model DIR [--batch 1,8,64] [--prompt-len N] [--gen N] [--json-schema FILE]
  *   gptoss bench    --model DIR --requests N [--input-len N] [--output-len N] [--lengths fixed|lognormal]
  *   gptoss bench    --model DIR --arrivals K [--running M] [--arrival-len N] [--arrive-every S]
- *   gptoss synth    --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]
+ *   gptoss synth    --preset tiny|tiny-odd|tiny-moe|20b|120b --out DIR [--seed N] [--tokenizer FILE]
  *
  * Every command parses its options against one table (name, kind, the
  * commands that accept it, numeric range), so a misspelt option, a bad number
@@ -169,7 +169,7 @@ static const char USAGE_FORMAT[] =
 	"      (defaults: M 64, N 128, 2048-token arrivals every 16 steps, the engine's chunked\n"
 	"      prefill: --prefill-chunk 256, --max-step-tokens 2048; --prefill-chunk 2048 takes\n"
 	"      each arrival in one step)\n"
-	"  synth --preset tiny|tiny-odd|20b|120b --out DIR [--seed N] [--tokenizer FILE]\n"
+	"  synth --preset tiny|tiny-odd|tiny-moe|20b|120b --out DIR [--seed N] [--tokenizer FILE]\n"
 	"      writes a deterministic random-weight checkpoint\n"
 	"\n"
 	"common: --threads N (CPU), --verbose (progress on stderr), --help\n"
@@ -1136,11 +1136,13 @@ bench_batch(gptoss_engine *eng, int batch, int prompt_len, int gen, uint64_t see
 		be->get_info(be, &info);
 		gptoss_engine_get_stats(eng, &st1);
 		printf("{\"batch\":%d,\"prompt_len\":%d,\"gen\":%d,\"prefill_tok_s\":%.1f,"
-			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"device\":\"%s\"",
+			   "\"decode_tok_s\":%.1f,\"ttft_ms\":%.3f,\"peak_mem_bytes\":%lld,\"weight_bytes\":%lld,"
+			   "\"device\":\"%s\"",
 			   batch, prompt_len, gen,
 			   prefill_s > 0 ? (double) batch * prompt_len / prefill_s : 0.0,
 			   decode_s > 0 && decode_tokens > 0 ? decode_tokens / decode_s : 0.0,
-			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes, info.device_name);
+			   ttft_sum / batch * 1000.0, (long long) info.peak_memory_bytes,
+			   (long long) info.weight_bytes, info.device_name);
 		if (rf != NULL)
 			printf(",\"constrained\":true,\"generated\":%lld,\"full_batch_decode_steps\":%.0f,"
 				   "\"full_batch_decode_tok_s\":%.1f,\"masks\":%lld,\"mask_cpu_us_per_mask\":%.2f,"
@@ -1377,11 +1379,11 @@ cmd_synth(const cli_opts *o, const bool *given)
 	progress_state ps;
 
 	if (o->preset == NULL)
-		return fail("synth: --preset is required (tiny, tiny-odd, 20b or 120b)");
+		return fail("synth: --preset is required (tiny, tiny-odd, tiny-moe, 20b or 120b)");
 	if (o->out == NULL)
 		return fail("synth: --out is required");
 	if (gptoss_synth_preset_from_name(o->preset, &preset) < 0)
-		return fail("synth: unknown preset \"%s\" (expected tiny, tiny-odd, 20b or 120b)", o->preset);
+		return fail("synth: unknown preset \"%s\" (expected tiny, tiny-odd, tiny-moe, 20b or 120b)", o->preset);
 	if (gptoss_synth_config(preset, &cfg, &err) < 0)
 		return fail("synth: %s", err.msg);
 	/* Synthesis is long for the big presets: always show its progress. */

@@ -9,6 +9,8 @@
  * and is extended to its final size; then a pool of threads takes 4 MiB
  * chunks of tensor data from a shared counter, generates them and pwrite()s
  * them in place, so memory stays at one chunk per thread even for 120b.
+ * Consecutive chunks come from different shards, so that writes into
+ * different files run in parallel.
  *
  * Every value is a pure function of (seed, tensor index, element index)
  * through splitmix64, so the bytes do not depend on the thread count, the
@@ -101,6 +103,11 @@ gptoss_synth_config(gptoss_synth_preset preset, gptoss_config *cfg, gptoss_error
 		case GPTOSS_SYNTH_TINY_ODD:
 			preset_small(cfg, 96, 3, 6, 2, 6, 160, 6);
 			break;
+		case GPTOSS_SYNTH_TINY_MOE:
+			/* every E- and K-sized buffer and launch of the 120b, at tiny cost */
+			preset_small(cfg, 64, 4, 4, 2, 128, 64, 8);
+			cfg->experts_per_token = 4;
+			break;
 		case GPTOSS_SYNTH_20B:
 		case GPTOSS_SYNTH_120B:
 			preset_common(cfg);
@@ -136,7 +143,7 @@ gptoss_synth_preset_from_name(const char *name, gptoss_synth_preset *out)
 		gptoss_synth_preset preset;
 	}			names[] = {
 		{"tiny", GPTOSS_SYNTH_TINY}, {"tiny-odd", GPTOSS_SYNTH_TINY_ODD},
-		{"20b", GPTOSS_SYNTH_20B}, {"120b", GPTOSS_SYNTH_120B}
+		{"tiny-moe", GPTOSS_SYNTH_TINY_MOE}, {"20b", GPTOSS_SYNTH_20B}, {"120b", GPTOSS_SYNTH_120B}
 	};
 
 	for (size_t i = 0; name && i < sizeof(names) / sizeof(names[0]); i++)
@@ -799,32 +806,74 @@ copy_file(const char *src, const char *dst, gptoss_error *err)
 	return rc;
 }
 
-/* Splits every tensor into chunk-sized work items. */
+/*
+ * Splits every tensor into chunk-sized work items, dealt round-robin over the
+ * shards: a write into a file holds that file's inode lock (tmpfs, ext4), so
+ * threads writing consecutive chunks of one shard would take turns, while
+ * threads on different shards copy in parallel (120b: 15 at a time).
+ */
 static work_item *
 plan_work(const gptoss_tensor_spec *specs, int n_specs, const shard_plan *p, size_t *n_items)
 {
 	size_t		n = 0,
 				k = 0;
-	work_item  *items;
+	work_item  *by_shard,		/* each shard's items as one run, in table order */
+			   *items;
+	size_t	   *next,			/* [n_shards] next item of each run (first: fill, then deal) */
+			   *end;			/* [n_shards] end of each run */
 
-	for (int i = 0; i < n_specs; i++)
-		n += ((size_t) specs[i].nbytes + CHUNK_BYTES - 1) / CHUNK_BYTES;
-	items = calloc(n ? n : 1, sizeof(*items));
-	if (!items)
+	next = calloc((size_t) p->n_shards, sizeof(size_t));
+	end = calloc((size_t) p->n_shards, sizeof(size_t));
+	if (!next || !end)
+	{
+		free(next);
+		free(end);
 		return NULL;
+	}
+	for (int i = 0; i < n_specs; i++)
+	{
+		size_t		chunks = ((size_t) specs[i].nbytes + CHUNK_BYTES - 1) / CHUNK_BYTES;
+
+		n += chunks;
+		end[p->shard_of[i]] += chunks;	/* counts for now */
+	}
+	for (int s = 0; s < p->n_shards; s++)
+	{
+		next[s] = s ? end[s - 1] : 0;
+		end[s] += next[s];
+	}
+	by_shard = calloc(n ? n : 1, sizeof(*by_shard));
+	items = calloc(n ? n : 1, sizeof(*items));
+	if (!by_shard || !items)
+	{
+		free(by_shard);
+		free(items);
+		free(next);
+		free(end);
+		return NULL;
+	}
 	for (int i = 0; i < n_specs; i++)
 		for (uint64_t b = 0; b < (uint64_t) specs[i].nbytes; b += CHUNK_BYTES)
 		{
 			uint64_t	left = (uint64_t) specs[i].nbytes - b;
 			int			s = p->shard_of[i];
+			work_item  *it = &by_shard[next[s]++];
 
-			items[k].tensor = i;
-			items[k].fd = p->fds[s];
-			items[k].begin = b;
-			items[k].len = left < CHUNK_BYTES ? (size_t) left : CHUNK_BYTES;
-			items[k].file_offset = p->data_start[s] + p->data_offset[i] + b;
-			k++;
+			it->tensor = i;
+			it->fd = p->fds[s];
+			it->begin = b;
+			it->len = left < CHUNK_BYTES ? (size_t) left : CHUNK_BYTES;
+			it->file_offset = p->data_start[s] + p->data_offset[i] + b;
 		}
+	for (int s = 0; s < p->n_shards; s++)
+		next[s] = s ? end[s - 1] : 0;
+	while (k < n)
+		for (int s = 0; s < p->n_shards; s++)
+			if (next[s] < end[s])
+				items[k++] = by_shard[next[s]++];
+	free(by_shard);
+	free(next);
+	free(end);
 	*n_items = n;
 	return items;
 }

@@ -15,10 +15,11 @@ typedef enum gptoss_synth_preset
 	GPTOSS_SYNTH_TINY,
 	GPTOSS_SYNTH_20B,
 	GPTOSS_SYNTH_120B,
-	GPTOSS_SYNTH_TINY_ODD		/* tiny with non-power-of-two sizes */
+	GPTOSS_SYNTH_TINY_ODD,		/* tiny with non-power-of-two sizes */
+	GPTOSS_SYNTH_TINY_MOE		/* tiny with gpt-oss-120b's expert counts (128, top 4) */
 } gptoss_synth_preset;
 
-/* "tiny", "tiny-odd", "20b", "120b" -> preset; -1 for an unknown name. */
+/* "tiny", "tiny-odd", "tiny-moe", "20b", "120b" -> preset; -1 for an unknown name. */
 int			gptoss_synth_preset_from_name(const char *name, gptoss_synth_preset *out);
 
 /* Fills cfg with the preset's configuration. */

@@ -2,7 +2,7 @@
 # test/gpu/run.sh: builds gptoss with CUDA on the GPU machine, checks the CUDA
 # backend and times it; everything it prints also goes to $OUT/run.log.
 #
-#   bash test/gpu/run.sh [quick|full|profile|bench|invariance|serve|prefix|json|itl]
+#   bash test/gpu/run.sh [quick|full|profile|bench|invariance|serve|prefix|json|itl|big]
 #
 # quick:   build; kernel tests (test_kernels); CUDA vs CPU backend on the tiny
 #          and tiny-odd synth models (test_backend); compute-sanitizer memcheck
@@ -38,6 +38,15 @@
 # profile: kernel tests, tiny backend test, benchmarks, then per-kernel GPU
 #          time (Nsight Compute) of batch-1 decode, batch-64 decode and a
 #          2048-token prefill ($OUT/profile.txt).
+# big:     gpt-oss-120b on one GPU (issue 13 item 5), inside BIG_LIMIT seconds (530)
+#          from the start, each step under its own timeout: test_backend on
+#          tiny-moe (128 experts, top 4: every check); the 120b synth checkpoint
+#          in /dev/shm/gptoss-models (61 GiB; the disk is 64 GiB), removed at
+#          exit; test_backend on it (--big-model: CUDA vs CPU on 32 prompt
+#          positions and 8 decode steps); `gptoss bench` at batch 1,64,256
+#          (128-token prompts, 128 generated) and prefill 2048; weights on the
+#          device against 62 GiB; then, if time is left, the per-kernel profile
+#          of batch-1 decode ($OUT/profile.txt).
 # The GPU machine has no jansson/PCRE2 and no tokenizer: carry .gpu-deps (the
 # Debian packages and tokenizer.json.gz); they are unpacked under /tmp here.
 set -uo pipefail
@@ -156,7 +165,7 @@ benches() {
 profile() {
 	local name=$1; shift
 	section "profile: $name"
-	timeout 240 ncu --metrics gpu__time_duration.sum --clock-control none --csv \
+	timeout "${PROFILE_LIMIT:-240}" ncu --metrics gpu__time_duration.sum --clock-control none --csv \
 		--log-file "$bin/ncu_$name.csv" "$@" >/dev/null 2>"$bin/ncu_$name.err" || fail "ncu $name"
 	tail -3 "$bin/ncu_$name.err"
 	python3 test/gpu/ncu_summary.py "$bin/ncu_$name.csv" "$name" | tee -a "$OUT/profile.txt"
@@ -197,7 +206,77 @@ structured_output() {
 	done
 }
 
+# Seconds a big-mode step may take: its own limit, capped by what BIG_LIMIT leaves (at least 1: timeout 0 would never stop).
+big_lim() {
+	local left=$((${BIG_LIMIT:-530} - SECONDS))
+	[ "$left" -lt 1 ] && left=1
+	[ "$left" -lt "$1" ] && echo "$left" || echo "$1"
+}
+
+# gpt-oss-120b on one GPU: correctness on a few positions, decode and prefill speed, weight bytes.
+big_120b() {
+	local shm=/dev/shm/gptoss-models m=/dev/shm/gptoss-models/120b need avail t0 cmd
+	trap 'rm -rf /dev/shm/gptoss-models' EXIT
+
+	section "backend tests: tiny-moe (128 experts, top 4)"
+	bin/gptoss synth --preset tiny-moe --out "$models/tiny-moe" --tokenizer "$tok" >/dev/null ||
+		fail "synth tiny-moe"
+	timeout "$(big_lim 60)" "$bin/test_backend" "$models/tiny-moe" 100 24 || fail "test_backend tiny-moe"
+
+	section "120b synth checkpoint in $shm"
+	# 65,248,815,744 tensor bytes plus headers and the tokenizer, with room to spare
+	need=$((66 * 1000 * 1000 * 1000))
+	avail=$(df -B1 --output=avail /dev/shm | tail -1)
+	if [ "${avail:-0}" -lt "$need" ]; then
+		echo "/dev/shm has $avail bytes free: remounting it with size=100g"
+		mount -o remount,size=100g /dev/shm || { fail "/dev/shm too small ($avail bytes)"; return; }
+	fi
+	df -h /dev/shm; free -g | head -2; echo "cores: $(nproc)"
+	mkdir -p "$shm"
+	t0=$SECONDS
+	if ! timeout "$(big_lim 180)" bin/gptoss synth --preset 120b --out "$m" --tokenizer "$tok" >/dev/null; then
+		fail "synth 120b"; return
+	fi
+	echo "synth 120b: $((SECONDS - t0)) s, $(du -sb "$m" | cut -f1) bytes in $(ls "$m" | grep -c safetensors$) files"
+	free -g | head -2
+
+	section "backend tests: 120b (CUDA vs CPU on 32 positions + 8 decode steps, CUDA-only checks)"
+	timeout "$(big_lim 180)" "$bin/test_backend" "$m" 32 8 --top1 --big-model || fail "test_backend 120b"
+
+	section "gptoss bench: 120b decode"
+	cmd="bin/gptoss bench --model $m --device cuda --batch 1,64,256 --prompt-len 128 --gen 128"
+	echo "$cmd"; timeout "$(big_lim 180)" $cmd | tee "$bin/big.jsonl" || fail "bench 120b decode"
+	section "gptoss bench: 120b prefill 2048"
+	cmd="bin/gptoss bench --model $m --device cuda --batch 1 --prompt-len 2048 --gen 2"
+	echo "$cmd"; timeout "$(big_lim 90)" $cmd | tee -a "$bin/big.jsonl" || fail "bench 120b prefill 2048"
+	sed 's/^{/{"model":"120b",/' "$bin/big.jsonl" >>"$OUT/bench.jsonl"
+
+	section "120b: weights on the device, decode at one sequence"
+	python3 - "$bin/big.jsonl" <<-'PY' || fail "120b weights above 62 GiB (or no bench line)"
+	import json, sys
+	lines = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+	w = max((l["weight_bytes"] for l in lines), default=0)
+	print(f"weights on the device: {w} bytes = {w / 2**30:.2f} GiB (target <= 62 GiB)")
+	for l in lines:
+	    print(f"batch {l['batch']:>3} prompt {l['prompt_len']:>4}: prefill {l['prefill_tok_s']:>9.1f} tok/s, "
+	          f"decode {l['decode_tok_s']:>8.1f} tok/s, peak {l['peak_mem_bytes'] / 2**30:.2f} GiB")
+	one = [l["decode_tok_s"] for l in lines if l["batch"] == 1 and l["gen"] > 2]
+	if one:
+	    print(f"one sequence: {one[0]:.1f} tok/s (target >= 350)")
+	sys.exit(0 if 0 < w <= 62 * 2**30 else 1)
+	PY
+
+	if [ "$(big_lim 1000)" -ge 150 ]; then
+		PROFILE_LIMIT=$(big_lim 240) profile decode_b1_120b "$bin/bench_backend" "$m" 1 16 6 1
+	else
+		echo "(no time left for the batch-1 decode profile)"
+	fi
+	rm -rf "$shm"
+}
+
 case "$mode" in
+	big)
+		big_120b ;;
 	json)
 		[ -n "${GPTOSS_SKIP_TINY:-}" ] || tests_tiny
 		synth_20b; structured_output ;;

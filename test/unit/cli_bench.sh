@@ -18,13 +18,17 @@ check() {	# check NAME PERL-EXPR JSON: the expression over the decoded line ($j)
 
 classic=$($bin bench --model "$model" --device cpu --threads 1 --batch 2 --prompt-len 8 --gen 4)
 check "per-batch line keeps its keys and names the device" \
-	'join(",", sort keys %$j) eq "batch,decode_tok_s,device,gen,peak_mem_bytes,prefill_tok_s,prompt_len,ttft_ms" && $j->{device} =~ /^CPU/ && $j->{batch} == 2' \
+	'join(",", sort keys %$j) eq "batch,decode_tok_s,device,gen,peak_mem_bytes,prefill_tok_s,prompt_len,ttft_ms,weight_bytes" && $j->{device} =~ /^CPU/ && $j->{batch} == 2' \
+	"$classic"
+# the CPU backend's weights are the mapped checkpoint: its tensor bytes (tiny: 51,804,896)
+check "per-batch line reports the weight bytes, at most the peak" \
+	'$j->{weight_bytes} > 50000000 && $j->{weight_bytes} <= $j->{peak_mem_bytes}' \
 	"$classic"
 
 # 20 fixed-length requests through 8 slots: all queued at once, run 8 at a time
 fixed=$($bin bench --model "$model" --device cpu --threads 1 --requests 20 --input-len 16 --output-len 8 --max-seqs 8)
 check "fixed lengths: token totals" \
-	'$j->{mode} eq "serve" && $j->{requests} == 20 && $j->{input_tokens} == 320 && $j->{output_tokens} == 160' "$fixed"
+	'$j->{mode} eq "serve" && $j->{requests} == 20 && $j->{input_tokens} == 320 && $j->{output_tokens} == 160 && $j->{weight_bytes} > 0' "$fixed"
 check "fixed lengths: throughput is tokens over wall time" \
 	'$j->{wall_s} > 0 && abs($j->{total_tok_s} - 480 / $j->{wall_s}) <= 0.01 * $j->{total_tok_s} + 0.1 && abs($j->{output_tok_s} - 160 / $j->{wall_s}) <= 0.01 * $j->{output_tok_s} + 0.1' "$fixed"
 check "fixed lengths: latency order and batch bound" \

@@ -10,8 +10,9 @@
  * 6 query heads over 2 KV heads, 6 experts, intermediate 160, vocab 1003,
  * window 5), so wrong strides, GQA grouping or interleaving show up.
  *
- * Two more shapes cover one KV head for four query heads with K = 3, and
- * head_dim 6 (dot products with scalar tails) with K = 1.
+ * Three more shapes cover one KV head for four query heads with K = 3,
+ * head_dim 6 (dot products with scalar tails) with K = 1, and gpt-oss-120b's
+ * 128 experts with K = 4.
  *
  * Checks: logits within 1e-4 relative of the reference with the same argmax
  * at every position; a batch of 3 sequences mixing prefill chunks and decode
@@ -371,7 +372,7 @@ ref_forward(const gptoss_model *model, const int32_t *tokens, int n, int window_
 		for (int p = 0; p < n; p++)
 		{
 			double		tp[1024],
-						g[64],
+						g[128],		/* router logits: at most 128 experts (gpt-oss-120b) */
 						moe[1024] = {0};
 			int			sel[8];
 			double		wsum = 0,
@@ -996,6 +997,20 @@ main(void)
 	cfg.vocab_size = 301;
 	cfg.sliding_window = 3;
 	build_model(tm, &cfg, 3);
+	test_against_reference(tm);
+	free_model(tm);
+
+	/* a fourth: gpt-oss-120b's expert counts (128 experts, top 4), most experts unused per step */
+	test_config(&cfg);
+	cfg.hidden_size = 64;
+	cfg.num_layers = 2;
+	cfg.num_heads = 4;
+	cfg.num_kv_heads = 2;
+	cfg.num_experts = 128;
+	cfg.experts_per_token = 4;
+	cfg.intermediate_size = 64;
+	cfg.vocab_size = 409;
+	build_model(tm, &cfg, 4);
 	test_against_reference(tm);
 	free_model(tm);
 	free(tm);

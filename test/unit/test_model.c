@@ -4,7 +4,7 @@
  *
  * Plan: compute the 20b/120b parameter and byte totals from the config math
  * and compare them with the exact numbers of the model spec (section 9);
- * synthesize the tiny and tiny-odd presets into a temporary directory, load
+ * synthesize the tiny, tiny-odd and tiny-moe presets into a temporary directory, load
  * them back and check the config, the tensor views, the MXFP4 decoding of a
  * sample of weights against a decoding written here from the spec, the value
  * statistics, and determinism (same seed -> same bytes, whatever the
@@ -169,7 +169,7 @@ test_sizes(void)
 	CHECK(active == 5132849472LL, "120b active %lld", (long long) active);
 	CHECK(bytes == 65248815744LL, "120b bytes %lld", (long long) bytes);
 
-	for (int p = 0; p < 4; p++)
+	for (int p = 0; p <= GPTOSS_SYNTH_TINY_MOE; p++)
 	{
 		CHECK(gptoss_synth_config((gptoss_synth_preset) p, &c, &err) == 0, "%s", err.msg);
 		gptoss_config_sizes(&c, &total, &active, &bytes);
@@ -187,12 +187,13 @@ test_presets(void)
 	gptoss_config c;
 	gptoss_synth_preset p = GPTOSS_SYNTH_TINY;
 	gptoss_error err = {0};
-	static const char *const names[] = {"tiny", "tiny-odd", "20b", "120b"};
+	static const char *const names[] = {"tiny", "tiny-odd", "tiny-moe", "20b", "120b"};
 	static const gptoss_synth_preset want[] = {
-		GPTOSS_SYNTH_TINY, GPTOSS_SYNTH_TINY_ODD, GPTOSS_SYNTH_20B, GPTOSS_SYNTH_120B
+		GPTOSS_SYNTH_TINY, GPTOSS_SYNTH_TINY_ODD, GPTOSS_SYNTH_TINY_MOE, GPTOSS_SYNTH_20B,
+		GPTOSS_SYNTH_120B
 	};
 
-	for (int i = 0; i < 4; i++)
+	for (int i = 0; i < 5; i++)
 		CHECK(gptoss_synth_preset_from_name(names[i], &p) == 0 && p == want[i], "%s", names[i]);
 	CHECK(gptoss_synth_preset_from_name("7b", &p) == -1, "unknown name accepted");
 	CHECK(gptoss_synth_preset_from_name(NULL, &p) == -1, "NULL name accepted");
@@ -218,6 +219,9 @@ test_presets(void)
 		  c.head_dim == 16 && c.num_experts == 6 && c.experts_per_token == 2 &&
 		  c.intermediate_size == 160 && c.sliding_window == 6 && c.vocab_size == 201088,
 		  "tiny-odd preset");
+	gptoss_synth_config(GPTOSS_SYNTH_TINY_MOE, &c, &err);
+	CHECK(c.hidden_size == 64 && c.num_layers == 4 && c.num_experts == 128 &&
+		  c.experts_per_token == 4 && c.intermediate_size == 64, "tiny-moe preset");
 }
 
 /* ------------------------------------------------------ synth + load */
@@ -531,7 +535,7 @@ synth(gptoss_synth_preset preset, const char *dir, uint64_t seed, int n_shards, 
 	return 0;
 }
 
-/* Synthesizes tiny and tiny-odd, loads them back and checks everything. */
+/* Synthesizes tiny, tiny-odd and tiny-moe, loads them back and checks everything. */
 static void
 test_synth_roundtrip(void)
 {
@@ -561,6 +565,8 @@ test_synth_roundtrip(void)
 	CHECK(synth(GPTOSS_SYNTH_TINY_ODD, tmp_path("odd"), 7, 0, NULL) == 0, "tiny-odd");
 	CHECK(stat(tmp_path("odd/tokenizer.json"), &st) != 0, "tokenizer.json written without a source");
 	check_loaded("tiny-odd", tmp_path("odd"), GPTOSS_SYNTH_TINY_ODD, 1);
+	CHECK(synth(GPTOSS_SYNTH_TINY_MOE, tmp_path("moe"), 7, 0, NULL) == 0, "tiny-moe");
+	check_loaded("tiny-moe", tmp_path("moe"), GPTOSS_SYNTH_TINY_MOE, 1);
 
 	/* Same seed: identical bytes; another seed: different bytes. */
 	CHECK(synth(GPTOSS_SYNTH_TINY, tmp_path("tiny_again"), 7, 0, NULL) == 0, "tiny again");
