@@ -994,8 +994,8 @@ main(void)
 	test_moe(8, 64, 64, 2, 37, 20, 2);		/* tiny shapes, one expert with 20+ tokens */
 	test_moe(32, 2880, 2880, 4, 1, 0, 3);	/* 20b, decode */
 	test_moe(32, 2880, 2880, 4, 70, 40, 4);	/* 20b, batch: several tiles per expert */
-	test_moe(6, 96, 160, 2, 300, 290, 5);	/* tiny-odd, one expert past two 128-token passes */
-	test_moe(32, 2880, 2880, 4, 512, 300, 6);	/* 20b, prefill: 3 passes on expert 0, partial tiles */
+	test_moe(6, 96, 160, 2, 300, 290, 5);	/* tiny-odd, one expert with 290+ tokens: several prefill passes */
+	test_moe(32, 2880, 2880, 4, 512, 300, 6);	/* 20b, prefill: one expert with 300+ tokens, partial tiles */
 	test_attention(4, 2, 16, 40, 1, 0, 5);
 	test_attention(4, 2, 16, 40, 1, 8, 6);
 	test_attention(6, 2, 16, 53, 17, 6, 7);
