@@ -8,25 +8,36 @@
  * (64-column pieces) in four fixed ranges, each warp multiplying its range of
  * every row tile of the block with the same activation fragments, and the
  * four partial sums of a row tile are added in a fixed order through shared
- * memory.  Prefill variant (64 tokens per pass): each warp owns a row tile
- * and walks the whole input dimension, so the four warps of a block read the
- * same activation fragments (shared through L1).  It sums the same four
- * input ranges separately and adds them in the decode variant's order, so
- * every variant gives a token bitwise the same result: the output of a token
- * does not depend on how many tokens the step routes to its experts.
- * Per piece a lane loads one uint4 of packed fp4 codes and one scale word
- * (moe_layout.cuh), decodes them into fp16 A fragments with shifts and masks,
- * and multiplies them (mma.sync m16n8k16, fp32 accumulate) with the B
+ * memory.  Per piece a lane loads one uint4 of packed fp4 codes and one scale
+ * word (moe_layout.cuh), decodes them into fp16 A fragments with shifts and
+ * masks, and multiplies them (mma.sync m16n8k16, fp32 accumulate) with the B
  * fragments of up to tiles_per_pass 8-token tiles, loaded as 16-byte vectors
  * from the fragment-layout activations (L1/L2 resident: every warp of the
- * expert reads the same ones).  Each 32-column MX block is accumulated
- * separately and then scaled by its E8M0 factor, so the scale never touches
- * fp16.  Splitting the input dimension across warps is what lets a batch-1
- * decode keep enough loads in flight: a warp walks 11 pieces instead of 45.
- * The weights of an expert are read from memory once per pass over its
- * tokens: once per step for decode batches (up to 8*tiles_per_pass tokens
- * per expert), which is what makes batched decoding cheap.
- *
+ * expert reads the same ones).  Splitting the input dimension across warps is
+ * what lets a batch-1 decode keep enough loads in flight: a warp walks 11
+ * pieces instead of 45.  The weights of an expert are read from memory once
+ * per pass over its tokens: once per step for decode batches (up to
+ * 8*tiles_per_pass tokens per expert), which is what makes batched decoding
+ * cheap.
+ * Prefill variant (more tokens per expert): a block of MOE_PF_WARPS warps
+ * side by side along the rows computes 8 row tiles x 8 token tiles (128
+ * rows x 64 tokens) per pass, a warp 2 row tiles x all 8 token tiles, so
+ * each A fragment is decoded once, by one warp, for 16 mma.  The block's
+ * pieces of weights, scales and activations stream through shared memory
+ * in a MOE_PF_STAGES-deep cp.async pipeline (each byte crosses L2 once per
+ * block), and the range totals wait in shared memory, which keeps a thread
+ * under the 168 registers of 3 blocks per SM.  Passes with all 8 token
+ * tiles and row tiles present (most of a long prompt) run a copy of the
+ * inner loop without tile checks.  Measured on the H200 (bench/NOTES-cuda.md
+ * runs 24-27): 2048-token prefill 19,800 -> 21,800 tok/s; the kernel is
+ * still issue-bound (~12 instructions per mma: fp4 decode, per-block scale
+ * FMAs, addressing), not tensor-bound.
+ * Both variants do the same arithmetic for a (row tile, token tile) pair:
+ * each 32-column MX block is accumulated from zero by two mma and then added
+ * scaled by its E8M0 factor (so the scale never touches fp16), the pieces of
+ * each of the four input ranges are summed in order, and the four range sums
+ * are added in range order.  So a token's result does not depend on the
+ * variant, i.e. on how many tokens the step routes to its experts.
  * Epilogues.  gate_up: the tile's rows are 8 gates and the 8 matching ups
  * (regrouped at upload), so a lane holds gate and up of one feature and
  * token: add the biases, clamp, SwiGLU, and store fp16 directly in the
@@ -40,12 +51,20 @@
 #define MOE_KSPLIT 4			/* warps per block, each a quarter of the input pieces */
 #define MOE_UNROLL 4			/* 64-column pieces whose weights are loaded ahead */
 /*
- * Resident blocks per SM asked of the prefill variant (caps it at 168
- * registers): its four range sums need 255 registers otherwise, 2 blocks per
- * SM; 3 blocks with a few spills ran a 2048-token prefill at 18,555 tok/s vs
- * 15,477 (H200, bench/RESULTS.md, CUDA run 16).
+ * Prefill variant: warps per block (side by side along the rows, so no two
+ * warps decode the same weights), row tiles per warp, token tiles per pass,
+ * pieces in flight and resident blocks per SM (which caps the registers at
+ * 65536 / (32 * MOE_PF_WARPS * MOE_PF_BLOCKS) = 170).  Measured alternatives
+ * (H200, 2048-token prefill, before the full-pass copy): this 18,400 tok/s;
+ * 8 warps of one row tile, 3 or 2 blocks per SM 16,600 / 15,800; 16 token
+ * tiles per pass, 2 blocks 11,800; 4 stages 16,000.
  */
-#define MOE_PREFILL_BLOCKS 3
+#define MOE_PF_WARPS 4
+#define MOE_PF_WARP_ROWS 2
+#define MOE_PF_TOKEN_TILES 8
+#define MOE_PF_STAGES 3
+#define MOE_PF_BLOCKS 3
+#define MOE_PF_ROW_TILES (MOE_PF_WARPS * MOE_PF_WARP_ROWS)	/* row tiles per block */
 
 enum
 {
@@ -143,16 +162,44 @@ moe_epilogue(const MoeMatmulArgs &args, const float acc[NT][4], int e, int tile,
 }
 
 /*
+ * One MX block (32 columns: two k-steps) of a row tile times one token tile,
+ * added to acc scaled: the arithmetic every variant shares, so that a
+ * token's result does not depend on the variant.
+ */
+static __device__ __forceinline__ void
+mx_block_mma(float acc[4], const uint32_t a0[4], const uint32_t a1[4], uint4 b, float s_lo,
+			 float s_hi)
+{
+	float		part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+
+	mma_16816(part, a0, b.x, b.y);
+	mma_16816(part, a1, b.z, b.w);
+	acc[0] += part[0] * s_lo;
+	acc[1] += part[1] * s_lo;
+	acc[2] += part[2] * s_hi;
+	acc[3] += part[3] * s_hi;
+}
+
+/* Decodes MX block h (0, 1) of a lane's piece: its A fragments and the scales of rows g and g+8. */
+static __device__ __forceinline__ void
+mx_block_decode(uint4 wv, uint32_t sv, int h, uint32_t a0[4], uint32_t a1[4], float *s_lo,
+				float *s_hi)
+{
+	*s_lo = e8m0_to_f32((sv >> (8 * h)) & 255u);
+	*s_hi = e8m0_to_f32((sv >> (8 * (2 + h))) & 255u);
+	fp4x8_to_f16x2(h ? wv.z : wv.x, a0);
+	fp4x8_to_f16x2(h ? wv.w : wv.y, a1);
+}
+
+/*
  * acc[r] += pieces [c_begin, c_end) of row tile r (r < rt_valid; tile r's
  * pieces follow tile 0's at w_stride / s_stride) times NT token tiles (from
  * tile tc).  The activation fragments of a piece are loaded once and used
- * for all RT row tiles.  PRELOAD: all activation fragments of a piece are
- * loaded before its products (more loads in flight; measured faster for the
- * 64-token prefill passes, slower for the small decode passes,
- * bench/NOTES-cuda.md).  The arithmetic of one (row tile, token tile) pair
- * does not depend on RT: per piece two mma from zero, scaled, added.
+ * for all RT row tiles; the second half of them only when the first is used
+ * (loading both first was measured slower for these small passes,
+ * bench/NOTES-cuda.md run 15).
  */
-template <int RT, int NT, int PRELOAD>
+template <int RT, int NT>
 static __device__ __forceinline__ void
 moe_range(float (&acc)[RT][NT][4], const uint4 *wp, const uint32_t *sp, size_t w_stride,
 		  size_t s_stride, int rt_valid, const uint4 *xp, int kc, int c_begin, int c_end, int tc,
@@ -177,28 +224,17 @@ moe_range(float (&acc)[RT][NT][4], const uint4 *wp, const uint32_t *sp, size_t w
 #pragma unroll
 		for (int u = 0; u < U; u++)
 		{
-			uint4		bv[NT][2];
-
 			if (c0 + u >= c_end)
 				continue;
 #pragma unroll
-			for (int j = 0; j < NT; j++)
-				if (tc + j < n_tiles)
-				{
-					const uint4 *p = xp + ((size_t) (tc + j) * kc + c0 + u) * 64;
-
-					bv[j][0] = __ldg(p);
-					if (PRELOAD)
-						bv[j][1] = __ldg(p + 1);
-				}
-#pragma unroll
 			for (int h = 0; h < 2; h++)
 			{
-				if (!PRELOAD && h == 1)
+				uint4		bv[NT];
+
 #pragma unroll
-					for (int j = 0; j < NT; j++)
-						if (tc + j < n_tiles)
-							bv[j][1] = __ldg(xp + ((size_t) (tc + j) * kc + c0 + u) * 64 + 1);
+				for (int j = 0; j < NT; j++)
+					if (tc + j < n_tiles)
+						bv[j] = __ldg(xp + ((size_t) (tc + j) * kc + c0 + u) * 64 + h);
 #pragma unroll
 				for (int r = 0; r < RT; r++)
 				{
@@ -209,24 +245,11 @@ moe_range(float (&acc)[RT][NT][4], const uint4 *wp, const uint32_t *sp, size_t w
 
 					if (r >= rt_valid)
 						continue;
-					s_lo = e8m0_to_f32((sv[u][r] >> (8 * h)) & 255u);
-					s_hi = e8m0_to_f32((sv[u][r] >> (8 * (2 + h))) & 255u);
-					fp4x8_to_f16x2(h ? wv[u][r].z : wv[u][r].x, a0);
-					fp4x8_to_f16x2(h ? wv[u][r].w : wv[u][r].y, a1);
+					mx_block_decode(wv[u][r], sv[u][r], h, a0, a1, &s_lo, &s_hi);
 #pragma unroll
 					for (int j = 0; j < NT; j++)
 						if (tc + j < n_tiles)
-						{
-							uint4		b = bv[j][h];
-							float		part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-
-							mma_16816(part, a0, b.x, b.y);
-							mma_16816(part, a1, b.z, b.w);
-							acc[r][j][0] += part[0] * s_lo;
-							acc[r][j][1] += part[1] * s_lo;
-							acc[r][j][2] += part[2] * s_hi;
-							acc[r][j][3] += part[3] * s_hi;
-						}
+							mx_block_mma(acc[r][j], a0, a1, bv[j], s_lo, s_hi);
 				}
 			}
 		}
@@ -296,7 +319,7 @@ moe_decode_body(const MoeMatmulArgs &args)
 #pragma unroll
 			for (int j = 0; j < NT; j++)
 				acc[r][j][0] = acc[r][j][1] = acc[r][j][2] = acc[r][j][3] = 0.0f;
-		moe_range<RT, NT, 0>(acc, b.wp, b.sp, (size_t) kc * 32, (size_t) kc * 8, rt_valid, b.xp, kc,
+		moe_range<RT, NT>(acc, b.wp, b.sp, (size_t) kc * 32, (size_t) kc * 8, rt_valid, b.xp, kc,
 							 warp * kc / MOE_KSPLIT, (warp + 1) * kc / MOE_KSPLIT, tc, b.n_tiles);
 #pragma unroll
 		for (int r = 0; r < RT; r++)
@@ -326,52 +349,231 @@ moe_decode_body(const MoeMatmulArgs &args)
 	}
 }
 
-/*
- * Prefill variant: each warp owns a row tile and walks the whole input in
- * the same four ranges, summed in the same order as the decode variant's
- * warps, so a token's result does not depend on the variant (i.e. on the
- * step's token count); the four warps of a block read the same activation
- * fragments (shared through L1).
- */
-template <int MODE, int NT>
-static __device__ __forceinline__ void
-moe_prefill_body(const MoeMatmulArgs &args)
+/* One piece (64 input columns) of a prefill block's operands, staged in shared memory. */
+struct MoePrefillStage
 {
-	const int	lane = threadIdx.x & 31;
-	const int	g = lane >> 2;
-	const int	t4 = lane & 3;
-	const int	warp = threadIdx.x >> 5;
-	const int	tile = blockIdx.x * MOE_KSPLIT + warp;
-	const int	kc = args.w.kc;
-	MoeBlock	b;
+	uint4		x[MOE_PF_TOKEN_TILES][2][32];	/* activation fragments: [token tile][half][lane] */
+	uint4		w[MOE_PF_ROW_TILES][32];	/* packed fp4 codes: [row tile][lane] */
+	uint32_t	s[MOE_PF_ROW_TILES][8];	/* E8M0 scale words: [row tile][row group] */
+};
 
-	if ((int) blockIdx.y >= *args.route.n_active || tile >= args.w.rtiles)
-		return;
-	b = moe_block(args, tile, lane);
-	for (int tc = 0; tc < b.n_tiles; tc += NT)
-	{
-		float		acc[1][NT][4];
+/* A prefill block's shared memory: the pipeline's stages, then each warp's range totals. */
+struct MoePrefillSmem
+{
+	MoePrefillStage stage[MOE_PF_STAGES];
+	float		total[MOE_PF_WARPS][MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4][32];	/* [warp][r][j][c][lane] */
+};
+
+/* Copies 16 bytes from global to shared memory, bypassing registers and L1 (cp.async, sm_80+). */
+static __device__ __forceinline__ void
+cp_async16(void *dst, const void *src)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
+				 :: "r"((unsigned) __cvta_generic_to_shared(dst)), "l"(src));
+}
+
+/* Closes the group of the cp.async copies issued so far by this thread. */
+static __device__ __forceinline__ void
+cp_async_commit(void)
+{
+	asm volatile("cp.async.commit_group;\n" ::);
+}
+
+/* Waits until at most N of this thread's cp.async groups are still in flight. */
+template <int N>
+static __device__ __forceinline__ void
+cp_async_wait(void)
+{
+	asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+}
+
+/*
+ * Issues the copies of piece c into stage st: rt_valid row tiles of weights
+ * and scales (w, s: the block's first row tile), tt_valid token tiles of
+ * activations (x: the pass's first token tile; a lane's two 16-byte halves
+ * are stored 512 bytes apart, so that a warp's reads of one half are
+ * conflict-free).  Tiles past the data are not copied, and no warp reads them.
+ */
+static __device__ __forceinline__ void
+moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc,
+				  int c, int rt_valid, int tt_valid)
+{
+	const int	t = threadIdx.x;
+
+	for (int i = t; i < MOE_PF_TOKEN_TILES * 64; i += MOE_PF_WARPS * 32)
+		if ((i >> 6) < tt_valid)
+			cp_async16(&st->x[i >> 6][i & 1][(i >> 1) & 31], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
+	for (int i = t; i < MOE_PF_ROW_TILES * 32; i += MOE_PF_WARPS * 32)
+		if ((i >> 5) < rt_valid)
+			cp_async16(&st->w[i >> 5][i & 31], w + ((size_t) (i >> 5) * kc + c) * 32 + (i & 31));
+	for (int i = t; i < MOE_PF_ROW_TILES * 2; i += MOE_PF_WARPS * 32)
+		if ((i >> 1) < rt_valid)
+			cp_async16(&st->s[i >> 1][(i & 1) * 4], s + ((size_t) (i >> 1) * kc + c) * 8 + (i & 1) * 4);
+}
+
+/*
+ * sum[r][j] += the staged piece for the warp's row tiles r < nr (from wr0)
+ * and the pass's token tiles j < nt.  Each A fragment is decoded once and
+ * used for all token tiles.  FULL: nr and nt are the maximum, so the tile
+ * checks drop out (2048-token prefill 18,400 -> 21,800 tok/s: the checked
+ * copy keeps a warp-synchronising branch around every mma).
+ */
+template <bool FULL>
+static __device__ __forceinline__ void
+moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const MoePrefillStage *st,
+				  int wr0, int nr, int nt, int lane)
+{
+	uint4		wv[MOE_PF_WARP_ROWS];
+	uint32_t	sv[MOE_PF_WARP_ROWS];
 
 #pragma unroll
-		for (int j = 0; j < NT; j++)
-			acc[0][j][0] = acc[0][j][1] = acc[0][j][2] = acc[0][j][3] = 0.0f;
-		moe_range<1, NT, 1>(acc, b.wp, b.sp, 0, 0, 1, b.xp, kc, 0, kc / MOE_KSPLIT, tc, b.n_tiles);
-		for (int r = 1; r < MOE_KSPLIT; r++)
+	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+		if (FULL || r < nr)
 		{
-			float		part[1][NT][4];
+			wv[r] = st->w[wr0 + r][lane];
+			sv[r] = st->s[wr0 + r][lane >> 2];
+		}
+#pragma unroll
+	for (int h = 0; h < 2; h++)
+	{
+		uint32_t	a0[MOE_PF_WARP_ROWS][4];
+		uint32_t	a1[MOE_PF_WARP_ROWS][4];
+		float		s_lo[MOE_PF_WARP_ROWS];
+		float		s_hi[MOE_PF_WARP_ROWS];
 
 #pragma unroll
-			for (int j = 0; j < NT; j++)
-				part[0][j][0] = part[0][j][1] = part[0][j][2] = part[0][j][3] = 0.0f;
-			moe_range<1, NT, 1>(part, b.wp, b.sp, 0, 0, 1, b.xp, kc, r * kc / MOE_KSPLIT,
-								(r + 1) * kc / MOE_KSPLIT, tc, b.n_tiles);
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+			if (FULL || r < nr)
+				mx_block_decode(wv[r], sv[r], h, a0[r], a1[r], &s_lo[r], &s_hi[r]);
 #pragma unroll
-			for (int j = 0; j < NT; j++)
+		for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+			if (FULL || j < nt)
+			{
+				uint4		b = st->x[j][h][lane];
+
+#pragma unroll
+				for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+					if (FULL || r < nr)
+						mx_block_mma(sum[r][j], a0[r], a1[r], b, s_lo[r], s_hi[r]);
+			}
+	}
+}
+
+/*
+ * Adds every input range that ends at or before piece `done` to the warp's
+ * totals, in range order (total = range 0, then += ranges 1, 2, 3: the
+ * decode variant's sum), and restarts the range sum.
+ */
+static __device__ __forceinline__ void
+moe_fold_ranges(float (*total)[MOE_PF_TOKEN_TILES][4][32],
+				float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], int *range, int done, int kc,
+				int lane)
+{
+	while (*range < MOE_KSPLIT && (*range + 1) * kc / MOE_KSPLIT <= done)
+	{
+#pragma unroll
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+#pragma unroll
+			for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
 #pragma unroll
 				for (int c = 0; c < 4; c++)
-					acc[0][j][c] += part[0][j][c];
+				{
+					float	   *t = &total[r][j][c][lane];
+
+					*t = *range == 0 ? sum[r][j][c] : *t + sum[r][j][c];
+					sum[r][j][c] = 0.0f;
+				}
+		(*range)++;
+	}
+}
+
+/*
+ * Prefill variant: block x takes row tiles [MOE_PF_ROW_TILES x, ...) of
+ * expert blockIdx.y, warp w of them MOE_PF_WARP_ROWS from wr0, and walks the
+ * expert's tokens in passes of MOE_PF_TOKEN_TILES token tiles.  Every piece
+ * of a pass goes through the shared-memory pipeline (the stages of the next
+ * MOE_PF_STAGES - 1 pieces load while one is multiplied); the range totals
+ * wait in shared memory, which keeps the registers within the cap.
+ */
+template <int MODE>
+__global__ void __launch_bounds__(MOE_PF_WARPS * 32, MOE_PF_BLOCKS)
+moe_prefill_kernel(MoeMatmulArgs args)
+{
+	extern __shared__ uint4 moe_smem[];
+	MoePrefillSmem *sm = (MoePrefillSmem *) moe_smem;
+	const int	lane = threadIdx.x & 31;
+	const int	warp = threadIdx.x >> 5;
+	const int	wr0 = warp * MOE_PF_WARP_ROWS;
+	const int	tile0 = blockIdx.x * MOE_PF_ROW_TILES;
+	const int	kc = args.w.kc;
+	const int	rt_valid = min(MOE_PF_ROW_TILES, args.w.rtiles - tile0);
+	const int	nr = min(MOE_PF_WARP_ROWS, rt_valid - wr0);
+	int			e;
+	int			n_e;
+	int			row0;
+	int			n_tiles;
+	const uint4 *w;
+	const uint32_t *s;
+
+	chain_begin();
+	if ((int) blockIdx.y >= *args.route.n_active)
+		return;
+	e = args.route.active[blockIdx.y];
+	n_e = args.route.count[e];
+	row0 = args.route.offset[e];
+	n_tiles = (n_e + 7) >> 3;
+	w = args.w.blocks + ((size_t) e * args.w.rtiles + tile0) * kc * 32;
+	s = args.w.scales + ((size_t) e * args.w.rtiles + tile0) * kc * 8;
+	for (int tt0 = 0; tt0 < n_tiles; tt0 += MOE_PF_TOKEN_TILES)
+	{
+		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
+		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
+		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
+		int			range = 0;
+
+#pragma unroll
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+#pragma unroll
+			for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+					sum[r][j][c] = 0.0f;
+		__syncthreads();		/* every warp is done with the previous pass's stages */
+		for (int c = 0; c < MOE_PF_STAGES - 1; c++)
+		{
+			if (c < kc)
+				moe_prefill_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
+			cp_async_commit();
 		}
-		moe_epilogue<MODE, NT>(args, acc[0], b.e, tile, b.row0, b.n_e, b.n_tiles, tc, g, t4);
+		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
+		for (int c = 0; c < kc; c++)
+		{
+			cp_async_wait<MOE_PF_STAGES - 2>();		/* piece c has landed (this thread's part) */
+			__syncthreads();	/* everyone's part, and piece c - 1's stage is free */
+			if (c + MOE_PF_STAGES - 1 < kc)
+				moe_prefill_stage(&sm->stage[(c + MOE_PF_STAGES - 1) % MOE_PF_STAGES], w, s, x, kc,
+								  c + MOE_PF_STAGES - 1, rt_valid, nt);
+			cp_async_commit();
+			if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
+				moe_prefill_piece<true>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
+			else if (nr > 0)
+				moe_prefill_piece<false>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
+			moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
+		}
+#pragma unroll
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+			if (r < nr)
+			{
+				float		acc[MOE_PF_TOKEN_TILES][4];
+
+#pragma unroll
+				for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+#pragma unroll
+					for (int c = 0; c < 4; c++)
+						acc[j][c] = sm->total[warp][r][j][c][lane];
+				moe_epilogue<MODE, MOE_PF_TOKEN_TILES>(args, acc, e, tile0 + wr0 + r, row0, n_e,
+													   n_tiles, tt0, lane >> 2, lane & 3);
+			}
 	}
 }
 
@@ -382,15 +584,6 @@ moe_matmul_kernel(MoeMatmulArgs args)
 {
 	chain_begin();
 	moe_decode_body<MODE, RT, NT>(args);
-}
-
-/* The prefill variant (a row tile per warp), register-capped for MOE_PREFILL_BLOCKS blocks per SM. */
-template <int MODE>
-__global__ void __launch_bounds__(MOE_KSPLIT * 32, MOE_PREFILL_BLOCKS)
-moe_prefill_kernel(MoeMatmulArgs args)
-{
-	chain_begin();
-	moe_prefill_body<MODE, 8>(args);
 }
 
 /* Launches the decode variant <MODE, RT, NT>. */
@@ -420,6 +613,27 @@ launch_decode_rt(int max_active, int rt, const MoeMatmulArgs &args, cudaStream_t
 	}
 }
 
+/* Launches the prefill variant (allowing it its shared memory first). */
+template <int MODE>
+static cudaError_t
+launch_prefill(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
+{
+	static bool smem_allowed;
+	cudaError_t rc;
+
+	if (!smem_allowed)
+	{
+		rc = cudaFuncSetAttribute(moe_prefill_kernel<MODE>,
+								  cudaFuncAttributeMaxDynamicSharedMemorySize, (int) sizeof(MoePrefillSmem));
+		if (rc != cudaSuccess)
+			return rc;
+		smem_allowed = true;
+	}
+	return launch_chained(moe_prefill_kernel<MODE>,
+						  dim3(div_up(args.w.rtiles, MOE_PF_ROW_TILES), max_active),
+						  MOE_PF_WARPS * 32, sizeof(MoePrefillSmem), stream, args);
+}
+
 /* Picks the variant for tiles_per_pass (the prefill variant at 8) and row_tiles, and launches it. */
 template <int MODE>
 static cudaError_t
@@ -437,9 +651,7 @@ launch_moe_matmul(int max_active, int tiles_per_pass, int rt, const MoeMatmulArg
 		case 4:
 			return launch_decode_rt<MODE, 4>(max_active, rt, args, stream);
 		default:
-			return launch_chained(moe_prefill_kernel<MODE>,
-								  dim3(div_up(args.w.rtiles, MOE_KSPLIT), max_active),
-								  MOE_KSPLIT * 32, 0, stream, args);
+			return launch_prefill<MODE>(max_active, args, stream);
 	}
 }
 
