@@ -1,8 +1,8 @@
 /*
  * enrich.c: enrichments: gptoss_enrich() and its management functions, the
- * triggers, and the batch processing that the trigger (sync
- * mode) and the per-database worker (enrich_worker.c) share.  See enrich.h
- * for the catalog and the flow.
+ * triggers, and the batch processing that the statement trigger (sync mode)
+ * and the per-database worker (enrich_worker.c) share.  See enrich.h for the
+ * catalog and the flow.
  *
  * Rights.  Only the table's owner creates or manages an enrichment, and the
  * work (reading the prompt, writing the answer) runs as that owner whoever
@@ -1223,6 +1223,7 @@ enrich_take_batch(Enrichment *e, int limit)
 typedef struct CollectedKeys
 {
 	int			enrichment;
+	Oid			relid;			/* the table whose row trigger collected them */
 	SubTransactionId subxid;
 	MemoryContext cxt;			/* holds this entry and its keys */
 	int			npk;
@@ -1259,6 +1260,7 @@ collected_new(int id, SubTransactionId subxid, Relation rel)
 								ALLOCSET_DEFAULT_SIZES);
 	c = MemoryContextAllocZero(cxt, sizeof(CollectedKeys));
 	c->enrichment = id;
+	c->relid = RelationGetRelid(rel);
 	c->subxid = subxid;
 	c->cxt = cxt;
 	c->npk = primary_key_columns(rel, c->pk_attnums);
@@ -1291,7 +1293,7 @@ collect_key(int id, Relation rel, TupleTableSlot *slot)
 	MemoryContext old;
 
 	for (c = collected; c != NULL; c = c->next)
-		if (c->enrichment == id && c->subxid == subxid)
+		if (c->enrichment == id && c->relid == RelationGetRelid(rel) && c->subxid == subxid)
 			break;
 	if (c == NULL)
 		c = collected_new(id, subxid, rel);
@@ -1323,18 +1325,18 @@ collected_free(CollectedKeys *c)
 }
 
 /*
- * Takes enrichment id's keys of this subtransaction off the list: one entry
- * (NULL when there is none).  Free it with collected_free once its keys are
- * stored.
+ * Takes enrichment id's keys of rows of relid collected in this
+ * subtransaction off the list: one entry (NULL when there is none).  Free it
+ * with collected_free once its keys are stored.
  */
 static CollectedKeys *
-collected_take(int id)
+collected_take(int id, Oid relid)
 {
 	SubTransactionId subxid = GetCurrentSubTransactionId();
 	CollectedKeys **link = &collected;
 
 	for (CollectedKeys *c = collected; c != NULL; link = &c->next, c = c->next)
-		if (c->enrichment == id && c->subxid == subxid)
+		if (c->enrichment == id && c->relid == relid && c->subxid == subxid)
 		{
 			*link = c->next;
 			c->next = NULL;
@@ -1366,8 +1368,11 @@ queue_leftover_keys(void)
 			Enrichment *e = enrich_load(c->enrichment, true);
 
 			collected = c->next;
-			/* an enrichment dropped since has no inbox; a changed key no longer names the rows */
-			if (e != NULL && e->npk == c->npk && c->keys->n > 0)
+			/*
+			 * Not for an enrichment dropped since, nor one of another table
+			 * (a trigger created by hand), nor when the key changed.
+			 */
+			if (e != NULL && e->relid == c->relid && e->npk == c->npk && c->keys->n > 0)
 			{
 				inbox_insert_all(e, c->keys);
 				enrich_wake_after_commit();
@@ -1493,7 +1498,7 @@ gptoss_enrich_trigger(PG_FUNCTION_ARGS)
 		return PointerGetDatum(NULL);
 	}
 	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) && trigdata->tg_newtable == NULL)
-		inserted = collected_take(id);
+		inserted = collected_take(id, RelationGetRelid(trigdata->tg_relation));
 
 	SPI_connect();
 	if (SPI_register_trigger_data(trigdata) != SPI_OK_TD_REGISTER)
