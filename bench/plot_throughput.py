@@ -1,58 +1,104 @@
 #!/usr/bin/env python3
-"""bench/plot_throughput.py: draws bench/throughput.svg, aggregate decode
-tokens/s against the number of sequences in flight, for gptoss (CUDA backend,
-run 20 (H200) and run 21 (H100) in bench/RESULTS.md) and llama.cpp
-(targets.md) on the same two cards.
+"""bench/plot_throughput.py: draws bench/throughput.svg, two panels:
+left, aggregate decode tokens/s against the number of sequences in flight
+(gptoss CUDA backend on the H200 and H100, gpt-oss-120b on the H200, and
+llama.cpp from targets.md); right, the serving-shaped cases of issue 13
+(total tokens/s) against vLLM's published H100 figures and our targets.
+Every number is a row of bench/RESULTS.md (the run is named in the legend).
 Plain SVG, no plotting library needed: python3 bench/plot_throughput.py"""
 import math
 import os
 
-BATCHES = [1, 8, 32, 64, 128]
-SERIES = [
-    ("gptoss CUDA, run 20 (H200)", "#1f77b4", [394, 1579, 4848, 8168, 9258]),
-    ("gptoss CUDA, run 21 (H100)", "#17becf", [356, 1362, 4157, 7305, 9133]),
-    ("llama.cpp (H200, targets.md)", "#d62728", [267, 488, 1454, 2325, 3190]),
-    ("llama.cpp (H100, targets.md)", "#ff9896", [245, 467, 1404, 2199, 3082]),
+# (name, colour, [(sequences, tok/s), ...])
+DECODE = [
+    ("gptoss 20b H200 (runs 20, 27; 256-1024: 815ba0d)", "#1f77b4",
+     [(1, 396), (8, 1579), (32, 4848), (64, 8144), (128, 10937), (256, 11041), (512, 14767), (1024, 22138)]),
+    ("gptoss 20b H100 (run 21)", "#17becf", [(1, 356), (8, 1362), (32, 4157), (64, 7305), (128, 9133)]),
+    ("gptoss 120b H200 (run 28)", "#9467bd", [(1, 236), (64, 2624), (256, 6596)]),
+    ("llama.cpp 20b H200 (targets.md)", "#d62728", [(1, 267), (8, 488), (32, 1454), (64, 2325), (128, 3190)]),
+    ("llama.cpp 20b H100 (targets.md)", "#ff9896", [(1, 245), (8, 467), (32, 1404), (64, 2199), (128, 3082)]),
 ]
-# (batch, tok/s, label, label to the right of the mark?)
-TARGETS = [(1, 540, "target H200 540", True), (1, 490, "target H100 490", True),
-           (64, 7000, "target H200 7,000", False), (64, 6600, "target H100 6,600", False)]
-W, H, L, R, T, B = 720, 440, 80, 30, 40, 60
+DECODE_TARGETS = [(1, 560, "560"), (64, 10500, "10,500"), (128, 13000, "13,000")]
+SERVING_CASES = ["(a) ShareGPT-like\n1,000 req", "(b) 500 x\n2,000/100", "(c) 1,000 x\n128/4", "(d) 500 x\n4,000/200"]
+SERVING = [
+    ("gptoss H200 (a, d: 815ba0d; b, c: run 27)", "#1f77b4", [11151, 16445, 18429, 16016]),
+    ("vLLM 0.11 H100 (published)", "#d62728", [19129, 33150, 32612, 33823]),
+    ("target H200", "#2ca02c", [25000, 36000, 36000, 36000]),
+]
+W, H = 1180, 470
+TOP, BOTTOM = 60, 80
+LEFT = (80, 600)			# x range of the left panel's plot area
+RIGHT = (700, 1160)			# x range of the right panel's plot area
+DECODE_MAX, SERVING_MAX = 24000.0, 40000.0
+MAX_SEQS = 1024
 
 
-def x_of(batch):
-    return L + (W - L - R) * math.log2(batch) / math.log2(BATCHES[-1])
+def y_of(v, top):
+    return TOP + (H - TOP - BOTTOM) * (1 - v / top)
 
 
-def y_of(tok_s, top=10000.0):
-    return T + (H - T - B) * (1 - tok_s / top)
+def x_decode(n):
+    return LEFT[0] + (LEFT[1] - LEFT[0]) * math.log2(n) / math.log2(MAX_SEQS)
+
+
+def axis(out, x0, x1, top, step, label):
+    for v in range(0, int(top) + 1, step):
+        y = y_of(v, top)
+        out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (x0, y, x1, y))
+        out.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (x0 - 6, y + 4, format(v, ",")))
+    mid = (TOP + H - BOTTOM) // 2
+    out.append('<text x="%d" y="%d" transform="rotate(-90 %d %d)" text-anchor="middle">%s</text>'
+               % (x0 - 58, mid, x0 - 58, mid, label))
+
+
+def decode_panel(out):
+    axis(out, LEFT[0], LEFT[1], DECODE_MAX, 4000, "generated tokens/s")
+    out.append('<text x="%d" y="%d" font-size="14">Decode throughput against sequences in flight</text>' % (LEFT[0], TOP - 30))
+    n = 1
+    while n <= MAX_SEQS:
+        x = x_decode(n)
+        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#eee"/>' % (x, TOP, x, H - BOTTOM))
+        out.append('<text x="%.1f" y="%d" text-anchor="middle">%d</text>' % (x, H - BOTTOM + 18, n))
+        n *= 2
+    out.append('<text x="%d" y="%d" text-anchor="middle">sequences in flight (log scale)</text>'
+               % ((LEFT[0] + LEFT[1]) // 2, H - BOTTOM + 40))
+    for i, (name, colour, pts) in enumerate(DECODE):
+        line = " ".join("%.1f,%.1f" % (x_decode(b), y_of(v, DECODE_MAX)) for b, v in pts)
+        out.append('<polyline points="%s" fill="none" stroke="%s" stroke-width="2.5"/>' % (line, colour))
+        for b, v in pts:
+            out.append('<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>' % (x_decode(b), y_of(v, DECODE_MAX), colour))
+        out.append('<rect x="%d" y="%d" width="14" height="4" fill="%s"/>' % (LEFT[0] + 14, TOP + 10 + 17 * i, colour))
+        out.append('<text x="%d" y="%d">%s</text>' % (LEFT[0] + 34, TOP + 16 + 17 * i, name))
+    for b, v, label in DECODE_TARGETS:
+        x, y = x_decode(b), y_of(v, DECODE_MAX)
+        out.append('<circle cx="%.1f" cy="%.1f" r="5" fill="none" stroke="#2ca02c" stroke-width="2"/>' % (x, y))
+        out.append('<text x="%.1f" y="%.1f" fill="#2ca02c">target %s</text>' % (x + 8, y - 8, label))
+
+
+def serving_panel(out):
+    axis(out, RIGHT[0], RIGHT[1], SERVING_MAX, 5000, "total (input + output) tokens/s")
+    out.append('<text x="%d" y="%d" font-size="14">Serving-shaped runs (issue 13 item 1)</text>' % (RIGHT[0], TOP - 30))
+    group = (RIGHT[1] - RIGHT[0]) / len(SERVING_CASES)
+    bar = group / (len(SERVING) + 1)
+    for c, case in enumerate(SERVING_CASES):
+        x0 = RIGHT[0] + c * group + bar / 2
+        for s, (name, colour, values) in enumerate(SERVING):
+            y = y_of(values[c], SERVING_MAX)
+            out.append('<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"/>'
+                       % (x0 + s * bar, y, bar - 2, H - BOTTOM - y, colour))
+        for k, part in enumerate(case.split("\n")):
+            out.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>'
+                       % (RIGHT[0] + (c + 0.5) * group, H - BOTTOM + 18 + 15 * k, part))
+    for s, (name, colour, _) in enumerate(SERVING):
+        out.append('<rect x="%d" y="%d" width="14" height="8" fill="%s"/>' % (RIGHT[0] + 14, TOP + 8 + 17 * s, colour))
+        out.append('<text x="%d" y="%d">%s</text>' % (RIGHT[0] + 34, TOP + 16 + 17 * s, name))
 
 
 def main():
     out = ['<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">' % (W, H),
-           '<rect width="100%" height="100%" fill="white"/>',
-           '<text x="%d" y="22" font-size="15">Decode throughput against sequences in flight (gpt-oss-20b shapes)</text>' % L]
-    for v in range(0, 10001, 2000):
-        y = y_of(v)
-        out.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (L, y, W - R, y))
-        out.append('<text x="%d" y="%.1f" text-anchor="end">%d</text>' % (L - 6, y + 4, v))
-    for b in BATCHES:
-        x = x_of(b)
-        out.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#eee"/>' % (x, T, x, H - B))
-        out.append('<text x="%.1f" y="%d" text-anchor="middle">%d</text>' % (x, H - B + 18, b))
-    out.append('<text x="%d" y="%d" text-anchor="middle">sequences in flight (log scale)</text>' % ((L + W - R) // 2, H - 15))
-    out.append('<text x="18" y="%d" transform="rotate(-90 18 %d)" text-anchor="middle">generated tokens/s</text>' % ((T + H - B) // 2, (T + H - B) // 2))
-    for i, (name, colour, values) in enumerate(SERIES):
-        pts = " ".join("%.1f,%.1f" % (x_of(b), y_of(v)) for b, v in zip(BATCHES, values))
-        out.append('<polyline points="%s" fill="none" stroke="%s" stroke-width="2.5"/>' % (pts, colour))
-        for b, v in zip(BATCHES, values):
-            out.append('<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>' % (x_of(b), y_of(v), colour))
-        out.append('<rect x="%d" y="%d" width="14" height="4" fill="%s"/>' % (L + 20, T + 14 + 18 * i, colour))
-        out.append('<text x="%d" y="%d">%s</text>' % (L + 40, T + 20 + 18 * i, name))
-    for i, (b, v, label, right) in enumerate(TARGETS):
-        out.append('<circle cx="%.1f" cy="%.1f" r="5" fill="none" stroke="#2ca02c" stroke-width="2"/>' % (x_of(b), y_of(v)))
-        out.append('<text x="%.1f" y="%.1f" fill="#2ca02c" text-anchor="%s">%s</text>'
-                   % (x_of(b) + (10 if right else -10), y_of(v) - (14 if i % 2 == 0 else -4), "start" if right else "end", label))
+           '<rect width="100%" height="100%" fill="white"/>']
+    decode_panel(out)
+    serving_panel(out)
     out.append('</svg>')
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput.svg")
     with open(path, "w") as f:

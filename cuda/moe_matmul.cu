@@ -29,7 +29,7 @@
  * under the 168 registers of 3 blocks per SM.  Passes with all 8 token
  * tiles and row tiles present (most of a long prompt) run a copy of the
  * inner loop without tile checks.  Measured on the H200 (bench/NOTES-cuda.md
- * runs 24-27): 2048-token prefill 19,800 -> 21,800 tok/s; the kernel is
+ * runs 25-29): 2048-token prefill 19,800 -> 21,800 tok/s; the kernel is
  * still issue-bound (~12 instructions per mma: fp4 decode, per-block scale
  * FMAs, addressing), not tensor-bound.
  * Both variants do the same arithmetic for a (row tile, token tile) pair:

@@ -55,6 +55,24 @@ struct Rng
 	}
 };
 
+/* A random permutation of 0 .. n-1 (Fisher-Yates). */
+static std::vector<int32_t>
+random_permutation(Rng &rng, int n)
+{
+	std::vector<int32_t> perm(n);
+
+	for (int i = 0; i < n; i++)
+		perm[i] = i;
+	for (int i = n - 1; i > 0; i--)
+	{
+		int			j = (int) (rng.next() % (i + 1));
+		int32_t		t = perm[i];
+
+		perm[i] = perm[j], perm[j] = t;
+	}
+	return perm;
+}
+
 /* Records a check's outcome. */
 static void
 check(bool ok, const char *what, double value, double limit)
@@ -291,20 +309,12 @@ test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, uint64_t 
 	size_t		page_elems = (size_t) Hkv * KV_PAGE * D;
 	std::vector<__nv_bfloat16> kc((size_t) L * n_pages * page_elems), vc(kc.size());
 	std::vector<double> kd((size_t) ctx * Hkv * D), vd(kd.size());
-	std::vector<int32_t> table(max_pages), perm(n_pages);
+	std::vector<int32_t> table(max_pages), perm;
 	std::vector<float> q((size_t) n_new * Hq * D), sinks(Hq);
 	int			slot = 0;
 	char		name[160];
 
-	for (int i = 0; i < n_pages; i++)
-		perm[i] = i;
-	for (int i = n_pages - 1; i > 0; i--)
-	{
-		int			j = (int) (rng.next() % (i + 1));
-		int			t = perm[i];
-
-		perm[i] = perm[j], perm[j] = t;
-	}
+	perm = random_permutation(rng, n_pages);
 	for (int p = 0; p < max_pages; p++)
 		table[p] = perm[p];
 	for (auto &v : kc) v = __float2bfloat16(1000.0f);	/* other layers/pages: would ruin the result */
@@ -440,7 +450,7 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	const int	n_pos = 41;
 	std::vector<float> qkv((size_t) T * n_cols), bias(n_cols);
 	std::vector<float2> rope((size_t) n_pos * half);
-	std::vector<int32_t> table(n_seqs * max_pages), perm(n_pages);
+	std::vector<int32_t> table(n_seqs * max_pages), perm;
 	size_t		cache_elems = (size_t) L * n_pages * Hkv * KV_PAGE * D;
 	std::vector<__nv_bfloat16> sentinel(cache_elems, __float2bfloat16(1000.0f));
 	std::vector<double> q_ref((size_t) T * Hq * D), k_ref, k_got;
@@ -451,15 +461,7 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	for (auto &v : qkv) v = (float) rng.normal();
 	for (auto &v : bias) v = (float) (0.1 * rng.normal());
 	for (auto &v : rope) v = make_float2((float) rng.normal(), (float) rng.normal());
-	for (int i = 0; i < n_pages; i++)
-		perm[i] = i;
-	for (int i = n_pages - 1; i > 0; i--)
-	{
-		int			j = (int) (rng.next() % (i + 1));
-		int			t = perm[i];
-
-		perm[i] = perm[j], perm[j] = t;
-	}
+	perm = random_permutation(rng, n_pages);
 	for (int i = 0; i < n_seqs * max_pages; i++)
 		table[i] = perm[i];
 
@@ -646,7 +648,7 @@ test_moe_combine_norm(int T, int K, int H, uint64_t seed)
 	const int	n_rows = T * K + 8;
 	const float eps = 1e-5f;
 	std::vector<float> x((size_t) T * H), y((size_t) n_rows * H), w((size_t) T * K), nw(H);
-	std::vector<int32_t> rows((size_t) T * K), perm(n_rows);
+	std::vector<int32_t> rows((size_t) T * K), perm;
 	std::vector<double> x_ref, x_got, xb_ref, xb_got;
 	int			pad_bad = 0, alone_bad = 0;
 	int			pad = T / 2;
@@ -656,15 +658,7 @@ test_moe_combine_norm(int T, int K, int H, uint64_t seed)
 	for (auto &v : y) v = (float) rng.normal();
 	for (auto &v : w) v = (float) rng.uniform();
 	for (auto &v : nw) v = (float) (1.0 + 0.1 * rng.normal());
-	for (int i = 0; i < n_rows; i++)
-		perm[i] = i;
-	for (int i = n_rows - 1; i > 0; i--)
-	{
-		int			j = (int) (rng.next() % (i + 1));
-		int			t = perm[i];
-
-		perm[i] = perm[j], perm[j] = t;
-	}
+	perm = random_permutation(rng, n_rows);
 	for (int a = 0; a < T * K; a++)
 		rows[a] = a / K == pad ? -1 : perm[a];
 

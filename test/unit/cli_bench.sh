@@ -6,15 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${GPTOSS_TEST_MODEL:-build/tiny}
 bin=bin/gptoss
-fails=0
-
-check() {	# check NAME PERL-EXPR JSON: the expression over the decoded line ($j) must hold
-	if perl -MJSON::PP -e 'my $j = decode_json($ARGV[1]); exit(eval($ARGV[0]) ? 0 : 1)' "$2" "$3"; then
-		echo "ok: $1"
-	else
-		echo "FAILED: $1: $3"; fails=$((fails + 1))
-	fi
-}
+. test/unit/lib/json_checks.sh
 
 classic=$($bin bench --model "$model" --device cpu --threads 1 --batch 2 --prompt-len 8 --gen 4)
 check "per-batch line keeps its keys and names the device" \
@@ -54,5 +46,4 @@ for bad in "--requests 4 --lengths uniform" "--input-len 8" "--requests 4 --leng
 	fi
 done
 
-[ $fails -eq 0 ] || { echo "cli_bench: $fails checks failed"; exit 1; }
-echo "cli_bench: all passed"
+json_checks_done cli_bench

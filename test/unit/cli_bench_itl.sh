@@ -9,15 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 model=${GPTOSS_TEST_MODEL:-build/tiny}
 bin=bin/gptoss
-fails=0
-
-check() {	# check NAME PERL-EXPR JSON: the expression over the decoded line ($j) must hold
-	if perl -MJSON::PP -e 'my $j = decode_json($ARGV[1]); exit(eval($ARGV[0]) ? 0 : 1)' "$2" "$3"; then
-		echo "ok: $1"
-	else
-		echo "FAILED: $1: $3"; fails=$((fails + 1))
-	fi
-}
+. test/unit/lib/json_checks.sh
 
 # 4 sequences decode; 3 prompts of 1,024 tokens arrive 12 steps apart: 36 steps in the window
 run="$bin bench --model $model --device cpu --threads 1 --arrivals 3 --running 4 --prompt-len 16 --arrival-len 1024 --arrive-every 12"
@@ -55,5 +47,4 @@ for bad in "--arrivals 2 --requests 4" "--arrivals 2 --batch 4" "--arrivals 2 --
 	fi
 done
 
-[ $fails -eq 0 ] || { echo "cli_bench_itl: $fails checks failed"; exit 1; }
-echo "cli_bench_itl: all passed"
+json_checks_done cli_bench_itl
