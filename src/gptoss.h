@@ -158,14 +158,15 @@ typedef struct GptossModelInfo
  * its slot, and each ends in exactly one way:
  *   completed  its answer (finish frame) reached its session's queue; no
  *              counter of its own;
- *   failed     an error reached its session: the engine refused or failed
- *              it, its segment could not be read, an engine step failed, or
- *              the worker exited (SIGTERM, ERROR) while holding it;
+ *   failed     it ended with an error for its session, counted when the
+ *              error was queued (the engine refused or failed it, an engine
+ *              step failed) or the segment could not be read, or the worker
+ *              exited (SIGTERM, ERROR) while holding it unanswered;
  *   cancelled  its session gave it up before its answer reached the queue
  *              (cancel, statement_timeout, backend exit, client gone).
  * So at any time
  *   requests_total = completed + requests_failed + requests_cancelled
- *                    + requests the worker holds,
+ *                    + requests the worker holds with no error queued,
  * and once the worker holds none (active = queued = 0 and no answer waits
  * for a slow reader), requests_total - requests_failed - requests_cancelled
  * is the number of completed requests.  Requests refused before a worker
