@@ -135,6 +135,8 @@ $node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activit
 ok(defined wait_async($waiter, 10), 'waiter finished');
 is($waiter->{out}, 't', 'waiter served once the slot was free');
 wait_async($long, 10);
+# The refused request never reached the worker: counted nowhere.
+check_request_totals($node, 'queue full', 1, 0, 1);
 $node->stop;
 
 done_testing();
