@@ -843,8 +843,15 @@ enrich_process_keys(Enrichment *e, EnrichKeys *keys, EnrichResult *results)
 			prompts[i] = DatumGetTextPP(b.values[i]);
 	}
 
-	/* 2. one batch of generations */
+	/*
+	 * 2. one batch of generations, as the owner: they count for the owner's
+	 * fair share of the worker (claim_slot), and the reason of a model that
+	 * failed to load is recorded only if the owner may read it
+	 * (gptoss_may_see_load_errors), whichever process runs the batch
+	 */
+	role_enter(&r, e->owner);
 	tokens = generate_batch(e->params, n, prompts, answers, errors, deferred);
+	role_leave(&r);
 
 	/* 3. lock the rows whose prompt did not change meanwhile, as the owner */
 	role_enter(&r, e->owner);
