@@ -508,6 +508,23 @@ parse_stats(PGresult *res)
 	return s;
 }
 
+/*
+ * The mean batch size over a run, from two snapshots (*scope "run"), or the
+ * lifetime mean when the view has no steps column (*scope "lifetime").
+ */
+static double
+run_mean_batch(const Stats *before, const Stats *after, const char **scope)
+{
+	if (after->has_steps && before->has_steps && after->steps > before->steps)
+	{
+		*scope = "run";
+		return (after->step_sequences - before->step_sequences) /
+			(double) (after->steps - before->steps);
+	}
+	*scope = "lifetime";
+	return after->mean_batch_size;
+}
+
 /* Takes a gptoss_stats snapshot on a blocking connection. */
 static Stats
 read_stats(PGconn *conn)
@@ -1133,17 +1150,7 @@ serve_main(void)
 		fprintf(stderr, "gptoss_loadgen: warning: the worker counts %lld prompt + %lld completion "
 				"tokens, the draw %lld + %lld\n", prompt_tokens, completion, serve.input_total,
 				serve.output_total);
-	if (after.has_steps && before.has_steps && after.steps > before.steps)
-	{
-		mean_batch = (after.step_sequences - before.step_sequences) /
-			(double) (after.steps - before.steps);
-		batch_scope = "run";
-	}
-	else
-	{
-		mean_batch = after.mean_batch_size;
-		batch_scope = "lifetime";
-	}
+	mean_batch = run_mean_batch(&before, &after, &batch_scope);
 
 	qsort(rr.latency_ms, rr.n_latency, sizeof(double), cmp_double);
 	printf("{\"mode\": \"serve\", \"label\": ");
@@ -1465,17 +1472,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "gptoss_loadgen: warning: %lld completion tokens, expected %lld for %d "
 				"requests with --ignore-eos (max_tokens clamped by the context?)\n", completion,
 				expected, total);
-	if (after.has_steps && before.has_steps && after.steps > before.steps)
-	{
-		mean_batch = (after.step_sequences - before.step_sequences) /
-			(double) (after.steps - before.steps);
-		batch_scope = "run";
-	}
-	else
-	{
-		mean_batch = after.mean_batch_size;
-		batch_scope = "lifetime";
-	}
+	mean_batch = run_mean_batch(&before, &after, &batch_scope);
 	if (opt.check)
 		mismatches = count_mismatches(rr.texts, total, ref);
 
