@@ -1249,6 +1249,18 @@ static void collected_xact_callback(XactEvent event, void *arg);
 static void collected_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 									   SubTransactionId parentSubid, void *arg);
 
+/* The link to enrichment id's entry for rows of relid in subxid (pointing at NULL when there is none). */
+static CollectedKeys **
+collected_link(int id, Oid relid, SubTransactionId subxid)
+{
+	CollectedKeys **link = &collected;
+
+	while (*link != NULL &&
+		   !((*link)->enrichment == id && (*link)->relid == relid && (*link)->subxid == subxid))
+		link = &(*link)->next;
+	return link;
+}
+
 /* A new, empty entry for enrichment id in subtransaction subxid, for rows of rel. */
 static CollectedKeys *
 collected_new(int id, SubTransactionId subxid, Relation rel)
@@ -1296,12 +1308,9 @@ static void
 collect_key(int id, Relation rel, TupleTableSlot *slot)
 {
 	SubTransactionId subxid = GetCurrentSubTransactionId();
-	CollectedKeys *c;
+	CollectedKeys *c = *collected_link(id, RelationGetRelid(rel), subxid);
 	MemoryContext old;
 
-	for (c = collected; c != NULL; c = c->next)
-		if (c->enrichment == id && c->relid == RelationGetRelid(rel) && c->subxid == subxid)
-			break;
 	if (c == NULL)
 		c = collected_new(id, subxid, rel);
 	old = MemoryContextSwitchTo(c->cxt);
@@ -1339,17 +1348,15 @@ collected_free(CollectedKeys *c)
 static CollectedKeys *
 collected_take(int id, Oid relid)
 {
-	SubTransactionId subxid = GetCurrentSubTransactionId();
-	CollectedKeys **link = &collected;
+	CollectedKeys **link = collected_link(id, relid, GetCurrentSubTransactionId());
+	CollectedKeys *c = *link;
 
-	for (CollectedKeys *c = collected; c != NULL; link = &c->next, c = c->next)
-		if (c->enrichment == id && c->relid == relid && c->subxid == subxid)
-		{
-			*link = c->next;
-			c->next = NULL;
-			return c;
-		}
-	return NULL;
+	if (c != NULL)
+	{
+		*link = c->next;
+		c->next = NULL;
+	}
+	return c;
 }
 
 /* Puts keys into e's inbox, ENRICH_INBOX_CHUNK keys an inbox row. */

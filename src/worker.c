@@ -191,6 +191,15 @@ engine_sqlstate(gptoss_errcode code)
  * Frames and the outbox
  */
 
+/* Adds one to a request counter of this worker's published statistics. */
+static void
+count_request(int64 *counter)
+{
+	SpinLockAcquire(&me->mutex);
+	(*counter)++;
+	SpinLockRelease(&me->mutex);
+}
+
 /*
  * Queues an error frame; it ends the request, counted failed now (before
  * the session can read it).
@@ -201,9 +210,7 @@ queue_error(WorkerJob *r, int sqlerrcode, const char *msg)
 	gptoss_frame_put_error(&r->outbox, sqlerrcode, msg);
 	r->final_queued = true;
 	r->final_error = true;
-	SpinLockAcquire(&me->mutex);
-	me->stats.requests_failed++;
-	SpinLockRelease(&me->mutex);
+	count_request(&me->stats.requests_failed);
 }
 
 /* Queues the finish frame; it ends the request. */
@@ -293,12 +300,8 @@ count_end(const WorkerJob *r, bool session_gone)
 
 	if (delivered || r->final_error)
 		return;
-	SpinLockAcquire(&me->mutex);
-	if (session_gone || r->receiver_gone)
-		me->stats.requests_cancelled++;
-	else
-		me->stats.requests_failed++;
-	SpinLockRelease(&me->mutex);
+	count_request(session_gone || r->receiver_gone ? &me->stats.requests_cancelled :
+				  &me->stats.requests_failed);
 }
 
 /*
@@ -399,9 +402,7 @@ admit_slot(int slot, GptossRequestSlot *s)
 	const char *why = "could not attach the request segment";
 	MemoryContext old;
 
-	SpinLockAcquire(&me->mutex);
-	me->stats.requests_total++;
-	SpinLockRelease(&me->mutex);
+	count_request(&me->stats.requests_total);
 
 	/*
 	 * The session keeps the segment until the slot leaves SUBMITTED, so it
@@ -424,9 +425,7 @@ admit_slot(int slot, GptossRequestSlot *s)
 	{
 		ereport(LOG, (errmsg("gptoss worker %d: could not read request %llu: %s",
 							 worker_index, (unsigned long long) s->request_id, why)));
-		SpinLockAcquire(&me->mutex);
-		me->stats.requests_failed++;
-		SpinLockRelease(&me->mutex);
+		count_request(&me->stats.requests_failed);
 		s->state = GPTOSS_SLOT_DONE;
 		s->worker_exited = true;
 		gptoss_set_proc_latch(s->owner_pgprocno);
