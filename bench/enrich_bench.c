@@ -15,10 +15,17 @@
  * Then the COPY of C rows (client side, COPY FROM STDIN) into a plain table
  * and into an async-enriched one (the enrichment paused, so that the
  * generation of the rows copied before does not compete for the CPU: what is
- * measured is the cost of queueing), alternating, median of R runs.
+ * measured is the cost of queueing), alternating, median of R runs.  Each
+ * round starts once the enrichment worker has moved the previous round's
+ * inbox into the queue, so that its work does not overlap a timed COPY.
+ * Where the server runs on this machine, the backend's CPU time per COPY
+ * (/proc/PID/schedstat) is reported as well: it does not move with the
+ * load of other processes as the wall time does.  --copy-only 1 skips the
+ * four generation runs.
  *
  *   enrich_bench --dsn DSN [--rows 1000] [--naive-rows 1000] [--words 128]
  *                [--max-tokens 128] [--copy-rows 10000] [--copy-runs 3]
+ *                [--copy-only 0]
  *
  * Prints a markdown table and one JSON line per measurement.
  */
@@ -136,13 +143,33 @@ copy_out(const char *src, size_t *len)
 	return buf;
 }
 
-/* COPY data into table t from the client; returns seconds. */
+/* CPU seconds the server process pid has run; -1 where its /proc entry cannot be read (another machine). */
 static double
-copy_in(const char *t, const char *data, size_t len)
+backend_cpu_s(int pid)
+{
+	char		path[64];
+	FILE	   *f;
+	unsigned long long ns;
+	int			ok;
+
+	snprintf(path, sizeof(path), "/proc/%d/schedstat", pid);
+	f = fopen(path, "r");
+	if (f == NULL)
+		return -1;
+	ok = fscanf(f, "%llu", &ns) == 1;
+	fclose(f);
+	return ok ? ns * 1e-9 : -1;
+}
+
+/* COPY data into table t from the client; returns seconds, and the backend's CPU seconds in *cpu (-1: unknown). */
+static double
+copy_in(const char *t, const char *data, size_t len, double *cpu)
 {
 	char		sql[256];
 	PGresult   *res;
+	double		cpu0 = backend_cpu_s(PQbackendPID(conn));
 	double		t0 = monotonic_s();
+	double		secs;
 
 	snprintf(sql, sizeof(sql), "COPY %s (id, body) FROM STDIN", t);
 	res = PQexec(conn, sql);
@@ -156,7 +183,9 @@ copy_in(const char *t, const char *data, size_t len)
 		die("COPY: %s", PQerrorMessage(conn));
 	PQclear(res);
 	PQclear(PQgetResult(conn));
-	return monotonic_s() - t0;
+	secs = monotonic_s() - t0;
+	*cpu = cpu0 < 0 ? -1 : backend_cpu_s(PQbackendPID(conn)) - cpu0;
+	return secs;
 }
 
 /* Middle value of three or more (sorts v). */
@@ -175,57 +204,15 @@ median(double *v, int n)
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-int
-main(int argc, char **argv)
+/* The four generation runs (naive, sync, async, generate_many) over the first rows of bench_src. */
+static void
+generation_runs(int rows, int naive_rows, const char *params)
 {
-	const char *dsn = "";
-	int			rows = 1000,
-				naive_rows = 1000,
-				words = 128,
-				max_tokens = 128,
-				copy_rows = 10000,
-				copy_runs = 3;
-	char		params[256];
 	Stats		a,
 				b;
 	double		t0,
 				secs;
 
-	for (int i = 1; i + 1 < argc; i += 2)
-	{
-		if (strcmp(argv[i], "--dsn") == 0)
-			dsn = argv[i + 1];
-		else if (strcmp(argv[i], "--rows") == 0)
-			rows = atoi(argv[i + 1]);
-		else if (strcmp(argv[i], "--naive-rows") == 0)
-			naive_rows = atoi(argv[i + 1]);
-		else if (strcmp(argv[i], "--words") == 0)
-			words = atoi(argv[i + 1]);
-		else if (strcmp(argv[i], "--max-tokens") == 0)
-			max_tokens = atoi(argv[i + 1]);
-		else if (strcmp(argv[i], "--copy-rows") == 0)
-			copy_rows = atoi(argv[i + 1]);
-		else if (strcmp(argv[i], "--copy-runs") == 0)
-			copy_runs = atoi(argv[i + 1]);
-		else
-			die("unknown option %s", argv[i]);
-	}
-	if (argc % 2 != 1 || rows < 1 || naive_rows < 0 || words < 1 || max_tokens < 1 || copy_runs < 1 || copy_runs > 15)
-		die("usage: enrich_bench --dsn DSN [--rows N] [--naive-rows N] [--words W] [--max-tokens T] [--copy-rows C] [--copy-runs R]");
-	conn = PQconnectdb(dsn);
-	if (PQstatus(conn) != CONNECTION_OK)
-		die("cannot connect: %s", PQerrorMessage(conn));
-	snprintf(params, sizeof(params), "{\"max_tokens\": %d, \"temperature\": 0, \"raw\": true, \"ignore_eos\": true}", max_tokens);
-
-	/* prompts: deterministic words (single tokens in o200k), about `words` tokens each */
-	PQclear(run("SET client_min_messages = warning"));
-	PQclear(run("DROP TABLE IF EXISTS bench_src"));
-	PQclear(run("CREATE TABLE bench_src AS SELECT g AS id, 'Summarize:' || (SELECT string_agg(' ' || w[1 + abs(hashint8(g::bigint * 1000 + k)) %% array_length(w, 1)], '')"
-				" FROM generate_series(1, %d) k) AS body"
-				" FROM generate_series(1, %d) g, (SELECT '{the,of,and,to,in,is,that,for,it,as,was,with,be,by,on,not,he,this,are,or,his,from,at,which,but,have,an,had,they,you,were,their,one,all,we,can,her,has,there,been,if,more,when,will,would,who,so,no,time,people,water,house,light,world,river,table,music,paper,market,garden,city,book,money,story,night,school,number,friend,family,system,data,model,value,small,large,quick,brown,green,simple,early,happy}'::text[] AS w) ws",
-				words, rows > copy_rows ? rows : copy_rows));
-	printf("prompts: ~%.0f tokens (gptoss_tokenize of the first), max_tokens %d, greedy, raw, ignore_eos\n\n",
-		   value("SELECT array_length(gptoss_tokenize(body), 1) FROM bench_src WHERE id = %s", "1"), max_tokens);
 	printf("| run | rows | wall s | rows/s | completion tok/s | mean batch |\n|---|---:|---:|---:|---:|---:|\n");
 
 	/* naive row trigger */
@@ -286,6 +273,60 @@ main(int argc, char **argv)
 	secs = monotonic_s() - t0;
 	b = stats();
 	report("gptoss_generate_many", rows, secs, a, b);
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *dsn = "";
+	int			rows = 1000,
+				naive_rows = 1000,
+				words = 128,
+				max_tokens = 128,
+				copy_rows = 10000,
+				copy_runs = 3,
+				copy_only = 0;
+	char		params[256];
+
+	for (int i = 1; i + 1 < argc; i += 2)
+	{
+		if (strcmp(argv[i], "--dsn") == 0)
+			dsn = argv[i + 1];
+		else if (strcmp(argv[i], "--rows") == 0)
+			rows = atoi(argv[i + 1]);
+		else if (strcmp(argv[i], "--naive-rows") == 0)
+			naive_rows = atoi(argv[i + 1]);
+		else if (strcmp(argv[i], "--words") == 0)
+			words = atoi(argv[i + 1]);
+		else if (strcmp(argv[i], "--max-tokens") == 0)
+			max_tokens = atoi(argv[i + 1]);
+		else if (strcmp(argv[i], "--copy-rows") == 0)
+			copy_rows = atoi(argv[i + 1]);
+		else if (strcmp(argv[i], "--copy-runs") == 0)
+			copy_runs = atoi(argv[i + 1]);
+		else if (strcmp(argv[i], "--copy-only") == 0)
+			copy_only = atoi(argv[i + 1]);
+		else
+			die("unknown option %s", argv[i]);
+	}
+	if (argc % 2 != 1 || rows < 1 || naive_rows < 0 || words < 1 || max_tokens < 1 || copy_runs < 1 || copy_runs > 15 || copy_only < 0 || copy_only > 1)
+		die("usage: enrich_bench --dsn DSN [--rows N] [--naive-rows N] [--words W] [--max-tokens T] [--copy-rows C] [--copy-runs R] [--copy-only 0|1]");
+	conn = PQconnectdb(dsn);
+	if (PQstatus(conn) != CONNECTION_OK)
+		die("cannot connect: %s", PQerrorMessage(conn));
+	snprintf(params, sizeof(params), "{\"max_tokens\": %d, \"temperature\": 0, \"raw\": true, \"ignore_eos\": true}", max_tokens);
+
+	/* prompts: deterministic words (single tokens in o200k), about `words` tokens each */
+	PQclear(run("SET client_min_messages = warning"));
+	PQclear(run("DROP TABLE IF EXISTS bench_src"));
+	PQclear(run("CREATE TABLE bench_src AS SELECT g AS id, 'Summarize:' || (SELECT string_agg(' ' || w[1 + abs(hashint8(g::bigint * 1000 + k)) %% array_length(w, 1)], '')"
+				" FROM generate_series(1, %d) k) AS body"
+				" FROM generate_series(1, %d) g, (SELECT '{the,of,and,to,in,is,that,for,it,as,was,with,be,by,on,not,he,this,are,or,his,from,at,which,but,have,an,had,they,you,were,their,one,all,we,can,her,has,there,been,if,more,when,will,would,who,so,no,time,people,water,house,light,world,river,table,music,paper,market,garden,city,book,money,story,night,school,number,friend,family,system,data,model,value,small,large,quick,brown,green,simple,early,happy}'::text[] AS w) ws",
+				words, rows > copy_rows ? rows : copy_rows));
+	printf("prompts: ~%.0f tokens (gptoss_tokenize of the first), max_tokens %d, greedy, raw, ignore_eos\n\n",
+		   value("SELECT array_length(gptoss_tokenize(body), 1) FROM bench_src WHERE id = %s", "1"), max_tokens);
+	if (!copy_only)
+		generation_runs(rows, naive_rows, params);
 
 	/* COPY into a plain table and into an (async, paused) enriched one */
 	if (copy_rows > 0)
@@ -293,7 +334,9 @@ main(int argc, char **argv)
 		size_t		len;
 		char	   *data;
 		double		plain[15],
-					enriched[15];
+					enriched[15],
+					plain_cpu[15],
+					enriched_cpu[15];
 
 		PQclear(run("DROP TABLE IF EXISTS bench_copy_src"));
 		PQclear(run("CREATE TABLE bench_copy_src AS SELECT * FROM bench_src WHERE id <= %d", copy_rows));
@@ -303,11 +346,18 @@ main(int argc, char **argv)
 		PQclear(run("SELECT gptoss_enrich_pause(gptoss_enrich('bench_copy_enriched', 'summary', 'body', '%s'))", params));
 		for (int r = 0; r < copy_runs; r++)
 		{
+			/* the worker has moved the last round's keys into the queue */
+			while (value("SELECT count(*) FROM gptoss_enrich_inbox%s", "") > 0)
+			{
+				struct timespec ts = {0, 20 * 1000 * 1000};
+
+				nanosleep(&ts, NULL);
+			}
 			PQclear(run("TRUNCATE bench_copy_plain, bench_copy_enriched"));
-			PQclear(run("DELETE FROM gptoss_enrich_inbox; DELETE FROM gptoss_enrich_queue%s", ""));
+			PQclear(run("DELETE FROM gptoss_enrich_queue%s", ""));
 			PQclear(run("CHECKPOINT"));
-			plain[r] = copy_in("bench_copy_plain", data, len);
-			enriched[r] = copy_in("bench_copy_enriched", data, len);
+			plain[r] = copy_in("bench_copy_plain", data, len, &plain_cpu[r]);
+			enriched[r] = copy_in("bench_copy_enriched", data, len, &enriched_cpu[r]);
 		}
 		if (value("SELECT pending FROM gptoss_enrichments WHERE table_name = 'bench_copy_enriched'::regclass%s", "") != copy_rows)
 			die("the enriched COPY did not queue every row");
@@ -316,6 +366,14 @@ main(int argc, char **argv)
 			   median(enriched, copy_runs) / median(plain, copy_runs));
 		fprintf(stderr, "{\"run\": \"copy\", \"rows\": %d, \"plain_ms\": %.1f, \"enriched_ms\": %.1f}\n",
 				copy_rows, median(plain, copy_runs) * 1e3, median(enriched, copy_runs) * 1e3);
+		if (plain_cpu[0] >= 0)
+		{
+			printf("backend CPU, median of %d: plain %.1f ms, enriched (async) %.1f ms: ratio %.2f\n",
+				   copy_runs, median(plain_cpu, copy_runs) * 1e3, median(enriched_cpu, copy_runs) * 1e3,
+				   median(enriched_cpu, copy_runs) / median(plain_cpu, copy_runs));
+			fprintf(stderr, "{\"run\": \"copy_cpu\", \"rows\": %d, \"plain_ms\": %.1f, \"enriched_ms\": %.1f}\n",
+					copy_rows, median(plain_cpu, copy_runs) * 1e3, median(enriched_cpu, copy_runs) * 1e3);
+		}
 		PQclear(run("SELECT gptoss_enrich_drop(id) FROM gptoss_enrichments WHERE table_name = 'bench_copy_enriched'::regclass%s", ""));
 		free(data);
 	}

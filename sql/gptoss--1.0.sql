@@ -188,6 +188,10 @@ CREATE TABLE gptoss_enrich_inbox (
     queued_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Uncompressed: a statement's keys are written once and read once, and compressing them cost a
+-- large COPY more than storing them (bench/RESULTS.md).
+ALTER TABLE gptoss_enrich_inbox ALTER COLUMN keys SET STORAGE EXTERNAL;
+
 COMMENT ON TABLE gptoss_enrich_inbox IS
 'keys of inserted rows, one row per statement (the key columns of each row in turn); the worker moves them into the queue';
 

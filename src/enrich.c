@@ -1,8 +1,8 @@
 /*
  * enrich.c: enrichments: gptoss_enrich() and its management functions, the
- * statement-level trigger, and the batch processing that the trigger (sync
- * mode) and the per-database worker (enrich_worker.c) share.  See enrich.h
- * for the catalog and the flow.
+ * triggers, and the batch processing that the statement trigger (sync mode)
+ * and the per-database worker (enrich_worker.c) share.  See enrich.h for the
+ * catalog and the flow.
  *
  * Rights.  Only the table's owner creates or manages an enrichment, and the
  * work (reading the prompt, writing the answer) runs as that owner whoever
@@ -51,6 +51,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/resowner.h"
 #include "utils/ruleutils.h"
 #include "utils/syscache.h"
@@ -213,21 +214,15 @@ equality_operator(Oid typid)
 	return result;
 }
 
-/* Fills the table-derived fields of e: names, primary key, target type. */
-static void
-describe_table(Enrichment *e)
+/* The primary key columns of rel, in key order, into attnums; returns their count (55000 when none). */
+static int
+primary_key_columns(Relation rel, AttrNumber *attnums)
 {
-	Relation	rel = table_open(e->relid, AccessShareLock);
 	Oid			pkindex = RelationGetPrimaryKeyIndex(rel);
 	HeapTuple	idxtup;
 	Form_pg_index idx;
+	int			npk;
 
-	e->owner = rel->rd_rel->relowner;
-	e->rel = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
-										RelationGetRelationName(rel));
-	e->alias = pstrdup(quote_identifier(RelationGetRelationName(rel)));
-	e->target = pstrdup(quote_identifier(get_attname(e->relid, e->attnum, false)));
-	e->target_type = get_atttype(e->relid, e->attnum);
 	if (!OidIsValid(pkindex))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -236,14 +231,34 @@ describe_table(Enrichment *e)
 	if (!HeapTupleIsValid(idxtup))
 		elog(ERROR, "cache lookup failed for index %u", pkindex);
 	idx = (Form_pg_index) GETSTRUCT(idxtup);
-	e->npk = idx->indnkeyatts;
+	npk = idx->indnkeyatts;
+	for (int j = 0; j < npk; j++)
+		attnums[j] = idx->indkey.values[j];
+	ReleaseSysCache(idxtup);
+	return npk;
+}
+
+/* Fills the table-derived fields of e: names, primary key, target type. */
+static void
+describe_table(Enrichment *e)
+{
+	Relation	rel = table_open(e->relid, AccessShareLock);
+	AttrNumber	attnums[INDEX_MAX_KEYS];
+
+	e->owner = rel->rd_rel->relowner;
+	e->rel = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+										RelationGetRelationName(rel));
+	e->alias = pstrdup(quote_identifier(RelationGetRelationName(rel)));
+	e->target = pstrdup(quote_identifier(get_attname(e->relid, e->attnum, false)));
+	e->target_type = get_atttype(e->relid, e->attnum);
+	e->npk = primary_key_columns(rel, attnums);
 	e->pk_attnums = palloc(sizeof(AttrNumber) * e->npk);
 	e->pk_cols = palloc(sizeof(char *) * e->npk);
 	e->pk_types = palloc(sizeof(char *) * e->npk);
 	e->pk_eq = palloc(sizeof(char *) * e->npk);
 	for (int j = 0; j < e->npk; j++)
 	{
-		AttrNumber	att = idx->indkey.values[j];
+		AttrNumber	att = attnums[j];
 		Oid			typid = get_atttype(e->relid, att);
 
 		e->pk_attnums[j] = att;
@@ -251,7 +266,6 @@ describe_table(Enrichment *e)
 		e->pk_types[j] = format_type_be_qualified(typid);
 		e->pk_eq[j] = equality_operator(typid);
 	}
-	ReleaseSysCache(idxtup);
 	table_close(rel, AccessShareLock);
 }
 
@@ -829,8 +843,15 @@ enrich_process_keys(Enrichment *e, EnrichKeys *keys, EnrichResult *results)
 			prompts[i] = DatumGetTextPP(b.values[i]);
 	}
 
-	/* 2. one batch of generations */
+	/*
+	 * 2. one batch of generations, as the owner: they count for the owner's
+	 * fair share of the worker (claim_slot), and the reason of a model that
+	 * failed to load is recorded only if the owner may read it
+	 * (gptoss_may_see_load_errors), whichever process runs the batch
+	 */
+	role_enter(&r, e->owner);
 	tokens = generate_batch(e->params, n, prompts, answers, errors, deferred);
+	role_leave(&r);
 
 	/* 3. lock the rows whose prompt did not change meanwhile, as the owner */
 	role_enter(&r, e->owner);
@@ -1032,12 +1053,17 @@ enrich_move_inbox(Enrichment *e)
 	int64		n;
 
 	role_enter(&r, BOOTSTRAP_SUPERUSERID);
+	/*
+	 * Each inbox row's keys are unnested once and regrouped by key: a slice
+	 * per key would read the whole array again for every key.
+	 */
 	n = (int64) run_sql(psprintf("WITH moved AS (DELETE FROM %s.gptoss_enrich_inbox WHERE id IN"
 								 " (SELECT id FROM %s.gptoss_enrich_inbox WHERE enrichment = $1 ORDER BY id"
-								 " LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING nrows, keys, queued_at)"
+								 " LIMIT %d FOR UPDATE SKIP LOCKED) RETURNING keys, queued_at)"
 								 " INSERT INTO %s.gptoss_enrich_queue (enrichment, key, queued_at)"
-								 " SELECT $1, m.keys[(i - 1) * $2 + 1 : i * $2], m.queued_at"
-								 " FROM moved m, generate_series(1, m.nrows) i"
+								 " SELECT $1, k.key, m.queued_at FROM moved m,"
+								 " LATERAL (SELECT array_agg(u.k ORDER BY u.i) AS key"
+								 " FROM unnest(m.keys) WITH ORDINALITY AS u(k, i) GROUP BY (u.i - 1) / $2) AS k"
 								 " ON CONFLICT (enrichment, key) DO NOTHING",
 								 e->schema, e->schema, ENRICH_INBOX_MOVE, e->schema),
 						2, types, values, NULL);
@@ -1046,8 +1072,10 @@ enrich_move_inbox(Enrichment *e)
 }
 
 /*
- * Keys of the rows of an INSERT statement, read from its transition table
- * directly: a large COPY pays only for its key columns' text.
+ * Keys of the rows of an INSERT statement, read from its transition table:
+ * the INSERT trigger of an enrichment created before the row trigger replaced
+ * the transition table (gptoss_enrich_drop and gptoss_enrich again move it to
+ * the row trigger).
  */
 static EnrichKeys *
 inserted_keys(Enrichment *e, TriggerData *trigdata)
@@ -1183,6 +1211,242 @@ enrich_take_batch(Enrichment *e, int limit)
 }
 
 /* ---------------------------------------------------------------------------
+ * Keys of inserted rows, collected row by row
+ *
+ * An INSERT or COPY hands each row to the enrichment's AFTER INSERT FOR EACH
+ * ROW trigger, which only appends the row's key columns (as text) to this
+ * backend's list; the statement's AFTER INSERT FOR EACH STATEMENT trigger,
+ * which PostgreSQL fires after the statement's row triggers, takes them.  A
+ * transition table would do the same at the price of a copy of every whole
+ * row (bench/RESULTS.md).  Keys are kept per enrichment and subtransaction:
+ * a subtransaction's abort drops its keys with the rows they name, its
+ * commit hands them to its parent.  Keys that no statement trigger took (a
+ * row routed into an enriched partition through its parent fires only the
+ * partition's row triggers) go into the inbox just before the commit, so
+ * that no committed row is left out.
+ */
+
+/* Keys collected for one enrichment in one subtransaction. */
+typedef struct CollectedKeys
+{
+	int			enrichment;
+	Oid			relid;			/* the table whose row trigger collected them */
+	SubTransactionId subxid;
+	MemoryContext cxt;			/* holds this entry and its keys */
+	int			npk;
+	AttrNumber	pk_attnums[INDEX_MAX_KEYS];
+	FmgrInfo	out[INDEX_MAX_KEYS];	/* output function of each key column */
+	EnrichKeys *keys;
+	int			capacity;
+	struct CollectedKeys *next;
+} CollectedKeys;
+
+/* This transaction's collected keys (in collected_cxt, emptied at its end). */
+static CollectedKeys *collected = NULL;
+static MemoryContext collected_cxt = NULL;
+
+static void collected_xact_callback(XactEvent event, void *arg);
+static void collected_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+									   SubTransactionId parentSubid, void *arg);
+
+/* The link to enrichment id's entry for rows of relid in subxid (pointing at NULL when there is none). */
+static CollectedKeys **
+collected_link(int id, Oid relid, SubTransactionId subxid)
+{
+	CollectedKeys **link = &collected;
+
+	while (*link != NULL &&
+		   !((*link)->enrichment == id && (*link)->relid == relid && (*link)->subxid == subxid))
+		link = &(*link)->next;
+	return link;
+}
+
+/* A new, empty entry for enrichment id in subtransaction subxid, for rows of rel. */
+static CollectedKeys *
+collected_new(int id, SubTransactionId subxid, Relation rel)
+{
+	MemoryContext cxt;
+	CollectedKeys *c;
+
+	if (collected_cxt == NULL)
+	{
+		collected_cxt = AllocSetContextCreate(TopMemoryContext, "gptoss enrichment keys",
+											  ALLOCSET_DEFAULT_SIZES);
+		RegisterXactCallback(collected_xact_callback, NULL);
+		RegisterSubXactCallback(collected_subxact_callback, NULL);
+	}
+	cxt = AllocSetContextCreate(collected_cxt, "gptoss enrichment keys of a statement",
+								ALLOCSET_DEFAULT_SIZES);
+	c = MemoryContextAllocZero(cxt, sizeof(CollectedKeys));
+	c->enrichment = id;
+	c->relid = RelationGetRelid(rel);
+	c->subxid = subxid;
+	c->cxt = cxt;
+	c->npk = primary_key_columns(rel, c->pk_attnums);
+	for (int j = 0; j < c->npk; j++)
+	{
+		Oid			typout;
+		bool		varlena;
+
+		getTypeOutputInfo(TupleDescAttr(RelationGetDescr(rel), c->pk_attnums[j] - 1)->atttypid,
+						  &typout, &varlena);
+		fmgr_info_cxt(typout, &c->out[j], cxt);
+	}
+	c->capacity = 1024;
+	c->keys = MemoryContextAllocZero(cxt, sizeof(EnrichKeys));
+	c->keys->npk = c->npk;
+	c->keys->cols = MemoryContextAlloc(cxt, sizeof(Datum *) * c->npk);
+	for (int j = 0; j < c->npk; j++)
+		c->keys->cols[j] = MemoryContextAlloc(cxt, sizeof(Datum) * c->capacity);
+	c->next = collected;
+	collected = c;
+	return c;
+}
+
+/* Appends the key of the row in slot to enrichment id's keys of this subtransaction. */
+static void
+collect_key(int id, Relation rel, TupleTableSlot *slot)
+{
+	SubTransactionId subxid = GetCurrentSubTransactionId();
+	CollectedKeys *c = *collected_link(id, RelationGetRelid(rel), subxid);
+	MemoryContext old;
+
+	if (c == NULL)
+		c = collected_new(id, subxid, rel);
+	old = MemoryContextSwitchTo(c->cxt);
+	if (c->keys->n == c->capacity)
+	{
+		c->capacity *= 2;
+		for (int j = 0; j < c->npk; j++)
+			c->keys->cols[j] = repalloc(c->keys->cols[j], sizeof(Datum) * c->capacity);
+	}
+	for (int j = 0; j < c->npk; j++)
+	{
+		bool		isnull;
+		Datum		d = slot_getattr(slot, c->pk_attnums[j], &isnull);
+
+		if (isnull)
+			elog(ERROR, "gptoss enrichment: NULL primary key value");
+		c->keys->cols[j][c->keys->n] = CStringGetTextDatum(OutputFunctionCall(&c->out[j], d));
+	}
+	c->keys->n++;
+	MemoryContextSwitchTo(old);
+}
+
+/* Frees entry c, which is no longer on the list. */
+static void
+collected_free(CollectedKeys *c)
+{
+	MemoryContextDelete(c->cxt);
+}
+
+/*
+ * Takes enrichment id's keys of rows of relid collected in this
+ * subtransaction off the list: one entry (NULL when there is none).  Free it
+ * with collected_free once its keys are stored.
+ */
+static CollectedKeys *
+collected_take(int id, Oid relid)
+{
+	CollectedKeys **link = collected_link(id, relid, GetCurrentSubTransactionId());
+	CollectedKeys *c = *link;
+
+	if (c != NULL)
+	{
+		*link = c->next;
+		c->next = NULL;
+	}
+	return c;
+}
+
+/* Puts keys into e's inbox, ENRICH_INBOX_CHUNK keys an inbox row. */
+static void
+inbox_insert_all(Enrichment *e, EnrichKeys *keys)
+{
+	for (int first = 0; first < keys->n; first += ENRICH_INBOX_CHUNK)
+		inbox_insert(e, keys, first, Min(ENRICH_INBOX_CHUNK, keys->n - first));
+}
+
+/* Before the commit: keys that no statement trigger took go into the inbox (see above). */
+static void
+queue_leftover_keys(void)
+{
+	/* no statement runs at this point: the queueing needs a snapshot of its own */
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (enrich_schema() != NULL)
+	{
+		while (collected != NULL)
+		{
+			CollectedKeys *c = collected;
+			Enrichment *e = enrich_load(c->enrichment, true);
+
+			collected = c->next;
+			/*
+			 * Not for an enrichment dropped since, nor one of another table
+			 * (a trigger created by hand), nor when the key changed.
+			 */
+			if (e != NULL && e->relid == c->relid && e->npk == c->npk && c->keys->n > 0)
+			{
+				inbox_insert_all(e, c->keys);
+				enrich_wake_after_commit();
+			}
+			collected_free(c);
+		}
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+}
+
+/* Transaction end: leftover keys are queued before the commit, and every key forgotten after. */
+static void
+collected_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			if (collected != NULL)
+				queue_leftover_keys();
+			break;
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+			break;
+		default:
+			collected = NULL;
+			MemoryContextReset(collected_cxt);
+			break;
+	}
+}
+
+/* Subtransaction end: an abort drops its keys, a commit hands them to the parent. */
+static void
+collected_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						   SubTransactionId parentSubid, void *arg)
+{
+	CollectedKeys **link = &collected;
+
+	if (event != SUBXACT_EVENT_ABORT_SUB && event != SUBXACT_EVENT_COMMIT_SUB)
+		return;
+	while (*link != NULL)
+	{
+		CollectedKeys *c = *link;
+
+		if (c->subxid != mySubid)
+			link = &c->next;
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		{
+			c->subxid = parentSubid;
+			link = &c->next;
+		}
+		else
+		{
+			*link = c->next;
+			collected_free(c);
+		}
+	}
+}
+
+/* ---------------------------------------------------------------------------
  * The trigger
  */
 
@@ -1217,10 +1481,14 @@ changed_keys(Enrichment *e)
 }
 
 /*
- * gptoss_enrich_trigger(): AFTER INSERT / UPDATE FOR EACH STATEMENT trigger
- * of an enrichment (its argument: the enrichment id).  Async or paused: the
- * changed rows are queued.  Sync: they are generated as one batch and written
- * before the statement returns; rows that fail are queued for the worker.
+ * gptoss_enrich_trigger(): the triggers of an enrichment (their argument: the
+ * enrichment id).  AFTER INSERT FOR EACH ROW: collects the row's key.  AFTER
+ * INSERT / UPDATE FOR EACH STATEMENT: the statement's rows, the inserted ones
+ * (the collected keys, or the transition table of an enrichment created
+ * before the row trigger existed) or the updated ones whose prompt inputs
+ * changed.  Async or paused: they are queued.  Sync: they are generated as one
+ * batch and written before the statement returns; rows that fail are queued
+ * for the worker.
  */
 Datum
 gptoss_enrich_trigger(PG_FUNCTION_ARGS)
@@ -1228,14 +1496,23 @@ gptoss_enrich_trigger(PG_FUNCTION_ARGS)
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
 	Enrichment *e;
 	EnrichKeys *keys;
+	CollectedKeys *inserted = NULL;
 	int			id;
 
-	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event) ||
-		!TRIGGER_FIRED_AFTER(trigdata->tg_event) || trigdata->tg_trigger->tgnargs != 1)
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
+		trigdata->tg_trigger->tgnargs != 1 ||
+		(TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) && !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event)))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("gptoss_enrich_trigger must be an AFTER ... FOR EACH STATEMENT trigger with an enrichment id")));
+				 errmsg("gptoss_enrich_trigger must be an AFTER INSERT FOR EACH ROW or an AFTER ... FOR EACH STATEMENT trigger with an enrichment id")));
 	id = pg_strtoint32(trigdata->tg_trigger->tgargs[0]);
+	if (TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+	{
+		collect_key(id, trigdata->tg_relation, trigdata->tg_trigslot);
+		return PointerGetDatum(NULL);
+	}
+	if (TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) && trigdata->tg_newtable == NULL)
+		inserted = collected_take(id, RelationGetRelid(trigdata->tg_relation));
 
 	SPI_connect();
 	if (SPI_register_trigger_data(trigdata) != SPI_OK_TD_REGISTER)
@@ -1245,6 +1522,8 @@ gptoss_enrich_trigger(PG_FUNCTION_ARGS)
 	{
 		/* the enrichment was dropped in this transaction */
 		SPI_finish();
+		if (inserted)
+			collected_free(inserted);
 		return PointerGetDatum(NULL);
 	}
 	if (e->relid != RelationGetRelid(trigdata->tg_relation))
@@ -1255,8 +1534,17 @@ gptoss_enrich_trigger(PG_FUNCTION_ARGS)
 
 	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 		keys = changed_keys(e);
-	else
+	else if (trigdata->tg_newtable != NULL)
 		keys = inserted_keys(e, trigdata);
+	else if (inserted != NULL)
+	{
+		if (inserted->npk != e->npk)
+			elog(ERROR, "gptoss enrichment %d: the primary key of table %s changed during the statement",
+				 id, RelationGetRelationName(trigdata->tg_relation));
+		keys = inserted->keys;
+	}
+	else
+		keys = keys_new(e->npk, 0);
 	if (keys->n > 0)
 	{
 		if (e->async || e->paused)
@@ -1265,8 +1553,7 @@ gptoss_enrich_trigger(PG_FUNCTION_ARGS)
 			if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
 				queue_all(e, keys);
 			else
-				for (int first = 0; first < keys->n; first += ENRICH_INBOX_CHUNK)
-					inbox_insert(e, keys, first, Min(ENRICH_INBOX_CHUNK, keys->n - first));
+				inbox_insert_all(e, keys);
 			enrich_wake_after_commit();
 		}
 		else
@@ -1284,6 +1571,8 @@ gptoss_enrich_trigger(PG_FUNCTION_ARGS)
 		}
 	}
 	SPI_finish();
+	if (inserted)
+		collected_free(inserted);
 	return PointerGetDatum(NULL);
 }
 
@@ -1569,8 +1858,10 @@ gptoss_enrich(PG_FUNCTION_ARGS)
 		char	   *qrel = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 													  get_rel_name(relid));
 
+		run_sql(psprintf("CREATE TRIGGER gptoss_enrich_%d_insert_row AFTER INSERT ON %s"
+						 " FOR EACH ROW EXECUTE FUNCTION %s.gptoss_enrich_trigger('%d')",
+						 id, qrel, schema, id), 0, NULL, NULL, NULL);
 		run_sql(psprintf("CREATE TRIGGER gptoss_enrich_%d_insert AFTER INSERT ON %s"
-						 " REFERENCING NEW TABLE AS " ENRICH_NEW_TABLE
 						 " FOR EACH STATEMENT EXECUTE FUNCTION %s.gptoss_enrich_trigger('%d')",
 						 id, qrel, schema, id), 0, NULL, NULL, NULL);
 		run_sql(psprintf("CREATE TRIGGER gptoss_enrich_%d_update AFTER UPDATE ON %s"
@@ -1650,6 +1941,7 @@ gptoss_enrich_drop(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	e = managed_enrichment(id);
+	run_sql(psprintf("DROP TRIGGER IF EXISTS gptoss_enrich_%d_insert_row ON %s", id, e->rel), 0, NULL, NULL, NULL);
 	run_sql(psprintf("DROP TRIGGER IF EXISTS gptoss_enrich_%d_insert ON %s", id, e->rel), 0, NULL, NULL, NULL);
 	run_sql(psprintf("DROP TRIGGER IF EXISTS gptoss_enrich_%d_update ON %s", id, e->rel), 0, NULL, NULL, NULL);
 	delete_enrichments(e->schema, "id = $1", 1, types, values);

@@ -13,10 +13,12 @@
  *                        key as text[]), with attempts, next try and last error
  *   gptoss_enrich_log    rows filled and tokens generated, per batch
  *
- * Statement-level AFTER INSERT/UPDATE triggers with transition tables collect
- * the keys of the rows whose prompt inputs changed.  In sync mode the trigger
- * generates and writes them before the statement returns; in async mode it
- * queues them.  One worker per database ("gptoss enrich worker", started by the
+ * An AFTER INSERT row trigger collects each inserted row's key (no transition
+ * table: a COPY does not copy every whole row) and the AFTER INSERT statement
+ * trigger takes them; the AFTER UPDATE statement trigger finds the rows whose
+ * prompt inputs changed from its transition tables.  In sync mode the
+ * statement trigger generates and writes them before the statement returns;
+ * in async mode it queues them.  One worker per database ("gptoss enrich worker", started by the
  * "gptoss enrich launcher") takes queued rows in batches: the backfill, the
  * async rows, and the failed or superseded rows of either mode.
  *

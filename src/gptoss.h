@@ -150,12 +150,35 @@ typedef struct GptossModelInfo
 	bool		random_weights; /* a gptoss synth checkpoint: no real answers */
 } GptossModelInfo;
 
-/* Counters of one worker; cumulative ones survive worker restarts. */
+/*
+ * Counters of one worker; cumulative ones survive worker restarts (not a
+ * crash restart of the cluster, which starts them again from zero).
+ *
+ * Requests: requests_total counts each request a worker process took from
+ * its slot, and each ends in exactly one way:
+ *   completed  its answer (finish frame) reached its session's queue; no
+ *              counter of its own;
+ *   failed     it ended with an error for its session, counted when the
+ *              error was queued (the engine refused or failed it, an engine
+ *              step failed) or the segment could not be read, or the worker
+ *              exited (SIGTERM, ERROR) while holding it unanswered;
+ *   cancelled  its session gave it up before its answer reached the queue
+ *              (cancel, statement_timeout, backend exit, client gone).
+ * So at any time
+ *   requests_total = completed + requests_failed + requests_cancelled
+ *                    + requests the worker holds with no error queued,
+ * and once the worker holds none (active = queued = 0 and no answer waits
+ * for a slow reader), requests_total - requests_failed - requests_cancelled
+ * is the number of completed requests.  Requests refused before a worker
+ * took them (queue full, worker failed or not ready, cancelled while
+ * SUBMITTED) are in none of these; the stats view's requests_queued
+ * includes such SUBMITTED slots.
+ */
 typedef struct GptossWorkerStats
 {
-	int64		requests_total;		/* generation requests accepted */
-	int64		requests_failed;	/* ended with an error */
-	int64		requests_cancelled; /* abandoned by their session */
+	int64		requests_total;		/* requests taken by the worker */
+	int64		requests_failed;	/* ended with an error (see above) */
+	int64		requests_cancelled; /* given up by their session first */
 	int64		prompt_tokens;
 	int64		completion_tokens;
 	int64		steps;

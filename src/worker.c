@@ -90,6 +90,7 @@ typedef struct WorkerJob
 	int64		submit_step;	/* the worker's steps when the session submitted it */
 	bool		stream;
 	bool		final_queued;	/* the last frame is in the outbox */
+	bool		final_error;	/* that frame is an error */
 	bool		receiver_gone;	/* the session detached from the queue */
 	StringInfoData outbox;		/* frames not yet in the queue: (uint32 len, frame)... */
 	Size		outbox_head;	/* offset of the first unsent frame */
@@ -190,12 +191,26 @@ engine_sqlstate(gptoss_errcode code)
  * Frames and the outbox
  */
 
-/* Queues an error frame; it ends the request. */
+/* Adds one to a request counter of this worker's published statistics. */
+static void
+count_request(int64 *counter)
+{
+	SpinLockAcquire(&me->mutex);
+	(*counter)++;
+	SpinLockRelease(&me->mutex);
+}
+
+/*
+ * Queues an error frame; it ends the request, counted failed now (before
+ * the session can read it).
+ */
 static void
 queue_error(WorkerJob *r, int sqlerrcode, const char *msg)
 {
 	gptoss_frame_put_error(&r->outbox, sqlerrcode, msg);
 	r->final_queued = true;
+	r->final_error = true;
+	count_request(&me->stats.requests_failed);
 }
 
 /* Queues the finish frame; it ends the request. */
@@ -244,33 +259,49 @@ flush_outbox(WorkerJob *r)
 
 /* Adds a finished or dropped request's tokens to the counters. */
 static void
-count_tokens(const gptoss_result *res)
+count_tokens(int64 prompt_tokens, int64 completion_tokens)
 {
 	SpinLockAcquire(&me->mutex);
-	me->stats.prompt_tokens += res->prompt_tokens;
-	me->stats.completion_tokens += res->completion_tokens;
+	me->stats.prompt_tokens += prompt_tokens;
+	me->stats.completion_tokens += completion_tokens;
 	SpinLockRelease(&me->mutex);
 }
 
 /* Takes r's sequence out of the engine (cancelling it when unfinished). */
 static void
-drop_from_engine(WorkerJob *r, bool count_cancel)
+drop_from_engine(WorkerJob *r)
 {
 	gptoss_result res;
 
 	if (r->engine_id < 0)
 		return;
 	if (gptoss_engine_result(engine, r->engine_id, &res) == 0)
-		count_tokens(&res);
+		count_tokens(res.prompt_tokens, res.completion_tokens);
 	gptoss_engine_release(engine, r->engine_id);
 	r->engine_id = -1;
 	dlist_delete(&r->node);
-	if (count_cancel)
-	{
-		SpinLockAcquire(&me->mutex);
-		me->stats.requests_cancelled++;
-		SpinLockRelease(&me->mutex);
-	}
+}
+
+/*
+ * Counts how r ended when the worker lets go of it, unless that is counted
+ * already; with queue_error, every request in requests_total ends in exactly
+ * one of the end counters (see GptossWorkerStats).  An error frame was
+ * counted failed when queued.  A finish frame that reached the queue counts
+ * as completed, which has no counter of its own (requests_total less the
+ * others), so a request that got no final frame, or whose finish frame did
+ * not reach its session, is counted now: cancelled when the session gave it
+ * up first (session_gone: its slot is CANCELLED; or its queue is detached),
+ * else failed (the worker is exiting, and the session gets an error).
+ */
+static void
+count_end(const WorkerJob *r, bool session_gone)
+{
+	bool		delivered = r->final_queued && r->outbox.len == 0 && !r->receiver_gone;
+
+	if (delivered || r->final_error)
+		return;
+	count_request(session_gone || r->receiver_gone ? &me->stats.requests_cancelled :
+				  &me->stats.requests_failed);
 }
 
 /*
@@ -297,16 +328,18 @@ end_slot_locked(GptossRequestSlot *s, bool worker_exited)
 }
 
 /*
- * Forgets r: detaches its segment and hands its slot back (DONE for the
- * session to collect, or FREE when the session already gave up).
+ * Forgets r, counting how it ended: detaches its segment and hands its slot
+ * back (DONE for the session to collect, or FREE when the session already
+ * gave up).  session_gone: its slot was found CANCELLED.
  */
 static void
-complete_request(int slot, WorkerJob *r)
+complete_request(int slot, WorkerJob *r, bool session_gone)
 {
 	GptossRequestSlot *s = &gptoss_shared->slots[slot];
 	bool		freed = false;
 
-	drop_from_engine(r, !r->final_queued);
+	drop_from_engine(r);
+	count_end(r, session_gone);
 	dsm_detach(r->seg);
 
 	LWLockAcquire(gptoss_shared->lock, LW_EXCLUSIVE);
@@ -327,10 +360,6 @@ start_job(WorkerJob *r, const GptossJobView *view)
 {
 	gptoss_error err;
 	int64		id;
-
-	SpinLockAcquire(&me->mutex);
-	me->stats.requests_total++;
-	SpinLockRelease(&me->mutex);
 
 	memset(&err, 0, sizeof(err));
 	if (view->n_labels > 0)
@@ -353,9 +382,6 @@ start_job(WorkerJob *r, const GptossJobView *view)
 	if (id < 0)
 	{
 		queue_error(r, engine_sqlstate(err.code), err.msg);
-		SpinLockAcquire(&me->mutex);
-		me->stats.requests_failed++;
-		SpinLockRelease(&me->mutex);
 		return;
 	}
 	r->engine_id = id;
@@ -365,8 +391,8 @@ start_job(WorkerJob *r, const GptossJobView *view)
 
 /*
  * Attaches slot's request segment, reads its job and takes the slot
- * (SUBMITTED -> RUNNING).  Called with the lock held, so the session cannot
- * drop the segment meanwhile.
+ * (SUBMITTED -> RUNNING), counting it in requests_total.  Called with the
+ * lock held, so the session cannot drop the segment meanwhile.
  */
 static bool
 admit_slot(int slot, GptossRequestSlot *s)
@@ -375,6 +401,8 @@ admit_slot(int slot, GptossRequestSlot *s)
 	dsm_segment *seg;
 	const char *why = "could not attach the request segment";
 	MemoryContext old;
+
+	count_request(&me->stats.requests_total);
 
 	/*
 	 * The session keeps the segment until the slot leaves SUBMITTED, so it
@@ -397,6 +425,7 @@ admit_slot(int slot, GptossRequestSlot *s)
 	{
 		ereport(LOG, (errmsg("gptoss worker %d: could not read request %llu: %s",
 							 worker_index, (unsigned long long) s->request_id, why)));
+		count_request(&me->stats.requests_failed);
 		s->state = GPTOSS_SLOT_DONE;
 		s->worker_exited = true;
 		gptoss_set_proc_latch(s->owner_pgprocno);
@@ -463,7 +492,7 @@ scan_slots(void)
 		ConditionVariableBroadcast(&gptoss_shared->slot_freed);
 
 	for (int i = 0; i < n_cancelled; i++)
-		complete_request(cancelled[i], &jobs[cancelled[i]]);
+		complete_request(cancelled[i], &jobs[cancelled[i]], true);
 	for (int i = 0; i < n_admitted; i++)
 		start_job(&jobs[admitted[i]], &jobs[admitted[i]].view);
 	pfree(admitted);
@@ -512,12 +541,7 @@ deliver(WorkerJob *r)
 		return;
 
 	if (res.finish_reason == GPTOSS_FINISH_ERROR)
-	{
 		queue_error(r, ERRCODE_INTERNAL_ERROR, res.error);
-		SpinLockAcquire(&me->mutex);
-		me->stats.requests_failed++;
-		SpinLockRelease(&me->mutex);
-	}
 	else
 	{
 		/* label scores and the returned text's log-probabilities come before the finish frame */
@@ -536,7 +560,7 @@ deliver(WorkerJob *r)
 		queue_finish(r, res.finish_reason, res.prompt_tokens, res.completion_tokens,
 					 (int) Max(0, steps_base + res.admit_step - r->submit_step));
 	}
-	drop_from_engine(r, false);
+	drop_from_engine(r);
 }
 
 /*
@@ -595,9 +619,9 @@ flush_all(void)
 		if (!r->in_use)
 			continue;
 		if (flush_outbox(r) && r->final_queued)
-			complete_request(i, r);
+			complete_request(i, r, false);
 		else if (r->receiver_gone && r->engine_id >= 0)
-			complete_request(i, r);
+			complete_request(i, r, false);
 	}
 }
 
@@ -698,16 +722,39 @@ release_taken_slots(void)
 }
 
 /*
- * Exit callback: fails every request this worker took so their sessions stop
- * waiting, and marks the worker as gone.  Requests it had not taken yet stay
- * SUBMITTED for the restarted worker (their sessions wait for it at most
- * gptoss.queue_wait).
+ * At exit: counts how each request the worker still holds ended (count_end):
+ * cancelled when its session already gave it up, else failed (its session
+ * gets an error), unless counted already.
+ */
+static void
+count_held_requests(void)
+{
+	LWLockAcquire(gptoss_shared->lock, LW_SHARED);
+	for (int i = 0; i < gptoss_shared->nslots; i++)
+	{
+		GptossRequestSlot *s = &gptoss_shared->slots[i];
+		WorkerJob  *r = &jobs[i];
+
+		if (!r->in_use)
+			continue;
+		count_end(r, s->request_id == r->request_id && s->state == GPTOSS_SLOT_CANCELLED);
+		r->in_use = false;
+	}
+	LWLockRelease(gptoss_shared->lock);
+}
+
+/*
+ * Exit callback: counts and fails every request this worker took so their
+ * sessions stop waiting, and marks the worker as gone.  Requests it had not
+ * taken yet stay SUBMITTED for the restarted worker (their sessions wait for
+ * it at most gptoss.queue_wait) and are not counted yet.
  */
 static void
 worker_exit(int code, Datum arg)
 {
 	/* An ERROR may have left our lock held; we are leaving anyway. */
 	LWLockReleaseAll();
+	count_held_requests();
 
 	SpinLockAcquire(&me->mutex);
 	me->pid = 0;

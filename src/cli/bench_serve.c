@@ -13,10 +13,9 @@
  *   mean batch   = sequences per engine step
  * Times are taken after each engine step, so they are step granular.
  *
- * Log-normal lengths follow the shape of ShareGPT conversations (heavy
- * tail): sigma 1, clipped to [4, 2048], with mu solved so that the clipped
- * distribution's mean is the requested one; the draws are deterministic in
- * the seed and the report gives the totals actually drawn.
+ * Log-normal lengths: serve_lengths.c (shared with the SQL load generator,
+ * so SQL runs can submit the same requests); the report gives the totals
+ * actually drawn.
  *
  * `gptoss bench --arrivals K`: does a long prompt joining a running batch
  * stall its decode steps?  `running` sequences decode throughout; after a
@@ -31,79 +30,12 @@
  * time to first token (from submission, in ms and in steps).
  */
 #include "bench_serve.h"
+#include "serve_lengths.h"
 
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#define LOGNORMAL_SIGMA 1.0
-#define LENGTH_MIN 4
-#define LENGTH_MAX 2048
-
-/* Standard normal distribution function. */
-static double
-normal_cdf(double x)
-{
-	return 0.5 * erfc(-x / M_SQRT2);
-}
-
-/* Mean of exp(mu + sigma Z) clipped to [lo, hi]. */
-static double
-clipped_lognormal_mean(double mu, double sigma, double lo, double hi)
-{
-	double		a = (log(lo) - mu) / sigma;
-	double		b = (log(hi) - mu) / sigma;
-	double		inside = exp(mu + sigma * sigma / 2) * (normal_cdf(b - sigma) - normal_cdf(a - sigma));
-
-	return lo * normal_cdf(a) + hi * (1.0 - normal_cdf(b)) + inside;
-}
-
-/* mu whose clipped log-normal has the given mean (the mean grows with mu: bisection). */
-static double
-solve_mu(double mean, double sigma, double lo, double hi)
-{
-	double		left = log(lo) - 10 * sigma;
-	double		right = log(hi) + 10 * sigma;
-
-	for (int i = 0; i < 200; i++)
-	{
-		double		mid = 0.5 * (left + right);
-
-		if (clipped_lognormal_mean(mid, sigma, lo, hi) < mean)
-			left = mid;
-		else
-			right = mid;
-	}
-	return 0.5 * (left + right);
-}
-
-/* Next standard normal draw of the stream *state (Box-Muller, cosine branch). */
-static double
-next_normal(uint64_t *state)
-{
-	double		u1,
-				u2;
-
-	*state = gptoss_mix64(*state);
-	u1 = ((double) (*state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-	*state = gptoss_mix64(*state);
-	u2 = (double) (*state >> 11) * (1.0 / 9007199254740992.0);
-	return sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2);
-}
-
-/* One clipped log-normal length. */
-static int32_t
-draw_length(uint64_t *state, double mu)
-{
-	double		x = exp(mu + LOGNORMAL_SIGMA * next_normal(state));
-
-	if (x < LENGTH_MIN)
-		x = LENGTH_MIN;
-	if (x > LENGTH_MAX)
-		x = LENGTH_MAX;
-	return (int32_t) lround(x);
-}
 
 int
 serve_workload_draw(serve_workload *w, int n_requests, int input_mean, int output_mean,
@@ -120,24 +52,8 @@ serve_workload_draw(serve_workload *w, int n_requests, int input_mean, int outpu
 		serve_workload_free(w);
 		return -1;
 	}
-	if (lognormal)
-	{
-		double		mu_in = solve_mu(input_mean, LOGNORMAL_SIGMA, LENGTH_MIN, LENGTH_MAX);
-		double		mu_out = solve_mu(output_mean, LOGNORMAL_SIGMA, LENGTH_MIN, LENGTH_MAX);
-		uint64_t	state = seed;
-
-		for (int i = 0; i < n_requests; i++)
-		{
-			w->input_len[i] = draw_length(&state, mu_in);
-			w->output_len[i] = draw_length(&state, mu_out);
-		}
-	}
-	else
-		for (int i = 0; i < n_requests; i++)
-		{
-			w->input_len[i] = input_mean;
-			w->output_len[i] = output_mean;
-		}
+	serve_lengths_draw(n_requests, input_mean, output_mean, lognormal, seed, w->input_len,
+					   w->output_len);
 	return 0;
 }
 

@@ -22,6 +22,7 @@
  * one prefill step on a backend, generate and bench go through the engine.
  */
 #include "bench_serve.h"
+#include "serve_lengths.h"
 #include "engine.h"
 #include "harmony.h"
 #include "synth.h"
@@ -1221,9 +1222,10 @@ cmd_bench_serve(const cli_opts *o, const bool *given)
 		lognormal = true;
 	else
 		return fail("--lengths: expected fixed or lognormal, got \"%s\"", o->lengths);
-	if (lognormal && (o->input_len <= 4 || o->input_len >= 2048 || o->output_len <= 4 ||
-					  o->output_len >= 2048))
-		return fail("bench: log-normal mean lengths must lie between 4 and 2048 tokens");
+	if (lognormal && (o->input_len <= SERVE_LENGTH_MIN || o->input_len >= SERVE_LENGTH_MAX ||
+					  o->output_len <= SERVE_LENGTH_MIN || o->output_len >= SERVE_LENGTH_MAX))
+		return fail("bench: log-normal mean lengths must lie between %d and %d tokens",
+					SERVE_LENGTH_MIN, SERVE_LENGTH_MAX);
 	if (serve_workload_draw(&w, n, (int) o->input_len, (int) o->output_len, lognormal,
 							was_given(given, "seed") ? o->seed : 42) < 0)
 		return fail("bench: out of memory");

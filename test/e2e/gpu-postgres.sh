@@ -20,6 +20,18 @@
 #           rows/s, sync and async, against the naive row trigger and gptoss_generate_many;
 #           COPY of 10,000 rows into an enriched vs a plain table); ENRICH_ARGS overrides its
 #           options; results in enrich.md / enrich.jsonl
+#   serve   only with SERVE_BENCH=1, instead of load: issue 13's serving-shaped cases through
+#           SQL (gptoss_loadgen --serve: N requests dealt to SERVE_SESSIONS sessions, each
+#           session's share in one GptossBatch statement, all in flight at once; greedy, raw,
+#           ignore_eos; lengths drawn as `gptoss bench --requests` draws them). SERVE_CASES picks
+#           them: a = 1,000 log-normal (sigma 1, seed 42, clipped to [4, 2048], means 215/194),
+#           b = 500 x 2,000/100, c = 1,000 x 128/4, d = 500 x 4,000/200. Each case runs on a
+#           server restarted with the engine run's settings (max_batch_size min(N, 1024) + 1,
+#           since one role holds at most max_batch_size - 1 seats; max_context = the longest
+#           request; prefill_chunk 2048; max_step_tokens min(N, 1024) + 2048; max_requests
+#           N + SERVE_SESSIONS). With SERVE_ENGINE=1 the same case also runs through
+#           `bin/gptoss bench --requests` first (server stopped: one process owns the GPU).
+#           Results in serve.jsonl and summary.md
 #   load    test/loadgen/gptoss_loadgen: 1 and 64 sessions (~128-token prompts, 128
 #           generated tokens, greedy, ignore_eos, raw), each on a freshly restarted
 #           server, then a --check run (texts under batching equal texts alone)
@@ -35,6 +47,8 @@
 #   64..192, so that sessions drift apart and prompts arrive while others decode),
 #   CHECK_SESSIONS (16; 0 skips the check), MAX_BATCH (64), MAX_CONTEXT (4096),
 #   BATCH_BENCH (0; 1 runs the batch phase, with ROWS and OFF_ROWS of bench/batch-bench.sh),
+#   SERVE_BENCH (0; 1 runs the serve phase instead of load), SERVE_CASES ("a b c d"),
+#   SERVE_SESSIONS (64), SERVE_ENGINE (0; 1 also runs each case through gptoss bench),
 #   DEVICE (cuda), USE_CUDA (1), PGROOT (/tmp/pg), MODEL_OUT (/tmp/m20b), RESTART (1),
 #   TIME_LIMIT (570 s: the long steps run under timeout so that a run stays inside the
 #   device tool's 600 s and still leaves its logs behind).
@@ -180,8 +194,13 @@ chmod -R a+rX "$MODEL" 2>/dev/null || log "note: could not chmod $MODEL (the ser
 du -sh "$MODEL"
 
 phase server
+SERVE_BENCH=${SERVE_BENCH:-0}
+SERVE_CASES=${SERVE_CASES:-"a b c d"}
+SERVE_SESSIONS=${SERVE_SESSIONS:-64}
+SERVE_ENGINE=${SERVE_ENGINE:-0}
 max_sessions=$CHECK_SESSIONS
 for n in $SESSIONS; do [ "$n" -gt "$max_sessions" ] && max_sessions=$n; done
+[ "$SERVE_BENCH" != 1 ] || [ "$SERVE_SESSIONS" -le "$max_sessions" ] || max_sessions=$SERVE_SESSIONS
 [ "$MAX_BATCH" -ge "$max_sessions" ] || log "note: MAX_BATCH=$MAX_BATCH < $max_sessions sessions: the rest queue"
 cat >> "$PGROOT/data/postgresql.conf" <<CONF
 listen_addresses = ''
@@ -206,6 +225,71 @@ restart_server() {
 	as_pg "$PG_BIN/pg_ctl -D $PGROOT/data -l $PGROOT/log -m fast -w restart" >/dev/null || fail "restart failed"
 	sql --wait-ready --exec "SELECT 1" >/dev/null || fail "the gptoss worker did not become ready after a restart"
 }
+
+if [ "$SERVE_BENCH" = 1 ]; then
+	# Serving-shaped cases through SQL instead of the load runs (see the header; bench/RESULTS.md).
+	phase serve
+	SERVE_RESULTS=$RESULTS_DIR/serve.jsonl
+	: > "$SERVE_RESULTS"
+	for c in $SERVE_CASES; do
+		case $c in
+			a) n=1000; lengths=(--lengths lognormal --input-len 215 --output-len 194) ;;
+			b) n=500; lengths=(--input-len 2000 --output-len 100) ;;
+			c) n=1000; lengths=(--input-len 128 --output-len 4) ;;
+			d) n=500; lengths=(--input-len 4000 --output-len 200) ;;
+			*) fail "SERVE_CASES: unknown case $c (a, b, c or d)" ;;
+		esac
+		longest=$("$LOADGEN" --serve "$n" "${lengths[@]}" --dry-run | sed -n 's/.*"longest": \([0-9]*\).*/\1/p')
+		[ -n "$longest" ] || fail "case $c: no longest request from gptoss_loadgen --dry-run"
+		seqs=$((n < 1024 ? n : 1024))
+		# one statement each: ALTER SYSTEM cannot run in the implicit transaction of several
+		for setting in "max_batch_size = $((seqs + 1))" "max_context = $longest" "prefill_chunk = 2048" \
+			"max_step_tokens = $((seqs + 2048))" "max_requests = $((n + SERVE_SESSIONS))"; do
+			sql --exec "ALTER SYSTEM SET gptoss.$setting" >/dev/null || fail "case $c: ALTER SYSTEM SET gptoss.$setting failed"
+		done
+		if [ "$SERVE_ENGINE" = 1 ]; then
+			as_pg "$PG_BIN/pg_ctl -D $PGROOT/data -m fast -w stop" >/dev/null || fail "stopping the server failed"
+			SERVER_STARTED=0
+			log "serve: case $c through the engine (gptoss bench --requests $n ${lengths[*]})"
+			limited bin/gptoss bench --model "$MODEL" --device "$DEVICE" --requests "$n" "${lengths[@]}" \
+				| sed "s/^{/{\"label\":\"case $c engine\",/" | tee -a "$SERVE_RESULTS" \
+				|| fail "case $c: gptoss bench failed"
+			as_pg "$PG_BIN/pg_ctl -D $PGROOT/data -l $PGROOT/log -w start" >/dev/null || fail "the server did not start"
+			SERVER_STARTED=1
+			sql --wait-ready --exec "SELECT 1" >/dev/null || fail "the gptoss worker did not become ready"
+		else
+			restart_server
+		fi
+		log "serve: case $c through SQL ($n requests, ${lengths[*]}, $SERVE_SESSIONS sessions, context $longest)"
+		sql --serve "$n" "${lengths[@]}" --sessions "$SERVE_SESSIONS" --label "case $c sql" \
+			| tee -a "$SERVE_RESULTS" || fail "case $c: the SQL serving run failed"
+	done
+	sql --exec "SELECT row_to_json(s) FROM gptoss_stats s" > "$RESULTS_DIR/stats.txt" || fail "reading gptoss_stats"
+	phase summary
+	{ echo "# serving-shaped cases through SQL on the GPU machine ($(date -u +%F)), $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
+	  echo "- model: $MODEL; $SERVE_SESSIONS sessions; cases: $SERVE_CASES; phases (s): ${TIMINGS[*]}"
+	  echo "- tok/s columns: completion (output) and total (prompt + completion) tokens over the wall time;"
+	  echo "  TTFT only through the engine (a plain SQL call returns the whole answer)"; echo
+	  python3 - "$SERVE_RESULTS" <<'PY' || echo "(python3 missing: see serve.jsonl)"
+import json, sys
+print("| run | requests | prompt + completion tokens (drawn) | wall s | output tok/s | total tok/s | TTFT mean ms | mean batch |")
+print("|---|---:|---|---:|---:|---:|---:|---:|")
+for line in open(sys.argv[1]):
+    if not line.strip():
+        continue
+    r = json.loads(line)
+    if "drawn_input_tokens" in r:  # gptoss_loadgen --serve
+        tokens = f"{r['prompt_tokens']} + {r['completion_tokens']} ({r['drawn_input_tokens']} + {r['drawn_output_tokens']})"
+        out, ttft, batch = r["tok_s"], "-", r["mean_batch_size"]
+    else:  # gptoss bench --requests
+        tokens = f"{r['input_tokens']} + {r['output_tokens']}"
+        out, ttft, batch = r["output_tok_s"], f"{r['ttft_ms_mean']:.0f}", r["mean_batch"]
+    print(f"| {r['label']} | {r['requests']} | {tokens} | {r['wall_s']:.2f} | {out:.1f} | {r['total_tok_s']:.1f} | {ttft} | {batch:.1f} |")
+PY
+	} > "$RESULTS_DIR/summary.md"
+	cat "$RESULTS_DIR/summary.md"
+	exit 0
+fi
 
 if [ "${ENRICH_BENCH:-0}" = 1 ]; then
 	# Enrichment benchmark instead of the load runs (bench/enrich_bench.c; bench/RESULTS.md).

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# test/loadgen/build.sh: compiles the libpq load generator gptoss_loadgen.
+# test/loadgen/build.sh: compiles the libpq load generator gptoss_loadgen (with
+# src/cli/serve_lengths.c, the length draw it shares with `gptoss bench --requests`).
 #
 #   bash test/loadgen/build.sh [OUTPUT]        (default build/gptoss_loadgen)
 #
@@ -34,5 +35,6 @@ fi
 
 mkdir -p "$(dirname "$OUTPUT")"
 # shellcheck disable=SC2086  # the flag variables hold several words
-"$CC" -std=gnu11 -O2 -Wall -Wextra -o "$OUTPUT" test/loadgen/gptoss_loadgen.c $LIBPQ_CFLAGS $LIBPQ_LIBS -lm
+"$CC" -std=gnu11 -O2 -Wall -Wextra -Isrc/cli -Isrc/engine -o "$OUTPUT" test/loadgen/gptoss_loadgen.c \
+	src/cli/serve_lengths.c $LIBPQ_CFLAGS $LIBPQ_LIBS -lm
 echo "$OUTPUT"

@@ -34,6 +34,28 @@
  * 1 error (bad option, connection, failed query, timeout), 3 mismatches in
  * --check mode (the JSON line is still printed).
  *
+ * --serve N: the serving-shaped run of `gptoss bench --requests N`, through
+ * SQL.  The N requests (lengths from src/cli/serve_lengths.c: fixed, or
+ * log-normal with the same draw as the CLI, so both runs submit identical
+ * requests) are dealt round-robin to the sessions (64 unless --sessions),
+ * and every session submits its whole share at once in ONE statement,
+ *   SELECT gptoss_generate(p, params || {max_tokens: m}) FROM unnest(prompts, lengths)
+ * which the GptossBatch node runs with gptoss.batch_window set to the share,
+ * so all N requests are in flight from the start (given gptoss.max_requests
+ * >= N).  The node rather than gptoss_generate_many: it is the path the
+ * README recommends for bulk work (a plain query over rows), and it takes
+ * params per row, which per-request output lengths need (generate_many has
+ * one params for all its prompts).  Prompts are input_len single-token words
+ * (raw mode, so the prompt is exactly its tokens); gptoss_tokenize checks
+ * every prompt's length before the run.  Greedy, raw, ignore_eos: each
+ * request generates exactly its output length.  Reported: the drawn
+ * totals, the tokenized prompt total, gptoss_stats's prompt and completion
+ * token deltas, completion tok/s and total (prompt + completion) tok/s over
+ * the wall time from the first statement sent to the last one finished,
+ * and the run's mean batch.  TTFT is not measured: a plain SQL call returns
+ * the whole answer (and the node returns rows in input order), so the
+ * client never sees a first token.  --dry-run prints the draw only.
+ *
  * --exec SQL turns it into a minimal psql for machines without one (the GPU
  * machine): it runs the statements, prints the rows of the last one
  * tab-separated and exits (after waiting for 'ready' with --wait-ready).
@@ -54,9 +76,26 @@
 
 #include <libpq-fe.h>
 
+#include "serve_lengths.h"
+
 #define MONITOR_INTERVAL_S	0.1		/* requests_active sampling period */
 #define IDLE_WAIT_S			30.0	/* how long the worker may take to go idle after the run */
 #define GENERATE_SQL		"SELECT gptoss_generate($1, $2::jsonb)"
+
+/* --serve: one session's share in one statement ($1 prompts, $2 output lengths, $3 SERVE_PARAMS). */
+#define SERVE_SQL \
+	"SELECT gptoss_generate(p, $3::jsonb || jsonb_build_object('max_tokens', m)) " \
+	"FROM unnest($1::text[], $2::int[]) AS r(p, m)"
+/* --serve: every request's params but max_tokens (greedy, plain continuation, exact length). */
+#define SERVE_PARAMS		"{\"temperature\": 0, \"raw\": true, \"ignore_eos\": true}"
+/* --serve: token count of a share's prompts, and how many differ from their drawn length ($2). */
+#define TOKENIZE_SQL \
+	"SELECT coalesce(sum(t), 0)::bigint, count(*) FILTER (WHERE t <> n)::bigint " \
+	"FROM unnest($1::text[], $2::int[]) AS r(p, n), LATERAL cardinality(gptoss_tokenize(p)) AS t"
+/* --serve: the worker's limits that decide whether the run can go as drawn. */
+#define LIMITS_SQL \
+	"SELECT (l->>'max_context')::int, (l->>'max_requests')::int, (l->>'max_batch_size')::int " \
+	"FROM (SELECT gptoss_status()->'limits' AS l) s"
 
 /*
  * The stats query sums over workers.  mean_batch_size is a lifetime mean
@@ -110,6 +149,12 @@ typedef struct
 	const char *label;			/* copied into the JSON line */
 	const char *exec_sql;		/* --exec: run this and print the rows instead */
 	int			wait_ready;		/* --exec: wait for state 'ready' first */
+	int			serve;			/* --serve: requests of the serving run (0: session mode) */
+	int			input_len;		/* --serve: prompt tokens (the mean when log-normal) */
+	int			output_len;		/* --serve: generated tokens (the mean when log-normal) */
+	int			lognormal;		/* --serve: log-normal lengths, not fixed */
+	uint64_t	length_seed;	/* --serve: seed of the log-normal draw */
+	int			dry_run;		/* --serve: print the draw and exit */
 } Options;
 
 /* One snapshot of the gptoss_stats view, summed over workers. */
@@ -141,6 +186,21 @@ typedef struct
 	char	   *text;			/* result of the request in flight */
 } Session;
 
+/* The serving run's requests (--serve) and each session's share, as SQL array literals. */
+typedef struct
+{
+	int			n;				/* requests */
+	int32_t    *input_len;		/* [n] prompt tokens of each request */
+	int32_t    *output_len;		/* [n] tokens each request generates */
+	long long	input_total;
+	long long	output_total;
+	int			longest;		/* most prompt + generated tokens of one request */
+	int		   *count;			/* [sessions] requests of session s (those with i % sessions == s) */
+	char	  **prompts;		/* [sessions] text[] literal of its prompts */
+	char	  **inputs;			/* [sessions] int[] literal of their input lengths */
+	char	  **outputs;		/* [sessions] int[] literal of their output lengths */
+} ServeWorkload;
+
 /* Everything one run produces. */
 typedef struct
 {
@@ -156,6 +216,7 @@ static char **prompts;			/* [n_prompts] distinct prompt texts */
 static int n_prompts;
 static char *params_verbatim;	/* --params, or NULL */
 static char *params_rest;		/* the params jsonb after its max_tokens (from the options) */
+static ServeWorkload serve;		/* --serve */
 
 /* Prints an error message and exits with status 1. */
 static void
@@ -447,6 +508,23 @@ parse_stats(PGresult *res)
 	return s;
 }
 
+/*
+ * The mean batch size over a run, from two snapshots (*scope "run"), or the
+ * lifetime mean when the view has no steps column (*scope "lifetime").
+ */
+static double
+run_mean_batch(const Stats *before, const Stats *after, const char **scope)
+{
+	if (after->has_steps && before->has_steps && after->steps > before->steps)
+	{
+		*scope = "run";
+		return (after->step_sequences - before->step_sequences) /
+			(double) (after->steps - before->steps);
+	}
+	*scope = "lifetime";
+	return after->mean_batch_size;
+}
+
 /* Takes a gptoss_stats snapshot on a blocking connection. */
 static Stats
 read_stats(PGconn *conn)
@@ -508,14 +586,29 @@ wait_idle(PGconn *conn)
 	}
 }
 
-/* Sends session s's next request (global index `request`). */
+/* Sends session s's next request (global index `request`; with --serve, its share's statement). */
 static void
 send_request(Session *s, int request)
 {
-	const char *values[2] = {prompt_of(request), params_of(request)};
+	const char *values[3];
 	int			flush;
+	int			sent;
 
-	if (!PQsendQueryParams(s->conn, GENERATE_SQL, 2, NULL, values, NULL, NULL, 0))
+	if (opt.serve)
+	{
+		/* the session's whole share: request is the session's index */
+		values[0] = serve.prompts[request];
+		values[1] = serve.outputs[request];
+		values[2] = SERVE_PARAMS;
+		sent = PQsendQueryParams(s->conn, SERVE_SQL, 3, NULL, values, NULL, NULL, 0);
+	}
+	else
+	{
+		values[0] = prompt_of(request);
+		values[1] = params_of(request);
+		sent = PQsendQueryParams(s->conn, GENERATE_SQL, 2, NULL, values, NULL, NULL, 0);
+	}
+	if (!sent)
 		die("session %d: cannot send request: %s", s->index, result_error(NULL, s->conn));
 	flush = PQflush(s->conn);
 	if (flush < 0)
@@ -531,7 +624,8 @@ send_request(Session *s, int request)
 
 /*
  * Reads what arrived on session s.  Returns 1 when its request finished
- * (s->text set), 0 while it is still running; exits on a failed query.
+ * (s->text set; with --serve, to "" once its share's rows are all there), 0
+ * while it is still running; exits on a failed query.
  */
 static int
 collect(Session *s)
@@ -552,6 +646,19 @@ collect(Session *s)
 		}
 		if (PQresultStatus(res) != PGRES_TUPLES_OK)
 			die("session %d request %d failed: %s", s->index, s->request, result_error(res, s->conn));
+		if (opt.serve)
+		{
+			if (PQntuples(res) != serve.count[s->index] || PQnfields(res) != 1)
+				die("session %d: expected %d answers, got %d rows of %d columns", s->index,
+					serve.count[s->index], PQntuples(res), PQnfields(res));
+			for (int r = 0; r < PQntuples(res); r++)
+				if (PQgetisnull(res, r, 0))
+					die("session %d: answer %d is NULL", s->index, r);
+			free(s->text);
+			s->text = xstrdup("");
+			PQclear(res);
+			continue;
+		}
 		if (PQntuples(res) != 1 || PQnfields(res) != 1)
 			die("session %d request %d: expected one value, got %d rows of %d columns", s->index,
 				s->request, PQntuples(res), PQnfields(res));
@@ -773,6 +880,309 @@ percentile(const double *sorted, int n, double q)
 	return sorted[rank - 1];
 }
 
+/* A growing string (SQL array literals). */
+typedef struct
+{
+	char	   *s;
+	size_t		len;
+	size_t		cap;
+} Buf;
+
+/* Appends n bytes of s to b. */
+static void
+buf_add(Buf *b, const char *s, size_t n)
+{
+	if (b->len + n + 1 > b->cap)
+	{
+		char	   *bigger;
+
+		b->cap = 2 * (b->len + n + 1);
+		bigger = realloc(b->s, b->cap);
+		if (!bigger)
+			die("out of memory (%zu bytes)", b->cap);
+		b->s = bigger;
+	}
+	memcpy(b->s + b->len, s, n);
+	b->len += n;
+	b->s[b->len] = '\0';
+}
+
+/* Appends s to b as one double-quoted element of an array literal. */
+static void
+buf_add_array_element(Buf *b, const char *s)
+{
+	buf_add(b, b->len > 1 ? ",\"" : "\"", b->len > 1 ? 2 : 1);
+	for (const char *p = s; *p; p++)
+	{
+		if (*p == '"' || *p == '\\')
+			buf_add(b, "\\", 1);
+		buf_add(b, p, 1);
+	}
+	buf_add(b, "\"", 1);
+}
+
+/* Appends an integer element to the array literal b. */
+static void
+buf_add_int_element(Buf *b, int v)
+{
+	char		num[16];
+	int			n = snprintf(num, sizeof(num), "%s%d", b->len > 1 ? "," : "", v);
+
+	buf_add(b, num, (size_t) n);
+}
+
+/* Draws the serving run's lengths (the CLI's draw) and its totals. */
+static void
+serve_draw(void)
+{
+	int			n = opt.serve;
+
+	serve.n = n;
+	serve.input_len = xmalloc(sizeof(int32_t) * n);
+	serve.output_len = xmalloc(sizeof(int32_t) * n);
+	serve_lengths_draw(n, opt.input_len, opt.output_len, opt.lognormal, opt.length_seed,
+					   serve.input_len, serve.output_len);
+	for (int i = 0; i < n; i++)
+	{
+		serve.input_total += serve.input_len[i];
+		serve.output_total += serve.output_len[i];
+		if (serve.input_len[i] + serve.output_len[i] > serve.longest)
+			serve.longest = serve.input_len[i] + serve.output_len[i];
+	}
+}
+
+/*
+ * Builds every session's share: request i goes to session i % sessions, its
+ * prompt is input_len[i] random single-token words (request i's own).
+ */
+static void
+serve_build_shares(int sessions)
+{
+	Buf		   *prompts = calloc(sessions, sizeof(Buf));
+	Buf		   *inputs = calloc(sessions, sizeof(Buf));
+	Buf		   *outputs = calloc(sessions, sizeof(Buf));
+
+	if (!prompts || !inputs || !outputs)
+		die("out of memory");
+	serve.count = xmalloc(sizeof(int) * sessions);
+	for (int s = 0; s < sessions; s++)
+	{
+		serve.count[s] = 0;
+		buf_add(&prompts[s], "{", 1);
+		buf_add(&inputs[s], "{", 1);
+		buf_add(&outputs[s], "{", 1);
+	}
+	for (int i = 0; i < serve.n; i++)
+	{
+		int			s = i % sessions;
+		char	   *prompt = build_word_prompt(serve.input_len[i], opt.prompt_seed, i);
+
+		buf_add_array_element(&prompts[s], prompt);
+		free(prompt);
+		buf_add_int_element(&inputs[s], serve.input_len[i]);
+		buf_add_int_element(&outputs[s], serve.output_len[i]);
+		serve.count[s]++;
+	}
+	serve.prompts = xmalloc(sizeof(char *) * sessions);
+	serve.inputs = xmalloc(sizeof(char *) * sessions);
+	serve.outputs = xmalloc(sizeof(char *) * sessions);
+	for (int s = 0; s < sessions; s++)
+	{
+		buf_add(&prompts[s], "}", 1);
+		buf_add(&inputs[s], "}", 1);
+		buf_add(&outputs[s], "}", 1);
+		serve.prompts[s] = prompts[s].s;
+		serve.inputs[s] = inputs[s].s;
+		serve.outputs[s] = outputs[s].s;
+	}
+	free(prompts);
+	free(inputs);
+	free(outputs);
+}
+
+/* Writes the workload's fields of the JSON line (no braces). */
+static void
+serve_print_workload(void)
+{
+	printf("\"requests\": %d, \"lengths\": \"%s\", \"input_len\": %d, \"output_len\": %d, "
+		   "\"length_seed\": %llu, \"drawn_input_tokens\": %lld, \"drawn_output_tokens\": %lld, "
+		   "\"longest\": %d", serve.n, opt.lognormal ? "lognormal" : "fixed", opt.input_len,
+		   opt.output_len, (unsigned long long) opt.length_seed, serve.input_total,
+		   serve.output_total, serve.longest);
+}
+
+/* Dies unless the planner runs a share's statement through the GptossBatch node. */
+static void
+serve_check_plan(PGconn *conn)
+{
+	const char *values[3] = {serve.prompts[0], serve.outputs[0], SERVE_PARAMS};
+	PGresult   *res = exec_or_die(conn, "EXPLAIN (COSTS OFF) " SERVE_SQL, 3, values);
+	int			found = 0;
+
+	for (int r = 0; r < PQntuples(res); r++)
+		found |= strstr(PQgetvalue(res, r, 0), "GptossBatch") != NULL;
+	PQclear(res);
+	if (!found)
+		die("the serving statement does not use the GptossBatch node (it would run row by row): "
+			"is gptoss.batch_window 0 in the server's configuration?");
+}
+
+/*
+ * Tokenizes every session's prompts (in parallel, one statement per session,
+ * on blocking connections) and dies when one does not have its drawn length;
+ * returns the token total.
+ */
+static long long
+serve_check_prompts(Session *ss, int sessions)
+{
+	long long	tokens = 0;
+	long long	wrong = 0;
+
+	for (int s = 0; s < sessions; s++)
+	{
+		const char *values[2] = {serve.prompts[s], serve.inputs[s]};
+
+		if (!PQsendQueryParams(ss[s].conn, TOKENIZE_SQL, 2, NULL, values, NULL, NULL, 0))
+			die("session %d: cannot send: %s", s, result_error(NULL, ss[s].conn));
+	}
+	for (int s = 0; s < sessions; s++)
+	{
+		PGresult   *res;
+
+		while ((res = PQgetResult(ss[s].conn)) != NULL)
+		{
+			if (PQresultStatus(res) != PGRES_TUPLES_OK)
+				die("session %d: tokenizing the prompts failed: %s", s, result_error(res, ss[s].conn));
+			tokens += atoll(PQgetvalue(res, 0, 0));
+			wrong += atoll(PQgetvalue(res, 0, 1));
+			PQclear(res);
+		}
+	}
+	if (wrong > 0)
+		die("%lld prompts do not tokenize to their drawn length (%lld tokens for %lld drawn): "
+			"the model's tokenizer lacks the single-token words of the prompts", wrong, tokens,
+			serve.input_total);
+	return tokens;
+}
+
+/* Reads the worker's limits; dies when the longest request does not fit the context. */
+static void
+serve_check_limits(PGconn *conn, int *max_context, int *max_requests, int *max_batch)
+{
+	PGresult   *res = exec_or_die(conn, LIMITS_SQL, 0, NULL);
+
+	*max_context = atoi(PQgetvalue(res, 0, 0));
+	*max_requests = atoi(PQgetvalue(res, 0, 1));
+	*max_batch = atoi(PQgetvalue(res, 0, 2));
+	PQclear(res);
+	if (serve.longest > *max_context)
+		die("the longest request needs %d tokens of context, the worker has %d "
+			"(raise gptoss.max_context)", serve.longest, *max_context);
+	if (*max_requests < serve.n)
+		fprintf(stderr, "gptoss_loadgen: warning: gptoss.max_requests = %d < %d requests: not all "
+				"of them can be in flight at once\n", *max_requests, serve.n);
+}
+
+/* --serve: the serving-shaped run (see the header comment); returns the exit status. */
+static int
+serve_main(void)
+{
+	int			sessions = opt.sessions < opt.serve ? opt.sessions : opt.serve;
+	int			max_context, max_requests, max_batch;
+	long long	tokenized, completion, prompt_tokens;
+	PGconn	   *ctl;
+	PGconn	   *mon;
+	Session    *ss;
+	Stats		before, after;
+	RunResult	rr;
+	double		wall, mean_batch;
+	const char *batch_scope;
+
+	serve_draw();
+	if (opt.dry_run)
+	{
+		printf("{\"mode\": \"serve-draw\", ");
+		serve_print_workload();
+		printf("}\n");
+		return fflush(stdout) == 0 ? 0 : 1;
+	}
+	serve_build_shares(sessions);
+	ctl = connect_or_die("control session");
+	wait_ready(ctl);
+	serve_check_limits(ctl, &max_context, &max_requests, &max_batch);
+	serve_check_plan(ctl);
+	ss = xmalloc(sizeof(Session) * sessions);
+	for (int s = 0; s < sessions; s++)
+	{
+		char		set[64];
+
+		memset(&ss[s], 0, sizeof(Session));
+		ss[s].index = s;
+		ss[s].conn = connect_or_die("client session");
+		/* the whole share in flight at once (65536: the GUC's maximum) */
+		snprintf(set, sizeof(set), "SET gptoss.batch_window = %d",
+				 serve.count[s] < 65536 ? serve.count[s] : 65536);
+		PQclear(exec_or_die(ss[s].conn, set, 0, NULL));
+	}
+	tokenized = serve_check_prompts(ss, sessions);
+	for (int s = 0; s < sessions; s++)
+		if (PQsetnonblocking(ss[s].conn, 1) != 0)
+			die("session %d: cannot switch to non-blocking mode", s);
+	mon = connect_or_die("monitor session");
+
+	memset(&rr, 0, sizeof(rr));
+	rr.latency_ms = xmalloc(sizeof(double) * sessions);
+	rr.texts = xmalloc(sizeof(char *) * sessions);
+	for (int s = 0; s < sessions; s++)
+		rr.texts[s] = NULL;
+	before = read_stats(ctl);
+	wall = run_concurrent(ss, sessions, 1, 0, mon, &rr);
+	after = wait_idle(ctl);
+
+	if (after.failed != before.failed)
+		die("gptoss_stats counts %lld failed requests during the run", after.failed - before.failed);
+	completion = after.completion_tokens - before.completion_tokens;
+	prompt_tokens = after.prompt_tokens - before.prompt_tokens;
+	if (after.total - before.total != serve.n)
+		fprintf(stderr, "gptoss_loadgen: warning: gptoss_stats counts %lld requests for the run's "
+				"%d (another client is using the server?)\n", after.total - before.total, serve.n);
+	if (completion != serve.output_total || prompt_tokens != serve.input_total)
+		fprintf(stderr, "gptoss_loadgen: warning: the worker counts %lld prompt + %lld completion "
+				"tokens, the draw %lld + %lld\n", prompt_tokens, completion, serve.input_total,
+				serve.output_total);
+	mean_batch = run_mean_batch(&before, &after, &batch_scope);
+
+	qsort(rr.latency_ms, rr.n_latency, sizeof(double), cmp_double);
+	printf("{\"mode\": \"serve\", \"label\": ");
+	print_json_string(stdout, opt.label);
+	printf(", \"sessions\": %d, ", sessions);
+	serve_print_workload();
+	printf(", \"tokenized_prompt_tokens\": %lld, \"prompt_tokens\": %lld, \"completion_tokens\": %lld, "
+		   "\"wall_s\": %.3f, \"tok_s\": %.2f, \"total_tok_s\": %.2f, \"req_s\": %.3f, "
+		   "\"statement_ms_min\": %.1f, \"statement_ms_max\": %.1f, \"ttft_ms_mean\": null, "
+		   "\"mean_batch_size\": %.3f, \"mean_batch_size_scope\": \"%s\", \"active_mean\": ",
+		   tokenized, prompt_tokens, completion, wall,
+		   wall > 0 ? (double) completion / wall : 0.0,
+		   wall > 0 ? (double) (prompt_tokens + completion) / wall : 0.0,
+		   wall > 0 ? serve.n / wall : 0.0,
+		   rr.latency_ms[0], rr.latency_ms[rr.n_latency - 1], mean_batch, batch_scope);
+	if (rr.active_samples > 0)
+		printf("%.3f", rr.active_sum / rr.active_samples);
+	else
+		printf("null");
+	printf(", \"max_batch_size\": %d, \"max_requests\": %d, \"max_context\": %d, \"params\": ",
+		   max_batch, max_requests, max_context);
+	print_json_string(stdout, SERVE_PARAMS);
+	printf("}\n");
+	fflush(stdout);
+
+	for (int s = 0; s < sessions; s++)
+		PQfinish(ss[s].conn);
+	PQfinish(mon);
+	PQfinish(ctl);
+	return 0;
+}
+
 /* Prints the usage text. */
 static void
 usage(FILE *f)
@@ -795,7 +1205,16 @@ usage(FILE *f)
 		  "  --ready-timeout S    seconds to wait for gptoss_status() state 'ready' (default 600)\n"
 		  "  --label STR          copied into the JSON output\n"
 		  "  --exec SQL           only run SQL and print its rows tab-separated (no load)\n"
-		  "  --wait-ready         with --exec: wait for state 'ready' first\n", f);
+		  "  --wait-ready         with --exec: wait for state 'ready' first\n"
+		  "serving mode (the prompt and generation options above do not apply):\n"
+		  "  --serve N            N requests at once, dealt to --sessions (default 64), each\n"
+		  "                       session's share in one statement; greedy, raw, ignore_eos\n"
+		  "  --input-len N        prompt tokens (default 128; the mean when log-normal)\n"
+		  "  --output-len N       generated tokens (default 128; the mean when log-normal)\n"
+		  "  --lengths fixed|lognormal  log-normal: sigma 1, clipped to [4, 2048], the draw of\n"
+		  "                       gptoss bench --requests (default fixed)\n"
+		  "  --length-seed S      seed of the log-normal draw (default 42, as gptoss bench)\n"
+		  "  --dry-run            print the drawn totals and the longest request, connect to nothing\n", f);
 }
 
 /* Parses a positive (or non-negative when min is 0) integer option. */
@@ -834,7 +1253,8 @@ parse_options(int argc, char **argv)
 	{
 		O_DSN = 256, O_SESSIONS, O_REQUESTS, O_WARMUP, O_PROMPT, O_PROMPT_FILE, O_PROMPT_LEN,
 		O_PROMPT_SEED, O_MAX_TOKENS, O_MIN_TOKENS, O_TEMPERATURE, O_TOP_P, O_SEED, O_RAW, O_IGNORE_EOS,
-		O_PARAMS, O_CHECK, O_READY_TIMEOUT, O_LABEL, O_EXEC, O_WAIT_READY, O_HELP
+		O_PARAMS, O_CHECK, O_READY_TIMEOUT, O_LABEL, O_EXEC, O_WAIT_READY, O_SERVE, O_INPUT_LEN,
+		O_OUTPUT_LEN, O_LENGTHS, O_LENGTH_SEED, O_DRY_RUN, O_HELP
 	};
 	static const struct option longopts[] = {
 		{"dsn", required_argument, NULL, O_DSN},
@@ -858,10 +1278,20 @@ parse_options(int argc, char **argv)
 		{"label", required_argument, NULL, O_LABEL},
 		{"exec", required_argument, NULL, O_EXEC},
 		{"wait-ready", no_argument, NULL, O_WAIT_READY},
+		{"serve", required_argument, NULL, O_SERVE},
+		{"input-len", required_argument, NULL, O_INPUT_LEN},
+		{"output-len", required_argument, NULL, O_OUTPUT_LEN},
+		{"lengths", required_argument, NULL, O_LENGTHS},
+		{"length-seed", required_argument, NULL, O_LENGTH_SEED},
+		{"dry-run", no_argument, NULL, O_DRY_RUN},
 		{"help", no_argument, NULL, O_HELP},
 		{NULL, 0, NULL, 0}
 	};
 	int			c;
+	int			longindex = 0;
+	int			sessions_given = 0;
+	const char *session_option = NULL;	/* an option of the session mode that was given */
+	const char *serve_option = NULL;	/* an option of the serving mode that was given */
 
 	opt.dsn = "";
 	opt.sessions = 1;
@@ -872,12 +1302,18 @@ parse_options(int argc, char **argv)
 	opt.top_p = -1;
 	opt.ready_timeout = 600;
 	opt.label = "";
-	while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1)
+	opt.input_len = 128;
+	opt.output_len = 128;
+	opt.length_seed = 42;
+	while ((c = getopt_long(argc, argv, "", longopts, &longindex)) != -1)
 	{
 		switch (c)
 		{
 			case O_DSN: opt.dsn = optarg; break;
-			case O_SESSIONS: opt.sessions = parse_int("sessions", optarg, 1); break;
+			case O_SESSIONS:
+				opt.sessions = parse_int("sessions", optarg, 1);
+				sessions_given = 1;
+				break;
 			case O_REQUESTS: opt.requests = parse_int("requests", optarg, 1); break;
 			case O_WARMUP: opt.warmup = parse_int("warmup", optarg, 0); break;
 			case O_PROMPT: opt.prompt = optarg; break;
@@ -900,12 +1336,59 @@ parse_options(int argc, char **argv)
 			case O_LABEL: opt.label = optarg; break;
 			case O_EXEC: opt.exec_sql = optarg; break;
 			case O_WAIT_READY: opt.wait_ready = 1; break;
+			case O_SERVE: opt.serve = parse_int("serve", optarg, 1); break;
+			case O_INPUT_LEN:
+				opt.input_len = parse_int("input-len", optarg, 1);
+				serve_option = "--input-len";
+				break;
+			case O_OUTPUT_LEN:
+				opt.output_len = parse_int("output-len", optarg, 1);
+				serve_option = "--output-len";
+				break;
+			case O_LENGTHS:
+				if (strcmp(optarg, "lognormal") != 0 && strcmp(optarg, "fixed") != 0)
+					die("--lengths: expected fixed or lognormal, got \"%s\"", optarg);
+				opt.lognormal = strcmp(optarg, "lognormal") == 0;
+				serve_option = "--lengths";
+				break;
+			case O_LENGTH_SEED:
+				opt.length_seed = (uint64_t) parse_int("length-seed", optarg, 0);
+				serve_option = "--length-seed";
+				break;
+			case O_DRY_RUN:
+				opt.dry_run = 1;
+				serve_option = "--dry-run";
+				break;
 			case O_HELP: usage(stdout); exit(0);
 			default: usage(stderr); exit(1);
+		}
+		switch (c)
+		{
+			case O_REQUESTS: case O_WARMUP: case O_PROMPT: case O_PROMPT_FILE: case O_PROMPT_LEN:
+			case O_MAX_TOKENS: case O_MIN_TOKENS: case O_TEMPERATURE: case O_TOP_P: case O_SEED:
+			case O_RAW: case O_IGNORE_EOS: case O_PARAMS: case O_CHECK:
+				session_option = longopts[longindex].name;
+				break;
 		}
 	}
 	if (optind < argc)
 		die("unexpected argument \"%s\" (see --help)", argv[optind]);
+	if (opt.serve)
+	{
+		if (session_option)
+			die("--%s does not go with --serve (see --help)", session_option);
+		if (opt.exec_sql)
+			die("--exec does not go with --serve");
+		if (!sessions_given)
+			opt.sessions = 64;
+		if (opt.lognormal && (opt.input_len <= SERVE_LENGTH_MIN || opt.input_len >= SERVE_LENGTH_MAX ||
+							  opt.output_len <= SERVE_LENGTH_MIN || opt.output_len >= SERVE_LENGTH_MAX))
+			die("log-normal mean lengths must lie between %d and %d tokens", SERVE_LENGTH_MIN,
+				SERVE_LENGTH_MAX);
+		return;
+	}
+	if (serve_option)
+		die("%s goes with --serve", serve_option);
 	if (opt.prompt && opt.prompt_file)
 		die("--prompt and --prompt-file exclude each other");
 	if (opt.min_tokens > opt.max_tokens)
@@ -937,6 +1420,8 @@ main(int argc, char **argv)
 	parse_options(argc, argv);
 	if (opt.exec_sql)
 		return exec_and_print();
+	if (opt.serve)
+		return serve_main();
 	if ((long long) opt.sessions * opt.requests > 100000000)
 		die("--sessions times --requests is too large");
 	total = opt.sessions * opt.requests;
@@ -987,17 +1472,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "gptoss_loadgen: warning: %lld completion tokens, expected %lld for %d "
 				"requests with --ignore-eos (max_tokens clamped by the context?)\n", completion,
 				expected, total);
-	if (after.has_steps && before.has_steps && after.steps > before.steps)
-	{
-		mean_batch = (after.step_sequences - before.step_sequences) /
-			(double) (after.steps - before.steps);
-		batch_scope = "run";
-	}
-	else
-	{
-		mean_batch = after.mean_batch_size;
-		batch_scope = "lifetime";
-	}
+	mean_batch = run_mean_batch(&before, &after, &batch_scope);
 	if (opt.check)
 		mismatches = count_mismatches(rr.texts, total, ref);
 

@@ -1,7 +1,8 @@
 # Cancellation: pg_cancel_backend, statement_timeout, client disconnect and
 # pg_terminate_backend during a long generation free the sequence at the
 # worker's next step (visible in gptoss_stats within a second), and other
-# sessions are not disturbed.
+# sessions are not disturbed; each cancelled request counts once, as
+# cancelled.
 use strict;
 use warnings;
 
@@ -99,6 +100,10 @@ for my $o (@others)
 }
 ok(defined wait_async($h, 10), 'mixed: cancelled session returned');
 ok(defined poll_until(5, sub { stats($node)->{requests_active} == 0 }), 'mixed: batch empty');
+
+# Each request ended once: 7 answers, 5 cancelled (cancel, timeout, disconnect,
+# terminate, mixed), none failed.
+check_request_totals($node, 'after the cancels', 7, 0, 5);
 
 # The worker never restarted through all this.
 is($node->safe_psql('postgres', q{SELECT count(*) FROM gptoss_stats WHERE uptime > '0' AND state = 'ready'}),

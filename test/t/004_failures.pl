@@ -58,6 +58,33 @@ for my $sql ("SELECT gptoss_generate('hi')", "SELECT gptoss_tokenize('hi')",
 like($err, qr/ERROR:  42501:/, 'plain role: gptoss_status() is refused');
 like($node->safe_psql('postgres', "SET ROLE monitor; SELECT gptoss_status()->>'error'"),
 	qr/could not load model from "\Q$missing\E"/, 'pg_monitor member: gptoss_status() has the reason');
+# An asynchronous enrichment records its rows' errors in gptoss_enrichments.last_error, which
+# the table's owner reads: the enrichment worker generates as the owner, so a plain owner's
+# last_error has no model directory, a pg_monitor owner's has the reason.
+for my $owner ('plain', 'monitor')
+{
+	$node->safe_psql('postgres', qq{
+		CREATE TABLE ${owner}_docs (id int PRIMARY KEY, body text, summary text);
+		ALTER TABLE ${owner}_docs OWNER TO $owner;
+		SET ROLE $owner;
+		SELECT gptoss_enrich('${owner}_docs', 'summary', 'body', '{"max_tokens": 2}');
+		RESET ROLE;
+		INSERT INTO ${owner}_docs VALUES (1, 'hello');
+	});
+	my $sql = "SET ROLE $owner; SELECT last_error FROM gptoss_enrichments WHERE table_name = '${owner}_docs'::regclass";
+	ok(defined poll_until(60, sub { $node->safe_psql('postgres', $sql) ne '' }),
+		"enrichment of a $owner-owned table records an error");
+	my $last = $node->safe_psql('postgres', $sql);
+	like($last, qr/^55000: gptoss model is not available/, "$owner owner: last_error is 55000");
+	if ($owner eq 'plain')
+	{
+		unlike($last, qr/no_such_model|\Q$missing\E|could not load/, 'plain owner: last_error has no model directory');
+	}
+	else
+	{
+		like($last, qr/could not load model from "\Q$missing\E"/, 'pg_monitor owner: last_error has the reason');
+	}
+}
 like(PostgreSQL::Test::Utils::slurp_file($node->logfile),
 	qr/could not load model from "\Q$missing\E"/, 'the server log has the reason');
 is($node->safe_psql('postgres', 'SELECT state, pid > 0 FROM gptoss_stats'), 'failed|t',
@@ -135,6 +162,8 @@ $node->safe_psql('postgres', "SELECT pg_cancel_backend(pid) FROM pg_stat_activit
 ok(defined wait_async($waiter, 10), 'waiter finished');
 is($waiter->{out}, 't', 'waiter served once the slot was free');
 wait_async($long, 10);
+# The refused request never reached the worker: counted nowhere.
+check_request_totals($node, 'queue full', 1, 0, 1);
 $node->stop;
 
 done_testing();

@@ -16,7 +16,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(model_dir gptoss_node wait_ready stats start_async wait_async
-  poll_until backend_pid);
+  poll_until backend_pid check_request_totals);
 
 # The model directory from the environment; stops the run when missing.
 sub model_dir
@@ -71,6 +71,27 @@ sub stats
 	my %h;
 	@h{@cols} = split /\|/, $row, -1;
 	return \%h;
+}
+
+# Waits until worker 0 holds no request, then checks that each request it
+# took ended in exactly one way (see GptossWorkerStats in gptoss.h):
+# requests_total = completed + requests_failed + requests_cancelled, where
+# completed is the number of answers the test got; and that failed and
+# cancelled are $failed and $cancelled.
+sub check_request_totals
+{
+	my ($node, $what, $completed, $failed, $cancelled) = @_;
+	my $s;
+	ok(defined poll_until(10, sub {
+		$s = stats($node);
+		return $s->{requests_active} == 0 && $s->{requests_queued} == 0;
+	}), "$what: nothing in flight");
+	is($s->{requests_total}, $completed + $s->{requests_failed} + $s->{requests_cancelled},
+		"$what: requests_total ($s->{requests_total}) = $completed completed + "
+		  . "requests_failed ($s->{requests_failed}) + requests_cancelled ($s->{requests_cancelled})");
+	is($s->{requests_failed}, $failed, "$what: requests_failed");
+	is($s->{requests_cancelled}, $cancelled, "$what: requests_cancelled");
+	return;
 }
 
 # Polls $check->() every 20 ms until it returns true or $timeout seconds
