@@ -405,6 +405,72 @@ cp_async_wait(void)
 	asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
 }
 
+/* Copies 4 bytes from global to shared memory (cp.async through L1). */
+static __device__ __forceinline__ void
+cp_async4(void *dst, const void *src)
+{
+	asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n"
+				 :: "r"((unsigned) __cvta_generic_to_shared(dst)), "l"(src));
+}
+
+/*
+ * wgmma (sm_90a only: the feature macro is absent from the plain sm_90
+ * build, which keeps mma.sync for every pass).
+ */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MOE_WGMMA 1
+#else
+#define MOE_WGMMA 0
+#endif
+
+/*
+ * Shared-memory matrix descriptor of a K-major, unswizzled wgmma operand:
+ * 8-row x 16-byte core matrices, k_stride bytes apart along K and n_stride
+ * bytes apart along N (the PTX "matrix descriptor" fields, in 16-byte units).
+ */
+static __device__ __forceinline__ uint64_t
+wgmma_desc(const void *smem, uint32_t k_stride, uint32_t n_stride)
+{
+	uint32_t	addr = (uint32_t) __cvta_generic_to_shared(smem);
+
+	return (uint64_t) ((addr & 0x3FFFF) >> 4) | (uint64_t) ((k_stride >> 4) & 0x3FFF) << 16 |
+		(uint64_t) ((n_stride >> 4) & 0x3FFF) << 32;
+}
+
+/*
+ * d += a (the warpgroup's 64 x 16 fp16 rows: each warp's 16 rows in the
+ * mma.sync A fragment layout) * B (16 x 64 tokens in shared memory, desc),
+ * fp32; d holds the warp's 16 rows x 64 tokens as eight m16n8 C fragments.
+ * Asynchronous: the caller commits and waits before touching a or d.
+ */
+static __device__ __forceinline__ void
+wgmma_64x64x16(float *d, const uint32_t a[4], uint64_t desc)
+{
+#if MOE_WGMMA
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+				 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+				 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+				 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+				 "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
+				 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+				 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+				 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+				 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+				 "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+				 "+f"(d[30]), "+f"(d[31])
+				 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+#endif
+}
+
+/* Pins the 32 registers of d here: the compiler may not read, move or reuse them across this point. */
+static __device__ __forceinline__ void
+wgmma_pin(float *d)
+{
+#pragma unroll
+	for (int i = 0; i < 32; i++)
+		asm volatile("" : "+f"(d[i])::"memory");
+}
+
 /*
  * Issues the copies of piece c into stage st: rt_valid row tiles of weights
  * and scales (w, s: the block's first row tile), tt_valid token tiles of
@@ -414,13 +480,36 @@ cp_async_wait(void)
  */
 static __device__ __forceinline__ void
 moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc,
-				  int c, int rt_valid, int tt_valid)
+				  int c, int rt_valid, int tt_valid, bool cores)
 {
 	const int	t = threadIdx.x;
 
-	for (int i = t; i < MOE_PF_TOKEN_TILES * 64; i += MOE_PF_WARPS * 32)
-		if ((i >> 6) < tt_valid)
-			cp_async16(&st->x[i >> 6][i & 1][(i >> 1) & 31], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
+	if (cores)
+	{
+		/*
+		 * wgmma operand: x as [k core][token tile][token][4 words], each
+		 * fragment word (token g = lane / 4, words k 2t..2t+1 of k core
+		 * 4h + component) copied to its place; a warp writes one
+		 * 128-byte core row group at a time.
+		 */
+		uint32_t   *xc = (uint32_t *) st->x;
+
+		for (int i = t; i < MOE_PF_TOKEN_TILES * 256; i += MOE_PF_WARPS * 32)
+		{
+			int			lane = i & 31;
+			int			comp = (i >> 5) & 3;
+			int			h = (i >> 7) & 1;
+			int			j = i >> 8;
+			const uint32_t *src = (const uint32_t *) (x + ((size_t) j * kc + c) * 64 + lane * 2 + h);
+
+			cp_async4(&xc[(((4 * h + comp) * MOE_PF_TOKEN_TILES + j) * 8 + (lane >> 2)) * 4 + (lane & 3)],
+					  src + comp);
+		}
+	}
+	else
+		for (int i = t; i < MOE_PF_TOKEN_TILES * 64; i += MOE_PF_WARPS * 32)
+			if ((i >> 6) < tt_valid)
+				cp_async16(&st->x[i >> 6][i & 1][(i >> 1) & 31], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
 	for (int i = t; i < MOE_PF_ROW_TILES * 32; i += MOE_PF_WARPS * 32)
 		if ((i >> 5) < rt_valid)
 			cp_async16(&st->w[i >> 5][i & 31], w + ((size_t) (i >> 5) * kc + c) * 32 + (i & 31));
@@ -472,6 +561,65 @@ moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const M
 					if (FULL || r < nr)
 						mx_block_mma(sum[r][j], a0[r], a1[r], b);
 			}
+	}
+}
+
+/*
+ * moe_prefill_piece for a pass whose every warp has all its row tiles and
+ * whose 8 token tiles are all present (x staged in core layout), on
+ * wgmma: per k16 step one m64n64k16 per row tile of the warps (warp w
+ * supplies row tile wr0 + r as rows 16w..16w+15), i.e. 2 instructions per
+ * step where mma.sync takes 16.  Each (row tile, token tile) accumulates the
+ * four k16 steps in the same order as moe_prefill_piece, and wgmma rounds
+ * as mma.sync does (checked bitwise, test_kernels), so the result is the
+ * same.  The warpgroup waits for its products before the stage is reused.
+ */
+static __device__ __forceinline__ void
+moe_prefill_piece_wgmma(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
+						const MoePrefillStage *st, int wr0, int lane)
+{
+	const uint32_t core_k = MOE_PF_TOKEN_TILES * 128;	/* bytes between k cores */
+	uint32_t	a[2][MOE_PF_WARP_ROWS][2][4];	/* [MX block h][row tile][k16 step of h][register] */
+	uint64_t	desc[4];
+
+#pragma unroll
+	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+	{
+		uint4		wv = st->w[wr0 + r][lane];
+		uint32_t	sv = st->s[wr0 + r][lane >> 2];
+
+#pragma unroll
+		for (int h = 0; h < 2; h++)
+			mx_block_decode(wv, sv, h, a[h][r][0], a[h][r][1]);
+	}
+#pragma unroll
+	for (int k = 0; k < 4; k++)
+		desc[k] = wgmma_desc((const char *) st->x + 2 * k * core_k, core_k, 128);
+#pragma unroll
+	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+		wgmma_pin(&sum[r][0][0]);
+#if MOE_WGMMA
+	asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+#pragma unroll
+	for (int k = 0; k < 4; k++)
+#pragma unroll
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+			wgmma_64x64x16(&sum[r][0][0], a[k >> 1][r][k & 1], desc[k]);
+#if MOE_WGMMA
+	asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+	asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+#pragma unroll
+	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+	{
+		wgmma_pin(&sum[r][0][0]);
+#pragma unroll
+		for (int h = 0; h < 2; h++)
+#pragma unroll
+			for (int k = 0; k < 2; k++)
+				asm volatile("" :: "r"(a[h][r][k][0]), "r"(a[h][r][k][1]), "r"(a[h][r][k][2]),
+							 "r"(a[h][r][k][3]));
 	}
 }
 
@@ -544,6 +692,7 @@ moe_prefill_kernel(MoeMatmulArgs args)
 	{
 		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
 		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
+		const bool	cores = MOE_WGMMA && rt_valid == MOE_PF_ROW_TILES && nt == MOE_PF_TOKEN_TILES;
 		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
 		int			range = 0;
 
@@ -558,19 +707,23 @@ moe_prefill_kernel(MoeMatmulArgs args)
 		for (int c = 0; c < MOE_PF_STAGES - 1; c++)
 		{
 			if (c < kc)
-				moe_prefill_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
+				moe_prefill_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt, cores);
 			cp_async_commit();
 		}
 		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
 		for (int c = 0; c < kc; c++)
 		{
 			cp_async_wait<MOE_PF_STAGES - 2>();		/* piece c has landed (this thread's part) */
+			if (cores)			/* ... and is visible to wgmma's (async proxy) reads */
+				asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 			__syncthreads();	/* everyone's part, and piece c - 1's stage is free */
 			if (c + MOE_PF_STAGES - 1 < kc)
 				moe_prefill_stage(&sm->stage[(c + MOE_PF_STAGES - 1) % MOE_PF_STAGES], w, s, x, kc,
-								  c + MOE_PF_STAGES - 1, rt_valid, nt);
+								  c + MOE_PF_STAGES - 1, rt_valid, nt, cores);
 			cp_async_commit();
-			if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
+			if (cores)
+				moe_prefill_piece_wgmma(sum, &sm->stage[c % MOE_PF_STAGES], wr0, lane);
+			else if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
 				moe_prefill_piece<true>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
 			else if (nr > 0)
 				moe_prefill_piece<false>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
