@@ -367,8 +367,12 @@ moe_decode_body(const MoeMatmulArgs &args)
 	}
 }
 
-/* One piece (64 input columns) of a prefill block's operands, staged in shared memory. */
-struct MoePrefillStage
+/*
+ * One piece (64 input columns) of a prefill block's operands, staged in
+ * shared memory; 1024-byte aligned because wgmma's 128-byte swizzle is a
+ * function of the address bits within 1024 bytes.
+ */
+struct __align__(1024) MoePrefillStage
 {
 	uint4		x[MOE_PF_TOKEN_TILES][2][32];	/* activation fragments: [token tile][half][lane] */
 	uint4		w[MOE_PF_ROW_TILES][32];	/* packed fp4 codes: [row tile][lane] */
@@ -381,6 +385,9 @@ struct MoePrefillSmem
 	MoePrefillStage stage[MOE_PF_STAGES];
 	float		total[MOE_PF_WARPS][MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4][32];	/* [warp][r][j][c][lane] */
 };
+
+/* Dynamic shared memory of a prefill block: MoePrefillSmem plus the slack to align it to 1024 bytes. */
+#define MOE_PF_SMEM_BYTES (sizeof(MoePrefillSmem) + 1024)
 
 /* Copies 16 bytes from global to shared memory, bypassing registers and L1 (cp.async, sm_80+). */
 static __device__ __forceinline__ void
@@ -424,17 +431,19 @@ cp_async4(void *dst, const void *src)
 #endif
 
 /*
- * Shared-memory matrix descriptor of a K-major, unswizzled wgmma operand:
- * 8-row x 16-byte core matrices, k_stride bytes apart along K and n_stride
- * bytes apart along N (the PTX "matrix descriptor" fields, in 16-byte units).
+ * Shared-memory matrix descriptor of a K-major wgmma operand in the
+ * 128-byte swizzle (PTX "matrix descriptor": start address, leading offset
+ * (unused by this layout: 1), stride between 8-row groups, all in 16-byte
+ * units; mode 1 in bits 62-63).  smem may point inside a 1024-byte
+ * aligned group, at the k16 step's 32-byte column.
  */
 static __device__ __forceinline__ uint64_t
-wgmma_desc(const void *smem, uint32_t k_stride, uint32_t n_stride)
+wgmma_desc_sw128(const void *smem, uint32_t group_stride)
 {
 	uint32_t	addr = (uint32_t) __cvta_generic_to_shared(smem);
 
-	return (uint64_t) ((addr & 0x3FFFF) >> 4) | (uint64_t) ((k_stride >> 4) & 0x3FFF) << 16 |
-		(uint64_t) ((n_stride >> 4) & 0x3FFF) << 32;
+	return (uint64_t) ((addr & 0x3FFFF) >> 4) | (uint64_t) 1 << 16 |
+		(uint64_t) ((group_stride >> 4) & 0x3FFF) << 32 | (uint64_t) 1 << 62;
 }
 
 /*
@@ -487,23 +496,25 @@ moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const 
 	if (cores)
 	{
 		/*
-		 * wgmma operand: x as [k core][token tile][token][4 words], each
-		 * fragment word (token g = lane / 4, words k 2t..2t+1 of k core
-		 * 4h + component) copied to its place; a warp writes one
-		 * 128-byte core row group at a time.
+		 * wgmma operand, K-major with the 128-byte swizzle: token tile j
+		 * is 1024 bytes, token g's 64 inputs a 128-byte row of it, whose
+		 * 16-byte chunk q (inputs 8q..8q+7) sits at chunk q ^ g.  Fragment
+		 * word (lane, half h, component p) holds inputs 2t, 2t+1 of chunk
+		 * 4h + p for token g = lane / 4, t = lane % 4.  A warp reads 128
+		 * contiguous bytes and writes 32 different banks.
 		 */
-		uint32_t   *xc = (uint32_t *) st->x;
+		char	   *xc = (char *) st->x;
 
 		for (int i = t; i < MOE_PF_TOKEN_TILES * 256; i += MOE_PF_WARPS * 32)
 		{
-			int			lane = i & 31;
-			int			comp = (i >> 5) & 3;
-			int			h = (i >> 7) & 1;
 			int			j = i >> 8;
-			const uint32_t *src = (const uint32_t *) (x + ((size_t) j * kc + c) * 64 + lane * 2 + h);
+			int			word = i & 255;
+			int			lane = word >> 3;
+			int			q = 4 * ((word >> 2) & 1) + (word & 3);
+			int			g = lane >> 2;
 
-			cp_async4(&xc[(((4 * h + comp) * MOE_PF_TOKEN_TILES + j) * 8 + (lane >> 2)) * 4 + (lane & 3)],
-					  src + comp);
+			cp_async4(xc + j * 1024 + g * 128 + ((q ^ g) << 4) + (lane & 3) * 4,
+					  (const uint32_t *) (x + ((size_t) j * kc + c) * 64) + word);
 		}
 	}
 	else
@@ -566,7 +577,7 @@ moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const M
 
 /*
  * moe_prefill_piece for a pass whose every warp has all its row tiles and
- * whose 8 token tiles are all present (x staged in core layout), on
+ * whose 8 token tiles are all present (x staged in the swizzled layout), on
  * wgmma: per k16 step one m64n64k16 per row tile of the warps (warp w
  * supplies row tile wr0 + r as rows 16w..16w+15), i.e. 2 instructions per
  * step where mma.sync takes 16.  Each (row tile, token tile) accumulates the
@@ -578,7 +589,6 @@ static __device__ __forceinline__ void
 moe_prefill_piece_wgmma(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
 						const MoePrefillStage *st, int wr0, int lane)
 {
-	const uint32_t core_k = MOE_PF_TOKEN_TILES * 128;	/* bytes between k cores */
 	uint32_t	a[2][MOE_PF_WARP_ROWS][2][4];	/* [MX block h][row tile][k16 step of h][register] */
 	uint64_t	desc[4];
 
@@ -594,7 +604,7 @@ moe_prefill_piece_wgmma(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
 	}
 #pragma unroll
 	for (int k = 0; k < 4; k++)
-		desc[k] = wgmma_desc((const char *) st->x + 2 * k * core_k, core_k, 128);
+		desc[k] = wgmma_desc_sw128((const char *) st->x + 32 * k, 1024);
 #pragma unroll
 	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 		wgmma_pin(&sum[r][0][0]);
@@ -664,7 +674,8 @@ __global__ void __launch_bounds__(MOE_PF_WARPS * 32, MOE_PF_BLOCKS)
 moe_prefill_kernel(MoeMatmulArgs args)
 {
 	extern __shared__ uint4 moe_smem[];
-	MoePrefillSmem *sm = (MoePrefillSmem *) moe_smem;
+	MoePrefillSmem *sm = (MoePrefillSmem *) ((char *) moe_smem +
+											 (-(unsigned) __cvta_generic_to_shared(moe_smem) & 1023u));
 	const int	lane = threadIdx.x & 31;
 	const int	warp = threadIdx.x >> 5;
 	const int	wr0 = warp * MOE_PF_WARP_ROWS;
@@ -793,14 +804,14 @@ launch_prefill(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
 	if (!smem_allowed)
 	{
 		rc = cudaFuncSetAttribute(moe_prefill_kernel<MODE>,
-								  cudaFuncAttributeMaxDynamicSharedMemorySize, (int) sizeof(MoePrefillSmem));
+								  cudaFuncAttributeMaxDynamicSharedMemorySize, (int) MOE_PF_SMEM_BYTES);
 		if (rc != cudaSuccess)
 			return rc;
 		smem_allowed = true;
 	}
 	return launch_chained(moe_prefill_kernel<MODE>,
 						  dim3(div_up(args.w.rtiles, MOE_PF_ROW_TILES), max_active),
-						  MOE_PF_WARPS * 32, sizeof(MoePrefillSmem), stream, args);
+						  MOE_PF_WARPS * 32, MOE_PF_SMEM_BYTES, stream, args);
 }
 
 /* Picks the variant for tiles_per_pass (the prefill variant at 8) and row_tiles, and launches it. */
