@@ -590,34 +590,41 @@ moe_prefill_piece_wgmma(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
 						const MoePrefillStage *st, int wr0, int lane)
 {
 	uint32_t	a[2][MOE_PF_WARP_ROWS][2][4];	/* [MX block h][row tile][k16 step of h][register] */
-	uint64_t	desc[4];
+	uint4		wv[MOE_PF_WARP_ROWS];
+	uint32_t	sv[MOE_PF_WARP_ROWS];
 
 #pragma unroll
 	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 	{
-		uint4		wv = st->w[wr0 + r][lane];
-		uint32_t	sv = st->s[wr0 + r][lane >> 2];
-
-#pragma unroll
-		for (int h = 0; h < 2; h++)
-			mx_block_decode(wv, sv, h, a[h][r][0], a[h][r][1]);
-	}
-#pragma unroll
-	for (int k = 0; k < 4; k++)
-		desc[k] = wgmma_desc_sw128((const char *) st->x + 32 * k, 1024);
-#pragma unroll
-	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+		wv[r] = st->w[wr0 + r][lane];
+		sv[r] = st->s[wr0 + r][lane >> 2];
 		wgmma_pin(&sum[r][0][0]);
-#if MOE_WGMMA
-	asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
+	}
+	/*
+	 * MX block 0's products are issued before block 1 is decoded, so that
+	 * the decode of block 1 runs while the tensor cores work on block 0;
+	 * block 0's registers stay untouched (live until the pins below).
+	 */
 #pragma unroll
-	for (int k = 0; k < 4; k++)
+	for (int h = 0; h < 2; h++)
+	{
 #pragma unroll
 		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-			wgmma_64x64x16(&sum[r][0][0], a[k >> 1][r][k & 1], desc[k]);
+			mx_block_decode(wv[r], sv[r], h, a[h][r][0], a[h][r][1]);
 #if MOE_WGMMA
-	asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+		asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+#pragma unroll
+		for (int k = 0; k < 2; k++)
+#pragma unroll
+			for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+				wgmma_64x64x16(&sum[r][0][0], a[h][r][k],
+							   wgmma_desc_sw128((const char *) st->x + 32 * (2 * h + k), 1024));
+#if MOE_WGMMA
+		asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+	}
+#if MOE_WGMMA
 	asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #endif
 #pragma unroll
