@@ -23,6 +23,7 @@
 #define MAX_HIDDEN 3072			/* hidden sizes the row kernels hold in registers/shared memory */
 #define ROUTER_MAX_EXPERTS 1024	/* experts per layer (router and moe_route keep per-expert arrays in shared memory) */
 #define ROUTER_MAX_K 32			/* experts per token: the router's warp 0 picks them, one lane each */
+#define ROUTER_CLUSTER_MAX_T 32	/* steps of at most this many rows route each row with a cluster of blocks */
 
 /* Sampling settings of one logits row, as uploaded with the step. */
 struct SampleRow
@@ -133,6 +134,9 @@ cudaError_t attention_prepare(void);
 /*
  * router.cu: x += proj + bias; xn = rmsnorm(x) * norm_w (fp32); then fp32
  * router logits W xn + b, top-K (ties: lower expert) and softmax over the K.
+ * A row's results are the same bits whichever of the two launch forms (a
+ * cluster per row up to ROUTER_CLUSTER_MAX_T rows, one block per row above)
+ * the step's T selects.
  */
 cudaError_t launch_norm_router(const StepView &sv, int T, float *x, const float *proj,
 							   const float *bias, const float *norm_w, float eps, float *xn,

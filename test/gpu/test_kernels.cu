@@ -9,7 +9,8 @@
  *              prefill one must agree bit for bit)
  *   attention: paged cache with shuffled pages, GQA, sinks, sliding window,
  *              decode rows and multi-token prefill items
- *   router:    residual + norm, fp32 logits, top-k and softmax
+ *   router:    residual + norm, fp32 logits, top-k and softmax, exact and
+ *              near ties; the cluster and one-block forms agree bit for bit
  *   rope_kv:   q/k/v bias, RoPE, KV append into shuffled pages, padding row
  *   embed_norm, moe_combine_norm: the row kernels (residual stream + norm),
  *              page-table updates, padding tokens, a token alone vs batched
@@ -756,59 +757,135 @@ test_gather_rows(int T, int R, int H, uint64_t seed)
 	check(past == 0, name, past, 0);
 }
 
-/* Residual + norm + router top-k vs host. */
+/* Outputs of one norm_router launch, copied back. */
+struct RouterOut
+{
+	std::vector<float> x, xn, w;	/* [T][H] residual, [T][H] normed, [T][K] weights */
+	std::vector<int32_t> idx;		/* [T][K] experts */
+};
+
+/*
+ * Runs launch_norm_router on T rows (rows x, proj and slots slot; the other
+ * inputs already on the device), outputs poisoned first; x is copied fresh
+ * since the launch updates it in place.
+ */
+static RouterOut
+run_router(int T, int H, int E, int K, const float *x, const float *proj, const int32_t *slot,
+		   const float *d_bias, const float *d_nw, const __nv_bfloat16 *d_w, const float *d_b)
+{
+	StepView	sv = {};
+	RouterOut	o;
+	float	   *d_x = to_device(std::vector<float>(x, x + (size_t) T * H));
+	float	   *d_proj = to_device(std::vector<float>(proj, proj + (size_t) T * H));
+	int32_t    *d_slot = to_device(std::vector<int32_t>(slot, slot + T));
+	float	   *d_xn, *d_wt;
+	int32_t    *d_idx;
+
+	sv.tok_slot = d_slot;
+	CK(cudaMalloc(&d_xn, (size_t) T * H * 4));
+	CK(cudaMalloc(&d_wt, (size_t) T * K * 4));
+	CK(cudaMalloc(&d_idx, (size_t) T * K * 4));
+	CK(cudaMemset(d_xn, 0x7F, (size_t) T * H * 4));	/* not -1: that is the padding expert */
+	CK(cudaMemset(d_wt, 0x7F, (size_t) T * K * 4));
+	CK(cudaMemset(d_idx, 0x7F, (size_t) T * K * 4));
+	CK(launch_norm_router(sv, T, d_x, d_proj, d_bias, d_nw, 1e-5f, d_xn, d_w, d_b, H, E, K, d_idx,
+						  d_wt, 0));
+	CK(cudaDeviceSynchronize());
+	o.x = to_host(d_x, (size_t) T * H);
+	o.xn = to_host(d_xn, (size_t) T * H);
+	o.w = to_host(d_wt, (size_t) T * K);
+	o.idx = to_host(d_idx, (size_t) T * K);
+	CK(cudaFree(d_x));
+	CK(cudaFree(d_proj));
+	CK(cudaFree(d_slot));
+	CK(cudaFree(d_xn));
+	CK(cudaFree(d_wt));
+	CK(cudaFree(d_idx));
+	return o;
+}
+
+#define ROUTER_LOGIT_TOL 1e-5	/* fp32 vs double logits: far below the spacing of random logits */
+
+/*
+ * Residual + norm + router top-k vs host, on random rows (the last one
+ * padding) with an exactly tied pair of experts (identical rows and biases:
+ * the lower one must rank first; on one lane when E > 32) and a near-tied
+ * pair (biases one float step apart: either order passes), both pairs
+ * boosted to compete for the top K.  A GPU expert passes when its reference
+ * logit equals the reference's k-th within ROUTER_LOGIT_TOL.  Then every
+ * row alone in a T = 1 step (the cluster form) must give the same bits
+ * (x, xn, experts, weights) as in the T-row step, which is the one-block
+ * form when T > ROUTER_CLUSTER_MAX_T.
+ */
 static void
 test_router(int T, int H, int E, int K, uint64_t seed)
 {
 	Rng			rng = {seed};
+	const int	tie_a = 1, tie_b = E > 32 ? tie_a + 32 : E - 2;
+	const int	near_a = 2, near_b = 3;
+	const float boost = 1.5f;
 	std::vector<float> x((size_t) T * H), proj((size_t) T * H), bias(H), nw(H), b(E);
 	std::vector<__nv_bfloat16> w((size_t) E * H);
 	std::vector<int32_t> slot(T, 0);
-	int			bad = 0;
+	int			bad = 0, tie_bad = 0, x_bad = 0, pad_bad = 0, form_bad = 0, n_tie = 0, n_near = 0;
 	double		werr = 0, nerr = 0, nden = 0;
-	char		name[128];
+	const char *form = T > ROUTER_CLUSTER_MAX_T ? "one block per row" : "cluster per row";
+	char		name[160];
 
+	if (E < 6 || K < 2)
+	{
+		printf("FAIL norm_router: the test needs E >= 6 and K >= 2 (E=%d K=%d)\n", E, K);
+		n_fail++;
+		return;
+	}
 	for (auto &v : x) v = (float) rng.normal();
 	for (auto &v : proj) v = (float) rng.normal();
 	for (auto &v : bias) v = (float) (0.1 * rng.normal());
 	for (auto &v : nw) v = (float) (1.0 + 0.1 * rng.normal());
 	for (auto &v : w) v = __float2bfloat16((float) (rng.normal() / sqrt((double) H)));
 	for (auto &v : b) v = (float) (0.1 * rng.normal());
+	for (int i = 0; i < H; i++)
+	{
+		w[(size_t) tie_b * H + i] = w[(size_t) tie_a * H + i];
+		w[(size_t) near_b * H + i] = w[(size_t) near_a * H + i];
+	}
+	b[tie_a] = b[tie_b] = b[near_a] = boost;
+	b[near_b] = nextafterf(boost, 2.0f);
 	slot[T - 1] = -1;			/* a padding row */
-	StepView	sv = {};
-	int32_t    *idx;
-	float	   *wt, *d_xn, *d_x = to_device(x);
 
-	sv.tok_slot = to_device(slot);
-	CK(cudaMalloc(&idx, (size_t) T * K * 4));
-	CK(cudaMalloc(&wt, (size_t) T * K * 4));
-	CK(cudaMalloc(&d_xn, (size_t) T * H * 4));
-	CK(launch_norm_router(sv, T, d_x, to_device(proj), to_device(bias), to_device(nw), 1e-5f, d_xn,
-						  to_device(w), to_device(b), H, E, K, idx, wt, 0));
-	CK(cudaDeviceSynchronize());
-	std::vector<int32_t> gi = to_host(idx, (size_t) T * K);
-	std::vector<float> gw = to_host(wt, (size_t) T * K);
-	std::vector<float> gx = to_host(d_xn, (size_t) T * H);
+	float	   *d_bias = to_device(bias), *d_nw = to_device(nw), *d_b = to_device(b);
+	__nv_bfloat16 *d_w = to_device(w);
+	RouterOut	g = run_router(T, H, E, K, x.data(), proj.data(), slot.data(), d_bias, d_nw, d_w, d_b);
 
 	for (int t = 0; t < T; t++)
 	{
 		std::vector<double> xn(H), lg(E);
 		std::vector<int> sel;
+		const int32_t *gi = &g.idx[(size_t) t * K];
+		const float *gw = &g.w[(size_t) t * K];
 		double		ss = 0, sum = 0;
+		int			pa = -1, pb = -1, pn = 0;
 
 		for (int i = 0; i < H; i++)
 		{
-			xn[i] = (double) x[(size_t) t * H + i] + ((double) proj[(size_t) t * H + i] + bias[i]);
+			float		r = x[(size_t) t * H + i] + (proj[(size_t) t * H + i] + bias[i]);
+
+			x_bad += memcmp(&r, &g.x[(size_t) t * H + i], 4) != 0;
+			xn[i] = r;
 			ss += xn[i] * xn[i];
 		}
 		for (int i = 0; i < H; i++)
 		{
 			xn[i] = nw[i] * (xn[i] / sqrt(ss / H + 1e-5));
-			nerr += (gx[(size_t) t * H + i] - xn[i]) * (gx[(size_t) t * H + i] - xn[i]);
+			nerr += (g.xn[(size_t) t * H + i] - xn[i]) * (g.xn[(size_t) t * H + i] - xn[i]);
 			nden += xn[i] * xn[i];
 		}
 		if (slot[t] < 0)
+		{
+			for (int k = 0; k < K; k++)
+				pad_bad += gi[k] != -1 || gw[k] != 0.0f;
 			continue;
+		}
 		for (int e = 0; e < E; e++)
 		{
 			double		s = b[e];
@@ -833,20 +910,59 @@ test_router(int T, int H, int E, int K, uint64_t seed)
 			sel.push_back(best);
 		}
 		for (int k = 0; k < K; k++)
-			sum += exp(lg[sel[k]] - lg[sel[0]]);
-		for (int k = 0; k < K; k++)
 		{
-			bad += gi[(size_t) t * K + k] != sel[k];
-			werr = fmax(werr, fabs(gw[(size_t) t * K + k] - exp(lg[sel[k]] - lg[sel[0]]) / sum));
+			bool		repeated = false;
+
+			for (int j = 0; j < k; j++)
+				repeated |= gi[j] == gi[k];
+			if (gi[k] < 0 || gi[k] >= E || repeated)
+			{
+				bad++;
+				continue;
+			}
+			bad += fabs(lg[gi[k]] - lg[sel[k]]) > ROUTER_LOGIT_TOL;
+			pa = gi[k] == tie_a ? k : pa;
+			pb = gi[k] == tie_b ? k : pb;
+			pn += gi[k] == near_a || gi[k] == near_b;
+			sum += exp(lg[gi[k]] - lg[gi[0]]);
 		}
+		tie_bad += pb >= 0 && (pa < 0 || pa > pb);
+		n_tie += pb >= 0;
+		n_near += pn == 2;
+		for (int k = 0; k < K; k++)
+			if (gi[k] >= 0 && gi[k] < E)
+				werr = fmax(werr, fabs(gw[k] - exp(lg[gi[k]] - lg[gi[0]]) / sum));
 	}
-	bad += gi[(size_t) (T - 1) * K] != -1;
+	for (int t = 0; t < T; t++)
+	{
+		RouterOut	a = run_router(1, H, E, K, &x[(size_t) t * H], &proj[(size_t) t * H], &slot[t],
+								   d_bias, d_nw, d_w, d_b);
+
+		form_bad += memcmp(a.x.data(), &g.x[(size_t) t * H], (size_t) H * 4) != 0 ||
+			memcmp(a.xn.data(), &g.xn[(size_t) t * H], (size_t) H * 4) != 0 ||
+			memcmp(a.idx.data(), &g.idx[(size_t) t * K], (size_t) K * 4) != 0 ||
+			memcmp(a.w.data(), &g.w[(size_t) t * K], (size_t) K * 4) != 0;
+	}
+	printf("     norm_router T=%d E=%d K=%d: rows with both of the tied pair / the near pair: %d / %d\n",
+		   T, E, K, n_tie, n_near);
+	snprintf(name, sizeof(name), "norm_router T=%d H=%d: x differing from x + (proj + bias)", T, H);
+	check(x_bad == 0, name, x_bad, 0);
 	snprintf(name, sizeof(name), "norm_router T=%d H=%d: normed rows rel err", T, H);
 	check(sqrt(nerr / nden) <= 1e-6, name, sqrt(nerr / nden), 1e-6);
 	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: wrong experts", T, E, K);
 	check(bad == 0, name, bad, 0);
+	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: exact tie not lower expert first", T, E, K);
+	check(tie_bad == 0, name, tie_bad, 0);
+	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: padding row not (-1, 0)", T, E, K);
+	check(pad_bad == 0, name, pad_bad, 0);
 	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: max weight error", T, E, K);
 	check(werr <= 1e-5, name, werr, 1e-5);
+	snprintf(name, sizeof(name), "norm_router T=%d (%s) vs each row at T=1: rows differing (bits)", T, form);
+	check(form_bad == 0, name, form_bad, 0);
+	CK(cudaFree(d_bias));
+	CK(cudaFree(d_nw));
+	CK(cudaFree(d_b));
+	CK(cudaFree(d_w));
 }
 
 /* dense_gemm vs a double reference. */
@@ -1005,8 +1121,12 @@ main(void)
 	test_attention(64, 8, 128, 150, 40, 64, 19);	/* D = 128 on the tensor cores */
 	test_attention(64, 8, 64, 700, 300, 0, 20);	/* long chunk, many tiles */
 	test_attention(64, 8, 64, 700, 300, 128, 21);
-	test_router(9, 2880, 32, 4, 12);
-	test_router(5, 96, 6, 2, 13);
+	test_router(9, 2880, 32, 4, 12);	/* 20b, cluster form */
+	test_router(ROUTER_CLUSTER_MAX_T + 9, 2880, 32, 4, 37);	/* 20b, one-block form vs the cluster form's T = 1 */
+	test_router(5, 96, 6, 2, 13);		/* tiny-odd shapes */
+	test_router(ROUTER_CLUSTER_MAX_T + 3, 96, 6, 2, 38);
+	test_router(3, 2880, 128, 4, 39);	/* 120b: 128 experts, several slices per warp of the cluster */
+	test_router(200, 2880, 128, 4, 40);
 	test_rope_kv(4, 2, 16, 27);			/* tiny */
 	test_rope_kv(6, 2, 16, 28);
 	test_rope_kv(64, 8, 64, 29);		/* 20b */
