@@ -36,8 +36,11 @@
  * of which block computes a slice.
  * Latency: the router weights and biases do not depend on the previous
  * kernel, but chain_begin() still comes first (common.cuh: completion stays
- * transitive); every weight, bias and row load is issued right after it,
- * before the norm's block reduction, so they share one memory round trip.
+ * transitive); a warp's first item's weights and every row load are issued
+ * right after it, before the norm's block reduction, so they share one
+ * memory round trip (in the cluster form of the 20b, 32 experts x 4 slices
+ * = one item per warp: all its weights).  In the one-block form a warp has
+ * several items; the next one's loads are in flight while one is summed.
  */
 #include <cooperative_groups.h>
 
@@ -47,6 +50,7 @@
 #define ROUTER_WARPS (ROUTER_THREADS / 32)
 #define ROUTER_PER_THREAD (MAX_HIDDEN / ROUTER_THREADS)	/* row values per thread */
 #define ROUTER_CLUSTER 8		/* blocks per row in the decode form (the portable maximum) */
+#define ROUTER_BLOCKS_PER_SM 2	/* registers capped so: the decode form's 32 x 8 blocks are all resident */
 #define ROUTER_PARTS 4			/* slices of an expert's row: 32 experts x 4 = one per warp of a cluster */
 #define ROUTER_SLICE_VEC (MAX_HIDDEN / 8 / ROUTER_PARTS / 32)	/* 16-byte vectors per lane per slice */
 
@@ -123,7 +127,7 @@ dot_slice(const uint4 (&wv)[ROUTER_SLICE_VEC], const float4 *x4, int H, int item
  * to the row's warps round-robin: warp w of rank r takes r + ranks * w,
  * then steps by ranks * ROUTER_WARPS.
  */
-__global__ void __launch_bounds__(ROUTER_THREADS)
+__global__ void __launch_bounds__(ROUTER_THREADS, ROUTER_BLOCKS_PER_SM)
 norm_router_kernel(int ranks, const int32_t *__restrict__ tok_slot, float *__restrict__ x,
 				   const float *__restrict__ proj, const float *__restrict__ bias,
 				   const float *__restrict__ norm_w, float eps, float *__restrict__ xn,
@@ -190,13 +194,20 @@ norm_router_kernel(int ranks, const int32_t *__restrict__ tok_slot, float *__res
 	}
 	for (int item = first_item; item < n_items; item += ranks * ROUTER_WARPS)
 	{
+		int			next = item + ranks * ROUTER_WARPS;
+		uint4		wv_next[ROUTER_SLICE_VEC];
+		float		bias_next = 0.0f;
 		float		s;
 
-		if (item != first_item)
-			load_slice(w, b, H, item, lane, wv, &bias_v);
+		if (next < n_items)		/* in flight while this item is summed (one-block form: 8 items a warp) */
+			load_slice(w, b, H, next, lane, wv_next, &bias_next);
 		s = dot_slice(wv, x4, H, item, lane);
 		if (lane == 0)
 			dst[item] = s + bias_v;
+#pragma unroll
+		for (int j = 0; j < ROUTER_SLICE_VEC; j++)
+			wv[j] = wv_next[j];
+		bias_v = bias_next;
 	}
 	/* rank 0's slice sums complete; every rank has read x, so rank 0 may overwrite it */
 	if (ranks > 1)
@@ -279,8 +290,8 @@ norm_router_kernel(int ranks, const int32_t *__restrict__ tok_slot, float *__res
 
 /*
  * Launches ROUTER_CLUSTER blocks per row in clusters for T <= ROUTER_CLUSTER_MAX_T
- * (up to 256 blocks: about two per SM of an H100/H200, so every row's cluster
- * runs at once), else one block per row.
+ * (up to 256 blocks: ROUTER_BLOCKS_PER_SM on each of the 132 SMs of an H200,
+ * so about every row's cluster runs at once), else one block per row.
  */
 cudaError_t
 launch_norm_router(const StepView &sv, int T, float *x, const float *proj, const float *bias,
