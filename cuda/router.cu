@@ -18,7 +18,7 @@
  *     thread-block cluster of ROUTER_CLUSTER blocks on as many SMs.  With one
  *     block per row a single SM read the whole router matrix (184 KB for the
  *     20b) and the kernel took ~10 us per layer at 0.4% of DRAM bandwidth;
- *     the cluster splits the matrix over 8 SMs.  Every block recomputes the
+ *     the cluster splits it over (normally) 8 SMs.  Every block recomputes the
  *     residual and norm of the row (2880 floats from L2, cheaper than a
  *     second exchange), computes its share of the logits and stores them
  *     into rank 0's shared memory (distributed shared memory); rank 0 picks
@@ -46,7 +46,7 @@
 
 #include "kernels.cuh"
 
-#define ROUTER_THREADS 512
+#define ROUTER_THREADS 512		/* both forms: the order of the norm's sum depends on it */
 #define ROUTER_WARPS (ROUTER_THREADS / 32)
 #define ROUTER_PER_THREAD (MAX_HIDDEN / ROUTER_THREADS)	/* row values per thread */
 #define ROUTER_CLUSTER 8		/* blocks per row in the decode form (the portable maximum) */
