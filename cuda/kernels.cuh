@@ -23,7 +23,7 @@
 #define MAX_HIDDEN 3072			/* hidden sizes the row kernels hold in registers/shared memory */
 #define ROUTER_MAX_EXPERTS 1024	/* experts per layer (router and moe_route keep per-expert arrays in shared memory) */
 #define ROUTER_MAX_K 32			/* experts per token: the router's warp 0 picks them, one lane each */
-#define ROUTER_CLUSTER_MAX_T 32	/* steps of at most this many rows route each row with a cluster of blocks */
+#define ROUTER_CLUSTER_MAX_T 4	/* steps of at most this many rows route each row with a cluster of blocks */
 
 /* Sampling settings of one logits row, as uploaded with the step. */
 struct SampleRow

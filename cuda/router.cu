@@ -13,19 +13,38 @@
  * backend does (repeated maximum, lower expert first on ties).  Padding
  * tokens are normed but get expert -1 and weight 0.
  *
- * Two launch forms, one kernel:
- *   - decode-sized steps (T <= ROUTER_CLUSTER_MAX_T): a row is handled by a
- *     thread-block cluster of ROUTER_CLUSTER blocks on as many SMs.  With one
- *     block per row a single SM read the whole router matrix (184 KB for the
- *     20b) and the kernel took ~10 us per layer at 0.4% of DRAM bandwidth;
- *     the cluster splits it over (normally) 8 SMs.  Every block recomputes the
- *     residual and norm of the row (2880 floats from L2, cheaper than a
- *     second exchange), computes its share of the logits and stores them
- *     into rank 0's shared memory (distributed shared memory); rank 0 picks
- *     the top K and writes x and xn.
- *   - larger steps (prefill): one block per row (ranks = 1); the rows
- *     already fill the GPU and the cluster's repeated row reads would only
- *     add L2 traffic.
+ * Two launch forms of one kernel template (RANKS blocks per row, DEPTH work
+ * items of a warp in flight); each form has its own register bound:
+ *   - the smallest steps (T <= ROUTER_CLUSTER_MAX_T): a row is handled by a
+ *     thread-block cluster of ROUTER_CLUSTER blocks on (normally) as many
+ *     SMs.  With one block per row a single SM read the whole router matrix
+ *     (184 KB for the 20b) and the kernel took ~10 us per layer at 0.4% of
+ *     DRAM bandwidth; the cluster splits it over 8 SMs.  Every block
+ *     recomputes the residual and norm of the row (2880 floats from L2,
+ *     cheaper than a second exchange), computes its share of the logits and
+ *     stores them into rank 0's shared memory (distributed shared memory);
+ *     rank 0 picks the top K and writes x and xn.
+ *   - larger steps: one block per row (RANKS = 1).
+ * Why the threshold is 4 rows: H200 bench_backend decode, tok/s, against
+ * the earlier kernel (one block of 1024 threads per row, one warp per
+ * expert, all of a lane's 12 weight vectors loaded at once after the norm):
+ * batch 1: 404 -> 421.7 with the cluster (step time: -4.3 us a layer),
+ * batch 8: 1,684 -> 1,632 (+6.3 us a layer) and batch 32: ~5,244 -> 4,929:
+ * the cluster's cost grows by ~1.5 us a row (presumably 8 blocks re-reading
+ * the row, two cluster barriers, 8 SMs of one GPC to find per row), which
+ * evens out its gain near T = 4 (unmeasured between 1 and 8).  (At batch 64 / 128 the cluster was worse still:
+ * 7,968 / 11,127 against 8,431 / 12,032.)
+ * The one-block form first kept only the next item in flight under a
+ * 64-register cap (two blocks per SM): 8 dependent rounds of weight loads
+ * per warp for the 20b's 8 items, measured 8,034 / 11,412 at batch 64 / 128
+ * and 24,443 against 25,136 tok/s in a 2048-token prefill.  It now keeps
+ * DEPTH = 4 items (48 registers of weights) in flight with no cap (one
+ * block per SM, as the earlier kernel's 1024 threads): half the matrix
+ * (92 KB an SM) arrives in the round trip of the row loads, and the rest is
+ * issued as the first items are summed, under the sums of the three items
+ * still queued (~46 KB of shared-memory reads, ~360 cycles, per item and
+ * block).  That is the earlier kernel's two round trips (row, then weights)
+ * at most; DEPTH = 8 (all at once) would spill at 128 registers.
  * Batch invariance: both forms run the same block size and the same code
  * for every sum, so a row's bits never depend on the form: the sum of
  * squares is block_sum over ROUTER_THREADS threads (thread i holds elements
@@ -33,14 +52,13 @@
  * ((s0 + s1) + s2) + s3 of ROUTER_PARTS fixed slices of its row, slice 0
  * with the bias added, each slice summed by one warp (lane l holds vectors
  * l, l + 32, ... of the slice; warp_sum).  The form only decides which warp
- * of which block computes a slice.
+ * of which block computes a slice, and when its weights are loaded.
  * Latency: the router weights and biases do not depend on the previous
  * kernel, but chain_begin() still comes first (common.cuh: completion stays
- * transitive); a warp's first item's weights and every row load are issued
- * right after it, before the norm's block reduction, so they share one
- * memory round trip (in the cluster form of the 20b, 32 experts x 4 slices
- * = one item per warp: all its weights).  In the one-block form a warp has
- * several items; the next one's loads are in flight while one is summed.
+ * transitive); a warp's first DEPTH items' weights and every row load are
+ * issued right after it, before the norm's block reduction, so they share
+ * one memory round trip (in the cluster form of the 20b, 32 experts x 4
+ * slices = one item per warp: all its weights).
  */
 #include <cooperative_groups.h>
 
@@ -49,8 +67,10 @@
 #define ROUTER_THREADS 512		/* both forms: the order of the norm's sum depends on it */
 #define ROUTER_WARPS (ROUTER_THREADS / 32)
 #define ROUTER_PER_THREAD (MAX_HIDDEN / ROUTER_THREADS)	/* row values per thread */
-#define ROUTER_CLUSTER 8		/* blocks per row in the decode form (the portable maximum) */
-#define ROUTER_BLOCKS_PER_SM 2	/* registers capped so: the decode form's 32 x 8 blocks are all resident */
+#define ROUTER_CLUSTER 8		/* blocks per row in the cluster form (the portable maximum) */
+#define ROUTER_CLUSTER_BLOCKS_PER_SM 2	/* cluster form: 64 registers, as measured at batch 1 */
+#define ROUTER_CLUSTER_DEPTH 2	/* cluster form: items of a warp in flight (the 20b has one a warp) */
+#define ROUTER_ROW_DEPTH 4		/* one-block form: items of a warp in flight (the 20b has eight a warp) */
 #define ROUTER_PARTS 4			/* slices of an expert's row: 32 experts x 4 = one per warp of a cluster */
 #define ROUTER_SLICE_VEC (MAX_HIDDEN / 8 / ROUTER_PARTS / 32)	/* 16-byte vectors per lane per slice */
 
@@ -122,13 +142,17 @@ dot_slice(const uint4 (&wv)[ROUTER_SLICE_VEC], const float4 *x4, int H, int item
 
 /*
  * Residual add, norm, router logits, top-K and their softmax for token row
- * blockIdx.x / ranks; this block is rank blockIdx.x % ranks of the row's
- * ranks blocks (a cluster when ranks > 1).  Work items (expert, slice) go
- * to the row's warps round-robin: warp w of rank r takes r + ranks * w,
- * then steps by ranks * ROUTER_WARPS.
+ * blockIdx.x / RANKS; this block is rank blockIdx.x % RANKS of the row's
+ * RANKS blocks (a cluster when RANKS > 1).  Work items (expert, slice) go
+ * to the row's warps round-robin: warp w of rank r takes r + RANKS * w,
+ * then steps by RANKS * ROUTER_WARPS.  A warp keeps DEPTH items' weights in
+ * registers (slot d of its ring holds its items d, d + DEPTH, ...): the
+ * first DEPTH are issued with the row loads, and a slot is refilled as soon
+ * as its item is summed, so DEPTH - 1 items stay in flight meanwhile.
  */
-__global__ void __launch_bounds__(ROUTER_THREADS, ROUTER_BLOCKS_PER_SM)
-norm_router_kernel(int ranks, const int32_t *__restrict__ tok_slot, float *__restrict__ x,
+template <int RANKS, int DEPTH>
+__global__ void __launch_bounds__(ROUTER_THREADS, RANKS > 1 ? ROUTER_CLUSTER_BLOCKS_PER_SM : 1)
+norm_router_kernel(const int32_t *__restrict__ tok_slot, float *__restrict__ x,
 				   const float *__restrict__ proj, const float *__restrict__ bias,
 				   const float *__restrict__ norm_w, float eps, float *__restrict__ xn,
 				   const __nv_bfloat16 *__restrict__ w, const float *__restrict__ b, int H,
@@ -139,17 +163,18 @@ norm_router_kernel(int ranks, const int32_t *__restrict__ tok_slot, float *__res
 	__shared__ __align__(16) float x_s[MAX_HIDDEN];
 	__shared__ float scratch[32];
 	__shared__ int sel[ROUTER_MAX_K];
-	int			t = blockIdx.x / ranks;
-	int			rank = blockIdx.x % ranks;
+	int			t = blockIdx.x / RANKS;
+	int			rank = blockIdx.x % RANKS;
 	int			lane = threadIdx.x & 31;
 	int			warp = threadIdx.x >> 5;
 	int			n_items = E * ROUTER_PARTS;
-	int			first_item = rank + ranks * warp;
+	int			first_item = rank + RANKS * warp;
+	int			stride = RANKS * ROUTER_WARPS;
 	size_t		base = (size_t) t * H;
 	const float4 *x4 = (const float4 *) x_s;
 	float	   *dst = partial;
-	uint4		wv[ROUTER_SLICE_VEC];
-	float		bias_v = 0.0f;
+	uint4		wv[DEPTH][ROUTER_SLICE_VEC];
+	float		bias_v[DEPTH];
 	float		v[ROUTER_PER_THREAD];
 	float		nw[ROUTER_PER_THREAD];
 	float		ss = 0.0f;
@@ -157,10 +182,15 @@ norm_router_kernel(int ranks, const int32_t *__restrict__ tok_slot, float *__res
 	int			slot;
 
 	chain_begin();
-	if (ranks > 1)
+	if (RANKS > 1)
 		__cluster_barrier_arrive_relaxed();	/* "started"; the wait comes before the first store into rank 0 */
-	if (first_item < n_items)
-		load_slice(w, b, H, first_item, lane, wv, &bias_v);
+#pragma unroll
+	for (int d = 0; d < DEPTH; d++)
+	{
+		bias_v[d] = 0.0f;
+		if (first_item + d * stride < n_items)
+			load_slice(w, b, H, first_item + d * stride, lane, wv[d], &bias_v[d]);
+	}
 	slot = tok_slot[t];
 #pragma unroll
 	for (int j = 0; j < ROUTER_PER_THREAD; j++)
@@ -187,30 +217,32 @@ norm_router_kernel(int ranks, const int32_t *__restrict__ tok_slot, float *__res
 		}
 	}
 	__syncthreads();
-	if (ranks > 1)
+	if (RANKS > 1)
 	{
 		__cluster_barrier_wait();
 		dst = cooperative_groups::this_cluster().map_shared_rank(partial, 0);
 	}
-	for (int item = first_item; item < n_items; item += ranks * ROUTER_WARPS)
+	for (int round = first_item; round < n_items; round += DEPTH * stride)
 	{
-		int			next = item + ranks * ROUTER_WARPS;
-		uint4		wv_next[ROUTER_SLICE_VEC];
-		float		bias_next = 0.0f;
-		float		s;
-
-		if (next < n_items)		/* in flight while this item is summed (one-block form: 8 items a warp) */
-			load_slice(w, b, H, next, lane, wv_next, &bias_next);
-		s = dot_slice(wv, x4, H, item, lane);
-		if (lane == 0)
-			dst[item] = s + bias_v;
 #pragma unroll
-		for (int j = 0; j < ROUTER_SLICE_VEC; j++)
-			wv[j] = wv_next[j];
-		bias_v = bias_next;
+		for (int d = 0; d < DEPTH; d++)
+		{
+			int			item = round + d * stride;
+			int			next = item + DEPTH * stride;
+
+			if (item < n_items)
+			{
+				float		s = dot_slice(wv[d], x4, H, item, lane);
+
+				if (lane == 0)
+					dst[item] = s + bias_v[d];
+				if (next < n_items)
+					load_slice(w, b, H, next, lane, wv[d], &bias_v[d]);
+			}
+		}
 	}
 	/* rank 0's slice sums complete; every rank has read x, so rank 0 may overwrite it */
-	if (ranks > 1)
+	if (RANKS > 1)
 		cooperative_groups::this_cluster().sync();
 	else
 		__syncthreads();
@@ -290,8 +322,7 @@ norm_router_kernel(int ranks, const int32_t *__restrict__ tok_slot, float *__res
 
 /*
  * Launches ROUTER_CLUSTER blocks per row in clusters for T <= ROUTER_CLUSTER_MAX_T
- * (up to 256 blocks: ROUTER_BLOCKS_PER_SM on each of the 132 SMs of an H200,
- * so about every row's cluster runs at once), else one block per row.
+ * (at most 32 blocks, a quarter of an H200's 132 SMs), else one block per row.
  */
 cudaError_t
 launch_norm_router(const StepView &sv, int T, float *x, const float *proj, const float *bias,
@@ -299,13 +330,16 @@ launch_norm_router(const StepView &sv, int T, float *x, const float *proj, const
 				   const float *b, int H, int E, int K, int32_t *topk_idx, float *topk_w,
 				   cudaStream_t stream)
 {
-	int			ranks = T <= ROUTER_CLUSTER_MAX_T ? ROUTER_CLUSTER : 1;
-
 	if (E > ROUTER_MAX_EXPERTS || K > ROUTER_MAX_K || H % 8 != 0 || H > MAX_HIDDEN)
 		return cudaErrorInvalidValue;
 	if (T <= 0)
 		return cudaSuccess;
-	return launch_chained_clusters(norm_router_kernel, T * ranks, ROUTER_THREADS, 0, ranks, stream,
-								   ranks, sv.tok_slot, x, proj, bias, norm_w, eps, xn, w, b, H, E,
-								   K, topk_idx, topk_w);
+	if (T <= ROUTER_CLUSTER_MAX_T)
+		return launch_chained_clusters(norm_router_kernel<ROUTER_CLUSTER, ROUTER_CLUSTER_DEPTH>,
+									   T * ROUTER_CLUSTER, ROUTER_THREADS, 0, ROUTER_CLUSTER, stream,
+									   sv.tok_slot, x, proj, bias, norm_w, eps, xn, w, b, H, E, K,
+									   topk_idx, topk_w);
+	return launch_chained(norm_router_kernel<1, ROUTER_ROW_DEPTH>, T, ROUTER_THREADS, 0, stream,
+						  sv.tok_slot, x, proj, bias, norm_w, eps, xn, w, b, H, E, K, topk_idx,
+						  topk_w);
 }
