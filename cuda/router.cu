@@ -38,13 +38,14 @@
  * 64-register cap (two blocks per SM): 8 dependent rounds of weight loads
  * per warp for the 20b's 8 items, measured 8,034 / 11,412 at batch 64 / 128
  * and 24,443 against 25,136 tok/s in a 2048-token prefill.  It now keeps
- * DEPTH = 4 items (48 registers of weights) in flight with no cap (one
- * block per SM, as the earlier kernel's 1024 threads): half the matrix
- * (92 KB an SM) arrives in the round trip of the row loads, and the rest is
- * issued as the first items are summed, under the sums of the three items
- * still queued (~46 KB of shared-memory reads, ~360 cycles, per item and
- * block).  That is the earlier kernel's two round trips (row, then weights)
- * at most; DEPTH = 8 (all at once) would spill at 128 registers.
+ * DEPTH = 6 items (72 registers of weights; 116 in all) in flight with no
+ * cap (one block per SM, as the earlier kernel's 1024 threads): 6/8 of the
+ * matrix (138 KB an SM) arrives in the round trip of the row loads, and
+ * the last 2 items are issued as items 0 and 1 are summed, to land under
+ * the sums of the 4 still queued (each ~46 KB of shared-memory reads, ~360
+ * cycles, per block).  That is at most the earlier kernel's two round trips
+ * (row, then weights), the first shared with the row; DEPTH = 8 (all at
+ * once) spills at 128 registers, 4 (90 registers) leaves less cover.
  * Batch invariance: both forms run the same block size and the same code
  * for every sum, so a row's bits never depend on the form: the sum of
  * squares is block_sum over ROUTER_THREADS threads (thread i holds elements
@@ -70,7 +71,7 @@
 #define ROUTER_CLUSTER 8		/* blocks per row in the cluster form (the portable maximum) */
 #define ROUTER_CLUSTER_BLOCKS_PER_SM 2	/* cluster form: 64 registers, as measured at batch 1 */
 #define ROUTER_CLUSTER_DEPTH 2	/* cluster form: items of a warp in flight (the 20b has one a warp) */
-#define ROUTER_ROW_DEPTH 4		/* one-block form: items of a warp in flight (the 20b has eight a warp) */
+#define ROUTER_ROW_DEPTH 6		/* one-block form: items of a warp in flight (the 20b has eight a warp) */
 #define ROUTER_PARTS 4			/* slices of an expert's row: 32 experts x 4 = one per warp of a cluster */
 #define ROUTER_SLICE_VEC (MAX_HIDDEN / 8 / ROUTER_PARTS / 32)	/* 16-byte vectors per lane per slice */
 

@@ -1244,11 +1244,11 @@ main(void)
 	test_attention(64, 8, 64, 700, 300, 0, 20);	/* long chunk, many tiles */
 	test_attention(64, 8, 64, 700, 300, 128, 21);
 	test_router(ROUTER_CLUSTER_MAX_T, 2880, 32, 4, 12);	/* 20b, cluster form */
-	test_router(ROUTER_CLUSTER_MAX_T + 9, 2880, 32, 4, 37);	/* 20b, one-block form (8 items a warp: two ring rounds) vs T = 1 */
+	test_router(ROUTER_CLUSTER_MAX_T + 9, 2880, 32, 4, 37);	/* 20b, one-block form (8 items a warp: 6 + 2) vs T = 1 */
 	test_router(ROUTER_CLUSTER_MAX_T, 96, 6, 2, 13);	/* tiny-odd shapes */
 	test_router(ROUTER_CLUSTER_MAX_T + 3, 96, 6, 2, 38);	/* 24 items: warps with 2 and with 1 */
 	test_router(ROUTER_CLUSTER_MAX_T, 2880, 128, 4, 39);	/* 120b: 128 experts, several slices per warp of the cluster */
-	test_router(200, 2880, 128, 4, 40);	/* 32 items a warp: 8 ring rounds */
+	test_router(200, 2880, 128, 4, 40);	/* 32 items a warp: ring rounds, the last partial */
 	test_rope_kv(4, 2, 16, 27);			/* tiny */
 	test_rope_kv(6, 2, 16, 28);
 	test_rope_kv(64, 8, 64, 29);		/* 20b */
