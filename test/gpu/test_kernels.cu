@@ -618,6 +618,11 @@ test_attention_rope(int Hq, int Hkv, int D, int window, int n_many, uint64_t see
 	int			per_item = attention_tokens_per_item(Hq, Hkv, D, 0);
 	char		name[160];
 
+	if (!attention_fuses_rope(Hq, Hkv, D))
+	{
+		check(false, "attention_rope: shape not fused (the test needs one the decode kernel takes)", 1, 0);
+		return;
+	}
 	for (int i = 0; i < n_many; i++)
 		dec_pos.push_back((int) (rng.next() % 300));
 
@@ -699,7 +704,6 @@ test_attention_rope(int Hq, int Hkv, int D, int window, int n_many, uint64_t see
 	__nv_bfloat16 *att_two, *att_fused;
 	const float *d_sinks = to_device(sinks);
 	size_t		q_bytes = (size_t) T * Hq * D * 4, att_bytes = (size_t) T * Hq * D * 2;
-	int			w = window;
 
 	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
 	sv.item_tok0 = to_device(item_tok0), sv.item_ntok = to_device(item_ntok);
@@ -721,23 +725,18 @@ test_attention_rope(int Hq, int Hkv, int D, int window, int n_many, uint64_t see
 	CK(cudaMemset(att_two, 0xFF, att_bytes));
 	CK(cudaMemset(att_fused, 0xFF, att_bytes));
 	CK(attention_prepare());
-	if (!attention_fuses_rope(Hq, Hkv, D))
-	{
-		check(false, "attention_rope: shape not fused (test needs one the decode kernel takes)", 1, 0);
-		return;
-	}
 
 	/* the two-kernel form */
 	CK(launch_rope_kv(sv, n_items, per_item, layer, in.qkv, in.bias, in.table, Hq, Hkv, D, d_q_two,
 					  kv_two, 0));
-	CK(launch_attention(sv, n_decode, 1, layer, w, d_q_two, kv_two, d_sinks, Hq, att_two, 0));
-	CK(launch_attention(sv_prefill, n_items - n_decode, 0, layer, w, d_q_two, kv_two, d_sinks, Hq,
+	CK(launch_attention(sv, n_decode, 1, layer, window, d_q_two, kv_two, d_sinks, Hq, att_two, 0));
+	CK(launch_attention(sv_prefill, n_items - n_decode, 0, layer, window, d_q_two, kv_two, d_sinks, Hq,
 						att_two, 0));
 	/* the fused form, as forward() runs it */
 	CK(launch_rope_kv(sv_prefill, n_items - n_decode, per_item, layer, in.qkv, in.bias, in.table,
 					  Hq, Hkv, D, d_q_fused, kv_fused, 0));
-	CK(launch_attention_rope(sv, n_decode, layer, w, in, kv_fused, d_sinks, Hq, att_fused, 0));
-	CK(launch_attention(sv_prefill, n_items - n_decode, 0, layer, w, d_q_fused, kv_fused, d_sinks,
+	CK(launch_attention_rope(sv, n_decode, layer, window, in, kv_fused, d_sinks, Hq, att_fused, 0));
+	CK(launch_attention(sv_prefill, n_items - n_decode, 0, layer, window, d_q_fused, kv_fused, d_sinks,
 						Hq, att_fused, 0));
 	CK(cudaDeviceSynchronize());
 
@@ -757,33 +756,35 @@ test_attention_rope(int Hq, int Hkv, int D, int window, int n_many, uint64_t see
 
 		if (tok_slot[t] < 0)
 			continue;
-		for (int h = 0; h < Hq + Hkv; h++)
+		for (int h = 0; h < Hq; h++)
 			for (int i = 0; i < half; i++)
 			{
 				float2		r = host_rope_pair(row, bias.data(), h * D + i, half, cs[i]);
 
-				if (h < Hq)
-				{
-					q_bad += memcmp(&q_two[((size_t) t * Hq + h) * D + i], &r.x, 4) != 0;
-					q_bad += memcmp(&q_two[((size_t) t * Hq + h) * D + i + half], &r.y, 4) != 0;
-				}
-				else
-				{
-					int			page = table[(size_t) tok_slot[t] * max_pages + tok_pos[t] / KV_PAGE];
-					size_t		at = ((((size_t) layer * n_pages + page) * Hkv + h - Hq) * KV_PAGE +
-									  tok_pos[t] % KV_PAGE) * D;
-
-					k_bad += bf16_bits(kf[at + i]) != bf16_bits(__float2bfloat16_rn(r.x));
-					k_bad += bf16_bits(kf[at + i + half]) != bf16_bits(__float2bfloat16_rn(r.y));
-					for (int d = 0; d < D; d++)
-					{
-						int			c = (Hq + Hkv + h - Hq) * D + d;
-
-						v_bad += bf16_bits(vf[at + d]) != bf16_bits(__float2bfloat16_rn(row[c] + bias[c]));
-						written[at + d] = 1;
-					}
-				}
+				q_bad += memcmp(&q_two[((size_t) t * Hq + h) * D + i], &r.x, 4) != 0;
+				q_bad += memcmp(&q_two[((size_t) t * Hq + h) * D + i + half], &r.y, 4) != 0;
 			}
+		for (int g = 0; g < Hkv; g++)
+		{
+			int			page = table[(size_t) tok_slot[t] * max_pages + tok_pos[t] / KV_PAGE];
+			size_t		at = ((((size_t) layer * n_pages + page) * Hkv + g) * KV_PAGE +
+							  tok_pos[t] % KV_PAGE) * D;
+
+			for (int i = 0; i < half; i++)
+			{
+				float2		r = host_rope_pair(row, bias.data(), (Hq + g) * D + i, half, cs[i]);
+
+				k_bad += bf16_bits(kf[at + i]) != bf16_bits(__float2bfloat16_rn(r.x));
+				k_bad += bf16_bits(kf[at + i + half]) != bf16_bits(__float2bfloat16_rn(r.y));
+			}
+			for (int d = 0; d < D; d++)
+			{
+				int			c = (Hq + Hkv + g) * D + d;
+
+				v_bad += bf16_bits(vf[at + d]) != bf16_bits(__float2bfloat16_rn(row[c] + bias[c]));
+				written[at + d] = 1;
+			}
+		}
 	}
 	for (size_t i = 0; i < cache_elems; i++)
 		stray += !written[i] && (bf16_bits(kf[i]) != bf16_bits(k0[i]) || bf16_bits(vf[i]) != bf16_bits(v0[i]));
@@ -792,27 +793,28 @@ test_attention_rope(int Hq, int Hkv, int D, int window, int n_many, uint64_t see
 		for (int c = 0; c < Hq * D && t != pad_row; c++)
 			att_unset += bf16_bits(a_fused[(size_t) t * Hq * D + c]) == 0xFFFF;
 
-	const char *tag = "attention_rope";
+	/* each check: bad element count, must be 0 */
+	const struct
+	{
+		const char *what;
+		long		bad;
+	}			checks[] = {
+		{"output bits differ", bits_differ(a_two, a_fused)},
+		{"K cache bits differ", bits_differ(kt, kf)},
+		{"V cache bits differ", bits_differ(vt, vf)},
+		{"two-kernel q bits not host rope", q_bad},
+		{"new K rows not host rope (bits)", k_bad},
+		{"new V rows not bf16(qkv + bias)", v_bad},
+		{"other cache elements changed", stray},
+		{"output elements never written", att_unset},
+	};
 
-	snprintf(name, sizeof(name), "%s Hq=%d Hkv=%d D=%d window=%d +%d: output bits differ", tag, Hq,
-			 Hkv, D, window, n_many);
-	check(bits_differ(a_two, a_fused) == 0, name, (double) bits_differ(a_two, a_fused), 0);
-	snprintf(name, sizeof(name), "%s Hq=%d Hkv=%d D=%d window=%d +%d: K cache bits differ", tag, Hq,
-			 Hkv, D, window, n_many);
-	check(bits_differ(kt, kf) == 0, name, (double) bits_differ(kt, kf), 0);
-	snprintf(name, sizeof(name), "%s Hq=%d Hkv=%d D=%d window=%d +%d: V cache bits differ", tag, Hq,
-			 Hkv, D, window, n_many);
-	check(bits_differ(vt, vf) == 0, name, (double) bits_differ(vt, vf), 0);
-	snprintf(name, sizeof(name), "%s D=%d: two-kernel q bits not host rope", tag, D);
-	check(q_bad == 0, name, (double) q_bad, 0);
-	snprintf(name, sizeof(name), "%s D=%d: new K rows not host rope (bits)", tag, D);
-	check(k_bad == 0, name, (double) k_bad, 0);
-	snprintf(name, sizeof(name), "%s D=%d: new V rows not bf16(qkv + bias)", tag, D);
-	check(v_bad == 0, name, (double) v_bad, 0);
-	snprintf(name, sizeof(name), "%s D=%d: other cache elements changed", tag, D);
-	check(stray == 0, name, (double) stray, 0);
-	snprintf(name, sizeof(name), "%s D=%d: output elements never written", tag, D);
-	check(att_unset == 0, name, (double) att_unset, 0);
+	for (const auto &ck : checks)
+	{
+		snprintf(name, sizeof(name), "attention_rope Hq=%d Hkv=%d D=%d w=%d +%d: %s", Hq, Hkv, D,
+				 window, n_many, ck.what);
+		check(ck.bad == 0, name, (double) ck.bad, 0);
+	}
 	cudaFree(d_q_two), cudaFree(d_q_fused), cudaFree(att_two), cudaFree(att_fused);
 	cudaFree(kv_two.k), cudaFree(kv_two.v), cudaFree(kv_fused.k), cudaFree(kv_fused.v);
 }
