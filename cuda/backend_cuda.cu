@@ -90,13 +90,6 @@ upload_f32(CudaBackend *be, float **dst, const gptoss_bf16 *src, size_t n, float
 	return 0;
 }
 
-/* 16-row tiles of an expert matrix: gate_up tiles hold 8 features (gate and up rows), down tiles 16 rows. */
-static int
-moe_row_tiles(int rows, int gate_up)
-{
-	return gate_up ? div_up(rows / 2, 8) : div_up(rows, 16);
-}
-
 /* Bytes of one expert matrix in the device layout (blocks + scales + fp32 bias). */
 static size_t
 moe_matrix_bytes(int E, int rows, int cols, int gate_up)
@@ -105,7 +98,7 @@ moe_matrix_bytes(int E, int rows, int cols, int gate_up)
 	size_t		kc = div_up(cols, 64);
 
 	return (size_t) E * rtiles * kc * (MOE_PIECE_BLOCK_BYTES + MOE_PIECE_SCALE_BYTES) +
-		(size_t) E * rows * sizeof(float);
+		(size_t) E * rtiles * sizeof(float) + (size_t) E * rows * sizeof(float);
 }
 
 /* Uploads one expert matrix: raw bytes to staging, re-layout kernel into place. */
@@ -132,12 +125,17 @@ upload_moe(CudaBackend *be, MoeMatrix *m, const uint8_t *blocks, const uint8_t *
 				  err, "expert scales") < 0)
 		return -1;
 	m->scales = (const uint32_t *) p;
+	if (dev_alloc(be, &p, (size_t) E * m->rtiles * sizeof(float), &be->weight_bytes, err,
+				  "expert tile scales") < 0)
+		return -1;
+	m->tile_scale = (const float *) p;
 	CUDA_TRY(cudaMemcpyAsync(staging, blocks, block_bytes, cudaMemcpyHostToDevice, be->stream),
 			 err, "expert upload");
 	CUDA_TRY(cudaMemcpyAsync(staging + block_bytes, scales, scale_bytes, cudaMemcpyHostToDevice,
 							 be->stream), err, "expert upload");
 	CUDA_TRY(launch_mxfp4_relayout(staging, staging + block_bytes, E, rows, cols, gate_up,
-								   (uint4 *) m->blocks, (uint32_t *) m->scales, be->stream),
+								   (uint4 *) m->blocks, (uint32_t *) m->scales,
+								   (float *) m->tile_scale, be->stream),
 			 err, "mxfp4_relayout");
 	/* the staging buffer is reused by the next matrix */
 	CUDA_TRY(cudaStreamSynchronize(be->stream), err, "expert upload");

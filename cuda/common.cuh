@@ -177,13 +177,6 @@ block_best(float *v, int *id, float *scratch_v, int *scratch_id)
 	warp_best(v, id);
 }
 
-/* 2^(s - 127) for an E8M0 scale byte (s = 0 is the subnormal 2^-127, 255 gives inf). */
-static __device__ __forceinline__ float
-e8m0_to_f32(uint32_t s)
-{
-	return s ? __uint_as_float(s << 23) : __uint_as_float(0x00400000u);
-}
-
 /*
  * 1 / sqrt(mean(x^2) + eps) of a row of H values spread over the block, from
  * each thread's share ss of the sum of squares; every thread gets it.  The

@@ -118,7 +118,8 @@ struct QkvRope
 struct MoeMatrix
 {
 	const uint4 *blocks;		/* [E][rtiles][kc][32] 16-byte fp4 fragments per lane */
-	const uint32_t *scales;		/* [E][rtiles][kc][8] E8M0 bytes per row group */
+	const uint32_t *scales;		/* [E][rtiles][kc][8] multiplier exponent fields per row group */
+	const float *tile_scale;	/* [E][rtiles] 2^G: the epilogue's factor (moe_layout.cuh, Scales) */
 	const float *bias;			/* [E][rows] */
 	int			rows;			/* 2I (gate_up, gate/up interleaved) or H (down) */
 	int			cols;			/* H or I (input features) */
@@ -241,6 +242,6 @@ cudaError_t launch_logprobs(const LogprobRow *rows, int n, const float *logits, 
 /* mxfp4_layout.cu: original [E][rows][cols/32][16] blocks + scales -> MoeMatrix layout. */
 cudaError_t launch_mxfp4_relayout(const uint8_t *blocks, const uint8_t *scales, int E, int rows,
 								  int cols, int gate_up, uint4 *out_blocks, uint32_t *out_scales,
-								  cudaStream_t stream);
+								  float *out_tile_scale, cudaStream_t stream);
 
 #endif							/* GPTOSS_CUDA_KERNELS_CUH */

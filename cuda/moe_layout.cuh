@@ -13,9 +13,19 @@
  * value's magnitude bits at FP4_MAG_SHIFT[j] and sign at FP4_SIGN_SHIFT[j],
  * its high value's 16 bits higher.  Decoding is then one to four shift/mask
  * operations per register and gives fp16 values equal to the E2M1 value times
- * 2^-14 (subnormal fp16 for the 0.5 code, exact); the kernels multiply by
- * 2^14 once at the end.
- * The E8M0 scales of a piece are one 32-bit word per row group g: bytes
+ * 2^-14 (subnormal fp16 for the 0.5 code, exact).
+ * Scales.  Each 32-column MX block's E8M0 scale 2^(s-127) is folded into its
+ * fp16 A fragment by one exact fp16 multiply, so the mma accumulate whole
+ * input ranges with no per-block scaling.  fp16 holds code * 2^x exactly for
+ * every code when x = s - 127 - G is in [MOE_X_MIN, MOE_X_MAX] (0.5 * 2^x at
+ * least the smallest subnormal 2^-24; the multiplier 2^(x+14) a normal
+ * fp16), a 25-binade window; G is chosen per (expert, row tile) so that
+ * the largest scale s_max of its nonzero blocks gets x = MOE_X_MAX, and the
+ * epilogue multiplies by tile_scale = 2^G in fp32.  A nonzero block more than
+ * 24 binades below the largest of its tile is flushed to zero (its values
+ * are then below 2^-24 of the tile's largest); a zero block needs no scale.
+ * The scales of a piece are one 32-bit word per row group g: the fp16
+ * exponent fields of the multipliers (0: the block is zero or flushed) of
  * (row g, block 0), (row g, block 1), (row g+8, block 0), (row g+8, block 1),
  * block 0 being the piece's first 32 columns.
  * gate_up rows are regrouped per 16-row tile: rows 0-7 are the gates of
@@ -41,9 +51,29 @@
 #define MOE_HD
 #endif
 
-/* Device bytes of one 16-row x 64-column piece: a uint4 of fp4 codes per lane, an E8M0 word per row group. */
+/* Device bytes of one 16-row x 64-column piece: a uint4 of fp4 codes per lane, a multiplier word per row group. */
 #define MOE_PIECE_BLOCK_BYTES (32 * 16)
 #define MOE_PIECE_SCALE_BYTES (8 * 4)
+
+/* The window of scale exponents x = s - 127 - G that fp16 fragments hold exactly (see Scales above). */
+#define MOE_X_MIN (-23)
+#define MOE_X_MAX 1
+
+/* The fp16 exponent field of a block's multiplier 2^(x+14), or 0 (zero multiplier) outside the window. */
+static inline MOE_HD uint32_t
+moe_scale_field(int s, int G)
+{
+	int			x = s - 127 - G;
+
+	return x >= MOE_X_MIN && x <= MOE_X_MAX ? (uint32_t) (x + 14 + 15) : 0u;
+}
+
+/* 16-row tiles of an expert matrix: gate_up tiles hold 8 features (gate and up rows), down tiles 16 rows. */
+static inline MOE_HD int
+moe_row_tiles(int rows, int gate_up)
+{
+	return gate_up ? (rows / 2 + 7) / 8 : (rows + 15) / 16;
+}
 
 /* Bit positions of register j's magnitude (3 bits) and sign in a packed word (low half). */
 #define FP4_MAG_SHIFT(j)  ((j) == 0 ? 0 : (j) == 1 ? 3 : (j) == 2 ? 6 : 9)

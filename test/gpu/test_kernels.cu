@@ -22,6 +22,7 @@
  * Output poisoned before each run; relative error = ||gpu - ref|| / ||ref||.
  * Prints one line per check and exits 1 if any fails.
  */
+#include <algorithm>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,17 +171,20 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 	uint8_t    *d_b1 = to_device(b1), *d_s1 = to_device(s1), *d_b2 = to_device(b2), *d_s2 = to_device(s2);
 	uint4	   *o_b;
 	uint32_t   *o_s;
+	float	   *o_t;
 
 	gu.rows = 2 * I, gu.cols = H, gu.rtiles = div_up(I, 8), gu.kc = kc_h;
 	dn.rows = H, dn.cols = I, dn.rtiles = div_up(H, 16), dn.kc = kc_i;
 	CK(cudaMalloc(&o_b, (size_t) E * gu.rtiles * kc_h * 512));
 	CK(cudaMalloc(&o_s, (size_t) E * gu.rtiles * kc_h * 32));
-	CK(launch_mxfp4_relayout(d_b1, d_s1, E, 2 * I, H, 1, o_b, o_s, 0));
-	gu.blocks = o_b, gu.scales = o_s, gu.bias = to_device(bias1);
+	CK(cudaMalloc(&o_t, (size_t) E * gu.rtiles * 4));
+	CK(launch_mxfp4_relayout(d_b1, d_s1, E, 2 * I, H, 1, o_b, o_s, o_t, 0));
+	gu.blocks = o_b, gu.scales = o_s, gu.tile_scale = o_t, gu.bias = to_device(bias1);
 	CK(cudaMalloc(&o_b, (size_t) E * dn.rtiles * kc_i * 512));
 	CK(cudaMalloc(&o_s, (size_t) E * dn.rtiles * kc_i * 32));
-	CK(launch_mxfp4_relayout(d_b2, d_s2, E, H, I, 0, o_b, o_s, 0));
-	dn.blocks = o_b, dn.scales = o_s, dn.bias = to_device(bias2);
+	CK(cudaMalloc(&o_t, (size_t) E * dn.rtiles * 4));
+	CK(launch_mxfp4_relayout(d_b2, d_s2, E, H, I, 0, o_b, o_s, o_t, 0));
+	dn.blocks = o_b, dn.scales = o_s, dn.tile_scale = o_t, dn.bias = to_device(bias2);
 
 	/* routing buffers */
 	int			moe_rows = T * K + 8 * E;
@@ -297,6 +301,122 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 	}
 	cudaFree(x_frag), cudaFree(act_frag), cudaFree(y), cudaFree(d_x), cudaFree(d_topk);
 	cudaFree(d_b1), cudaFree(d_s1), cudaFree(d_b2), cudaFree(d_s2);
+}
+
+/*
+ * The scale fold of the relayout (moe_layout.cuh, Scales): per row tile,
+ * tile_scale is 2^(s_max - 127 - MOE_X_MAX) over the nonzero blocks; every
+ * nonzero block within 24 binades of s_max gets a multiplier field f with
+ * 2^(f - 29) * tile_scale == 2^(s - 127) exactly (the fragment value times
+ * tile_scale is then the checkpoint's value), every one further below is
+ * flushed (f = 0), and a zero block never sets s_max.  Scales spread over
+ * 30 binades per tile, some zero blocks with scale 250.
+ */
+static void
+test_mx_scale_fold(int E, int rows, int cols, int gate_up, uint64_t seed)
+{
+	Rng			rng = {seed};
+	int			nb = cols / 32;
+	int			rtiles = moe_row_tiles(rows, gate_up);
+	int			kc = div_up(cols, 64);
+	std::vector<uint8_t> blk((size_t) E * rows * nb * 16), sc((size_t) E * rows * nb);
+	int			exact = 0, flushed = 0, bad = 0, bad_tile = 0;
+	char		name[128];
+
+	for (auto &v : blk) v = (uint8_t) rng.next();
+	for (int e = 0; e < E; e++)
+		for (int r = 0; r < rows; r++)
+		{
+			int			tile = gate_up ? (r / 2) / 8 : r / 16;
+			int			base = 110 + (int) ((tile * 7 + e * 3) % 20);
+
+			for (int b = 0; b < nb; b++)
+			{
+				size_t		i = ((size_t) e * rows + r) * nb + b;
+
+				sc[i] = (uint8_t) (base - (int) (rng.next() % 30));
+				if (rng.next() % 16 == 0)
+				{
+					for (int j = 0; j < 16; j++)	/* a zero block (+-0 codes) with a huge scale */
+						blk[i * 16 + j] = (uint8_t) ((rng.next() & 1) ? 0x88 : 0x00);
+					sc[i] = 250;
+				}
+			}
+		}
+
+	uint8_t    *d_b = to_device(blk), *d_s = to_device(sc);
+	uint4	   *o_b;
+	uint32_t   *o_s;
+	float	   *o_t;
+
+	CK(cudaMalloc(&o_b, (size_t) E * rtiles * kc * 512));
+	CK(cudaMalloc(&o_s, (size_t) E * rtiles * kc * 32));
+	CK(cudaMalloc(&o_t, (size_t) E * rtiles * 4));
+	CK(launch_mxfp4_relayout(d_b, d_s, E, rows, cols, gate_up, o_b, o_s, o_t, 0));
+	CK(cudaDeviceSynchronize());
+
+	std::vector<uint32_t> words = to_host(o_s, (size_t) E * rtiles * kc * 8);
+	std::vector<float> ts = to_host(o_t, (size_t) E * rtiles);
+
+	for (int e = 0; e < E; e++)
+		for (int tile = 0; tile < rtiles; tile++)
+		{
+			int			s_max = -1;
+			auto		file_row = [&](int rr) {
+				if (gate_up)
+				{
+					int			f = tile * 8 + (rr & 7);
+
+					return f < rows / 2 ? 2 * f + (rr >> 3) : -1;
+				}
+				return tile * 16 + rr < rows ? tile * 16 + rr : -1;
+			};
+			auto		nonzero = [&](size_t i) {
+				for (int j = 0; j < 16; j++)
+					if (blk[i * 16 + j] & 0x77)
+						return true;
+				return false;
+			};
+
+			for (int rr = 0; rr < 16; rr++)
+				if (file_row(rr) >= 0)
+					for (int b = 0; b < nb; b++)
+					{
+						size_t		i = ((size_t) e * rows + file_row(rr)) * nb + b;
+
+						if (nonzero(i))
+							s_max = std::max(s_max, (int) sc[i]);
+					}
+			if (ts[(size_t) e * rtiles + tile] != (float) ldexp(1.0, s_max - 127 - MOE_X_MAX))
+				bad_tile++;
+			for (int chunk = 0; chunk < kc; chunk++)
+				for (int g = 0; g < 8; g++)
+					for (int k = 0; k < 4; k++)
+					{
+						int			r = file_row(g + ((k >> 1) ? 8 : 0));
+						int			b = chunk * 2 + (k & 1);
+						uint32_t	f = (words[(((size_t) e * rtiles + tile) * kc + chunk) * 8 + g] >> (8 * k)) & 255u;
+						size_t		i;
+
+						if (r < 0 || b >= nb)
+							continue;
+						i = ((size_t) e * rows + r) * nb + b;
+						if (!nonzero(i))
+							bad += f > 30;
+						else if (sc[i] < s_max - (MOE_X_MAX - MOE_X_MIN))
+							bad += f != 0, flushed++;
+						else
+							bad += f < 1 || f > 30 ||
+								ldexp(1.0, (int) f - 29) * ts[(size_t) e * rtiles + tile] != ldexp(1.0, sc[i] - 127),
+								exact++;
+					}
+		}
+	snprintf(name, sizeof(name), "scale fold %s E=%d rows=%d cols=%d: tile scales wrong",
+			 gate_up ? "gate_up" : "down", E, rows, cols);
+	check(bad_tile == 0, name, bad_tile, 0);
+	snprintf(name, sizeof(name), "scale fold: blocks not exact / not flushed (%d exact, %d flushed)", exact, flushed);
+	check(bad == 0 && exact > 0 && flushed > 0, name, bad, 0);
+	cudaFree(o_b), cudaFree(o_s), cudaFree(o_t), cudaFree(d_b), cudaFree(d_s);
 }
 
 /* Attention over a paged cache vs a double reference. */
@@ -1261,6 +1381,8 @@ main(void)
 
 	CK(cudaGetDeviceProperties(&prop, dev));
 	printf("device: %s\n", prop.name);
+	test_mx_scale_fold(3, 320, 96, 1, 11);	/* gate_up regrouping, a partial last tile */
+	test_mx_scale_fold(2, 96, 160, 0, 12);	/* down, odd block count */
 	test_moe(6, 96, 160, 2, 5, 0, 1);		/* tiny-odd shapes: odd block counts, padded tiles */
 	test_moe(8, 64, 64, 2, 37, 20, 2);		/* tiny shapes, one expert with 20+ tokens */
 	test_moe(32, 2880, 2880, 4, 1, 0, 3);	/* 20b, decode */
