@@ -45,11 +45,11 @@ launch_attention(const StepView &sv, int n_items, int decode, int layer, int win
 	return launch_attention_general(sv, n_items, layer, window, q, kv, sinks, Hq, att, stream);
 }
 
-/* Whether the decode kernel takes the shape, and with it the fused bias + RoPE + KV append. */
+/* Whether the decode kernel takes the shape (its head dims pass launch_attention's checks), and with it the fused form. */
 bool
 attention_fuses_rope(int Hq, int Hkv, int D)
 {
-	return D <= ATTN_MAX_HEAD_DIM && D % 8 == 0 && attention_decode_fits(D, Hq / Hkv);
+	return attention_decode_fits(D, Hq / Hkv);
 }
 
 /* Launches the decode kernel's fused form: items x KV heads (x query-head splits) blocks. */
