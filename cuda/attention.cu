@@ -45,7 +45,10 @@ launch_attention(const StepView &sv, int n_items, int decode, int layer, int win
 	return launch_attention_general(sv, n_items, layer, window, q, kv, sinks, Hq, att, stream);
 }
 
-/* Whether the decode kernel takes the shape (its head dims pass launch_attention's checks), and with it the fused form. */
+/*
+ * Whether the decode kernel, and with it its fused form, takes the shape
+ * (its head dims also pass launch_attention's checks).
+ */
 bool
 attention_fuses_rope(int Hq, int Hkv, int D)
 {
