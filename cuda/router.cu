@@ -32,8 +32,9 @@
  * batch 8: 1,684 -> 1,632 (+6.3 us a layer) and batch 32: ~5,244 -> 4,929:
  * the cluster's cost grows by ~1.5 us a row (presumably 8 blocks re-reading
  * the row, two cluster barriers, 8 SMs of one GPC to find per row), which
- * evens out its gain near T = 4 (unmeasured between 1 and 8).  (At batch 64 / 128 the cluster was worse still:
- * 7,968 / 11,127 against 8,431 / 12,032.)
+ * evens out its gain near T = 4 (unmeasured between 1 and 8).  At batch
+ * 64 / 128 the cluster was worse still: 7,968 / 11,127 against 8,431 /
+ * 12,032.
  * The one-block form first kept only the next item in flight under a
  * 64-register cap (two blocks per SM): 8 dependent rounds of weight loads
  * per warp for the 20b's 8 items, measured 8,034 / 11,412 at batch 64 / 128
