@@ -11,6 +11,8 @@
  *              decode rows and multi-token prefill items
  *   router:    residual + norm, fp32 logits, top-k and softmax
  *   rope_kv:   q/k/v bias, RoPE, KV append into shuffled pages, padding row
+ *   attention_rope: decode attention doing its own bias + RoPE + KV append
+ *              vs rope_kv then attention: output and cache bit for bit
  *   embed_norm, moe_combine_norm: the row kernels (residual stream + norm),
  *              page-table updates, padding tokens, a token alone vs batched
  *   gather_rows: the logits rows, 16-byte and element copies
@@ -551,8 +553,9 @@ rel_err(const std::vector<double> &got, const std::vector<double> &ref)
 
 /*
  * Bias + RoPE + KV append vs host: two sequences (one crossing a page
- * boundary) and a padding row, shuffled pages; q to 1e-6, k to bf16
- * rounding, v bit for bit, and no cache element written outside the
+ * boundary, in items of up to 4 tokens) and a padding row (an item of no
+ * tokens), shuffled pages; q to 1e-6, k to bf16 rounding, v bit for bit,
+ * the padding row's q untouched, and no cache element written outside the
  * new tokens' (layer, page, head, offset) rows.
  */
 static void
@@ -566,6 +569,8 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	/* slot 0: positions 13..21 (pages 0 and 1), slot 1: position 40, then a padding row */
 	std::vector<int32_t> tok_pos = {13, 14, 15, 16, 17, 18, 19, 20, 21, 40, 0};
 	std::vector<int32_t> tok_slot = {0, 0, 0, 0, 0, 0, 0, 0, 0, 1, -1};
+	std::vector<int32_t> item_tok0 = {0, 4, 8, 9, 10}, item_ntok = {4, 4, 1, 1, 0};
+	const int	item_tokens = 4;
 	const int	T = (int) tok_pos.size();
 	const int	n_pos = 41;
 	std::vector<float> qkv((size_t) T * n_cols), bias(n_cols);
@@ -575,7 +580,7 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	std::vector<__nv_bfloat16> sentinel(cache_elems, __float2bfloat16(1000.0f));
 	std::vector<double> q_ref((size_t) T * Hq * D), k_ref, k_got;
 	std::vector<char> written(cache_elems, 0);
-	int			v_bad = 0, stray = 0;
+	int			v_bad = 0, stray = 0, pad_q = 0;
 	char		name[128];
 
 	for (auto &v : qkv) v = (float) rng.normal();
@@ -590,12 +595,13 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	float	   *d_q;
 
 	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
+	sv.item_tok0 = to_device(item_tok0), sv.item_ntok = to_device(item_ntok);
 	kv.k = to_device(sentinel), kv.v = to_device(sentinel), kv.page_table = to_device(table);
 	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
 	CK(cudaMalloc(&d_q, (size_t) T * Hq * D * 4));
 	CK(cudaMemset(d_q, 0xFF, (size_t) T * Hq * D * 4));	/* poison: NaN */
-	CK(launch_rope_kv(sv, T, layer, to_device(qkv), to_device(bias), to_device(rope), Hq, Hkv, D,
-					  d_q, kv, 0));
+	CK(launch_rope_kv(sv, (int) item_tok0.size(), item_tokens, layer, to_device(qkv),
+					  to_device(bias), to_device(rope), Hq, Hkv, D, d_q, kv, 0));
 	CK(cudaDeviceSynchronize());
 	std::vector<float> q = to_host(d_q, (size_t) T * Hq * D);
 	std::vector<__nv_bfloat16> kc = to_host(kv.k, cache_elems), vc = to_host(kv.v, cache_elems);
@@ -606,6 +612,18 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 		const float2 *cs = &rope[(size_t) tok_pos[t] * half];
 		int			page = tok_slot[t] >= 0 ? table[tok_slot[t] * max_pages + tok_pos[t] / KV_PAGE] : -1;
 
+		if (page < 0)
+		{
+			/* the padding row: in no item, so nothing written, not even q */
+			for (int c = 0; c < Hq * D; c++)
+			{
+				uint32_t	bits;
+
+				memcpy(&bits, &q[(size_t) t * Hq * D + c], 4);
+				pad_q += bits != 0xFFFFFFFFu;
+			}
+			continue;
+		}
 		for (int h = 0; h < Hq + Hkv; h++)
 			for (int i = 0; i < half; i++)
 			{
@@ -620,7 +638,7 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 					q_ref[((size_t) t * Hq) * D + c0] = out_a;
 					q_ref[((size_t) t * Hq) * D + c0 + half] = out_b;
 				}
-				else if (page >= 0)
+				else
 				{
 					size_t		k0 = ((((size_t) layer * n_pages + page) * Hkv + h - Hq) * KV_PAGE +
 									  tok_pos[t] % KV_PAGE) * D;
@@ -631,8 +649,6 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 					written[k0 + i] = written[k0 + i + half] = 1;
 				}
 			}
-		if (page < 0)
-			continue;
 		for (int p = 0; p < Hkv * D; p++)
 		{
 			int			c = (Hq + Hkv) * D + p;
@@ -649,8 +665,12 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 		stray += !written[i] && bf16_bits(vc[i]) != bf16_bits(sentinel[i]);
 	}
 
-	std::vector<double> q_got(q.begin(), q.end());
-	double		qe = rel_err(q_got, q_ref), ke = rel_err(k_got, k_ref);
+	/* q of the token rows only (the padding row, last, was checked above) */
+	std::vector<double> q_got(q.begin(), q.end() - Hq * D);
+	double		qe, ke = rel_err(k_got, k_ref);
+
+	q_ref.resize(q_got.size());
+	qe = rel_err(q_got, q_ref);
 
 	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: q rel err", Hq, Hkv, D);
 	check(qe <= 1e-6, name, qe, 1e-6);
@@ -660,6 +680,263 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	check(v_bad == 0, name, v_bad, 0);
 	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: cache elements written elsewhere", Hq, Hkv, D);
 	check(stray == 0, name, stray, 0);
+	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: padding row q values written", Hq, Hkv, D);
+	check(pad_q == 0, name, pad_q, 0);
+}
+
+/* Bias + RoPE of a pair on the host with rope_pair's roundings (fma(a, C, -(b*S)), fma(b, C, a*S)). */
+static float2
+host_rope_pair(const float *row, const float *bias, int c0, int half, float2 cs)
+{
+	volatile float a = row[c0] + bias[c0];
+	volatile float b = row[c0 + half] + bias[c0 + half];
+	volatile float bs = b * cs.y;	/* volatile: rounded products, never contracted */
+	volatile float as = a * cs.y;
+
+	return make_float2(fmaf(a, cs.x, -bs), fmaf(b, cs.x, as));
+}
+
+/* Counts the elements of two equally long arrays whose bits differ. */
+template <typename T>
+static long
+bits_differ(const std::vector<T> &a, const std::vector<T> &b)
+{
+	long		n = 0;
+
+	for (size_t i = 0; i < a.size(); i++)
+		n += memcmp(&a[i], &b[i], sizeof(T)) != 0;
+	return n;
+}
+
+/*
+ * Decode attention doing its own bias + RoPE + KV append
+ * (launch_attention_rope, what the step runs) vs the two-kernel form
+ * (launch_rope_kv over every item, then launch_attention), from the same
+ * random q/k/v product and the same random cache: the attention output and
+ * the whole K and V caches must be bitwise equal.  The step is laid out as
+ * forward() sees it: a 5-token prefill chunk first in row order but its
+ * items after the decode items; decode tokens at position 0, the last and
+ * first offsets of a page, past a sliding window and over many tiles; a
+ * padding row (slot -1) whose item has no tokens, among the decode items.
+ * n_many more decode tokens at random positions make the batch large
+ * enough that no block splits a query-head group (the small one splits
+ * each group over several blocks, which all append the same K/V row).
+ * Also, bit for bit against the host (same roundings): q of the two-kernel
+ * form, the new K and V rows of the fused one; and no other cache element
+ * changed.
+ */
+static void
+test_attention_rope(int Hq, int Hkv, int D, int window, int n_many, uint64_t seed)
+{
+	Rng			rng = {seed};
+	const int	L = 2, layer = 1;
+	const int	half = D / 2;
+	const int	n_cols = (Hq + 2 * Hkv) * D;
+	const int	pre_len = 5, pre_pos = 20;	/* the prefill chunk: positions 20..24 */
+	std::vector<int32_t> dec_pos = {0, 15, 16, 33, 200, 1000};
+	int			max_pos = 1000;
+	int			per_item = attention_tokens_per_item(Hq, Hkv, D, 0);
+	char		name[160];
+
+	if (!attention_fuses_rope(Hq, Hkv, D))
+	{
+		check(false, "attention_rope: shape not fused (the test needs one the decode kernel takes)", 1, 0);
+		return;
+	}
+	for (int i = 0; i < n_many; i++)
+		dec_pos.push_back((int) (rng.next() % 300));
+
+	const int	n_dec = (int) dec_pos.size();
+	const int	pre_slot = n_dec;	/* slots 0 .. n_dec-1: the decode tokens */
+	const int	n_slots = n_dec + 1;
+	const int	max_pages = div_up(max_pos + 1, KV_PAGE);
+	std::vector<int32_t> tok_pos, tok_slot, item_tok0, item_ntok;
+
+	/* rows: the prefill chunk, the decode tokens, the padding row */
+	for (int j = 0; j < pre_len; j++)
+		tok_pos.push_back(pre_pos + j), tok_slot.push_back(pre_slot);
+	for (int k = 0; k < n_dec; k++)
+		tok_pos.push_back(dec_pos[k]), tok_slot.push_back(k);
+	tok_pos.push_back(0), tok_slot.push_back(-1);
+
+	const int	T = (int) tok_pos.size();
+	const int	pad_row = T - 1;
+
+	/* items: the decode tokens with the padding item in between, then the chunk */
+	for (int k = 0; k < n_dec; k++)
+	{
+		item_tok0.push_back(pre_len + k), item_ntok.push_back(1);
+		if (k == n_dec / 2)
+			item_tok0.push_back(pad_row), item_ntok.push_back(0);
+	}
+
+	const int	n_decode = (int) item_tok0.size();
+
+	for (int j = 0; j < pre_len; j += per_item)
+		item_tok0.push_back(j), item_ntok.push_back(pre_len - j < per_item ? pre_len - j : per_item);
+
+	const int	n_items = (int) item_tok0.size();
+
+	/* pages: each slot has those its positions need, shuffled over the pool; -1 past them */
+	std::vector<int32_t> table((size_t) n_slots * max_pages, -1), perm;
+	int			n_pages = 3;	/* spare pages no slot owns */
+
+	for (int sl = 0; sl < n_slots; sl++)
+		n_pages += div_up((sl == pre_slot ? pre_pos + pre_len - 1 : dec_pos[sl]) + 1, KV_PAGE);
+	perm = random_permutation(rng, n_pages);
+	{
+		int			next = 0;
+
+		for (int sl = 0; sl < n_slots; sl++)
+			for (int p = 0; p < div_up((sl == pre_slot ? pre_pos + pre_len - 1 : dec_pos[sl]) + 1, KV_PAGE); p++)
+				table[(size_t) sl * max_pages + p] = perm[next++];
+	}
+
+	/* random inputs: cache everywhere (history, other layer, spare pages), q/k/v, bias, table, sinks */
+	size_t		cache_elems = (size_t) L * n_pages * Hkv * KV_PAGE * D;
+	std::vector<__nv_bfloat16> normals(4096), k0(cache_elems), v0(cache_elems);
+	std::vector<float> qkv((size_t) T * n_cols), bias(n_cols), sinks(Hq);
+	std::vector<float2> rope((size_t) (max_pos + 1) * half);
+
+	for (auto &v : normals) v = __float2bfloat16((float) rng.normal());
+	for (size_t i = 0; i < cache_elems; i++)
+	{
+		uint64_t	r = rng.next();
+
+		k0[i] = normals[r & 4095];
+		v0[i] = normals[(r >> 12) & 4095];
+	}
+	for (auto &v : qkv) v = (float) rng.normal();
+	for (auto &v : bias) v = (float) (0.1 * rng.normal());
+	for (auto &v : rope)
+	{
+		double		angle = 6.283185307179586 * rng.uniform();
+		double		conc = 1.0 + 0.2 * rng.uniform();
+
+		v = make_float2((float) (conc * cos(angle)), (float) (conc * sin(angle)));
+	}
+	for (auto &v : sinks) v = (float) rng.normal();
+
+	StepView	sv = {}, sv_prefill;
+	KvCacheView kv_two = {}, kv_fused;
+	QkvRope		in;
+	float	   *d_q_two, *d_q_fused;
+	__nv_bfloat16 *att_two, *att_fused;
+	const float *d_sinks = to_device(sinks);
+	size_t		q_bytes = (size_t) T * Hq * D * 4, att_bytes = (size_t) T * Hq * D * 2;
+
+	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
+	sv.item_tok0 = to_device(item_tok0), sv.item_ntok = to_device(item_ntok);
+	sv_prefill = sv;
+	sv_prefill.item_tok0 += n_decode;
+	sv_prefill.item_ntok += n_decode;
+	kv_two.page_table = to_device(table);
+	kv_two.n_pages = n_pages, kv_two.max_pages = max_pages, kv_two.n_kv_heads = Hkv, kv_two.head_dim = D;
+	kv_fused = kv_two;
+	kv_two.k = to_device(k0), kv_two.v = to_device(v0);
+	kv_fused.k = to_device(k0), kv_fused.v = to_device(v0);
+	in.qkv = to_device(qkv), in.bias = to_device(bias), in.table = to_device(rope);
+	CK(cudaMalloc(&d_q_two, q_bytes));
+	CK(cudaMalloc(&d_q_fused, q_bytes));
+	CK(cudaMalloc(&att_two, att_bytes));
+	CK(cudaMalloc(&att_fused, att_bytes));
+	CK(cudaMemset(d_q_two, 0xFF, q_bytes));	/* poison: NaN */
+	CK(cudaMemset(d_q_fused, 0xFF, q_bytes));
+	CK(cudaMemset(att_two, 0xFF, att_bytes));
+	CK(cudaMemset(att_fused, 0xFF, att_bytes));
+	CK(attention_prepare());
+
+	/* the two-kernel form */
+	CK(launch_rope_kv(sv, n_items, per_item, layer, in.qkv, in.bias, in.table, Hq, Hkv, D, d_q_two,
+					  kv_two, 0));
+	CK(launch_attention(sv, n_decode, 1, layer, window, d_q_two, kv_two, d_sinks, Hq, att_two, 0));
+	CK(launch_attention(sv_prefill, n_items - n_decode, 0, layer, window, d_q_two, kv_two, d_sinks, Hq,
+						att_two, 0));
+	/* the fused form, as forward() runs it */
+	CK(launch_rope_kv(sv_prefill, n_items - n_decode, per_item, layer, in.qkv, in.bias, in.table,
+					  Hq, Hkv, D, d_q_fused, kv_fused, 0));
+	CK(launch_attention_rope(sv, n_decode, layer, window, in, kv_fused, d_sinks, Hq, att_fused, 0));
+	CK(launch_attention(sv_prefill, n_items - n_decode, 0, layer, window, d_q_fused, kv_fused, d_sinks,
+						Hq, att_fused, 0));
+	CK(cudaDeviceSynchronize());
+
+	std::vector<__nv_bfloat16> a_two = to_host(att_two, (size_t) T * Hq * D);
+	std::vector<__nv_bfloat16> a_fused = to_host(att_fused, (size_t) T * Hq * D);
+	std::vector<__nv_bfloat16> kt = to_host(kv_two.k, cache_elems), vt = to_host(kv_two.v, cache_elems);
+	std::vector<__nv_bfloat16> kf = to_host(kv_fused.k, cache_elems), vf = to_host(kv_fused.v, cache_elems);
+	std::vector<float> q_two = to_host(d_q_two, (size_t) T * Hq * D);
+	std::vector<char> written(cache_elems, 0);
+	long		q_bad = 0, k_bad = 0, v_bad = 0, stray = 0, att_unset = 0;
+
+	/* the new rows against the host, bit for bit */
+	for (int t = 0; t < T; t++)
+	{
+		const float *row = &qkv[(size_t) t * n_cols];
+		const float2 *cs = &rope[(size_t) tok_pos[t] * half];
+
+		if (tok_slot[t] < 0)
+			continue;
+		for (int h = 0; h < Hq; h++)
+			for (int i = 0; i < half; i++)
+			{
+				float2		r = host_rope_pair(row, bias.data(), h * D + i, half, cs[i]);
+
+				q_bad += memcmp(&q_two[((size_t) t * Hq + h) * D + i], &r.x, 4) != 0;
+				q_bad += memcmp(&q_two[((size_t) t * Hq + h) * D + i + half], &r.y, 4) != 0;
+			}
+		for (int g = 0; g < Hkv; g++)
+		{
+			int			page = table[(size_t) tok_slot[t] * max_pages + tok_pos[t] / KV_PAGE];
+			size_t		at = ((((size_t) layer * n_pages + page) * Hkv + g) * KV_PAGE +
+							  tok_pos[t] % KV_PAGE) * D;
+
+			for (int i = 0; i < half; i++)
+			{
+				float2		r = host_rope_pair(row, bias.data(), (Hq + g) * D + i, half, cs[i]);
+
+				k_bad += bf16_bits(kf[at + i]) != bf16_bits(__float2bfloat16_rn(r.x));
+				k_bad += bf16_bits(kf[at + i + half]) != bf16_bits(__float2bfloat16_rn(r.y));
+			}
+			for (int d = 0; d < D; d++)
+			{
+				int			c = (Hq + Hkv + g) * D + d;
+
+				v_bad += bf16_bits(vf[at + d]) != bf16_bits(__float2bfloat16_rn(row[c] + bias[c]));
+				written[at + d] = 1;
+			}
+		}
+	}
+	for (size_t i = 0; i < cache_elems; i++)
+		stray += !written[i] && (bf16_bits(kf[i]) != bf16_bits(k0[i]) || bf16_bits(vf[i]) != bf16_bits(v0[i]));
+	/* every token row's output was written (the poison is a NaN no result has) */
+	for (int t = 0; t < T; t++)
+		for (int c = 0; c < Hq * D && t != pad_row; c++)
+			att_unset += bf16_bits(a_fused[(size_t) t * Hq * D + c]) == 0xFFFF;
+
+	/* each check: bad element count, must be 0 */
+	const struct
+	{
+		const char *what;
+		long		bad;
+	}			checks[] = {
+		{"output bits differ", bits_differ(a_two, a_fused)},
+		{"K cache bits differ", bits_differ(kt, kf)},
+		{"V cache bits differ", bits_differ(vt, vf)},
+		{"two-kernel q bits not host rope", q_bad},
+		{"new K rows not host rope (bits)", k_bad},
+		{"new V rows not bf16(qkv + bias)", v_bad},
+		{"other cache elements changed", stray},
+		{"output elements never written", att_unset},
+	};
+
+	for (const auto &ck : checks)
+	{
+		snprintf(name, sizeof(name), "attention_rope Hq=%d Hkv=%d D=%d w=%d +%d: %s", Hq, Hkv, D,
+				 window, n_many, ck.what);
+		check(ck.bad == 0, name, (double) ck.bad, 0);
+	}
+	cudaFree(d_q_two), cudaFree(d_q_fused), cudaFree(att_two), cudaFree(att_fused);
+	cudaFree(kv_two.k), cudaFree(kv_two.v), cudaFree(kv_fused.k), cudaFree(kv_fused.v);
 }
 
 /*
@@ -1133,6 +1410,13 @@ main(void)
 	test_rope_kv(6, 2, 16, 28);
 	test_rope_kv(64, 8, 64, 29);		/* 20b */
 	test_rope_kv(64, 4, 128, 30);
+	test_attention_rope(4, 2, 16, 8, 0, 37);		/* tiny, sliding */
+	test_attention_rope(6, 2, 16, 0, 0, 38);		/* tiny-odd: G = 3 */
+	test_attention_rope(64, 8, 64, 128, 0, 39);		/* 20b sliding layer, groups split over blocks */
+	test_attention_rope(64, 8, 64, 0, 0, 40);		/* 20b full layer */
+	test_attention_rope(64, 8, 64, 128, 40, 41);	/* 20b, 47 decode items: whole groups per block */
+	test_attention_rope(64, 8, 64, 0, 40, 42);
+	test_attention_rope(64, 8, 128, 0, 0, 43);		/* D = 128 */
 	test_embed_norm(7, 2880, 31);		/* 20b: 6 values per thread, the last partly past H */
 	test_embed_norm(3, 96, 32);			/* tiny-odd */
 	test_moe_combine_norm(9, 4, 2880, 33);
