@@ -47,6 +47,12 @@
  * cycles, per block).  That is at most the earlier kernel's two round trips
  * (row, then weights), the first shared with the row; DEPTH = 8 (all at
  * once) spills at 128 registers, 4 (90 registers) leaves less cover.
+ * Measured against the earlier kernel in one build on one H200 (runs
+ * 35-36): batch 1 / 2 / 4 409 -> 420-422, 688 -> 703, 1,084 -> 1,103; batch
+ * 8 / 32 / 64 / 128 1,606 / 4,942 / 8,057-8,103 / 11,474-11,490 ->
+ * 1,595 / 4,902 / 8,058-8,060 / 11,455-11,463; prefill 2048 25,712 ->
+ * 25,571.  (The figures above from other runs came from a machine ~5 %
+ * faster at batch 64-128.)
  * Batch invariance: both forms run the same block size and the same code
  * for every sum, so a row's bits never depend on the form: the sum of
  * squares is block_sum over ROUTER_THREADS threads (thread i holds elements
