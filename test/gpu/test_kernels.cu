@@ -107,6 +107,30 @@ to_host(const T *d, size_t n)
 	return v;
 }
 
+/* A step's token and attention-item arrays on the device (the fields the attention and RoPE kernels read). */
+static StepView
+item_step_view(const std::vector<int32_t> &tok_pos, const std::vector<int32_t> &tok_slot,
+			   const std::vector<int32_t> &item_tok0, const std::vector<int32_t> &item_ntok)
+{
+	StepView	sv = {};
+
+	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
+	sv.item_tok0 = to_device(item_tok0), sv.item_ntok = to_device(item_ntok);
+	return sv;
+}
+
+/* A KV cache view of one layer stack: k and v already on the device, the page table copied there. */
+static KvCacheView
+kv_cache_view(__nv_bfloat16 *k, __nv_bfloat16 *v, const std::vector<int32_t> &table, int n_pages,
+			  int max_pages, int Hkv, int D)
+{
+	KvCacheView kv = {};
+
+	kv.k = k, kv.v = v, kv.page_table = to_device(table);
+	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
+	return kv;
+}
+
 static const double FP4[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
 
 /* Decodes row r of expert e of a [E][rows][cols/32][16] MXFP4 matrix into out[cols]. */
@@ -470,14 +494,10 @@ test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, uint64_t 
 		i0.push_back(t);
 		in.push_back(n_new - t < per_item ? n_new - t : per_item);
 	}
-	StepView	sv = {};
-	KvCacheView kv = {};
+	StepView	sv = item_step_view(tok_pos, tok_slot, i0, in);
+	KvCacheView kv = kv_cache_view(to_device(kc), to_device(vc), table, n_pages, max_pages, Hkv, D);
 	__nv_bfloat16 *att;
 
-	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
-	sv.item_tok0 = to_device(i0), sv.item_ntok = to_device(in);
-	kv.k = to_device(kc), kv.v = to_device(vc), kv.page_table = to_device(table);
-	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
 	CK(cudaMalloc(&att, (size_t) n_new * Hq * D * 2));
 	CK(cudaMemset(att, 0xFF, (size_t) n_new * Hq * D * 2));
 	CK(attention_prepare());
@@ -591,14 +611,11 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	for (int i = 0; i < n_seqs * max_pages; i++)
 		table[i] = perm[i];
 
-	StepView	sv = {};
-	KvCacheView kv = {};
+	StepView	sv = item_step_view(tok_pos, tok_slot, item_tok0, item_ntok);
+	KvCacheView kv = kv_cache_view(to_device(sentinel), to_device(sentinel), table, n_pages, max_pages,
+								   Hkv, D);
 	float	   *d_q;
 
-	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
-	sv.item_tok0 = to_device(item_tok0), sv.item_ntok = to_device(item_ntok);
-	kv.k = to_device(sentinel), kv.v = to_device(sentinel), kv.page_table = to_device(table);
-	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
 	CK(cudaMalloc(&d_q, (size_t) T * Hq * D * 4));
 	CK(cudaMemset(d_q, 0xFF, (size_t) T * Hq * D * 4));	/* poison: NaN */
 	CK(launch_rope_kv(sv, (int) item_tok0.size(), item_tokens, layer, to_device(qkv),
@@ -818,23 +835,18 @@ test_attention_rope(int Hq, int Hkv, int D, int window, int n_many, uint64_t see
 	}
 	for (auto &v : sinks) v = (float) rng.normal();
 
-	StepView	sv = {}, sv_prefill;
-	KvCacheView kv_two = {}, kv_fused;
+	StepView	sv = item_step_view(tok_pos, tok_slot, item_tok0, item_ntok);
+	StepView	sv_prefill = sv;
+	KvCacheView kv_two = kv_cache_view(to_device(k0), to_device(v0), table, n_pages, max_pages, Hkv, D);
+	KvCacheView kv_fused = kv_two;
 	QkvRope		in;
 	float	   *d_q_two, *d_q_fused;
 	__nv_bfloat16 *att_two, *att_fused;
 	const float *d_sinks = to_device(sinks);
 	size_t		q_bytes = (size_t) T * Hq * D * 4, att_bytes = (size_t) T * Hq * D * 2;
 
-	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
-	sv.item_tok0 = to_device(item_tok0), sv.item_ntok = to_device(item_ntok);
-	sv_prefill = sv;
 	sv_prefill.item_tok0 += n_decode;
 	sv_prefill.item_ntok += n_decode;
-	kv_two.page_table = to_device(table);
-	kv_two.n_pages = n_pages, kv_two.max_pages = max_pages, kv_two.n_kv_heads = Hkv, kv_two.head_dim = D;
-	kv_fused = kv_two;
-	kv_two.k = to_device(k0), kv_two.v = to_device(v0);
 	kv_fused.k = to_device(k0), kv_fused.v = to_device(v0);
 	in.qkv = to_device(qkv), in.bias = to_device(bias), in.table = to_device(rope);
 	CK(cudaMalloc(&d_q_two, q_bytes));
