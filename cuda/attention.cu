@@ -1,6 +1,8 @@
 /*
- * attention.cu: the attention launch of a layer: picks the kernel for the
- * step's items and shape (attention.cuh lists them) and sizes the items.
+ * attention.cu: the attention launches of a layer: picks the kernel for the
+ * step's items and shape (attention.cuh lists them) and sizes the items;
+ * decode items of shapes the decode kernel takes can have it do their bias +
+ * RoPE + KV append too (launch_attention_rope).
  */
 #include "attention.cuh"
 
@@ -36,10 +38,35 @@ launch_attention(const StepView &sv, int n_items, int decode, int layer, int win
 	if (n_items <= 0)
 		return cudaSuccess;
 	if (decode && attention_decode_fits(D, G))
-		return launch_attention_decode(sv, n_items, layer, window, q, kv, sinks, Hq, att, stream);
+		return launch_attention_decode(sv, n_items, layer, window, q, QkvRope {}, kv, sinks, Hq,
+									   att, stream);
 	if (attention_prefill_fits(D, G))
 		return launch_attention_prefill(sv, n_items, layer, window, q, kv, sinks, Hq, att, stream);
 	return launch_attention_general(sv, n_items, layer, window, q, kv, sinks, Hq, att, stream);
+}
+
+/*
+ * Whether the decode kernel, and with it its fused form, takes the shape
+ * (its head dims also pass launch_attention's checks).
+ */
+bool
+attention_fuses_rope(int Hq, int Hkv, int D)
+{
+	return attention_decode_fits(D, Hq / Hkv);
+}
+
+/* Launches the decode kernel's fused form: items x KV heads (x query-head splits) blocks. */
+cudaError_t
+launch_attention_rope(const StepView &sv, int n_items, int layer, int window, QkvRope rope,
+					  KvCacheView kv, const float *sinks, int Hq, __nv_bfloat16 *att,
+					  cudaStream_t stream)
+{
+	if (!attention_fuses_rope(Hq, kv.n_kv_heads, kv.head_dim) || rope.qkv == NULL)
+		return cudaErrorInvalidValue;
+	if (n_items <= 0)
+		return cudaSuccess;
+	return launch_attention_decode(sv, n_items, layer, window, NULL, rope, kv, sinks, Hq, att,
+								   stream);
 }
 
 /* One-time per-device setup: only the decode kernels need any. */

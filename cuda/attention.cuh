@@ -12,14 +12,17 @@
  * logit with no value:
  *   o = sum_j e^(s_j-M) v_j / (sum_j e^(s_j-M) + e^(S-M)), M = max(S, max_j s_j).
  * Output is bf16 [T][Hq*D], the input of the o-projection.  The new tokens'
- * own K/V were written by rope_kv before any of these kernels runs.
+ * own K/V were written by rope_kv before any of these kernels runs, except
+ * in the decode kernel's fused form (launch_attention_rope), which does the
+ * bias + RoPE + KV append of its decode tokens itself, one launch less.
  *
  * Three kernels, one per file; attention.cu picks one per launch:
  *   attention_decode.cu   decode items, G <= ATTN_WARPS, head dim in ATTN_HEAD_DIMS
  *   attention_prefill.cu  prefill items on the tensor cores, head dim in
  *                         ATTN_HEAD_DIMS and G <= 8
  *   attention_general.cu  every other shape, on the CUDA cores
- * They share one signature (AttentionKernel).
+ * The prefill and general kernels share one signature (AttentionKernel);
+ * the decode kernel adds the fused form's inputs (QkvRope).
  */
 #ifndef GPTOSS_CUDA_ATTENTION_CUH
 #define GPTOSS_CUDA_ATTENTION_CUH
@@ -36,7 +39,7 @@
 #define FA_WARPS 4				/* warps per tensor-core prefill block */
 #define FA_ROWS (FA_WARPS * 16)	/* (token, head) rows per tensor-core prefill block */
 
-/* The signature every attention kernel shares. */
+/* The signature of the prefill and general kernels. */
 typedef void (*AttentionKernel) (const int32_t *, const int32_t *, const int32_t *, const int32_t *,
 								 int, int, const float *, KvCacheView, const float *, int,
 								 __nv_bfloat16 *);
@@ -95,10 +98,14 @@ attn_join_sink(float m, float l, float sink, float *f, float *den)
 /* attention_decode.cu: whether the decode kernel takes this shape. */
 bool		attention_decode_fits(int D, int G);
 
-/* attention_decode.cu: launches the decode kernel (every item one token). */
+/*
+ * attention_decode.cu: launches the decode kernel (every item one token);
+ * rope.qkv set: the fused form, which makes q and the new K/V itself.
+ */
 cudaError_t launch_attention_decode(const StepView &sv, int n_items, int layer, int window,
-									const float *q, KvCacheView kv, const float *sinks, int Hq,
-									__nv_bfloat16 *att, cudaStream_t stream);
+									const float *q, QkvRope rope, KvCacheView kv,
+									const float *sinks, int Hq, __nv_bfloat16 *att,
+									cudaStream_t stream);
 
 /* attention_decode.cu: shared-memory settings of the decode kernels on the current device. */
 cudaError_t attention_decode_prepare(void);

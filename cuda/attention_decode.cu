@@ -9,6 +9,19 @@
  * sum, output) are merged at the end.  A batch-1 decode has only Hkv blocks
  * per layer, so this is what keeps a layer's attention from walking its
  * tiles one by one.
+ *
+ * Fused bias + RoPE + KV append (launch_attention_rope, what the step uses):
+ * a decode block takes its token's q/k/v product row instead of q, rotates
+ * its query heads into shared memory and its KV head's new key, and appends
+ * that key and the new value to the cache itself, which saves the rope_kv
+ * launch of the decode tokens (a batch-1 step then has none per layer).
+ * The blocks that split one KV head's group (gridDim.z) each write the same
+ * bits to the same cache row, a benign duplicate; each block then reads the
+ * row back like any other key, since __syncthreads makes the block's own
+ * global writes visible to its threads.  Reading it back rather than using
+ * the registers keeps the key loop untouched, so every score and sum is
+ * computed exactly as in the two-kernel form (launch_attention with decode
+ * = 1 after launch_rope_kv; the kernel tests compare the two bit for bit).
  */
 #include "attention.cuh"
 
@@ -59,6 +72,49 @@ decode_merge_row(const float *part, int r, int tile_workers, int row_groups, flo
 }
 
 /*
+ * Fused prologue of a decode block: bias + RoPE of its GB query heads from
+ * h0 into q_s ([GB][D]), and of KV head g's new key, which goes with the new
+ * value to the cache row of the token's position.  rope_pair and the v
+ * expression are rope_kv_kernel's, so q, k and v are its bits.
+ */
+template <int D>
+static __device__ __forceinline__ void
+decode_rope_kv(const QkvRope &rope, const AttnItem &it, int layer, int g, int h0, int GB, int Hq,
+			   const KvCacheView &kv, float *q_s)
+{
+	constexpr int half = D / 2;
+	const int	Hkv = kv.n_kv_heads;
+	const float *row = rope.qkv + (size_t) it.tok0 * (Hq + 2 * Hkv) * D;
+	const float2 *cs = rope.table + (size_t) it.p0 * half;
+	size_t		at = attn_key_index(kv, layer, it.slot, g, it.p0);
+
+	/* pairs of row r < GB: query head h0 + r; pairs of r = GB: the key */
+	for (int p = threadIdx.x; p < (GB + 1) * half; p += blockDim.x)
+	{
+		int			r = p / half;
+		int			i = p % half;
+		float2		o = rope_pair(row, rope.bias, (r < GB ? h0 + r : Hq + g) * D + i, half, cs[i]);
+
+		if (r < GB)
+		{
+			q_s[r * D + i] = o.x;
+			q_s[r * D + i + half] = o.y;
+		}
+		else
+		{
+			kv.k[at + i] = __float2bfloat16_rn(o.x);
+			kv.k[at + i + half] = __float2bfloat16_rn(o.y);
+		}
+	}
+	for (int d = threadIdx.x; d < D; d += blockDim.x)
+	{
+		int			c = (Hq + Hkv + g) * D + d;
+
+		kv.v[at + d] = __float2bfloat16_rn(row[c] + rope.bias[c]);
+	}
+}
+
+/*
  * Decode rows of item blockIdx.x (one token) and KV head blockIdx.y: query
  * heads [blockIdx.z * GB, (blockIdx.z + 1) * GB) of the group, GB = G /
  * gridDim.z (small batches split a group over several blocks so that more
@@ -70,14 +126,17 @@ decode_merge_row(const float *part, int r, int tile_workers, int row_groups, flo
  * is summed the same way whatever GB is.  The head dim is a template
  * parameter so that a lane's K row and output stay in as few registers as
  * the head needs (sized for 128 at run time it took 192 registers: one block
- * per SM, 45 us per layer at batch 64).
+ * per SM, 45 us per layer at batch 64).  rope.qkv set: the fused form
+ * (decode_rope_kv makes q and the new K/V; q is not read); else q holds the
+ * rotated queries and the cache the new K/V already.
  */
 template <int D>
 __global__ void __launch_bounds__(ATTN_WARPS * 32)
 attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__restrict__ item_ntok,
 						const int32_t *__restrict__ tok_pos, const int32_t *__restrict__ tok_slot,
-						int layer, int window, const float *__restrict__ q, KvCacheView kv,
-						const float *__restrict__ sinks, int Hq, __nv_bfloat16 *__restrict__ att)
+						int layer, int window, const float *__restrict__ q, QkvRope rope,
+						KvCacheView kv, const float *__restrict__ sinks, int Hq,
+						__nv_bfloat16 *__restrict__ att)
 {
 	constexpr int DPL = (D + 31) / 32;	/* head dims per lane */
 
@@ -110,8 +169,11 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 	tile_workers = n_tiles >= 8 ? 8 : n_tiles >= 4 ? 4 : n_tiles >= 2 ? 2 : 1;
 	row_groups = ATTN_WARPS / tile_workers;
 	rg = warp % row_groups;
-	for (int i = threadIdx.x; i < GB * D; i += blockDim.x)
-		q_s[i] = q[((size_t) it.tok0 * Hq + h0) * D + i];
+	if (rope.qkv)
+		decode_rope_kv<D>(rope, it, layer, g, h0, GB, Hq, kv, q_s);
+	else
+		for (int i = threadIdx.x; i < GB * D; i += blockDim.x)
+			q_s[i] = q[((size_t) it.tok0 * Hq + h0) * D + i];
 #pragma unroll
 	for (int ri = 0; ri < ATTN_WARPS; ri++)
 	{
@@ -121,7 +183,7 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 		for (int dd = 0; dd < DPL; dd++)
 			o[ri][dd] = 0.0f;
 	}
-	__syncthreads();
+	__syncthreads();			/* q_s, and the fused form's K/V row, visible to all warps */
 
 	for (int tile = it.k_lo / ATTN_TILE + warp / row_groups; tile <= it.p0 / ATTN_TILE; tile += tile_workers)
 	{
@@ -249,8 +311,13 @@ attention_decode_kernel(const int32_t *__restrict__ item_tok0, const int32_t *__
 							att + ((size_t) it.tok0 * Hq + (h0 + warp)) * D);
 }
 
+/* The signature of attention_decode_kernel (AttentionKernel plus the fused form's inputs). */
+typedef void (*DecodeKernel) (const int32_t *, const int32_t *, const int32_t *, const int32_t *,
+							  int, int, const float *, QkvRope, KvCacheView, const float *, int,
+							  __nv_bfloat16 *);
+
 /* The decode kernel for head dim D, or NULL (other head dims use attention_kernel). */
-static AttentionKernel
+static DecodeKernel
 decode_kernel_for(int D)
 {
 	switch (D)
@@ -296,11 +363,14 @@ attention_decode_fits(int D, int G)
 	return G <= ATTN_WARPS && decode_kernel_for(D) != NULL;
 }
 
-/* Launches items x KV heads x query-head splits blocks of ATTN_WARPS warps. */
+/*
+ * Launches items x KV heads x query-head splits blocks of ATTN_WARPS warps;
+ * rope.qkv set: the fused form (q unused).
+ */
 cudaError_t
 launch_attention_decode(const StepView &sv, int n_items, int layer, int window, const float *q,
-						KvCacheView kv, const float *sinks, int Hq, __nv_bfloat16 *att,
-						cudaStream_t stream)
+						QkvRope rope, KvCacheView kv, const float *sinks, int Hq,
+						__nv_bfloat16 *att, cudaStream_t stream)
 {
 	int			D = kv.head_dim;
 	int			G = Hq / kv.n_kv_heads;
@@ -308,7 +378,7 @@ launch_attention_decode(const StepView &sv, int n_items, int layer, int window, 
 
 	return launch_chained(decode_kernel_for(D), grid, ATTN_WARPS * 32, decode_smem_bytes(D),
 						  stream, sv.item_tok0, sv.item_ntok, sv.tok_pos, sv.tok_slot, layer,
-						  window, q, kv, sinks, Hq, att);
+						  window, q, rope, kv, sinks, Hq, att);
 }
 
 /*

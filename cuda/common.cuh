@@ -50,24 +50,43 @@ chain_begin(void)
 #endif
 }
 
+/*
+ * Launches kernel<<<grid, block, smem, stream>>>(args...) as a chained (PDL)
+ * launch in thread-block clusters of cluster blocks along x (1: no cluster
+ * attribute).  Programmatic serialization and a cluster dimension may be
+ * given together (CUTLASS launches its sm_90 cluster kernels so), also
+ * under CUDA-graph capture.
+ */
+template <typename... Params, typename... Args>
+static inline cudaError_t
+launch_chained_clusters(void (*kernel) (Params...), dim3 grid, dim3 block, size_t smem,
+						int cluster, cudaStream_t stream, Args... args)
+{
+	cudaLaunchAttribute attr[2];
+	cudaLaunchConfig_t cfg = {};
+
+	attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	attr[0].val.programmaticStreamSerializationAllowed = 1;
+	attr[1].id = cudaLaunchAttributeClusterDimension;
+	attr[1].val.clusterDim.x = cluster;
+	attr[1].val.clusterDim.y = 1;
+	attr[1].val.clusterDim.z = 1;
+	cfg.gridDim = grid;
+	cfg.blockDim = block;
+	cfg.dynamicSmemBytes = smem;
+	cfg.stream = stream;
+	cfg.attrs = attr;
+	cfg.numAttrs = cluster > 1 ? 2 : 1;
+	return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 /* Launches kernel<<<grid, block, smem, stream>>>(args...) as a chained (PDL) launch. */
 template <typename... Params, typename... Args>
 static inline cudaError_t
 launch_chained(void (*kernel) (Params...), dim3 grid, dim3 block, size_t smem,
 			   cudaStream_t stream, Args... args)
 {
-	cudaLaunchAttribute attr;
-	cudaLaunchConfig_t cfg = {};
-
-	attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-	attr.val.programmaticStreamSerializationAllowed = 1;
-	cfg.gridDim = grid;
-	cfg.blockDim = block;
-	cfg.dynamicSmemBytes = smem;
-	cfg.stream = stream;
-	cfg.attrs = &attr;
-	cfg.numAttrs = 1;
-	return cudaLaunchKernelEx(&cfg, kernel, args...);
+	return launch_chained_clusters(kernel, grid, block, smem, 1, stream, args...);
 }
 
 /* Sum over the 32 lanes of a warp (every lane gets the total, fixed order). */

@@ -23,6 +23,7 @@
 #define MAX_HIDDEN 3072			/* hidden sizes the row kernels hold in registers/shared memory */
 #define ROUTER_MAX_EXPERTS 1024	/* experts per layer (router and moe_route keep per-expert arrays in shared memory) */
 #define ROUTER_MAX_K 32			/* experts per token: the router's warp 0 picks them, one lane each */
+#define ROUTER_CLUSTER_MAX_T 4	/* steps of at most this many rows route each row with a cluster of blocks */
 
 /* Sampling settings of one logits row, as uploaded with the step. */
 struct SampleRow
@@ -83,6 +84,37 @@ kv_index(const KvCacheView &kv, int layer, int page, int head, int off)
 		kv.head_dim;
 }
 
+/*
+ * Bias + RoPE of the pair (c0, c0 + half) of a q/k/v product row (rope.h:
+ * half-split pairs, cs = (C, S) of the position).  The one definition that
+ * rope_kv_kernel and the fused decode attention share, so that both write
+ * the same bits.  The roundings are pinned (no contraction choice left to
+ * the compiler, which could differ between the two kernels): a*C - b*S is
+ * fma(a, C, -(b*S)) and b*C + a*S is fma(b, C, a*S), what nvcc 13 made of
+ * the plain expressions before, so results did not change.
+ */
+static __device__ __forceinline__ float2
+rope_pair(const float *__restrict__ row, const float *__restrict__ bias, int c0, int half,
+		  float2 cs)
+{
+	float		a = row[c0] + bias[c0];
+	float		b = row[c0 + half] + bias[c0 + half];
+
+	return make_float2(__fmaf_rn(a, cs.x, -__fmul_rn(b, cs.y)),
+					   __fmaf_rn(b, cs.x, __fmul_rn(a, cs.y)));
+}
+
+/*
+ * The inputs of bias + RoPE + KV append: what a decode attention launch
+ * that does them itself (launch_attention_rope) reads instead of q.
+ */
+struct QkvRope
+{
+	const float *qkv;			/* [T][(Hq + 2*Hkv) * D] q/k/v product, before the biases */
+	const float *bias;			/* [(Hq + 2*Hkv) * D] */
+	const float2 *table;		/* [positions][D/2] (C, S) pairs of rope.h */
+};
+
 /* One MXFP4 expert matrix of a layer in the device layout of moe_layout.cuh. */
 struct MoeMatrix
 {
@@ -111,10 +143,14 @@ cudaError_t launch_embed_norm(const StepView &sv, int T, const __nv_bfloat16 *em
 							  const float *norm_w, int H, float eps, float *x,
 							  __nv_bfloat16 *xb, int32_t *page_table, cudaStream_t stream);
 
-/* rope_kv.cu: adds q/k/v biases, rotates q and k, writes q (fp32) and k/v into the cache. */
-cudaError_t launch_rope_kv(const StepView &sv, int T, int layer, const float *qkv,
-						   const float *qkv_bias, const float2 *rope, int Hq, int Hkv, int D,
-						   float *q, KvCacheView kv, cudaStream_t stream);
+/*
+ * rope_kv.cu: for the tokens of attention items [0, n_items) of sv (at most
+ * item_tokens each): adds q/k/v biases, rotates q and k, writes q (fp32) and
+ * k/v into the cache.
+ */
+cudaError_t launch_rope_kv(const StepView &sv, int n_items, int item_tokens, int layer,
+						   const float *qkv, const float *qkv_bias, const float2 *rope, int Hq,
+						   int Hkv, int D, float *q, KvCacheView kv, cudaStream_t stream);
 
 /*
  * attention.cu: causal (optionally sliding) GQA attention with sinks over the
@@ -125,6 +161,19 @@ cudaError_t launch_attention(const StepView &sv, int n_items, int decode, int la
 							 const float *q, KvCacheView kv, const float *sinks, int Hq,
 							 __nv_bfloat16 *att, cudaStream_t stream);
 
+/* attention.cu: whether decode items of this shape can take launch_attention_rope. */
+bool		attention_fuses_rope(int Hq, int Hkv, int D);
+
+/*
+ * attention.cu: attention of decode items (one token each) that first does
+ * their bias + RoPE + KV append itself (what launch_rope_kv and then
+ * launch_attention with decode = 1 do, bit for bit); only for shapes where
+ * attention_fuses_rope holds.
+ */
+cudaError_t launch_attention_rope(const StepView &sv, int n_items, int layer, int window,
+								  QkvRope rope, KvCacheView kv, const float *sinks, int Hq,
+								  __nv_bfloat16 *att, cudaStream_t stream);
+
 /* attention.cu: tokens per attention item for the kernel that launch_attention picks. */
 int			attention_tokens_per_item(int Hq, int Hkv, int D, int decode);
 
@@ -134,6 +183,9 @@ cudaError_t attention_prepare(void);
 /*
  * router.cu: x += proj + bias; xn = rmsnorm(x) * norm_w (fp32); then fp32
  * router logits W xn + b, top-K (ties: lower expert) and softmax over the K.
+ * A row's results are the same bits whichever of the two launch forms (a
+ * cluster per row up to ROUTER_CLUSTER_MAX_T rows, one block per row above)
+ * the step's T selects.
  */
 cudaError_t launch_norm_router(const StepView &sv, int T, float *x, const float *proj,
 							   const float *bias, const float *norm_w, float eps, float *xn,

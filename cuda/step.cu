@@ -8,8 +8,11 @@
  * sampling settings, page-table updates) into pinned memory; one
  * asynchronous copy sends it to the device.  The forward pass is then a
  * fixed sequence of kernels and cuBLAS products on one stream (per layer:
- * q/k/v product, bias+RoPE+KV append, attention, o product, residual+norm+
- * router top-k, expert grouping, gather, gate_up+SwiGLU, down, combine+norm),
+ * q/k/v product, bias+RoPE+KV append of the prefill tokens, attention (the
+ * decode kernel does the bias+RoPE+KV append of its decode tokens itself:
+ * one launch less per layer, none at all in a pure-decode step), o product,
+ * residual+norm+router top-k, expert grouping, gather, gate_up+SwiGLU, down,
+ * combine+norm),
  * then the lm_head product for the rows that are sampled and the sampling
  * kernel.  The host waits once, at the end, to read the sampled tokens.
  *
@@ -217,7 +220,10 @@ validate_step(CudaBackend *be, const gptoss_step_seq *seqs, int n_seqs, const in
  * sampling.  Attention items [0, n_decode) are single tokens of one-token
  * entries (decode kernel); items [n_decode, n_items) belong to longer chunks
  * (prefill kernel).  A one-token entry thus always takes the same kernel,
- * alone or next to prefills, and gets the same result.
+ * alone or next to prefills, and gets the same result.  The decode items
+ * get their bias + RoPE + KV append inside the decode kernel when the shape
+ * allows (attention_fuses_rope; bitwise what rope_kv would write), so
+ * rope_kv runs over the prefill items only (not at all when none).
  */
 static int
 forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, int R, int R_lp,
@@ -245,6 +251,8 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 	 * tok/s); elsewhere one (batch 1: 376 vs 365, batch 8 and 32 lost 2-5%).
 	 */
 	int			row_tiles = tiles_per_pass == 1 && per_expert >= 7 ? 2 : 1;
+	int			fuse_rope = attention_fuses_rope(Hq, Hkv, D);
+	int			per_item = attention_tokens_per_item(Hq, Hkv, D, 0);
 	StepView	sv_prefill = sv;
 
 	sv_prefill.item_tok0 += n_decode;
@@ -256,15 +264,25 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 	{
 		const LayerWeights *w = &be->layers[l];
 		const float *next_norm = l + 1 < c->num_layers ? be->layers[l + 1].attn_norm : be->final_norm;
+		int			window = c->layer_sliding[l] ? c->sliding_window : 0;
 
 		if (dense_gemm(be->cublas, w->qkv_w, nqkv, H, a->xb, T, a->qkv, err, "qkv product") < 0)
 			return -1;
-		CUDA_TRY(launch_rope_kv(sv, T, l, a->qkv, w->qkv_b, be->rope, Hq, Hkv, D, a->q, be->kv, s),
+		/* no item has more than per_item tokens (decode items one) */
+		CUDA_TRY(launch_rope_kv(fuse_rope ? sv_prefill : sv, fuse_rope ? n_items - n_decode : n_items,
+								per_item, l, a->qkv, w->qkv_b, be->rope, Hq, Hkv, D, a->q, be->kv, s),
 				 err, "rope_kv");
-		CUDA_TRY(launch_attention(sv, n_decode, 1, l, c->layer_sliding[l] ? c->sliding_window : 0,
-								  a->q, be->kv, w->sinks, Hq, a->att, s), err, "attention");
-		CUDA_TRY(launch_attention(sv_prefill, n_items - n_decode, 0, l,
-								  c->layer_sliding[l] ? c->sliding_window : 0, a->q, be->kv,
+		if (fuse_rope)
+		{
+			QkvRope		rope = {a->qkv, w->qkv_b, be->rope};
+
+			CUDA_TRY(launch_attention_rope(sv, n_decode, l, window, rope, be->kv, w->sinks, Hq,
+										   a->att, s), err, "attention");
+		}
+		else
+			CUDA_TRY(launch_attention(sv, n_decode, 1, l, window, a->q, be->kv, w->sinks, Hq,
+									  a->att, s), err, "attention");
+		CUDA_TRY(launch_attention(sv_prefill, n_items - n_decode, 0, l, window, a->q, be->kv,
 								  w->sinks, Hq, a->att, s), err, "attention");
 		if (dense_gemm(be->cublas, w->o_w, H, nq, a->att, T, a->proj, err, "o product") < 0)
 			return -1;

@@ -13,6 +13,15 @@
  * the worker that took the request is still the one running, so a worker
  * that exits fails its waiting sessions within a fraction of a second.
  *
+ * Every request segment takes one of the server's dynamic shared memory
+ * segments (64 + 5 * MaxBackends in PostgreSQL 15, for the whole cluster),
+ * which a few sessions with large batch windows can use up.  A call that
+ * finds none does not fail at once: gptoss_call_try_start returns NULL, as
+ * for a busy request slot, so a pipeline finishes its own requests first
+ * and goes on with a smaller window; gptoss_call_start waits up to
+ * gptoss.queue_wait for one, ahead of those refilling windows, then raises
+ * 53000.
+ *
  * Whatever way the call ends, the segment is detached (explicitly, or by the
  * resource owner on ERROR, or at process exit on FATAL) and its on_dsm_detach
  * callback gives the slot up: a request the worker has not taken is simply
@@ -37,6 +46,7 @@
 #include "libpq/libpq-be.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "utils/acl.h"
@@ -55,6 +65,16 @@ struct GptossCall
 	TimestampTz started;
 	bool		done_seen;		/* the slot was DONE at the last check */
 };
+
+/*
+ * How often a session waiting for a dynamic shared memory segment looks
+ * again: segments of other users (parallel queries, DSA areas) free up
+ * without a broadcast on slot_freed.
+ */
+#define SEGMENT_POLL_MS 10
+
+/* Calls of this backend that found no dynamic shared memory segment free. */
+static uint64 segment_shortages = 0;
 
 /* Latch, postmaster death and (for client sessions) the client socket; built once. */
 static WaitEventSet *call_wait_set = NULL;
@@ -242,7 +262,10 @@ release_slot(dsm_segment *seg, Datum arg)
 		gptoss_wake_worker(wake);
 }
 
-/* Writes job into a new request segment and attaches its queue as receiver. */
+/*
+ * Writes job into a new request segment and attaches its queue as receiver;
+ * NULL when the server has no segment left.
+ */
 static GptossCall *
 create_call(const GptossJob *job)
 {
@@ -252,6 +275,11 @@ create_call(const GptossJob *job)
 	call->slot = -1;
 	call->request_id = pg_atomic_fetch_add_u64(&gptoss_shared->next_request_id, 1);
 	call->seg = gptoss_job_write(job, call->request_id, &mq);
+	if (call->seg == NULL)
+	{
+		pfree(call);
+		return NULL;
+	}
 	shm_mq_set_receiver(mq, MyProc);
 	call->mqh = shm_mq_attach(mq, call->seg, NULL);
 	call->started = GetCurrentTimestamp();
@@ -379,7 +407,83 @@ raise_queue_full(int waited_ms)
 			 errhint("Raise gptoss.max_requests or gptoss.queue_wait.")));
 }
 
-/* Sends job, waiting for a free request slot (see gptoss.h). */
+/* What to change when the server runs out of dynamic shared memory segments. */
+const char *
+gptoss_segment_hint(void)
+{
+	return "Raise max_connections (PostgreSQL allows 64 + 5 * MaxBackends dynamic shared memory segments) or lower gptoss.batch_window, the number of requests each statement keeps in flight.";
+}
+
+/* Raises 53000: every dynamic shared memory segment stayed in use for the queue wait. */
+static void
+raise_no_segment(int waited_ms)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_RESOURCES),
+			 errmsg("no dynamic shared memory segment is free for a gptoss request"),
+			 errdetail("All %d dynamic shared memory segments of the server stayed in use for %d ms (gptoss.queue_wait, at most gptoss.max_queue_wait).",
+					   64 + 5 * MaxBackends, waited_ms),
+			 errhint("%s", gptoss_segment_hint())));
+}
+
+/* Cleanup of wait_for_segment, also on ERROR and FATAL: this session waits no more. */
+static void
+stop_waiting_for_segment(int code, Datum arg)
+{
+	pg_atomic_fetch_sub_u32(&gptoss_shared->segment_waiters, 1);
+}
+
+/*
+ * Creates job's call once a dynamic shared memory segment frees up, waiting
+ * until deadline (raises 53000 then).  While this session waits,
+ * gptoss_call_try_start returns NULL everywhere, so pipelines that have
+ * requests in flight stop refilling their windows and the next segment that
+ * frees up is this session's instead of the prize of a race it would lose
+ * to whoever is running when it frees up.
+ */
+static GptossCall *
+wait_for_segment(const GptossJob *job, TimestampTz deadline, int queue_wait)
+{
+	GptossCall *call;
+
+	segment_shortages++;
+	pg_atomic_fetch_add_u32(&gptoss_shared->segment_waiters, 1);
+	PG_ENSURE_ERROR_CLEANUP(stop_waiting_for_segment, (Datum) 0);
+	{
+		for (;;)
+		{
+			long		remaining;
+
+			/* Registered before trying, so that a segment freed meanwhile sets the latch. */
+			ConditionVariablePrepareToSleep(&gptoss_shared->slot_freed);
+			call = create_call(job);
+			if (call != NULL)
+				break;
+			remaining = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+			if (remaining <= 0)
+			{
+				ConditionVariableCancelSleep();
+				raise_no_segment(queue_wait);
+			}
+			wait_latch(Min(remaining, SEGMENT_POLL_MS));
+		}
+		ConditionVariableCancelSleep();
+	}
+	PG_END_ENSURE_ERROR_CLEANUP(stop_waiting_for_segment, (Datum) 0);
+	stop_waiting_for_segment(0, (Datum) 0);
+	/* The pipelines that held back for this session may refill their windows now. */
+	ConditionVariableBroadcast(&gptoss_shared->slot_freed);
+	return call;
+}
+
+/* Calls of this backend so far that found no dynamic shared memory segment free. */
+uint64
+gptoss_call_segment_shortages(void)
+{
+	return segment_shortages;
+}
+
+/* Sends job, waiting for a request segment and a free request slot (see gptoss.h). */
 GptossCall *
 gptoss_call_start(const GptossJob *job)
 {
@@ -391,8 +495,10 @@ gptoss_call_start(const GptossJob *job)
 	/* Fail fast, before any allocation, when no worker can serve. */
 	check_some_worker_serves();
 
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), queue_wait);
 	call = create_call(job);
-	deadline = TimestampTzPlusMilliseconds(call->started, queue_wait);
+	if (call == NULL)
+		call = wait_for_segment(job, deadline, queue_wait);
 	for (;;)
 	{
 		long		remaining;
@@ -413,7 +519,11 @@ gptoss_call_start(const GptossJob *job)
 	return call;
 }
 
-/* Sends job when a request slot is free now; NULL otherwise. */
+/*
+ * Sends job when a request slot and a request segment are free now; NULL
+ * otherwise, and also while a session in gptoss_call_start waits for a
+ * segment (it gets the next one).
+ */
 GptossCall *
 gptoss_call_try_start(const GptossJob *job)
 {
@@ -421,9 +531,19 @@ gptoss_call_try_start(const GptossJob *job)
 
 	gptoss_check_preloaded();
 	check_some_worker_serves();
+	if (pg_atomic_read_u32(&gptoss_shared->segment_waiters) > 0)
+	{
+		segment_shortages++;
+		return NULL;
+	}
 	if (!any_slot_free())
 		return NULL;
 	call = create_call(job);
+	if (call == NULL)
+	{
+		segment_shortages++;
+		return NULL;
+	}
 	if (!claim_slot(call))
 	{
 		/* Another session took the last slot meanwhile. */

@@ -240,6 +240,7 @@ typedef struct GptossShared
 	int			nslots;
 	pg_atomic_uint64 next_request_id;
 	ConditionVariable slot_freed;	/* broadcast whenever a slot becomes FREE */
+	pg_atomic_uint32 segment_waiters;	/* sessions in gptoss_call_start waiting for a DSM segment */
 	GptossWorkerShared workers[GPTOSS_MAX_WORKERS];
 	GptossRequestSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } GptossShared;
@@ -270,7 +271,8 @@ extern const char *gptoss_worker_state_name(GptossWorkerState state);
  * interruptibly (CHECK_FOR_INTERRUPTS, postmaster death, a client that went
  * away); the non-blocking ones let one session keep many calls in flight:
  *
- *   call = gptoss_call_try_start(&job);       NULL while no request slot is free
+ *   call = gptoss_call_try_start(&job);       NULL while no request slot (or no
+ *                                             request segment) is free
  *   done = gptoss_call_poll(call, &resp);     folds the frames available now
  *   gptoss_call_wait();                       sleeps until a call progressed or a
  *                                             request slot was freed
@@ -284,11 +286,24 @@ extern const char *gptoss_worker_state_name(GptossWorkerState state);
 
 typedef struct GptossCall GptossCall;
 
-/* Sends job to a worker, waiting up to gptoss.queue_wait for a free request slot. */
+/*
+ * Sends job to a worker, waiting up to gptoss.queue_wait for a dynamic shared
+ * memory segment and a free request slot (53000 past it).
+ */
 extern GptossCall *gptoss_call_start(const GptossJob *job);
 
-/* Sends job when a request slot is free now; NULL otherwise (nothing allocated). */
+/*
+ * Sends job when a request slot and a dynamic shared memory segment are free
+ * now and no session waits in gptoss_call_start for a segment; NULL otherwise
+ * (nothing allocated).
+ */
 extern GptossCall *gptoss_call_try_start(const GptossJob *job);
+
+/* Calls of this backend so far that found no dynamic shared memory segment free. */
+extern uint64 gptoss_call_segment_shortages(void);
+
+/* errhint text for a server out of dynamic shared memory segments. */
+extern const char *gptoss_segment_hint(void);
 
 /*
  * Folds the frames available now into resp without waiting; returns true once

@@ -10,6 +10,13 @@
  * pipeline waits for another one.  The worker never blocks on an unread
  * request (it keeps frames in an outbox), so the requests behind the head
  * keep generating.
+ *
+ * A submit that finds no request slot or no dynamic shared memory segment
+ * free (the server has 64 + 5 * MaxBackends of them, for every session's
+ * requests) collects its own finished requests and waits for its open ones,
+ * so the window shrinks for a while instead of the statement failing; only
+ * a pipeline with nothing in flight waits as a single call does.  Submits
+ * that waited for a segment are logged once, when the pipeline is freed.
  */
 #include "postgres.h"
 
@@ -35,6 +42,7 @@ struct GptossPipeline
 	int			head;			/* ring index of the oldest pending entry */
 	int			count;			/* pending entries */
 	int			open;			/* entries whose call is open */
+	int			segment_waits;	/* submits that found no DSM segment free */
 	PipelineEntry *ring;		/* window entries */
 };
 
@@ -123,6 +131,7 @@ gptoss_pipeline_submit(GptossPipeline *p, const GptossJob *job)
 	PipelineEntry *e;
 	GptossCall *call;
 	MemoryContext old;
+	uint64		shortages = gptoss_call_segment_shortages();
 
 	if (p->count >= p->window)
 		elog(ERROR, "gptoss pipeline window of %d jobs is full", p->window);
@@ -132,7 +141,7 @@ gptoss_pipeline_submit(GptossPipeline *p, const GptossJob *job)
 		call = gptoss_call_try_start(job);
 		if (call != NULL)
 			break;
-		/* No free slot: our own finished requests give theirs back first. */
+		/* No free slot or segment: our own finished requests give theirs back first. */
 		if (poll_open_calls(p) > 0)
 			continue;
 		if (p->open == 0)
@@ -143,6 +152,8 @@ gptoss_pipeline_submit(GptossPipeline *p, const GptossJob *job)
 		}
 		gptoss_call_wait();
 	}
+	if (gptoss_call_segment_shortages() != shortages)
+		p->segment_waits++;
 	e = &p->ring[(p->head + p->count) % p->window];
 	e->call = call;
 	e->params = scalar_params(&job->params);
@@ -243,10 +254,21 @@ gptoss_pipeline_reset(GptossPipeline *p)
 	p->open = 0;
 }
 
-/* Ends every open call and frees the pipeline. */
+/*
+ * Ends every open call and frees the pipeline.  Logs how many submits waited
+ * for a dynamic shared memory segment, so that an operator learns why the
+ * statement kept fewer requests in flight than asked.
+ */
 void
 gptoss_pipeline_free(GptossPipeline *p)
 {
+	if (p->segment_waits > 0)
+		ereport(LOG,
+				(errmsg("gptoss: %d requests of the statement waited for a dynamic shared memory segment",
+						p->segment_waits),
+				 errdetail("Every dynamic shared memory segment of the server was in use, so fewer than the window of %d requests were in flight.",
+						   p->window),
+				 errhint("%s", gptoss_segment_hint())));
 	gptoss_pipeline_reset(p);
 	pfree(p->ring);
 	pfree(p);

@@ -131,7 +131,11 @@ get_strings(gptoss_gen_params *p, const char *cursor, const char *end)
  * The request segment
  */
 
-/* Creates and fills the segment of job. */
+/*
+ * Creates and fills the segment of job; NULL when the server has no dynamic
+ * shared memory segment left (64 + 5 * MaxBackends in PostgreSQL 15), so that
+ * the caller can wait for one instead of failing its statement.
+ */
 dsm_segment *
 gptoss_job_write(const GptossJob *job, uint64 request_id, shm_mq **queue)
 {
@@ -162,7 +166,9 @@ gptoss_job_write(const GptossJob *job, uint64 request_id, shm_mq **queue)
 		shm_toc_estimate_keys(&e, 1);
 	}
 
-	seg = dsm_create(shm_toc_estimate(&e), 0);
+	seg = dsm_create(shm_toc_estimate(&e), DSM_CREATE_NULL_IF_MAXSEGMENTS);
+	if (seg == NULL)
+		return NULL;
 	toc = shm_toc_create(GPTOSS_TOC_MAGIC, dsm_segment_address(seg), dsm_segment_map_length(seg));
 
 	hdr = shm_toc_allocate(toc, sizeof(GptossJobHeader));

@@ -85,7 +85,8 @@ typedef struct GptossJobView
 
 /*
  * Session: creates the segment of job (id request_id), with the session as
- * the queue's receiver; *queue is the queue to attach.
+ * the queue's receiver; *queue is the queue to attach.  NULL when every
+ * dynamic shared memory segment of the server is in use.
  */
 extern dsm_segment *gptoss_job_write(const GptossJob *job, uint64 request_id, shm_mq **queue);
 

@@ -41,6 +41,7 @@ gptoss_shmem_init(void)
 		gptoss_shared->nslots = gptoss_max_requests;
 		pg_atomic_init_u64(&gptoss_shared->next_request_id, 1);
 		ConditionVariableInit(&gptoss_shared->slot_freed);
+		pg_atomic_init_u32(&gptoss_shared->segment_waiters, 0);
 		for (int i = 0; i < GPTOSS_MAX_WORKERS; i++)
 		{
 			GptossWorkerShared *w = &gptoss_shared->workers[i];

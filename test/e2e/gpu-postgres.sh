@@ -247,6 +247,11 @@ if [ "$SERVE_BENCH" = 1 ]; then
 			"max_step_tokens = $((seqs + 2048))" "max_requests = $((n + SERVE_SESSIONS))"; do
 			sql --exec "ALTER SYSTEM SET gptoss.$setting" >/dev/null || fail "case $c: ALTER SYSTEM SET gptoss.$setting failed"
 		done
+		# every request in flight holds a dynamic shared memory segment, and PostgreSQL 15
+		# allows 64 + 5 x MaxBackends of them: room for all n requests at once (with fewer the
+		# statements wait for segments and run with smaller windows)
+		sql --exec "ALTER SYSTEM SET max_connections = $(((n + SERVE_SESSIONS) / 5 + 20))" >/dev/null ||
+			fail "case $c: ALTER SYSTEM SET max_connections failed"
 		if [ "$SERVE_ENGINE" = 1 ]; then
 			as_pg "$PG_BIN/pg_ctl -D $PGROOT/data -m fast -w stop" >/dev/null || fail "stopping the server failed"
 			SERVER_STARTED=0

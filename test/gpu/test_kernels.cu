@@ -9,8 +9,11 @@
  *              prefill one must agree bit for bit)
  *   attention: paged cache with shuffled pages, GQA, sinks, sliding window,
  *              decode rows and multi-token prefill items
- *   router:    residual + norm, fp32 logits, top-k and softmax
+ *   router:    residual + norm, fp32 logits, top-k and softmax, exact and
+ *              near ties; the cluster and one-block forms agree bit for bit
  *   rope_kv:   q/k/v bias, RoPE, KV append into shuffled pages, padding row
+ *   attention_rope: decode attention doing its own bias + RoPE + KV append
+ *              vs rope_kv then attention: output and cache bit for bit
  *   embed_norm, moe_combine_norm: the row kernels (residual stream + norm),
  *              page-table updates, padding tokens, a token alone vs batched
  *   gather_rows: the logits rows, 16-byte and element copies
@@ -102,6 +105,30 @@ to_host(const T *d, size_t n)
 
 	CK(cudaMemcpy(v.data(), d, n * sizeof(T), cudaMemcpyDeviceToHost));
 	return v;
+}
+
+/* A step's token and attention-item arrays on the device (the fields the attention and RoPE kernels read). */
+static StepView
+item_step_view(const std::vector<int32_t> &tok_pos, const std::vector<int32_t> &tok_slot,
+			   const std::vector<int32_t> &item_tok0, const std::vector<int32_t> &item_ntok)
+{
+	StepView	sv = {};
+
+	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
+	sv.item_tok0 = to_device(item_tok0), sv.item_ntok = to_device(item_ntok);
+	return sv;
+}
+
+/* A KV cache view of one layer stack: k and v already on the device, the page table copied there. */
+static KvCacheView
+kv_cache_view(__nv_bfloat16 *k, __nv_bfloat16 *v, const std::vector<int32_t> &table, int n_pages,
+			  int max_pages, int Hkv, int D)
+{
+	KvCacheView kv = {};
+
+	kv.k = k, kv.v = v, kv.page_table = to_device(table);
+	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
+	return kv;
 }
 
 static const double FP4[16] = {0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6};
@@ -467,14 +494,10 @@ test_attention(int Hq, int Hkv, int D, int ctx, int n_new, int window, uint64_t 
 		i0.push_back(t);
 		in.push_back(n_new - t < per_item ? n_new - t : per_item);
 	}
-	StepView	sv = {};
-	KvCacheView kv = {};
+	StepView	sv = item_step_view(tok_pos, tok_slot, i0, in);
+	KvCacheView kv = kv_cache_view(to_device(kc), to_device(vc), table, n_pages, max_pages, Hkv, D);
 	__nv_bfloat16 *att;
 
-	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
-	sv.item_tok0 = to_device(i0), sv.item_ntok = to_device(in);
-	kv.k = to_device(kc), kv.v = to_device(vc), kv.page_table = to_device(table);
-	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
 	CK(cudaMalloc(&att, (size_t) n_new * Hq * D * 2));
 	CK(cudaMemset(att, 0xFF, (size_t) n_new * Hq * D * 2));
 	CK(attention_prepare());
@@ -551,8 +574,9 @@ rel_err(const std::vector<double> &got, const std::vector<double> &ref)
 
 /*
  * Bias + RoPE + KV append vs host: two sequences (one crossing a page
- * boundary) and a padding row, shuffled pages; q to 1e-6, k to bf16
- * rounding, v bit for bit, and no cache element written outside the
+ * boundary, in items of up to 4 tokens) and a padding row (an item of no
+ * tokens), shuffled pages; q to 1e-6, k to bf16 rounding, v bit for bit,
+ * the padding row's q untouched, and no cache element written outside the
  * new tokens' (layer, page, head, offset) rows.
  */
 static void
@@ -566,6 +590,8 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	/* slot 0: positions 13..21 (pages 0 and 1), slot 1: position 40, then a padding row */
 	std::vector<int32_t> tok_pos = {13, 14, 15, 16, 17, 18, 19, 20, 21, 40, 0};
 	std::vector<int32_t> tok_slot = {0, 0, 0, 0, 0, 0, 0, 0, 0, 1, -1};
+	std::vector<int32_t> item_tok0 = {0, 4, 8, 9, 10}, item_ntok = {4, 4, 1, 1, 0};
+	const int	item_tokens = 4;
 	const int	T = (int) tok_pos.size();
 	const int	n_pos = 41;
 	std::vector<float> qkv((size_t) T * n_cols), bias(n_cols);
@@ -575,7 +601,7 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	std::vector<__nv_bfloat16> sentinel(cache_elems, __float2bfloat16(1000.0f));
 	std::vector<double> q_ref((size_t) T * Hq * D), k_ref, k_got;
 	std::vector<char> written(cache_elems, 0);
-	int			v_bad = 0, stray = 0;
+	int			v_bad = 0, stray = 0, pad_q = 0;
 	char		name[128];
 
 	for (auto &v : qkv) v = (float) rng.normal();
@@ -585,17 +611,15 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	for (int i = 0; i < n_seqs * max_pages; i++)
 		table[i] = perm[i];
 
-	StepView	sv = {};
-	KvCacheView kv = {};
+	StepView	sv = item_step_view(tok_pos, tok_slot, item_tok0, item_ntok);
+	KvCacheView kv = kv_cache_view(to_device(sentinel), to_device(sentinel), table, n_pages, max_pages,
+								   Hkv, D);
 	float	   *d_q;
 
-	sv.tok_pos = to_device(tok_pos), sv.tok_slot = to_device(tok_slot);
-	kv.k = to_device(sentinel), kv.v = to_device(sentinel), kv.page_table = to_device(table);
-	kv.n_pages = n_pages, kv.max_pages = max_pages, kv.n_kv_heads = Hkv, kv.head_dim = D;
 	CK(cudaMalloc(&d_q, (size_t) T * Hq * D * 4));
 	CK(cudaMemset(d_q, 0xFF, (size_t) T * Hq * D * 4));	/* poison: NaN */
-	CK(launch_rope_kv(sv, T, layer, to_device(qkv), to_device(bias), to_device(rope), Hq, Hkv, D,
-					  d_q, kv, 0));
+	CK(launch_rope_kv(sv, (int) item_tok0.size(), item_tokens, layer, to_device(qkv),
+					  to_device(bias), to_device(rope), Hq, Hkv, D, d_q, kv, 0));
 	CK(cudaDeviceSynchronize());
 	std::vector<float> q = to_host(d_q, (size_t) T * Hq * D);
 	std::vector<__nv_bfloat16> kc = to_host(kv.k, cache_elems), vc = to_host(kv.v, cache_elems);
@@ -606,6 +630,18 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 		const float2 *cs = &rope[(size_t) tok_pos[t] * half];
 		int			page = tok_slot[t] >= 0 ? table[tok_slot[t] * max_pages + tok_pos[t] / KV_PAGE] : -1;
 
+		if (page < 0)
+		{
+			/* the padding row: in no item, so nothing written, not even q */
+			for (int c = 0; c < Hq * D; c++)
+			{
+				uint32_t	bits;
+
+				memcpy(&bits, &q[(size_t) t * Hq * D + c], 4);
+				pad_q += bits != 0xFFFFFFFFu;
+			}
+			continue;
+		}
 		for (int h = 0; h < Hq + Hkv; h++)
 			for (int i = 0; i < half; i++)
 			{
@@ -620,7 +656,7 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 					q_ref[((size_t) t * Hq) * D + c0] = out_a;
 					q_ref[((size_t) t * Hq) * D + c0 + half] = out_b;
 				}
-				else if (page >= 0)
+				else
 				{
 					size_t		k0 = ((((size_t) layer * n_pages + page) * Hkv + h - Hq) * KV_PAGE +
 									  tok_pos[t] % KV_PAGE) * D;
@@ -631,8 +667,6 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 					written[k0 + i] = written[k0 + i + half] = 1;
 				}
 			}
-		if (page < 0)
-			continue;
 		for (int p = 0; p < Hkv * D; p++)
 		{
 			int			c = (Hq + Hkv) * D + p;
@@ -649,8 +683,12 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 		stray += !written[i] && bf16_bits(vc[i]) != bf16_bits(sentinel[i]);
 	}
 
-	std::vector<double> q_got(q.begin(), q.end());
-	double		qe = rel_err(q_got, q_ref), ke = rel_err(k_got, k_ref);
+	/* q of the token rows only (the padding row, last, was checked above) */
+	std::vector<double> q_got(q.begin(), q.end() - Hq * D);
+	double		qe, ke = rel_err(k_got, k_ref);
+
+	q_ref.resize(q_got.size());
+	qe = rel_err(q_got, q_ref);
 
 	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: q rel err", Hq, Hkv, D);
 	check(qe <= 1e-6, name, qe, 1e-6);
@@ -660,6 +698,258 @@ test_rope_kv(int Hq, int Hkv, int D, uint64_t seed)
 	check(v_bad == 0, name, v_bad, 0);
 	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: cache elements written elsewhere", Hq, Hkv, D);
 	check(stray == 0, name, stray, 0);
+	snprintf(name, sizeof(name), "rope_kv Hq=%d Hkv=%d D=%d: padding row q values written", Hq, Hkv, D);
+	check(pad_q == 0, name, pad_q, 0);
+}
+
+/* Bias + RoPE of a pair on the host with rope_pair's roundings (fma(a, C, -(b*S)), fma(b, C, a*S)). */
+static float2
+host_rope_pair(const float *row, const float *bias, int c0, int half, float2 cs)
+{
+	volatile float a = row[c0] + bias[c0];
+	volatile float b = row[c0 + half] + bias[c0 + half];
+	volatile float bs = b * cs.y;	/* volatile: rounded products, never contracted */
+	volatile float as = a * cs.y;
+
+	return make_float2(fmaf(a, cs.x, -bs), fmaf(b, cs.x, as));
+}
+
+/* Counts the elements of two equally long arrays whose bits differ. */
+template <typename T>
+static long
+bits_differ(const std::vector<T> &a, const std::vector<T> &b)
+{
+	long		n = 0;
+
+	for (size_t i = 0; i < a.size(); i++)
+		n += memcmp(&a[i], &b[i], sizeof(T)) != 0;
+	return n;
+}
+
+/*
+ * Decode attention doing its own bias + RoPE + KV append
+ * (launch_attention_rope, what the step runs) vs the two-kernel form
+ * (launch_rope_kv over every item, then launch_attention), from the same
+ * random q/k/v product and the same random cache: the attention output and
+ * the whole K and V caches must be bitwise equal.  The step is laid out as
+ * forward() sees it: a 5-token prefill chunk first in row order but its
+ * items after the decode items; decode tokens at position 0, the last and
+ * first offsets of a page, past a sliding window and over many tiles; a
+ * padding row (slot -1) whose item has no tokens, among the decode items.
+ * n_many more decode tokens at random positions make the batch large
+ * enough that no block splits a query-head group (the small one splits
+ * each group over several blocks, which all append the same K/V row).
+ * Also, bit for bit against the host (same roundings): q of the two-kernel
+ * form, the new K and V rows of the fused one; and no other cache element
+ * changed.
+ */
+static void
+test_attention_rope(int Hq, int Hkv, int D, int window, int n_many, uint64_t seed)
+{
+	Rng			rng = {seed};
+	const int	L = 2, layer = 1;
+	const int	half = D / 2;
+	const int	n_cols = (Hq + 2 * Hkv) * D;
+	const int	pre_len = 5, pre_pos = 20;	/* the prefill chunk: positions 20..24 */
+	std::vector<int32_t> dec_pos = {0, 15, 16, 33, 200, 1000};
+	int			max_pos = 1000;
+	int			per_item = attention_tokens_per_item(Hq, Hkv, D, 0);
+	char		name[160];
+
+	if (!attention_fuses_rope(Hq, Hkv, D))
+	{
+		check(false, "attention_rope: shape not fused (the test needs one the decode kernel takes)", 1, 0);
+		return;
+	}
+	for (int i = 0; i < n_many; i++)
+		dec_pos.push_back((int) (rng.next() % 300));
+
+	const int	n_dec = (int) dec_pos.size();
+	const int	pre_slot = n_dec;	/* slots 0 .. n_dec-1: the decode tokens */
+	const int	n_slots = n_dec + 1;
+	const int	max_pages = div_up(max_pos + 1, KV_PAGE);
+	std::vector<int32_t> tok_pos, tok_slot, item_tok0, item_ntok;
+
+	/* rows: the prefill chunk, the decode tokens, the padding row */
+	for (int j = 0; j < pre_len; j++)
+		tok_pos.push_back(pre_pos + j), tok_slot.push_back(pre_slot);
+	for (int k = 0; k < n_dec; k++)
+		tok_pos.push_back(dec_pos[k]), tok_slot.push_back(k);
+	tok_pos.push_back(0), tok_slot.push_back(-1);
+
+	const int	T = (int) tok_pos.size();
+	const int	pad_row = T - 1;
+
+	/* items: the decode tokens with the padding item in between, then the chunk */
+	for (int k = 0; k < n_dec; k++)
+	{
+		item_tok0.push_back(pre_len + k), item_ntok.push_back(1);
+		if (k == n_dec / 2)
+			item_tok0.push_back(pad_row), item_ntok.push_back(0);
+	}
+
+	const int	n_decode = (int) item_tok0.size();
+
+	for (int j = 0; j < pre_len; j += per_item)
+		item_tok0.push_back(j), item_ntok.push_back(pre_len - j < per_item ? pre_len - j : per_item);
+
+	const int	n_items = (int) item_tok0.size();
+
+	/* pages: each slot has those its positions need, shuffled over the pool; -1 past them */
+	std::vector<int32_t> table((size_t) n_slots * max_pages, -1), perm;
+	int			n_pages = 3;	/* spare pages no slot owns */
+
+	for (int sl = 0; sl < n_slots; sl++)
+		n_pages += div_up((sl == pre_slot ? pre_pos + pre_len - 1 : dec_pos[sl]) + 1, KV_PAGE);
+	perm = random_permutation(rng, n_pages);
+	{
+		int			next = 0;
+
+		for (int sl = 0; sl < n_slots; sl++)
+			for (int p = 0; p < div_up((sl == pre_slot ? pre_pos + pre_len - 1 : dec_pos[sl]) + 1, KV_PAGE); p++)
+				table[(size_t) sl * max_pages + p] = perm[next++];
+	}
+
+	/* random inputs: cache everywhere (history, other layer, spare pages), q/k/v, bias, table, sinks */
+	size_t		cache_elems = (size_t) L * n_pages * Hkv * KV_PAGE * D;
+	std::vector<__nv_bfloat16> normals(4096), k0(cache_elems), v0(cache_elems);
+	std::vector<float> qkv((size_t) T * n_cols), bias(n_cols), sinks(Hq);
+	std::vector<float2> rope((size_t) (max_pos + 1) * half);
+
+	for (auto &v : normals) v = __float2bfloat16((float) rng.normal());
+	for (size_t i = 0; i < cache_elems; i++)
+	{
+		uint64_t	r = rng.next();
+
+		k0[i] = normals[r & 4095];
+		v0[i] = normals[(r >> 12) & 4095];
+	}
+	for (auto &v : qkv) v = (float) rng.normal();
+	for (auto &v : bias) v = (float) (0.1 * rng.normal());
+	for (auto &v : rope)
+	{
+		double		angle = 6.283185307179586 * rng.uniform();
+		double		conc = 1.0 + 0.2 * rng.uniform();
+
+		v = make_float2((float) (conc * cos(angle)), (float) (conc * sin(angle)));
+	}
+	for (auto &v : sinks) v = (float) rng.normal();
+
+	StepView	sv = item_step_view(tok_pos, tok_slot, item_tok0, item_ntok);
+	StepView	sv_prefill = sv;
+	KvCacheView kv_two = kv_cache_view(to_device(k0), to_device(v0), table, n_pages, max_pages, Hkv, D);
+	KvCacheView kv_fused = kv_two;
+	QkvRope		in;
+	float	   *d_q_two, *d_q_fused;
+	__nv_bfloat16 *att_two, *att_fused;
+	const float *d_sinks = to_device(sinks);
+	size_t		q_bytes = (size_t) T * Hq * D * 4, att_bytes = (size_t) T * Hq * D * 2;
+
+	sv_prefill.item_tok0 += n_decode;
+	sv_prefill.item_ntok += n_decode;
+	kv_fused.k = to_device(k0), kv_fused.v = to_device(v0);
+	in.qkv = to_device(qkv), in.bias = to_device(bias), in.table = to_device(rope);
+	CK(cudaMalloc(&d_q_two, q_bytes));
+	CK(cudaMalloc(&d_q_fused, q_bytes));
+	CK(cudaMalloc(&att_two, att_bytes));
+	CK(cudaMalloc(&att_fused, att_bytes));
+	CK(cudaMemset(d_q_two, 0xFF, q_bytes));	/* poison: NaN */
+	CK(cudaMemset(d_q_fused, 0xFF, q_bytes));
+	CK(cudaMemset(att_two, 0xFF, att_bytes));
+	CK(cudaMemset(att_fused, 0xFF, att_bytes));
+	CK(attention_prepare());
+
+	/* the two-kernel form */
+	CK(launch_rope_kv(sv, n_items, per_item, layer, in.qkv, in.bias, in.table, Hq, Hkv, D, d_q_two,
+					  kv_two, 0));
+	CK(launch_attention(sv, n_decode, 1, layer, window, d_q_two, kv_two, d_sinks, Hq, att_two, 0));
+	CK(launch_attention(sv_prefill, n_items - n_decode, 0, layer, window, d_q_two, kv_two, d_sinks, Hq,
+						att_two, 0));
+	/* the fused form, as forward() runs it */
+	CK(launch_rope_kv(sv_prefill, n_items - n_decode, per_item, layer, in.qkv, in.bias, in.table,
+					  Hq, Hkv, D, d_q_fused, kv_fused, 0));
+	CK(launch_attention_rope(sv, n_decode, layer, window, in, kv_fused, d_sinks, Hq, att_fused, 0));
+	CK(launch_attention(sv_prefill, n_items - n_decode, 0, layer, window, d_q_fused, kv_fused, d_sinks,
+						Hq, att_fused, 0));
+	CK(cudaDeviceSynchronize());
+
+	std::vector<__nv_bfloat16> a_two = to_host(att_two, (size_t) T * Hq * D);
+	std::vector<__nv_bfloat16> a_fused = to_host(att_fused, (size_t) T * Hq * D);
+	std::vector<__nv_bfloat16> kt = to_host(kv_two.k, cache_elems), vt = to_host(kv_two.v, cache_elems);
+	std::vector<__nv_bfloat16> kf = to_host(kv_fused.k, cache_elems), vf = to_host(kv_fused.v, cache_elems);
+	std::vector<float> q_two = to_host(d_q_two, (size_t) T * Hq * D);
+	std::vector<char> written(cache_elems, 0);
+	long		q_bad = 0, k_bad = 0, v_bad = 0, stray = 0, att_unset = 0;
+
+	/* the new rows against the host, bit for bit */
+	for (int t = 0; t < T; t++)
+	{
+		const float *row = &qkv[(size_t) t * n_cols];
+		const float2 *cs = &rope[(size_t) tok_pos[t] * half];
+
+		if (tok_slot[t] < 0)
+			continue;
+		for (int h = 0; h < Hq; h++)
+			for (int i = 0; i < half; i++)
+			{
+				float2		r = host_rope_pair(row, bias.data(), h * D + i, half, cs[i]);
+
+				q_bad += memcmp(&q_two[((size_t) t * Hq + h) * D + i], &r.x, 4) != 0;
+				q_bad += memcmp(&q_two[((size_t) t * Hq + h) * D + i + half], &r.y, 4) != 0;
+			}
+		for (int g = 0; g < Hkv; g++)
+		{
+			int			page = table[(size_t) tok_slot[t] * max_pages + tok_pos[t] / KV_PAGE];
+			size_t		at = ((((size_t) layer * n_pages + page) * Hkv + g) * KV_PAGE +
+							  tok_pos[t] % KV_PAGE) * D;
+
+			for (int i = 0; i < half; i++)
+			{
+				float2		r = host_rope_pair(row, bias.data(), (Hq + g) * D + i, half, cs[i]);
+
+				k_bad += bf16_bits(kf[at + i]) != bf16_bits(__float2bfloat16_rn(r.x));
+				k_bad += bf16_bits(kf[at + i + half]) != bf16_bits(__float2bfloat16_rn(r.y));
+			}
+			for (int d = 0; d < D; d++)
+			{
+				int			c = (Hq + Hkv + g) * D + d;
+
+				v_bad += bf16_bits(vf[at + d]) != bf16_bits(__float2bfloat16_rn(row[c] + bias[c]));
+				written[at + d] = 1;
+			}
+		}
+	}
+	for (size_t i = 0; i < cache_elems; i++)
+		stray += !written[i] && (bf16_bits(kf[i]) != bf16_bits(k0[i]) || bf16_bits(vf[i]) != bf16_bits(v0[i]));
+	/* every token row's output was written (the poison is a NaN no result has) */
+	for (int t = 0; t < T; t++)
+		for (int c = 0; c < Hq * D && t != pad_row; c++)
+			att_unset += bf16_bits(a_fused[(size_t) t * Hq * D + c]) == 0xFFFF;
+
+	/* each check: bad element count, must be 0 */
+	const struct
+	{
+		const char *what;
+		long		bad;
+	}			checks[] = {
+		{"output bits differ", bits_differ(a_two, a_fused)},
+		{"K cache bits differ", bits_differ(kt, kf)},
+		{"V cache bits differ", bits_differ(vt, vf)},
+		{"two-kernel q bits not host rope", q_bad},
+		{"new K rows not host rope (bits)", k_bad},
+		{"new V rows not bf16(qkv + bias)", v_bad},
+		{"other cache elements changed", stray},
+		{"output elements never written", att_unset},
+	};
+
+	for (const auto &ck : checks)
+	{
+		snprintf(name, sizeof(name), "attention_rope Hq=%d Hkv=%d D=%d w=%d +%d: %s", Hq, Hkv, D,
+				 window, n_many, ck.what);
+		check(ck.bad == 0, name, (double) ck.bad, 0);
+	}
+	cudaFree(d_q_two), cudaFree(d_q_fused), cudaFree(att_two), cudaFree(att_fused);
+	cudaFree(kv_two.k), cudaFree(kv_two.v), cudaFree(kv_fused.k), cudaFree(kv_fused.v);
 }
 
 /*
@@ -876,59 +1166,135 @@ test_gather_rows(int T, int R, int H, uint64_t seed)
 	check(past == 0, name, past, 0);
 }
 
-/* Residual + norm + router top-k vs host. */
+/* Outputs of one norm_router launch, copied back. */
+struct RouterOut
+{
+	std::vector<float> x, xn, w;	/* [T][H] residual, [T][H] normed, [T][K] weights */
+	std::vector<int32_t> idx;		/* [T][K] experts */
+};
+
+/*
+ * Runs launch_norm_router on T rows (rows x, proj and slots slot; the other
+ * inputs already on the device), outputs poisoned first; x is copied fresh
+ * since the launch updates it in place.
+ */
+static RouterOut
+run_router(int T, int H, int E, int K, const float *x, const float *proj, const int32_t *slot,
+		   const float *d_bias, const float *d_nw, const __nv_bfloat16 *d_w, const float *d_b)
+{
+	StepView	sv = {};
+	RouterOut	o;
+	float	   *d_x = to_device(std::vector<float>(x, x + (size_t) T * H));
+	float	   *d_proj = to_device(std::vector<float>(proj, proj + (size_t) T * H));
+	int32_t    *d_slot = to_device(std::vector<int32_t>(slot, slot + T));
+	float	   *d_xn, *d_wt;
+	int32_t    *d_idx;
+
+	sv.tok_slot = d_slot;
+	CK(cudaMalloc(&d_xn, (size_t) T * H * 4));
+	CK(cudaMalloc(&d_wt, (size_t) T * K * 4));
+	CK(cudaMalloc(&d_idx, (size_t) T * K * 4));
+	CK(cudaMemset(d_xn, 0x7F, (size_t) T * H * 4));	/* not -1: that is the padding expert */
+	CK(cudaMemset(d_wt, 0x7F, (size_t) T * K * 4));
+	CK(cudaMemset(d_idx, 0x7F, (size_t) T * K * 4));
+	CK(launch_norm_router(sv, T, d_x, d_proj, d_bias, d_nw, 1e-5f, d_xn, d_w, d_b, H, E, K, d_idx,
+						  d_wt, 0));
+	CK(cudaDeviceSynchronize());
+	o.x = to_host(d_x, (size_t) T * H);
+	o.xn = to_host(d_xn, (size_t) T * H);
+	o.w = to_host(d_wt, (size_t) T * K);
+	o.idx = to_host(d_idx, (size_t) T * K);
+	CK(cudaFree(d_x));
+	CK(cudaFree(d_proj));
+	CK(cudaFree(d_slot));
+	CK(cudaFree(d_xn));
+	CK(cudaFree(d_wt));
+	CK(cudaFree(d_idx));
+	return o;
+}
+
+#define ROUTER_LOGIT_TOL 1e-5	/* fp32 vs double logits: far below the spacing of random logits */
+
+/*
+ * Residual + norm + router top-k vs host, on random rows (the last one
+ * padding) with an exactly tied pair of experts (identical rows and biases:
+ * the lower one must rank first; on one lane when E > 32) and a near-tied
+ * pair (biases one float step apart: either order passes), both pairs
+ * boosted to compete for the top K.  A GPU expert passes when its reference
+ * logit equals the reference's k-th within ROUTER_LOGIT_TOL.  Then every
+ * row alone in a T = 1 step (the cluster form) must give the same bits
+ * (x, xn, experts, weights) as in the T-row step, which is the one-block
+ * form when T > ROUTER_CLUSTER_MAX_T.
+ */
 static void
 test_router(int T, int H, int E, int K, uint64_t seed)
 {
 	Rng			rng = {seed};
+	const int	tie_a = 1, tie_b = E > 32 ? tie_a + 32 : E - 2;
+	const int	near_a = 2, near_b = 3;
+	const float boost = 1.5f;
 	std::vector<float> x((size_t) T * H), proj((size_t) T * H), bias(H), nw(H), b(E);
 	std::vector<__nv_bfloat16> w((size_t) E * H);
 	std::vector<int32_t> slot(T, 0);
-	int			bad = 0;
+	int			bad = 0, tie_bad = 0, x_bad = 0, pad_bad = 0, form_bad = 0, n_tie = 0, n_near = 0;
 	double		werr = 0, nerr = 0, nden = 0;
-	char		name[128];
+	const char *form = T > ROUTER_CLUSTER_MAX_T ? "one block per row" : "cluster per row";
+	char		name[160];
 
+	if (E < 6 || K < 2)
+	{
+		printf("FAIL norm_router: the test needs E >= 6 and K >= 2 (E=%d K=%d)\n", E, K);
+		n_fail++;
+		return;
+	}
 	for (auto &v : x) v = (float) rng.normal();
 	for (auto &v : proj) v = (float) rng.normal();
 	for (auto &v : bias) v = (float) (0.1 * rng.normal());
 	for (auto &v : nw) v = (float) (1.0 + 0.1 * rng.normal());
 	for (auto &v : w) v = __float2bfloat16((float) (rng.normal() / sqrt((double) H)));
 	for (auto &v : b) v = (float) (0.1 * rng.normal());
+	for (int i = 0; i < H; i++)
+	{
+		w[(size_t) tie_b * H + i] = w[(size_t) tie_a * H + i];
+		w[(size_t) near_b * H + i] = w[(size_t) near_a * H + i];
+	}
+	b[tie_a] = b[tie_b] = b[near_a] = boost;
+	b[near_b] = nextafterf(boost, 2.0f);
 	slot[T - 1] = -1;			/* a padding row */
-	StepView	sv = {};
-	int32_t    *idx;
-	float	   *wt, *d_xn, *d_x = to_device(x);
 
-	sv.tok_slot = to_device(slot);
-	CK(cudaMalloc(&idx, (size_t) T * K * 4));
-	CK(cudaMalloc(&wt, (size_t) T * K * 4));
-	CK(cudaMalloc(&d_xn, (size_t) T * H * 4));
-	CK(launch_norm_router(sv, T, d_x, to_device(proj), to_device(bias), to_device(nw), 1e-5f, d_xn,
-						  to_device(w), to_device(b), H, E, K, idx, wt, 0));
-	CK(cudaDeviceSynchronize());
-	std::vector<int32_t> gi = to_host(idx, (size_t) T * K);
-	std::vector<float> gw = to_host(wt, (size_t) T * K);
-	std::vector<float> gx = to_host(d_xn, (size_t) T * H);
+	float	   *d_bias = to_device(bias), *d_nw = to_device(nw), *d_b = to_device(b);
+	__nv_bfloat16 *d_w = to_device(w);
+	RouterOut	g = run_router(T, H, E, K, x.data(), proj.data(), slot.data(), d_bias, d_nw, d_w, d_b);
 
 	for (int t = 0; t < T; t++)
 	{
 		std::vector<double> xn(H), lg(E);
 		std::vector<int> sel;
+		const int32_t *gi = &g.idx[(size_t) t * K];
+		const float *gw = &g.w[(size_t) t * K];
 		double		ss = 0, sum = 0;
+		int			pa = -1, pb = -1, pn = 0;
 
 		for (int i = 0; i < H; i++)
 		{
-			xn[i] = (double) x[(size_t) t * H + i] + ((double) proj[(size_t) t * H + i] + bias[i]);
+			float		r = x[(size_t) t * H + i] + (proj[(size_t) t * H + i] + bias[i]);
+
+			x_bad += memcmp(&r, &g.x[(size_t) t * H + i], 4) != 0;
+			xn[i] = r;
 			ss += xn[i] * xn[i];
 		}
 		for (int i = 0; i < H; i++)
 		{
 			xn[i] = nw[i] * (xn[i] / sqrt(ss / H + 1e-5));
-			nerr += (gx[(size_t) t * H + i] - xn[i]) * (gx[(size_t) t * H + i] - xn[i]);
+			nerr += (g.xn[(size_t) t * H + i] - xn[i]) * (g.xn[(size_t) t * H + i] - xn[i]);
 			nden += xn[i] * xn[i];
 		}
 		if (slot[t] < 0)
+		{
+			for (int k = 0; k < K; k++)
+				pad_bad += gi[k] != -1 || gw[k] != 0.0f;
 			continue;
+		}
 		for (int e = 0; e < E; e++)
 		{
 			double		s = b[e];
@@ -953,20 +1319,59 @@ test_router(int T, int H, int E, int K, uint64_t seed)
 			sel.push_back(best);
 		}
 		for (int k = 0; k < K; k++)
-			sum += exp(lg[sel[k]] - lg[sel[0]]);
-		for (int k = 0; k < K; k++)
 		{
-			bad += gi[(size_t) t * K + k] != sel[k];
-			werr = fmax(werr, fabs(gw[(size_t) t * K + k] - exp(lg[sel[k]] - lg[sel[0]]) / sum));
+			bool		repeated = false;
+
+			for (int j = 0; j < k; j++)
+				repeated |= gi[j] == gi[k];
+			if (gi[k] < 0 || gi[k] >= E || repeated)
+			{
+				bad++;
+				continue;
+			}
+			bad += fabs(lg[gi[k]] - lg[sel[k]]) > ROUTER_LOGIT_TOL;
+			pa = gi[k] == tie_a ? k : pa;
+			pb = gi[k] == tie_b ? k : pb;
+			pn += gi[k] == near_a || gi[k] == near_b;
+			sum += exp(lg[gi[k]] - lg[gi[0]]);
 		}
+		tie_bad += pb >= 0 && (pa < 0 || pa > pb);
+		n_tie += pb >= 0;
+		n_near += pn == 2;
+		for (int k = 0; k < K; k++)
+			if (gi[k] >= 0 && gi[k] < E)
+				werr = fmax(werr, fabs(gw[k] - exp(lg[gi[k]] - lg[gi[0]]) / sum));
 	}
-	bad += gi[(size_t) (T - 1) * K] != -1;
+	for (int t = 0; t < T; t++)
+	{
+		RouterOut	a = run_router(1, H, E, K, &x[(size_t) t * H], &proj[(size_t) t * H], &slot[t],
+								   d_bias, d_nw, d_w, d_b);
+
+		form_bad += memcmp(a.x.data(), &g.x[(size_t) t * H], (size_t) H * 4) != 0 ||
+			memcmp(a.xn.data(), &g.xn[(size_t) t * H], (size_t) H * 4) != 0 ||
+			memcmp(a.idx.data(), &g.idx[(size_t) t * K], (size_t) K * 4) != 0 ||
+			memcmp(a.w.data(), &g.w[(size_t) t * K], (size_t) K * 4) != 0;
+	}
+	printf("     norm_router T=%d E=%d K=%d: rows with both of the tied pair / the near pair: %d / %d\n",
+		   T, E, K, n_tie, n_near);
+	snprintf(name, sizeof(name), "norm_router T=%d H=%d: x differing from x + (proj + bias)", T, H);
+	check(x_bad == 0, name, x_bad, 0);
 	snprintf(name, sizeof(name), "norm_router T=%d H=%d: normed rows rel err", T, H);
 	check(sqrt(nerr / nden) <= 1e-6, name, sqrt(nerr / nden), 1e-6);
 	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: wrong experts", T, E, K);
 	check(bad == 0, name, bad, 0);
+	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: exact tie not lower expert first", T, E, K);
+	check(tie_bad == 0, name, tie_bad, 0);
+	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: padding row not (-1, 0)", T, E, K);
+	check(pad_bad == 0, name, pad_bad, 0);
 	snprintf(name, sizeof(name), "norm_router T=%d E=%d K=%d: max weight error", T, E, K);
 	check(werr <= 1e-5, name, werr, 1e-5);
+	snprintf(name, sizeof(name), "norm_router T=%d (%s) vs each row at T=1: rows differing (bits)", T, form);
+	check(form_bad == 0, name, form_bad, 0);
+	CK(cudaFree(d_bias));
+	CK(cudaFree(d_nw));
+	CK(cudaFree(d_b));
+	CK(cudaFree(d_w));
 }
 
 /* dense_gemm vs a double reference. */
@@ -1127,12 +1532,23 @@ main(void)
 	test_attention(64, 8, 128, 150, 40, 64, 19);	/* D = 128 on the tensor cores */
 	test_attention(64, 8, 64, 700, 300, 0, 20);	/* long chunk, many tiles */
 	test_attention(64, 8, 64, 700, 300, 128, 21);
-	test_router(9, 2880, 32, 4, 12);
-	test_router(5, 96, 6, 2, 13);
+	test_router(ROUTER_CLUSTER_MAX_T, 2880, 32, 4, 12);	/* 20b, cluster form */
+	test_router(ROUTER_CLUSTER_MAX_T + 9, 2880, 32, 4, 37);	/* 20b, one-block form (8 items a warp: 6 + 2) vs T = 1 */
+	test_router(ROUTER_CLUSTER_MAX_T, 96, 6, 2, 13);	/* tiny-odd shapes */
+	test_router(ROUTER_CLUSTER_MAX_T + 3, 96, 6, 2, 38);	/* 24 items: warps with 2 and with 1 */
+	test_router(ROUTER_CLUSTER_MAX_T, 2880, 128, 4, 39);	/* 120b: 128 experts, several slices per warp of the cluster */
+	test_router(200, 2880, 128, 4, 40);	/* 32 items a warp: ring rounds, the last partial */
 	test_rope_kv(4, 2, 16, 27);			/* tiny */
 	test_rope_kv(6, 2, 16, 28);
 	test_rope_kv(64, 8, 64, 29);		/* 20b */
 	test_rope_kv(64, 4, 128, 30);
+	test_attention_rope(4, 2, 16, 8, 0, 37);		/* tiny, sliding */
+	test_attention_rope(6, 2, 16, 0, 0, 38);		/* tiny-odd: G = 3 */
+	test_attention_rope(64, 8, 64, 128, 0, 39);		/* 20b sliding layer, groups split over blocks */
+	test_attention_rope(64, 8, 64, 0, 0, 40);		/* 20b full layer */
+	test_attention_rope(64, 8, 64, 128, 40, 41);	/* 20b, 47 decode items: whole groups per block */
+	test_attention_rope(64, 8, 64, 0, 40, 42);
+	test_attention_rope(64, 8, 128, 0, 0, 43);		/* D = 128 */
 	test_embed_norm(7, 2880, 31);		/* 20b: 6 values per thread, the last partly past H */
 	test_embed_norm(3, 96, 32);			/* tiny-odd */
 	test_moe_combine_norm(9, 4, 2880, 33);
