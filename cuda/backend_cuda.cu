@@ -21,6 +21,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "backend_cuda.cuh"
 #include "dense.cuh"
@@ -464,6 +465,29 @@ build_rope(CudaBackend *be, gptoss_error *err)
 	return 0;
 }
 
+/*
+ * The MoE prefill kernel named by GPTOSS_MOE_PREFILL (unset: mma), so that
+ * one build can time every variant; they give the same bits.
+ */
+static int
+pick_moe_prefill(CudaBackend *be, gptoss_error *err)
+{
+	const char *name = getenv("GPTOSS_MOE_PREFILL");
+
+	be->moe_prefill = MOE_PREFILL_MMA;
+	if (!name || !*name)
+		return 0;
+	for (int v = 0; v < MOE_PREFILL_VARIANTS; v++)
+		if (strcmp(name, moe_prefill_names[v]) == 0)
+		{
+			be->moe_prefill = (MoePrefill) v;
+			return 0;
+		}
+	return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+							  "cuda backend: GPTOSS_MOE_PREFILL=%s is none of mma, wgmma3, wgmma4, wgmma4s3, wgmma4x2",
+							  name);
+}
+
 /* Decode batch buckets captured as CUDA graphs: 1, 2, 4, 8, 16, 24, ... up to max_seqs. */
 static void
 build_buckets(CudaBackend *be)
@@ -683,6 +707,8 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 	be->lr = div_up(opts->max_seqs > 64 ? opts->max_seqs : 64, DENSE_COLS) * DENSE_COLS;
 	be->kc_h = div_up(c->hidden_size, 64);
 	be->kc_i = div_up(c->intermediate_size, 64);
+	if (pick_moe_prefill(be, err) < 0)
+		goto fail;
 	fraction = opts->gpu_memory_fraction > 0 && opts->gpu_memory_fraction <= 1 ? opts->gpu_memory_fraction : 0.9;
 	be->base.opts.gpu_memory_fraction = fraction;
 	budget = (int64_t) (fraction * (double) total_mem);

@@ -41,8 +41,8 @@ struct Activations
 	float	   *xn;				/* [t_max, H] normed, fp32: router and expert input */
 	int32_t    *topk_idx;		/* [t_max, K] */
 	float	   *topk_w;			/* [t_max, K] */
-	__half	   *x_frag;			/* [moe_rows/8][kc_h][32][16] expert input, fragment layout */
-	__half	   *act_frag;		/* [moe_rows/8][kc_i][32][16] SwiGLU output, fragment layout */
+	__half	   *x_frag;			/* [moe_rows/8][kc_h][32][16] expert input, fragment (or tile) layout */
+	__half	   *act_frag;		/* [moe_rows/8][kc_i][32][16] SwiGLU output, fragment (or tile) layout */
 	float	   *y;				/* [moe_rows, H] expert outputs with bias */
 	MoeRoute	route;			/* count/offset/active [E], n_active [1], assign_row [t_max*K] */
 	__nv_bfloat16 *lm_in;		/* [lr, H] rows whose logits are computed */
@@ -85,6 +85,7 @@ struct CudaBackend
 	float2	   *rope;			/* [max_context][D/2] (C, S) pairs */
 	int			kc_h;			/* 64-column chunks of H */
 	int			kc_i;			/* 64-column chunks of I */
+	MoePrefill	moe_prefill;	/* the MoE prefill kernel (GPTOSS_MOE_PREFILL; default mma) */
 
 	/* KV cache */
 	KvCacheView kv;

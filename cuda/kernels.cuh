@@ -196,9 +196,33 @@ cudaError_t launch_norm_router(const StepView &sv, int T, float *x, const float 
 cudaError_t launch_moe_route(int T, int K, int E, const int32_t *topk_idx, MoeRoute route,
 							 cudaStream_t stream);
 
-/* moe_route.cu: copies xn rows (fp16) into the fragment layout at their sorted rows. */
+/*
+ * The MoE prefill kernel (moe_matmul.cu; GPTOSS_MOE_PREFILL names one, read
+ * once at backend creation).  Every variant gives the same result bits.
+ */
+enum MoePrefill
+{
+	MOE_PREFILL_MMA,			/* mma.sync, fragment-layout activations */
+	MOE_PREFILL_WGMMA3,			/* wgmma on full passes, fragment layout restaged into the swizzle */
+	MOE_PREFILL_WGMMA4,			/* wgmma, tile layout, double-buffered A, 4 stages, 2 blocks per SM */
+	MOE_PREFILL_WGMMA4S3,		/* the same with 3 stages, 3 blocks per SM */
+	MOE_PREFILL_WGMMA4X2,		/* two consumer warpgroups (256 rows) sharing the activation stages */
+	MOE_PREFILL_VARIANTS
+};
+
+/* moe_matmul.cu: the GPTOSS_MOE_PREFILL name of each variant. */
+extern const char *const moe_prefill_names[MOE_PREFILL_VARIANTS];
+
+/* Whether a step's expert activations (x_frag, act_frag) are in the tile layout rather than the fragment layout. */
+static inline bool
+moe_tile_layout(int tiles_per_pass, MoePrefill prefill)
+{
+	return tiles_per_pass == 8 && prefill >= MOE_PREFILL_WGMMA4;
+}
+
+/* moe_route.cu: copies xn rows (fp16) into the fragment (or tile) layout at their sorted rows. */
 cudaError_t launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeRoute route,
-							  __half *x_frag, cudaStream_t stream);
+							  bool tile_layout, __half *x_frag, cudaStream_t stream);
 
 /*
  * moe_matmul.cu: for every active expert, its rows of the MXFP4 matrix times
@@ -206,14 +230,16 @@ cudaError_t launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeR
  * layout of the down matrix (act_frag, act_kc chunks).  down: bias, fp32 rows
  * y [sorted row][H].  max_active bounds the grid (min(E, T*K)); tiles_per_pass
  * is 1, 2, 4 or 8 (8-token tiles computed per pass over the weights; 8 is the
- * prefill variant); row_tiles (1, 2 or 4) is how many 16-row weight tiles a
- * decode block takes.  No choice changes any result bit.
+ * prefill variant, `prefill` which of them); row_tiles (1, 2 or 4) is how
+ * many 16-row weight tiles a decode block takes.  x_frag and act_frag are in
+ * the tile layout where moe_tile_layout(tiles_per_pass, prefill) says so.
+ * No choice changes any result bit.
  */
-cudaError_t launch_moe_gate_up(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w,
-							   MoeRoute route, const __half *x_frag, float limit,
+cudaError_t launch_moe_gate_up(int max_active, int tiles_per_pass, int row_tiles, MoePrefill prefill,
+							   MoeMatrix w, MoeRoute route, const __half *x_frag, float limit,
 							   __half *act_frag, int act_kc, cudaStream_t stream);
-cudaError_t launch_moe_down(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w,
-							MoeRoute route, const __half *act_frag, float *y,
+cudaError_t launch_moe_down(int max_active, int tiles_per_pass, int row_tiles, MoePrefill prefill,
+							MoeMatrix w, MoeRoute route, const __half *act_frag, float *y,
 							cudaStream_t stream);
 
 /* moe_combine.cu: x += sum_k w_k * y[row(t,k)]; xb = bf16(rmsnorm(x) * norm_w). */

@@ -38,6 +38,15 @@
  * g*4+t holding token g's columns (2t, 2t+1, 2t+8, 2t+9) of each k-step.
  * A matrix of R rows (R a multiple of 8) and kc chunks is [R/8][kc][32][16]
  * halfs.
+ *
+ * Activations ("tile layout", prefill steps of the wgmma4 variants only):
+ * the same 1024 bytes per (8-token tile, 64-column chunk), arranged as the
+ * K-major wgmma B operand in the 128-byte swizzle, so that a prefill block
+ * stages a piece with 16-byte copies of whole tiles: token n's 64 columns
+ * are the 128-byte row n, whose 16-byte chunk q (columns 8q..8q+7) sits at
+ * chunk q ^ n.  Same size and the same fp16 values as the fragment layout,
+ * only permuted inside each 1024 bytes; a step writes and reads one of the
+ * two (moe_tile_layout in kernels.cuh).
  */
 #ifndef GPTOSS_CUDA_MOE_LAYOUT_CUH
 #define GPTOSS_CUDA_MOE_LAYOUT_CUH
@@ -94,6 +103,16 @@ frag_index(int row, int col, int kc)
 	int			lane = n * 4 + t;
 
 	return (((size_t) tile * kc + chunk) * 32 + lane) * 16 + kstep * 4 + upper * 2 + (cc & 1);
+}
+
+/* Index (in halfs) of element (row, col) of a tile-layout matrix with kc column chunks. */
+static inline MOE_HD size_t
+tile_index(int row, int col, int kc)
+{
+	int			n = row & 7;
+	int			c = col & 63;
+
+	return (((size_t) (row >> 3) * kc + (col >> 6)) * 8 + n) * 64 + (((c >> 3) ^ n) << 3) + (c & 7);
 }
 
 /* Puts fp4 code `code` as value v (0 low, 1 high) of fragment register j into a packed word. */

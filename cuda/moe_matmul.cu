@@ -34,6 +34,27 @@
  * FMAs, addressing), not tensor-bound, which is why the scales are now
  * folded into the fragments (two FMAs and a zeroed temporary less per mma):
  * 21,800 -> 25,100 tok/s, and batch-128 decode 10,900 -> 11,900 (run 30).
+ * Prefill on wgmma (sm_90a; GPTOSS_MOE_PREFILL picks the kernel at backend
+ * creation, mma by default until a wgmma one measures faster).  What is
+ * left is instructions per FMA: an m16n8k16 mma.sync covers 2,048 FMAs, a
+ * wgmma m64n64k16 65,536, with A (the decoded fp4 fragments, in exactly the
+ * mma.sync A layout) from registers and B (64 tokens x 16 inputs) from
+ * shared memory; a probe showed it bitwise equal to mma.sync over the same
+ * k16 steps, so the variants stay interchangeable.  wgmma3 (runs 32-34 for
+ * its forerunners: 21,400 and 22,600 against mma.sync's 24,400) restages the
+ * fragment layout into the swizzled B operand with 16 four-byte copies per
+ * thread per piece and waits for its products at every piece.  wgmma4 takes
+ * both out of the way: the producers (moe_gather, gate_up's epilogue) write
+ * the activations of a prefill step in the tile layout (moe_layout.cuh),
+ * which is the B operand itself, so a stage is four 16-byte copies per
+ * thread; and a warp's A fragments are double-buffered per MX block with
+ * wgmma.wait_group 1, so that it decodes block n + 1 while the tensor cores
+ * multiply block n (a 4-deep ring keeps the stage of piece c - 1 alive for
+ * the group still reading it).  wgmma4s3 trades a stage for a third block
+ * per SM; wgmma4x2 has two consumer warpgroups (256 rows) share each
+ * activation stage.  Every wgmma4 pass runs on wgmma, short ones included,
+ * because ptxas serialises all wgmma of a kernel whose accumulators a
+ * non-provably-uniform branch hands to mma.sync while wgmma still run.
  * Both variants do the same arithmetic for a (row tile, token tile) pair:
  * the fragments carry their MX block's scale (folded in by one exact fp16
  * multiply, moe_layout.cuh), the mma of each of the four input ranges
@@ -84,6 +105,7 @@ struct MoeMatmulArgs
 	int			act_kc;
 	float		limit;			/* swiglu_limit */
 	float	   *y;				/* down: [rows][H] */
+	MoePrefill	prefill;		/* the prefill variant (tiles_per_pass 8) */
 };
 
 /* c += a (16x16 fp16, row) * b (16x8 fp16, col), fp32 accumulate. */
@@ -96,8 +118,8 @@ mma_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 				 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/* Writes one row tile's results (acc already holds all four input ranges). */
-template <int MODE, int NT>
+/* Writes one row tile's results (acc already holds all four input ranges); TILES: act in the tile layout. */
+template <int MODE, int NT, bool TILES = false>
 static __device__ __forceinline__ void
 moe_epilogue(const MoeMatmulArgs &args, const float acc[NT][4], int e, int tile, int row0, int n_e,
 			 int n_tiles, int tc, int g, int t4)
@@ -134,7 +156,8 @@ moe_epilogue(const MoeMatmulArgs &args, const float acc[NT][4], int e, int tile,
 				gate = fminf(gate, args.limit);
 				up = fmaxf(fminf(up, args.limit), -args.limit);
 				a = gate * (1.0f / (1.0f + expf(-1.702f * gate))) * (up + 1.0f);
-				args.act[frag_index(row0 + n, f, args.act_kc)] = __float2half_rn(a);
+				args.act[TILES ? tile_index(row0 + n, f, args.act_kc) : frag_index(row0 + n, f, args.act_kc)] =
+					__float2half_rn(a);
 			}
 	}
 	else
@@ -422,7 +445,7 @@ cp_async4(void *dst, const void *src)
 
 /*
  * wgmma (sm_90a only: the feature macro is absent from the plain sm_90
- * build, which keeps mma.sync for every pass).
+ * build, which keeps mma.sync for every pass of every variant).
  */
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define MOE_WGMMA 1
@@ -471,6 +494,34 @@ wgmma_64x64x16(float *d, const uint32_t a[4], uint64_t desc)
 #endif
 }
 
+/* Orders this warpgroup's register writes (A fragments, accumulators) before the wgmma that follow. */
+static __device__ __forceinline__ void
+wgmma_fence(void)
+{
+#if MOE_WGMMA
+	asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+/* Closes the group of the wgmma issued so far by this warpgroup. */
+static __device__ __forceinline__ void
+wgmma_commit(void)
+{
+#if MOE_WGMMA
+	asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+
+/* Waits until at most N of this warpgroup's wgmma groups are still running. */
+template <int N>
+static __device__ __forceinline__ void
+wgmma_wait(void)
+{
+#if MOE_WGMMA
+	asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+#endif
+}
+
 /* Pins the 32 registers of d here: the compiler may not read, move or reuse them across this point. */
 static __device__ __forceinline__ void
 wgmma_pin(float *d)
@@ -478,6 +529,34 @@ wgmma_pin(float *d)
 #pragma unroll
 	for (int i = 0; i < 32; i++)
 		asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/* Keeps a wgmma's A fragment alive up to here (after the wait for its reader), so its registers are not reused earlier. */
+static __device__ __forceinline__ void
+wgmma_keep(const uint32_t a[4])
+{
+	asm volatile("" :: "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]));
+}
+
+/*
+ * The B fragments (b0, b1 of k16 steps 2h and 2h + 1: the uint4 that
+ * mx_block_mma takes) of MX block h of one 8-token tile from its
+ * tile-layout image in shared memory: ldmatrix's four 8x8 matrices are the
+ * block's 16-byte chunks 4h..4h+3 of tokens 0-7 (lane l gives the address
+ * of token l % 8's chunk 4h + l / 8), and a lane receives token g's two
+ * halfs 2t, 2t+1 of each, i.e. exactly its fragment.
+ */
+static __device__ __forceinline__ uint4
+ldmatrix_b(const uint4 *tile, int h, int lane)
+{
+	const int	n = lane & 7;
+	const uint4 *p = tile + n * 8 + ((4 * h + (lane >> 3)) ^ n);
+	uint4		b;
+
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+				 : "=r"(b.x), "=r"(b.y), "=r"(b.z), "=r"(b.w)
+				 : "r"((unsigned) __cvta_generic_to_shared(p)));
+	return b;
 }
 
 /*
@@ -530,16 +609,19 @@ moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const 
 }
 
 /*
- * sum[r][j] += the staged piece for the warp's row tiles r < nr (from wr0)
- * and the pass's token tiles j < nt.  Each A fragment is decoded once and
- * used for all token tiles.  FULL: nr and nt are the maximum, so the tile
- * checks drop out (2048-token prefill 18,400 -> 21,800 tok/s: the checked
- * copy keeps a warp-synchronising branch around every mma).
+ * sum[r][j] += the staged piece (weights w, scales s: [row tile][...];
+ * activations x: the stage's first token tile) for the warp's row tiles
+ * r < nr (from wr0) and the pass's token tiles j < nt.  Each A fragment is
+ * decoded once and used for all token tiles.  FULL: nr and nt are the
+ * maximum, so the tile checks drop out (2048-token prefill 18,400 -> 21,800
+ * tok/s: the checked copy keeps a warp-synchronising branch around every
+ * mma).  TILES: x is a tile-layout image (1024 bytes a token tile, read by
+ * ldmatrix), else fragments ([token tile][half][lane]).
  */
-template <bool FULL>
+template <bool FULL, bool TILES>
 static __device__ __forceinline__ void
-moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const MoePrefillStage *st,
-				  int wr0, int nr, int nt, int lane)
+moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const uint4 (*w)[32],
+				  const uint32_t (*s)[8], const uint4 *x, int wr0, int nr, int nt, int lane)
 {
 	uint4		wv[MOE_PF_WARP_ROWS];
 	uint32_t	sv[MOE_PF_WARP_ROWS];
@@ -548,8 +630,8 @@ moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const M
 	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 		if (FULL || r < nr)
 		{
-			wv[r] = st->w[wr0 + r][lane];
-			sv[r] = st->s[wr0 + r][lane >> 2];
+			wv[r] = w[wr0 + r][lane];
+			sv[r] = s[wr0 + r][lane >> 2];
 		}
 #pragma unroll
 	for (int h = 0; h < 2; h++)
@@ -565,7 +647,7 @@ moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const M
 		for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
 			if (FULL || j < nt)
 			{
-				uint4		b = st->x[j][h][lane];
+				uint4		b = TILES ? ldmatrix_b(x + j * 64, h, lane) : x[(j * 2 + h) * 32 + lane];
 
 #pragma unroll
 				for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
@@ -611,22 +693,16 @@ moe_prefill_piece_wgmma(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
 #pragma unroll
 		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 			mx_block_decode(wv[r], sv[r], h, a[h][r][0], a[h][r][1]);
-#if MOE_WGMMA
-		asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
+		wgmma_fence();
 #pragma unroll
 		for (int k = 0; k < 2; k++)
 #pragma unroll
 			for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 				wgmma_64x64x16(&sum[r][0][0], a[h][r][k],
 							   wgmma_desc_sw128((const char *) st->x + 32 * (2 * h + k), 1024));
-#if MOE_WGMMA
-		asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
+		wgmma_commit();
 	}
-#if MOE_WGMMA
-	asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#endif
+	wgmma_wait<0>();
 #pragma unroll
 	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 	{
@@ -635,9 +711,15 @@ moe_prefill_piece_wgmma(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
 		for (int h = 0; h < 2; h++)
 #pragma unroll
 			for (int k = 0; k < 2; k++)
-				asm volatile("" :: "r"(a[h][r][k][0]), "r"(a[h][r][k][1]), "r"(a[h][r][k][2]),
-							 "r"(a[h][r][k][3]));
+				wgmma_keep(a[h][r][k]);
 	}
+}
+
+/* Whether input range `range` (and so a fold) ends at or before piece `done`. */
+static __device__ __forceinline__ bool
+moe_range_ends(int range, int done, int kc)
+{
+	return range < MOE_KSPLIT && (range + 1) * kc / MOE_KSPLIT <= done;
 }
 
 /*
@@ -650,7 +732,7 @@ moe_fold_ranges(float (*total)[MOE_PF_TOKEN_TILES][4][32],
 				float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], int *range, int done, int kc,
 				int lane)
 {
-	while (*range < MOE_KSPLIT && (*range + 1) * kc / MOE_KSPLIT <= done)
+	while (moe_range_ends(*range, done, kc))
 	{
 #pragma unroll
 		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
@@ -668,13 +750,29 @@ moe_fold_ranges(float (*total)[MOE_PF_TOKEN_TILES][4][32],
 	}
 }
 
+/* Zeroes a warp's range sums. */
+static __device__ __forceinline__ void
+moe_zero_sums(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4])
+{
+#pragma unroll
+	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+#pragma unroll
+		for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+#pragma unroll
+			for (int c = 0; c < 4; c++)
+				sum[r][j][c] = 0.0f;
+}
+
 /*
- * Prefill variant: block x takes row tiles [MOE_PF_ROW_TILES x, ...) of
- * expert blockIdx.y, warp w of them MOE_PF_WARP_ROWS from wr0, and walks the
- * expert's tokens in passes of MOE_PF_TOKEN_TILES token tiles.  Every piece
- * of a pass goes through the shared-memory pipeline (the stages of the next
- * MOE_PF_STAGES - 1 pieces load while one is multiplied); the range totals
- * wait in shared memory, which keeps the registers within the cap.
+ * Prefill variant (mma, wgmma3): block x takes row tiles
+ * [MOE_PF_ROW_TILES x, ...) of expert blockIdx.y, warp w of them
+ * MOE_PF_WARP_ROWS from wr0, and walks the expert's tokens in passes of
+ * MOE_PF_TOKEN_TILES token tiles.  Every piece of a pass goes through the
+ * shared-memory pipeline (the stages of the next MOE_PF_STAGES - 1 pieces
+ * load while one is multiplied); the range totals wait in shared memory,
+ * which keeps the registers within the cap.  wgmma3 runs the full passes on
+ * wgmma (moe_prefill_piece_wgmma), restaging the fragment layout into the
+ * swizzle with 4-byte copies.
  */
 template <int MODE>
 __global__ void __launch_bounds__(MOE_PF_WARPS * 32, MOE_PF_BLOCKS)
@@ -710,17 +808,12 @@ moe_prefill_kernel(MoeMatmulArgs args)
 	{
 		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
 		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
-		const bool	cores = MOE_WGMMA && rt_valid == MOE_PF_ROW_TILES && nt == MOE_PF_TOKEN_TILES;
+		const bool	cores = MOE_WGMMA && args.prefill == MOE_PREFILL_WGMMA3 &&
+			rt_valid == MOE_PF_ROW_TILES && nt == MOE_PF_TOKEN_TILES;
 		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
 		int			range = 0;
 
-#pragma unroll
-		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-#pragma unroll
-			for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
-#pragma unroll
-				for (int c = 0; c < 4; c++)
-					sum[r][j][c] = 0.0f;
+		moe_zero_sums(sum);
 		__syncthreads();		/* every warp is done with the previous pass's stages */
 		for (int c = 0; c < MOE_PF_STAGES - 1; c++)
 		{
@@ -731,6 +824,8 @@ moe_prefill_kernel(MoeMatmulArgs args)
 		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
 		for (int c = 0; c < kc; c++)
 		{
+			const MoePrefillStage *st = &sm->stage[c % MOE_PF_STAGES];
+
 			cp_async_wait<MOE_PF_STAGES - 2>();		/* piece c has landed (this thread's part) */
 			if (cores)			/* ... and is visible to wgmma's (async proxy) reads */
 				asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -740,11 +835,11 @@ moe_prefill_kernel(MoeMatmulArgs args)
 								  c + MOE_PF_STAGES - 1, rt_valid, nt, cores);
 			cp_async_commit();
 			if (cores)
-				moe_prefill_piece_wgmma(sum, &sm->stage[c % MOE_PF_STAGES], wr0, lane);
+				moe_prefill_piece_wgmma(sum, st, wr0, lane);
 			else if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
-				moe_prefill_piece<true>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
+				moe_prefill_piece<true, false>(sum, st->w, st->s, &st->x[0][0][0], wr0, nr, nt, lane);
 			else if (nr > 0)
-				moe_prefill_piece<false>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
+				moe_prefill_piece<false, false>(sum, st->w, st->s, &st->x[0][0][0], wr0, nr, nt, lane);
 			moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
 		}
 #pragma unroll
@@ -760,6 +855,227 @@ moe_prefill_kernel(MoeMatmulArgs args)
 						acc[j][c] = sm->total[warp][r][j][c][lane];
 				moe_epilogue<MODE, MOE_PF_TOKEN_TILES>(args, acc, e, tile0 + wr0 + r, row0, n_e,
 													   n_tiles, tt0, lane >> 2, lane & 3);
+			}
+	}
+}
+
+/*
+ * wgmma4 variants.  A block has WG consumer warpgroups (4 warps, 2 row
+ * tiles a warp: 128 rows each) sharing each piece's activation stage, which
+ * the producers (gather, gate_up's epilogue) wrote in the tile layout, so a
+ * stage is whole 1024-byte tiles copied 16 bytes at a time.  STAGES pieces
+ * in the ring: STAGES - 2 load ahead while one is multiplied and the
+ * previous one's last wgmma may still run (wait_group 1).
+ */
+template <int WG>
+struct __align__(1024) MoeWgStage
+{
+	uint4		x[MOE_PF_TOKEN_TILES][64];	/* tile-layout image: [token tile][16-byte chunk] */
+	uint4		w[WG * MOE_PF_ROW_TILES][32];	/* packed fp4 codes: [row tile][lane] */
+	uint32_t	s[WG * MOE_PF_ROW_TILES][8];	/* multiplier words: [row tile][row group] */
+};
+
+/* A wgmma4 block's shared memory: the ring of stages, then each warp's range totals. */
+template <int WG, int STAGES>
+struct MoeWgSmem
+{
+	MoeWgStage<WG> stage[STAGES];
+	float		total[WG * MOE_PF_WARPS][MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4][32];	/* [warp][r][j][c][lane] */
+};
+
+/*
+ * Issues the copies of piece c into st: tt_valid token tiles of the pass
+ * (x: its first tile, each tile a 1024-byte block of the tile layout) and
+ * rt_valid row tiles of weights and scales (w, s: the block's first row
+ * tile).  Tiles past the data are not copied; what their stale shared
+ * memory meets is only token columns or rows whose results are never stored.
+ */
+template <int WG>
+static __device__ __forceinline__ void
+moe_wg_stage(MoeWgStage<WG> *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc, int c,
+			 int rt_valid, int tt_valid)
+{
+	constexpr int threads = WG * MOE_PF_WARPS * 32;
+	constexpr int rows = WG * MOE_PF_ROW_TILES;
+	const int	t = threadIdx.x;
+
+#pragma unroll
+	for (int k = 0; k < MOE_PF_TOKEN_TILES * 64 / threads; k++)
+	{
+		int			i = t + k * threads;
+
+		if ((i >> 6) < tt_valid)
+			cp_async16(&st->x[i >> 6][i & 63], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
+	}
+#pragma unroll
+	for (int k = 0; k < rows * 32 / threads; k++)
+	{
+		int			i = t + k * threads;
+
+		if ((i >> 5) < rt_valid)
+			cp_async16(&st->w[i >> 5][i & 31], w + ((size_t) (i >> 5) * kc + c) * 32 + (i & 31));
+	}
+	if (t < rows * 2 && (t >> 1) < rt_valid)
+		cp_async16(&st->s[t >> 1][(t & 1) * 4], s + ((size_t) (t >> 1) * kc + c) * 8 + (t & 1) * 4);
+}
+
+/*
+ * wgmma4: sum += one staged piece for the warp's row tiles wr0, wr0 + 1 and
+ * all 8 token tiles.  Absent tiles (past the matrix's rows or the expert's
+ * tokens) are not staged: their rows or columns multiply stale shared
+ * memory, and their results, each row and column of a product on its own,
+ * are dropped by the epilogue.  Per MX block
+ * h, the four m64n64k16 of its two k16 steps (same order per accumulator as
+ * moe_prefill_piece, hence the same bits) form one commit group reading A
+ * fragments from buffer a[h].  The buffer's previous reader is the group
+ * before last (block h of the previous piece): wait_group 1 leaves only the
+ * group just issued running, so a warp decodes block h while the tensor
+ * cores multiply block h - 1, across pieces too.
+ */
+static __device__ __forceinline__ void
+moe_wg_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
+			 uint32_t (&a)[2][MOE_PF_WARP_ROWS][2][4], const uint4 (*w)[32], const uint32_t (*s)[8],
+			 const uint4 *x, int wr0, int lane)
+{
+	uint4		wv[MOE_PF_WARP_ROWS];
+	uint32_t	sv[MOE_PF_WARP_ROWS];
+
+#pragma unroll
+	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+	{
+		wv[r] = w[wr0 + r][lane];
+		sv[r] = s[wr0 + r][lane >> 2];
+	}
+#pragma unroll
+	for (int h = 0; h < 2; h++)
+	{
+		wgmma_wait<1>();
+#pragma unroll
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+		{
+			wgmma_keep(a[h][r][0]);
+			wgmma_keep(a[h][r][1]);
+			mx_block_decode(wv[r], sv[r], h, a[h][r][0], a[h][r][1]);
+		}
+		wgmma_fence();
+#pragma unroll
+		for (int k = 0; k < 2; k++)
+#pragma unroll
+			for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+				wgmma_64x64x16(&sum[r][0][0], a[h][r][k],
+							   wgmma_desc_sw128((const char *) x + 32 * (2 * h + k), 1024));
+		wgmma_commit();
+	}
+}
+
+/*
+ * Prefill variant wgmma4 (tile-layout activations): block x takes row tiles
+ * [ROWS x, ROWS x + ROWS) of expert blockIdx.y (ROWS = 8 WG), warp w of them
+ * 2 from wr0 = 2w, and walks the expert's tokens in passes of 8 token tiles,
+ * every pass on wgmma, short ones included (moe_wg_piece): a second,
+ * mma.sync path for them would share the accumulators with wgmma that are
+ * still running across a branch ptxas cannot prove warp-uniform, and ptxas
+ * then serialises every wgmma (C7518).  Without sm_90a the passes run on
+ * mma.sync with B by ldmatrix from the same stages.  Range sums fold into
+ * shared-memory totals as in moe_prefill_kernel, after a full wait.
+ */
+template <int MODE, int WG, int STAGES, int BLOCKS>
+__global__ void __launch_bounds__(WG * MOE_PF_WARPS * 32, BLOCKS)
+moe_prefill_wg_kernel(MoeMatmulArgs args)
+{
+	constexpr int ahead = STAGES - 2;
+	constexpr int rows = WG * MOE_PF_ROW_TILES;
+	extern __shared__ uint4 moe_smem[];
+	MoeWgSmem<WG, STAGES> *sm = (MoeWgSmem<WG, STAGES> *)
+		((char *) moe_smem + (-(unsigned) __cvta_generic_to_shared(moe_smem) & 1023u));
+	const int	lane = threadIdx.x & 31;
+	const int	warp = threadIdx.x >> 5;
+	const int	wr0 = warp * MOE_PF_WARP_ROWS;
+	const int	tile0 = blockIdx.x * rows;
+	const int	kc = args.w.kc;
+	const int	rt_valid = min(rows, args.w.rtiles - tile0);
+	const int	nr = max(0, min(MOE_PF_WARP_ROWS, rt_valid - wr0));
+	uint32_t	a[2][MOE_PF_WARP_ROWS][2][4] = {};	/* A fragments: [buffer = MX block][row tile][k16 step][reg] */
+	int			e;
+	int			n_e;
+	int			row0;
+	int			n_tiles;
+	const uint4 *w;
+	const uint32_t *s;
+
+	chain_begin();
+	if ((int) blockIdx.y >= *args.route.n_active)
+		return;
+	e = args.route.active[blockIdx.y];
+	n_e = args.route.count[e];
+	row0 = args.route.offset[e];
+	n_tiles = (n_e + 7) >> 3;
+	w = args.w.blocks + ((size_t) e * args.w.rtiles + tile0) * kc * 32;
+	s = args.w.scales + ((size_t) e * args.w.rtiles + tile0) * kc * 8;
+	for (int tt0 = 0; tt0 < n_tiles; tt0 += MOE_PF_TOKEN_TILES)
+	{
+		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
+		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
+		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
+		int			range = 0;
+
+		moe_zero_sums(sum);
+		__syncthreads();		/* every warp is done with the previous pass's stages and totals */
+		for (int c = 0; c < ahead; c++)
+		{
+			if (c < kc)
+				moe_wg_stage<WG>(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
+			cp_async_commit();
+		}
+		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
+		for (int c = 0; c < kc; c++)
+		{
+			const MoeWgStage<WG> *st = &sm->stage[c % STAGES];
+
+			cp_async_wait<ahead - 1>();	/* piece c has landed (this thread's part) */
+			if (MOE_WGMMA)		/* ... and is visible to wgmma's (async proxy) reads */
+				asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+			/*
+			 * Everyone's part has landed, and every warp has waited for all
+			 * but the last group of piece c - 1: piece c - 2's stage, the
+			 * one refilled next, is free.
+			 */
+			__syncthreads();
+			if (c + ahead < kc)
+				moe_wg_stage<WG>(&sm->stage[(c + ahead) % STAGES], w, s, x, kc, c + ahead, rt_valid, nt);
+			cp_async_commit();
+			if (MOE_WGMMA)
+				moe_wg_piece(sum, a, st->w, st->s, st->x[0], wr0, lane);
+			else if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
+				moe_prefill_piece<true, true>(sum, st->w, st->s, st->x[0], wr0, nr, nt, lane);
+			else if (nr > 0)
+				moe_prefill_piece<false, true>(sum, st->w, st->s, st->x[0], wr0, nr, nt, lane);
+			if (moe_range_ends(range, c + 1, kc))
+			{
+				if (MOE_WGMMA)
+				{
+					wgmma_wait<0>();
+#pragma unroll
+					for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+						wgmma_pin(&sum[r][0][0]);
+				}
+				moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
+			}
+		}
+		wgmma_wait<0>();		/* a no-op (the last fold waited), which ptxas cannot see across the loop exit */
+#pragma unroll
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+			if (r < nr)
+			{
+				float		acc[MOE_PF_TOKEN_TILES][4];
+
+#pragma unroll
+				for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+#pragma unroll
+					for (int c = 0; c < 4; c++)
+						acc[j][c] = sm->total[warp][r][j][c][lane];
+				moe_epilogue<MODE, MOE_PF_TOKEN_TILES, true>(args, acc, e, tile0 + wr0 + r, row0, n_e,
+															 n_tiles, tt0, lane >> 2, lane & 3);
 			}
 	}
 }
@@ -800,25 +1116,55 @@ launch_decode_rt(int max_active, int rt, const MoeMatmulArgs &args, cudaStream_t
 	}
 }
 
-/* Launches the prefill variant (allowing it its shared memory first). */
+/* Launches a prefill kernel of `rows` row tiles a block, allowing it `smem` bytes of shared memory first. */
+static cudaError_t
+launch_prefill_kernel(void (*kernel) (MoeMatmulArgs), bool *smem_allowed, size_t smem, int threads,
+					  int rows, int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
+{
+	cudaError_t rc;
+
+	if (!*smem_allowed)
+	{
+		rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int) smem);
+		if (rc != cudaSuccess)
+			return rc;
+		*smem_allowed = true;
+	}
+	return launch_chained(kernel, dim3(div_up(args.w.rtiles, rows), max_active), threads, smem, stream,
+						  args);
+}
+
+/* Launches the wgmma4 variant <MODE, WG, STAGES, BLOCKS>. */
+template <int MODE, int WG, int STAGES, int BLOCKS>
+static cudaError_t
+launch_prefill_wg(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
+{
+	static bool smem_allowed;
+
+	return launch_prefill_kernel(moe_prefill_wg_kernel<MODE, WG, STAGES, BLOCKS>, &smem_allowed,
+								 sizeof(MoeWgSmem<WG, STAGES>) + 1024, WG * MOE_PF_WARPS * 32,
+								 WG * MOE_PF_ROW_TILES, max_active, args, stream);
+}
+
+/* Launches the prefill variant args.prefill. */
 template <int MODE>
 static cudaError_t
 launch_prefill(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
 {
 	static bool smem_allowed;
-	cudaError_t rc;
 
-	if (!smem_allowed)
+	switch (args.prefill)
 	{
-		rc = cudaFuncSetAttribute(moe_prefill_kernel<MODE>,
-								  cudaFuncAttributeMaxDynamicSharedMemorySize, (int) MOE_PF_SMEM_BYTES);
-		if (rc != cudaSuccess)
-			return rc;
-		smem_allowed = true;
+		case MOE_PREFILL_WGMMA4:
+			return launch_prefill_wg<MODE, 1, 4, 2>(max_active, args, stream);
+		case MOE_PREFILL_WGMMA4S3:
+			return launch_prefill_wg<MODE, 1, 3, 3>(max_active, args, stream);
+		case MOE_PREFILL_WGMMA4X2:
+			return launch_prefill_wg<MODE, 2, 4, 1>(max_active, args, stream);
+		default:
+			return launch_prefill_kernel(moe_prefill_kernel<MODE>, &smem_allowed, MOE_PF_SMEM_BYTES,
+										 MOE_PF_WARPS * 32, MOE_PF_ROW_TILES, max_active, args, stream);
 	}
-	return launch_chained(moe_prefill_kernel<MODE>,
-						  dim3(div_up(args.w.rtiles, MOE_PF_ROW_TILES), max_active),
-						  MOE_PF_WARPS * 32, MOE_PF_SMEM_BYTES, stream, args);
 }
 
 /* Picks the variant for tiles_per_pass (the prefill variant at 8) and row_tiles, and launches it. */
@@ -842,10 +1188,12 @@ launch_moe_matmul(int max_active, int tiles_per_pass, int rt, const MoeMatmulArg
 	}
 }
 
+const char *const moe_prefill_names[MOE_PREFILL_VARIANTS] = {"mma", "wgmma3", "wgmma4", "wgmma4s3", "wgmma4x2"};
+
 /* gate_up product + SwiGLU for every active expert. */
 cudaError_t
-launch_moe_gate_up(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w, MoeRoute route,
-				   const __half *x_frag, float limit, __half *act_frag, int act_kc,
+launch_moe_gate_up(int max_active, int tiles_per_pass, int row_tiles, MoePrefill prefill, MoeMatrix w,
+				   MoeRoute route, const __half *x_frag, float limit, __half *act_frag, int act_kc,
 				   cudaStream_t stream)
 {
 	MoeMatmulArgs args = {};
@@ -856,13 +1204,14 @@ launch_moe_gate_up(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix 
 	args.act = act_frag;
 	args.act_kc = act_kc;
 	args.limit = limit;
+	args.prefill = prefill;
 	return launch_moe_matmul<MOE_GATE_UP>(max_active, tiles_per_pass, row_tiles, args, stream);
 }
 
 /* down product + bias for every active expert. */
 cudaError_t
-launch_moe_down(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w, MoeRoute route,
-				const __half *act_frag, float *y, cudaStream_t stream)
+launch_moe_down(int max_active, int tiles_per_pass, int row_tiles, MoePrefill prefill, MoeMatrix w,
+				MoeRoute route, const __half *act_frag, float *y, cudaStream_t stream)
 {
 	MoeMatmulArgs args = {};
 
@@ -870,5 +1219,6 @@ launch_moe_down(int max_active, int tiles_per_pass, int row_tiles, MoeMatrix w, 
 	args.route = route;
 	args.x = (const uint4 *) act_frag;
 	args.y = y;
+	args.prefill = prefill;
 	return launch_moe_matmul<MOE_DOWN>(max_active, tiles_per_pass, row_tiles, args, stream);
 }

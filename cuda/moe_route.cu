@@ -10,9 +10,12 @@
  * expert's run come in atomic order; that changes no result, since each row
  * is computed independently.
  * moe_gather_kernel (one block per assignment): writes the token's normed
- * activations, as fp16, at its row of the fragment layout (moe_layout.cuh).
+ * activations, as fp16, at its row of the fragment layout (moe_layout.cuh),
+ * or of the tile layout in the prefill steps of the variants that read it.
  * Padding columns and rows of that buffer are never written: they stay as
- * zeroed at creation or as finite values of earlier steps.
+ * zeroed at creation or as finite values of earlier steps (of either layout:
+ * a padding column meets zero weight codes, a padding row's results are
+ * never stored).
  */
 #include "kernels.cuh"
 
@@ -79,7 +82,8 @@ launch_moe_route(int T, int K, int E, const int32_t *topk_idx, MoeRoute route,
 	return launch_chained(moe_route_kernel, 1, ROUTE_THREADS, 0, stream, T * K, E, topk_idx, route);
 }
 
-/* Assignment blockIdx.x = t*K + k: its token's row of xn, as fp16, at its sorted row. */
+/* Assignment blockIdx.x = t*K + k: its token's row of xn, as fp16, at its sorted row (TILES: of the tile layout). */
+template <bool TILES>
 __global__ void
 moe_gather_kernel(int K, const float *__restrict__ xn, int H, int kc,
 				  const int32_t *__restrict__ assign_row, __half *__restrict__ x_frag)
@@ -99,17 +103,18 @@ moe_gather_kernel(int K, const float *__restrict__ xn, int H, int kc,
 
 		v.x = fminf(fmaxf(v.x, -65504.0f), 65504.0f);
 		v.y = fminf(fmaxf(v.y, -65504.0f), 65504.0f);
-		*(__half2 *) (x_frag + frag_index(row, 2 * i, kc)) = __floats2half2_rn(v.x, v.y);
+		*(__half2 *) (x_frag + (TILES ? tile_index(row, 2 * i, kc) : frag_index(row, 2 * i, kc))) =
+			__floats2half2_rn(v.x, v.y);
 	}
 }
 
 /* Launches one block per assignment. */
 cudaError_t
-launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeRoute route, __half *x_frag,
-				  cudaStream_t stream)
+launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeRoute route, bool tile_layout,
+				  __half *x_frag, cudaStream_t stream)
 {
 	if (T * K <= 0)
 		return cudaSuccess;
-	return launch_chained(moe_gather_kernel, T * K, 512, 0, stream, K, xn, H, kc,
-							  route.assign_row, x_frag);
+	return launch_chained(tile_layout ? moe_gather_kernel<true> : moe_gather_kernel<false>, T * K, 512, 0,
+						  stream, K, xn, H, kc, route.assign_row, x_frag);
 }

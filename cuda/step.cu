@@ -290,11 +290,12 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 									w->router_w, w->router_b, H, E, K, a->topk_idx, a->topk_w, s),
 				 err, "norm_router");
 		CUDA_TRY(launch_moe_route(T, K, E, a->topk_idx, a->route, s), err, "moe_route");
-		CUDA_TRY(launch_moe_gather(T, K, a->xn, H, be->kc_h, a->route, a->x_frag, s), err, "moe_gather");
-		CUDA_TRY(launch_moe_gate_up(max_active, tiles_per_pass, row_tiles, w->gate_up, a->route, a->x_frag,
-									c->swiglu_limit, a->act_frag, be->kc_i, s), err, "moe_gate_up");
-		CUDA_TRY(launch_moe_down(max_active, tiles_per_pass, row_tiles, w->down, a->route, a->act_frag, a->y, s),
-				 err, "moe_down");
+		CUDA_TRY(launch_moe_gather(T, K, a->xn, H, be->kc_h, a->route, moe_tile_layout(tiles_per_pass, be->moe_prefill),
+								   a->x_frag, s), err, "moe_gather");
+		CUDA_TRY(launch_moe_gate_up(max_active, tiles_per_pass, row_tiles, be->moe_prefill, w->gate_up, a->route,
+									a->x_frag, c->swiglu_limit, a->act_frag, be->kc_i, s), err, "moe_gate_up");
+		CUDA_TRY(launch_moe_down(max_active, tiles_per_pass, row_tiles, be->moe_prefill, w->down, a->route,
+								 a->act_frag, a->y, s), err, "moe_down");
 		CUDA_TRY(launch_moe_combine_norm(T, K, a->x, a->y, a->route, a->topk_w, next_norm, H, eps,
 										 a->xb, s), err, "moe_combine_norm");
 	}

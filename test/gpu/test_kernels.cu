@@ -5,8 +5,9 @@
  *
  *   moe:       MXFP4 re-layout + routing + gather + gate_up/SwiGLU + down,
  *              odd shapes (padding of rows and columns) and 20b shapes, every
- *              variant (tiles_per_pass 1/2/4 x row_tiles 1/2/4 and the
- *              prefill one must agree bit for bit)
+ *              variant (tiles_per_pass 1/2/4 x row_tiles 1/2/4 and each
+ *              prefill kernel, GPTOSS_MOE_PREFILL's choices, must agree bit
+ *              for bit)
  *   attention: paged cache with shuffled pages, GQA, sinks, sliding window,
  *              decode rows and multi-token prefill items
  *   router:    residual + norm, fp32 logits, top-k and softmax, exact and
@@ -274,19 +275,30 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 	}
 
 	std::vector<float> first;
-	const int	variants[10][2] = {{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {2, 4}, {4, 1}, {4, 2}, {4, 4}, {8, 1}};
+	/* {tiles_per_pass, row_tiles}: the decode variants, then tiles_per_pass 8 with each prefill kernel */
+	const int	n_decode = 9;
+	const int	variants[n_decode][2] = {{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {2, 4}, {4, 1}, {4, 2}, {4, 4}};
 
-	for (int v = 0; v < 10; v++)
+	for (int v = 0; v < n_decode + MOE_PREFILL_VARIANTS; v++)
 	{
-		int			tpp = variants[v][0];
-		int			rt = variants[v][1];
+		int			tpp = v < n_decode ? variants[v][0] : 8;
+		int			rt = v < n_decode ? variants[v][1] : 1;
+		MoePrefill	pf = v < n_decode ? MOE_PREFILL_MMA : (MoePrefill) (v - n_decode);
+		bool		tiles = moe_tile_layout(tpp, pf);
 		int			max_active = T * K < E ? T * K : E;
 
 		CK(cudaMemset(y, 0xFF, (size_t) moe_rows * H * 4));	/* poison: NaN */
+		/*
+		 * and the activations, so that a layout mix-up cannot read what an
+		 * earlier variant wrote: with finite halfs (0x3C3C), since padding
+		 * columns only ever hold finite values (moe_route.cu)
+		 */
+		CK(cudaMemset(x_frag, 0x3C, (size_t) moe_rows * kc_h * 128));
+		CK(cudaMemset(act_frag, 0x3C, (size_t) moe_rows * kc_i * 128));
 		CK(launch_moe_route(T, K, E, d_topk, route, 0));
-		CK(launch_moe_gather(T, K, d_x, H, kc_h, route, x_frag, 0));
-		CK(launch_moe_gate_up(max_active, tpp, rt, gu, route, x_frag, 7.0f, act_frag, kc_i, 0));
-		CK(launch_moe_down(max_active, tpp, rt, dn, route, act_frag, y, 0));
+		CK(launch_moe_gather(T, K, d_x, H, kc_h, route, tiles, x_frag, 0));
+		CK(launch_moe_gate_up(max_active, tpp, rt, pf, gu, route, x_frag, 7.0f, act_frag, kc_i, 0));
+		CK(launch_moe_down(max_active, tpp, rt, pf, dn, route, act_frag, y, 0));
 		CK(cudaDeviceSynchronize());
 
 		std::vector<float> yh = to_host(y, (size_t) moe_rows * H);
@@ -312,15 +324,16 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 			if (!(num <= worst))
 				worst = num != num ? INFINITY : fmax(worst, num);
 		}
-		snprintf(name, sizeof(name), "moe E=%d H=%d I=%d K=%d T=%d tiles/pass=%d row tiles=%d: max row rel err",
-				 E, H, I, K, T, tpp, rt);
+		snprintf(name, sizeof(name), "moe E=%d H=%d I=%d K=%d T=%d tiles/pass=%d row tiles=%d%s%s: max row rel err",
+				 E, H, I, K, T, tpp, rt, tpp == 8 ? " " : "", tpp == 8 ? moe_prefill_names[pf] : "");
 		check(worst <= 4e-3, name, worst, 4e-3);
 		if (v == 0)
 			first = got;
 		else
 		{
-			/* 8 is the prefill variant: it sums the same input ranges in the same order */
-			snprintf(name, sizeof(name), "moe tiles/pass=%d row tiles=%d identical to 1/1", tpp, rt);
+			/* the prefill kernels sum the same input ranges in the same order */
+			snprintf(name, sizeof(name), "moe tiles/pass=%d row tiles=%d%s%s identical to 1/1", tpp, rt,
+					 tpp == 8 ? " " : "", tpp == 8 ? moe_prefill_names[pf] : "");
 			check(memcmp(first.data(), got.data(), got.size() * 4) == 0, name, 0, 0);
 		}
 	}
