@@ -484,7 +484,7 @@ pick_moe_prefill(CudaBackend *be, gptoss_error *err)
 			return 0;
 		}
 	return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-							  "cuda backend: GPTOSS_MOE_PREFILL=%s is none of mma, wgmma3, wgmma4, wgmma4s3, wgmma4x2",
+							  "cuda backend: GPTOSS_MOE_PREFILL=%s is none of mma, wgmma3, wgmma4, wgmma4s3, wgmma4x2, wgmma4n128",
 							  name);
 }
 

@@ -207,6 +207,7 @@ enum MoePrefill
 	MOE_PREFILL_WGMMA4,			/* wgmma, tile layout, double-buffered A, 4 stages, 2 blocks per SM */
 	MOE_PREFILL_WGMMA4S3,		/* the same with 3 stages, 3 blocks per SM */
 	MOE_PREFILL_WGMMA4X2,		/* two consumer warpgroups (256 rows) sharing the activation stages */
+	MOE_PREFILL_WGMMA4N128,		/* 8 warps of one row tile, 128 rows x 128 tokens a pass (m64n128k16) */
 	MOE_PREFILL_VARIANTS
 };
 

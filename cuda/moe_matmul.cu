@@ -52,7 +52,12 @@
  * multiply block n (a 4-deep ring keeps the stage of piece c - 1 alive for
  * the group still reading it).  wgmma4s3 trades a stage for a third block
  * per SM; wgmma4x2 has two consumer warpgroups (256 rows) share each
- * activation stage.  Every wgmma4 pass runs on wgmma, short ones included,
+ * activation stage, halving the activation bytes per FMA that cross L2
+ * (every row block reads all of its expert's activations); wgmma4n128 has 8
+ * warps of one row tile take 128 tokens a pass (m64n128k16), so each
+ * decoded A fragment feeds twice the FMAs: half the decode instructions per
+ * FMA, for a longer stale tail on an expert's last pass.  Every wgmma4
+ * kernel's passes run on wgmma, short ones included,
  * because ptxas serialises all wgmma of a kernel whose accumulators a
  * non-provably-uniform branch hands to mma.sync while wgmma still run.
  * Both variants do the same arithmetic for a (row tile, token tile) pair:
@@ -611,23 +616,24 @@ moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const 
 /*
  * sum[r][j] += the staged piece (weights w, scales s: [row tile][...];
  * activations x: the stage's first token tile) for the warp's row tiles
- * r < nr (from wr0) and the pass's token tiles j < nt.  Each A fragment is
- * decoded once and used for all token tiles.  FULL: nr and nt are the
- * maximum, so the tile checks drop out (2048-token prefill 18,400 -> 21,800
- * tok/s: the checked copy keeps a warp-synchronising branch around every
- * mma).  TILES: x is a tile-layout image (1024 bytes a token tile, read by
- * ldmatrix), else fragments ([token tile][half][lane]).
+ * r < nr (from wr0; at most RW) and the pass's token tiles j < nt (at most
+ * TT).  Each A fragment is decoded once and used for all token tiles.
+ * FULL: nr and nt are the maximum, so the tile checks drop out (2048-token
+ * prefill 18,400 -> 21,800 tok/s: the checked copy keeps a
+ * warp-synchronising branch around every mma).  TILES: x is a tile-layout
+ * image (1024 bytes a token tile, read by ldmatrix), else fragments
+ * ([token tile][half][lane]).
  */
-template <bool FULL, bool TILES>
+template <int RW, int TT, bool FULL, bool TILES>
 static __device__ __forceinline__ void
-moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const uint4 (*w)[32],
-				  const uint32_t (*s)[8], const uint4 *x, int wr0, int nr, int nt, int lane)
+moe_prefill_piece(float (&sum)[RW][TT][4], const uint4 (*w)[32], const uint32_t (*s)[8], const uint4 *x,
+				  int wr0, int nr, int nt, int lane)
 {
-	uint4		wv[MOE_PF_WARP_ROWS];
-	uint32_t	sv[MOE_PF_WARP_ROWS];
+	uint4		wv[RW];
+	uint32_t	sv[RW];
 
 #pragma unroll
-	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+	for (int r = 0; r < RW; r++)
 		if (FULL || r < nr)
 		{
 			wv[r] = w[wr0 + r][lane];
@@ -636,21 +642,21 @@ moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const u
 #pragma unroll
 	for (int h = 0; h < 2; h++)
 	{
-		uint32_t	a0[MOE_PF_WARP_ROWS][4];
-		uint32_t	a1[MOE_PF_WARP_ROWS][4];
+		uint32_t	a0[RW][4];
+		uint32_t	a1[RW][4];
 
 #pragma unroll
-		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+		for (int r = 0; r < RW; r++)
 			if (FULL || r < nr)
 				mx_block_decode(wv[r], sv[r], h, a0[r], a1[r]);
 #pragma unroll
-		for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+		for (int j = 0; j < TT; j++)
 			if (FULL || j < nt)
 			{
 				uint4		b = TILES ? ldmatrix_b(x + j * 64, h, lane) : x[(j * 2 + h) * 32 + lane];
 
 #pragma unroll
-				for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+				for (int r = 0; r < RW; r++)
 					if (FULL || r < nr)
 						mx_block_mma(sum[r][j], a0[r], a1[r], b);
 			}
@@ -727,17 +733,16 @@ moe_range_ends(int range, int done, int kc)
  * totals, in range order (total = range 0, then += ranges 1, 2, 3: the
  * decode variant's sum), and restarts the range sum.
  */
+template <int RW, int TT>
 static __device__ __forceinline__ void
-moe_fold_ranges(float (*total)[MOE_PF_TOKEN_TILES][4][32],
-				float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], int *range, int done, int kc,
-				int lane)
+moe_fold_ranges(float (*total)[TT][4][32], float (&sum)[RW][TT][4], int *range, int done, int kc, int lane)
 {
 	while (moe_range_ends(*range, done, kc))
 	{
 #pragma unroll
-		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+		for (int r = 0; r < RW; r++)
 #pragma unroll
-			for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+			for (int j = 0; j < TT; j++)
 #pragma unroll
 				for (int c = 0; c < 4; c++)
 				{
@@ -751,13 +756,14 @@ moe_fold_ranges(float (*total)[MOE_PF_TOKEN_TILES][4][32],
 }
 
 /* Zeroes a warp's range sums. */
+template <int RW, int TT>
 static __device__ __forceinline__ void
-moe_zero_sums(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4])
+moe_zero_sums(float (&sum)[RW][TT][4])
 {
 #pragma unroll
-	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+	for (int r = 0; r < RW; r++)
 #pragma unroll
-		for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+		for (int j = 0; j < TT; j++)
 #pragma unroll
 			for (int c = 0; c < 4; c++)
 				sum[r][j][c] = 0.0f;
@@ -770,11 +776,12 @@ moe_zero_sums(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4])
  * MOE_PF_TOKEN_TILES token tiles.  Every piece of a pass goes through the
  * shared-memory pipeline (the stages of the next MOE_PF_STAGES - 1 pieces
  * load while one is multiplied); the range totals wait in shared memory,
- * which keeps the registers within the cap.  wgmma3 runs the full passes on
+ * which keeps the registers within the cap.  WGMMA3 runs the full passes on
  * wgmma (moe_prefill_piece_wgmma), restaging the fragment layout into the
- * swizzle with 4-byte copies.
+ * swizzle with 4-byte copies; without it the kernel is main's mma.sync one
+ * to the instruction (the wgmma path in the same kernel cost registers).
  */
-template <int MODE>
+template <int MODE, bool WGMMA3>
 __global__ void __launch_bounds__(MOE_PF_WARPS * 32, MOE_PF_BLOCKS)
 moe_prefill_kernel(MoeMatmulArgs args)
 {
@@ -808,8 +815,7 @@ moe_prefill_kernel(MoeMatmulArgs args)
 	{
 		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
 		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
-		const bool	cores = MOE_WGMMA && args.prefill == MOE_PREFILL_WGMMA3 &&
-			rt_valid == MOE_PF_ROW_TILES && nt == MOE_PF_TOKEN_TILES;
+		const bool	cores = MOE_WGMMA && WGMMA3 && rt_valid == MOE_PF_ROW_TILES && nt == MOE_PF_TOKEN_TILES;
 		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
 		int			range = 0;
 
@@ -837,9 +843,11 @@ moe_prefill_kernel(MoeMatmulArgs args)
 			if (cores)
 				moe_prefill_piece_wgmma(sum, st, wr0, lane);
 			else if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
-				moe_prefill_piece<true, false>(sum, st->w, st->s, &st->x[0][0][0], wr0, nr, nt, lane);
+				moe_prefill_piece<MOE_PF_WARP_ROWS, MOE_PF_TOKEN_TILES, true, false>(sum, st->w, st->s, &st->x[0][0][0],
+																					 wr0, nr, nt, lane);
 			else if (nr > 0)
-				moe_prefill_piece<false, false>(sum, st->w, st->s, &st->x[0][0][0], wr0, nr, nt, lane);
+				moe_prefill_piece<MOE_PF_WARP_ROWS, MOE_PF_TOKEN_TILES, false, false>(sum, st->w, st->s, &st->x[0][0][0],
+																					  wr0, nr, nt, lane);
 			moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
 		}
 #pragma unroll
@@ -860,88 +868,115 @@ moe_prefill_kernel(MoeMatmulArgs args)
 }
 
 /*
- * wgmma4 variants.  A block has WG consumer warpgroups (4 warps, 2 row
- * tiles a warp: 128 rows each) sharing each piece's activation stage, which
- * the producers (gather, gate_up's epilogue) wrote in the tile layout, so a
- * stage is whole 1024-byte tiles copied 16 bytes at a time.  STAGES pieces
- * in the ring: STAGES - 2 load ahead while one is multiplied and the
- * previous one's last wgmma may still run (wait_group 1).
+ * d += a * B as wgmma_64x64x16, for 128 tokens: d holds the warp's 16 rows
+ * x 128 tokens as sixteen m16n8 C fragments.
  */
-template <int WG>
+static __device__ __forceinline__ void
+wgmma_64x128x16(float *d, const uint32_t a[4], uint64_t desc)
+{
+#if MOE_WGMMA
+	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+				 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+				 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+				 "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
+				 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+				 "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+				 "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+				 "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+				 "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+				 "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+				 "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+				 "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+				 "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+				 "+f"(d[63])
+				 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
+#endif
+}
+
+/*
+ * wgmma4 variants.  A block has WG consumer warpgroups of 4 warps, RW row
+ * tiles a warp (RT = 4 WG RW row tiles a block), sharing each piece's stage
+ * of TT token tiles, which the producers (gather, gate_up's epilogue) wrote
+ * in the tile layout, so a stage is whole 1024-byte tiles copied 16 bytes at
+ * a time.  STAGES pieces in the ring: STAGES - 2 load ahead while one is
+ * multiplied and the previous one's last wgmma may still run (wait_group 1).
+ */
+template <int RT, int TT>
 struct __align__(1024) MoeWgStage
 {
-	uint4		x[MOE_PF_TOKEN_TILES][64];	/* tile-layout image: [token tile][16-byte chunk] */
-	uint4		w[WG * MOE_PF_ROW_TILES][32];	/* packed fp4 codes: [row tile][lane] */
-	uint32_t	s[WG * MOE_PF_ROW_TILES][8];	/* multiplier words: [row tile][row group] */
+	uint4		x[TT][64];		/* tile-layout image: [token tile][16-byte chunk] */
+	uint4		w[RT][32];		/* packed fp4 codes: [row tile][lane] */
+	uint32_t	s[RT][8];		/* multiplier words: [row tile][row group] */
 };
 
 /* A wgmma4 block's shared memory: the ring of stages, then each warp's range totals. */
-template <int WG, int STAGES>
+template <int WG, int RW, int TT, int STAGES>
 struct MoeWgSmem
 {
-	MoeWgStage<WG> stage[STAGES];
-	float		total[WG * MOE_PF_WARPS][MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4][32];	/* [warp][r][j][c][lane] */
+	MoeWgStage<4 * WG * RW, TT> stage[STAGES];
+	float		total[4 * WG][RW][TT][4][32];	/* [warp][r][j][c][lane] */
 };
 
 /*
  * Issues the copies of piece c into st: tt_valid token tiles of the pass
  * (x: its first tile, each tile a 1024-byte block of the tile layout) and
  * rt_valid row tiles of weights and scales (w, s: the block's first row
- * tile).  Tiles past the data are not copied; what their stale shared
- * memory meets is only token columns or rows whose results are never stored.
+ * tile), THREADS threads taking turns.  Tiles past the data are not
+ * copied; what their stale shared memory meets is only token columns or
+ * rows whose results are never stored.
  */
-template <int WG>
+template <int RT, int TT, int THREADS>
 static __device__ __forceinline__ void
-moe_wg_stage(MoeWgStage<WG> *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc, int c,
+moe_wg_stage(MoeWgStage<RT, TT> *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc, int c,
 			 int rt_valid, int tt_valid)
 {
-	constexpr int threads = WG * MOE_PF_WARPS * 32;
-	constexpr int rows = WG * MOE_PF_ROW_TILES;
 	const int	t = threadIdx.x;
 
+	static_assert(TT * 64 % THREADS == 0 && RT * 32 % THREADS == 0 && RT * 2 <= THREADS,
+				  "whole rounds of copies");
 #pragma unroll
-	for (int k = 0; k < MOE_PF_TOKEN_TILES * 64 / threads; k++)
+	for (int k = 0; k < TT * 64 / THREADS; k++)
 	{
-		int			i = t + k * threads;
+		int			i = t + k * THREADS;
 
 		if ((i >> 6) < tt_valid)
 			cp_async16(&st->x[i >> 6][i & 63], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
 	}
 #pragma unroll
-	for (int k = 0; k < rows * 32 / threads; k++)
+	for (int k = 0; k < RT * 32 / THREADS; k++)
 	{
-		int			i = t + k * threads;
+		int			i = t + k * THREADS;
 
 		if ((i >> 5) < rt_valid)
 			cp_async16(&st->w[i >> 5][i & 31], w + ((size_t) (i >> 5) * kc + c) * 32 + (i & 31));
 	}
-	if (t < rows * 2 && (t >> 1) < rt_valid)
+	if (t < RT * 2 && (t >> 1) < rt_valid)
 		cp_async16(&st->s[t >> 1][(t & 1) * 4], s + ((size_t) (t >> 1) * kc + c) * 8 + (t & 1) * 4);
 }
 
 /*
- * wgmma4: sum += one staged piece for the warp's row tiles wr0, wr0 + 1 and
- * all 8 token tiles.  Absent tiles (past the matrix's rows or the expert's
+ * wgmma4: sum += one staged piece for the warp's RW row tiles from wr0 and
+ * all TT token tiles.  Absent tiles (past the matrix's rows or the expert's
  * tokens) are not staged: their rows or columns multiply stale shared
  * memory, and their results, each row and column of a product on its own,
- * are dropped by the epilogue.  Per MX block
- * h, the four m64n64k16 of its two k16 steps (same order per accumulator as
+ * are dropped by the epilogue.  Per MX block h, the 2 RW wgmma (m64 x 8 TT
+ * tokens x k16) of its two k16 steps (same order per accumulator as
  * moe_prefill_piece, hence the same bits) form one commit group reading A
  * fragments from buffer a[h].  The buffer's previous reader is the group
  * before last (block h of the previous piece): wait_group 1 leaves only the
  * group just issued running, so a warp decodes block h while the tensor
  * cores multiply block h - 1, across pieces too.
  */
+template <int RW, int TT>
 static __device__ __forceinline__ void
-moe_wg_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
-			 uint32_t (&a)[2][MOE_PF_WARP_ROWS][2][4], const uint4 (*w)[32], const uint32_t (*s)[8],
-			 const uint4 *x, int wr0, int lane)
+moe_wg_piece(float (&sum)[RW][TT][4], uint32_t (&a)[2][RW][2][4], const uint4 (*w)[32],
+			 const uint32_t (*s)[8], const uint4 *x, int wr0, int lane)
 {
-	uint4		wv[MOE_PF_WARP_ROWS];
-	uint32_t	sv[MOE_PF_WARP_ROWS];
+	uint4		wv[RW];
+	uint32_t	sv[RW];
 
 #pragma unroll
-	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+	for (int r = 0; r < RW; r++)
 	{
 		wv[r] = w[wr0 + r][lane];
 		sv[r] = s[wr0 + r][lane >> 2];
@@ -951,7 +986,7 @@ moe_wg_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
 	{
 		wgmma_wait<1>();
 #pragma unroll
-		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+		for (int r = 0; r < RW; r++)
 		{
 			wgmma_keep(a[h][r][0]);
 			wgmma_keep(a[h][r][1]);
@@ -961,41 +996,47 @@ moe_wg_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
 #pragma unroll
 		for (int k = 0; k < 2; k++)
 #pragma unroll
-			for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-				wgmma_64x64x16(&sum[r][0][0], a[h][r][k],
-							   wgmma_desc_sw128((const char *) x + 32 * (2 * h + k), 1024));
+			for (int r = 0; r < RW; r++)
+			{
+				uint64_t	desc = wgmma_desc_sw128((const char *) x + 32 * (2 * h + k), 1024);
+
+				if (TT == 16)
+					wgmma_64x128x16(&sum[r][0][0], a[h][r][k], desc);
+				else
+					wgmma_64x64x16(&sum[r][0][0], a[h][r][k], desc);
+			}
 		wgmma_commit();
 	}
 }
 
 /*
  * Prefill variant wgmma4 (tile-layout activations): block x takes row tiles
- * [ROWS x, ROWS x + ROWS) of expert blockIdx.y (ROWS = 8 WG), warp w of them
- * 2 from wr0 = 2w, and walks the expert's tokens in passes of 8 token tiles,
- * every pass on wgmma, short ones included (moe_wg_piece): a second,
+ * [RT x, RT x + RT) of expert blockIdx.y (RT = 4 WG RW), warp w of them RW
+ * from wr0 = RW w, and walks the expert's tokens in passes of TT token
+ * tiles, every pass on wgmma, short ones included (moe_wg_piece): a second,
  * mma.sync path for them would share the accumulators with wgmma that are
  * still running across a branch ptxas cannot prove warp-uniform, and ptxas
  * then serialises every wgmma (C7518).  Without sm_90a the passes run on
  * mma.sync with B by ldmatrix from the same stages.  Range sums fold into
  * shared-memory totals as in moe_prefill_kernel, after a full wait.
  */
-template <int MODE, int WG, int STAGES, int BLOCKS>
-__global__ void __launch_bounds__(WG * MOE_PF_WARPS * 32, BLOCKS)
+template <int MODE, int WG, int RW, int TT, int STAGES, int BLOCKS>
+__global__ void __launch_bounds__(WG * 128, BLOCKS)
 moe_prefill_wg_kernel(MoeMatmulArgs args)
 {
 	constexpr int ahead = STAGES - 2;
-	constexpr int rows = WG * MOE_PF_ROW_TILES;
+	constexpr int rows = 4 * WG * RW;
 	extern __shared__ uint4 moe_smem[];
-	MoeWgSmem<WG, STAGES> *sm = (MoeWgSmem<WG, STAGES> *)
+	MoeWgSmem<WG, RW, TT, STAGES> *sm = (MoeWgSmem<WG, RW, TT, STAGES> *)
 		((char *) moe_smem + (-(unsigned) __cvta_generic_to_shared(moe_smem) & 1023u));
 	const int	lane = threadIdx.x & 31;
 	const int	warp = threadIdx.x >> 5;
-	const int	wr0 = warp * MOE_PF_WARP_ROWS;
+	const int	wr0 = warp * RW;
 	const int	tile0 = blockIdx.x * rows;
 	const int	kc = args.w.kc;
 	const int	rt_valid = min(rows, args.w.rtiles - tile0);
-	const int	nr = max(0, min(MOE_PF_WARP_ROWS, rt_valid - wr0));
-	uint32_t	a[2][MOE_PF_WARP_ROWS][2][4] = {};	/* A fragments: [buffer = MX block][row tile][k16 step][reg] */
+	const int	nr = max(0, min(RW, rt_valid - wr0));
+	uint32_t	a[2][RW][2][4] = {};	/* A fragments: [buffer = MX block][row tile][k16 step][reg] */
 	int			e;
 	int			n_e;
 	int			row0;
@@ -1012,25 +1053,25 @@ moe_prefill_wg_kernel(MoeMatmulArgs args)
 	n_tiles = (n_e + 7) >> 3;
 	w = args.w.blocks + ((size_t) e * args.w.rtiles + tile0) * kc * 32;
 	s = args.w.scales + ((size_t) e * args.w.rtiles + tile0) * kc * 8;
-	for (int tt0 = 0; tt0 < n_tiles; tt0 += MOE_PF_TOKEN_TILES)
+	for (int tt0 = 0; tt0 < n_tiles; tt0 += TT)
 	{
 		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
-		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
-		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
+		const int	nt = min(TT, n_tiles - tt0);
+		float		sum[RW][TT][4];
 		int			range = 0;
 
 		moe_zero_sums(sum);
-		__syncthreads();		/* every warp is done with the previous pass's stages and totals */
+		__syncthreads();		/* every warp is done with the previous pass's stages */
 		for (int c = 0; c < ahead; c++)
 		{
 			if (c < kc)
-				moe_wg_stage<WG>(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
+				moe_wg_stage<rows, TT, WG * 128>(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
 			cp_async_commit();
 		}
 		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
 		for (int c = 0; c < kc; c++)
 		{
-			const MoeWgStage<WG> *st = &sm->stage[c % STAGES];
+			const MoeWgStage<rows, TT> *st = &sm->stage[c % STAGES];
 
 			cp_async_wait<ahead - 1>();	/* piece c has landed (this thread's part) */
 			if (MOE_WGMMA)		/* ... and is visible to wgmma's (async proxy) reads */
@@ -1042,40 +1083,43 @@ moe_prefill_wg_kernel(MoeMatmulArgs args)
 			 */
 			__syncthreads();
 			if (c + ahead < kc)
-				moe_wg_stage<WG>(&sm->stage[(c + ahead) % STAGES], w, s, x, kc, c + ahead, rt_valid, nt);
+				moe_wg_stage<rows, TT, WG * 128>(&sm->stage[(c + ahead) % STAGES], w, s, x, kc, c + ahead,
+												 rt_valid, nt);
 			cp_async_commit();
 			if (MOE_WGMMA)
-				moe_wg_piece(sum, a, st->w, st->s, st->x[0], wr0, lane);
-			else if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
-				moe_prefill_piece<true, true>(sum, st->w, st->s, st->x[0], wr0, nr, nt, lane);
+				moe_wg_piece<RW, TT>(sum, a, st->w, st->s, st->x[0], wr0, lane);
+			else if (nr == RW && nt == TT)
+				moe_prefill_piece<RW, TT, true, true>(sum, st->w, st->s, st->x[0], wr0, nr, nt, lane);
 			else if (nr > 0)
-				moe_prefill_piece<false, true>(sum, st->w, st->s, st->x[0], wr0, nr, nt, lane);
+				moe_prefill_piece<RW, TT, false, true>(sum, st->w, st->s, st->x[0], wr0, nr, nt, lane);
 			if (moe_range_ends(range, c + 1, kc))
 			{
 				if (MOE_WGMMA)
 				{
 					wgmma_wait<0>();
 #pragma unroll
-					for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-						wgmma_pin(&sum[r][0][0]);
+					for (int r = 0; r < RW; r++)
+#pragma unroll
+						for (int q = 0; q < TT / 8; q++)
+							wgmma_pin(&sum[r][0][0] + 32 * q);
 				}
 				moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
 			}
 		}
 		wgmma_wait<0>();		/* a no-op (the last fold waited), which ptxas cannot see across the loop exit */
 #pragma unroll
-		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+		for (int r = 0; r < RW; r++)
 			if (r < nr)
 			{
-				float		acc[MOE_PF_TOKEN_TILES][4];
+				float		acc[TT][4];
 
 #pragma unroll
-				for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+				for (int j = 0; j < TT; j++)
 #pragma unroll
 					for (int c = 0; c < 4; c++)
 						acc[j][c] = sm->total[warp][r][j][c][lane];
-				moe_epilogue<MODE, MOE_PF_TOKEN_TILES, true>(args, acc, e, tile0 + wr0 + r, row0, n_e,
-															 n_tiles, tt0, lane >> 2, lane & 3);
+				moe_epilogue<MODE, TT, true>(args, acc, e, tile0 + wr0 + r, row0, n_e, n_tiles, tt0, lane >> 2,
+											 lane & 3);
 			}
 	}
 }
@@ -1134,16 +1178,16 @@ launch_prefill_kernel(void (*kernel) (MoeMatmulArgs), bool *smem_allowed, size_t
 						  args);
 }
 
-/* Launches the wgmma4 variant <MODE, WG, STAGES, BLOCKS>. */
-template <int MODE, int WG, int STAGES, int BLOCKS>
+/* Launches the wgmma4 variant <MODE, WG, RW, TT, STAGES, BLOCKS>. */
+template <int MODE, int WG, int RW, int TT, int STAGES, int BLOCKS>
 static cudaError_t
 launch_prefill_wg(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
 {
 	static bool smem_allowed;
 
-	return launch_prefill_kernel(moe_prefill_wg_kernel<MODE, WG, STAGES, BLOCKS>, &smem_allowed,
-								 sizeof(MoeWgSmem<WG, STAGES>) + 1024, WG * MOE_PF_WARPS * 32,
-								 WG * MOE_PF_ROW_TILES, max_active, args, stream);
+	return launch_prefill_kernel(moe_prefill_wg_kernel<MODE, WG, RW, TT, STAGES, BLOCKS>, &smem_allowed,
+								 sizeof(MoeWgSmem<WG, RW, TT, STAGES>) + 1024, WG * 128, 4 * WG * RW,
+								 max_active, args, stream);
 }
 
 /* Launches the prefill variant args.prefill. */
@@ -1151,18 +1195,23 @@ template <int MODE>
 static cudaError_t
 launch_prefill(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
 {
-	static bool smem_allowed;
+	static bool smem_allowed[2];
 
 	switch (args.prefill)
 	{
+		case MOE_PREFILL_WGMMA3:
+			return launch_prefill_kernel(moe_prefill_kernel<MODE, true>, &smem_allowed[1], MOE_PF_SMEM_BYTES,
+										 MOE_PF_WARPS * 32, MOE_PF_ROW_TILES, max_active, args, stream);
 		case MOE_PREFILL_WGMMA4:
-			return launch_prefill_wg<MODE, 1, 4, 2>(max_active, args, stream);
+			return launch_prefill_wg<MODE, 1, 2, 8, 4, 2>(max_active, args, stream);
 		case MOE_PREFILL_WGMMA4S3:
-			return launch_prefill_wg<MODE, 1, 3, 3>(max_active, args, stream);
+			return launch_prefill_wg<MODE, 1, 2, 8, 3, 3>(max_active, args, stream);
 		case MOE_PREFILL_WGMMA4X2:
-			return launch_prefill_wg<MODE, 2, 4, 1>(max_active, args, stream);
+			return launch_prefill_wg<MODE, 2, 2, 8, 4, 1>(max_active, args, stream);
+		case MOE_PREFILL_WGMMA4N128:
+			return launch_prefill_wg<MODE, 2, 1, 16, 4, 1>(max_active, args, stream);
 		default:
-			return launch_prefill_kernel(moe_prefill_kernel<MODE>, &smem_allowed, MOE_PF_SMEM_BYTES,
+			return launch_prefill_kernel(moe_prefill_kernel<MODE, false>, &smem_allowed[0], MOE_PF_SMEM_BYTES,
 										 MOE_PF_WARPS * 32, MOE_PF_ROW_TILES, max_active, args, stream);
 	}
 }
@@ -1188,7 +1237,8 @@ launch_moe_matmul(int max_active, int tiles_per_pass, int rt, const MoeMatmulArg
 	}
 }
 
-const char *const moe_prefill_names[MOE_PREFILL_VARIANTS] = {"mma", "wgmma3", "wgmma4", "wgmma4s3", "wgmma4x2"};
+const char *const moe_prefill_names[MOE_PREFILL_VARIANTS] = {"mma", "wgmma3", "wgmma4", "wgmma4s3", "wgmma4x2",
+	"wgmma4n128"};
 
 /* gate_up product + SwiGLU for every active expert. */
 cudaError_t
