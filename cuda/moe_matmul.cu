@@ -536,7 +536,7 @@ wgmma_pin(float *d)
 		asm volatile("" : "+f"(d[i])::"memory");
 }
 
-/* Keeps a wgmma's A fragment alive up to here (after the wait for its reader), so its registers are not reused earlier. */
+/* Keeps a wgmma's A fragment alive up to here (after the wait for its reader): its registers are not reused before. */
 static __device__ __forceinline__ void
 wgmma_keep(const uint32_t a[4])
 {
@@ -877,7 +877,10 @@ wgmma_64x128x16(float *d, const uint32_t a[4], uint64_t desc)
 #if MOE_WGMMA
 	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
 				 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
-				 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+				 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+				 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+				 "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+				 "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
 				 "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"
 				 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
 				 "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
