@@ -466,25 +466,36 @@ build_rope(CudaBackend *be, gptoss_error *err)
 }
 
 /*
- * The MoE prefill kernel named by GPTOSS_MOE_PREFILL (unset: mma), so that
- * one build can time every variant; they give the same bits.
+ * The MoE prefill kernel: wgmma where the device runs this build's sm_90a
+ * code (H100, H200), else mma.  GPTOSS_MOE_PREFILL=mma|wgmma overrides
+ * the choice, so that one build can time both (they give the same bits);
+ * wgmma where it cannot run is an error.
  */
 static int
 pick_moe_prefill(CudaBackend *be, gptoss_error *err)
 {
 	const char *name = getenv("GPTOSS_MOE_PREFILL");
+	bool		wgmma;
+	cudaError_t rc = moe_wgmma_available(&wgmma);
 
-	be->moe_prefill = MOE_PREFILL_MMA;
+	if (rc != cudaSuccess)
+	{
+		cudaGetLastError();
+		return gptoss_errorf(err, "CUDA error in the MoE prefill kernel probe: %s", cudaGetErrorString(rc));
+	}
+	be->moe_prefill = wgmma ? MOE_PREFILL_WGMMA : MOE_PREFILL_MMA;
 	if (!name || !*name)
 		return 0;
 	for (int v = 0; v < MOE_PREFILL_VARIANTS; v++)
 		if (strcmp(name, moe_prefill_names[v]) == 0)
 		{
+			if (v == MOE_PREFILL_WGMMA && !wgmma)
+				return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
+										  "cuda backend: GPTOSS_MOE_PREFILL=wgmma, but this build has no sm_90a code for this device");
 			be->moe_prefill = (MoePrefill) v;
 			return 0;
 		}
-	return gptoss_errorf_code(err, GPTOSS_ERR_INVALID,
-							  "cuda backend: GPTOSS_MOE_PREFILL=%s is none of mma, wgmma3, wgmma4, wgmma4s3, wgmma4x2, wgmma4n128",
+	return gptoss_errorf_code(err, GPTOSS_ERR_INVALID, "cuda backend: GPTOSS_MOE_PREFILL=%s is neither mma nor wgmma",
 							  name);
 }
 

@@ -85,7 +85,7 @@ struct CudaBackend
 	float2	   *rope;			/* [max_context][D/2] (C, S) pairs */
 	int			kc_h;			/* 64-column chunks of H */
 	int			kc_i;			/* 64-column chunks of I */
-	MoePrefill	moe_prefill;	/* the MoE prefill kernel (GPTOSS_MOE_PREFILL; default mma) */
+	MoePrefill	moe_prefill;	/* the MoE prefill kernel (wgmma where it runs; GPTOSS_MOE_PREFILL) */
 
 	/* KV cache */
 	KvCacheView kv;

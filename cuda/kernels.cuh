@@ -197,28 +197,28 @@ cudaError_t launch_moe_route(int T, int K, int E, const int32_t *topk_idx, MoeRo
 							 cudaStream_t stream);
 
 /*
- * The MoE prefill kernel (moe_matmul.cu; GPTOSS_MOE_PREFILL names one, read
- * once at backend creation).  Every variant gives the same result bits.
+ * The MoE prefill kernel (moe_matmul.cu): wgmma where the device runs this
+ * build's sm_90a code, else mma; GPTOSS_MOE_PREFILL=mma|wgmma overrides it,
+ * read once at backend creation.  Both give the same result bits.
  */
 enum MoePrefill
 {
 	MOE_PREFILL_MMA,			/* mma.sync, fragment-layout activations */
-	MOE_PREFILL_WGMMA3,			/* wgmma on full passes, fragment layout restaged into the swizzle */
-	MOE_PREFILL_WGMMA4,			/* wgmma, tile layout, double-buffered A, 4 stages, 2 blocks per SM */
-	MOE_PREFILL_WGMMA4S3,		/* the same with 3 stages, 3 blocks per SM */
-	MOE_PREFILL_WGMMA4X2,		/* two consumer warpgroups (256 rows) sharing the activation stages */
-	MOE_PREFILL_WGMMA4N128,		/* 8 warps of one row tile, 128 rows x 128 tokens a pass (m64n128k16) */
+	MOE_PREFILL_WGMMA,			/* wgmma m64n128k16 (sm_90a), tile-layout activations */
 	MOE_PREFILL_VARIANTS
 };
 
 /* moe_matmul.cu: the GPTOSS_MOE_PREFILL name of each variant. */
 extern const char *const moe_prefill_names[MOE_PREFILL_VARIANTS];
 
+/* moe_matmul.cu: sets *available to whether the current device runs the wgmma variant (sm_90a code). */
+cudaError_t moe_wgmma_available(bool *available);
+
 /* Whether a step's expert activations (x_frag, act_frag) are in the tile layout rather than the fragment layout. */
 static inline bool
 moe_tile_layout(int tiles_per_pass, MoePrefill prefill)
 {
-	return tiles_per_pass == 8 && prefill >= MOE_PREFILL_WGMMA4;
+	return tiles_per_pass == 8 && prefill == MOE_PREFILL_WGMMA;
 }
 
 /* moe_route.cu: copies xn rows (fp16) into the fragment (or tile) layout at their sorted rows. */

@@ -39,7 +39,7 @@
  * A matrix of R rows (R a multiple of 8) and kc chunks is [R/8][kc][32][16]
  * halfs.
  *
- * Activations ("tile layout", prefill steps of the wgmma4 variants only):
+ * Activations ("tile layout", prefill steps of the wgmma variant only):
  * the same 1024 bytes per (8-token tile, 64-column chunk), arranged as the
  * K-major wgmma B operand in the 128-byte swizzle, so that a prefill block
  * stages a piece with 16-byte copies of whole tiles: token n's 64 columns

@@ -19,7 +19,7 @@
  * per pass over its tokens: once per step for decode batches (up to
  * 8*tiles_per_pass tokens per expert), which is what makes batched decoding
  * cheap.
- * Prefill variant (more tokens per expert): a block of MOE_PF_WARPS warps
+ * mma prefill variant (more tokens per expert): a block of MOE_PF_WARPS warps
  * side by side along the rows computes 8 row tiles x 8 token tiles (128
  * rows x 64 tokens) per pass, a warp 2 row tiles x all 8 token tiles, so
  * each A fragment is decoded once, by one warp, for 16 mma.  The block's
@@ -34,33 +34,36 @@
  * FMAs, addressing), not tensor-bound, which is why the scales are now
  * folded into the fragments (two FMAs and a zeroed temporary less per mma):
  * 21,800 -> 25,100 tok/s, and batch-128 decode 10,900 -> 11,900 (run 30).
- * Prefill on wgmma (sm_90a; GPTOSS_MOE_PREFILL picks the kernel at backend
- * creation, mma by default until a wgmma one measures faster).  What is
- * left is instructions per FMA: an m16n8k16 mma.sync covers 2,048 FMAs, a
- * wgmma m64n64k16 65,536, with A (the decoded fp4 fragments, in exactly the
- * mma.sync A layout) from registers and B (64 tokens x 16 inputs) from
- * shared memory; a probe showed it bitwise equal to mma.sync over the same
- * k16 steps, so the variants stay interchangeable.  wgmma3 (runs 32-34 for
- * its forerunners: 21,400 and 22,600 against mma.sync's 24,400) restages the
- * fragment layout into the swizzled B operand with 16 four-byte copies per
- * thread per piece and waits for its products at every piece.  wgmma4 takes
- * both out of the way: the producers (moe_gather, gate_up's epilogue) write
- * the activations of a prefill step in the tile layout (moe_layout.cuh),
- * which is the B operand itself, so a stage is four 16-byte copies per
- * thread; and a warp's A fragments are double-buffered per MX block with
- * wgmma.wait_group 1, so that it decodes block n + 1 while the tensor cores
- * multiply block n (a 4-deep ring keeps the stage of piece c - 1 alive for
- * the group still reading it).  wgmma4s3 trades a stage for a third block
- * per SM; wgmma4x2 has two consumer warpgroups (256 rows) share each
- * activation stage, halving the activation bytes per FMA that cross L2
- * (every row block reads all of its expert's activations); wgmma4n128 has 8
- * warps of one row tile take 128 tokens a pass (m64n128k16), so each
- * decoded A fragment feeds twice the FMAs: half the decode instructions per
- * FMA, for a longer stale tail on an expert's last pass.  Every wgmma4
- * kernel's passes run on wgmma, short ones included,
- * because ptxas serialises all wgmma of a kernel whose accumulators a
- * non-provably-uniform branch hands to mma.sync while wgmma still run.
- * Both variants do the same arithmetic for a (row tile, token tile) pair:
+ * What was left is instructions per FMA, which wgmma cuts (sm_90a): one
+ * m64n128k16 covers 131,072 FMAs where an m16n8k16 mma.sync covers 2,048.
+ * wgmma prefill variant (the default where the build has sm_90a code for
+ * the device; backend_cuda.cu): a block of MOE_WG_WARPS warps (two
+ * warpgroups), a warp one row tile, computes 8 row tiles x 16 token tiles
+ * (128 rows x 128 tokens) per pass.  A is the warp's decoded fp4 fragments
+ * (exactly the mma.sync A layout) from registers, B (128 tokens x 16
+ * inputs) comes from shared memory: the producers of a prefill step
+ * (moe_gather, gate_up's epilogue) write its activations in the tile layout
+ * (moe_layout.cuh), which is the wgmma B operand itself, so a stage is
+ * 16-byte copies of whole tiles.  A warp's A fragments are double-buffered
+ * per MX block with wgmma.wait_group 1, so that it decodes block n + 1 while
+ * the tensor cores multiply block n; a MOE_WG_STAGES-deep ring keeps the
+ * stage of piece c - 1 alive for the group still reading it.  Every pass
+ * runs on wgmma, short ones included (their absent tiles meet stale shared
+ * memory, and the epilogue drops those results): a second, mma.sync path
+ * would hand the accumulators of still-running wgmma across a branch that
+ * ptxas cannot prove warp-uniform, and ptxas then serialises every wgmma of
+ * the kernel (warning C7518).  Measured on the H200 (2048-token prefill,
+ * bench_backend): 25,300 -> 34,100 tok/s; first layer (Nsight Compute)
+ * gate_up 1.60 -> 1.08 ms, down 842 -> 525 us, 4.3 cycles per issued
+ * instruction instead of mma's 5.9 at 12.5 % occupancy instead of 17.8 %
+ * (187 registers, one block per SM).  The forms tried before it
+ * (bench/NOTES-cuda.md): the fragment layout restaged into the swizzle
+ * 22,400; 64 tokens a pass with 2 row tiles a warp, 2 or 3 blocks per SM
+ * or 256 rows a block, 30,900-31,600.  128 tokens a pass won because each
+ * decoded A fragment feeds twice the FMAs: half the fp4-decode instructions
+ * per FMA, for a longer stale tail on an expert's last pass.  A probe
+ * showed wgmma bitwise equal to mma.sync over the same k16 steps (run 31).
+ * Every variant does the same arithmetic for a (row tile, token tile) pair:
  * the fragments carry their MX block's scale (folded in by one exact fp16
  * multiply, moe_layout.cuh), the mma of each of the four input ranges
  * accumulate in order, and the four range sums are added in range order;
@@ -69,7 +72,8 @@
  * Epilogues.  gate_up: the tile's rows are 8 gates and the 8 matching ups
  * (regrouped at upload), so a lane holds gate and up of one feature and
  * token: add the biases, clamp, SwiGLU, and store fp16 directly in the
- * fragment layout that the down product reads.  down: add the bias and store
+ * layout that the down product reads (the tile layout in wgmma prefill
+ * steps, else the fragment layout).  down: add the bias and store
  * fp32 rows y[sorted row][H] for the combine kernel.
  * Each token's result depends only on its own column of the products and
  * the variant, not on which other tokens share the step.
@@ -79,7 +83,7 @@
 #define MOE_KSPLIT 4			/* warps per block, each a quarter of the input pieces */
 #define MOE_UNROLL 4			/* 64-column pieces whose weights are loaded ahead */
 /*
- * Prefill variant: warps per block (side by side along the rows, so no two
+ * mma prefill variant: warps per block (side by side along the rows, so no two
  * warps decode the same weights), row tiles per warp, token tiles per pass,
  * pieces in flight and resident blocks per SM (which caps the registers at
  * 65536 / (32 * MOE_PF_WARPS * MOE_PF_BLOCKS) = 170).  Measured alternatives
@@ -93,6 +97,14 @@
 #define MOE_PF_STAGES 3
 #define MOE_PF_BLOCKS 3
 #define MOE_PF_ROW_TILES (MOE_PF_WARPS * MOE_PF_WARP_ROWS)	/* row tiles per block */
+/*
+ * wgmma prefill variant: warps per block (two warpgroups, a warp one row
+ * tile), token tiles per pass (the N = 128 of m64n128k16) and pieces in the
+ * shared-memory ring (MOE_WG_STAGES - 2 load ahead; one block per SM).
+ */
+#define MOE_WG_WARPS 8
+#define MOE_WG_TOKEN_TILES 16
+#define MOE_WG_STAGES 4
 
 enum
 {
@@ -110,7 +122,6 @@ struct MoeMatmulArgs
 	int			act_kc;
 	float		limit;			/* swiglu_limit */
 	float	   *y;				/* down: [rows][H] */
-	MoePrefill	prefill;		/* the prefill variant (tiles_per_pass 8) */
 };
 
 /* c += a (16x16 fp16, row) * b (16x8 fp16, col), fp32 accumulate. */
@@ -395,12 +406,8 @@ moe_decode_body(const MoeMatmulArgs &args)
 	}
 }
 
-/*
- * One piece (64 input columns) of a prefill block's operands, staged in
- * shared memory; 1024-byte aligned because wgmma's 128-byte swizzle is a
- * function of the address bits within 1024 bytes.
- */
-struct __align__(1024) MoePrefillStage
+/* One piece (64 input columns) of a prefill block's operands, staged in shared memory. */
+struct MoePrefillStage
 {
 	uint4		x[MOE_PF_TOKEN_TILES][2][32];	/* activation fragments: [token tile][half][lane] */
 	uint4		w[MOE_PF_ROW_TILES][32];	/* packed fp4 codes: [row tile][lane] */
@@ -413,9 +420,6 @@ struct MoePrefillSmem
 	MoePrefillStage stage[MOE_PF_STAGES];
 	float		total[MOE_PF_WARPS][MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4][32];	/* [warp][r][j][c][lane] */
 };
-
-/* Dynamic shared memory of a prefill block: MoePrefillSmem plus the slack to align it to 1024 bytes. */
-#define MOE_PF_SMEM_BYTES (sizeof(MoePrefillSmem) + 1024)
 
 /* Copies 16 bytes from global to shared memory, bypassing registers and L1 (cp.async, sm_80+). */
 static __device__ __forceinline__ void
@@ -440,130 +444,6 @@ cp_async_wait(void)
 	asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
 }
 
-/* Copies 4 bytes from global to shared memory (cp.async through L1). */
-static __device__ __forceinline__ void
-cp_async4(void *dst, const void *src)
-{
-	asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n"
-				 :: "r"((unsigned) __cvta_generic_to_shared(dst)), "l"(src));
-}
-
-/*
- * wgmma (sm_90a only: the feature macro is absent from the plain sm_90
- * build, which keeps mma.sync for every pass of every variant).
- */
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define MOE_WGMMA 1
-#else
-#define MOE_WGMMA 0
-#endif
-
-/*
- * Shared-memory matrix descriptor of a K-major wgmma operand in the
- * 128-byte swizzle (PTX "matrix descriptor": start address, leading offset
- * (unused by this layout: 1), stride between 8-row groups, all in 16-byte
- * units; mode 1 in bits 62-63).  smem may point inside a 1024-byte
- * aligned group, at the k16 step's 32-byte column.
- */
-static __device__ __forceinline__ uint64_t
-wgmma_desc_sw128(const void *smem, uint32_t group_stride)
-{
-	uint32_t	addr = (uint32_t) __cvta_generic_to_shared(smem);
-
-	return (uint64_t) ((addr & 0x3FFFF) >> 4) | (uint64_t) 1 << 16 |
-		(uint64_t) ((group_stride >> 4) & 0x3FFF) << 32 | (uint64_t) 1 << 62;
-}
-
-/*
- * d += a (the warpgroup's 64 x 16 fp16 rows: each warp's 16 rows in the
- * mma.sync A fragment layout) * B (16 x 64 tokens in shared memory, desc),
- * fp32; d holds the warp's 16 rows x 64 tokens as eight m16n8 C fragments.
- * Asynchronous: the caller commits and waits before touching a or d.
- */
-static __device__ __forceinline__ void
-wgmma_64x64x16(float *d, const uint32_t a[4], uint64_t desc)
-{
-#if MOE_WGMMA
-	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-				 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-				 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
-				 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
-				 "{%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"
-				 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-				 "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-				 "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-				 "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-				 "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-				 "+f"(d[30]), "+f"(d[31])
-				 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-#endif
-}
-
-/* Orders this warpgroup's register writes (A fragments, accumulators) before the wgmma that follow. */
-static __device__ __forceinline__ void
-wgmma_fence(void)
-{
-#if MOE_WGMMA
-	asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-
-/* Closes the group of the wgmma issued so far by this warpgroup. */
-static __device__ __forceinline__ void
-wgmma_commit(void)
-{
-#if MOE_WGMMA
-	asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-
-/* Waits until at most N of this warpgroup's wgmma groups are still running. */
-template <int N>
-static __device__ __forceinline__ void
-wgmma_wait(void)
-{
-#if MOE_WGMMA
-	asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
-#endif
-}
-
-/* Pins the 32 registers of d here: the compiler may not read, move or reuse them across this point. */
-static __device__ __forceinline__ void
-wgmma_pin(float *d)
-{
-#pragma unroll
-	for (int i = 0; i < 32; i++)
-		asm volatile("" : "+f"(d[i])::"memory");
-}
-
-/* Keeps a wgmma's A fragment alive up to here (after the wait for its reader): its registers are not reused before. */
-static __device__ __forceinline__ void
-wgmma_keep(const uint32_t a[4])
-{
-	asm volatile("" :: "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]));
-}
-
-/*
- * The B fragments (b0, b1 of k16 steps 2h and 2h + 1: the uint4 that
- * mx_block_mma takes) of MX block h of one 8-token tile from its
- * tile-layout image in shared memory: ldmatrix's four 8x8 matrices are the
- * block's 16-byte chunks 4h..4h+3 of tokens 0-7 (lane l gives the address
- * of token l % 8's chunk 4h + l / 8), and a lane receives token g's two
- * halfs 2t, 2t+1 of each, i.e. exactly its fragment.
- */
-static __device__ __forceinline__ uint4
-ldmatrix_b(const uint4 *tile, int h, int lane)
-{
-	const int	n = lane & 7;
-	const uint4 *p = tile + n * 8 + ((4 * h + (lane >> 3)) ^ n);
-	uint4		b;
-
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-				 : "=r"(b.x), "=r"(b.y), "=r"(b.z), "=r"(b.w)
-				 : "r"((unsigned) __cvta_generic_to_shared(p)));
-	return b;
-}
-
 /*
  * Issues the copies of piece c into stage st: rt_valid row tiles of weights
  * and scales (w, s: the block's first row tile), tt_valid token tiles of
@@ -573,38 +453,13 @@ ldmatrix_b(const uint4 *tile, int h, int lane)
  */
 static __device__ __forceinline__ void
 moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc,
-				  int c, int rt_valid, int tt_valid, bool cores)
+				  int c, int rt_valid, int tt_valid)
 {
 	const int	t = threadIdx.x;
 
-	if (cores)
-	{
-		/*
-		 * wgmma operand, K-major with the 128-byte swizzle: token tile j
-		 * is 1024 bytes, token g's 64 inputs a 128-byte row of it, whose
-		 * 16-byte chunk q (inputs 8q..8q+7) sits at chunk q ^ g.  Fragment
-		 * word (lane, half h, component p) holds inputs 2t, 2t+1 of chunk
-		 * 4h + p for token g = lane / 4, t = lane % 4.  A warp reads 128
-		 * contiguous bytes and writes 32 different banks.
-		 */
-		char	   *xc = (char *) st->x;
-
-		for (int i = t; i < MOE_PF_TOKEN_TILES * 256; i += MOE_PF_WARPS * 32)
-		{
-			int			j = i >> 8;
-			int			word = i & 255;
-			int			lane = word >> 3;
-			int			q = 4 * ((word >> 2) & 1) + (word & 3);
-			int			g = lane >> 2;
-
-			cp_async4(xc + j * 1024 + g * 128 + ((q ^ g) << 4) + (lane & 3) * 4,
-					  (const uint32_t *) (x + ((size_t) j * kc + c) * 64) + word);
-		}
-	}
-	else
-		for (int i = t; i < MOE_PF_TOKEN_TILES * 64; i += MOE_PF_WARPS * 32)
-			if ((i >> 6) < tt_valid)
-				cp_async16(&st->x[i >> 6][i & 1][(i >> 1) & 31], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
+	for (int i = t; i < MOE_PF_TOKEN_TILES * 64; i += MOE_PF_WARPS * 32)
+		if ((i >> 6) < tt_valid)
+			cp_async16(&st->x[i >> 6][i & 1][(i >> 1) & 31], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
 	for (int i = t; i < MOE_PF_ROW_TILES * 32; i += MOE_PF_WARPS * 32)
 		if ((i >> 5) < rt_valid)
 			cp_async16(&st->w[i >> 5][i & 31], w + ((size_t) (i >> 5) * kc + c) * 32 + (i & 31));
@@ -614,49 +469,45 @@ moe_prefill_stage(MoePrefillStage *st, const uint4 *w, const uint32_t *s, const 
 }
 
 /*
- * sum[r][j] += the staged piece (weights w, scales s: [row tile][...];
- * activations x: the stage's first token tile) for the warp's row tiles
- * r < nr (from wr0; at most RW) and the pass's token tiles j < nt (at most
- * TT).  Each A fragment is decoded once and used for all token tiles.
- * FULL: nr and nt are the maximum, so the tile checks drop out (2048-token
- * prefill 18,400 -> 21,800 tok/s: the checked copy keeps a
- * warp-synchronising branch around every mma).  TILES: x is a tile-layout
- * image (1024 bytes a token tile, read by ldmatrix), else fragments
- * ([token tile][half][lane]).
+ * sum[r][j] += the staged piece for the warp's row tiles r < nr (from wr0)
+ * and the pass's token tiles j < nt.  Each A fragment is decoded once and
+ * used for all token tiles.  FULL: nr and nt are the maximum, so the tile
+ * checks drop out (2048-token prefill 18,400 -> 21,800 tok/s: the checked
+ * copy keeps a warp-synchronising branch around every mma).
  */
-template <int RW, int TT, bool FULL, bool TILES>
+template <bool FULL>
 static __device__ __forceinline__ void
-moe_prefill_piece(float (&sum)[RW][TT][4], const uint4 (*w)[32], const uint32_t (*s)[8], const uint4 *x,
+moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const MoePrefillStage *st,
 				  int wr0, int nr, int nt, int lane)
 {
-	uint4		wv[RW];
-	uint32_t	sv[RW];
+	uint4		wv[MOE_PF_WARP_ROWS];
+	uint32_t	sv[MOE_PF_WARP_ROWS];
 
 #pragma unroll
-	for (int r = 0; r < RW; r++)
+	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 		if (FULL || r < nr)
 		{
-			wv[r] = w[wr0 + r][lane];
-			sv[r] = s[wr0 + r][lane >> 2];
+			wv[r] = st->w[wr0 + r][lane];
+			sv[r] = st->s[wr0 + r][lane >> 2];
 		}
 #pragma unroll
 	for (int h = 0; h < 2; h++)
 	{
-		uint32_t	a0[RW][4];
-		uint32_t	a1[RW][4];
+		uint32_t	a0[MOE_PF_WARP_ROWS][4];
+		uint32_t	a1[MOE_PF_WARP_ROWS][4];
 
 #pragma unroll
-		for (int r = 0; r < RW; r++)
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 			if (FULL || r < nr)
 				mx_block_decode(wv[r], sv[r], h, a0[r], a1[r]);
 #pragma unroll
-		for (int j = 0; j < TT; j++)
+		for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
 			if (FULL || j < nt)
 			{
-				uint4		b = TILES ? ldmatrix_b(x + j * 64, h, lane) : x[(j * 2 + h) * 32 + lane];
+				uint4		b = st->x[j][h][lane];
 
 #pragma unroll
-				for (int r = 0; r < RW; r++)
+				for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
 					if (FULL || r < nr)
 						mx_block_mma(sum[r][j], a0[r], a1[r], b);
 			}
@@ -664,80 +515,16 @@ moe_prefill_piece(float (&sum)[RW][TT][4], const uint4 (*w)[32], const uint32_t 
 }
 
 /*
- * moe_prefill_piece for a pass whose every warp has all its row tiles and
- * whose 8 token tiles are all present (x staged in the swizzled layout), on
- * wgmma: per k16 step one m64n64k16 per row tile of the warps (warp w
- * supplies row tile wr0 + r as rows 16w..16w+15), i.e. 2 instructions per
- * step where mma.sync takes 16.  Each (row tile, token tile) accumulates the
- * four k16 steps in the same order as moe_prefill_piece, and wgmma rounds
- * as mma.sync does (checked bitwise, test_kernels), so the result is the
- * same.  The warpgroup waits for its products before the stage is reused.
- */
-static __device__ __forceinline__ void
-moe_prefill_piece_wgmma(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4],
-						const MoePrefillStage *st, int wr0, int lane)
-{
-	uint32_t	a[2][MOE_PF_WARP_ROWS][2][4];	/* [MX block h][row tile][k16 step of h][register] */
-	uint4		wv[MOE_PF_WARP_ROWS];
-	uint32_t	sv[MOE_PF_WARP_ROWS];
-
-#pragma unroll
-	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-	{
-		wv[r] = st->w[wr0 + r][lane];
-		sv[r] = st->s[wr0 + r][lane >> 2];
-		wgmma_pin(&sum[r][0][0]);
-	}
-	/*
-	 * MX block 0's products are issued before block 1 is decoded, so that
-	 * the decode of block 1 runs while the tensor cores work on block 0;
-	 * block 0's registers stay untouched (live until the pins below).
-	 */
-#pragma unroll
-	for (int h = 0; h < 2; h++)
-	{
-#pragma unroll
-		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-			mx_block_decode(wv[r], sv[r], h, a[h][r][0], a[h][r][1]);
-		wgmma_fence();
-#pragma unroll
-		for (int k = 0; k < 2; k++)
-#pragma unroll
-			for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-				wgmma_64x64x16(&sum[r][0][0], a[h][r][k],
-							   wgmma_desc_sw128((const char *) st->x + 32 * (2 * h + k), 1024));
-		wgmma_commit();
-	}
-	wgmma_wait<0>();
-#pragma unroll
-	for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
-	{
-		wgmma_pin(&sum[r][0][0]);
-#pragma unroll
-		for (int h = 0; h < 2; h++)
-#pragma unroll
-			for (int k = 0; k < 2; k++)
-				wgmma_keep(a[h][r][k]);
-	}
-}
-
-/* Whether input range `range` (and so a fold) ends at or before piece `done`. */
-static __device__ __forceinline__ bool
-moe_range_ends(int range, int done, int kc)
-{
-	return range < MOE_KSPLIT && (range + 1) * kc / MOE_KSPLIT <= done;
-}
-
-/*
  * Adds every input range that ends at or before piece `done` to the warp's
- * totals, in range order (total = range 0, then += ranges 1, 2, 3: the
- * decode variant's sum), and restarts the range sum.
+ * totals (RW row tiles x TT token tiles), in range order (total = range 0,
+ * then += ranges 1, 2, 3: the decode variant's sum), and restarts the range
+ * sum.
  */
 template <int RW, int TT>
 static __device__ __forceinline__ void
 moe_fold_ranges(float (*total)[TT][4][32], float (&sum)[RW][TT][4], int *range, int done, int kc, int lane)
 {
-	while (moe_range_ends(*range, done, kc))
+	while (*range < MOE_KSPLIT && (*range + 1) * kc / MOE_KSPLIT <= done)
 	{
 #pragma unroll
 		for (int r = 0; r < RW; r++)
@@ -755,39 +542,20 @@ moe_fold_ranges(float (*total)[TT][4][32], float (&sum)[RW][TT][4], int *range, 
 	}
 }
 
-/* Zeroes a warp's range sums. */
-template <int RW, int TT>
-static __device__ __forceinline__ void
-moe_zero_sums(float (&sum)[RW][TT][4])
-{
-#pragma unroll
-	for (int r = 0; r < RW; r++)
-#pragma unroll
-		for (int j = 0; j < TT; j++)
-#pragma unroll
-			for (int c = 0; c < 4; c++)
-				sum[r][j][c] = 0.0f;
-}
-
 /*
- * Prefill variant (mma, wgmma3): block x takes row tiles
- * [MOE_PF_ROW_TILES x, ...) of expert blockIdx.y, warp w of them
- * MOE_PF_WARP_ROWS from wr0, and walks the expert's tokens in passes of
- * MOE_PF_TOKEN_TILES token tiles.  Every piece of a pass goes through the
- * shared-memory pipeline (the stages of the next MOE_PF_STAGES - 1 pieces
- * load while one is multiplied); the range totals wait in shared memory,
- * which keeps the registers within the cap.  WGMMA3 runs the full passes on
- * wgmma (moe_prefill_piece_wgmma), restaging the fragment layout into the
- * swizzle with 4-byte copies; without it the kernel is main's mma.sync one
- * to the instruction (the wgmma path in the same kernel cost registers).
+ * mma prefill variant: block x takes row tiles [MOE_PF_ROW_TILES x, ...) of
+ * expert blockIdx.y, warp w of them MOE_PF_WARP_ROWS from wr0, and walks the
+ * expert's tokens in passes of MOE_PF_TOKEN_TILES token tiles.  Every piece
+ * of a pass goes through the shared-memory pipeline (the stages of the next
+ * MOE_PF_STAGES - 1 pieces load while one is multiplied); the range totals
+ * wait in shared memory, which keeps the registers within the cap.
  */
-template <int MODE, bool WGMMA3>
+template <int MODE>
 __global__ void __launch_bounds__(MOE_PF_WARPS * 32, MOE_PF_BLOCKS)
 moe_prefill_kernel(MoeMatmulArgs args)
 {
 	extern __shared__ uint4 moe_smem[];
-	MoePrefillSmem *sm = (MoePrefillSmem *) ((char *) moe_smem +
-											 (-(unsigned) __cvta_generic_to_shared(moe_smem) & 1023u));
+	MoePrefillSmem *sm = (MoePrefillSmem *) moe_smem;
 	const int	lane = threadIdx.x & 31;
 	const int	warp = threadIdx.x >> 5;
 	const int	wr0 = warp * MOE_PF_WARP_ROWS;
@@ -815,39 +583,36 @@ moe_prefill_kernel(MoeMatmulArgs args)
 	{
 		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
 		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
-		const bool	cores = MOE_WGMMA && WGMMA3 && rt_valid == MOE_PF_ROW_TILES && nt == MOE_PF_TOKEN_TILES;
 		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
 		int			range = 0;
 
-		moe_zero_sums(sum);
+#pragma unroll
+		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
+#pragma unroll
+			for (int j = 0; j < MOE_PF_TOKEN_TILES; j++)
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+					sum[r][j][c] = 0.0f;
 		__syncthreads();		/* every warp is done with the previous pass's stages */
 		for (int c = 0; c < MOE_PF_STAGES - 1; c++)
 		{
 			if (c < kc)
-				moe_prefill_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt, cores);
+				moe_prefill_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
 			cp_async_commit();
 		}
 		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
 		for (int c = 0; c < kc; c++)
 		{
-			const MoePrefillStage *st = &sm->stage[c % MOE_PF_STAGES];
-
 			cp_async_wait<MOE_PF_STAGES - 2>();		/* piece c has landed (this thread's part) */
-			if (cores)			/* ... and is visible to wgmma's (async proxy) reads */
-				asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 			__syncthreads();	/* everyone's part, and piece c - 1's stage is free */
 			if (c + MOE_PF_STAGES - 1 < kc)
 				moe_prefill_stage(&sm->stage[(c + MOE_PF_STAGES - 1) % MOE_PF_STAGES], w, s, x, kc,
-								  c + MOE_PF_STAGES - 1, rt_valid, nt, cores);
+								  c + MOE_PF_STAGES - 1, rt_valid, nt);
 			cp_async_commit();
-			if (cores)
-				moe_prefill_piece_wgmma(sum, st, wr0, lane);
-			else if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
-				moe_prefill_piece<MOE_PF_WARP_ROWS, MOE_PF_TOKEN_TILES, true, false>(sum, st->w, st->s, &st->x[0][0][0],
-																					 wr0, nr, nt, lane);
+			if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
+				moe_prefill_piece<true>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
 			else if (nr > 0)
-				moe_prefill_piece<MOE_PF_WARP_ROWS, MOE_PF_TOKEN_TILES, false, false>(sum, st->w, st->s, &st->x[0][0][0],
-																					  wr0, nr, nt, lane);
+				moe_prefill_piece<false>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
 			moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
 		}
 #pragma unroll
@@ -868,13 +633,63 @@ moe_prefill_kernel(MoeMatmulArgs args)
 }
 
 /*
- * d += a * B as wgmma_64x64x16, for 128 tokens: d holds the warp's 16 rows
- * x 128 tokens as sixteen m16n8 C fragments.
+ * Whether this is the sm_90a compilation, the one with wgmma: the plain
+ * sm_90 one (and any other) compiles the wgmma kernel as a trap, and the
+ * backend runs the mma kernel there (moe_wgmma_available).
+ */
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MOE_WGMMA 1
+#else
+#define MOE_WGMMA 0
+#endif
+
+/*
+ * One piece (64 input columns) of a wgmma block's operands, staged in
+ * shared memory; 1024-byte aligned because the 128-byte swizzle is a
+ * function of the address bits within 1024 bytes.
+ */
+struct __align__(1024) MoeWgStage
+{
+	uint4		x[MOE_WG_TOKEN_TILES][64];	/* tile-layout image: [token tile][16-byte chunk] */
+	uint4		w[MOE_WG_WARPS][32];	/* packed fp4 codes: [row tile][lane] */
+	uint32_t	s[MOE_WG_WARPS][8];	/* multiplier words: [row tile][row group] */
+};
+
+/* A wgmma block's shared memory: the ring of stages, then each warp's range totals. */
+struct MoeWgSmem
+{
+	MoeWgStage	stage[MOE_WG_STAGES];
+	float		total[MOE_WG_WARPS][1][MOE_WG_TOKEN_TILES][4][32];	/* [warp][its row tile][j][c][lane] */
+};
+
+/* The device functions of the wgmma kernel, only in its sm_90a code. */
+#if MOE_WGMMA
+/*
+ * Shared-memory matrix descriptor of a K-major wgmma operand in the
+ * 128-byte swizzle (PTX "matrix descriptor": start address, leading offset
+ * (unused by this layout: 1), stride between 8-row groups, all in 16-byte
+ * units; mode 1 in bits 62-63).  smem may point inside a 1024-byte
+ * aligned group, at the k16 step's 32-byte column.
+ */
+static __device__ __forceinline__ uint64_t
+wgmma_desc_sw128(const void *smem, uint32_t group_stride)
+{
+	uint32_t	addr = (uint32_t) __cvta_generic_to_shared(smem);
+
+	return (uint64_t) ((addr & 0x3FFFF) >> 4) | (uint64_t) 1 << 16 |
+		(uint64_t) ((group_stride >> 4) & 0x3FFF) << 32 | (uint64_t) 1 << 62;
+}
+
+/*
+ * d += a (the warpgroup's 64 x 16 fp16 rows: each warp's 16 rows in the
+ * mma.sync A fragment layout) * B (16 x 128 tokens in shared memory, desc),
+ * fp32; d holds the warp's 16 rows x 128 tokens as sixteen m16n8 C
+ * fragments.  Asynchronous: the caller commits and waits before touching a
+ * or d.
  */
 static __device__ __forceinline__ void
 wgmma_64x128x16(float *d, const uint32_t a[4], uint64_t desc)
 {
-#if MOE_WGMMA
 	asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
 				 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
 				 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
@@ -893,153 +708,137 @@ wgmma_64x128x16(float *d, const uint32_t a[4], uint64_t desc)
 				 "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
 				 "+f"(d[63])
 				 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));
-#endif
 }
 
-/*
- * wgmma4 variants.  A block has WG consumer warpgroups of 4 warps, RW row
- * tiles a warp (RT = 4 WG RW row tiles a block), sharing each piece's stage
- * of TT token tiles, which the producers (gather, gate_up's epilogue) wrote
- * in the tile layout, so a stage is whole 1024-byte tiles copied 16 bytes at
- * a time.  STAGES pieces in the ring: STAGES - 2 load ahead while one is
- * multiplied and the previous one's last wgmma may still run (wait_group 1).
- */
-template <int RT, int TT>
-struct __align__(1024) MoeWgStage
+/* Orders this warpgroup's register writes (A fragments, accumulators) before the wgmma that follow. */
+static __device__ __forceinline__ void
+wgmma_fence(void)
 {
-	uint4		x[TT][64];		/* tile-layout image: [token tile][16-byte chunk] */
-	uint4		w[RT][32];		/* packed fp4 codes: [row tile][lane] */
-	uint32_t	s[RT][8];		/* multiplier words: [row tile][row group] */
-};
+	asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
 
-/* A wgmma4 block's shared memory: the ring of stages, then each warp's range totals. */
-template <int WG, int RW, int TT, int STAGES>
-struct MoeWgSmem
+/* Closes the group of the wgmma issued so far by this warpgroup. */
+static __device__ __forceinline__ void
+wgmma_commit(void)
 {
-	MoeWgStage<4 * WG * RW, TT> stage[STAGES];
-	float		total[4 * WG][RW][TT][4][32];	/* [warp][r][j][c][lane] */
-};
+	asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+/* Waits until at most N of this warpgroup's wgmma groups are still running. */
+template <int N>
+static __device__ __forceinline__ void
+wgmma_wait(void)
+{
+	asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(N) : "memory");
+}
+
+/* Pins the 32 registers of d here: the compiler may not read, move or reuse them across this point. */
+static __device__ __forceinline__ void
+wgmma_pin(float *d)
+{
+#pragma unroll
+	for (int i = 0; i < 32; i++)
+		asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/* Keeps a wgmma's A fragment alive up to here (after the wait for its reader): its registers are not reused before. */
+static __device__ __forceinline__ void
+wgmma_keep(const uint32_t a[4])
+{
+	asm volatile("" :: "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]));
+}
 
 /*
  * Issues the copies of piece c into st: tt_valid token tiles of the pass
  * (x: its first tile, each tile a 1024-byte block of the tile layout) and
  * rt_valid row tiles of weights and scales (w, s: the block's first row
- * tile), THREADS threads taking turns.  Tiles past the data are not
+ * tile), the block's threads taking turns.  Tiles past the data are not
  * copied; what their stale shared memory meets is only token columns or
  * rows whose results are never stored.
  */
-template <int RT, int TT, int THREADS>
 static __device__ __forceinline__ void
-moe_wg_stage(MoeWgStage<RT, TT> *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc, int c,
-			 int rt_valid, int tt_valid)
+moe_wg_stage(MoeWgStage *st, const uint4 *w, const uint32_t *s, const uint4 *x, int kc, int c, int rt_valid,
+			 int tt_valid)
 {
 	const int	t = threadIdx.x;
+	constexpr int threads = MOE_WG_WARPS * 32;
 
-	static_assert(TT * 64 % THREADS == 0 && RT * 32 % THREADS == 0 && RT * 2 <= THREADS,
-				  "whole rounds of copies");
+	static_assert(MOE_WG_TOKEN_TILES * 64 % threads == 0, "whole rounds of activation copies");
 #pragma unroll
-	for (int k = 0; k < TT * 64 / THREADS; k++)
+	for (int k = 0; k < MOE_WG_TOKEN_TILES * 64 / threads; k++)
 	{
-		int			i = t + k * THREADS;
+		int			i = t + k * threads;
 
 		if ((i >> 6) < tt_valid)
 			cp_async16(&st->x[i >> 6][i & 63], x + ((size_t) (i >> 6) * kc + c) * 64 + (i & 63));
 	}
-#pragma unroll
-	for (int k = 0; k < RT * 32 / THREADS; k++)
-	{
-		int			i = t + k * THREADS;
-
-		if ((i >> 5) < rt_valid)
-			cp_async16(&st->w[i >> 5][i & 31], w + ((size_t) (i >> 5) * kc + c) * 32 + (i & 31));
-	}
-	if (t < RT * 2 && (t >> 1) < rt_valid)
+	/* a warp per row tile: one 16-byte copy of weights per thread, 2 of scales per row tile */
+	if ((t >> 5) < rt_valid)
+		cp_async16(&st->w[t >> 5][t & 31], w + ((size_t) (t >> 5) * kc + c) * 32 + (t & 31));
+	if (t < MOE_WG_WARPS * 2 && (t >> 1) < rt_valid)
 		cp_async16(&st->s[t >> 1][(t & 1) * 4], s + ((size_t) (t >> 1) * kc + c) * 8 + (t & 1) * 4);
 }
 
 /*
- * wgmma4: sum += one staged piece for the warp's RW row tiles from wr0 and
- * all TT token tiles.  Absent tiles (past the matrix's rows or the expert's
- * tokens) are not staged: their rows or columns multiply stale shared
- * memory, and their results, each row and column of a product on its own,
- * are dropped by the epilogue.  Per MX block h, the 2 RW wgmma (m64 x 8 TT
- * tokens x k16) of its two k16 steps (same order per accumulator as
- * moe_prefill_piece, hence the same bits) form one commit group reading A
- * fragments from buffer a[h].  The buffer's previous reader is the group
- * before last (block h of the previous piece): wait_group 1 leaves only the
- * group just issued running, so a warp decodes block h while the tensor
- * cores multiply block h - 1, across pieces too.
+ * sum += one staged piece for the warp's row tile (row tile `warp` of the
+ * block) and all MOE_WG_TOKEN_TILES token tiles.  Absent tiles (past the
+ * matrix's rows or the expert's tokens) are not staged: their rows or
+ * columns multiply stale shared memory, and their results, each row and
+ * column of a product on its own, are dropped by the epilogue.  Per MX
+ * block h, the two wgmma of its k16 steps (the order of mx_block_mma, hence
+ * the same bits) form one commit group reading A fragments from buffer
+ * a[h].  The buffer's previous reader is the group before last (block h of
+ * the previous piece): wait_group 1 leaves only the group just issued
+ * running, so a warp decodes block h while the tensor cores multiply block
+ * h - 1, across pieces too.
  */
-template <int RW, int TT>
 static __device__ __forceinline__ void
-moe_wg_piece(float (&sum)[RW][TT][4], uint32_t (&a)[2][RW][2][4], const uint4 (*w)[32],
-			 const uint32_t (*s)[8], const uint4 *x, int wr0, int lane)
+moe_wg_piece(float (&sum)[MOE_WG_TOKEN_TILES][4], uint32_t (&a)[2][2][4], const MoeWgStage *st, int warp,
+			 int lane)
 {
-	uint4		wv[RW];
-	uint32_t	sv[RW];
+	const uint4 wv = st->w[warp][lane];
+	const uint32_t sv = st->s[warp][lane >> 2];
 
-#pragma unroll
-	for (int r = 0; r < RW; r++)
-	{
-		wv[r] = w[wr0 + r][lane];
-		sv[r] = s[wr0 + r][lane >> 2];
-	}
 #pragma unroll
 	for (int h = 0; h < 2; h++)
 	{
 		wgmma_wait<1>();
-#pragma unroll
-		for (int r = 0; r < RW; r++)
-		{
-			wgmma_keep(a[h][r][0]);
-			wgmma_keep(a[h][r][1]);
-			mx_block_decode(wv[r], sv[r], h, a[h][r][0], a[h][r][1]);
-		}
+		wgmma_keep(a[h][0]);
+		wgmma_keep(a[h][1]);
+		mx_block_decode(wv, sv, h, a[h][0], a[h][1]);
 		wgmma_fence();
 #pragma unroll
 		for (int k = 0; k < 2; k++)
-#pragma unroll
-			for (int r = 0; r < RW; r++)
-			{
-				uint64_t	desc = wgmma_desc_sw128((const char *) x + 32 * (2 * h + k), 1024);
-
-				if (TT == 16)
-					wgmma_64x128x16(&sum[r][0][0], a[h][r][k], desc);
-				else
-					wgmma_64x64x16(&sum[r][0][0], a[h][r][k], desc);
-			}
+			wgmma_64x128x16(&sum[0][0], a[h][k], wgmma_desc_sw128((const char *) st->x + 32 * (2 * h + k), 1024));
 		wgmma_commit();
 	}
 }
 
+#endif							/* MOE_WGMMA */
+
 /*
- * Prefill variant wgmma4 (tile-layout activations): block x takes row tiles
- * [RT x, RT x + RT) of expert blockIdx.y (RT = 4 WG RW), warp w of them RW
- * from wr0 = RW w, and walks the expert's tokens in passes of TT token
- * tiles, every pass on wgmma, short ones included (moe_wg_piece): a second,
- * mma.sync path for them would share the accumulators with wgmma that are
- * still running across a branch ptxas cannot prove warp-uniform, and ptxas
- * then serialises every wgmma (C7518).  Without sm_90a the passes run on
- * mma.sync with B by ldmatrix from the same stages.  Range sums fold into
- * shared-memory totals as in moe_prefill_kernel, after a full wait.
+ * wgmma prefill variant (tile-layout activations): block x takes row tiles
+ * [MOE_WG_WARPS x, ...) of expert blockIdx.y, warp w row tile w of them,
+ * and walks the expert's tokens in passes of MOE_WG_TOKEN_TILES token
+ * tiles, every pass on wgmma, short ones included (the header says why).
+ * Range sums fold into shared-memory totals as in moe_prefill_kernel, after
+ * a full wait.  Only the sm_90a code has a body: the backend launches this
+ * kernel only where the runtime loaded that code (moe_wgmma_available).
  */
-template <int MODE, int WG, int RW, int TT, int STAGES, int BLOCKS>
-__global__ void __launch_bounds__(WG * 128, BLOCKS)
-moe_prefill_wg_kernel(MoeMatmulArgs args)
+template <int MODE>
+__global__ void __launch_bounds__(MOE_WG_WARPS * 32, 1)
+moe_prefill_wgmma_kernel(MoeMatmulArgs args)
 {
-	constexpr int ahead = STAGES - 2;
-	constexpr int rows = 4 * WG * RW;
+#if MOE_WGMMA
+	constexpr int ahead = MOE_WG_STAGES - 2;
 	extern __shared__ uint4 moe_smem[];
-	MoeWgSmem<WG, RW, TT, STAGES> *sm = (MoeWgSmem<WG, RW, TT, STAGES> *)
-		((char *) moe_smem + (-(unsigned) __cvta_generic_to_shared(moe_smem) & 1023u));
+	MoeWgSmem  *sm = (MoeWgSmem *) ((char *) moe_smem + (-(unsigned) __cvta_generic_to_shared(moe_smem) & 1023u));
 	const int	lane = threadIdx.x & 31;
 	const int	warp = threadIdx.x >> 5;
-	const int	wr0 = warp * RW;
-	const int	tile0 = blockIdx.x * rows;
+	const int	tile0 = blockIdx.x * MOE_WG_WARPS;
 	const int	kc = args.w.kc;
-	const int	rt_valid = min(rows, args.w.rtiles - tile0);
-	const int	nr = max(0, min(RW, rt_valid - wr0));
-	uint32_t	a[2][RW][2][4] = {};	/* A fragments: [buffer = MX block][row tile][k16 step][reg] */
+	const int	rt_valid = min(MOE_WG_WARPS, args.w.rtiles - tile0);
+	uint32_t	a[2][2][4] = {};	/* A fragments: [buffer = MX block][k16 step][register] */
 	int			e;
 	int			n_e;
 	int			row0;
@@ -1056,29 +855,33 @@ moe_prefill_wg_kernel(MoeMatmulArgs args)
 	n_tiles = (n_e + 7) >> 3;
 	w = args.w.blocks + ((size_t) e * args.w.rtiles + tile0) * kc * 32;
 	s = args.w.scales + ((size_t) e * args.w.rtiles + tile0) * kc * 8;
-	for (int tt0 = 0; tt0 < n_tiles; tt0 += TT)
+	for (int tt0 = 0; tt0 < n_tiles; tt0 += MOE_WG_TOKEN_TILES)
 	{
 		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
-		const int	nt = min(TT, n_tiles - tt0);
-		float		sum[RW][TT][4];
+		const int	nt = min(MOE_WG_TOKEN_TILES, n_tiles - tt0);
+		float		sum[1][MOE_WG_TOKEN_TILES][4];	/* [the warp's row tile][token tile][C register] */
 		int			range = 0;
 
-		moe_zero_sums(sum);
+#pragma unroll
+		for (int j = 0; j < MOE_WG_TOKEN_TILES; j++)
+#pragma unroll
+			for (int c = 0; c < 4; c++)
+				sum[0][j][c] = 0.0f;
 		__syncthreads();		/* every warp is done with the previous pass's stages */
 		for (int c = 0; c < ahead; c++)
 		{
 			if (c < kc)
-				moe_wg_stage<rows, TT, WG * 128>(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
+				moe_wg_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
 			cp_async_commit();
 		}
 		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
 		for (int c = 0; c < kc; c++)
 		{
-			const MoeWgStage<rows, TT> *st = &sm->stage[c % STAGES];
+			const MoeWgStage *st = &sm->stage[c % MOE_WG_STAGES];
 
 			cp_async_wait<ahead - 1>();	/* piece c has landed (this thread's part) */
-			if (MOE_WGMMA)		/* ... and is visible to wgmma's (async proxy) reads */
-				asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+			/* ... and is visible to wgmma's (async proxy) reads */
+			asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 			/*
 			 * Everyone's part has landed, and every warp has waited for all
 			 * but the last group of piece c - 1: piece c - 2's stage, the
@@ -1086,45 +889,41 @@ moe_prefill_wg_kernel(MoeMatmulArgs args)
 			 */
 			__syncthreads();
 			if (c + ahead < kc)
-				moe_wg_stage<rows, TT, WG * 128>(&sm->stage[(c + ahead) % STAGES], w, s, x, kc, c + ahead,
-												 rt_valid, nt);
+				moe_wg_stage(&sm->stage[(c + ahead) % MOE_WG_STAGES], w, s, x, kc, c + ahead, rt_valid, nt);
 			cp_async_commit();
-			if (MOE_WGMMA)
-				moe_wg_piece<RW, TT>(sum, a, st->w, st->s, st->x[0], wr0, lane);
-			else if (nr == RW && nt == TT)
-				moe_prefill_piece<RW, TT, true, true>(sum, st->w, st->s, st->x[0], wr0, nr, nt, lane);
-			else if (nr > 0)
-				moe_prefill_piece<RW, TT, false, true>(sum, st->w, st->s, st->x[0], wr0, nr, nt, lane);
-			if (moe_range_ends(range, c + 1, kc))
+			moe_wg_piece(sum[0], a, st, warp, lane);
+			if (range < MOE_KSPLIT && (range + 1) * kc / MOE_KSPLIT <= c + 1)	/* a fold is due */
 			{
-				if (MOE_WGMMA)
-				{
-					wgmma_wait<0>();
-#pragma unroll
-					for (int r = 0; r < RW; r++)
-#pragma unroll
-						for (int q = 0; q < TT / 8; q++)
-							wgmma_pin(&sum[r][0][0] + 32 * q);
-				}
+				wgmma_wait<0>();
+				wgmma_pin(&sum[0][0][0]);
+				wgmma_pin(&sum[0][0][0] + 32);
 				moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
 			}
 		}
 		wgmma_wait<0>();		/* a no-op (the last fold waited), which ptxas cannot see across the loop exit */
-#pragma unroll
-		for (int r = 0; r < RW; r++)
-			if (r < nr)
-			{
-				float		acc[TT][4];
+		if (warp < rt_valid)
+		{
+			float		acc[MOE_WG_TOKEN_TILES][4];
 
 #pragma unroll
-				for (int j = 0; j < TT; j++)
+			for (int j = 0; j < MOE_WG_TOKEN_TILES; j++)
 #pragma unroll
-					for (int c = 0; c < 4; c++)
-						acc[j][c] = sm->total[warp][r][j][c][lane];
-				moe_epilogue<MODE, TT, true>(args, acc, e, tile0 + wr0 + r, row0, n_e, n_tiles, tt0, lane >> 2,
-											 lane & 3);
-			}
+				for (int c = 0; c < 4; c++)
+					acc[j][c] = sm->total[warp][0][j][c][lane];
+			moe_epilogue<MODE, MOE_WG_TOKEN_TILES, true>(args, acc, e, tile0 + warp, row0, n_e, n_tiles, tt0,
+														 lane >> 2, lane & 3);
+		}
 	}
+#else
+	__trap();
+#endif
+}
+
+/* Stores whether the code that the runtime loaded for this device, that of all of this file's kernels, is sm_90a's. */
+__global__ void
+moe_wgmma_probe_kernel(int *built)
+{
+	*built = MOE_WGMMA;
 }
 
 /* The decode variant (the block's warps split the input dimension of RT row tiles). */
@@ -1181,48 +980,25 @@ launch_prefill_kernel(void (*kernel) (MoeMatmulArgs), bool *smem_allowed, size_t
 						  args);
 }
 
-/* Launches the wgmma4 variant <MODE, WG, RW, TT, STAGES, BLOCKS>. */
-template <int MODE, int WG, int RW, int TT, int STAGES, int BLOCKS>
-static cudaError_t
-launch_prefill_wg(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
-{
-	static bool smem_allowed;
-
-	return launch_prefill_kernel(moe_prefill_wg_kernel<MODE, WG, RW, TT, STAGES, BLOCKS>, &smem_allowed,
-								 sizeof(MoeWgSmem<WG, RW, TT, STAGES>) + 1024, WG * 128, 4 * WG * RW,
-								 max_active, args, stream);
-}
-
-/* Launches the prefill variant args.prefill. */
+/* Launches prefill variant `prefill` (the wgmma one with the slack to align its stages to 1024 bytes). */
 template <int MODE>
 static cudaError_t
-launch_prefill(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
+launch_prefill(int max_active, MoePrefill prefill, const MoeMatmulArgs &args, cudaStream_t stream)
 {
-	static bool smem_allowed[2];
+	static bool smem_allowed[MOE_PREFILL_VARIANTS];
 
-	switch (args.prefill)
-	{
-		case MOE_PREFILL_WGMMA3:
-			return launch_prefill_kernel(moe_prefill_kernel<MODE, true>, &smem_allowed[1], MOE_PF_SMEM_BYTES,
-										 MOE_PF_WARPS * 32, MOE_PF_ROW_TILES, max_active, args, stream);
-		case MOE_PREFILL_WGMMA4:
-			return launch_prefill_wg<MODE, 1, 2, 8, 4, 2>(max_active, args, stream);
-		case MOE_PREFILL_WGMMA4S3:
-			return launch_prefill_wg<MODE, 1, 2, 8, 3, 3>(max_active, args, stream);
-		case MOE_PREFILL_WGMMA4X2:
-			return launch_prefill_wg<MODE, 2, 2, 8, 4, 1>(max_active, args, stream);
-		case MOE_PREFILL_WGMMA4N128:
-			return launch_prefill_wg<MODE, 2, 1, 16, 4, 1>(max_active, args, stream);
-		default:
-			return launch_prefill_kernel(moe_prefill_kernel<MODE, false>, &smem_allowed[0], MOE_PF_SMEM_BYTES,
-										 MOE_PF_WARPS * 32, MOE_PF_ROW_TILES, max_active, args, stream);
-	}
+	if (prefill == MOE_PREFILL_WGMMA)
+		return launch_prefill_kernel(moe_prefill_wgmma_kernel<MODE>, &smem_allowed[MOE_PREFILL_WGMMA],
+									 sizeof(MoeWgSmem) + 1024, MOE_WG_WARPS * 32, MOE_WG_WARPS, max_active,
+									 args, stream);
+	return launch_prefill_kernel(moe_prefill_kernel<MODE>, &smem_allowed[MOE_PREFILL_MMA], sizeof(MoePrefillSmem),
+								 MOE_PF_WARPS * 32, MOE_PF_ROW_TILES, max_active, args, stream);
 }
 
-/* Picks the variant for tiles_per_pass (the prefill variant at 8) and row_tiles, and launches it. */
+/* Picks the variant for tiles_per_pass (prefill variant `prefill` at 8) and row_tiles, and launches it. */
 template <int MODE>
 static cudaError_t
-launch_moe_matmul(int max_active, int tiles_per_pass, int rt, const MoeMatmulArgs &args,
+launch_moe_matmul(int max_active, int tiles_per_pass, int rt, MoePrefill prefill, const MoeMatmulArgs &args,
 				  cudaStream_t stream)
 {
 	if (max_active <= 0)
@@ -1236,12 +1012,37 @@ launch_moe_matmul(int max_active, int tiles_per_pass, int rt, const MoeMatmulArg
 		case 4:
 			return launch_decode_rt<MODE, 4>(max_active, rt, args, stream);
 		default:
-			return launch_prefill<MODE>(max_active, args, stream);
+			return launch_prefill<MODE>(max_active, prefill, args, stream);
 	}
 }
 
-const char *const moe_prefill_names[MOE_PREFILL_VARIANTS] = {"mma", "wgmma3", "wgmma4", "wgmma4s3", "wgmma4x2",
-	"wgmma4n128"};
+const char *const moe_prefill_names[MOE_PREFILL_VARIANTS] = {"mma", "wgmma"};
+
+/*
+ * Whether the wgmma prefill kernel can run on the current device: whether
+ * the runtime loaded this file's sm_90a code for it (H100, H200), asked of
+ * a probe kernel of the same file.  The cubin's reported version (90) is
+ * the same for sm_90 and sm_90a, so cudaFuncGetAttributes cannot tell.
+ */
+cudaError_t
+moe_wgmma_available(bool *available)
+{
+	int		   *d_built;
+	int			built = 0;
+	cudaError_t rc;
+
+	*available = false;
+	rc = cudaMalloc(&d_built, sizeof(int));
+	if (rc != cudaSuccess)
+		return rc;
+	moe_wgmma_probe_kernel<<<1, 1>>>(d_built);
+	rc = cudaGetLastError();
+	if (rc == cudaSuccess)
+		rc = cudaMemcpy(&built, d_built, sizeof(int), cudaMemcpyDeviceToHost);
+	cudaFree(d_built);
+	*available = rc == cudaSuccess && built;
+	return rc;
+}
 
 /* gate_up product + SwiGLU for every active expert. */
 cudaError_t
@@ -1257,8 +1058,7 @@ launch_moe_gate_up(int max_active, int tiles_per_pass, int row_tiles, MoePrefill
 	args.act = act_frag;
 	args.act_kc = act_kc;
 	args.limit = limit;
-	args.prefill = prefill;
-	return launch_moe_matmul<MOE_GATE_UP>(max_active, tiles_per_pass, row_tiles, args, stream);
+	return launch_moe_matmul<MOE_GATE_UP>(max_active, tiles_per_pass, row_tiles, prefill, args, stream);
 }
 
 /* down product + bias for every active expert. */
@@ -1272,6 +1072,5 @@ launch_moe_down(int max_active, int tiles_per_pass, int row_tiles, MoePrefill pr
 	args.route = route;
 	args.x = (const uint4 *) act_frag;
 	args.y = y;
-	args.prefill = prefill;
-	return launch_moe_matmul<MOE_DOWN>(max_active, tiles_per_pass, row_tiles, args, stream);
+	return launch_moe_matmul<MOE_DOWN>(max_active, tiles_per_pass, row_tiles, prefill, args, stream);
 }
