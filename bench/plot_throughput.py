@@ -11,8 +11,8 @@ import os
 
 # (name, colour, [(sequences, tok/s), ...])
 DECODE = [
-    ("gptoss 20b H200 (runs 35-36, e9171f5; 256-1024: 815ba0d)", "#1f77b4",
-     [(1, 422), (8, 1595), (32, 4902), (64, 8058), (128, 11455), (256, 11041), (512, 14767), (1024, 22138)]),
+    ("gptoss 20b H200 (runs 35-36, e9171f5; 256-1024: run 41, d19bcb9)", "#1f77b4",
+     [(1, 422), (8, 1595), (32, 4902), (64, 8058), (128, 11455), (256, 12917), (512, 19648), (1024, 30487)]),
     ("gptoss 20b H100 (run 21)", "#17becf", [(1, 356), (8, 1362), (32, 4157), (64, 7305), (128, 9133)]),
     ("gptoss 120b H200 (run 28)", "#9467bd", [(1, 236), (64, 2624), (256, 6596)]),
     ("llama.cpp 20b H200 (targets.md)", "#d62728", [(1, 267), (8, 488), (32, 1454), (64, 2325), (128, 3190)]),
@@ -21,8 +21,8 @@ DECODE = [
 DECODE_TARGETS = [(1, 560, "560"), (64, 10500, "10,500"), (128, 13000, "13,000")]
 SERVING_CASES = ["(a) ShareGPT-like\n1,000 req", "(b) 500 x\n2,000/100", "(c) 1,000 x\n128/4", "(d) 500 x\n4,000/200"]
 SERVING = [
-    ("gptoss H200 (a, d: 815ba0d; b, c: run 27)", "#1f77b4", [11151, 16445, 18429, 16016]),
-    ("gptoss H200 through SQL (run 35; b, d not run)", "#aec7e8", [12521, None, 24879, None]),
+    ("gptoss H200 (run 40, d19bcb9)", "#1f77b4", [14284, 27988, 34907, 24575]),
+    ("gptoss H200 through SQL (run 40; b, d not run)", "#aec7e8", [14159, None, 33757, None]),
     ("vLLM 0.11 H100 (published)", "#d62728", [19129, 33150, 32612, 33823]),
     ("target H200", "#2ca02c", [25000, 36000, 36000, 36000]),
 ]
@@ -30,7 +30,7 @@ W, H = 1180, 470
 TOP, BOTTOM = 60, 80
 LEFT = (80, 600)			# x range of the left panel's plot area
 RIGHT = (700, 1160)			# x range of the right panel's plot area
-DECODE_MAX, SERVING_MAX = 24000.0, 40000.0
+DECODE_MAX, SERVING_MAX = 32000.0, 40000.0
 MAX_SEQS = 1024
 
 
