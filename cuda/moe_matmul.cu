@@ -563,26 +563,16 @@ moe_prefill_kernel(MoeMatmulArgs args)
 	const int	kc = args.w.kc;
 	const int	rt_valid = min(MOE_PF_ROW_TILES, args.w.rtiles - tile0);
 	const int	nr = min(MOE_PF_WARP_ROWS, rt_valid - wr0);
-	int			e;
-	int			n_e;
-	int			row0;
-	int			n_tiles;
-	const uint4 *w;
-	const uint32_t *s;
+	MoeBlock	b;
 
 	chain_begin();
 	if ((int) blockIdx.y >= *args.route.n_active)
 		return;
-	e = args.route.active[blockIdx.y];
-	n_e = args.route.count[e];
-	row0 = args.route.offset[e];
-	n_tiles = (n_e + 7) >> 3;
-	w = args.w.blocks + ((size_t) e * args.w.rtiles + tile0) * kc * 32;
-	s = args.w.scales + ((size_t) e * args.w.rtiles + tile0) * kc * 8;
-	for (int tt0 = 0; tt0 < n_tiles; tt0 += MOE_PF_TOKEN_TILES)
+	b = moe_block(args, tile0, 0);	/* lane 0's pointers: the block's first weights and scales */
+	for (int tt0 = 0; tt0 < b.n_tiles; tt0 += MOE_PF_TOKEN_TILES)
 	{
-		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
-		const int	nt = min(MOE_PF_TOKEN_TILES, n_tiles - tt0);
+		const uint4 *x = args.x + ((size_t) (b.row0 >> 3) + tt0) * kc * 64;
+		const int	nt = min(MOE_PF_TOKEN_TILES, b.n_tiles - tt0);
 		float		sum[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4];
 		int			range = 0;
 
@@ -597,7 +587,7 @@ moe_prefill_kernel(MoeMatmulArgs args)
 		for (int c = 0; c < MOE_PF_STAGES - 1; c++)
 		{
 			if (c < kc)
-				moe_prefill_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
+				moe_prefill_stage(&sm->stage[c], b.wp, b.sp, x, kc, c, rt_valid, nt);
 			cp_async_commit();
 		}
 		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
@@ -606,7 +596,7 @@ moe_prefill_kernel(MoeMatmulArgs args)
 			cp_async_wait<MOE_PF_STAGES - 2>();		/* piece c has landed (this thread's part) */
 			__syncthreads();	/* everyone's part, and piece c - 1's stage is free */
 			if (c + MOE_PF_STAGES - 1 < kc)
-				moe_prefill_stage(&sm->stage[(c + MOE_PF_STAGES - 1) % MOE_PF_STAGES], w, s, x, kc,
+				moe_prefill_stage(&sm->stage[(c + MOE_PF_STAGES - 1) % MOE_PF_STAGES], b.wp, b.sp, x, kc,
 								  c + MOE_PF_STAGES - 1, rt_valid, nt);
 			cp_async_commit();
 			if (nr == MOE_PF_WARP_ROWS && nt == MOE_PF_TOKEN_TILES)
@@ -626,8 +616,8 @@ moe_prefill_kernel(MoeMatmulArgs args)
 #pragma unroll
 					for (int c = 0; c < 4; c++)
 						acc[j][c] = sm->total[warp][r][j][c][lane];
-				moe_epilogue<MODE, MOE_PF_TOKEN_TILES>(args, acc, e, tile0 + wr0 + r, row0, n_e,
-													   n_tiles, tt0, lane >> 2, lane & 3);
+				moe_epilogue<MODE, MOE_PF_TOKEN_TILES>(args, acc, b.e, tile0 + wr0 + r, b.row0, b.n_e,
+													   b.n_tiles, tt0, lane >> 2, lane & 3);
 			}
 	}
 }
@@ -839,26 +829,16 @@ moe_prefill_wgmma_kernel(MoeMatmulArgs args)
 	const int	kc = args.w.kc;
 	const int	rt_valid = min(MOE_WG_WARPS, args.w.rtiles - tile0);
 	uint32_t	a[2][2][4] = {};	/* A fragments: [buffer = MX block][k16 step][register] */
-	int			e;
-	int			n_e;
-	int			row0;
-	int			n_tiles;
-	const uint4 *w;
-	const uint32_t *s;
+	MoeBlock	b;
 
 	chain_begin();
 	if ((int) blockIdx.y >= *args.route.n_active)
 		return;
-	e = args.route.active[blockIdx.y];
-	n_e = args.route.count[e];
-	row0 = args.route.offset[e];
-	n_tiles = (n_e + 7) >> 3;
-	w = args.w.blocks + ((size_t) e * args.w.rtiles + tile0) * kc * 32;
-	s = args.w.scales + ((size_t) e * args.w.rtiles + tile0) * kc * 8;
-	for (int tt0 = 0; tt0 < n_tiles; tt0 += MOE_WG_TOKEN_TILES)
+	b = moe_block(args, tile0, 0);	/* lane 0's pointers: the block's first weights and scales */
+	for (int tt0 = 0; tt0 < b.n_tiles; tt0 += MOE_WG_TOKEN_TILES)
 	{
-		const uint4 *x = args.x + ((size_t) (row0 >> 3) + tt0) * kc * 64;
-		const int	nt = min(MOE_WG_TOKEN_TILES, n_tiles - tt0);
+		const uint4 *x = args.x + ((size_t) (b.row0 >> 3) + tt0) * kc * 64;
+		const int	nt = min(MOE_WG_TOKEN_TILES, b.n_tiles - tt0);
 		float		sum[1][MOE_WG_TOKEN_TILES][4];	/* [the warp's row tile][token tile][C register] */
 		int			range = 0;
 
@@ -871,7 +851,7 @@ moe_prefill_wgmma_kernel(MoeMatmulArgs args)
 		for (int c = 0; c < ahead; c++)
 		{
 			if (c < kc)
-				moe_wg_stage(&sm->stage[c], w, s, x, kc, c, rt_valid, nt);
+				moe_wg_stage(&sm->stage[c], b.wp, b.sp, x, kc, c, rt_valid, nt);
 			cp_async_commit();
 		}
 		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
@@ -889,7 +869,7 @@ moe_prefill_wgmma_kernel(MoeMatmulArgs args)
 			 */
 			__syncthreads();
 			if (c + ahead < kc)
-				moe_wg_stage(&sm->stage[(c + ahead) % MOE_WG_STAGES], w, s, x, kc, c + ahead, rt_valid, nt);
+				moe_wg_stage(&sm->stage[(c + ahead) % MOE_WG_STAGES], b.wp, b.sp, x, kc, c + ahead, rt_valid, nt);
 			cp_async_commit();
 			moe_wg_piece(sum[0], a, st, warp, lane);
 			if (range < MOE_KSPLIT && (range + 1) * kc / MOE_KSPLIT <= c + 1)	/* a fold is due */
@@ -910,7 +890,7 @@ moe_prefill_wgmma_kernel(MoeMatmulArgs args)
 #pragma unroll
 				for (int c = 0; c < 4; c++)
 					acc[j][c] = sm->total[warp][0][j][c][lane];
-			moe_epilogue<MODE, MOE_WG_TOKEN_TILES, true>(args, acc, e, tile0 + warp, row0, n_e, n_tiles, tt0,
+			moe_epilogue<MODE, MOE_WG_TOKEN_TILES, true>(args, acc, b.e, tile0 + warp, b.row0, b.n_e, b.n_tiles, tt0,
 														 lane >> 2, lane & 3);
 		}
 	}
