@@ -232,7 +232,8 @@ cudaError_t launch_moe_gather(int T, int K, const float *xn, int H, int kc, MoeR
  * y [sorted row][H].  max_active bounds the grid (min(E, T*K)); tiles_per_pass
  * is 1, 2, 4 or 8 (8-token tiles computed per pass over the weights; 8 is the
  * prefill variant, `prefill` which of them); row_tiles (1, 2 or 4) is how
- * many 16-row weight tiles a decode block takes.  x_frag and act_frag are in
+ * many 16-row weight tiles a decode block takes, 0 (at one tile per pass)
+ * the streaming variant of one warp per row tile.  x_frag and act_frag are in
  * the tile layout where moe_tile_layout(tiles_per_pass, prefill) says so.
  * No choice changes any result bit.
  */

@@ -406,6 +406,139 @@ moe_decode_body(const MoeMatmulArgs &args)
 	}
 }
 
+/*
+ * Streaming decode variant (one token tile per pass): warp w of block x
+ * owns row tile MOE_ST_WARPS*x + w of expert blockIdx.y alone and walks all
+ * its pieces with MOE_ST_AHEAD pieces' weights and activation fragments in
+ * flight in a register ring; no block-wide reduction, one wave of warps.
+ * Each of the four input ranges is accumulated from zero in piece order and
+ * added to the total in range order as it closes: the split variant's
+ * arithmetic, bit for bit.  The weights and the route do not depend on the
+ * previous kernel (the route was written two kernels back, and chain_begin
+ * starts a kernel only after its predecessor's predecessor completed), so
+ * the first pieces' weights are requested before the chain wait.  Measured
+ * on the H200 (bench/NOTES-cuda.md runs 37-39): faster than the split
+ * variant from 3 to 16 tokens a step (batch 4 +4 %, 16 +5 %), slower at one
+ * token (a quarter of the warps: 1,440 for gate_up) and at 64.
+ */
+#define MOE_ST_WARPS 4			/* row tiles (one per warp) per block */
+#define MOE_ST_AHEAD 4			/* pieces in flight per warp */
+
+/* One piece of a streaming warp's operands, as a lane holds it. */
+struct MoeStreamPiece
+{
+	uint4		w;				/* packed fp4 codes */
+	uint32_t	s;				/* multiplier word */
+	uint4		x[2];			/* activation fragment halves of the pass's token tile */
+};
+
+/* Requests piece c's weights (b: the lane's pointers). */
+static __device__ __forceinline__ void
+moe_stream_load_w(MoeStreamPiece *p, const MoeBlock &b, int c)
+{
+	p->w = __ldg(b.wp + (size_t) c * 32);
+	p->s = __ldg(b.sp + (size_t) c * 8);
+}
+
+/* Requests piece c's activation fragments of token tile tc. */
+static __device__ __forceinline__ void
+moe_stream_load_x(MoeStreamPiece *p, const MoeBlock &b, int kc, int tc, int c)
+{
+	const uint4 *q = b.xp + ((size_t) tc * kc + c) * 64;
+
+	p->x[0] = __ldg(q);
+	p->x[1] = __ldg(q + 1);
+}
+
+/*
+ * Closes every input range that ends after `done` pieces: total = range 0,
+ * then total += each later range in order (an empty range adds its zero
+ * acc, as the split variant's zeroed partial sum does).
+ */
+static __device__ __forceinline__ void
+moe_stream_fold(float total[4], float acc[4], int *range, int done, int kc)
+{
+	while (*range < MOE_KSPLIT && (*range + 1) * kc / MOE_KSPLIT == done)
+	{
+#pragma unroll
+		for (int i = 0; i < 4; i++)
+		{
+			total[i] = *range == 0 ? acc[i] : total[i] + acc[i];
+			acc[i] = 0.0f;
+		}
+		(*range)++;
+	}
+}
+
+/* The streaming decode variant (see above). */
+template <int MODE>
+__global__ void __launch_bounds__(MOE_ST_WARPS * 32)
+moe_stream_kernel(MoeMatmulArgs args)
+{
+	const int	lane = threadIdx.x & 31;
+	const int	tile = blockIdx.x * MOE_ST_WARPS + (threadIdx.x >> 5);
+	const int	kc = args.w.kc;
+	const bool	valid = (int) blockIdx.y < *args.route.n_active && tile < args.w.rtiles;
+	MoeStreamPiece ring[MOE_ST_AHEAD];
+	MoeBlock	b = {};
+
+	if (valid)
+	{
+		b = moe_block(args, tile, lane);
+#pragma unroll
+		for (int u = 0; u < MOE_ST_AHEAD; u++)
+			if (u < kc)
+				moe_stream_load_w(&ring[u], b, u);
+	}
+	chain_begin();
+	if (!valid)
+		return;
+	for (int tc = 0; tc < b.n_tiles; tc++)
+	{
+		float		acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+		float		total[1][4];
+		int			range = 0;
+
+#pragma unroll
+		for (int u = 0; u < MOE_ST_AHEAD; u++)
+			if (u < kc)
+			{
+				if (tc > 0)
+					moe_stream_load_w(&ring[u], b, u);
+				moe_stream_load_x(&ring[u], b, kc, tc, u);
+			}
+		moe_stream_fold(total[0], acc, &range, 0, kc);
+		for (int c0 = 0; c0 < kc; c0 += MOE_ST_AHEAD)
+		{
+#pragma unroll
+			for (int u = 0; u < MOE_ST_AHEAD; u++)
+			{
+				const int	c = c0 + u;
+
+				if (c >= kc)
+					break;
+#pragma unroll
+				for (int h = 0; h < 2; h++)
+				{
+					uint32_t	a0[4];
+					uint32_t	a1[4];
+
+					mx_block_decode(ring[u].w, ring[u].s, h, a0, a1);
+					mx_block_mma(acc, a0, a1, ring[u].x[h]);
+				}
+				if (c + MOE_ST_AHEAD < kc)
+				{
+					moe_stream_load_w(&ring[u], b, c + MOE_ST_AHEAD);
+					moe_stream_load_x(&ring[u], b, kc, tc, c + MOE_ST_AHEAD);
+				}
+				moe_stream_fold(total[0], acc, &range, c + 1, kc);
+			}
+		}
+		moe_epilogue<MODE, 1>(args, total, b.e, tile, b.row0, b.n_e, b.n_tiles, tc, lane >> 2,
+							  lane & 3);
+	}
+}
+
 /* One piece (64 input columns) of a prefill block's operands, staged in shared memory. */
 struct MoePrefillStage
 {
@@ -926,6 +1059,16 @@ launch_decode(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
 						  args);
 }
 
+/* Launches the streaming decode variant. */
+template <int MODE>
+static cudaError_t
+launch_stream(int max_active, const MoeMatmulArgs &args, cudaStream_t stream)
+{
+	dim3		grid(div_up(args.w.rtiles, MOE_ST_WARPS), max_active);
+
+	return launch_chained(moe_stream_kernel<MODE>, grid, MOE_ST_WARPS * 32, 0, stream, args);
+}
+
 /* Launches the decode variant <MODE, rt, NT>. */
 template <int MODE, int NT>
 static cudaError_t
@@ -975,7 +1118,10 @@ launch_prefill(int max_active, MoePrefill prefill, const MoeMatmulArgs &args, cu
 								 MOE_PF_WARPS * 32, MOE_PF_ROW_TILES, max_active, args, stream);
 }
 
-/* Picks the variant for tiles_per_pass (prefill variant `prefill` at 8) and row_tiles, and launches it. */
+/*
+ * Picks the variant for tiles_per_pass (prefill variant `prefill` at 8) and
+ * row_tiles (0 at one tile per pass: the streaming variant), and launches it.
+ */
 template <int MODE>
 static cudaError_t
 launch_moe_matmul(int max_active, int tiles_per_pass, int rt, MoePrefill prefill, const MoeMatmulArgs &args,
@@ -986,6 +1132,8 @@ launch_moe_matmul(int max_active, int tiles_per_pass, int rt, MoePrefill prefill
 	switch (tiles_per_pass)
 	{
 		case 1:
+			if (rt == 0)
+				return launch_stream<MODE>(max_active, args, stream);
 			return launch_decode_rt<MODE, 1>(max_active, rt, args, stream);
 		case 2:
 			return launch_decode_rt<MODE, 2>(max_active, rt, args, stream);

@@ -246,11 +246,15 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 	int			tiles_per_pass = per_expert <= 8 ? 1 : per_expert <= 16 ? 2 : per_expert <= 32 ? 4 : 8;
 
 	/*
-	 * Two row tiles per MoE decode block near 8 tokens per expert, where the
-	 * shared activation loads pay (batch 64 on H200: 8,206-8,253 vs 8,107
-	 * tok/s); elsewhere one (batch 1: 376 vs 365, batch 8 and 32 lost 2-5%).
+	 * MoE decode variant at one token tile per pass.  The streaming one
+	 * (row_tiles 0) from 3 to 16 tokens a step (H200: batch 4 1,153 vs 1,105
+	 * tok/s, batch 16 2,838 vs 2,694; at batch 1 its 1,440 gate_up warps are
+	 * too few: 400 vs 422).  Two row tiles per block near 8 tokens per
+	 * expert, where the shared activation loads pay (batch 64: 8,206-8,253 vs
+	 * 8,107); else one.
 	 */
-	int			row_tiles = tiles_per_pass == 1 && per_expert >= 7 ? 2 : 1;
+	int			row_tiles = tiles_per_pass != 1 ? 1 : T * K > 8 && per_expert <= 2 ? 0 :
+		per_expert >= 7 ? 2 : 1;
 	int			fuse_rope = attention_fuses_rope(Hq, Hkv, D);
 	int			per_item = attention_tokens_per_item(Hq, Hkv, D, 0);
 	StepView	sv_prefill = sv;

@@ -276,9 +276,12 @@ test_moe(int E, int H, int I, int K, int T, int hot, uint64_t seed)
 	}
 
 	std::vector<float> first;
-	/* {tiles_per_pass, row_tiles}: the decode variants, then tiles_per_pass 8 with each prefill kernel */
-	const int	n_decode = 9;
-	const int	variants[n_decode][2] = {{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {2, 4}, {4, 1}, {4, 2}, {4, 4}};
+	/*
+	 * {tiles_per_pass, row_tiles}: the decode variants (row tiles 0: the
+	 * streaming one), then tiles_per_pass 8 with each prefill kernel
+	 */
+	const int	n_decode = 10;
+	const int	variants[n_decode][2] = {{1, 1}, {1, 0}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {2, 4}, {4, 1}, {4, 2}, {4, 4}};
 
 	for (int v = 0; v < n_decode + MOE_PREFILL_VARIANTS; v++)
 	{
