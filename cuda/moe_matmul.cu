@@ -417,9 +417,9 @@ moe_decode_body(const MoeMatmulArgs &args)
  * previous kernel (the route was written two kernels back, and chain_begin
  * starts a kernel only after its predecessor's predecessor completed), so
  * the first pieces' weights are requested before the chain wait.  Measured
- * on the H200 (bench/NOTES-cuda.md runs 37-39): faster than the split
- * variant from 3 to 16 tokens a step (batch 4 +4 %, 16 +5 %), slower at one
- * token (a quarter of the warps: 1,440 for gate_up) and at 64.
+ * on the H200 (bench/NOTES-cuda.md runs 37-42): faster than the split
+ * variant from 3 to 16 tokens a step (batch 4 / 8 / 16 +3.8 / +3.5 / +5.2 %),
+ * slower at one token (a quarter of the warps: 1,440 for gate_up) and at 64.
  */
 #define MOE_ST_WARPS 4			/* row tiles (one per warp) per block */
 #define MOE_ST_AHEAD 4			/* pieces in flight per warp */
