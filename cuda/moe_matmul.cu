@@ -18,7 +18,8 @@
  * pieces instead of 45.  The weights of an expert are read from memory once
  * per pass over its tokens: once per step for decode batches (up to
  * 8*tiles_per_pass tokens per expert), which is what makes batched decoding
- * cheap.
+ * cheap.  From 3 to 16 tokens a step the streaming decode variant (one warp
+ * per row tile, moe_stream_kernel) does the same arithmetic faster.
  * mma prefill variant (more tokens per expert): a block of MOE_PF_WARPS warps
  * side by side along the rows computes 8 row tiles x 8 token tiles (128
  * rows x 64 tokens) per pass, a warp 2 row tiles x all 8 token tiles, so
