@@ -249,9 +249,9 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 	 * MoE decode variant at one token tile per pass.  The streaming one
 	 * (row_tiles 0) from 3 to 16 tokens a step (H200: batch 4 / 8 / 16 1,147
 	 * / 1,649 / 2,839 vs 1,105 / 1,594 / 2,699 tok/s; at batch 1 its 1,440
-	 * gate_up warps are too few: 400 vs 422).  Two row tiles per block near 8 tokens per
-	 * expert, where the shared activation loads pay (batch 64: 8,206-8,253 vs
-	 * 8,107); else one.
+	 * gate_up warps are too few: 400 vs 422).  Two row tiles per block near
+	 * 8 tokens per expert, where the shared activation loads pay (batch 64:
+	 * 8,206-8,253 vs 8,107); else one.
 	 */
 	int			row_tiles = tiles_per_pass != 1 ? 1 : T * K > 8 && per_expert <= 2 ? 0 :
 		per_expert >= 7 ? 2 : 1;
