@@ -452,24 +452,59 @@ moe_stream_load_x(MoeStreamPiece *p, const MoeBlock &b, int kc, int tc, int c)
 }
 
 /*
- * Closes every input range that ends after `done` pieces: total = range 0,
- * then total += each later range in order (an empty range adds its zero
- * acc, as the split variant's zeroed partial sum does).
+ * Adds every input range that ends at or before piece `done` to the totals
+ * (RW row tiles x TT token tiles; total(r, j, c) is where each one lives),
+ * in range order: total = range 0, then += ranges 1, 2, 3 (an empty range
+ * adds its zero sum), the order of the split decode variant's reduction;
+ * the streaming and both prefill variants fold through here.  Restarts the
+ * range sum.
  */
+template <int RW, int TT, typename Totals>
 static __device__ __forceinline__ void
-moe_stream_fold(float total[4], float acc[4], int *range, int done, int kc)
+moe_fold_ranges(const Totals &total, float (&sum)[RW][TT][4], int *range, int done, int kc)
 {
-	while (*range < MOE_KSPLIT && (*range + 1) * kc / MOE_KSPLIT == done)
+	while (*range < MOE_KSPLIT && (*range + 1) * kc / MOE_KSPLIT <= done)
 	{
 #pragma unroll
-		for (int i = 0; i < 4; i++)
-		{
-			total[i] = *range == 0 ? acc[i] : total[i] + acc[i];
-			acc[i] = 0.0f;
-		}
+		for (int r = 0; r < RW; r++)
+#pragma unroll
+			for (int j = 0; j < TT; j++)
+#pragma unroll
+				for (int c = 0; c < 4; c++)
+				{
+					float	   &t = total(r, j, c);
+
+					t = *range == 0 ? sum[r][j][c] : t + sum[r][j][c];
+					sum[r][j][c] = 0.0f;
+				}
 		(*range)++;
 	}
 }
+
+/* A warp's range totals in shared memory, [row tile][token tile][c][lane]. */
+template <int TT>
+struct MoeSharedTotals
+{
+	float		(*t)[TT][4][32];
+	int			lane;
+
+	__device__ float &operator()(int r, int j, int c) const
+	{
+		return t[r][j][c][lane];
+	}
+};
+
+/* One row tile's range totals in registers, [token tile][c]. */
+template <int TT>
+struct MoeRegisterTotals
+{
+	float		(&t)[TT][4];
+
+	__device__ float &operator()(int, int j, int c) const
+	{
+		return t[j][c];
+	}
+};
 
 /* The streaming decode variant (see above). */
 template <int MODE>
@@ -496,7 +531,7 @@ moe_stream_kernel(MoeMatmulArgs args)
 		return;
 	for (int tc = 0; tc < b.n_tiles; tc++)
 	{
-		float		acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+		float		acc[1][1][4] = {};	/* the open range's sum */
 		float		total[1][4];
 		int			range = 0;
 
@@ -508,7 +543,7 @@ moe_stream_kernel(MoeMatmulArgs args)
 					moe_stream_load_w(&ring[u], b, u);
 				moe_stream_load_x(&ring[u], b, kc, tc, u);
 			}
-		moe_stream_fold(total[0], acc, &range, 0, kc);
+		moe_fold_ranges(MoeRegisterTotals<1>{total}, acc, &range, 0, kc);
 		for (int c0 = 0; c0 < kc; c0 += MOE_ST_AHEAD)
 		{
 #pragma unroll
@@ -525,14 +560,14 @@ moe_stream_kernel(MoeMatmulArgs args)
 					uint32_t	a1[4];
 
 					mx_block_decode(ring[u].w, ring[u].s, h, a0, a1);
-					mx_block_mma(acc, a0, a1, ring[u].x[h]);
+					mx_block_mma(acc[0][0], a0, a1, ring[u].x[h]);
 				}
 				if (c + MOE_ST_AHEAD < kc)
 				{
 					moe_stream_load_w(&ring[u], b, c + MOE_ST_AHEAD);
 					moe_stream_load_x(&ring[u], b, kc, tc, c + MOE_ST_AHEAD);
 				}
-				moe_stream_fold(total[0], acc, &range, c + 1, kc);
+				moe_fold_ranges(MoeRegisterTotals<1>{total}, acc, &range, c + 1, kc);
 			}
 		}
 		moe_epilogue<MODE, 1>(args, total, b.e, tile, b.row0, b.n_e, b.n_tiles, tc, lane >> 2,
@@ -649,34 +684,6 @@ moe_prefill_piece(float (&sum)[MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4], const M
 }
 
 /*
- * Adds every input range that ends at or before piece `done` to the warp's
- * totals (RW row tiles x TT token tiles), in range order (total = range 0,
- * then += ranges 1, 2, 3: the decode variant's sum), and restarts the range
- * sum.
- */
-template <int RW, int TT>
-static __device__ __forceinline__ void
-moe_fold_ranges(float (*total)[TT][4][32], float (&sum)[RW][TT][4], int *range, int done, int kc, int lane)
-{
-	while (*range < MOE_KSPLIT && (*range + 1) * kc / MOE_KSPLIT <= done)
-	{
-#pragma unroll
-		for (int r = 0; r < RW; r++)
-#pragma unroll
-			for (int j = 0; j < TT; j++)
-#pragma unroll
-				for (int c = 0; c < 4; c++)
-				{
-					float	   *t = &total[r][j][c][lane];
-
-					*t = *range == 0 ? sum[r][j][c] : *t + sum[r][j][c];
-					sum[r][j][c] = 0.0f;
-				}
-		(*range)++;
-	}
-}
-
-/*
  * mma prefill variant: block x takes row tiles [MOE_PF_ROW_TILES x, ...) of
  * expert blockIdx.y, warp w of them MOE_PF_WARP_ROWS from wr0, and walks the
  * expert's tokens in passes of MOE_PF_TOKEN_TILES token tiles.  Every piece
@@ -697,6 +704,7 @@ moe_prefill_kernel(MoeMatmulArgs args)
 	const int	kc = args.w.kc;
 	const int	rt_valid = min(MOE_PF_ROW_TILES, args.w.rtiles - tile0);
 	const int	nr = min(MOE_PF_WARP_ROWS, rt_valid - wr0);
+	const MoeSharedTotals<MOE_PF_TOKEN_TILES> totals = {sm->total[warp], lane};
 	MoeBlock	b;
 
 	chain_begin();
@@ -724,7 +732,7 @@ moe_prefill_kernel(MoeMatmulArgs args)
 				moe_prefill_stage(&sm->stage[c], b.wp, b.sp, x, kc, c, rt_valid, nt);
 			cp_async_commit();
 		}
-		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
+		moe_fold_ranges(totals, sum, &range, 0, kc);
 		for (int c = 0; c < kc; c++)
 		{
 			cp_async_wait<MOE_PF_STAGES - 2>();		/* piece c has landed (this thread's part) */
@@ -737,7 +745,7 @@ moe_prefill_kernel(MoeMatmulArgs args)
 				moe_prefill_piece<true>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
 			else if (nr > 0)
 				moe_prefill_piece<false>(sum, &sm->stage[c % MOE_PF_STAGES], wr0, nr, nt, lane);
-			moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
+			moe_fold_ranges(totals, sum, &range, c + 1, kc);
 		}
 #pragma unroll
 		for (int r = 0; r < MOE_PF_WARP_ROWS; r++)
@@ -963,6 +971,7 @@ moe_prefill_wgmma_kernel(MoeMatmulArgs args)
 	const int	kc = args.w.kc;
 	const int	rt_valid = min(MOE_WG_WARPS, args.w.rtiles - tile0);
 	uint32_t	a[2][2][4] = {};	/* A fragments: [buffer = MX block][k16 step][register] */
+	const MoeSharedTotals<MOE_WG_TOKEN_TILES> totals = {sm->total[warp], lane};
 	MoeBlock	b;
 
 	chain_begin();
@@ -988,7 +997,7 @@ moe_prefill_wgmma_kernel(MoeMatmulArgs args)
 				moe_wg_stage(&sm->stage[c], b.wp, b.sp, x, kc, c, rt_valid, nt);
 			cp_async_commit();
 		}
-		moe_fold_ranges(sm->total[warp], sum, &range, 0, kc, lane);
+		moe_fold_ranges(totals, sum, &range, 0, kc);
 		for (int c = 0; c < kc; c++)
 		{
 			const MoeWgStage *st = &sm->stage[c % MOE_WG_STAGES];
@@ -1011,7 +1020,7 @@ moe_prefill_wgmma_kernel(MoeMatmulArgs args)
 				wgmma_wait<0>();
 				wgmma_pin(&sum[0][0][0]);
 				wgmma_pin(&sum[0][0][0] + 32);
-				moe_fold_ranges(sm->total[warp], sum, &range, c + 1, kc, lane);
+				moe_fold_ranges(totals, sum, &range, c + 1, kc);
 			}
 		}
 		wgmma_wait<0>();		/* a no-op (the last fold waited), which ptxas cannot see across the loop exit */
