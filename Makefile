@@ -47,7 +47,7 @@ ENGINE_LIBS = $(GPTOSS_EXTRA_LDFLAGS) -lpcre2-8 -ljansson -lm -lpthread
 
 ifeq ($(USE_CUDA),1)
 ENGINE_LIB_OBJS = $(ENGINE_OBJS) $(CUDA_OBJS)
-CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lcublas -lstdc++
+CUDA_LIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublasLt -lstdc++
 NVCC_FLAGS = -O3 -std=c++17 -Xcompiler -fPIC -Isrc/engine -Icuda \
 	-gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_90,code=sm_90 \
 	--expt-relaxed-constexpr -lineinfo $(GPTOSS_EXTRA_NVCCFLAGS)

@@ -264,7 +264,7 @@ buffer_bytes_needed(const gptoss_config *c, const gptoss_backend_opts *o, int t_
 	bytes += (size_t) o->max_seqs * div_up(o->max_context, KV_PAGE) * 4;	/* page table */
 	bytes += (size_t) LOGPROB_GROUP_ROWS * c->vocab_size * 4 +
 		(size_t) o->max_seqs * (sizeof(LogprobRow) + sizeof(gptoss_token_logprobs));	/* logprobs */
-	bytes += dl.total + CUBLAS_WORKSPACE_BYTES + (size_t) c->num_experts * 16 + 64 * 1024;
+	bytes += dl.total + DENSE_WORKSPACE_BYTES + (size_t) c->num_experts * 16 + 64 * 1024;
 	return bytes;
 }
 
@@ -559,8 +559,8 @@ cuda_free(gptoss_backend *base)
 	for (int i = 0; i < be->n_buckets; i++)
 		if (be->graphs[i])
 			cudaGraphExecDestroy(be->graphs[i]);
-	if (be->cublas)
-		cublasDestroy(be->cublas);
+	if (be->cublaslt)
+		cublasLtDestroy(be->cublaslt);
 	if (be->stream)
 		cudaStreamDestroy(be->stream);
 	for (int i = 0; i < be->n_allocs; i++)
@@ -739,21 +739,20 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 
 	CREATE_TRY(cudaStreamCreateWithFlags(&be->stream, cudaStreamNonBlocking), "cudaStreamCreate");
 	CREATE_TRY(attention_prepare(), "attention setup");
-	st = cublasCreate(&be->cublas);
+	st = cublasLtCreate(&be->cublaslt);
 	if (st != CUBLAS_STATUS_SUCCESS)
 	{
-		be->cublas = NULL;
-		gptoss_errorf(err, "CUDA error in cublasCreate: %s", cublasGetStatusString(st));
+		be->cublaslt = NULL;
+		gptoss_errorf(err, "CUDA error in cublasLtCreate: %s", cublasLtGetStatusString(st));
 		goto fail;
 	}
-	if (dev_alloc(be, &be->cublas_ws, CUBLAS_WORKSPACE_BYTES, &be->buffer_bytes, err, "cuBLAS workspace") < 0)
+	if (dev_alloc(be, &be->dense_ws, DENSE_WORKSPACE_BYTES, &be->buffer_bytes, err, "cuBLASLt workspace") < 0 ||
+		build_dense_product(be->cublaslt, (c->num_heads + 2 * c->num_kv_heads) * c->head_dim, c->hidden_size,
+							be->t_max, &be->qkv_product, err) < 0 ||
+		build_dense_product(be->cublaslt, c->hidden_size, c->num_heads * c->head_dim, be->t_max,
+							&be->o_product, err) < 0 ||
+		build_dense_product(be->cublaslt, c->vocab_size, c->hidden_size, be->lr, &be->lm_product, err) < 0)
 		goto fail;
-	if ((st = cublasSetStream(be->cublas, be->stream)) != CUBLAS_STATUS_SUCCESS ||
-		(st = cublasSetWorkspace(be->cublas, be->cublas_ws, CUBLAS_WORKSPACE_BYTES)) != CUBLAS_STATUS_SUCCESS)
-	{
-		gptoss_errorf(err, "CUDA error in cuBLAS setup: %s", cublasGetStatusString(st));
-		goto fail;
-	}
 
 	if (plan_kv(be, budget - need_weights - need_buffers, err) < 0 ||
 		upload_weights(be, progress, progress_arg, err) < 0 || build_rope(be, err) < 0 ||

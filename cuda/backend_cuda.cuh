@@ -6,12 +6,11 @@
 #ifndef GPTOSS_CUDA_BACKEND_CUH
 #define GPTOSS_CUDA_BACKEND_CUH
 
-#include <cublas_v2.h>
+#include "dense.cuh"
 #include "kernels.cuh"
 
 #define MAX_GRAPH_BUCKETS 64
 #define LOGPROB_GROUP_ROWS 16	/* logits rows copied aside per round when log-probabilities are wanted */
-#define CUBLAS_WORKSPACE_BYTES (32u << 20)
 
 /* One layer's weights on the device. */
 struct LayerWeights
@@ -74,8 +73,11 @@ struct CudaBackend
 	int			failed;			/* a CUDA error happened: only free() is allowed */
 	int			device;
 	cudaStream_t stream;
-	cublasHandle_t cublas;
-	void	   *cublas_ws;		/* [CUBLAS_WORKSPACE_BYTES] */
+	cublasLtHandle_t cublaslt;
+	void	   *dense_ws;		/* [DENSE_WORKSPACE_BYTES] cuBLASLt workspace */
+	DenseProduct qkv_product;	/* [(Hq+2Hkv)*D, H] x t_max rows */
+	DenseProduct o_product;		/* [H, Hq*D] x t_max rows */
+	DenseProduct lm_product;	/* [V, H] x lr rows */
 
 	/* weights */
 	__nv_bfloat16 *embedding;	/* [V, H] */

@@ -238,8 +238,6 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 	int			D = c->head_dim;
 	int			Hq = c->num_heads;
 	int			Hkv = c->num_kv_heads;
-	int			nq = Hq * D;
-	int			nqkv = nq + 2 * Hkv * D;
 	float		eps = c->rms_norm_eps;
 	int			max_active = T * K < E ? T * K : E;
 	int			per_expert = div_up(T * K, E);
@@ -270,7 +268,8 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 		const float *next_norm = l + 1 < c->num_layers ? be->layers[l + 1].attn_norm : be->final_norm;
 		int			window = c->layer_sliding[l] ? c->sliding_window : 0;
 
-		if (dense_gemm(be->cublas, w->qkv_w, nqkv, H, a->xb, T, a->qkv, err, "qkv product") < 0)
+		if (dense_gemm(be->cublaslt, &be->qkv_product, be->dense_ws, w->qkv_w, a->xb, T, a->qkv, s, err,
+					   "qkv product") < 0)
 			return -1;
 		/* no item has more than per_item tokens (decode items one) */
 		CUDA_TRY(launch_rope_kv(fuse_rope ? sv_prefill : sv, fuse_rope ? n_items - n_decode : n_items,
@@ -288,7 +287,8 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 									  a->att, s), err, "attention");
 		CUDA_TRY(launch_attention(sv_prefill, n_items - n_decode, 0, l, window, a->q, be->kv,
 								  w->sinks, Hq, a->att, s), err, "attention");
-		if (dense_gemm(be->cublas, w->o_w, H, nq, a->att, T, a->proj, err, "o product") < 0)
+		if (dense_gemm(be->cublaslt, &be->o_product, be->dense_ws, w->o_w, a->att, T, a->proj, s, err,
+					   "o product") < 0)
 			return -1;
 		CUDA_TRY(launch_norm_router(sv, T, a->x, a->proj, w->o_b, w->mlp_norm, eps, a->xn,
 									w->router_w, w->router_b, H, E, K, a->topk_idx, a->topk_w, s),
@@ -306,8 +306,8 @@ forward(CudaBackend *be, const StepView &sv, int T, int n_decode, int n_items, i
 	if (R > 0)
 	{
 		CUDA_TRY(launch_gather_rows(sv.out_row, R, a->xb, H, a->lm_in, s), err, "gather_rows");
-		if (dense_gemm(be->cublas, be->lm_head, c->vocab_size, H, a->lm_in, R, a->logits, err,
-					   "lm_head product") < 0)
+		if (dense_gemm(be->cublaslt, &be->lm_product, be->dense_ws, be->lm_head, a->lm_in, R, a->logits,
+					   s, err, "lm_head product") < 0)
 			return -1;
 		/*
 		 * Rows [0, R_lp) want log-probabilities (of the raw logits): copy
@@ -367,8 +367,8 @@ copy_logits(CudaBackend *be, const Chunk *chunks, int n_chunks, int T, const int
 
 		CUDA_TRY(launch_gather_rows(a->iota + r0, cnt, a->xb, c->hidden_size, a->lm_in, be->stream),
 				 err, "gather_rows");
-		if (dense_gemm(be->cublas, be->lm_head, c->vocab_size, c->hidden_size, a->lm_in, cnt,
-					   a->logits, err, "lm_head product") < 0)
+		if (dense_gemm(be->cublaslt, &be->lm_product, be->dense_ws, be->lm_head, a->lm_in, cnt,
+					   a->logits, be->stream, err, "lm_head product") < 0)
 			return -1;
 		for (int k = 0; k < n_chunks; k++)
 		{

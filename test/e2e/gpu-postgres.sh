@@ -146,7 +146,7 @@ CUDA_LIBS=()
 if [ "$USE_CUDA" = 1 ]; then
 	NVCC=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null) || fail "nvcc not found"
 	CUDA_HOME=$(dirname "$(dirname "$NVCC")")
-	CUDA_LIBS=(-L"$CUDA_HOME/lib64" "-Wl,-rpath,$CUDA_HOME/lib64" -lcudart -lcublasLt -lcublas -lstdc++)
+	CUDA_LIBS=(-L"$CUDA_HOME/lib64" "-Wl,-rpath,$CUDA_HOME/lib64" -lcudart -lcublasLt -lstdc++)
 fi
 limited make -j"$(nproc)" USE_CUDA="$USE_CUDA" build/libgptoss_engine.a bin/gptoss || fail "engine build failed"
 

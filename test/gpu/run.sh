@@ -87,15 +87,15 @@ if ! make -j16 USE_CUDA=1 build/libgptoss_engine.a bin/gptoss bin/bench_prefix_c
 fi
 nvcc -O2 -std=c++17 -Isrc/engine -Icuda -gencode=arch=compute_90a,code=sm_90a \
 	-o "$bin/test_kernels" test/gpu/test_kernels.cu build/libgptoss_engine.a \
-	$extra_ld -lcublas -lcublasLt -ljansson -lpcre2-8 || { echo "FAILED: test_kernels build"; exit 1; }
+	$extra_ld -lcublasLt -ljansson -lpcre2-8 || { echo "FAILED: test_kernels build"; exit 1; }
 gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/test_backend" test/gpu/test_backend.c \
-	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
+	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublasLt -lstdc++ \
 	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: test_backend build"; exit 1; }
 gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/test_prefix_logprobs" test/gpu/test_prefix_logprobs.c \
-	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
+	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublasLt -lstdc++ \
 	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: test_prefix_logprobs build"; exit 1; }
 gcc -std=gnu11 -O2 -Wall -Wextra -Isrc/engine -o "$bin/bench_backend" test/gpu/bench_backend.c \
-	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublas -lcublasLt -lstdc++ \
+	build/libgptoss_engine.a -L/usr/local/cuda/lib64 -lcudart -lcublasLt -lstdc++ \
 	$extra_ld -ljansson -lpcre2-8 -lm -lpthread || { echo "FAILED: bench_backend build"; exit 1; }
 echo "built"
 

@@ -18,7 +18,8 @@
  *   embed_norm, moe_combine_norm: the row kernels (residual stream + norm),
  *              page-table updates, padding tokens, a token alone vs batched
  *   gather_rows: the logits rows, 16-byte and element copies
- *   dense:     dense_gemm (cuBLAS, bf16 in, fp32 out) at decode and prefill T
+ *   dense:     dense_gemm (cuBLASLt, bf16 in, fp32 out) at decode and prefill T,
+ *              each row bit for bit as in a 1-row call
  *   sample:    greedy and temperature/top-k/top-p against gptoss_sample on
  *              the same logits, plus ties and NaN
  * Output poisoned before each run; relative error = ||gpu - ref|| / ||ref||.
@@ -35,6 +36,7 @@
 #include "dense.cuh"
 
 static int	n_fail = 0;
+static void *dense_ws;		/* [DENSE_WORKSPACE_BYTES] for dense_gemm */
 static bool moe_wgmma_runs;	/* the device runs the wgmma prefill kernel (moe_wgmma_available) */
 
 #define CK(call) \
@@ -1393,17 +1395,21 @@ test_router(int T, int H, int E, int K, uint64_t seed)
 	CK(cudaFree(d_w));
 }
 
-/* dense_gemm vs a double reference. */
+/*
+ * dense_gemm vs a double reference, and batch invariance: each checked row of
+ * a T-row call equals, bit for bit, the same input alone in a 1-row call.
+ */
 static void
-test_dense(cublasHandle_t handle, int N, int K, uint64_t seed)
+test_dense(cublasLtHandle_t lt, int N, int K, uint64_t seed)
 {
 	Rng			rng = {seed};
-	const int	T_max = 2 * DENSE_COLS;	/* dense_gemm works in whole DENSE_COLS-row calls */
+	const int	T_max = 4 * DENSE_COLS;
 	std::vector<__nv_bfloat16> w((size_t) N * K), x((size_t) T_max * K);
-	__nv_bfloat16 *d_w, *d_x;
-	float	   *d_y;
+	__nv_bfloat16 *d_w, *d_x, *d_x1;
+	float	   *d_y, *d_y1;
+	DenseProduct p;
 	gptoss_error err = {};
-	int			Ts[5] = {1, 3, 9, 64, DENSE_COLS + 1};
+	int			Ts[6] = {1, 3, 9, 64, DENSE_COLS + 1, 3 * DENSE_COLS + 5};
 	char		name[128];
 
 	for (auto &v : w) v = __float2bfloat16((float) (rng.normal() / sqrt((double) K)));
@@ -1411,13 +1417,22 @@ test_dense(cublasHandle_t handle, int N, int K, uint64_t seed)
 	d_w = to_device(w);
 	d_x = to_device(x);
 	CK(cudaMalloc(&d_y, (size_t) T_max * N * 4));
-	for (int ti = 0; ti < 5; ti++)
+	CK(cudaMalloc(&d_x1, (size_t) DENSE_COLS * K * 2));
+	CK(cudaMalloc(&d_y1, (size_t) DENSE_COLS * N * 4));
+	if (build_dense_product(lt, N, K, T_max, &p, &err) < 0)
+	{
+		printf("FAIL build_dense_product: %s\n", err.msg);
+		n_fail++;
+		return;
+	}
+	for (int ti = 0; ti < 6; ti++)
 	{
 		int			T = Ts[ti];
 		double		num = 0, den = 0;
+		long		differ = 0;
 
 		CK(cudaMemset(d_y, 0xFF, (size_t) T_max * N * 4));
-		if (dense_gemm(handle, d_w, N, K, d_x, T, d_y, &err, "test") < 0)
+		if (dense_gemm(lt, &p, dense_ws, d_w, d_x, T, d_y, 0, &err, "test") < 0)
 		{
 			printf("FAIL dense_gemm: %s\n", err.msg);
 			n_fail++;
@@ -1427,6 +1442,18 @@ test_dense(cublasHandle_t handle, int N, int K, uint64_t seed)
 		std::vector<float> y = to_host(d_y, (size_t) T * N);
 
 		for (int t = 0; t < T; t += (T > 8 ? 7 : 1))
+		{
+			std::vector<float> y1;
+
+			CK(cudaMemcpy(d_x1, d_x + (size_t) t * K, (size_t) K * 2, cudaMemcpyDeviceToDevice));
+			if (dense_gemm(lt, &p, dense_ws, d_w, d_x1, 1, d_y1, 0, &err, "test") < 0)
+			{
+				printf("FAIL dense_gemm: %s\n", err.msg);
+				n_fail++;
+				return;
+			}
+			y1 = to_host(d_y1, (size_t) N);
+			differ += memcmp(y1.data(), &y[(size_t) t * N], (size_t) N * 4) != 0;
 			for (int n = 0; n < N; n++)
 			{
 				double		ref = 0;
@@ -1436,13 +1463,16 @@ test_dense(cublasHandle_t handle, int N, int K, uint64_t seed)
 				num += (y[(size_t) t * N + n] - ref) * (y[(size_t) t * N + n] - ref);
 				den += ref * ref;
 			}
+		}
 		num = sqrt(num / den);
 		if (num != num)
 			num = INFINITY;
 		snprintf(name, sizeof(name), "dense N=%d K=%d T=%d: rel err", N, K, T);
 		check(num <= 1e-5, name, num, 1e-5);
+		snprintf(name, sizeof(name), "dense N=%d K=%d T=%d vs each row alone: rows differing (bits)", N, K, T);
+		check(differ == 0, name, differ, 0);
 	}
-	cudaFree(d_w), cudaFree(d_x), cudaFree(d_y);
+	cudaFree(d_w), cudaFree(d_x), cudaFree(d_y), cudaFree(d_x1), cudaFree(d_y1);
 }
 
 /* GPU sampling vs gptoss_sample on identical logits. */
@@ -1579,17 +1609,19 @@ main(void)
 	test_gather_rows(40, 9, 2880, 35);	/* 16-byte copies */
 	test_gather_rows(12, 5, 90, 36);	/* H % 8 != 0: element copies */
 	{
-		cublasHandle_t handle;
+		cublasLtHandle_t lt;
 
-		if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS)
+		if (cublasLtCreate(&lt) != CUBLAS_STATUS_SUCCESS)
 		{
-			printf("FAIL cublasCreate\n");
+			printf("FAIL cublasLtCreate\n");
 			return 1;
 		}
-		test_dense(handle, 5120, 2880, 24);		/* 20b q/k/v */
-		test_dense(handle, 2880, 4096, 25);		/* 20b o */
-		test_dense(handle, 160, 96, 26);		/* tiny-odd q/k/v */
-		cublasDestroy(handle);
+		CK(cudaMalloc(&dense_ws, DENSE_WORKSPACE_BYTES));
+		test_dense(lt, 5120, 2880, 24);		/* 20b q/k/v */
+		test_dense(lt, 2880, 4096, 25);		/* 20b o */
+		test_dense(lt, 160, 96, 26);		/* tiny-odd q/k/v */
+		cublasLtDestroy(lt);
+		cudaFree(dense_ws);
 	}
 	test_sample(201088, 14);
 	test_sample(1000, 15);
