@@ -30,7 +30,12 @@ extern "C" {
 #include "rope.h"
 }
 
-#define T_MAX_DEFAULT 2048		/* token rows of one forward pass (longer steps are split) */
+/*
+ * Prompt rows a forward pass holds beside one decode row per slot: a step of
+ * the engine at prefill_chunk 2048 runs as one pass (longer steps are split,
+ * and a split-off remainder of decode rows costs a whole decode step).
+ */
+#define STEP_PROMPT_ROWS 2048
 #define GIB (1024.0 * 1024.0 * 1024.0)
 /* Device memory left out of the budget (of what is free at creation), for allocations the sizing does not count. */
 #define FREE_MEM_RESERVE_BYTES (256ll << 20)
@@ -712,8 +717,8 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 	}
 
 	/* sizes */
-	/* row counts are multiples of DENSE_COLS: the dense products run in calls of that many rows */
-	be->t_max = div_up(opts->max_seqs > T_MAX_DEFAULT ? opts->max_seqs : T_MAX_DEFAULT, DENSE_COLS) * DENSE_COLS;
+	/* row counts are multiples of DENSE_COLS: the dense products' buffers hold whole calls */
+	be->t_max = div_up(opts->max_seqs + STEP_PROMPT_ROWS, DENSE_COLS) * DENSE_COLS;
 	be->moe_rows = be->t_max * c->experts_per_token + 8 * c->num_experts;
 	be->lr = div_up(opts->max_seqs > 64 ? opts->max_seqs : 64, DENSE_COLS) * DENSE_COLS;
 	be->kc_h = div_up(c->hidden_size, 64);
