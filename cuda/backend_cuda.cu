@@ -744,6 +744,7 @@ gptoss_backend_cuda_create(const gptoss_model *model, const gptoss_backend_opts 
 
 	CREATE_TRY(cudaStreamCreateWithFlags(&be->stream, cudaStreamNonBlocking), "cudaStreamCreate");
 	CREATE_TRY(attention_prepare(), "attention setup");
+	CREATE_TRY(router_prepare(), "router setup");
 	st = cublasLtCreate(&be->cublaslt);
 	if (st != CUBLAS_STATUS_SUCCESS)
 	{

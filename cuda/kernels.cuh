@@ -24,6 +24,7 @@
 #define ROUTER_MAX_EXPERTS 1024	/* experts per layer (router and moe_route keep per-expert arrays in shared memory) */
 #define ROUTER_MAX_K 32			/* experts per token: the router's warp 0 picks them, one lane each */
 #define ROUTER_CLUSTER_MAX_T 4	/* steps of at most this many rows route each row with a cluster of blocks */
+#define ROUTER_ROWS_MIN_T 256	/* steps of at least this many rows route many rows a block */
 
 /* Sampling settings of one logits row, as uploaded with the step. */
 struct SampleRow
@@ -180,12 +181,15 @@ int			attention_tokens_per_item(int Hq, int Hkv, int D, int decode);
 /* attention.cu: one-time per-device setup (shared-memory limit of the decode kernel). */
 cudaError_t attention_prepare(void);
 
+/* router.cu: one-time per-device setup (shared-memory limit of the many-rows form). */
+cudaError_t router_prepare(void);
+
 /*
  * router.cu: x += proj + bias; xn = rmsnorm(x) * norm_w (fp32); then fp32
  * router logits W xn + b, top-K (ties: lower expert) and softmax over the K.
- * A row's results are the same bits whichever of the two launch forms (a
- * cluster per row up to ROUTER_CLUSTER_MAX_T rows, one block per row above)
- * the step's T selects.
+ * A row's results are the same bits whichever of the three launch forms (a
+ * cluster per row up to ROUTER_CLUSTER_MAX_T rows, one block per row, then
+ * many rows a block for long steps) the step's T selects.
  */
 cudaError_t launch_norm_router(const StepView &sv, int T, float *x, const float *proj,
 							   const float *bias, const float *norm_w, float eps, float *xn,

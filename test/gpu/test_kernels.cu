@@ -1245,7 +1245,8 @@ run_router(int T, int H, int E, int K, const float *x, const float *proj, const 
  * logit equals the reference's k-th within ROUTER_LOGIT_TOL.  Then every
  * row alone in a T = 1 step (the cluster form) must give the same bits
  * (x, xn, experts, weights) as in the T-row step, which is the one-block
- * form when T > ROUTER_CLUSTER_MAX_T.
+ * form when T > ROUTER_CLUSTER_MAX_T and the many-rows form from
+ * ROUTER_ROWS_MIN_T rows.
  */
 static void
 test_router(int T, int H, int E, int K, uint64_t seed)
@@ -1259,7 +1260,8 @@ test_router(int T, int H, int E, int K, uint64_t seed)
 	std::vector<int32_t> slot(T, 0);
 	int			bad = 0, tie_bad = 0, x_bad = 0, pad_bad = 0, form_bad = 0, n_tie = 0, n_near = 0;
 	double		werr = 0, nerr = 0, nden = 0;
-	const char *form = T > ROUTER_CLUSTER_MAX_T ? "one block per row" : "cluster per row";
+	const char *form = T <= ROUTER_CLUSTER_MAX_T ? "cluster per row" : T < ROUTER_ROWS_MIN_T ? "one block per row" :
+		"many rows a block";
 	char		name[160];
 
 	if (E < 6 || K < 2)
@@ -1591,6 +1593,10 @@ main(void)
 	test_router(ROUTER_CLUSTER_MAX_T + 3, 96, 6, 2, 38);	/* 24 items: warps with 2 and with 1 */
 	test_router(ROUTER_CLUSTER_MAX_T, 2880, 128, 4, 39);	/* 120b: 128 experts, several slices per warp of the cluster */
 	test_router(200, 2880, 128, 4, 40);	/* 32 items a warp: ring rounds, the last partial */
+	CK(router_prepare());
+	test_router(2131, 2880, 32, 4, 41);	/* 20b prefill + decode rows, many rows a block (a short last block) */
+	test_router(ROUTER_ROWS_MIN_T + 5, 96, 6, 2, 42);	/* tiny-odd: 24 items, warps with 2 and with 1 */
+	test_router(700, 2880, 128, 4, 43);	/* 120b: 32 items a warp in 8 groups */
 	test_rope_kv(4, 2, 16, 27);			/* tiny */
 	test_rope_kv(6, 2, 16, 28);
 	test_rope_kv(64, 8, 64, 29);		/* 20b */
