@@ -36,7 +36,8 @@
  */
 #define ATTN_HEAD_DIMS(X) X(16) X(32) X(64) X(128)
 
-#define FA_WARPS 4				/* warps per tensor-core prefill block */
+#define FA_WARPS 8				/* warps per tensor-core prefill block */
+#define FA_MIN_BLOCKS 2			/* tensor-core prefill blocks an SM must hold (caps registers at 128) */
 #define FA_ROWS (FA_WARPS * 16)	/* (token, head) rows per tensor-core prefill block */
 
 /* The signature of the prefill and general kernels. */

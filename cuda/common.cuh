@@ -89,6 +89,29 @@ launch_chained(void (*kernel) (Params...), dim3 grid, dim3 block, size_t smem,
 	return launch_chained_clusters(kernel, grid, block, smem, 1, stream, args...);
 }
 
+/* Copies 16 bytes from global to shared memory, bypassing registers and L1 (cp.async, sm_80+). */
+static __device__ __forceinline__ void
+cp_async16(void *dst, const void *src)
+{
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
+				 :: "r"((unsigned) __cvta_generic_to_shared(dst)), "l"(src));
+}
+
+/* Closes the group of the cp.async copies issued so far by this thread. */
+static __device__ __forceinline__ void
+cp_async_commit(void)
+{
+	asm volatile("cp.async.commit_group;\n" ::);
+}
+
+/* Waits until at most N of this thread's cp.async groups are still in flight. */
+template <int N>
+static __device__ __forceinline__ void
+cp_async_wait(void)
+{
+	asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+}
+
 /* Sum over the 32 lanes of a warp (every lane gets the total, fixed order). */
 template <typename T>
 static __device__ __forceinline__ T

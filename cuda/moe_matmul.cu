@@ -590,29 +590,6 @@ struct MoePrefillSmem
 	float		total[MOE_PF_WARPS][MOE_PF_WARP_ROWS][MOE_PF_TOKEN_TILES][4][32];	/* [warp][r][j][c][lane] */
 };
 
-/* Copies 16 bytes from global to shared memory, bypassing registers and L1 (cp.async, sm_80+). */
-static __device__ __forceinline__ void
-cp_async16(void *dst, const void *src)
-{
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n"
-				 :: "r"((unsigned) __cvta_generic_to_shared(dst)), "l"(src));
-}
-
-/* Closes the group of the cp.async copies issued so far by this thread. */
-static __device__ __forceinline__ void
-cp_async_commit(void)
-{
-	asm volatile("cp.async.commit_group;\n" ::);
-}
-
-/* Waits until at most N of this thread's cp.async groups are still in flight. */
-template <int N>
-static __device__ __forceinline__ void
-cp_async_wait(void)
-{
-	asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
-}
-
 /*
  * Issues the copies of piece c into stage st: rt_valid row tiles of weights
  * and scales (w, s: the block's first row tile), tt_valid token tiles of

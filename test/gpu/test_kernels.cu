@@ -1575,7 +1575,7 @@ main(void)
 	test_attention(4, 2, 16, 40, 1, 0, 5);
 	test_attention(4, 2, 16, 40, 1, 8, 6);
 	test_attention(6, 2, 16, 53, 17, 6, 7);
-	test_attention(4, 2, 16, 100, 100, 8, 22);	/* the tiny model's prefill: 4 items of 32 tokens */
+	test_attention(4, 2, 16, 100, 100, 8, 22);	/* the tiny model's prefill: items of FA_ROWS / 2 tokens */
 	test_attention(4, 2, 16, 100, 100, 0, 23);
 	test_attention(64, 8, 64, 300, 1, 128, 8);
 	test_attention(64, 8, 64, 300, 1, 0, 9);
