@@ -14,15 +14,15 @@ DECODE = [
     ("gptoss 20b H200 (runs 35-36, e9171f5; 8: run 42; 256-1024: run 41)", "#1f77b4",
      [(1, 422), (8, 1649), (32, 4902), (64, 8058), (128, 11455), (256, 12917), (512, 19648), (1024, 30487)]),
     ("gptoss 20b H100 (run 21)", "#17becf", [(1, 356), (8, 1362), (32, 4157), (64, 7305), (128, 9133)]),
-    ("gptoss 120b H200 (run 28)", "#9467bd", [(1, 236), (64, 2624), (256, 6596)]),
+    ("gptoss 120b H200 (1, 64: run 47; 256: run 28)", "#9467bd", [(1, 275), (64, 2755), (256, 6596)]),
     ("llama.cpp 20b H200 (targets.md)", "#d62728", [(1, 267), (8, 488), (32, 1454), (64, 2325), (128, 3190)]),
     ("llama.cpp 20b H100 (targets.md)", "#ff9896", [(1, 245), (8, 467), (32, 1404), (64, 2199), (128, 3082)]),
 ]
 DECODE_TARGETS = [(1, 560, "560"), (64, 10500, "10,500"), (128, 13000, "13,000")]
 SERVING_CASES = ["(a) ShareGPT-like\n1,000 req", "(b) 500 x\n2,000/100", "(c) 1,000 x\n128/4", "(d) 500 x\n4,000/200"]
 SERVING = [
-    ("gptoss H200 (run 40, d19bcb9)", "#1f77b4", [14284, 27988, 34907, 24575]),
-    ("gptoss H200 through SQL (run 40; b, d not run)", "#aec7e8", [14159, None, 33757, None]),
+    ("gptoss H200 (run 47, e236aef; b: run 48, f0c7ea0)", "#1f77b4", [15261, 33730, 42118, 28458]),
+    ("gptoss H200 through SQL (run 47; b, d not run)", "#aec7e8", [15146, None, 41106, None]),
     ("vLLM 0.11 H100 (published)", "#d62728", [19129, 33150, 32612, 33823]),
     ("target H200", "#2ca02c", [25000, 36000, 36000, 36000]),
 ]
@@ -30,7 +30,7 @@ W, H = 1180, 470
 TOP, BOTTOM = 60, 80
 LEFT = (80, 600)			# x range of the left panel's plot area
 RIGHT = (700, 1160)			# x range of the right panel's plot area
-DECODE_MAX, SERVING_MAX = 32000.0, 40000.0
+DECODE_MAX, SERVING_MAX = 32000.0, 60000.0
 MAX_SEQS = 1024
 
 

@@ -11,7 +11,11 @@
  * algorithm is usable only if they agree.  The heuristic's first choices for
  * the T-column problem are checked the same way.  Random bf16 weights and inputs.
  *
- *   bench_dense [T [candidates]]        (T a multiple of 128, default 2048)
+ *   nvcc -std=c++17 -O2 -gencode=arch=compute_90a,code=sm_90a \
+ *        -o build/gpu/bench_dense test/gpu/bench_dense.cu -lcublasLt -lcublas
+ *   build/gpu/bench_dense [T [candidates]]   (T a multiple of 128, default 2048)
+ *
+ * One JSON line per algorithm (bench/RESULTS.md run 43).
  */
 #include <cublasLt.h>
 #include <cublas_v2.h>
@@ -33,28 +37,49 @@ static cublasLtHandle_t lt;
 static void *ws;
 static cudaStream_t stream;
 
-/* y[n][N] = x[n][K] . w[N][K]^T with a given Lt algorithm (NULL: heuristic's first). */
+/* The descriptors of y[n][N] = x[n][K] . w[N][K]^T (bf16 in, fp32 out). */
+struct Problem
+{
+	cublasLtMatmulDesc_t op;
+	cublasLtMatrixLayout_t a, b, c;
+};
+
+/* Creates the descriptors for an N x K weight and n columns. */
+static void
+build_problem(int N, int K, int n, Problem *p)
+{
+	cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+
+	cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+	cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
+	cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
+	cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, K, N, K);
+	cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, K, n, K);
+	cublasLtMatrixLayoutCreate(&p->c, CUDA_R_32F, N, n, N);
+}
+
+/* Destroys what build_problem created. */
+static void
+free_problem(Problem *p)
+{
+	cublasLtMatrixLayoutDestroy(p->a);
+	cublasLtMatrixLayoutDestroy(p->b);
+	cublasLtMatrixLayoutDestroy(p->c);
+	cublasLtMatmulDescDestroy(p->op);
+}
+
+/* y[n][N] = x[n][K] . w[N][K]^T with a given Lt algorithm. */
 static cublasStatus_t
 lt_gemm(const cublasLtMatmulAlgo_t *algo, const __nv_bfloat16 *w, int N, int K,
 		const __nv_bfloat16 *x, int n, float *y)
 {
-	cublasLtMatmulDesc_t op;
-	cublasLtMatrixLayout_t a, b, c;
-	cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+	Problem		p;
 	float		one = 1.0f, zero = 0.0f;
 	cublasStatus_t st;
 
-	cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-	cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-	cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-	cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, K, N, K);
-	cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, K, n, K);
-	cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, N, n, N);
-	st = cublasLtMatmul(lt, op, &one, w, a, x, b, &zero, y, c, y, c, algo, ws, WS_BYTES, stream);
-	cublasLtMatrixLayoutDestroy(a);
-	cublasLtMatrixLayoutDestroy(b);
-	cublasLtMatrixLayoutDestroy(c);
-	cublasLtMatmulDescDestroy(op);
+	build_problem(N, K, n, &p);
+	st = cublasLtMatmul(lt, p.op, &one, w, p.a, x, p.b, &zero, y, p.c, y, p.c, algo, ws, WS_BYTES, stream);
+	free_problem(&p);
 	return st;
 }
 
@@ -62,29 +87,19 @@ lt_gemm(const cublasLtMatmulAlgo_t *algo, const __nv_bfloat16 *w, int N, int K,
 static int
 heuristics(int N, int K, int n, int max, std::vector<cublasLtMatmulHeuristicResult_t> &out)
 {
-	cublasLtMatmulDesc_t op;
-	cublasLtMatrixLayout_t a, b, c;
+	Problem		p;
 	cublasLtMatmulPreference_t pref;
-	cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
 	size_t		wsb = WS_BYTES;
 	int			got = 0;
 
 	out.resize(max);
-	cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-	cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta);
-	cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb);
-	cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, K, N, K);
-	cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, K, n, K);
-	cublasLtMatrixLayoutCreate(&c, CUDA_R_32F, N, n, N);
+	build_problem(N, K, n, &p);
 	cublasLtMatmulPreferenceCreate(&pref);
 	cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof wsb);
-	cublasLtMatmulAlgoGetHeuristic(lt, op, a, b, c, c, pref, max, out.data(), &got);
+	cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.a, p.b, p.c, p.c, pref, max, out.data(), &got);
 	out.resize(got);
 	cublasLtMatmulPreferenceDestroy(pref);
-	cublasLtMatrixLayoutDestroy(a);
-	cublasLtMatrixLayoutDestroy(b);
-	cublasLtMatrixLayoutDestroy(c);
-	cublasLtMatmulDescDestroy(op);
+	free_problem(&p);
 	return got;
 }
 
