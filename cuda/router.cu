@@ -435,27 +435,18 @@ norm_router_rows_kernel(const int32_t *__restrict__ tok_slot, float *__restrict_
 	__syncthreads();
 	for (int item0 = warp; item0 < n_items; item0 += ROUTER_ROWS_GROUP * ROUTER_WARPS)
 	{
-		uint4		wv[ROUTER_ROWS_GROUP][ROUTER_SLICE_VEC];
-		float		bias_v[ROUTER_ROWS_GROUP];
+		uint4		wv[ROUTER_ROWS_GROUP][ROUTER_SLICE_VEC] = {};
+		float		bias_v[ROUTER_ROWS_GROUP] = {};
 
 #pragma unroll
 		for (int g = 0; g < ROUTER_ROWS_GROUP; g++)
-		{
-			bias_v[g] = 0.0f;
-#pragma unroll
-			for (int j = 0; j < ROUTER_SLICE_VEC; j++)
-				wv[g][j] = make_uint4(0, 0, 0, 0);
 			if (item0 + g * ROUTER_WARPS < n_items)
 				load_slice(w, b, H, item0 + g * ROUTER_WARPS, lane, wv[g], &bias_v[g]);
-		}
 		for (int r = 0; r < n; r++)
 		{
 			const float4 *x4 = (const float4 *) (xs + (size_t) r * H);
-			float		acc[ROUTER_ROWS_GROUP];
+			float		acc[ROUTER_ROWS_GROUP] = {};
 
-#pragma unroll
-			for (int g = 0; g < ROUTER_ROWS_GROUP; g++)
-				acc[g] = 0.0f;
 #pragma unroll
 			for (int j = 0; j < ROUTER_SLICE_VEC; j++)
 			{
